@@ -1,0 +1,233 @@
+"""Command line: flags → RunConfig → public functions. No logic lives here.
+
+Every error derived from RemoteSamsingError is printed as one line plus a
+hint; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .exceptions import ConfigError, RemoteSamsingError
+
+__all__ = ["main", "cli"]
+
+
+def _int_list(value: str | None, name: str):
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"`--{name}` must be comma-separated integers, got {value!r}") from None
+
+
+def _kv_pairs(items, name: str) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"`--{name}` takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)  # "5" → 5, "true" → True
+    return out
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        debug = ctx.find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except RemoteSamsingError as exc:
+            if debug:
+                raise
+            msg = Exception.__str__(exc)
+            click.echo(f"error: {msg}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="remote_samsing")
+def cli(debug: bool) -> None:
+    """remote-samsing: segment everything in huge remote-sensing mosaics.
+
+    Multi-pass SAM2 (or a classical baseline) runs on overlapping blocks of the
+    mosaic on a Dask cluster; objects cut by block seams are merged back.
+    """
+
+
+@cli.command("segment")
+@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("outdir", type=click.Path(path_type=Path))
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="YAML file whose keys are these options (underscored); flags given here win.")
+@click.option("--segmenter", help="Segmenter: felzenszwalb, slic or sam2. [default: felzenszwalb]")
+@click.option("--segmenter-param", "segmenter_param", multiple=True, metavar="KEY=VALUE",
+              help="Segmenter parameter, repeatable (e.g. scale=200, points_per_side=32).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="SAM2 checkpoint (.pt) for --segmenter sam2.")
+@click.option("--model-cfg", help="SAM2 model config (default: inferred from the checkpoint name).")
+@click.option("--tile-size", type=int, help="Core tile size T in pixels. [default: 1000]")
+@click.option("--padding", type=int, help="Context padding P per side, 0 <= P < T/2. [default: 50]")
+@click.option("--bands", help="1-based bands as RGB, e.g. 4,3,2 (or one band for grey).")
+@click.option("--nodata", type=float, help="Nodata value overriding the file's.")
+@click.option("--merge", type=click.Choice(["overlap", "best_match", "mutual_best", "min_contact", "none"]),
+              help="Seam merge strategy. [default: overlap]")
+@click.option("--merge-param", "merge_param", multiple=True, metavar="KEY=VALUE",
+              help="Merge parameter, repeatable (e.g. min_contact_pixels=5).")
+@click.option("--retries", type=int, help="Extra attempts for a failing block. [default: 2]")
+@click.option("--vectors/--no-vectors", default=None, help="Also write segments.parquet. [default: on]")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace OUTDIR instead of resuming/refusing.")
+@click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://... or tls://...).")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where segmenters run. [default: auto]")
+@click.option("--gpus", help="GPU indices for local CUDA workers, e.g. 0,1.")
+@click.option("--n-workers", type=int, help="Local worker processes. [default: one per core or GPU]")
+@click.option("--progress/--no-progress", default=None, help="Progress bars. [default: on]")
+@_handle_errors
+def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoint, model_cfg, tile_size,
+                padding, bands, nodata, merge, merge_param, retries, vectors, overwrite, scheduler, device, gpus,
+                n_workers, progress):
+    """Segment INPUT (GeoTIFF/COG/JPEG/PNG/Zarr) into OUTDIR.
+
+    Writes labels.zarr, labels.tif (COG), segments.parquet and run.json.
+    Rerunning the same command on the same OUTDIR resumes an interrupted run.
+    """
+    from .config import RunConfig, load_yaml_config
+    from .pipeline import run
+
+    given = {
+        "segmenter": segmenter, "tile_size": tile_size, "padding": padding, "bands": _int_list(bands, "bands"),
+        "nodata": nodata, "merge": merge, "retries": retries, "vectors": vectors, "overwrite": overwrite,
+        "scheduler": scheduler, "device": device, "gpus": _int_list(gpus, "gpus"), "n_workers": n_workers,
+        "progress": progress,
+    }
+    data = load_yaml_config(config_file) if config_file else {}
+    data.update({k: v for k, v in given.items() if v is not None})
+    sp = dict(data.get("segmenter_params") or {})
+    sp.update(_kv_pairs(segmenter_param, "segmenter-param"))
+    if checkpoint is not None:
+        sp["checkpoint"] = str(checkpoint)
+    if model_cfg is not None:
+        sp["model_cfg"] = model_cfg
+    if sp:
+        data["segmenter_params"] = sp
+    mp = dict(data.get("merge_params") or {})
+    mp.update(_kv_pairs(merge_param, "merge-param"))
+    if mp:
+        data["merge_params"] = mp
+    cfg = RunConfig.from_mapping(data)
+    record = run(input, outdir, config=cfg, log=lambda m: click.echo(m, err=True))
+    click.echo(
+        f"done: {record['n_segments']} segments in {record['timings']['total_s']:.1f} s "
+        f"({record['blocks_segmented_this_run']} block(s) segmented this run) -> {outdir}"
+    )
+
+
+@cli.command("ingest")
+@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--tile-size", type=int, default=1000, show_default=True, help="Zarr chunk size (use the tile size).")
+@click.option("--bands", help="1-based bands to keep, e.g. 4,3,2.")
+@click.option("--nodata", type=float, help="Nodata value overriding the file's.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@_handle_errors
+def ingest_cmd(input, out, tile_size, bands, nodata, overwrite):
+    """Write INPUT as a Zarr v3 mosaic OUT.zarr chunked to the tile size (CRS kept)."""
+    from .io import open_mosaic, to_zarr
+
+    arr = open_mosaic(input, bands=_int_list(bands, "bands"), nodata=nodata, chunks=tile_size)
+    to_zarr(arr, out, tile_size=tile_size, overwrite=overwrite, progress=True)
+    click.echo(f"wrote {out} ({arr.sizes['band']} band(s), {arr.sizes['y']}x{arr.sizes['x']})")
+
+
+@cli.command("vectorize")
+@click.argument("labels", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--simplify", type=float, help="Simplification tolerance in metres (shared edges stay shared).")
+@click.option("--layer", default="segments", show_default=True, help="Layer name for GeoPackage output.")
+@_handle_errors
+def vectorize_cmd(labels, out, simplify, layer):
+    """Polygonize a LABELS raster (labels.zarr or .tif) to OUT (.parquet or .gpkg)."""
+    from .vectorize import vectorize_labels
+
+    path = vectorize_labels(labels, out, simplify_tolerance=simplify, layer=layer, progress=True)
+    click.echo(f"wrote {path}")
+
+
+@cli.command("evaluate")
+@click.argument("labels", type=click.Path(path_type=Path))
+@click.argument("ground_truth", type=click.Path(path_type=Path))
+@click.option("--classes", help="Class attribute of vector ground truth.")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="report.json (also .md, .png).")
+@click.option("--paper-asa", is_flag=True, help="ASA as in the paper's scripts (label 0 counted as a segment).")
+@click.option("--min-pixels", type=int, default=10, show_default=True, help="Skip GT objects smaller than this.")
+@_handle_errors
+def evaluate_cmd(labels, ground_truth, classes, out, paper_asa, min_pixels):
+    """Score LABELS against GROUND_TRUTH (vectors, label/class raster, or boxes)."""
+    from .metrics import evaluate, write_report
+
+    rep = evaluate(labels, ground_truth, classes=classes, paper_asa=paper_asa, min_pixels=min_pixels,
+                   progress=True)
+    paths = write_report(rep, out)
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values() if p))
+
+
+@cli.command("fetch-model")
+@click.argument("name")
+@click.option("--dest", type=click.Path(path_type=Path), default=Path("checkpoints"), show_default=True,
+              help="Directory for the checkpoint.")
+@_handle_errors
+def fetch_model_cmd(name, dest):
+    """Download an official SAM2 checkpoint NAME (e.g. sam2.1_hiera_large)."""
+    from .segmenters.sam2 import fetch_model
+
+    path = fetch_model(name, dest=dest)
+    click.echo(f"wrote {path}")
+
+
+@cli.command("info")
+@click.option("--checkpoint", type=click.Path(path_type=Path), envvar="REMOTE_SAMSING_CHECKPOINT",
+              help="Checkpoint to check (or $REMOTE_SAMSING_CHECKPOINT).")
+@_handle_errors
+def info_cmd(checkpoint):
+    """Print versions, GPUs seen, and whether a SAM2 checkpoint is configured."""
+    from .pipeline import library_versions
+
+    for k, v in library_versions().items():
+        click.echo(f"{k:16s} {v or '-'}")
+    try:
+        from .cluster import detect_gpus
+
+        gpus = detect_gpus()
+    except Exception as exc:  # noqa: BLE001 - info must never fail
+        gpus = []
+        click.echo(f"gpu detection   unavailable ({exc})")
+    click.echo(f"{'gpus':16s} {len(gpus)}" + (": " + ", ".join(str(g) for g in gpus) if gpus else ""))
+    if checkpoint:
+        state = "found" if Path(checkpoint).is_file() else "MISSING"
+        click.echo(f"{'checkpoint':16s} {checkpoint} ({state})")
+    else:
+        click.echo(f"{'checkpoint':16s} none configured (see `remote-samsing fetch-model --help`)")
+
+
+def main(argv=None) -> None:
+    """Entry point of the ``remote-samsing`` command."""
+    cli.main(args=argv, prog_name="remote-samsing")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

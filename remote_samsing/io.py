@@ -1,0 +1,464 @@
+"""Input: open any GDAL raster or our Zarr as a georeferenced dask DataArray,
+write mosaics to Zarr v3, and turn raw radiometry into the 8-bit RGB that
+segmenters see.
+
+Radiometry is decided **once per mosaic**: uint8 passes through; every other
+dtype is stretched per band between global percentiles (default 2–98 %)
+estimated from a sample of blocks, with NaN and nodata excluded. The reference
+instead rescales each tile on its own (shared/design/reference.md §1.2), so one
+object can look different on both sides of a seam.
+
+The stretch parameters stay lazy (a tiny dask array), so building the
+segmentation graph computes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+
+from .exceptions import (
+    BandSelectionError,
+    ConfigError,
+    InputError,
+    InputNotFoundError,
+    UnsupportedDtypeError,
+)
+
+__all__ = [
+    "open_mosaic",
+    "to_zarr",
+    "open_labels",
+    "prepare_rgb",
+    "stretch_params",
+    "SUPPORTED_DTYPES",
+]
+
+#: dtypes we know how to bring to uint8.
+SUPPORTED_DTYPES = (
+    "uint8", "uint16", "int16", "uint32", "int32", "float32", "float64", "int8",
+)
+
+_MOSAIC_VAR = "mosaic"
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists())
+
+
+def open_mosaic(
+    path: str | os.PathLike,
+    *,
+    bands: Sequence[int] | None = None,
+    nodata: float | None = None,
+    chunks: int | tuple[int, int] | None = 1024,
+) -> xr.DataArray:
+    """Open a raster mosaic lazily as a (band, y, x) DataArray.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Any GDAL raster (GeoTIFF, COG, JPEG/PNG with or without
+        georeferencing) or a Zarr written by :func:`to_zarr`.
+    bands : sequence of int, optional
+        1-based band numbers to keep, in order (e.g. ``[4, 3, 2]``).
+    nodata : float, optional
+        Nodata value overriding the file's own.
+    chunks : int or (int, int), optional
+        Spatial chunk size (all bands in one chunk).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dask-backed, dims (band, y, x), with ``.rio.crs``,
+        ``.rio.transform()`` and ``.rio.nodata`` set where known. Its
+        ``attrs["alpha_band"]`` holds the 1-based index of an alpha band
+        if the file has one.
+
+    Raises
+    ------
+    InputNotFoundError
+        The path does not exist or GDAL cannot read it.
+    BandSelectionError
+        A requested band does not exist.
+    """
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise InputNotFoundError(f"input `{p}` does not exist", hint="check the path")
+    cy, cx = (chunks, chunks) if isinstance(chunks, (int, np.integer)) or chunks is None else chunks
+    alpha_band = None
+    if _is_zarr(p):
+        try:
+            ds = xr.open_zarr(p, zarr_format=3, consolidated=False, mask_and_scale=False)
+        except Exception as exc:  # noqa: BLE001 - any zarr failure is a bad input
+            raise InputNotFoundError(f"cannot read Zarr `{p}`: {exc}") from None
+        if _MOSAIC_VAR not in ds:
+            raise InputError(f"Zarr `{p}` has no `{_MOSAIC_VAR}` array; was it written by remote-samsing ingest?")
+        arr = ds[_MOSAIC_VAR]
+        if "band" not in arr.dims:
+            arr = arr.expand_dims("band")
+        if nodata is None:
+            nodata = arr.attrs.get("_FillValue_nodata", arr.rio.nodata)
+        if cy is not None:
+            arr = arr.chunk({"band": -1, "y": cy, "x": cx})
+        alpha_band = arr.attrs.get("alpha_band")
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # NotGeoreferencedWarning for plain JPEG/PNG
+                arr = rioxarray.open_rasterio(
+                    p,
+                    chunks={"band": -1, "y": cy or -1, "x": cx or -1},
+                    lock=False,
+                    masked=False,
+                )
+        except Exception as exc:  # noqa: BLE001 - rasterio raises many types
+            raise InputNotFoundError(
+                f"cannot read raster `{p}`: {exc}",
+                hint="is it a valid GeoTIFF/COG/JPEG/PNG? try `gdalinfo` on it",
+            ) from None
+        try:
+            import rasterio
+
+            with rasterio.open(p) as src:
+                ci = src.colorinterp
+                for i, c in enumerate(ci, start=1):
+                    if c.name == "alpha":
+                        alpha_band = i
+        except Exception:  # noqa: BLE001
+            alpha_band = None
+    if isinstance(arr, xr.Dataset):  # multi-subdataset files
+        raise InputError(f"`{p}` holds several subdatasets; open one of them")
+    dtype = np.dtype(arr.dtype)
+    if dtype.name not in SUPPORTED_DTYPES:
+        raise UnsupportedDtypeError(
+            f"`{p}` has dtype {dtype.name}, which cannot be converted to 8-bit RGB",
+            hint=f"supported dtypes: {', '.join(SUPPORTED_DTYPES)}",
+        )
+    nbands = arr.sizes["band"]
+    if bands is not None:
+        bands = _check_bands(bands, nbands, p)
+        arr = arr.isel(band=[b - 1 for b in bands])
+        arr = arr.assign_coords(band=np.asarray(bands))
+        if alpha_band is not None and alpha_band in bands:
+            alpha_band = bands.index(alpha_band) + 1
+        elif alpha_band is not None:
+            # keep the alpha as a validity source even if not selected
+            pass
+    if nodata is not None:
+        arr = arr.rio.write_nodata(nodata, encoded=False)
+    arr.attrs["alpha_band"] = alpha_band
+    arr.attrs["source"] = str(p)
+    arr.attrs["source_bands"] = list(bands) if bands is not None else list(range(1, nbands + 1))
+    return arr
+
+
+def _check_bands(bands, nbands: int, path) -> list[int]:
+    if isinstance(bands, (int, np.integer)):
+        bands = [int(bands)]
+    try:
+        out = [int(b) for b in bands]
+    except (TypeError, ValueError):
+        raise BandSelectionError(f"`bands` must be a list of integers, got {bands!r}") from None
+    if len(out) == 0:
+        raise BandSelectionError("`bands` is empty", hint="give 1 or 3 band numbers, e.g. 4,3,2")
+    if len(out) not in (1, 3):
+        raise BandSelectionError(
+            f"`bands` must name 1 or 3 bands, got {len(out)} ({out})",
+            hint="give three bands for RGB (e.g. 4,3,2) or one for a grey image",
+        )
+    for b in out:
+        if b < 1 or b > nbands:
+            raise BandSelectionError(
+                f"band {b} is out of range: `{path}` has {nbands} band(s), numbered 1..{nbands}",
+                hint="band numbers are 1-based, as in GDAL",
+            )
+    return out
+
+
+def rgb_band_indices(arr: xr.DataArray) -> list[int]:
+    """0-based positions in ``arr`` of the bands that make up RGB.
+
+    One band → repeated as grey; three → as given; more than three → the first
+    three that are not alpha; two → BandSelectionError.
+    """
+    alpha = arr.attrs.get("alpha_band")
+    sel = arr.attrs.get("source_bands") or list(range(1, arr.sizes["band"] + 1))
+    positions = [i for i, b in enumerate(sel) if b != alpha] if alpha else list(range(arr.sizes["band"]))
+    if len(positions) == 1:
+        return positions * 3
+    if len(positions) == 2:
+        raise BandSelectionError(
+            "the image has two bands; SAM2 needs one (grey) or three (RGB)",
+            hint="choose bands explicitly, e.g. --bands 1 or --bands 1,2,1",
+        )
+    if len(positions) == 0:
+        raise BandSelectionError("no usable band (only an alpha band)")
+    return positions[:3]
+
+
+# ---------------------------------------------------------------------------
+# radiometry
+# ---------------------------------------------------------------------------
+def _sample_percentiles(blocks, nodata, lo_pct, hi_pct):
+    """Per-band (lo, hi) percentiles over the valid pixels of sampled blocks."""
+    stacked = np.concatenate([b.reshape(b.shape[0], -1) for b in blocks], axis=1).astype("float64")
+    out = np.zeros((stacked.shape[0], 2), dtype="float64")
+    for i, band in enumerate(stacked):
+        keep = np.isfinite(band)
+        if nodata is not None and np.isfinite(nodata):
+            keep &= band != nodata
+        vals = band[keep]
+        if vals.size == 0:
+            out[i] = (0.0, 1.0)
+            continue
+        lo, hi = np.percentile(vals, [lo_pct, hi_pct])
+        if hi <= lo:  # flat band: keep it mid-grey instead of dividing by zero
+            hi = lo + 1.0
+        out[i] = (lo, hi)
+    return out
+
+
+def stretch_params(
+    arr: xr.DataArray,
+    *,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    max_sample_blocks: int = 64,
+    sample_pixels_per_block: int = 65536,
+) -> da.Array:
+    """Lazy per-band stretch limits, computed once for the whole mosaic.
+
+    Blocks are sampled on a regular lattice over the chunk grid (at most
+    ``max_sample_blocks``) and subsampled with a stride so that each gives
+    about ``sample_pixels_per_block`` pixels.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape (band, 2): lower and upper limits per band.
+    """
+    lo_pct, hi_pct = percentiles
+    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.data, chunks=(-1, 1024, 1024))
+    ny, nx = data.numblocks[1], data.numblocks[2]
+    per_axis = max(1, int(np.sqrt(max_sample_blocks)))
+    iys = np.unique(np.linspace(0, ny - 1, min(ny, per_axis)).round().astype(int))
+    ixs = np.unique(np.linspace(0, nx - 1, min(nx, per_axis)).round().astype(int))
+    blocks = []
+    for iy in iys:
+        for ix in ixs:
+            b = data.blocks[:, iy, ix]
+            npx = b.shape[1] * b.shape[2]
+            stride = max(1, int(np.sqrt(npx / sample_pixels_per_block)))
+            blocks.append(b[:, ::stride, ::stride])
+    nodata = arr.rio.nodata
+    d = dask.delayed(_sample_percentiles, pure=True)(blocks, nodata, lo_pct, hi_pct)
+    return da.from_delayed(d, shape=(data.shape[0], 2), dtype="float64")
+
+
+def _to_rgba_block(block, lohi, *, band_idx, alpha_pos, nodata, passthrough):
+    """(band, y, x) raw block → (y, x, 4) uint8: RGB + validity in channel 3."""
+    rgb_raw = block[band_idx]
+    valid = np.ones(block.shape[1:], dtype=bool)
+    if np.issubdtype(block.dtype, np.floating):
+        valid &= np.all(np.isfinite(block[band_idx]), axis=0)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        # a pixel is nodata when all its (RGB) bands carry the nodata value
+        valid &= ~np.all(rgb_raw == nodata, axis=0)
+    if alpha_pos is not None:
+        valid &= block[alpha_pos] > 0
+    if passthrough:
+        rgb = rgb_raw.astype(np.uint8, copy=False)
+    else:
+        lo = lohi[band_idx, 0][:, None, None]
+        hi = lohi[band_idx, 1][:, None, None]
+        scaled = (rgb_raw.astype("float64") - lo) * (255.0 / (hi - lo))
+        scaled = np.nan_to_num(scaled, nan=0.0)
+        rgb = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    out = np.empty(block.shape[1:] + (4,), dtype=np.uint8)
+    out[..., :3] = np.moveaxis(rgb, 0, -1)
+    out[..., :3][~valid] = 0
+    out[..., 3] = valid
+    return out
+
+
+def prepare_rgb(
+    arr: xr.DataArray,
+    *,
+    chunks: tuple[tuple[int, ...], tuple[int, ...]],
+    percentiles: tuple[float, float] = (2.0, 98.0),
+) -> da.Array:
+    """Lazy (y, x, 4) uint8 array: stretched RGB plus a validity channel.
+
+    Parameters
+    ----------
+    arr : xarray.DataArray
+        (band, y, x) as returned by :func:`open_mosaic`.
+    chunks : tuple
+        Spatial chunks from the tiling plan.
+    percentiles : (float, float)
+        Global stretch percentiles for non-uint8 data.
+    """
+    lo_pct, hi_pct = percentiles
+    if not (0 <= lo_pct < hi_pct <= 100):
+        raise ConfigError(f"`percentiles` must satisfy 0 <= low < high <= 100, got {percentiles}")
+    band_idx = rgb_band_indices(arr)
+    alpha = arr.attrs.get("alpha_band")
+    sel = arr.attrs.get("source_bands") or list(range(1, arr.sizes["band"] + 1))
+    alpha_pos = sel.index(alpha) if alpha in sel else None
+    data = arr.data if isinstance(arr.data, da.Array) else da.asarray(arr.data)
+    data = data.rechunk({0: -1, 1: chunks[0], 2: chunks[1]})
+    passthrough = np.dtype(arr.dtype) == np.uint8
+    nodata = arr.rio.nodata
+    if passthrough:
+        lohi = da.zeros((data.shape[0], 2), dtype="float64", chunks=-1)
+    else:
+        lohi = stretch_params(arr, percentiles=percentiles)
+    return da.map_blocks(
+        _to_rgba_block,
+        data,
+        lohi,
+        band_idx=np.asarray(band_idx),
+        alpha_pos=alpha_pos,
+        nodata=nodata,
+        passthrough=passthrough,
+        dtype=np.uint8,
+        chunks=(chunks[0], chunks[1], (4,)),
+        new_axis=[2],
+        drop_axis=[0],
+        meta=np.empty((0, 0, 0), np.uint8),
+        name="remote-samsing-rgba",
+    )
+
+
+def _as_band_yx(image: Any) -> xr.DataArray:
+    """Wrap a numpy/dask (y, x) or (y, x, band) array as a (band, y, x) DataArray."""
+    if isinstance(image, xr.DataArray):
+        if set(image.dims) != {"band", "y", "x"}:
+            if image.ndim == 2 and set(image.dims) == {"y", "x"}:
+                return image.expand_dims("band").assign_coords(band=[1])
+            raise InputError(f"DataArray dims must be (band, y, x), got {image.dims}")
+        return image.transpose("band", "y", "x")
+    if isinstance(image, (np.ndarray, da.Array)):
+        if image.ndim == 2:
+            data = image[None]
+        elif image.ndim == 3:
+            data = image.transpose(2, 0, 1) if isinstance(image, da.Array) else np.moveaxis(image, -1, 0)
+        else:
+            raise InputError(f"array input must be (y, x) or (y, x, band), got shape {image.shape}")
+        nb = data.shape[0]
+        out = xr.DataArray(
+            data,
+            dims=("band", "y", "x"),
+            coords={"band": np.arange(1, nb + 1)},
+        )
+        out.attrs["alpha_band"] = None
+        out.attrs["source_bands"] = list(range(1, nb + 1))
+        if np.dtype(out.dtype).name not in SUPPORTED_DTYPES and np.dtype(out.dtype) != bool:
+            raise UnsupportedDtypeError(
+                f"array dtype {np.dtype(out.dtype).name} cannot be converted to 8-bit RGB",
+                hint=f"supported dtypes: {', '.join(SUPPORTED_DTYPES)}",
+            )
+        return out
+    raise InputError(
+        f"cannot segment an object of type {type(image).__name__}",
+        hint="pass a path, an xarray DataArray (band, y, x), or a numpy/dask array",
+    )
+
+
+def to_zarr(
+    mosaic: xr.DataArray | str | os.PathLike,
+    store: str | os.PathLike,
+    *,
+    tile_size: int = 1000,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a mosaic as a Zarr v3 array chunked to the tile size.
+
+    CRS and transform are kept (rioxarray's ``spatial_ref`` convention), so
+    :func:`open_mosaic` and rioxarray read them back. Chunks are written
+    whole and unsharded (sharded writes through dask's path form lose data:
+    shared/design/stack.md §6).
+
+    Parameters
+    ----------
+    mosaic : DataArray or path
+        (band, y, x) mosaic, or a path for :func:`open_mosaic`.
+    store : path
+        Output ``*.zarr`` directory.
+    tile_size : int
+        Spatial chunk size.
+    overwrite : bool
+        Replace an existing store.
+    """
+    from .exceptions import OutputExistsError
+
+    if isinstance(mosaic, (str, os.PathLike)):
+        mosaic = open_mosaic(mosaic, chunks=tile_size)
+    out = Path(os.fspath(store))
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"`{out}` already exists", hint="pass overwrite=True / --overwrite")
+    if not isinstance(tile_size, (int, np.integer)) or tile_size <= 0:
+        raise ConfigError(f"`tile_size` must be a positive integer, got {tile_size!r}")
+    arr = mosaic.chunk({"band": -1, "y": tile_size, "x": tile_size})
+    # scale/offset/_FillValue attributes would make xarray decode to float on read
+    drop = {"source_bands", "scale_factor", "add_offset", "_FillValue", "missing_value"}
+    attrs = {k: v for k, v in arr.attrs.items() if v is not None and k not in drop}
+    arr = arr.copy()
+    arr.attrs = attrs
+    nodata = mosaic.rio.nodata
+    arr.encoding = {}
+    ds = arr.to_dataset(name=_MOSAIC_VAR)
+    if nodata is not None:
+        ds[_MOSAIC_VAR].attrs["_FillValue_nodata"] = float(nodata)
+    tmp = out.with_name(out.name + ".partial")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    job = ds.to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            job.compute()
+    else:
+        job.compute()
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def open_labels(path: str | os.PathLike) -> xr.DataArray:
+    """Open a label raster written by remote_samsing (``labels.zarr`` or ``.tif``).
+
+    Returns a dask-backed (y, x) DataArray with CRS and transform.
+    """
+    import rioxarray  # noqa: F401
+
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise InputNotFoundError(f"labels `{p}` do not exist")
+    if _is_zarr(p):
+        ds = xr.open_zarr(p, zarr_format=3, consolidated=False, mask_and_scale=False)
+        if "labels" not in ds:
+            raise InputError(f"Zarr `{p}` has no `labels` array")
+        return ds["labels"]
+    try:
+        arr = rioxarray.open_rasterio(p, chunks={"band": -1, "y": 1024, "x": 1024}, lock=False)
+    except Exception as exc:  # noqa: BLE001
+        raise InputNotFoundError(f"cannot read label raster `{p}`: {exc}") from None
+    if arr.sizes["band"] != 1:
+        raise InputError(f"label raster `{p}` must have one band, has {arr.sizes['band']}")
+    return arr.isel(band=0, drop=True)

@@ -1,0 +1,961 @@
+"""Segmentation quality metrics of the Remote SAMsing paper, implemented exactly.
+
+Definitions (arXiv 2605.00256, Table 3; ``shared/design/reference.md`` §2).
+``L`` is the label raster (0 = unsegmented), ``G`` the ground-truth class
+raster (class 0 = "Other", the unannotated pixels), ``O`` the set of
+ground-truth objects (instances of at least ``min_pixels`` pixels).
+
+Coverage
+    ``100 * |{p : L(p) > 0}| / |image|``.
+ASA (Stutz et al. 2018)
+    Each segment ``s`` gets its majority class ``c*(s)``;
+    ``ASA = sum_s |s ∩ G_{c*(s)}| / N`` over all ``N`` pixels, and per class
+    ``ASA_c = |{p : G(p) = c, L(p) > 0, c*(L(p)) = c}| / |{p : G(p) = c}|``.
+    By default unsegmented pixels are **not** a segment, so they are never
+    credited (the paper's text: uncovered pixels are penalised).
+    ``paper_asa=True`` reproduces the paper's scripts
+    (``eval_all_perclass_asa.py``), which treat label 0 as one more segment
+    with its own majority class, crediting uncovered pixels.
+Greedy-oracle reconstruction
+    For each object ``o``: candidates are the segments overlapping ``o``;
+    start from ``R = ∅`` and repeatedly add the candidate maximising
+    ``IoU(R ∪ s, o)``; stop when no candidate raises the IoU;
+    ``IoU_o = IoU(R, o)``. Segments may be reused across objects. Because
+    segments are disjoint, ``|R ∪ s| = |R| + |s|`` and each step needs only
+    the per-segment overlap ``|s ∩ o|`` (one bincount inside the object's
+    bounding box) and the segment sizes: no pixel work per candidate.
+Det@0.5, SS-Det@0.5, mIoU, n̄
+    ``Det@0.5`` = fraction of objects with ``IoU_o >= 0.5``; ``SS-Det@0.5``
+    the same with the best single segment; ``mIoU`` = mean ``IoU_o`` with
+    missed objects counted as 0; ``n̄`` = mean ``|R|`` over all objects
+    (missed objects count 0 segments).
+BIoU (Cheng et al. 2021, d = 3 px)
+    ``band(X) = X \\ erode(X, d)`` with a 3×3 square eroded ``d`` times
+    (Cheng et al.'s ``cv2.erode(..., iterations=d)``), outside the image
+    counting as background; ``BIoU_o = |band(R) ∩ band(o)| /
+    |band(R) ∪ band(o)|`` on the greedy reconstruction ``R``; missed objects
+    (``R = ∅``) score 0 and are averaged like mIoU.
+Rows
+    One row per class and an instance-weighted "Global" row (every object
+    counts once).
+
+Ground truth can be vectors (reprojected and rasterised onto the label grid,
+later features overwrite earlier ones, objects under ``min_pixels`` skipped),
+a class raster (objects = 4-connected components of each class, RGB-coded
+rasters through a colour table) or boxes (CSV ``xmin,ymin,xmax,ymax`` in
+pixels, or YOLO txt), scored by the box IoU of each reconstruction's
+bounding box (the greedy oracle then maximises box IoU; BIoU and ASA are
+undefined for boxes).
+
+The paper's evaluation code was never published; the greedy oracle follows
+the paper text and the commit messages quoted in reference.md §2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError
+
+__all__ = [
+    "GroundTruth",
+    "Report",
+    "coverage",
+    "asa",
+    "greedy_oracle",
+    "boundary_band",
+    "boundary_iou",
+    "load_ground_truth",
+    "evaluate",
+    "write_report",
+    "DUBAI_COLOURS",
+]
+
+#: Colour table of the MBRSC/Humans-in-the-Loop Dubai aerial dataset.
+DUBAI_COLOURS: dict[str, tuple[int, int, int]] = {
+    "Building": (60, 16, 152),
+    "Land": (132, 41, 246),
+    "Road": (110, 193, 228),
+    "Vegetation": (254, 221, 58),
+    "Water": (226, 169, 41),
+    "Unlabeled": (155, 155, 155),
+}
+
+_VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".parquet", ".geoparquet", ".shp", ".fgb"}
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+
+
+# ---------------------------------------------------------------------------
+# Elementary metrics
+# ---------------------------------------------------------------------------
+
+
+def coverage(labels: np.ndarray) -> float:
+    """Percentage of pixels with a label > 0.
+
+    >>> coverage(np.array([[0, 1], [2, 2]]))
+    75.0
+    """
+    labels = np.asarray(labels)
+    return 100.0 * float(np.count_nonzero(labels)) / labels.size if labels.size else 0.0
+
+
+def _dense(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Sequential relabelling 1..n (0 stays 0), so bincounts stay small."""
+    uniq, inv = np.unique(labels, return_inverse=True)
+    inv = inv.reshape(labels.shape)
+    if len(uniq) and uniq[0] == 0:
+        return inv.astype(np.int64), len(uniq) - 1
+    return (inv + 1).astype(np.int64), len(uniq)
+
+
+def asa(labels: np.ndarray, classes: np.ndarray, *, n_classes: int | None = None, paper_asa: bool = False):
+    """Achievable segmentation accuracy, global and per class.
+
+    Parameters
+    ----------
+    labels : (y, x) int array
+        Segments, 0 = unsegmented.
+    classes : (y, x) int array
+        Ground-truth class per pixel, 0..C (0 = "Other"/unannotated).
+    n_classes : int, optional
+        ``C + 1``; default ``classes.max() + 1``.
+    paper_asa : bool
+        Treat label 0 as one more segment (the paper scripts' variant).
+
+    Returns
+    -------
+    (float, numpy.ndarray)
+        Global ASA and per-class ASA_c (NaN for absent classes).
+
+    Examples
+    --------
+    >>> L = np.array([[1, 1, 0, 0]]); G = np.array([[1, 0, 0, 1]])
+    >>> asa(L, G)[0]  # segment 1 -> class 0 (tie -> lowest), credits 1 px
+    0.25
+    >>> asa(L, G, paper_asa=True)[0]  # label 0 also credits 1 px
+    0.5
+    """
+    labels = np.asarray(labels)
+    classes = np.asarray(classes, dtype=np.int64)
+    if labels.shape != classes.shape:
+        raise CRSMismatchError(f"labels {labels.shape} and classes {classes.shape} differ in shape")
+    k = int(classes.max()) + 1 if n_classes is None else int(n_classes)
+    seg, nseg = _dense(labels)
+    joint = np.bincount((seg * k + classes).ravel(), minlength=(nseg + 1) * k).reshape(nseg + 1, k)
+    major = np.argmax(joint, axis=1)  # ties -> lowest class index
+    credited = joint[np.arange(nseg + 1), major]
+    if not paper_asa:
+        credited = credited.copy()
+        credited[0] = 0
+    n = labels.size
+    glob = float(credited.sum()) / n if n else float("nan")
+    per = np.full(k, np.nan)
+    totals = joint.sum(axis=0)
+    for c in range(k):
+        if totals[c]:
+            rows = major == c
+            if not paper_asa:
+                rows[0] = False
+            per[c] = float(joint[rows, c].sum()) / totals[c]
+    return glob, per
+
+
+def greedy_oracle(inter: np.ndarray, sizes: np.ndarray, obj_size: int) -> tuple[np.ndarray, float]:
+    """Greedy-oracle reconstruction from overlap counts.
+
+    Parameters
+    ----------
+    inter : (k,) int array
+        ``|s ∩ o|`` for each candidate segment ``s``.
+    sizes : (k,) int array
+        ``|s|`` for each candidate (segments are disjoint).
+    obj_size : int
+        ``|o|``.
+
+    Returns
+    -------
+    (numpy.ndarray, float)
+        Indices of the chosen candidates in the order added, and ``IoU(R, o)``.
+
+    Examples
+    --------
+    An object of 10 px split into segments of 6 px (6 inside) and 5 px (4
+    inside, 1 leaking): IoU 6/10 = 0.6, then (6+4)/(11) = 0.909.
+
+    >>> greedy_oracle(np.array([6, 4]), np.array([6, 5]), 10)
+    (array([0, 1]), 0.9090909090909091)
+    """
+    inter = np.asarray(inter, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    chosen: list[int] = []
+    avail = inter > 0
+    i_r = 0.0
+    s_r = 0.0
+    best = 0.0
+    while avail.any():
+        iou = np.where(avail, (i_r + inter) / (s_r + sizes + obj_size - i_r - inter), -1.0)
+        j = int(np.argmax(iou))
+        if iou[j] <= best:
+            break
+        best = float(iou[j])
+        chosen.append(j)
+        avail[j] = False
+        i_r += inter[j]
+        s_r += sizes[j]
+    return np.asarray(chosen, dtype=np.int64), best
+
+
+def boundary_band(mask: np.ndarray, d: int = 3) -> np.ndarray:
+    """Inner boundary band ``X \\ erode(X, d)`` (3×3 square, ``d`` iterations).
+
+    Pixels outside the array count as background, so a mask touching the
+    array edge has a band along that edge (as Cheng et al.'s zero padding).
+
+    >>> m = np.zeros((9, 9), bool); m[1:8, 1:8] = True
+    >>> int(boundary_band(m, 3).sum())  # 7x7 minus its 1x1 core
+    48
+    """
+    from scipy.ndimage import binary_erosion
+
+    mask = np.asarray(mask, bool)
+    if d <= 0:
+        return np.zeros_like(mask)
+    eroded = binary_erosion(mask, structure=np.ones((3, 3), bool), iterations=d, border_value=0)
+    return mask & ~eroded
+
+
+def boundary_iou(a: np.ndarray, b: np.ndarray, d: int = 3) -> float:
+    """Boundary IoU of two masks on the same grid (0 if both bands are empty).
+
+    >>> a = np.zeros((12, 12), bool); a[1:11, 1:11] = True
+    >>> round(boundary_iou(a, a), 6)
+    1.0
+    """
+    ba, bb = boundary_band(a, d), boundary_band(b, d)
+    union = np.count_nonzero(ba | bb)
+    return float(np.count_nonzero(ba & bb) / union) if union else 0.0
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes (x0, y0, x1, y1); ``a`` (n, 4) against one box ``b`` (4,)."""
+    ix = np.clip(np.minimum(a[:, 2], b[2]) - np.maximum(a[:, 0], b[0]), 0, None)
+    iy = np.clip(np.minimum(a[:, 3], b[3]) - np.maximum(a[:, 1], b[1]), 0, None)
+    inter = ix * iy
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[2] - b[0]) * (b[3] - b[1])
+    return inter / np.maximum(area_a + area_b - inter, 1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Ground truth
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class GroundTruth:
+    """Ground truth on the label raster's grid.
+
+    Attributes
+    ----------
+    instances : (y, x) int32 array
+        Object ids 1..K, 0 = no object (for boxes: the filled boxes, for the figure).
+    object_class : (K + 1,) int array
+        Class index of each object (entry 0 unused).
+    class_names : list of str
+        Index 0 is "Other" (unannotated pixels).
+    class_raster : (y, x) int array or None
+        Class per pixel for ASA; None for boxes.
+    boxes : (K + 1, 4) float array or None
+        ``x0, y0, x1, y1`` in pixels (continuous, pixel edges) for box GT.
+    n_skipped : int
+        Objects dropped for having fewer than ``min_pixels`` pixels.
+    """
+
+    instances: np.ndarray
+    object_class: np.ndarray
+    class_names: list[str]
+    class_raster: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    n_skipped: int = 0
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.object_class) - 1
+
+
+def _read_vectors(path_or_gdf):
+    import geopandas as gpd
+
+    if isinstance(path_or_gdf, gpd.GeoDataFrame):
+        return path_or_gdf
+    p = Path(path_or_gdf)
+    if p.suffix.lower() in (".parquet", ".geoparquet"):
+        return gpd.read_parquet(p)
+    return gpd.read_file(p, engine="pyogrio")
+
+
+def _vectors_to_gt(gdf, *, shape, crs, transform, classes, min_pixels):
+    import rasterio.features
+
+    if gdf.crs is not None and crs is not None:
+        gdf = gdf.to_crs(crs)
+    elif gdf.crs is not None and crs is None:
+        raise CRSMismatchError(
+            f"ground truth has CRS {gdf.crs.to_string()} but the label raster has none",
+            hint="evaluate a georeferenced label raster, or drop the CRS of vectors in pixel coordinates",
+        )
+    elif gdf.crs is None and crs is not None:
+        raise CRSMismatchError(
+            "ground-truth vectors have no CRS but the label raster has one",
+            hint="set the vectors' CRS (GeoDataFrame.set_crs) before evaluating",
+        )
+    gdf = gdf[gdf.geometry.notna() & gdf.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
+    if classes is not None:
+        if classes not in gdf.columns:
+            raise ConfigError(
+                f"class field `{classes}` is not in the ground truth",
+                hint=f"choose one of {', '.join(map(str, gdf.columns.drop('geometry')))}",
+            )
+        values = gdf[classes].astype(str).to_numpy()
+        names = sorted(set(values))
+        idx = {n: i + 1 for i, n in enumerate(names)}
+        cls_of_feature = np.array([idx[v] for v in values], dtype=np.int64)
+    else:
+        names = ["object"]
+        cls_of_feature = np.ones(len(gdf), dtype=np.int64)
+    n = len(gdf)
+    if n:
+        # Pasted in file order: later features overwrite earlier ones (paper).
+        raw = rasterio.features.rasterize(
+            zip(gdf.geometry.to_numpy(), range(1, n + 1)),
+            out_shape=shape,
+            transform=transform,
+            fill=0,
+            dtype="int32",
+        )
+    else:
+        raw = np.zeros(shape, np.int32)
+    feat_class = np.concatenate([[0], cls_of_feature])
+    class_raster = feat_class[raw]
+    counts = np.bincount(raw.ravel(), minlength=n + 1)
+    keep = np.flatnonzero(counts >= min_pixels)
+    keep = keep[keep > 0]
+    present = int(np.count_nonzero(counts[1:]))
+    lut = np.zeros(n + 1, np.int32)
+    lut[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    instances = lut[raw]
+    object_class = np.concatenate([[0], feat_class[keep]])
+    return GroundTruth(
+        instances=instances,
+        object_class=object_class,
+        class_names=["Other", *names],
+        class_raster=class_raster,
+        n_skipped=present - len(keep),
+    )
+
+
+def _read_raster_array(path):
+    import rasterio
+    import rasterio.errors
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.read()
+
+
+def _raster_to_gt(arr, *, shape, classes, colour_table, ignore_classes, raster_mode, min_pixels):
+    from scipy import ndimage
+
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # (band, y, x) -> (y, x, band)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.shape[:2] != tuple(shape):
+        raise CRSMismatchError(
+            f"ground-truth raster has shape {arr.shape[:2]}, labels have {tuple(shape)}",
+            hint="rasterise or resample the ground truth onto the label grid",
+        )
+    if arr.ndim == 3:  # RGB-coded classes
+        rgb = arr[..., :3].astype(np.int64)
+        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        if colour_table is None:
+            uniq = np.unique(code)
+            colour_table = {f"{c >> 16},{(c >> 8) & 255},{c & 255}": (c >> 16, (c >> 8) & 255, c & 255) for c in uniq}
+        names = list(colour_table)
+        class_raster = np.zeros(shape, np.int64)
+        for i, name in enumerate(names, start=1):
+            r, g, b = colour_table[name]
+            class_raster[code == ((r << 16) | (g << 8) | b)] = i
+    else:
+        values = arr.astype(np.int64)
+        if raster_mode == "instance":
+            names = ["object"]
+            class_raster = (values != 0).astype(np.int64)
+        else:
+            uniq = [int(v) for v in np.unique(values) if v != 0]
+            if isinstance(classes, Mapping):
+                names = [str(classes.get(v, v)) for v in uniq]
+            else:
+                names = [str(v) for v in uniq]
+            lut_vals = np.zeros(int(values.max()) + 1 if values.size else 1, np.int64)
+            for i, v in enumerate(uniq, start=1):
+                lut_vals[v] = i
+            if values.min(initial=0) < 0:
+                raise InputError("class raster has negative values", hint="use 0 for unannotated pixels")
+            class_raster = lut_vals[values]
+    ignored = {i for i, n in enumerate(names, start=1) if n in set(ignore_classes)}
+    inst = np.zeros(shape, np.int32)
+    object_class = [0]
+    skipped = 0
+    if raster_mode == "instance" and arr.ndim == 2:
+        comps, n = _dense(values)
+        sizes = np.bincount(comps.ravel(), minlength=n + 1)
+        keep = [j for j in range(1, n + 1) if sizes[j] >= min_pixels]
+        skipped = n - len(keep)
+        lut = np.zeros(n + 1, np.int32)
+        lut[keep] = np.arange(1, len(keep) + 1)
+        inst = lut[comps]
+        object_class = [0] + [1] * len(keep)
+    else:
+        for c in range(1, len(names) + 1):
+            if c in ignored:
+                continue
+            comps, n = ndimage.label(class_raster == c, structure=_CROSS)
+            if n == 0:
+                continue
+            sizes = np.bincount(comps.ravel(), minlength=n + 1)
+            keep = np.flatnonzero(sizes >= min_pixels)
+            keep = keep[keep > 0]
+            skipped += n - len(keep)
+            lut = np.zeros(n + 1, np.int32)
+            start = len(object_class)
+            lut[keep] = np.arange(start, start + len(keep), dtype=np.int32)
+            sel = comps > 0
+            inst[sel] = lut[comps[sel]]
+            object_class.extend([c] * len(keep))
+    return GroundTruth(
+        instances=inst,
+        object_class=np.asarray(object_class, np.int64),
+        class_names=["Other", *names],
+        class_raster=class_raster,
+        n_skipped=skipped,
+    )
+
+
+def _boxes_to_gt(path, *, shape, classes, box_format, image_name):
+    import pandas as pd
+
+    p = Path(path)
+    fmt = box_format or ("yolo" if p.suffix.lower() == ".txt" else "csv")
+    h, w = shape
+    if fmt == "csv":
+        df = pd.read_csv(p)
+        missing = {"xmin", "ymin", "xmax", "ymax"} - set(df.columns)
+        if missing:
+            raise InputError(f"box CSV `{p}` lacks columns {sorted(missing)}", hint="columns xmin,ymin,xmax,ymax in pixels")
+        if image_name is not None and "image_path" in df.columns:
+            df = df[df["image_path"].astype(str) == str(image_name)]
+        xyxy = df[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float)
+        cls_col = classes if isinstance(classes, str) else None
+        values = df[cls_col].astype(str).to_numpy() if cls_col else np.array(["object"] * len(df))
+    elif fmt == "yolo":
+        rows = np.loadtxt(p, ndmin=2) if p.stat().st_size else np.zeros((0, 5))
+        cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
+        xyxy = np.column_stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
+        values = rows[:, 0].astype(int).astype(str)
+    else:
+        raise ConfigError(f"`box_format` must be 'csv' or 'yolo', got {box_format!r}")
+    xyxy = np.clip(xyxy, 0, [w, h, w, h])
+    ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    xyxy, values = xyxy[ok], values[ok]
+    names = sorted(set(values.tolist()))
+    idx = {n: i + 1 for i, n in enumerate(names)}
+    inst = np.zeros(shape, np.int32)
+    for k, (x0, y0, x1, y1) in enumerate(xyxy, start=1):
+        inst[int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = k
+    return GroundTruth(
+        instances=inst,
+        object_class=np.concatenate([[0], [idx[v] for v in values]]).astype(np.int64),
+        class_names=["Other", *names],
+        class_raster=None,
+        boxes=np.vstack([np.zeros((1, 4)), xyxy]),
+        n_skipped=int((~ok).sum()),
+    )
+
+
+def load_ground_truth(
+    ground_truth,
+    *,
+    shape: tuple[int, int],
+    crs=None,
+    transform=None,
+    classes: str | Mapping | None = None,
+    min_pixels: int = 10,
+    colour_table: Mapping[str, tuple[int, int, int]] | None = None,
+    ignore_classes: Sequence[str] = (),
+    raster_mode: str = "class",
+    box_format: str | None = None,
+    image_name: str | None = None,
+) -> GroundTruth:
+    """Bring ground truth onto the label raster's grid.
+
+    Parameters
+    ----------
+    ground_truth : path, GeoDataFrame, array or GroundTruth
+        Vectors (``.geojson``, ``.gpkg``, ``.parquet``, ``.shp``, ``.fgb`` or a
+        GeoDataFrame), boxes (``.csv`` / YOLO ``.txt``), or a class raster
+        (any GDAL raster or a numpy array; RGB rasters are colour-coded).
+    shape, crs, transform
+        The label raster's grid. ``transform`` defaults to the identity.
+    classes : str or mapping, optional
+        Vectors/CSV boxes: the class field. Single-band rasters: a mapping
+        value -> class name.
+    min_pixels : int
+        Objects smaller than this (after rasterisation) are skipped (paper: 10).
+    colour_table : mapping, optional
+        Class name -> (r, g, b) for RGB-coded class rasters (e.g.
+        :data:`DUBAI_COLOURS`); unmatched colours become "Other".
+    ignore_classes : sequence of str
+        Raster classes that form no objects (still scored in ASA).
+    raster_mode : {"class", "instance"}
+        Single-band rasters: class ids (objects = 4-connected components per
+        class) or instance ids (each value one object).
+    box_format : {"csv", "yolo"}, optional
+        Default from the suffix.
+    image_name : str, optional
+        For CSVs with an ``image_path`` column, keep only these rows.
+    """
+    from affine import Affine
+
+    if isinstance(ground_truth, GroundTruth):
+        return ground_truth
+    if raster_mode not in ("class", "instance"):
+        raise ConfigError(f"`raster_mode` must be 'class' or 'instance', got {raster_mode!r}")
+    if not isinstance(min_pixels, int) or min_pixels < 1:
+        raise ConfigError(f"`min_pixels` must be a positive int, got {min_pixels!r}")
+    transform = Affine.identity() if transform is None else transform
+    shape = tuple(int(s) for s in shape)
+    try:
+        import geopandas as gpd
+
+        is_gdf = isinstance(ground_truth, gpd.GeoDataFrame)
+    except ImportError:  # pragma: no cover
+        is_gdf = False
+    if is_gdf:
+        return _vectors_to_gt(ground_truth, shape=shape, crs=crs, transform=transform, classes=classes, min_pixels=min_pixels)
+    if isinstance(ground_truth, np.ndarray):
+        return _raster_to_gt(
+            ground_truth, shape=shape, classes=classes, colour_table=colour_table,
+            ignore_classes=ignore_classes, raster_mode=raster_mode, min_pixels=min_pixels,
+        )
+    p = Path(ground_truth)
+    if not p.exists():
+        raise InputNotFoundError(f"ground truth `{p}` does not exist", hint="pass vectors, a class raster or a box CSV")
+    suffix = p.suffix.lower()
+    if suffix in _VECTOR_SUFFIXES:
+        gdf = _read_vectors(p)
+        return _vectors_to_gt(gdf, shape=shape, crs=crs, transform=transform, classes=classes, min_pixels=min_pixels)
+    if suffix in (".csv", ".txt") or box_format is not None:
+        return _boxes_to_gt(p, shape=shape, classes=classes, box_format=box_format, image_name=image_name)
+    arr = _read_raster_array(p)
+    return _raster_to_gt(
+        arr, shape=shape, classes=classes, colour_table=colour_table,
+        ignore_classes=ignore_classes, raster_mode=raster_mode, min_pixels=min_pixels,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """Result of :func:`evaluate`.
+
+    Attributes
+    ----------
+    summary : dict
+        Coverage (%), global ASA, instance-weighted Det@0.5, SS-Det@0.5,
+        mIoU, BIoU, n̄, counts and the settings used.
+    rows : list of dict
+        One row per class (``class``, ``n_objects``, ``det50``,
+        ``ss_det50``, ``miou``, ``biou``, ``n_bar``, ``asa``) and a final
+        instance-weighted ``Global`` row. Fractions in 0..1.
+    objects : pandas.DataFrame
+        Per-object table: ``object``, ``class``, ``n_pixels``, ``iou``,
+        ``ss_iou``, ``biou``, ``n_segments``, ``category``
+        (detected ≥ 0.5 > partial ≥ 0.2 > coarse > 0 = missed), bbox.
+    """
+
+    summary: dict
+    rows: list
+    objects: Any
+    _labels: np.ndarray | None = field(default=None, repr=False)
+    _gt: GroundTruth | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "summary": self.summary,
+            "rows": self.rows,
+            "objects": json.loads(self.objects.to_json(orient="records")),
+        }
+
+
+def _category(iou: float) -> str:
+    if iou >= 0.5:
+        return "detected"
+    if iou >= 0.2:
+        return "partial"
+    if iou > 0:
+        return "coarse"
+    return "missed"
+
+
+def _labels_array(labels):
+    """(numpy labels, crs, transform) from a path, DataArray or array."""
+    import xarray as xr
+    from affine import Affine
+
+    from .vectorize import _grid_of, open_label_raster
+
+    if isinstance(labels, (str, os.PathLike)):
+        labels = open_label_raster(labels)
+    if isinstance(labels, xr.DataArray):
+        crs, transform = _grid_of(labels)
+        arr = np.asarray(labels.values)
+    else:
+        crs, transform = None, Affine.identity()
+        arr = np.asarray(labels)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"labels must be a 2-D integer raster, got shape {arr.shape} dtype {arr.dtype}")
+    return arr, crs, transform
+
+
+def evaluate(
+    labels,
+    ground_truth,
+    *,
+    classes: str | Mapping | None = None,
+    min_pixels: int = 10,
+    paper_asa: bool = False,
+    biou_d: int = 3,
+    colour_table: Mapping[str, tuple[int, int, int]] | None = None,
+    ignore_classes: Sequence[str] = (),
+    raster_mode: str = "class",
+    box_format: str | None = None,
+    image_name: str | None = None,
+    progress: bool = False,
+) -> Report:
+    """Score a label raster against ground truth with the paper's metrics.
+
+    Parameters
+    ----------
+    labels : path, xarray.DataArray or array
+        (y, x) segment labels, 0 = unsegmented (read fully into memory).
+    ground_truth
+        See :func:`load_ground_truth`.
+    classes, min_pixels, colour_table, ignore_classes, raster_mode, box_format, image_name
+        See :func:`load_ground_truth`.
+    paper_asa : bool
+        Use the paper scripts' ASA (label 0 is a segment; see module docs).
+    biou_d : int
+        Boundary band width in pixels (paper: 3).
+    progress : bool
+        Show a tqdm bar over objects.
+
+    Returns
+    -------
+    Report
+    """
+    import pandas as pd
+    from scipy import ndimage
+
+    if not isinstance(biou_d, int) or biou_d < 1:
+        raise ConfigError(f"`biou_d` must be a positive int, got {biou_d!r}")
+    lab, crs, transform = _labels_array(labels)
+    gt = load_ground_truth(
+        ground_truth, shape=lab.shape, crs=crs, transform=transform, classes=classes,
+        min_pixels=min_pixels, colour_table=colour_table, ignore_classes=ignore_classes,
+        raster_mode=raster_mode, box_format=box_format, image_name=image_name,
+    )
+    if gt.instances.shape != lab.shape:
+        raise CRSMismatchError(f"ground truth {gt.instances.shape} and labels {lab.shape} differ in shape")
+    seg, nseg = _dense(lab)
+    seg_sizes = np.bincount(seg.ravel(), minlength=nseg + 1)
+    H, W = lab.shape
+    d = biou_d
+    is_box = gt.boxes is not None
+    if is_box:
+        sl_seg = ndimage.find_objects(seg)
+        seg_boxes = np.zeros((nseg + 1, 4))
+        for s, sl in enumerate(sl_seg, start=1):
+            if sl is not None:
+                seg_boxes[s] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+    else:
+        sl_seg = ndimage.find_objects(seg)
+    obj_slices = ndimage.find_objects(gt.instances, max_label=gt.n_objects)
+
+    records = []
+    it = range(1, gt.n_objects + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="objects", unit="obj")
+    for o in it:
+        sl = obj_slices[o - 1]
+        if is_box:
+            box = gt.boxes[o]
+            y0, y1 = int(np.floor(box[1])), int(np.ceil(box[3]))
+            x0, x1 = int(np.floor(box[0])), int(np.ceil(box[2]))
+            cand = np.unique(seg[y0:y1, x0:x1])
+            cand = cand[cand > 0]
+            n_px = int((box[2] - box[0]) * (box[3] - box[1]))
+            chosen: list[int] = []
+            iou = ss = 0.0
+            if len(cand):
+                cb = seg_boxes[cand]
+                single = _box_iou(cb, box)
+                ss = float(single.max())
+                cur = None
+                avail = np.ones(len(cand), bool)
+                while avail.any():
+                    if cur is None:
+                        u = cb
+                    else:
+                        u = np.column_stack([
+                            np.minimum(cb[:, 0], cur[0]), np.minimum(cb[:, 1], cur[1]),
+                            np.maximum(cb[:, 2], cur[2]), np.maximum(cb[:, 3], cur[3]),
+                        ])
+                    val = np.where(avail, _box_iou(u, box), -1.0)
+                    j = int(np.argmax(val))
+                    if val[j] <= iou:
+                        break
+                    iou = float(val[j])
+                    cur = u[j]
+                    avail[j] = False
+                    chosen.append(int(cand[j]))
+            biou = float("nan")
+            bbox = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+        else:
+            inside = gt.instances[sl] == o
+            n_px = int(np.count_nonzero(inside))
+            vals = seg[sl][inside]
+            inter = np.bincount(vals, minlength=nseg + 1)
+            inter[0] = 0  # unsegmented pixels are no candidate
+            cand = np.flatnonzero(inter)
+            idx, iou = greedy_oracle(inter[cand], seg_sizes[cand], n_px)
+            chosen = [int(c) for c in cand[idx]]
+            if len(cand):
+                single = inter[cand] / (seg_sizes[cand] + n_px - inter[cand])
+                ss = float(single.max())
+            else:
+                ss = 0.0
+            # BIoU on the union of the object's and the chosen segments'
+            # boxes, padded so the crop edge never erodes anything.
+            ys, ye, xs, xe = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+            for c in chosen:
+                s_sl = sl_seg[c - 1]
+                ys, ye = min(ys, s_sl[0].start), max(ye, s_sl[0].stop)
+                xs, xe = min(xs, s_sl[1].start), max(xe, s_sl[1].stop)
+            ys, xs = max(ys - d - 1, 0), max(xs - d - 1, 0)
+            ye, xe = min(ye + d + 1, H), min(xe + d + 1, W)
+            if chosen:
+                r_mask = np.isin(seg[ys:ye, xs:xe], chosen)
+                o_mask = gt.instances[ys:ye, xs:xe] == o
+                biou = boundary_iou(r_mask, o_mask, d)
+            else:
+                biou = 0.0
+            bbox = (float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop))
+        records.append(
+            {
+                "object": o,
+                "class": gt.class_names[int(gt.object_class[o])],
+                "n_pixels": n_px,
+                "iou": float(iou),
+                "ss_iou": float(ss),
+                "biou": float(biou),
+                "n_segments": len(chosen),
+                "category": _category(float(iou)),
+                "xmin": bbox[0],
+                "ymin": bbox[1],
+                "xmax": bbox[2],
+                "ymax": bbox[3],
+            }
+        )
+    cols = ["object", "class", "n_pixels", "iou", "ss_iou", "biou", "n_segments", "category", "xmin", "ymin", "xmax", "ymax"]
+    objects = pd.DataFrame.from_records(records, columns=cols)
+
+    if gt.class_raster is not None:
+        asa_glob, asa_per = asa(lab, gt.class_raster, n_classes=len(gt.class_names), paper_asa=paper_asa)
+    else:
+        asa_glob, asa_per = float("nan"), np.full(len(gt.class_names), np.nan)
+
+    def _row(name, df, asa_value):
+        n = len(df)
+        return {
+            "class": name,
+            "n_objects": n,
+            "det50": float((df["iou"] >= 0.5).mean()) if n else float("nan"),
+            "ss_det50": float((df["ss_iou"] >= 0.5).mean()) if n else float("nan"),
+            "miou": float(df["iou"].mean()) if n else float("nan"),
+            "biou": float(df["biou"].mean()) if n else float("nan"),
+            "n_bar": float(df["n_segments"].mean()) if n else float("nan"),
+            "asa": float(asa_value),
+        }
+
+    rows = []
+    for c, name in enumerate(gt.class_names):
+        df = objects[objects["class"] == name]
+        if len(df) or not np.isnan(asa_per[c]):
+            rows.append(_row(name, df, asa_per[c]))
+    glob = _row("Global", objects, asa_glob)
+    rows.append(glob)
+    summary = {
+        "coverage_pct": coverage(lab),
+        "asa": asa_glob,
+        "det50": glob["det50"],
+        "ss_det50": glob["ss_det50"],
+        "miou": glob["miou"],
+        "biou": glob["biou"],
+        "n_bar": glob["n_bar"],
+        "n_objects": gt.n_objects,
+        "n_objects_skipped": gt.n_skipped,
+        "n_segments": int(nseg),
+        "height": int(H),
+        "width": int(W),
+        "ground_truth": "boxes" if is_box else "masks",
+        "paper_asa": bool(paper_asa),
+        "min_pixels": int(min_pixels),
+        "biou_d": int(d),
+        "crs": None if crs is None else str(crs),
+    }
+    return Report(summary=summary, rows=rows, objects=objects, _labels=lab, _gt=gt)
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+
+
+def _fmt(v, pct=False):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return f"{100 * v:.1f}" if pct else f"{v:.3f}"
+
+
+def report_markdown(report: Report, *, title: str | None = None) -> str:
+    """The report as a Markdown table (Det in %, IoUs as fractions)."""
+    s = report.summary
+    lines = []
+    if title:
+        lines += [f"## {title}", ""]
+    lines += [
+        f"Coverage {s['coverage_pct']:.2f} %, ASA {_fmt(s['asa'])}"
+        f"{' (paper variant: label 0 credited)' if s['paper_asa'] else ''}, "
+        f"{s['n_segments']} segments, {s['n_objects']} objects "
+        f"({s['n_objects_skipped']} under {s['min_pixels']} px skipped).",
+        "",
+        "| class | objects | Det@0.5 % | SS-Det@0.5 % | mIoU | BIoU | n̄ | ASA |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report.rows:
+        name = f"*{r['class']}*" if r["class"] == "Global" else r["class"]
+        lines.append(
+            f"| {name} | {r['n_objects']} | {_fmt(r['det50'], True)} | {_fmt(r['ss_det50'], True)} | "
+            f"{_fmt(r['miou'])} | {_fmt(r['biou'])} | {_fmt(r['n_bar']) if r['n_objects'] else '–'} | {_fmt(r['asa'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+_CAT_COLOURS = {
+    "detected": (0.10, 0.70, 0.20),
+    "partial": (1.00, 0.60, 0.00),
+    "coarse": (0.85, 0.10, 0.10),
+    "missed": (0.80, 0.00, 0.80),
+}
+
+
+def _figure(report: Report, out_png: Path, *, max_side: int = 2000) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from skimage.segmentation import find_boundaries
+
+    lab, gt = report._labels, report._gt
+    step = max(1, int(np.ceil(max(lab.shape) / max_side)))
+    lab_s = lab[::step, ::step]
+    inst_s = gt.instances[::step, ::step]
+    img = np.ones(lab_s.shape + (3,))
+    img[lab_s == 0] = (0.93, 0.93, 0.93)  # unsegmented
+    img[find_boundaries(lab_s, mode="inner")] = (0.55, 0.55, 0.55)
+    colour = np.zeros((gt.n_objects + 1, 3))
+    for rec in report.objects.itertuples():
+        colour[rec.object] = _CAT_COLOURS[rec.category]
+    gb = find_boundaries(inst_s, mode="inner") & (inst_s > 0)
+    if gb.any():
+        from scipy.ndimage import binary_dilation
+
+        gb2 = binary_dilation(gb) & (inst_s > 0) if max(lab_s.shape) > 600 else gb
+        img[gb2] = colour[inst_s[gb2]]
+    h, w = lab_s.shape
+    fig = Figure(figsize=(8, 8 * h / w + 0.8), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(img, interpolation="nearest")
+    ax.set_axis_off()
+    s = report.summary
+    counts = report.objects["category"].value_counts()
+    ax.set_title(
+        f"GT outlines over segment outlines — Det@0.5 {_fmt(s['det50'], True)} %, mIoU {_fmt(s['miou'])}, "
+        f"BIoU {_fmt(s['biou'])}",
+        fontsize=9,
+    )
+    handles = [Patch(color=c, label=f"{k} ({int(counts.get(k, 0))})") for k, c in _CAT_COLOURS.items()]
+    handles.append(Patch(color=(0.55, 0.55, 0.55), label="segment outline"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=5, fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(out_png)
+
+
+def write_report(report: Report, out_json: str | os.PathLike, *, figure: bool = True, title: str | None = None) -> dict:
+    """Write ``out_json`` plus a Markdown table (``.md``) and a figure (``.png``) beside it.
+
+    Returns
+    -------
+    dict
+        ``{"json": Path, "markdown": Path, "figure": Path or None}``.
+    """
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+
+    def _clean(o):
+        if isinstance(o, float) and np.isnan(o):
+            return None
+        if isinstance(o, dict):
+            return {k: _clean(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [_clean(v) for v in o]
+        if isinstance(o, np.generic):
+            return o.item()
+        return o
+
+    out_json.write_text(json.dumps(_clean(report.to_dict()), indent=2))
+    md = out_json.with_suffix(".md")
+    md.write_text(report_markdown(report, title=title))
+    png = None
+    if figure and report._labels is not None and report._gt is not None:
+        png = out_json.with_suffix(".png")
+        _figure(report, png)
+    return {"json": out_json, "markdown": md, "figure": png}

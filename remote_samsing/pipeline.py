@@ -1,0 +1,657 @@
+"""The whole job: input → tiling → segmenter → staging → merge → outputs.
+
+Two entry points:
+
+* :func:`segment` builds the lazy graph and returns a lazy labels
+  DataArray (nothing is computed until you ask), or, with ``store=``, runs the
+  job into an output directory and returns the written labels;
+* :func:`run` is the resumable, directory-based job behind
+  ``remote-samsing segment INPUT OUTDIR``.
+
+Output directory layout (``run``)::
+
+    OUTDIR/
+      run.json             parameters, versions, checkpoint hash, per-block
+                           stats, merge stats; "complete": true written last
+      staging/labels.zarr  local labels of every padded block, one chunk per
+                           block (the resume state)
+      staging/blocks/      one JSON of statistics per finished block, written
+                           after its chunk (its existence marks the block done)
+      labels.zarr          final labels (y, x) with CRS
+      labels.tif           Cloud-Optimized GeoTIFF, nodata 0
+      segments.parquet     polygons (when vectors are on)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .config import RunConfig
+from .exceptions import (
+    BlockFailedError,
+    ConfigError,
+    FingerprintMismatchError,
+    OutputExistsError,
+    RemoteSamsingError,
+)
+from .graph import STAGED_DTYPE, process_block, resolve_segmenter, stage_blocks
+from .io import _as_band_yx, open_mosaic, prepare_rgb, rgb_band_indices
+from .tiling import TilingPlan
+
+__all__ = ["segment", "run", "build_graph", "SegmentGraph", "library_versions"]
+
+_RESULT_AFFECTING = (
+    "segmenter", "segmenter_params", "tile_size", "padding", "bands", "nodata", "percentiles",
+    "merge", "merge_params",
+)
+
+
+# ---------------------------------------------------------------------------
+# lazy graph
+# ---------------------------------------------------------------------------
+@dataclass
+class SegmentGraph:
+    """The lazy pieces of one segmentation: plan, inputs, staged and final labels."""
+
+    plan: TilingPlan
+    image: xr.DataArray
+    rgba: da.Array
+    staged: da.Array
+    labels: xr.DataArray
+    merge_stats: Any
+    diagnostics: Any = None
+
+
+def _open_input(image, *, bands, nodata, tile_size) -> xr.DataArray:
+    if isinstance(image, (str, os.PathLike)):
+        return open_mosaic(image, bands=bands, nodata=nodata, chunks=tile_size)
+    arr = _as_band_yx(image)
+    if bands is not None:
+        from .io import _check_bands
+
+        b = _check_bands(bands, arr.sizes["band"], "the array")
+        arr = arr.isel(band=[i - 1 for i in b])
+        arr.attrs["source_bands"] = list(range(1, len(b) + 1))
+        arr.attrs.setdefault("alpha_band", None)
+    if nodata is not None:
+        import rioxarray  # noqa: F401
+
+        arr = arr.rio.write_nodata(nodata, encoded=False)
+    arr.attrs.setdefault("alpha_band", None)
+    arr.attrs.setdefault("source_bands", list(range(1, arr.sizes["band"] + 1)))
+    return arr
+
+
+def _merge_config(merge: str, merge_params: dict | None):
+    from .merge import MergeConfig
+
+    try:
+        return MergeConfig(strategy=merge, **dict(merge_params or {}))
+    except TypeError as exc:
+        raise ConfigError(f"bad merge parameters {merge_params!r}: {exc}") from None
+
+
+def _wrap_labels(data: da.Array, like: xr.DataArray) -> xr.DataArray:
+    import rioxarray  # noqa: F401
+
+    coords = {}
+    for dim in ("y", "x"):
+        if dim in like.coords:
+            coords[dim] = like.coords[dim].values
+    out = xr.DataArray(data, dims=("y", "x"), coords=coords, name="labels")
+    crs = like.rio.crs
+    if crs is not None:
+        out = out.rio.write_crs(crs)
+    try:
+        if "y" in like.coords and "x" in like.coords:
+            out = out.rio.write_transform(like.rio.transform())
+    except Exception:  # noqa: BLE001 - un-georeferenced arrays have no transform
+        pass
+    out = out.rio.write_nodata(0, encoded=False)
+    return out
+
+
+def build_graph(
+    image,
+    *,
+    segmenter: Any = "felzenszwalb",
+    segmenter_params: dict | None = None,
+    tile_size: int = 1000,
+    padding: int = 50,
+    merge: str = "overlap",
+    merge_params: dict | None = None,
+    bands=None,
+    nodata=None,
+    percentiles=(2.0, 98.0),
+    retries: int = 2,
+    staged: da.Array | None = None,
+) -> SegmentGraph:
+    """Build (but do not compute) the full segmentation graph.
+
+    All validation happens here, before anything runs. ``staged`` replaces the
+    segmentation stage with already staged labels (used when resuming).
+    """
+    from .tiling import validate_tiling
+
+    validate_tiling(tile_size, padding)
+    arr = _open_input(image, bands=bands, nodata=nodata, tile_size=tile_size)
+    rgb_band_indices(arr)  # two-band images fail here, before any work
+    seg = resolve_segmenter(segmenter, segmenter_params)
+    mcfg = _merge_config(merge, merge_params)
+    plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=tile_size, padding=padding)
+    rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=tuple(percentiles))
+    if staged is None:
+        staged = stage_blocks(
+            rgba, plan=plan, segmenter=seg, retries=retries, resources=_segment_resources(seg)
+        )
+    valid = rgba[..., 3] > 0
+    from .merge import merge_labels
+
+    result = merge_labels(staged, plan=plan, config=mcfg, valid=valid)
+    labels = _wrap_labels(result.labels, arr)
+    return SegmentGraph(
+        plan=plan,
+        image=arr,
+        rgba=rgba,
+        staged=staged,
+        labels=labels,
+        merge_stats=result.stats,
+        diagnostics=getattr(result, "diagnostics", None),
+    )
+
+
+def _segment_resources(seg) -> dict | None:
+    """Worker resources the segmentation tasks ask for (SAM2 → one GPU)."""
+    req = getattr(seg, "resources", None)
+    return dict(req) if req else None
+
+
+def segment(
+    image,
+    *,
+    segmenter: Any = "felzenszwalb",
+    tile_size: int = 1000,
+    padding: int = 50,
+    merge: str = "overlap",
+    store: str | os.PathLike | None = None,
+    client=None,
+    bands=None,
+    nodata=None,
+    percentiles=(2.0, 98.0),
+    segmenter_params: dict | None = None,
+    merge_params: dict | None = None,
+    retries: int = 2,
+    overwrite: bool = False,
+) -> xr.DataArray:
+    """Segment a mosaic block by block; labels 0 = unsegmented.
+
+    Parameters
+    ----------
+    image : path, DataArray (band, y, x), or numpy/dask array (y, x) or (y, x, band)
+        The mosaic.
+    segmenter : str or object
+        A registry name (``"felzenszwalb"``, ``"slic"``, ``"sam2"``) or any
+        object with ``segment(block, *, block_info)``.
+    tile_size, padding : int
+        Core tile size T and context P (``map_overlap`` depth).
+    merge : str
+        Seam merge strategy (see :class:`remote_samsing.merge.MergeConfig`).
+    store : path, optional
+        Output directory. When given, the job runs now (resumably, on
+        ``client`` or an embedded cluster) and the written labels are
+        returned. When None, the result is lazy.
+    client : distributed.Client, optional
+        Cluster to run on when ``store`` is given.
+    bands : list of int, optional
+        1-based bands for RGB, or one band for grey.
+    nodata : float, optional
+        Nodata value overriding the file's.
+    percentiles : (float, float)
+        Global stretch percentiles for non-uint8 input.
+    segmenter_params, merge_params : dict, optional
+        Extra keyword arguments for the segmenter and the merge.
+    retries : int
+        Extra attempts for a failing block.
+    overwrite : bool
+        With ``store``: replace an existing output directory.
+
+    Returns
+    -------
+    xarray.DataArray
+        (y, x) integer labels with the input's CRS and transform, nodata 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.zeros((60, 60), np.uint8); img[10:30, 10:50] = 200
+    >>> labels = segment(img, segmenter="felzenszwalb", tile_size=32, padding=8,
+    ...                  segmenter_params={"scale": 10, "min_size": 5})
+    >>> labels.dims, labels.shape
+    (('y', 'x'), (60, 60))
+    """
+    if store is None:
+        return build_graph(
+            image,
+            segmenter=segmenter,
+            segmenter_params=segmenter_params,
+            tile_size=tile_size,
+            padding=padding,
+            merge=merge,
+            merge_params=merge_params,
+            bands=bands,
+            nodata=nodata,
+            percentiles=percentiles,
+            retries=retries,
+        ).labels
+    if not isinstance(segmenter, str):
+        raise ConfigError("with `store=`, `segmenter` must be a registry name so the run can be resumed")
+    cfg = RunConfig(
+        segmenter=segmenter,
+        segmenter_params=dict(segmenter_params or {}),
+        tile_size=tile_size,
+        padding=padding,
+        merge=merge,
+        merge_params=dict(merge_params or {}),
+        bands=bands,
+        nodata=nodata,
+        percentiles=tuple(percentiles),
+        retries=retries,
+        overwrite=overwrite,
+        vectors=False,
+        progress=False,
+    )
+    run(image, store, config=cfg, client=client)
+    from .io import open_labels
+
+    return open_labels(Path(store) / "labels.zarr")
+
+
+# ---------------------------------------------------------------------------
+# resumable run into a directory
+# ---------------------------------------------------------------------------
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries that shape results (read without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in (
+        "remote_samsing", "numpy", "dask", "distributed", "zarr", "xarray", "rioxarray", "rasterio",
+        "numba", "scikit-image", "scipy", "shapely", "geopandas", "torch", "torchvision", "sam2",
+        "dask-cuda",
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _input_identity(image) -> dict:
+    if isinstance(image, (str, os.PathLike)):
+        p = Path(os.fspath(image)).resolve()
+        if p.is_dir():
+            files = sorted(q for q in p.rglob("*") if q.is_file())
+            size = sum(q.stat().st_size for q in files)
+            mtime = max((q.stat().st_mtime_ns for q in files), default=0)
+        else:
+            size, mtime = p.stat().st_size, p.stat().st_mtime_ns
+        return {"path": str(p), "bytes": size, "mtime_ns": mtime}
+    token = dask.base.tokenize(image)
+    return {"array_token": token}
+
+
+def _fingerprint(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_hash: str | None) -> str:
+    payload = {
+        "config": {k: cfg.to_dict()[k] for k in _RESULT_AFFECTING},
+        "input": identity,
+        "shape": list(plan.shape),
+        "checkpoint_sha256": ckpt_hash,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _segment_and_stage(rgba, *, plan, segmenter, retries, staging, run_id, block_info=None):
+    """Graph task: segment one block unless already staged; write chunk then stats."""
+    import zarr
+
+    from .outputs import write_json_atomic
+
+    iy, ix = block_info[None]["chunk-location"][:2]
+    marker = Path(staging) / "blocks" / f"{iy}_{ix}.json"
+    if marker.exists():  # staged by an earlier (interrupted) run: never segment twice
+        return np.zeros((1, 1), np.int64)
+    labels, stats = process_block(rgba, (iy, ix), plan=plan, segmenter=segmenter, retries=retries)
+    sy, sx = plan.slot_shape
+    slot = np.zeros((sy, sx), STAGED_DTYPE)
+    slot[: labels.shape[0], : labels.shape[1]] = labels
+    z = zarr.open_array(Path(staging) / "labels.zarr", mode="r+")
+    # one Zarr chunk per slot: chunk-aligned writes from different workers never overlap
+    z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
+    stats["run_id"] = run_id
+    write_json_atomic(marker, stats)
+    return np.ones((1, 1), np.int64)
+
+
+def _prepare_outdir(outdir: Path, fingerprint: str, overwrite: bool) -> dict | None:
+    """Decide fresh / resume / refuse. Returns the previous run.json when resuming."""
+    if not outdir.exists():
+        return None
+    if overwrite:
+        shutil.rmtree(outdir)
+        return None
+    run_json = outdir / "run.json"
+    if run_json.exists():
+        try:
+            prev = json.loads(run_json.read_text())
+        except json.JSONDecodeError:
+            prev = {}
+        if prev.get("fingerprint") != fingerprint:
+            raise FingerprintMismatchError(
+                f"`{outdir}` holds a run with a different configuration or input",
+                hint="use another output directory, or --overwrite to start fresh",
+            )
+        if prev.get("complete"):
+            raise OutputExistsError(
+                f"`{outdir}` already holds a complete run of this job",
+                hint="use --overwrite to recompute, or another output directory",
+            )
+        return prev
+    if any(outdir.iterdir()):
+        raise OutputExistsError(
+            f"output directory `{outdir}` exists and is not a remote-samsing run",
+            hint="choose a new directory or pass --overwrite",
+        )
+    return None
+
+
+@contextlib.contextmanager
+def _client_for(cfg: RunConfig, client, *, needs_gpu: bool, log):
+    if client is not None:
+        yield client
+        return
+    from .cluster import ClusterConfig, make_client
+
+    ccfg = ClusterConfig(
+        scheduler=cfg.scheduler, device=cfg.device, gpus=tuple(cfg.gpus) if cfg.gpus else None,
+        n_workers=cfg.n_workers,
+    )
+    with make_client(ccfg, needs_gpu=needs_gpu) as c:
+        if cfg.scheduler is None:
+            log(f"dashboard: {c.dashboard_link}")
+        yield c
+
+
+def run(
+    image,
+    outdir: str | os.PathLike,
+    *,
+    config: RunConfig | None = None,
+    client=None,
+    log=None,
+) -> dict:
+    """Run a segmentation job into ``outdir``, resuming if it was interrupted.
+
+    Parameters
+    ----------
+    image : path or array
+        The mosaic (a path for resumable runs).
+    outdir : path
+        Output directory (layout in the module docstring).
+    config : RunConfig
+        All parameters.
+    client : distributed.Client, optional
+        Use this cluster instead of starting one.
+    log : callable, optional
+        Receives one-line progress messages (the CLI passes ``click.echo``).
+
+    Returns
+    -------
+    dict
+        The final ``run.json`` content.
+    """
+    cfg = config or RunConfig()
+    log = log or (lambda msg: None)
+    t_start = time.perf_counter()
+    outdir = Path(os.fspath(outdir))
+
+    # -- 1. validate everything cheap, before any cluster or model starts
+    arr = _open_input(image, bands=cfg.bands, nodata=cfg.nodata, tile_size=cfg.tile_size)
+    rgb_band_indices(arr)
+    seg = resolve_segmenter(cfg.segmenter, cfg.segmenter_params)
+    _merge_config(cfg.merge, cfg.merge_params)
+    plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=cfg.tile_size, padding=cfg.padding)
+    ckpt = cfg.segmenter_params.get("checkpoint")
+    ckpt_hash = _file_sha256(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
+    identity = _input_identity(image)
+    fingerprint = _fingerprint(cfg, identity, plan, ckpt_hash)
+    prev = _prepare_outdir(outdir, fingerprint, cfg.overwrite)
+
+    # -- 2. the run record, "complete": false until the very end
+    outdir.mkdir(parents=True, exist_ok=True)
+    staging = outdir / "staging"
+    (staging / "blocks").mkdir(parents=True, exist_ok=True)
+    import zarr
+
+    if not (staging / "labels.zarr").exists():
+        zarr.create_array(
+            store=str(staging / "labels.zarr"),
+            shape=plan.staging_shape,
+            chunks=plan.slot_shape,
+            dtype=STAGED_DTYPE,
+            fill_value=0,
+            zarr_format=3,
+        )
+    run_id = uuid.uuid4().hex
+    record: dict[str, Any] = {
+        "complete": False,
+        "fingerprint": fingerprint,
+        "run_id": run_id,
+        "resumed": prev is not None,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "input": identity,
+        "shape": list(plan.shape),
+        "crs": str(arr.rio.crs) if arr.rio.crs is not None else None,
+        "parameters": cfg.to_dict(),
+        "segmenter_config": _segmenter_description(seg),
+        "checkpoint_sha256": ckpt_hash,
+        "tiling": {
+            "chunks": [list(c) for c in plan.chunks],
+            "n_blocks": plan.n_blocks,
+            "slot_shape": list(plan.slot_shape),
+        },
+        "versions": library_versions(),
+        "platform": {"machine": platform.machine(), "system": platform.system(), "python": sys.version},
+        "command": sys.argv,
+    }
+    from .outputs import to_cog, to_label_zarr, write_json_atomic
+
+    write_json_atomic(outdir / "run.json", record)
+
+    needs_gpu = bool(_segment_resources(seg))
+    with _client_for(cfg, client, needs_gpu=needs_gpu, log=log) as c:
+        # -- 3. segment and stage every block not staged yet
+        rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)
+        depth = {0: plan.depth[0], 1: plan.depth[1], 2: 0}
+        res = _segment_resources(seg)
+        with dask.annotate(resources=res) if res else contextlib.nullcontext():
+            done = da.map_overlap(
+                _segment_and_stage,
+                rgba,
+                depth=depth,
+                boundary="none",
+                trim=False,
+                chunks=(1, 1),
+                drop_axis=2,
+                dtype=np.int64,
+                meta=np.empty((0, 0), np.int64),
+                plan=plan,
+                segmenter=seg,
+                retries=cfg.retries,
+                staging=str(staging),
+                run_id=run_id,
+                name="remote-samsing-segment-stage",
+            )
+        t0 = time.perf_counter()
+        log(f"segmenting {plan.n_blocks} block(s) of {cfg.tile_size} px (padding {cfg.padding})")
+        try:
+            _compute(done.sum(), c, progress=cfg.progress, optimize_graph=False)
+        except BlockFailedError as exc:
+            record["error"] = {"type": type(exc).__name__, "message": str(exc)}
+            record["blocks"] = _collect_block_stats(staging, plan)
+            write_json_atomic(outdir / "run.json", record)
+            raise
+        t_segment = time.perf_counter() - t0
+        blocks = _collect_block_stats(staging, plan)
+        missing = [b for b, s in zip(plan.block_ids(), blocks) if s is None]
+        if missing:
+            raise BlockFailedError(f"{len(missing)} block(s) were not staged, e.g. {missing[:3]}")
+
+        # -- 4. merge from the staged blocks only
+        t0 = time.perf_counter()
+        staged = da.from_zarr(str(staging / "labels.zarr"))
+        graph = build_graph(
+            arr if not isinstance(image, (str, os.PathLike)) else image,
+            segmenter=seg,
+            tile_size=cfg.tile_size,
+            padding=cfg.padding,
+            merge=cfg.merge,
+            merge_params=cfg.merge_params,
+            bands=cfg.bands if isinstance(image, (str, os.PathLike)) else None,
+            nodata=cfg.nodata,
+            percentiles=cfg.percentiles,
+            staged=staged,
+        )
+        log("merging seams and writing labels.zarr")
+        to_label_zarr(graph.labels, outdir / "labels.zarr")
+        from .io import open_labels
+
+        written = open_labels(outdir / "labels.zarr")
+        merge_stats = _compute(graph.merge_stats, c, progress=False) if graph.merge_stats is not None else {}
+        max_label = int(_compute(written.data.max(), c, progress=False))
+        t_merge = time.perf_counter() - t0
+
+        # -- 5. COG and vectors, from the written labels (no recomputation)
+        t0 = time.perf_counter()
+        log("writing labels.tif (COG)")
+        lock = _distributed_lock(c)
+        to_cog(written, outdir / "labels.tif", max_label=max_label, lock=lock)
+        vectors_path = None
+        if cfg.vectors:
+            log("vectorizing")
+            vectors_path = _write_vectors(outdir, written, blocks)
+        t_outputs = time.perf_counter() - t0
+
+    # -- 6. finish the record; "complete" is the last thing written
+    n_labels = max_label
+    core_px = sum(
+        (s["core"][1] - s["core"][0]) * (s["core"][3] - s["core"][2]) for s in blocks if s is not None
+    )
+    record.update(
+        blocks=blocks,
+        blocks_segmented_this_run=sum(1 for s in blocks if s and s.get("run_id") == run_id),
+        blocks_skipped_nodata=sum(1 for s in blocks if s and s.get("skipped")),
+        merge_stats=merge_stats,
+        n_segments=n_labels,
+        pixels=core_px,
+        timings={
+            "segment_s": t_segment,
+            "merge_and_zarr_s": t_merge,
+            "outputs_s": t_outputs,
+            "total_s": time.perf_counter() - t_start,
+        },
+        outputs={
+            "labels_zarr": "labels.zarr",
+            "labels_tif": "labels.tif",
+            "vectors": vectors_path.name if vectors_path else None,
+        },
+        finished=_dt.datetime.now(_dt.timezone.utc).isoformat(),
+    )
+    write_json_atomic(outdir / "run.json", record)
+    record["complete"] = True
+    write_json_atomic(outdir / "run.json", record)
+    return record
+
+
+def _segmenter_description(seg) -> dict:
+    import dataclasses
+
+    d: dict[str, Any] = {"class": f"{type(seg).__module__}.{type(seg).__qualname__}"}
+    if dataclasses.is_dataclass(seg):
+        try:
+            d["params"] = {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else str(v))
+                           for k, v in dataclasses.asdict(seg).items()}
+        except TypeError:
+            pass
+    elif hasattr(seg, "describe"):
+        d["params"] = seg.describe()
+    return d
+
+
+def _collect_block_stats(staging: Path, plan: TilingPlan) -> list:
+    out = []
+    for iy, ix in plan.block_ids():
+        p = staging / "blocks" / f"{iy}_{ix}.json"
+        out.append(json.loads(p.read_text()) if p.exists() else None)
+    return out
+
+
+def _compute(x, client, *, progress: bool, optimize_graph: bool = True):
+    if client is None:
+        return x.compute()
+    fut = client.compute(x, optimize_graph=optimize_graph)
+    if progress:
+        from distributed import progress as _progress
+
+        _progress(fut)
+        print(file=sys.stderr)
+    return fut.result()
+
+
+def _distributed_lock(client):
+    if client is None:
+        return None
+    from distributed import Lock
+
+    return Lock("remote-samsing-cog-write")
+
+
+def _write_vectors(outdir: Path, labels: xr.DataArray, blocks) -> Path | None:
+    try:
+        from .vectorize import to_polygons
+    except ImportError:  # vectorize stage not installed
+        return None
+    out = outdir / "segments.parquet"
+    tmp = outdir / "segments.partial.parquet"
+    to_polygons(labels, out=tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def _raise_if_bad(exc: BaseException) -> None:  # pragma: no cover - helper for CLI
+    if isinstance(exc, RemoteSamsingError):
+        raise exc

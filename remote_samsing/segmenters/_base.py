@@ -1,0 +1,120 @@
+"""The segmenter contract and the registry of built-in segmenters.
+
+Contract (outside checks rely on it): a segmenter is any object with a method
+``segment(block, *, block_info)`` where
+
+* ``block`` is a ``numpy.ndarray`` of shape (y, x, 3), dtype uint8: the padded
+  window, already radiometrically stretched for the whole mosaic;
+* ``block_info`` is a mapping with at least ``"window"``: ``(y_start, y_stop,
+  x_start, x_stop)``, the padded window's position in mosaic pixels, and
+  ``"valid"``: a boolean (y, x) mask, False on nodata/alpha/NaN pixels.
+
+It returns a (y, x) integer array of local labels, 0 = unsegmented. Pixels
+outside ``valid`` are zeroed by the pipeline whatever the segmenter returns.
+
+Built-ins are looked up by name (``get_segmenter("felzenszwalb", scale=100)``);
+heavy backends (torch, sam2) are imported only when their segmenter is built,
+in the spirit of xarray's backend entrypoints
+(https://github.com/pydata/xarray/blob/main/xarray/backends/common.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..exceptions import ConfigError
+
+__all__ = ["Segmenter", "register_segmenter", "get_segmenter", "available_segmenters"]
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Anything with ``segment(block, *, block_info) -> labels``."""
+
+    def segment(self, block: np.ndarray, *, block_info: Mapping[str, Any]) -> np.ndarray:
+        ...
+
+
+# name -> (import path "module:factory"); resolved lazily so that registering
+# "sam2" imports neither torch nor sam2.
+_REGISTRY: dict[str, str | Callable[..., Segmenter]] = {
+    "felzenszwalb": "remote_samsing.segmenters.classical:FelzenszwalbSegmenter",
+    "slic": "remote_samsing.segmenters.classical:SLICSegmenter",
+    "sam2": "remote_samsing.segmenters.sam2:SAM2Segmenter",
+}
+
+
+def register_segmenter(name: str, factory: str | Callable[..., Segmenter]) -> None:
+    """Register a segmenter factory under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        Registry key used by ``segment(segmenter=name)`` and ``--segmenter``.
+    factory : str or callable
+        A callable returning a segmenter from keyword arguments, or an import
+        path ``"package.module:Factory"`` resolved on first use.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"segmenter name must be a non-empty string, got {name!r}")
+    _REGISTRY[name] = factory
+
+
+def available_segmenters() -> list[str]:
+    """Names of all registered segmenters, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _resolve(name: str) -> Callable[..., Segmenter]:
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown segmenter `{name}`",
+            hint=f"choose one of {', '.join(available_segmenters())}",
+        )
+    factory = _REGISTRY[name]
+    if isinstance(factory, str):
+        import importlib
+
+        module_name, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+    return factory
+
+
+def get_segmenter(name: str, **params: Any) -> Segmenter:
+    """Build a registered segmenter by name.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`available_segmenters`.
+    **params
+        Keyword arguments of that segmenter (validated by it).
+
+    Returns
+    -------
+    Segmenter
+
+    Examples
+    --------
+    >>> seg = get_segmenter("felzenszwalb", scale=50)
+    >>> type(seg).__name__
+    'FelzenszwalbSegmenter'
+    """
+    factory = _resolve(name)
+    try:
+        return factory(**params)
+    except TypeError as exc:  # unknown keyword for that segmenter
+        raise ConfigError(f"bad parameters for segmenter `{name}`: {exc}") from None
+
+
+def validate_segmenter(obj: Any) -> Segmenter:
+    """Check that ``obj`` satisfies the segmenter contract, or raise ConfigError."""
+    if not callable(getattr(obj, "segment", None)):
+        raise ConfigError(
+            f"segmenter {obj!r} has no `segment(block, *, block_info)` method",
+            hint="pass a registered name such as 'felzenszwalb' or an object with that method",
+        )
+    return obj
