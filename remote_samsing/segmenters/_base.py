@@ -44,6 +44,9 @@ _REGISTRY: dict[str, str | Callable[..., Segmenter]] = {
     "felzenszwalb": "remote_samsing.segmenters.classical:FelzenszwalbSegmenter",
     "slic": "remote_samsing.segmenters.classical:SLICSegmenter",
     "sam2": "remote_samsing.segmenters.sam2:SAM2Segmenter",
+    # deterministic test/benchmark segmenters (not image understanding)
+    "threshold": "remote_samsing.testing:ThresholdSegmenter",
+    "noop": "remote_samsing.testing:NoopSegmenter",
 }
 
 

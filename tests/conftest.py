@@ -1,0 +1,67 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# numba caches next to the package unless told otherwise; keep test runs hermetic-ish
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.exists():
+        pytest.skip("../shared/data is not available in this checkout")
+    return SHARED
+
+
+def blob_image(shape, *, n=20, max_size=6, seed=0, dtype=np.uint8):
+    """Grey image with bright rectangles no larger than ``max_size`` on dark ground."""
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 20, dtype=dtype)
+    for _ in range(n):
+        h, w = rng.integers(1, max_size + 1, size=2)
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        img[y : y + h, x : x + w] = 220
+    return img
+
+
+@pytest.fixture
+def write_geotiff(tmp_path):
+    """Write a (band, y, x) array as a GeoTIFF in tmp_path; returns its path."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    def _write(data, name="img.tif", *, crs="EPSG:32633", transform=None, nodata=None, **extra):
+        data = np.asarray(data)
+        if data.ndim == 2:
+            data = data[None]
+        path = tmp_path / name
+        profile = dict(
+            driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype,
+            crs=crs, transform=transform or from_origin(500000, 5000000, 0.5, 0.5), nodata=nodata,
+        )
+        profile.update(extra)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        return path
+
+    return _write
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A small real distributed cluster (processes) shared by the session's tests."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", processes=True) as lc:
+        with Client(lc) as c:
+            yield c

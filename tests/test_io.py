@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+import rasterio
+
+from remote_samsing.exceptions import (
+    BandSelectionError,
+    InputNotFoundError,
+    OutputExistsError,
+    UnsupportedDtypeError,
+)
+from remote_samsing.io import open_mosaic, prepare_rgb, rgb_band_indices, to_zarr
+from remote_samsing.testing import raise_if_dask_computes
+from remote_samsing.tiling import TilingPlan
+
+
+def test_open_geotiff_keeps_georeferencing(data_dir):
+    arr = open_mosaic(data_dir / "landsat_rgb.tif", chunks=256)
+    with rasterio.open(data_dir / "landsat_rgb.tif") as src:
+        assert arr.shape == (3, src.height, src.width)
+        assert arr.rio.crs == src.crs
+        assert arr.rio.transform() == src.transform
+        assert arr.rio.nodata == src.nodata == 0
+    assert arr.chunks[1][0] == 256
+
+
+@pytest.mark.parametrize("name,epsg", [("landsat_rgb.tif", 32618), ("kampala_crop_3857.tif", 3857)])
+def test_zarr_roundtrip_keeps_crs_transform_nodata(tmp_path, data_dir, name, epsg):
+    src = open_mosaic(data_dir / name, chunks=100)
+    z = to_zarr(src, tmp_path / "m.zarr", tile_size=100)
+    back = open_mosaic(z, chunks=100)
+    assert back.rio.crs.to_epsg() == epsg
+    assert back.rio.transform().almost_equals(src.rio.transform(), precision=1e-9)
+    assert back.rio.nodata == src.rio.nodata
+    assert back.dtype == src.dtype
+    np.testing.assert_array_equal(back.values, src.values)
+    # zarr chunks are the tile size
+    import zarr
+
+    assert zarr.open_array(str(z / "mosaic"), mode="r").chunks == (3, 100, 100)
+
+
+def test_to_zarr_refuses_existing(tmp_path, data_dir):
+    src = open_mosaic(data_dir / "neon_osbs.tif")
+    to_zarr(src, tmp_path / "m.zarr", tile_size=128)
+    with pytest.raises(OutputExistsError):
+        to_zarr(src, tmp_path / "m.zarr", tile_size=128)
+    to_zarr(src, tmp_path / "m.zarr", tile_size=128, overwrite=True)
+
+
+def test_plain_png_without_georeferencing(tmp_path):
+    from PIL import Image
+
+    img = (np.arange(30 * 40 * 3) % 251).astype(np.uint8).reshape(30, 40, 3)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    arr = open_mosaic(tmp_path / "a.png")
+    assert arr.shape == (3, 30, 40)
+    assert arr.rio.crs is None
+    np.testing.assert_array_equal(np.moveaxis(arr.values, 0, -1), img)
+
+
+def test_missing_and_corrupt_inputs(tmp_path):
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        open_mosaic(tmp_path / "nope.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"this is not a tiff" * 10)
+    with pytest.raises(InputNotFoundError, match="cannot read raster"):
+        open_mosaic(bad)
+
+
+def test_unsupported_dtype(write_geotiff):
+    p = write_geotiff(np.zeros((3, 8, 8), np.complex64))
+    with pytest.raises(UnsupportedDtypeError, match="complex64"):
+        open_mosaic(p)
+
+
+def test_band_selection_and_errors(write_geotiff):
+    data = np.stack([np.full((8, 8), v, np.uint8) for v in (10, 20, 30, 40)])
+    p = write_geotiff(data)
+    arr = open_mosaic(p, bands=[4, 3, 2])
+    assert arr.values[:, 0, 0].tolist() == [40, 30, 20]
+    with pytest.raises(BandSelectionError, match="band 5 is out of range"):
+        open_mosaic(p, bands=[5, 3, 2])
+    with pytest.raises(BandSelectionError, match="1 or 3 bands"):
+        open_mosaic(p, bands=[1, 2])
+    two = write_geotiff(data[:2], name="two.tif")
+    with pytest.raises(BandSelectionError, match="two bands"):
+        rgb_band_indices(open_mosaic(two))
+    assert rgb_band_indices(open_mosaic(two, bands=[2])) == [0, 0, 0]
+
+
+def test_one_band_becomes_grey_rgb(write_geotiff):
+    p = write_geotiff(np.arange(64, dtype=np.uint8).reshape(1, 8, 8))
+    arr = open_mosaic(p)
+    rgba = prepare_rgb(arr, chunks=((8,), (8,))).compute()
+    assert (rgba[..., 0] == rgba[..., 1]).all() and (rgba[..., 1] == rgba[..., 2]).all()
+    np.testing.assert_array_equal(rgba[..., 0], np.arange(64).reshape(8, 8))
+
+
+def test_uint16_stretch_is_global_not_per_tile(write_geotiff):
+    # left half spans 0..1000, right half spans 0..4000: a per-tile stretch would
+    # map the value 500 differently in each tile
+    y, x = np.mgrid[0:64, 0:64]
+    data = np.where(x < 32, (x * 1000) // 31, (x - 32) * 4000 // 31).astype(np.uint16)
+    data[10, 5] = 500
+    data[10, 40] = 500
+    p = write_geotiff(np.stack([data] * 3))
+    arr = open_mosaic(p, chunks=32)
+    rgba = prepare_rgb(arr, chunks=((32, 32), (32, 32)), percentiles=(2, 98)).compute()
+    assert rgba[10, 5, 0] == rgba[10, 40, 0]
+    lo, hi = np.percentile(data.astype(float), [2, 98])
+    expected = np.clip(np.rint((500 - lo) * 255.0 / (hi - lo)), 0, 255)
+    assert rgba[10, 5, 0] == expected
+    # and the whole image equals the single-chunk computation
+    single = prepare_rgb(open_mosaic(p, chunks=64), chunks=((64,), (64,))).compute()
+    np.testing.assert_array_equal(rgba, single)
+
+
+def test_nodata_nan_and_alpha_make_validity(write_geotiff):
+    data = np.full((3, 6, 6), 100, np.uint8)
+    data[:, 0, :] = 0
+    p = write_geotiff(data, nodata=0)
+    rgba = prepare_rgb(open_mosaic(p), chunks=((6,), (6,))).compute()
+    assert not rgba[0, :, 3].any() and rgba[1:, :, 3].all()
+    # an explicit nodata value overrides the file's
+    rgba = prepare_rgb(open_mosaic(p, nodata=100), chunks=((6,), (6,))).compute()
+    assert not rgba[1:, :, 3].any()
+    # NaN in float input
+    f = np.full((3, 6, 6), 0.5, np.float32)
+    f[:, 2, 2] = np.nan
+    pf = write_geotiff(f, name="f.tif")
+    rgba = prepare_rgb(open_mosaic(pf), chunks=((6,), (6,))).compute()
+    assert rgba[..., 3].sum() == 35 and rgba[2, 2, 3] == 0
+    # alpha band
+    a = np.concatenate([np.full((3, 6, 6), 50, np.uint8), np.zeros((1, 6, 6), np.uint8)])
+    a[3, 3:, :] = 255
+    pa = write_geotiff(a, name="a.tif", photometric="RGB", alpha="YES")
+    arr = open_mosaic(pa)
+    assert arr.attrs["alpha_band"] == 4
+    rgba = prepare_rgb(arr, chunks=((6,), (6,))).compute()
+    assert not rgba[:3, :, 3].any() and rgba[3:, :, 3].all()
+    assert (rgba[..., :3][rgba[..., 3] == 0] == 0).all()
+
+
+def test_prepare_rgb_is_lazy(write_geotiff):
+    p = write_geotiff(np.ones((3, 64, 64), np.uint16))
+    arr = open_mosaic(p, chunks=32)
+    with raise_if_dask_computes():
+        prepare_rgb(arr, chunks=TilingPlan(shape=(64, 64), tile_size=32, padding=4).chunks)

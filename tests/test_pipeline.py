@@ -1,0 +1,211 @@
+"""The spine: blocks equal direct segmenter calls; lazy graphs; georeferenced outputs."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import blob_image
+from remote_samsing import segment
+from remote_samsing.config import RunConfig
+from remote_samsing.exceptions import (
+    BandSelectionError,
+    ConfigError,
+    FingerprintMismatchError,
+    OutputExistsError,
+)
+from remote_samsing.io import open_labels
+from remote_samsing.pipeline import build_graph, run
+from remote_samsing.testing import (
+    ThresholdSegmenter,
+    assert_equivalent_labels,
+    count_calls,
+    raise_if_dask_computes,
+)
+
+
+class WindowEcho:
+    """Deterministic, position-dependent segmenter: label = hash of window + local index."""
+
+    def segment(self, block, *, block_info):
+        from scipy import ndimage
+
+        labels, _ = ndimage.label(block.mean(axis=2) > 100)
+        y0, _, x0, _ = block_info["window"]
+        # make labels depend on the window position so misplaced blocks fail
+        return np.where(labels > 0, labels + (y0 * 7 + x0) % 1000, 0).astype(np.uint32)
+
+
+@pytest.mark.parametrize(
+    "shape,T,P",
+    [((2500, 1700), 1000, 50), ((300, 300), 1000, 50), ((257, 131), 64, 8), ((130, 67), 32, 0), ((1, 90), 16, 4)],
+)
+def test_each_block_equals_direct_segmenter_call(shape, T, P):
+    img = blob_image(shape, n=max(5, shape[0] * shape[1] // 2000), seed=shape[0])
+    seg = WindowEcho()
+    g = build_graph(img, segmenter=seg, tile_size=T, padding=P, merge="none")
+    staged = g.staged.compute()
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    sy, sx = g.plan.slot_shape
+    for iy, ix in g.plan.block_ids():
+        w = g.plan.padded_window((iy, ix))
+        got = staged[iy * sy : iy * sy + w.shape[0], ix * sx : ix * sx + w.shape[1]]
+        info = {"window": w.as_tuple(), "valid": np.ones(w.shape, bool)}
+        expected = seg.segment(rgb[w.slices], block_info=info)
+        np.testing.assert_array_equal(got, expected)
+        # the rest of the slot stays empty
+        assert staged[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx].sum() == got.sum()
+
+
+@pytest.mark.parametrize("shape,T,P", [((120, 90), 32, 8), ((64, 64), 100, 10), ((97, 203), 40, 12)])
+def test_merge_none_labels_are_globally_unique_per_block(shape, T, P):
+    img = blob_image(shape, n=40, max_size=5, seed=1)
+    labels = segment(img, segmenter=ThresholdSegmenter(), tile_size=T, padding=P, merge="none").values
+    g = build_graph(img, segmenter=ThresholdSegmenter(), tile_size=T, padding=P, merge="none")
+    # every label lives in exactly one block core, labels are 1..N
+    owners = {}
+    for idx in g.plan.block_ids():
+        for lab in np.unique(labels[g.plan.core_window(idx).slices]):
+            if lab:
+                assert owners.setdefault(int(lab), idx) == idx
+    assert sorted(owners) == list(range(1, len(owners) + 1))
+    # and within each core, labels equal the direct call cropped to the core
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    for idx in g.plan.block_ids():
+        w, c = g.plan.padded_window(idx), g.plan.core_in_padded(idx)
+        direct = ThresholdSegmenter().segment(rgb[w.slices], block_info={"window": w.as_tuple()})[c.slices]
+        assert_equivalent_labels(labels[g.plan.core_window(idx).slices], direct)
+
+
+def test_building_the_graph_computes_nothing(write_geotiff):
+    data = np.stack([blob_image((90, 70), seed=3).astype(np.uint16) * 10] * 3)
+    p = write_geotiff(data)
+    with raise_if_dask_computes():
+        labels = segment(str(p), segmenter="threshold", tile_size=32, padding=4, merge="none")
+    assert labels.shape == (90, 70)
+
+
+def test_lazy_result_is_georeferenced(data_dir):
+    labels = segment(data_dir / "kampala_crop_3857.tif", segmenter="felzenszwalb", tile_size=128, padding=16,
+                     merge="none", segmenter_params={"scale": 50})
+    with rasterio.open(data_dir / "kampala_crop_3857.tif") as src:
+        assert labels.rio.crs == src.crs
+        assert labels.rio.transform().almost_equals(src.transform)
+    assert labels.rio.nodata == 0
+    v = labels.values
+    assert v.min() >= 1  # felzenszwalb covers everything; no nodata in this crop
+
+
+def test_invalid_pixels_are_never_segmented_and_empty_blocks_skipped(tmp_path, write_geotiff):
+    img = np.full((3, 64, 96), 200, np.uint8)
+    img[:, :, :40] = 0  # nodata strip: blocks with x core < 32 are entirely invalid
+    p = write_geotiff(img, nodata=0)
+    log = tmp_path / "calls"
+    seg = ThresholdSegmenter(threshold=0, log_dir=str(log))
+    g = build_graph(str(p), segmenter=seg, tile_size=32, padding=4, merge="none")
+    labels = g.labels.values
+    assert (labels[:, :40] == 0).all()
+    assert (labels[:, 40:] > 0).all()
+    # 2 x 3 blocks; the 2 blocks whose core is x 0..31 never reach the segmenter
+    assert count_calls(log) == 4
+
+
+def test_array_inputs_yx_and_yxband():
+    img = blob_image((50, 60), seed=4)
+    a = segment(img, segmenter="threshold", tile_size=32, padding=4, merge="none").values
+    b = segment(np.repeat(img[..., None], 3, axis=2), segmenter="threshold", tile_size=32, padding=4,
+                merge="none").values
+    np.testing.assert_array_equal(a, b)
+    import dask.array as da
+
+    c = segment(da.from_array(img, chunks=16), segmenter="threshold", tile_size=32, padding=4, merge="none")
+    np.testing.assert_array_equal(a, c.values)
+
+
+def test_bad_inputs_raise_before_any_work(tmp_path, write_geotiff, monkeypatch):
+    import remote_samsing.pipeline as pipeline
+
+    def boom(*a, **k):
+        raise AssertionError("a cluster was started before validation finished")
+
+    monkeypatch.setattr(pipeline, "_client_for", boom)
+    img = write_geotiff(np.zeros((2, 16, 16), np.uint8), name="two.tif")
+    with pytest.raises(BandSelectionError):
+        run(img, tmp_path / "o1", config=RunConfig(tile_size=8, padding=2))
+    one = write_geotiff(np.zeros((3, 16, 16), np.uint8), name="rgb.tif")
+    with pytest.raises(BandSelectionError):
+        run(one, tmp_path / "o2", config=RunConfig(tile_size=8, padding=2, bands=[7]))
+    with pytest.raises(ConfigError, match="unknown segmenter"):
+        run(one, tmp_path / "o3", config=RunConfig(segmenter="nope", tile_size=8, padding=2))
+    (tmp_path / "o4").mkdir()
+    (tmp_path / "o4" / "something.txt").write_text("x")
+    with pytest.raises(OutputExistsError):
+        run(one, tmp_path / "o4", config=RunConfig(tile_size=8, padding=2))
+    with pytest.raises(ConfigError):
+        RunConfig(tile_size=0)
+    with pytest.raises(ConfigError):
+        RunConfig(tile_size=100, padding=50)
+    with pytest.raises(ConfigError):
+        RunConfig(padding=-1)
+    with pytest.raises(ConfigError, match="unknown configuration key"):
+        RunConfig.from_mapping({"tile_sise": 100})
+    with pytest.raises(ConfigError, match="tile_size"):
+        RunConfig.from_mapping({"tile_size": "100"})
+
+
+def test_run_writes_outputs_and_resume_and_fingerprint(tmp_path, data_dir, client):
+    out = tmp_path / "out"
+    cfg = RunConfig(segmenter="felzenszwalb", segmenter_params={"scale": 50}, tile_size=128, padding=16,
+                    merge="none", vectors=False, progress=False)
+    rec = run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client)
+    assert rec["complete"] and rec["blocks_segmented_this_run"] == 4
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["complete"] is True
+    assert saved["parameters"]["tile_size"] == 128
+    assert saved["versions"]["dask"] and len(saved["blocks"]) == 4
+    # COG: tiled, overviews? (256 px is too small for overviews), CRS/transform/nodata
+    with rasterio.open(out / "labels.tif") as dst, rasterio.open(data_dir / "kampala_crop_3857.tif") as src:
+        assert dst.crs == src.crs and dst.transform.almost_equals(src.transform)
+        assert dst.nodata == 0 and dst.count == 1
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        tif = dst.read(1)
+        assert dst.dtypes[0] == ("uint8" if tif.max() < 256 else "uint16")
+    z = open_labels(out / "labels.zarr")
+    np.testing.assert_array_equal(z.values, tif)
+    assert z.rio.crs == rasterio.open(data_dir / "kampala_crop_3857.tif").crs
+    # complete run refuses; other config refuses; overwrite works
+    with pytest.raises(OutputExistsError):
+        run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client)
+    with pytest.raises(FingerprintMismatchError):
+        run(data_dir / "kampala_crop_3857.tif", out, config=cfg.replace(tile_size=64), client=client)
+    rec2 = run(data_dir / "kampala_crop_3857.tif", out, config=cfg.replace(overwrite=True), client=client)
+    assert rec2["complete"]
+    np.testing.assert_array_equal(open_labels(out / "labels.zarr").values, tif)
+
+
+def test_cog_with_overviews_on_landsat(tmp_path, data_dir, client):
+    out = tmp_path / "out"
+    cfg = RunConfig(segmenter="threshold", segmenter_params={"threshold": 60}, tile_size=256, padding=32,
+                    merge="none", vectors=False, progress=False)
+    run(data_dir / "landsat_rgb.tif", out, config=cfg, client=client)
+    with rasterio.open(out / "labels.tif") as dst, rasterio.open(data_dir / "landsat_rgb.tif") as src:
+        assert dst.crs == src.crs and dst.transform.almost_equals(src.transform, precision=1e-9)
+        assert dst.overviews(1)  # COG with overviews
+        assert dst.is_tiled
+        lab = dst.read(1)
+        nodata_px = (src.read() == 0).all(axis=0)
+    assert (lab[nodata_px] == 0).all()
+
+
+def test_failing_block_is_retried_then_reported(tmp_path, data_dir, client):
+    from remote_samsing.exceptions import BlockFailedError
+
+    out = tmp_path / "out"
+    cfg = RunConfig(segmenter="threshold", segmenter_params={"fail_on": [[0, 1]]}, tile_size=128, padding=16,
+                    merge="none", vectors=False, progress=False, retries=1)
+    with pytest.raises(BlockFailedError, match=r"block \(0, 1\)"):
+        run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client)
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["complete"] is False and "(0, 1)" in rec["error"]["message"]
+    assert not (out / "labels.tif").exists()
