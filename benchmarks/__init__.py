@@ -1,0 +1,1 @@
+"""Benchmarks for remote_samsing: run all with ``python -m benchmarks [--quick]``."""

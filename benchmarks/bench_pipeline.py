@@ -1,0 +1,92 @@
+"""Pipeline overhead: the whole job with a no-op segmenter on a synthetic Zarr mosaic.
+
+Prints Mpx/s and the peak RSS of all processes (client + workers) for two
+mosaic sizes, to show throughput and that memory does not grow with the
+mosaic. Target (issue 4): >= 25 Mpx/s on 2 cores, peak RSS independent of size.
+
+    python -m benchmarks.bench_pipeline            # 100 Mpx and 400 Mpx
+    python -m benchmarks.bench_pipeline --quick    # 4 Mpx and 16 Mpx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._util import PeakRSS, machine, timer
+
+
+def _synthetic_zarr(path: Path, side: int, tile: int) -> Path:
+    """A smooth RGB uint8 mosaic written lazily, chunk by chunk, to Zarr v3."""
+    import dask.array as da
+    import xarray as xr
+    from affine import Affine
+
+    def block(b, block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        v = ((np.sin(yy / 37.0) + np.cos(xx / 53.0)) * 60 + 128).astype(np.uint8)
+        return np.broadcast_to(v, (3,) + v.shape).copy()
+
+    tmpl = da.zeros((3, side, side), dtype=np.uint8, chunks=(3, tile, tile))
+    data = tmpl.map_blocks(block, dtype=np.uint8)
+    arr = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": [1, 2, 3]})
+    arr = arr.rio.write_crs("EPSG:32633").rio.write_transform(Affine(0.5, 0, 500000, 0, -0.5, 5000000))
+    arr = arr.assign_coords(
+        y=5000000 - 0.25 - 0.5 * np.arange(side), x=500000 + 0.25 + 0.5 * np.arange(side)
+    )
+    from remote_samsing.io import to_zarr
+
+    return to_zarr(arr, path, tile_size=tile)
+
+
+def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2) -> dict:
+    from distributed import Client, LocalCluster
+
+    from remote_samsing.config import RunConfig
+    from remote_samsing.pipeline import run as run_job
+
+    sizes = sizes or ([2000, 4000] if quick else [10000, 20000])
+    tmp = Path(tempfile.mkdtemp(prefix="rs-bench-pipeline-"))
+    rows = []
+    try:
+        with LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0") as lc, Client(lc) as c:
+            for side in sizes:
+                z = _synthetic_zarr(tmp / f"m{side}.zarr", side, tile)
+                out = tmp / f"out{side}"
+                cfg = RunConfig(segmenter="noop", tile_size=tile, padding=50, merge="overlap", vectors=False,
+                                progress=False)
+                with PeakRSS() as rss, timer() as t:
+                    run_job(z, out, config=cfg, client=c)
+                mpx = side * side / 1e6
+                rows.append({"mpx": mpx, "seconds": t["seconds"], "mpx_per_s": mpx / t["seconds"],
+                             "peak_rss_mb": rss.peak_mb})
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(z, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "name": "pipeline_overhead",
+        "machine": machine(),
+        "n_workers": n_workers,
+        "rows": rows,
+        "rss_ratio_large_vs_small": rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"],
+        "target": ">= 25 Mpx/s on 2 cores; RSS ratio ~1",
+    }
+    for r in rows:
+        print(f"pipeline noop: {r['mpx']:.0f} Mpx in {r['seconds']:.1f} s = {r['mpx_per_s']:.1f} Mpx/s, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    print(f"peak RSS ratio (largest/smallest mosaic): {result['rss_ratio_large_vs_small']:.2f}")
+    return result
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    print(json.dumps(run(args.quick), indent=2))
