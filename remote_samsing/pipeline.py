@@ -497,7 +497,7 @@ def run(
         # -- 3. segment and stage every block not staged yet
         rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         depth = {0: plan.depth[0], 1: plan.depth[1], 2: 0}
-        res = _segment_resources(seg)
+        res = _check_resources(c, _segment_resources(seg), device=cfg.device)
         with dask.annotate(resources=res) if res else contextlib.nullcontext():
             done = da.map_overlap(
                 _segment_and_stage,
@@ -595,6 +595,36 @@ def run(
     record["complete"] = True
     write_json_atomic(outdir / "run.json", record)
     return record
+
+
+def _check_resources(client, res: dict | None, *, device: str) -> dict | None:
+    """Keep the segment tasks' resource request only if some worker can meet it.
+
+    A task asking for ``GPU=1`` on a cluster where no worker advertises that
+    resource would wait forever. With ``device="cpu"`` the request is dropped
+    on purpose; otherwise this is an error that says how to fix it.
+    """
+    if not res or client is None:
+        return res
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if _accepts_n_workers(client) else \
+        client.scheduler_info().get("workers", {})
+    offered = [w.get("resources", {}) for w in workers.values()]
+    if any(all(r.get(k, 0) >= v for k, v in res.items()) for r in offered):
+        return res
+    if device == "cpu":
+        return None
+    from .exceptions import BackendUnavailableError
+
+    raise BackendUnavailableError(
+        f"the segmenter needs worker resources {res}, but no worker of the cluster offers them",
+        hint="start GPU workers with `--resources GPU=1` (dask-cuda does this), or pass --device cpu",
+    )
+
+
+def _accepts_n_workers(client) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
 def _segmenter_description(seg) -> dict:

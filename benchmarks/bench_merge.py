@@ -1,0 +1,308 @@
+"""Seam merge benchmark: out-of-core merge vs the reference's whole-mosaic numpy code.
+
+A synthetic label mosaic (rectangular objects on a 40-px cell grid, ~60k
+objects per 100 Mpx, some spanning two cells across a seam, some ending
+exactly at a seam and touching their neighbour there, some small islands) is
+segmented "perfectly" by every block (its local labels are the relabelled
+crop of the truth over the padded window) and staged to a temporary Zarr,
+as the pipeline does. Then, each in its own process with peak RSS sampled by
+psutil over the process tree:
+
+* ours: ``merge_labels`` (strategy ``overlap``, post-processing on) reading
+  the staged Zarr and writing the labels to a Zarr, 2 threads;
+* reference: ``_reference.reference_pipeline`` (post-process + best match)
+  on the whole pre-merge mosaic already in memory (loading it is not timed).
+
+Correctness at scale: for every output, count *false merges* (one output
+label covering several truth objects) and *missed merges* (one truth object
+split over several output labels), after the truth's small islands are
+removed. The reference's best match merges objects that end at a seam with
+their neighbour across it.
+
+Usage::
+
+    python benchmarks/bench_merge.py --quick          # < 1 min
+    python benchmarks/bench_merge.py                  # 100 Mpx and 400 Mpx
+    python benchmarks/bench_merge.py --gigapixel      # adds 2 Gpx (ours only; long, ~GBs of temp disk)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CELL = 40
+TILE = 1000
+PADDING = 50
+MIN_AREA = 100
+_SEED = 12345
+
+
+# ---------------------------------------------------------------------------
+# synthetic truth, procedurally for any window
+# ---------------------------------------------------------------------------
+def _hash(cy, cx):
+    h = (cy.astype(np.uint64) * np.uint64(73856093)) ^ (cx.astype(np.uint64) * np.uint64(19349663))
+    h ^= np.uint64(_SEED)
+    h = (h ^ (h >> np.uint64(13))) * np.uint64(0x5BD1E995)
+    return h ^ (h >> np.uint64(15))
+
+
+def truth_window(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Truth object ids (uint64, 0 = background) over a window of the infinite mosaic."""
+    y = np.arange(y0, y1)[:, None]
+    x = np.arange(x0, x1)[None, :]
+    cy, cx = y // CELL, x // CELL
+    h = _hash(cy, cx)
+    # pairs: (even row, cx % 4 == 0) joins its right cell; (even row, cx % 4 == 2) joins the cell below
+    left = (cy % 2 == 0) & (cx % 4 == 1) & (_hash(cy, cx - 1) % np.uint64(3) == 0)
+    up = (cy % 2 == 1) & (cx % 4 == 2) & (_hash(cy - 1, cx) % np.uint64(3) == 0)
+    oy = np.where(up, cy - 1, cy)
+    ox = np.where(left, cx - 1, cx)
+    ho = _hash(oy, ox)
+    pair_h = (oy % 2 == 0) & (ox % 4 == 0) & (ho % np.uint64(3) == 0)
+    pair_v = (oy % 2 == 0) & (ox % 4 == 2) & (ho % np.uint64(3) == 0)
+    ny = np.where(pair_v, 2, 1)
+    nx = np.where(pair_h, 2, 1)
+    # margins 0 (touching the neighbour, often exactly at a seam) or 1..6
+    def margin(shift):
+        m = (ho >> np.uint64(shift)) % np.uint64(10)
+        return np.where(m < 4, 0, m - 3).astype(np.int64)
+
+    mt, mb, ml, mr = margin(8), margin(12), margin(16), margin(20)
+    small = (ho >> np.uint64(24)) % np.uint64(16) == 5  # an 8x8 island in the middle of its cell
+    ry = y - oy * CELL
+    rx = x - ox * CELL
+    inside = (ry >= mt) & (ry < ny * CELL - mb) & (rx >= ml) & (rx < nx * CELL - mr)
+    core_small = (np.abs(ry - CELL // 2) < 4) & (np.abs(rx - CELL // 2) < 4)
+    inside = np.where(small & ~pair_h & ~pair_v, core_small, inside)
+    ids = (oy.astype(np.uint64) << np.uint64(24)) + ox.astype(np.uint64) + np.uint64(1)
+    del h
+    return np.where(inside, ids, np.uint64(0))
+
+
+def _rank(a):
+    u, inv = np.unique(a, return_inverse=True)
+    inv = inv.reshape(a.shape)
+    return (inv if u[0] == 0 else inv + 1).astype(np.uint32)
+
+
+def write_staged(path: str, plan) -> None:
+    """Each block's local labels = the relabelled truth over its padded window."""
+    import zarr
+
+    sy, sx = plan.slot_shape
+    z = zarr.open_array(path, mode="w", shape=plan.staging_shape, chunks=(sy, sx), dtype=np.uint32)
+    for iy, ix in plan.block_ids():
+        w = plan.padded_window((iy, ix))
+        slot = np.zeros((sy, sx), np.uint32)
+        slot[: w.shape[0], : w.shape[1]] = _rank(truth_window(*w.as_tuple()))
+        z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
+
+
+def _expected_truth(w) -> np.ndarray:
+    """Truth over a core window with islands (< MIN_AREA) removed; objects never cross the window."""
+    from scipy import ndimage
+
+    t = truth_window(*w)
+    comps, n = ndimage.label(t > 0)
+    small = np.bincount(comps.ravel(), minlength=n + 1) < MIN_AREA
+    small[0] = False
+    # islands are whole cells or cell pairs, so an island is never cut by the window of a
+    # 1000-px core whose edges are cell edges: measuring it inside the window is exact
+    t[small[comps]] = 0
+    return t
+
+
+def _pairs(out: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    fg = (out > 0) | (truth > 0)
+    return np.unique(np.stack([out[fg].astype(np.uint64), truth[fg].astype(np.uint64)]), axis=1)
+
+
+def _score(pairs: np.ndarray) -> dict:
+    pairs = np.unique(pairs, axis=1)
+    both = (pairs[0] > 0) & (pairs[1] > 0)
+    lone = int(((pairs[0] == 0) ^ (pairs[1] == 0)).sum())
+    o, t = pairs[0][both], pairs[1][both]
+    _, co = np.unique(o, return_counts=True)
+    _, ct = np.unique(t, return_counts=True)
+    return {
+        "false_merges": int((co - 1).sum()),
+        "missed_merges": int((ct - 1).sum()),
+        "pixels_disagreeing_on_foreground": lone,
+        "objects": int(np.unique(t).size),
+    }
+
+
+# ---------------------------------------------------------------------------
+# the two contenders, each run in a child process
+# ---------------------------------------------------------------------------
+def _warm_up() -> None:
+    """Load the cached numba kernels once (the reference has no JIT to load)."""
+    import dask.array as da
+
+    from remote_samsing.merge import MergeConfig, merge_labels
+    from remote_samsing.tiling import TilingPlan
+
+    plan = TilingPlan(shape=(8, 8), tile_size=4, padding=1)
+    staged = da.ones(plan.staging_shape, dtype=np.uint32, chunks=plan.slot_shape)
+    merge_labels(staged, plan=plan, config=MergeConfig(min_mask_area=2)).labels.compute(scheduler="sync")
+
+
+def _run_ours(staged_path: str, out_path: str, shape, q) -> None:
+    import dask
+    import dask.array as da
+
+    from remote_samsing.merge import MergeConfig, merge_labels
+    from remote_samsing.tiling import TilingPlan
+
+    plan = TilingPlan(shape=tuple(shape), tile_size=TILE, padding=PADDING)
+    _warm_up()
+    q.put({"loaded": True})  # imports and jitted kernels in memory: the baseline
+    t0 = time.perf_counter()
+    staged = da.from_zarr(staged_path)
+    res = merge_labels(staged, plan=plan, config=MergeConfig(min_mask_area=MIN_AREA))
+    store = res.labels.to_zarr(out_path, compute=False)
+    _, stats = dask.compute(store, res.stats, scheduler="threads", num_workers=2)
+    q.put({"seconds": time.perf_counter() - t0, "totals": stats["totals"]})
+
+
+def _run_reference(staged_path: str, shape, q) -> None:
+    import zarr
+
+    from remote_samsing._reference import reference_pipeline
+    from remote_samsing.tiling import TilingPlan
+
+    plan = TilingPlan(shape=tuple(shape), tile_size=TILE, padding=PADDING)
+    z = zarr.open_array(staged_path, mode="r")
+    sy, sx = plan.slot_shape
+    mosaic = np.zeros(plan.shape, np.uint32)
+    offset = 0
+    for iy, ix in plan.block_ids():  # the reference's numbering: running offset, row-major
+        c = plan.core_in_padded((iy, ix))
+        core = np.asarray(z[iy * sy : iy * sy + c.y1, ix * sx : ix * sx + c.x1])[c.slices]
+        core = _rank(core).astype(np.uint32)
+        mosaic[plan.core_window((iy, ix)).slices] = np.where(core > 0, core + np.uint32(offset), 0)
+        offset = max(offset, int(mosaic.max()))
+    q.put({"loaded": True})
+    t0 = time.perf_counter()
+    out = reference_pipeline(mosaic, tile_size=TILE, strategy="best_match", min_mask_area=MIN_AREA)
+    seconds = time.perf_counter() - t0
+    del mosaic
+    pairs = [
+        _pairs(out[plan.core_window(i).slices], _expected_truth(plan.core_window(i).as_tuple()))
+        for i in plan.block_ids()
+    ]
+    q.put({"seconds": seconds, "score": _score(np.concatenate(pairs, axis=1))})
+
+
+def _measure(target, args) -> dict:
+    """Run ``target`` in a fresh process; sample the tree's RSS until it ends."""
+    import psutil
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=args + (q,))
+    p.start()
+    proc = psutil.Process(p.pid)
+    peak = base = 0
+    results = {}
+    while p.is_alive() or not q.empty():
+        try:
+            rss = sum(x.memory_info().rss for x in [proc] + proc.children(recursive=True))
+        except psutil.Error:
+            rss = 0
+        peak = max(peak, rss)
+        while not q.empty():
+            msg = q.get()
+            if msg.get("loaded"):
+                # ours: imports + kernels loaded; reference: also the input mosaic in memory
+                base = peak
+            results.update(msg)
+        time.sleep(0.02)
+    p.join()
+    results.pop("loaded", None)
+    results.update(peak_rss_mb=peak / 2**20, rss_at_start_mb=base / 2**20, rss_growth_mb=(peak - base) / 2**20)
+    return results
+
+
+def _score_ours(out_path: str, shape) -> dict:
+    import dask
+    import dask.array as da
+
+    from remote_samsing.tiling import TilingPlan
+
+    plan = TilingPlan(shape=tuple(shape), tile_size=TILE, padding=PADDING)
+    out = da.from_zarr(out_path)
+    tasks = [
+        dask.delayed(_pairs)(out.blocks[i], dask.delayed(_expected_truth)(plan.core_window(i).as_tuple()))
+        for i in plan.block_ids()
+    ]
+    pairs = dask.compute(*tasks, scheduler="threads", num_workers=2)
+    return _score(np.concatenate(pairs, axis=1))
+
+
+def bench_size(side_y: int, side_x: int, *, reference: bool, workdir: str, keep_staged: bool = False) -> dict:
+    from remote_samsing.tiling import TilingPlan
+
+    shape = (side_y, side_x)
+    plan = TilingPlan(shape=shape, tile_size=TILE, padding=PADDING)
+    staged = os.path.join(workdir, f"staged_{side_y}x{side_x}.zarr")
+    t0 = time.perf_counter()
+    if not (keep_staged and os.path.exists(staged)):
+        write_staged(staged, plan)
+    row = {"megapixels": side_y * side_x / 1e6, "blocks": plan.n_blocks, "staging_s": time.perf_counter() - t0}
+    out = os.path.join(workdir, f"labels_{side_y}x{side_x}.zarr")
+    row["ours"] = _measure(_run_ours, (staged, out, shape))
+    row["ours"]["score"] = _score_ours(out, shape)
+    if reference:
+        row["reference"] = _measure(_run_reference, (staged, shape))
+        row["time_ratio_reference_over_ours"] = row["reference"]["seconds"] / row["ours"]["seconds"]
+        row["rss_ratio_ours_over_reference"] = row["ours"]["peak_rss_mb"] / row["reference"]["peak_rss_mb"]
+        # working memory: ours above its imports, the reference above the interpreter + scipy (~60 MB)
+        row["rss_growth_ratio_ours_over_reference"] = row["ours"]["rss_growth_mb"] / (
+            row["reference"]["peak_rss_mb"] - 60.0
+        )
+    import shutil
+
+    if not keep_staged:
+        shutil.rmtree(staged, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def run(quick: bool = True, *, gigapixel: bool = False) -> dict:
+    """Benchmark rows; ``quick`` uses 4 and 16 Mpx, else 100 and 400 Mpx (+2 Gpx with ``gigapixel``)."""
+    sizes = [(2000, 2000, True), (4000, 4000, True)] if quick else [(10000, 10000, True), (20000, 20000, True)]
+    if gigapixel and not quick:
+        sizes.append((40000, 50000, False))
+    with tempfile.TemporaryDirectory(prefix="bench_merge_") as workdir:
+        rows = [bench_size(y, x, reference=ref, workdir=workdir) for y, x, ref in sizes]
+    return {"benchmark": "merge", "quick": quick, "tile_size": TILE, "padding": PADDING, "rows": rows}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
+    ap.add_argument("--gigapixel", action="store_true", help="also merge a 2-gigapixel mosaic (ours only)")
+    ap.add_argument("--json", help="write the result here too")
+    args = ap.parse_args(argv)
+    result = run(args.quick, gigapixel=args.gigapixel)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Numba kernels of the seam merge (plain arrays in, results written into ``out``).
+
+Only numpy and numba are imported here; :mod:`remote_samsing.merge` validates
+inputs, allocates the outputs and wires the kernels into the dask graph. The
+kernel-module split follows numbagg (https://github.com/numbagg/numbagg,
+``numbagg/grouped.py``) and scikit-image's ``_watershed_cy``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "union_find",
+    "enclosure_pairs",
+    "label_comp_pairs",
+    "apply_lut",
+    "NEIGHBOUR_BORDER",
+    "NEIGHBOUR_SEAM",
+]
+
+#: Neighbour code of a pixel on the mosaic border (nothing beyond it).
+NEIGHBOUR_BORDER = -1
+#: Neighbour code of a pixel on a core edge shared with another block.
+NEIGHBOUR_SEAM = -2
+
+
+@njit(cache=True, nogil=True)
+def _find(parent, i):
+    # path halving: every visited node skips to its grandparent
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@njit(cache=True, nogil=True)
+def union_find(a, b, out):
+    """Union the edges ``(a[k], b[k])`` of nodes ``0..n-1``; write each node's root.
+
+    ``out`` must hold ``arange(n)`` on entry. The smaller index always becomes
+    the root (callers sort nodes by id, so the smaller *label* wins, as in the
+    reference). On return ``out[i]`` is the root of node ``i``.
+    """
+    for k in range(a.shape[0]):
+        ra = _find(out, a[k])
+        rb = _find(out, b[k])
+        if ra < rb:
+            out[rb] = ra
+        elif rb < ra:
+            out[ra] = rb
+    for i in range(out.shape[0]):
+        out[i] = _find(out, i)
+
+
+@njit(cache=True, nogil=True)
+def enclosure_pairs(labels, small, sides, out_l, out_m):
+    """(label, neighbour) pairs of every 4-neighbour contact of a small label.
+
+    Parameters
+    ----------
+    labels : 2-D integer array
+        Compact block labels (0 = background).
+    small : 1-D bool array
+        ``small[l]`` marks labels whose pairs are wanted.
+    sides : int64 array of 4
+        What lies beyond the top, bottom, left, right edge: ``NEIGHBOUR_BORDER``
+        or ``NEIGHBOUR_SEAM``.
+    out_l, out_m : int64 arrays
+        Receive the pairs; must hold ``4 * (pixels of small labels)`` entries.
+
+    Returns
+    -------
+    int
+        Number of pairs written (with repeats; callers deduplicate).
+    """
+    h, w = labels.shape
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            lab = labels[y, x]
+            if lab == 0 or not small[lab]:
+                continue
+            # up, down, left, right
+            for k in range(4):
+                if k == 0:
+                    yy, xx = y - 1, x
+                elif k == 1:
+                    yy, xx = y + 1, x
+                elif k == 2:
+                    yy, xx = y, x - 1
+                else:
+                    yy, xx = y, x + 1
+                if yy < 0 or yy >= h or xx < 0 or xx >= w:
+                    m = sides[k]
+                else:
+                    m = np.int64(labels[yy, xx])
+                    if m == lab:
+                        continue
+                # skip an immediate repeat: runs along a boundary emit the same pair
+                if n > 0 and out_l[n - 1] == lab and out_m[n - 1] == m:
+                    continue
+                out_l[n] = lab
+                out_m[n] = m
+                n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def label_comp_pairs(labels, comps, last, out_l, out_c):
+    """(label, component) pairs: which foreground components each label lies in.
+
+    ``last`` (length max label + 1, filled with -1) remembers the component
+    last seen for a label so runs emit once. ``out_l``/``out_c`` need one
+    entry per pixel in the worst case. Returns the number written.
+    """
+    h, w = labels.shape
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            lab = labels[y, x]
+            if lab == 0:
+                continue
+            c = comps[y, x]
+            if last[lab] != c:
+                last[lab] = c
+                out_l[n] = lab
+                out_c[n] = c
+                n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def apply_lut(labels, comps, removed, lut, out):
+    """``out = lut[labels]``, and 0 where ``removed[comps]``.
+
+    Pass a 0x0 ``comps`` (and any ``removed``) when no component is removed.
+    """
+    h, w = labels.shape
+    use_comps = comps.shape[0] == h and comps.shape[1] == w
+    for y in range(h):
+        for x in range(w):
+            lab = labels[y, x]
+            if lab == 0 or (use_comps and removed[comps[y, x]]):
+                out[y, x] = 0
+            else:
+                out[y, x] = lut[lab]

@@ -1,0 +1,841 @@
+"""Where the work runs: a local CPU or CUDA cluster, or an existing scheduler.
+
+:func:`make_client` turns a :class:`ClusterConfig` into a connected
+``distributed.Client`` in three steps:
+
+1. **Detect** the NVIDIA GPUs (:func:`detect_gpus`: NVML through
+   ``nvidia-ml-py``, filtered by ``CUDA_VISIBLE_DEVICES``; ``torch.cuda`` only
+   when NVML's Python binding is missing). Detection is skipped when nothing
+   depends on it.
+2. **Decide** (:func:`plan_cluster`, a pure function, unit-tested with the
+   detection injected): connect to ``scheduler``; or start
+   ``dask_cuda.LocalCUDACluster`` with one worker process per selected GPU;
+   or start a CPU ``distributed.LocalCluster`` with one single-threaded worker
+   process per core. A GPU segmenter never falls back to CPU workers
+   silently: that happens only with ``device="cpu"``.
+3. **Start** it, and close everything when the ``with`` block ends.
+
+Worker resources
+----------------
+GPU segmenters (SAM2) declare ``resources = {"GPU": 1}`` and the pipeline
+annotates their tasks with it, so they run only on workers advertising a
+``GPU`` resource, one at a time per worker; merge, relabel and I/O tasks carry
+no annotation and run anywhere. Local CUDA workers advertise ``GPU=1`` each.
+With ``device="cpu"`` and a GPU segmenter, every CPU worker advertises
+``GPU=1`` as well, so the same annotated graph runs on CPU workers, one block
+per worker at a time (SAM2 needs several GB of RAM per block; more at once
+would only swap). Workers of an existing cluster must be started with
+``--resources GPU=1`` (see ``deploy/``).
+
+Annotations and graph optimisation (dask 2026.7)
+------------------------------------------------
+Dask's low-level task fusion (``optimization.fuse.active``) turns the
+optimised array graph into one plain layer *on the scheduler* while it
+materialises the graph, and that drops every layer annotation: an annotated
+task may then run on any worker. Measured with ``dask scheduler`` + two
+``dask worker`` processes (one with ``--resources GPU=1``): annotated tasks
+ran on both workers with ``client.compute(x)``, on the GPU worker only with
+``client.compute(x, optimize_graph=False)`` (also ``x.compute(optimize_graph=False)``,
+``DataArray.compute(optimize_graph=False)``, ``client.persist(x, optimize_graph=False)``),
+or when the *scheduler process* has ``optimization.fuse.active: False``;
+setting that option in the client process only helps when the scheduler
+runs in the same process. So: compute GPU-annotated graphs with
+``optimize_graph=False``; for the clusters started here (scheduler in this
+process) :func:`make_client` additionally sets ``optimization.fuse.active``
+to False while the client is open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .exceptions import BackendUnavailableError, ConfigError
+
+__all__ = [
+    "GPU_RESOURCES",
+    "ClusterConfig",
+    "ClusterPlan",
+    "GPUInfo",
+    "dashboard_link",
+    "detect_gpus",
+    "make_client",
+    "plan_cluster",
+    "resolve_plan",
+    "segment_resources",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Resources one GPU segmentation task asks for (and one GPU worker offers).
+GPU_RESOURCES: Mapping[str, float] = {"GPU": 1}
+
+#: Registry names of segmenters whose tasks need ``GPU_RESOURCES``.
+_GPU_SEGMENTERS = frozenset({"sam2"})
+
+#: Peak resident memory of one SAM2 block on CPU workers (stack.md §2 measured
+#: 5.1-6.7 GB); caps the number of CPU workers when SAM2 runs on CPU.
+_SAM2_CPU_WORKER_BYTES = 6 * 2**30
+
+_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ucxx", "ws", "wss")
+_DEVICES = ("auto", "cuda", "cpu")
+
+
+# ---------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_scheduler_address(address: str) -> None:
+    scheme, sep, rest = address.partition("://")
+    if not sep:  # dask accepts "host:port" and means tcp://
+        rest, scheme = address, "tcp"
+    if scheme not in _SCHEMES:
+        raise ConfigError(
+            f"`scheduler` address {address!r} has an unknown protocol `{scheme}://`",
+            hint=f"use one of {', '.join(s + '://' for s in _SCHEMES)}, e.g. tcp://10.0.0.5:8786",
+        )
+    if scheme != "inproc" and (not rest or rest.startswith(":")):
+        raise ConfigError(f"`scheduler` address {address!r} has no host", hint="e.g. tcp://10.0.0.5:8786")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """Where and how the Dask workers run.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of an existing scheduler (``tcp://host:8786``, ``tls://host:8786``).
+        When set, no local cluster is started and ``gpus`` / ``n_workers``
+        must be left unset.
+    device : {"auto", "cuda", "cpu"}
+        ``auto``: GPU segmenters get one CUDA worker per GPU, and an error if
+        there is none; CPU segmenters get CPU workers. ``cuda``: always CUDA
+        workers (error without GPU or dask-cuda). ``cpu``: CPU workers even
+        for GPU segmenters (slow for SAM2, but never chosen silently).
+    gpus : tuple of int, optional
+        GPU indices (as ``nvidia-smi`` numbers them) for local CUDA workers;
+        default all visible GPUs.
+    n_workers : int, optional
+        Local worker processes; default one per selected GPU, or one per core
+        (fewer for SAM2 on CPU, to fit memory).
+    threads_per_worker : int
+        Threads per worker process.
+    memory_limit : str, int, float or None
+        Per-worker memory limit for local clusters: ``"auto"`` (system memory
+        split evenly), bytes, a fraction of system memory, or a string such
+        as ``"8GiB"``.
+    processes : bool
+        Local CPU workers as processes (default) or threads of this process.
+        CUDA workers are always processes.
+    dashboard : bool
+        Start the dashboard of a local cluster (needs ``bokeh``).
+    tls_ca_file, tls_cert, tls_key : str, optional
+        PEM files for a ``tls://`` scheduler. Unset fields come from Dask's
+        configuration (``distributed.comm.tls.ca-file``,
+        ``distributed.comm.tls.client.cert``, ``distributed.comm.tls.client.key``,
+        or ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE`` etc.).
+    connect_timeout : float
+        Seconds to wait for an existing scheduler.
+    """
+
+    scheduler: str | None = None
+    device: str = "auto"
+    gpus: tuple[int, ...] | None = None
+    n_workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str | int | float | None = "auto"
+    processes: bool = True
+    dashboard: bool = True
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    connect_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.scheduler is not None:
+            if not isinstance(self.scheduler, str) or not self.scheduler.strip():
+                raise ConfigError(f"`scheduler` must be an address string, got {self.scheduler!r}")
+            object.__setattr__(self, "scheduler", self.scheduler.strip())
+            _check_scheduler_address(self.scheduler)
+        if self.device not in _DEVICES:
+            raise ConfigError(f"`device` must be auto, cuda or cpu, got {self.device!r}")
+        if self.gpus is not None:
+            if isinstance(self.gpus, (str, bytes)) or not isinstance(self.gpus, Sequence):
+                raise ConfigError(f"`gpus` must be a sequence of GPU indices, got {self.gpus!r}")
+            gpus = tuple(self.gpus)
+            if not gpus:
+                raise ConfigError("`gpus` is empty", hint="leave it unset to use every visible GPU")
+            bad = [g for g in gpus if not _is_int(g) or g < 0]
+            if bad:
+                raise ConfigError(f"`gpus` must hold non-negative integers, got {list(gpus)!r}")
+            if len(set(gpus)) != len(gpus):
+                raise ConfigError(f"`gpus` lists a GPU twice: {list(gpus)!r}")
+            if self.device == "cpu":
+                raise ConfigError(
+                    f"`gpus` {list(gpus)!r} was given with device 'cpu'",
+                    hint="drop --gpus, or use --device cuda",
+                )
+            object.__setattr__(self, "gpus", gpus)
+        if self.n_workers is not None and (not _is_int(self.n_workers) or self.n_workers < 1):
+            raise ConfigError(f"`n_workers` must be an integer >= 1, got {self.n_workers!r}")
+        if self.scheduler is not None:
+            given = [n for n in ("gpus", "n_workers") if getattr(self, n) is not None]
+            if given:
+                raise ConfigError(
+                    f"`{'` and `'.join(given)}` only apply to a local cluster, but `scheduler` "
+                    f"{self.scheduler!r} was given",
+                    hint="size the existing cluster where its workers are started (see deploy/)",
+                )
+        if not _is_int(self.threads_per_worker) or self.threads_per_worker < 1:
+            raise ConfigError(f"`threads_per_worker` must be an integer >= 1, got {self.threads_per_worker!r}")
+        self._check_memory_limit()
+        for name in ("processes", "dashboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
+        tls_files = {n: getattr(self, n) for n in ("tls_ca_file", "tls_cert", "tls_key")}
+        given_tls = {n: v for n, v in tls_files.items() if v is not None}
+        if given_tls:
+            if not (self.scheduler or "").startswith("tls://"):
+                raise ConfigError(
+                    f"`{'`, `'.join(given_tls)}` given, but the scheduler address "
+                    f"{self.scheduler!r} is not tls://",
+                    hint="use --scheduler tls://HOST:PORT",
+                )
+            for name, value in given_tls.items():
+                if not isinstance(value, (str, os.PathLike)) or not Path(value).is_file():
+                    raise ConfigError(f"`{name}` file {value!r} does not exist")
+                object.__setattr__(self, name, os.fspath(value))
+        if (
+            isinstance(self.connect_timeout, bool)
+            or not isinstance(self.connect_timeout, (int, float))
+            or self.connect_timeout <= 0
+        ):
+            raise ConfigError(f"`connect_timeout` must be a number of seconds > 0, got {self.connect_timeout!r}")
+
+    def _check_memory_limit(self) -> None:
+        m = self.memory_limit
+        if m is None or m == "auto":
+            return
+        if isinstance(m, bool):
+            raise ConfigError(f"`memory_limit` must be 'auto', bytes, a fraction or a size string, got {m!r}")
+        if isinstance(m, int):
+            if m < 0:
+                raise ConfigError(f"`memory_limit` must be >= 0 bytes, got {m}")
+            return
+        if isinstance(m, float):
+            if not 0 < m <= 1:
+                raise ConfigError(f"`memory_limit` as a fraction must be in (0, 1], got {m}")
+            return
+        if isinstance(m, str):
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(m)
+            except (ValueError, TypeError):
+                raise ConfigError(
+                    f"`memory_limit` {m!r} is not a size", hint="e.g. '8GiB', '16GB' or 'auto'"
+                ) from None
+            return
+        raise ConfigError(f"`memory_limit` must be 'auto', bytes, a fraction or a size string, got {m!r}")
+
+
+# ---------------------------------------------------------------------------
+# GPU detection
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class GPUInfo:
+    """One NVIDIA GPU as seen by this process.
+
+    Parameters
+    ----------
+    index : int
+        The device number ``nvidia-smi`` and ``CUDA_VISIBLE_DEVICES`` use.
+    name : str
+        Product name.
+    memory_bytes : int, optional
+        Total device memory.
+    uuid : str, optional
+        ``GPU-...`` identifier.
+    """
+
+    index: int
+    name: str = "CUDA device"
+    memory_bytes: int | None = None
+    uuid: str | None = None
+
+    def __str__(self) -> str:
+        mem = f", {self.memory_bytes / 2**30:.0f} GiB" if self.memory_bytes else ""
+        return f"{self.index} ({self.name}{mem})"
+
+
+GPUProbe = Callable[[], Sequence[GPUInfo]]
+
+
+def _visible_filter(gpus: list[GPUInfo], env_value: str | None) -> list[GPUInfo]:
+    """Keep the GPUs ``CUDA_VISIBLE_DEVICES`` exposes, in its order.
+
+    NVML enumerates every GPU of the machine whatever the variable says, but
+    CUDA (and so torch in the workers) sees only the listed ones.
+    """
+    if env_value is None:
+        return gpus
+    out: list[GPUInfo] = []
+    for item in (v.strip() for v in env_value.split(",")):
+        if not item:
+            continue
+        if item.lstrip("-").isdigit():
+            if int(item) < 0:
+                break  # CUDA stops at the first invalid entry ("-1" hides everything after it)
+            match = [g for g in gpus if g.index == int(item)]
+        else:
+            match = [g for g in gpus if g.uuid and g.uuid.startswith(item)]
+        if not match:
+            break  # same rule: an unknown entry ends the list
+        if match[0] not in out:
+            out.append(match[0])
+    return out
+
+
+def _nvml_gpus(notes: list[str]) -> list[GPUInfo] | None:
+    """Every GPU NVML knows, [] without a driver, None without the binding."""
+    try:
+        import pynvml  # provided by nvidia-ml-py (a dependency of dask-cuda)
+    except ImportError:
+        notes.append("nvidia-ml-py (pynvml) is not installed")
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound, _DriverNotLoaded, ...
+        notes.append(f"NVML unavailable ({type(exc).__name__}: {exc}); no NVIDIA driver on this machine?")
+        return []
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            uuid = pynvml.nvmlDeviceGetUUID(h)
+            out.append(
+                GPUInfo(
+                    index=i,
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                )
+            )
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def _torch_gpus(notes: list[str]) -> list[GPUInfo]:
+    """GPUs torch can see (it honours CUDA_VISIBLE_DEVICES itself).
+
+    Only the count is read: ``device_count`` creates no CUDA context, so this
+    process keeps no GPU memory while its workers use the devices.
+    """
+    if importlib.util.find_spec("torch") is None:
+        notes.append("torch is not installed")
+        return []
+    import torch
+
+    n = torch.cuda.device_count()
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in env.split(",")] if env else []
+    out = []
+    for i in range(n):
+        phys = int(ids[i]) if i < len(ids) and ids[i].isdigit() else i
+        out.append(GPUInfo(index=phys, name="CUDA device (found by torch)"))
+    notes.append(
+        f"torch.cuda sees {n} GPU(s)" + (" but dask-cuda needs NVML (install nvidia-ml-py)" if n else "")
+    )
+    return out
+
+
+def _detect(probe: GPUProbe | None) -> tuple[list[GPUInfo], list[str]]:
+    notes: list[str] = []
+    gpus = list(probe()) if probe is not None else _nvml_gpus(notes)
+    if gpus is None:
+        return _torch_gpus(notes), notes
+    visible = _visible_filter(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if gpus and not visible:
+        notes.append(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} hides all {len(gpus)} GPU(s)")
+    return visible, notes
+
+
+def detect_gpus(*, probe: GPUProbe | None = None) -> list[GPUInfo]:
+    """NVIDIA GPUs visible to this process.
+
+    Parameters
+    ----------
+    probe : callable, optional
+        Returns every GPU of the machine, as NVML enumerates them (tests
+        inject one). By default NVML is asked through ``nvidia-ml-py``. Either
+        answer is then filtered by ``CUDA_VISIBLE_DEVICES`` (indices or
+        ``GPU-`` UUID prefixes, in its order, up to the first invalid entry,
+        as CUDA reads it). Without ``nvidia-ml-py``, ``torch.cuda.device_count()``
+        answers instead (torch is imported only then, never when this module
+        is imported).
+
+    Returns
+    -------
+    list of GPUInfo
+        Empty on machines without an NVIDIA driver.
+
+    Examples
+    --------
+    >>> detect_gpus(probe=lambda: [GPUInfo(index=0, name="A100")])
+    [GPUInfo(index=0, name='A100', memory_bytes=None, uuid=None)]
+    """
+    return _detect(probe)[0]
+
+
+def _dask_cuda_error() -> str | None:
+    """None when dask_cuda imports, else why not."""
+    if importlib.util.find_spec("dask_cuda") is None:
+        return "dask-cuda is not installed"
+    try:
+        import dask_cuda  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - e.g. ImportError for cuda.bindings (stack.md §5)
+        return f"dask-cuda does not import ({type(exc).__name__}: {exc})"
+    return None
+
+
+def segment_resources(segmenter: Any) -> dict[str, float] | None:
+    """Worker resources the segmentation tasks of ``segmenter`` ask for.
+
+    Parameters
+    ----------
+    segmenter : str or object
+        A registry name, or a segmenter object; objects declare their needs
+        with a ``resources`` attribute (``SAM2Segmenter.resources == {"GPU": 1}``).
+
+    Returns
+    -------
+    dict or None
+        ``{"GPU": 1}`` for GPU segmenters, None for those that run anywhere.
+
+    Examples
+    --------
+    >>> segment_resources("sam2"), segment_resources("felzenszwalb")
+    ({'GPU': 1}, None)
+    """
+    if isinstance(segmenter, str):
+        return dict(GPU_RESOURCES) if segmenter in _GPU_SEGMENTERS else None
+    req = getattr(segmenter, "resources", None)
+    return dict(req) if req else None
+
+
+# ---------------------------------------------------------------------------
+# the decision
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class ClusterPlan:
+    """What :func:`make_client` will do; built by :func:`plan_cluster`.
+
+    ``kind`` is ``"connect"`` (existing scheduler at ``address``), ``"cuda"``
+    (``dask_cuda.LocalCUDACluster`` on ``cuda_visible_devices``) or ``"cpu"``
+    (``distributed.LocalCluster``).
+    """
+
+    kind: str
+    address: str | None = None
+    n_workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str | int | float | None = "auto"
+    processes: bool = True
+    cuda_visible_devices: str | None = None
+    worker_resources: dict | None = None
+    worker_env: dict = field(default_factory=dict)
+    dashboard_address: str | None = None
+    require_gpu_workers: bool = False
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line for logs, e.g. ``LocalCUDACluster: 2 worker(s) on GPU(s) 0,1 ...``."""
+        if self.kind == "connect":
+            return f"existing scheduler {self.address}"
+        res = ", resources " + ",".join(f"{k}={v}" for k, v in self.worker_resources.items()) if (
+            self.worker_resources
+        ) else ""
+        where = f" on GPU(s) {self.cuda_visible_devices}" if self.kind == "cuda" else ""
+        cls = "LocalCUDACluster" if self.kind == "cuda" else "LocalCluster"
+        return (
+            f"{cls}: {self.n_workers} worker(s){where}, {self.threads_per_worker} thread(s) each, "
+            f"memory limit {self.memory_limit}{res}"
+        )
+
+    def cluster_kwargs(self) -> dict:
+        """Keyword arguments for the local cluster class."""
+        if self.kind == "connect":
+            raise ConfigError("a plan that connects to an existing scheduler starts no cluster")
+        kw: dict[str, Any] = dict(
+            n_workers=self.n_workers,
+            threads_per_worker=self.threads_per_worker,
+            memory_limit=self.memory_limit,
+            dashboard_address=self.dashboard_address,
+        )
+        if self.worker_resources:
+            kw["resources"] = dict(self.worker_resources)
+        if self.kind == "cuda":
+            kw["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
+        else:
+            kw["processes"] = self.processes
+            if self.worker_env and self.processes:
+                kw["env"] = dict(self.worker_env)
+        return kw
+
+
+def _no_gpu_message(notes: Sequence[str]) -> str:
+    why = f" ({'; '.join(notes)})" if notes else ""
+    return f"no NVIDIA GPU was detected{why}"
+
+
+def plan_cluster(
+    config: ClusterConfig,
+    *,
+    needs_gpu: bool,
+    gpus: Sequence[GPUInfo] = (),
+    have_dask_cuda: bool = True,
+    dask_cuda_error: str | None = None,
+    cpu_count: int = 1,
+    memory_bytes: int | None = None,
+    have_bokeh: bool = True,
+    gpu_notes: Sequence[str] = (),
+) -> ClusterPlan:
+    """Decide which cluster to use, from facts passed in (no detection here).
+
+    Parameters
+    ----------
+    config : ClusterConfig
+    needs_gpu : bool
+        The segmentation tasks ask for ``{"GPU": 1}`` (SAM2).
+    gpus : sequence of GPUInfo
+        GPUs detected (:func:`detect_gpus`).
+    have_dask_cuda : bool
+        ``dask_cuda`` imports; ``dask_cuda_error`` says why not.
+    cpu_count, memory_bytes : int
+        Cores and memory of this machine (sizes CPU clusters).
+    have_bokeh : bool
+        The dashboard can be served.
+    gpu_notes : sequence of str
+        Why detection found nothing (goes into error messages).
+
+    Returns
+    -------
+    ClusterPlan
+
+    Raises
+    ------
+    BackendUnavailableError
+        A GPU is required (``device="cuda"``, or a GPU segmenter with
+        ``device="auto"``) and there is none, or dask-cuda is missing; the
+        hint suggests ``--device cpu``.
+    ConfigError
+        ``gpus`` names a GPU that is not visible, or ``n_workers`` exceeds the
+        selected GPUs.
+    """
+    if config.scheduler is not None:
+        return ClusterPlan(
+            kind="connect",
+            address=config.scheduler,
+            require_gpu_workers=needs_gpu or config.device == "cuda",
+        )
+    notes: list[str] = []
+    dashboard = None
+    if config.dashboard:
+        if have_bokeh:
+            dashboard = ":8787"
+        else:
+            notes.append("dashboard off: install bokeh to get it")
+
+    def cpu_plan() -> ClusterPlan:
+        n = config.n_workers
+        if n is None:
+            n = max(1, int(cpu_count))
+            if needs_gpu and memory_bytes:
+                # one SAM2 block per worker needs several GB: fewer workers than cores
+                n = max(1, min(n, int(memory_bytes // _SAM2_CPU_WORKER_BYTES)))
+        env = {}
+        if config.device == "cpu":
+            # hide the GPUs so a segmenter choosing its device sees CPU only
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        if needs_gpu:
+            notes.append(
+                "the segmenter asks for a GPU but runs on CPU workers (--device cpu): "
+                "each worker offers GPU=1 and segments one block at a time"
+            )
+        return ClusterPlan(
+            kind="cpu",
+            n_workers=n,
+            threads_per_worker=config.threads_per_worker,
+            memory_limit=config.memory_limit,
+            processes=config.processes,
+            worker_resources=dict(GPU_RESOURCES) if needs_gpu else None,
+            worker_env=env,
+            dashboard_address=dashboard,
+            notes=tuple(notes),
+        )
+
+    if config.device == "cpu":
+        return cpu_plan()
+    wants_cuda = config.device == "cuda" or needs_gpu or config.gpus is not None
+    if not wants_cuda:
+        # a CPU segmenter on "auto": CPU workers, one per core, even where GPUs
+        # exist (one worker per GPU would leave most cores idle)
+        return cpu_plan()
+
+    why = "device 'cuda' was asked for" if config.device == "cuda" else (
+        "the segmenter needs a GPU" if needs_gpu else f"`gpus` {list(config.gpus or ())} was given"
+    )
+    if not gpus:
+        raise BackendUnavailableError(
+            f"{why}, but {_no_gpu_message(gpu_notes)}",
+            hint="check `nvidia-smi` and CUDA_VISIBLE_DEVICES, connect to a GPU cluster with --scheduler, "
+            "or run on CPU workers with --device cpu (slow for SAM2)",
+        )
+    by_index = {g.index: g for g in gpus}
+    if config.gpus is not None:
+        missing = [g for g in config.gpus if g not in by_index]
+        if missing:
+            raise ConfigError(
+                f"`gpus` {list(config.gpus)} names GPU(s) {missing} that are not visible; "
+                f"visible: {sorted(by_index)}",
+                hint="pick from the visible GPUs (`remote-samsing info` lists them)",
+            )
+        selected = [by_index[g] for g in config.gpus]
+    else:
+        selected = list(gpus)
+    if not have_dask_cuda:
+        raise BackendUnavailableError(
+            f"{why} and {len(selected)} GPU(s) were found, but {dask_cuda_error or 'dask-cuda is missing'}",
+            hint="install the GPU extra: pip install 'remote_samsing[gpu]' "
+            "(dask-cuda[cu13] + cuda-bindings), or run on CPU workers with --device cpu",
+        )
+    n = config.n_workers if config.n_workers is not None else len(selected)
+    if n > len(selected):
+        raise ConfigError(
+            f"`n_workers` {n} exceeds the {len(selected)} selected GPU(s): a CUDA worker owns one GPU",
+            hint="lower --n-workers or select more GPUs with --gpus",
+        )
+    return ClusterPlan(
+        kind="cuda",
+        n_workers=n,
+        threads_per_worker=config.threads_per_worker,
+        memory_limit=config.memory_limit,
+        processes=True,
+        cuda_visible_devices=",".join(str(g.index) for g in selected[:n]),
+        worker_resources=dict(GPU_RESOURCES),
+        dashboard_address=dashboard,
+        notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------------------
+# starting / connecting
+# ---------------------------------------------------------------------------
+def _security_for(config: ClusterConfig):
+    """A ``distributed.Security`` for a tls:// scheduler, from options or Dask config."""
+    from distributed.security import Security
+
+    kw = {}
+    if config.tls_ca_file:
+        kw["tls_ca_file"] = config.tls_ca_file
+    if config.tls_cert:
+        kw["tls_client_cert"] = config.tls_cert
+    if config.tls_key:
+        kw["tls_client_key"] = config.tls_key
+    sec = Security(require_encryption=True, **kw)  # unset fields: distributed.comm.tls.* config
+    missing = [
+        name
+        for name, attr in (
+            ("CA file (distributed.comm.tls.ca-file)", "tls_ca_file"),
+            ("client certificate (distributed.comm.tls.client.cert)", "tls_client_cert"),
+        )
+        if not getattr(sec, attr)
+    ]
+    if missing:
+        raise ConfigError(
+            f"scheduler {config.scheduler!r} uses TLS but no {' and no '.join(missing)} is configured",
+            hint="set DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (or the same keys in a Dask config file)",
+        )
+    return sec
+
+
+def _connect(config: ClusterConfig):
+    from distributed import Client
+
+    kw: dict[str, Any] = {"timeout": f"{config.connect_timeout}s"}
+    if config.scheduler.startswith("tls://"):
+        kw["security"] = _security_for(config)
+    try:
+        return Client(config.scheduler, **kw)
+    except (OSError, TimeoutError) as exc:
+        raise BackendUnavailableError(
+            f"cannot reach the Dask scheduler at {config.scheduler!r}: {type(exc).__name__}: {exc}",
+            hint="check the address and that `dask scheduler` is running there; a tls:// scheduler needs "
+            "matching certificates",
+        ) from None
+
+
+def _check_gpu_workers(client, address: str, log: Callable[[str], None]) -> None:
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    if not workers:
+        log(
+            f"no workers are connected to {address} yet; GPU blocks wait for workers "
+            "started with --resources GPU=1"
+        )
+        return
+    if not any(float((w.get("resources") or {}).get("GPU", 0)) >= 1 for w in workers.values()):
+        raise BackendUnavailableError(
+            f"the segmenter needs GPU workers, but none of the {len(workers)} worker(s) at {address} "
+            "offers the resource GPU (its blocks would wait forever)",
+            hint="start GPU workers with `dask cuda worker ADDRESS --resources GPU=1` "
+            "(or `dask worker ADDRESS --resources GPU=1` for CPU-only SAM2)",
+        )
+
+
+def _serves_dashboard(dask_scheduler=None) -> bool:
+    # the scheduler's HTTP server always runs (health, metrics); the bokeh pages
+    # are an application added to it only when the dashboard was asked for and
+    # bokeh imported (distributed/dashboard/scheduler.py::connect)
+    app = getattr(dask_scheduler, "http_application", None)
+    return bool(getattr(app, "applications", None)) and "dashboard" in dask_scheduler.services
+
+
+def dashboard_link(client) -> str | None:
+    """The dashboard URL of ``client``'s scheduler, or None if it serves none.
+
+    ``Client.dashboard_link`` formats a URL whenever the scheduler runs its
+    HTTP server, which it always does, with or without a dashboard (bokeh
+    missing, or switched off).
+    """
+    try:
+        serves = client.run_on_scheduler(_serves_dashboard)
+    except Exception:  # noqa: BLE001 - closed client, or a scheduler refusing run_on_scheduler
+        return None
+    return client.dashboard_link if serves else None
+
+
+def _start_cluster(plan: ClusterPlan):
+    kw = plan.cluster_kwargs()
+    if plan.kind == "cuda":
+        import dask_cuda
+
+        try:
+            return dask_cuda.LocalCUDACluster(**kw)
+        except Exception as exc:  # noqa: BLE001 - NVMLError_*, CUDA init errors, ...
+            raise BackendUnavailableError(
+                f"could not start CUDA workers on GPU(s) {plan.cuda_visible_devices}: {type(exc).__name__}: {exc}",
+                hint="check `nvidia-smi`; run on CPU workers with --device cpu",
+            ) from exc
+    from distributed import LocalCluster
+
+    return LocalCluster(**kw)
+
+
+def _system_facts() -> tuple[int, int | None]:
+    from dask.system import CPU_COUNT  # honours cgroup quotas and affinity
+    from distributed.system import MEMORY_LIMIT  # honours cgroup memory limits
+
+    return int(CPU_COUNT), int(MEMORY_LIMIT)
+
+
+def resolve_plan(config: ClusterConfig, *, needs_gpu: bool, probe: GPUProbe | None = None) -> ClusterPlan:
+    """Detect what is needed (GPUs, dask-cuda, cores) and call :func:`plan_cluster`."""
+    gpus: list[GPUInfo] = []
+    notes: list[str] = []
+    dc_error: str | None = None
+    local = config.scheduler is None
+    if local and config.device != "cpu" and (config.device == "cuda" or needs_gpu or config.gpus is not None):
+        gpus, notes = _detect(probe)
+        if gpus:
+            dc_error = _dask_cuda_error()
+    cpu_count, memory = _system_facts() if local else (1, None)
+    return plan_cluster(
+        config,
+        needs_gpu=needs_gpu,
+        gpus=gpus,
+        have_dask_cuda=dc_error is None,
+        dask_cuda_error=dc_error,
+        cpu_count=cpu_count,
+        memory_bytes=memory,
+        have_bokeh=importlib.util.find_spec("bokeh") is not None,
+        gpu_notes=notes,
+    )
+
+
+@contextlib.contextmanager
+def make_client(
+    config: ClusterConfig,
+    *,
+    needs_gpu: bool,
+    probe: GPUProbe | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[Any]:
+    """Connect to, or start, the cluster ``config`` describes.
+
+    Parameters
+    ----------
+    config : ClusterConfig
+    needs_gpu : bool
+        The segmentation tasks are annotated with ``{"GPU": 1}``
+        (:func:`segment_resources`).
+    probe : callable, optional
+        GPU detection override (tests).
+    log : callable, optional
+        Receives one-line messages (plan, dashboard link, notes).
+
+    Yields
+    ------
+    distributed.Client
+        Closed, together with any cluster started here, when the block exits.
+
+    Raises
+    ------
+    BackendUnavailableError, ConfigError
+        Before anything is started (see :func:`plan_cluster`), or when the
+        scheduler cannot be reached / offers no GPU worker to a GPU segmenter.
+    """
+    emit = log or logger.info
+    plan = resolve_plan(config, needs_gpu=needs_gpu, probe=probe)
+    for note in plan.notes:
+        emit(note)
+    if plan.kind == "connect":
+        client = _connect(config)
+        try:
+            if plan.require_gpu_workers:
+                _check_gpu_workers(client, plan.address, emit)
+            yield client
+        finally:
+            client.close()
+        return
+
+    import dask
+    from distributed import Client
+
+    emit(f"starting {plan.describe()}")
+    cluster = _start_cluster(plan)
+    try:
+        with Client(cluster) as client:
+            link = dashboard_link(client)
+            if link:
+                emit(f"dashboard: {link}")
+            # keep resource annotations through optimisation (module docstring):
+            # this scheduler runs in this process, so this setting reaches it
+            settings = {"optimization.fuse.active": False} if plan.worker_resources else {}
+            with dask.config.set(settings):
+                yield client
+    finally:
+        cluster.close()

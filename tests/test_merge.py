@@ -1,0 +1,453 @@
+"""Seam merge: tiled == untiled, anti-chaining, reference equivalence, post-processing."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from remote_samsing._reference import reference_merge, reference_pipeline, reference_postprocess
+from remote_samsing.exceptions import ConfigError, InputError
+from remote_samsing.merge import MergeConfig, merge_labels
+from remote_samsing.tiling import TilingPlan
+
+CROSS = ndimage.generate_binary_structure(2, 1)
+FULL = ndimage.generate_binary_structure(2, 2)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def _rank(labels: np.ndarray) -> np.ndarray:
+    """Order-preserving relabel to 1..n (0 stays 0)."""
+    u, inv = np.unique(labels, return_inverse=True)
+    inv = inv.reshape(labels.shape)
+    if u[0] != 0:
+        inv = inv + 1
+    return inv.astype(np.uint32)
+
+
+def stage_from_function(image: np.ndarray, plan: TilingPlan, fn) -> da.Array:
+    """Staged array as the pipeline builds it: ``fn(padded window)`` per block."""
+    sy, sx = plan.slot_shape
+    out = np.zeros(plan.staging_shape, np.uint32)
+    for iy, ix in plan.block_ids():
+        w = plan.padded_window((iy, ix))
+        out[iy * sy : iy * sy + w.shape[0], ix * sx : ix * sx + w.shape[1]] = _rank(np.asarray(fn(image[w.slices])))
+    return da.from_array(out, chunks=plan.slot_shape)
+
+
+def stage_cores(premerge: np.ndarray, plan: TilingPlan) -> da.Array:
+    """Stage a pre-merge mosaic: each block's core holds its crop, order kept, halo 0."""
+    sy, sx = plan.slot_shape
+    out = np.zeros(plan.staging_shape, np.uint32)
+    for iy, ix in plan.block_ids():
+        c = plan.core_in_padded((iy, ix))
+        core = premerge[plan.core_window((iy, ix)).slices]
+        out[iy * sy : iy * sy + c.y1, ix * sx : ix * sx + c.x1][c.slices] = _rank(core)
+    return da.from_array(out, chunks=plan.slot_shape)
+
+
+def assert_same_partition(got: np.ndarray, expected: np.ndarray) -> None:
+    """Equal up to a permutation of the nonzero labels."""
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got == 0, expected == 0)
+    fg = expected > 0
+    pairs = np.unique(np.stack([got[fg].astype(np.int64), expected[fg].astype(np.int64)]), axis=1)
+    assert pairs.shape[1] == np.unique(got[fg]).size == np.unique(expected[fg]).size
+
+
+def postprocess_whole(labels: np.ndarray, cfg: MergeConfig) -> np.ndarray:
+    """The documented post-processing on a whole (merged) label image."""
+    out = labels.astype(np.int64).copy()
+    if cfg.absorb_enclosed:
+        padded = np.pad(out, 1, constant_values=-1)  # -1: mosaic border
+        src, dst = [], []
+        for a, b in ((padded[:, :-1], padded[:, 1:]), (padded[:-1, :], padded[1:, :])):
+            e = a != b
+            src += [a[e], b[e]]
+            dst += [b[e], a[e]]
+        src, dst = np.concatenate(src), np.concatenate(dst)
+        keep = src > 0
+        pairs = np.unique(np.stack([src[keep], dst[keep]]), axis=1)
+        area = np.bincount(out.ravel())
+        target = {}
+        for lab in np.unique(out[out > 0]):
+            nbs = pairs[1, pairs[0] == lab]
+            if area[lab] <= cfg.merge_enclosed_max_area and nbs.size == 1 and nbs[0] > 0:
+                target[lab] = nbs[0]
+        lut = np.arange(out.max() + 1)
+        for lab in target:
+            t = target[lab]
+            while t in target:
+                t = target[t]
+            lut[lab] = t
+        out = lut[out]
+    if cfg.remove_small:
+        comps, n = ndimage.label(out > 0, structure=CROSS)
+        small = np.bincount(comps.ravel(), minlength=n + 1) < cfg.min_mask_area
+        small[0] = False
+        out[small[comps]] = 0
+    return out
+
+
+def run_merge(staged, plan, **cfg):
+    res = merge_labels(staged, plan=plan, config=MergeConfig(**cfg))
+    labels, stats = dask.compute(res.labels, res.stats, scheduler="sync")
+    assert labels.dtype == np.uint32
+    assert res.labels.chunks == plan.chunks
+    return labels, stats
+
+
+def assert_sequential(labels: np.ndarray) -> None:
+    u = np.unique(labels)
+    np.testing.assert_array_equal(u[u > 0], np.arange(1, u[u > 0].size + 1))
+
+
+def gridded_blobs(shape, *, cell, seed, density=0.5):
+    """Random blobs confined to cells of ``cell - 1`` px (grid lines of 0 between cells)."""
+    rng = np.random.default_rng(seed)
+    img = ndimage.gaussian_filter(rng.random(shape), 1.5) > (1 - density) * 0.5 + 0.25
+    oy, ox = rng.integers(0, cell, size=2)
+    img[(np.arange(shape[0]) + oy) % cell == 0, :] = False
+    img[:, (np.arange(shape[1]) + ox) % cell == 0] = False
+    return img
+
+
+def touching_labels(shape, *, n_seeds, seed, hole_frac=0.1):
+    """Touching, 4-connected labels (nearest-seed regions) with some background."""
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, np.int64)
+    ys, xs = rng.integers(0, shape[0], n_seeds), rng.integers(0, shape[1], n_seeds)
+    seeds[ys, xs] = np.arange(1, n_seeds + 1)
+    _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    lab = seeds[iy, ix]
+    lab[rng.random(shape) < hole_frac] = 0
+    from skimage.measure import label
+
+    return label(lab, background=0, connectivity=1).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# configuration and laziness
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"strategy": "union"},
+        {"min_iou": 0.4},
+        {"min_iou": 1.0},
+        {"min_mask_area": -1},
+        {"min_contact_pixels": 0},
+        {"remove_small": "yes"},
+        {"merge_enclosed_max_area": 1.5},
+    ],
+)
+def test_config_rejects_bad_values(kwargs):
+    with pytest.raises(ConfigError):
+        MergeConfig(**kwargs)
+
+
+def test_overlap_needs_padding_and_inputs_are_checked():
+    plan = TilingPlan(shape=(20, 20), tile_size=10, padding=0)
+    staged = da.zeros(plan.staging_shape, dtype=np.uint32, chunks=plan.slot_shape)
+    with pytest.raises(ConfigError, match="padding"):
+        merge_labels(staged, plan=plan, config=MergeConfig())
+    merge_labels(staged, plan=plan, config=MergeConfig(strategy="min_contact"))  # fine
+    with pytest.raises(InputError, match="shape"):
+        merge_labels(staged[:-1], plan=plan, config=MergeConfig(strategy="none"))
+    with pytest.raises(InputError, match="uint"):
+        merge_labels(staged.astype(np.int64), plan=plan, config=MergeConfig(strategy="none"))
+
+
+def test_building_the_result_computes_nothing():
+    calls = []
+
+    def scheduler(dsk, keys, **kwargs):
+        calls.append(keys)
+        raise AssertionError("computed while building the graph")
+
+    plan = TilingPlan(shape=(60, 70), tile_size=20, padding=5)
+    img = gridded_blobs(plan.shape, cell=5, seed=1)
+    staged = stage_from_function(img, plan, lambda w: ndimage.label(w)[0])
+    valid = da.ones(plan.shape, dtype=bool, chunks=plan.chunks)
+    with dask.config.set(scheduler=scheduler):
+        for strategy in ("overlap", "best_match", "none"):
+            res = merge_labels(staged, plan=plan, config=MergeConfig(strategy=strategy, diagnostics=True), valid=valid)
+            assert res.labels.shape == plan.shape
+    assert calls == []
+
+
+# ---------------------------------------------------------------------------
+# tiled == untiled
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "shape,tile,padding",
+    [
+        ((64, 64), 16, 6),
+        ((100, 130), 32, 8),
+        ((97, 61), 20, 9),  # remainders absorbed / own chunk
+        ((70, 200), 25, 12),
+        ((50, 50), 64, 8),  # single block
+        ((128, 47), 16, 7),  # single column
+    ],
+)
+@pytest.mark.parametrize("structure", [CROSS, FULL], ids=["conn4", "conn8"])
+def test_tiled_equals_untiled_for_local_segmenter(shape, tile, padding, structure):
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    img = gridded_blobs(shape, cell=padding, seed=sum(shape) + tile)  # objects < padding
+    staged = stage_from_function(img, plan, lambda w: ndimage.label(w, structure=structure)[0])
+    cfg = dict(min_mask_area=6, merge_enclosed_max_area=20)
+    got, stats = run_merge(staged, plan, **cfg)
+    expected = postprocess_whole(ndimage.label(img, structure=structure)[0], MergeConfig(**cfg))
+    assert expected.max() > 5
+    assert_same_partition(got, expected)
+    assert_sequential(got)
+    assert stats["totals"]["refused"] == 0
+    # without post-processing too
+    got, _ = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
+    assert_same_partition(got, ndimage.label(img, structure=structure)[0])
+
+
+@pytest.mark.parametrize("shape,tile,padding,seed", [((90, 90), 30, 5, 0), ((120, 77), 25, 3, 1), ((64, 130), 20, 9, 2)])
+def test_tiled_equals_untiled_for_touching_labels_with_postprocessing(shape, tile, padding, seed):
+    """Crop-of-truth segmenter: consistent views, large touching objects, islands and enclosed labels."""
+    truth = touching_labels(shape, n_seeds=shape[0] * shape[1] // 150, seed=seed, hole_frac=0.01)
+    rng = np.random.default_rng(seed)
+    for k in range(12):  # small squares: enclosed ones get absorbed, isolated ones are islands
+        y, x = rng.integers(2, shape[0] - 4), rng.integers(2, shape[1] - 4)
+        if k % 3 == 0:
+            truth[y - 1 : y + 3, x - 1 : x + 3] = 0
+        truth[y : y + 2, x : x + 2] = truth.max() + 1
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    staged = stage_from_function(truth, plan, lambda w: w)
+    cfg = MergeConfig(min_mask_area=12, merge_enclosed_max_area=30)
+    got, stats = run_merge(staged, plan, min_mask_area=12, merge_enclosed_max_area=30)
+    expected = postprocess_whole(truth, cfg)
+    assert_same_partition(got, expected)
+    assert stats["totals"]["objects_absorbed"] > 0  # the holes leave enclosed single pixels
+    assert stats["totals"]["islands_removed"] > 0
+
+
+def test_enclosed_absorbed_and_islands_removed_across_seams():
+    truth = np.zeros((60, 60), np.int64)
+    truth[2:28, 2:28] = 1  # 676 px block around a 3x3 hole ...
+    truth[14:17, 14:17] = 2  # ... holding a 9-px label; the big label keeps 667 px
+    truth[40:45, 25:35] = 3  # 50 px
+    truth[45:48, 25:35] = 4  # 30 px touching it: an 80-px island across the seam at y=45
+    truth[35:55, 45:55] = 5  # 200 px
+    truth[50:52, 40:45] = 6  # 10 px touching 5 and background: kept
+    assert (truth == 1).sum() == 667
+    plan = TilingPlan(shape=truth.shape, tile_size=15, padding=5)  # seams at 15, 30, 45
+    staged = stage_from_function(truth, plan, lambda w: w)
+    got, stats = run_merge(staged, plan)
+    expected = truth.copy()
+    expected[expected == 2] = 1
+    expected[(expected == 3) | (expected == 4)] = 0
+    assert_same_partition(got, expected)
+    assert stats["totals"]["objects_absorbed"] == 1
+    # the reference-compatible mode keeps the enclosed label (the reference's step is a no-op)
+    got_ref, _ = run_merge(staged, plan, strategy="best_match")
+    ref = reference_pipeline(truth.astype(np.uint32), tile_size=15)
+    assert np.unique(ref[truth == 2]).size == 1 and ref[16, 16] != ref[5, 5]
+    assert_same_partition(got_ref, ref)
+
+
+def test_valid_mask_zeroes_labels_and_diagnostics_codes():
+    truth = np.zeros((40, 40), np.int64)
+    truth[5:35, 8:30] = 1
+    truth[18:21, 18:21] = 2  # enclosed, spans the seam at x=20
+    truth[2:5, 36:39] = 3  # 9-px island
+    plan = TilingPlan(shape=truth.shape, tile_size=20, padding=4)
+    staged = stage_from_function(truth, plan, lambda w: w)
+    valid = np.ones(truth.shape, bool)
+    valid[30:, :] = False
+    res = merge_labels(
+        staged,
+        plan=plan,
+        config=MergeConfig(diagnostics=True, min_mask_area=10),
+        valid=da.from_array(valid, chunks=10),
+    )
+    labels, diag = dask.compute(res.labels, res.diagnostics, scheduler="sync")
+    assert (labels[~valid] == 0).all()
+    assert np.unique(labels[(truth > 0) & valid & (truth != 3)]).size == 1  # 2 absorbed into 1
+    assert (labels[truth == 3] == 0).all()
+    assert diag.dtype == np.uint8
+    assert (diag[2:5, 36:39] == 3).all()
+    assert (diag[18:21, 18:21] == 2).all()
+    assert (diag[5:18, 8:30] == 1).all()  # label 1 was linked across both seams
+    assert (diag[truth == 0] == 0).all()
+
+
+# ---------------------------------------------------------------------------
+# chaining
+# ---------------------------------------------------------------------------
+def test_long_thin_object_across_twenty_tiles_is_one_label():
+    truth = np.zeros((30, 200), np.int64)
+    truth[14:16, 1:199] = 1
+    truth[3:6, 3:6] = 2
+    plan = TilingPlan(shape=truth.shape, tile_size=10, padding=3)
+    assert plan.grid_shape[1] == 20
+    staged = stage_from_function(truth, plan, lambda w: ndimage.label(w > 0)[0])
+    got, stats = run_merge(staged, plan, min_mask_area=0)
+    assert np.unique(got[truth == 1]).size == 1
+    assert got.max() == 2
+    assert stats["totals"]["links"] >= 19
+
+
+def test_field_of_tile_sized_segments_is_not_chained():
+    plan = TilingPlan(shape=(80, 100), tile_size=20, padding=5)
+    truth = np.zeros(plan.shape, np.int64)
+    for k, idx in enumerate(plan.block_ids()):
+        truth[plan.core_window(idx).slices] = k + 1
+    staged = stage_from_function(truth, plan, lambda w: w)
+    got, stats = run_merge(staged, plan)
+    assert got.max() == plan.n_blocks
+    assert stats["totals"]["links"] == 0
+    # the reference's best match chains them all into one mega-segment
+    got_bm, stats_bm = run_merge(staged, plan, strategy="best_match")
+    assert got_bm.max() == 1
+    assert stats_bm["totals"]["links"] > 0
+
+
+def test_overlap_refuses_fragments_whose_views_disagree():
+    # block A sees one object across the strip; block B sees it split in two halves
+    plan = TilingPlan(shape=(20, 40), tile_size=20, padding=6)
+    truth = np.zeros(plan.shape, np.int64)
+    truth[4:16, 12:28] = 1
+
+    sy, sx = plan.slot_shape
+    staged = np.zeros(plan.staging_shape, np.uint32)
+    wa = plan.padded_window((0, 0))
+    staged[: wa.shape[0], : wa.shape[1]] = truth[wa.slices]
+    wb = plan.padded_window((0, 1))
+    b = truth[wb.slices].copy()
+    b[10:, :] *= 2  # B splits the object into a top and a bottom part
+    staged[: wb.shape[0], sx : sx + wb.shape[1]] = _rank(b)
+    got, stats = run_merge(da.from_array(staged, chunks=plan.slot_shape), plan, min_mask_area=0)
+    assert stats["faces"][0]["candidates"] == 2
+    assert stats["faces"][0]["links"] == 0 and stats["faces"][0]["refused"] == 2
+    assert got.max() == 3
+    # touch-based merging would have made one object
+    got_mc, _ = run_merge(da.from_array(staged, chunks=plan.slot_shape), plan, strategy="min_contact", min_contact_pixels=1)
+    assert got_mc.max() == 1
+
+
+# ---------------------------------------------------------------------------
+# reference equivalence
+# ---------------------------------------------------------------------------
+def _ref_check(premerge, tile, strategy, **kw):
+    plan = TilingPlan(shape=premerge.shape, tile_size=tile, padding=1)
+    got, stats = run_merge(stage_cores(premerge, plan), plan, strategy=strategy, **kw)
+    ref = reference_pipeline(
+        premerge.astype(np.uint32),
+        tile_size=tile,
+        strategy=strategy,
+        min_contact=kw.get("min_contact_pixels", 20),
+        min_mask_area=kw.get("min_mask_area", 100),
+    )
+    assert_same_partition(got, ref)
+    return got, ref, stats
+
+
+def test_reference_ties_go_to_the_lower_label():
+    # reference.md §1.8: 4-row example, labels 1 and 2 each touch 7 and 8 once -> all one label
+    m = np.zeros((4, 8), np.int64)
+    m[0:2, 0:4], m[2:4, 0:4] = 1, 2
+    m[[0, 2], 4:8], m[[1, 3], 4:8] = 7, 8
+    got, ref, _ = _ref_check(m, 4, "best_match", min_mask_area=0)
+    assert np.unique(ref[m > 0]).size == 1
+    got, ref, _ = _ref_check(m, 4, "mutual_best", min_mask_area=0)
+    assert np.unique(ref[m > 0]).size == 3  # only 1-7 is mutual best
+
+
+def test_reference_n_to_one_and_one_pixel_contacts():
+    m = np.zeros((12, 12), np.int64)
+    m[0:3, 0:6], m[3:6, 0:6] = 1, 2  # both pick 3 across x = 6: N:1
+    m[0:6, 6:12] = 3
+    m[6:11, 0:6], m[11, 0:6] = 4, 6  # 6 touches 5 at one pixel
+    m[6:12, 6:12] = 5
+    for strategy in ("best_match", "mutual_best", "min_contact"):
+        _ref_check(m, 6, strategy, min_mask_area=0, min_contact_pixels=3)
+    got, ref, _ = _ref_check(m, 6, "best_match", min_mask_area=0)
+    assert np.unique(ref[m > 0]).size == 1
+
+
+def test_reference_islands_across_seams_are_removed_before_merging():
+    m = np.zeros((20, 20), np.int64)
+    m[12:16, 6:10] = 1  # 16 px + 16 px island cut by x = 10: removed (min 40)
+    m[12:16, 10:14] = 2
+    m[0:5, 0:10] = 3  # 50 px + 50 px across the seam: kept and merged
+    m[0:5, 10:20] = 4
+    got, ref, _ = _ref_check(m, 10, "best_match", min_mask_area=40)
+    assert (ref[12:16, 6:14] == 0).all()
+    assert np.unique(ref[0:5]).size == 1
+
+
+@pytest.mark.parametrize("strategy", ["best_match", "mutual_best", "min_contact"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reference_equivalence_on_random_mosaics(strategy, seed):
+    rng = np.random.default_rng(seed)
+    tile = int(rng.choice([8, 12, 16]))
+    ny, nx = rng.integers(2, 6, size=2)
+    shape = (int(ny) * tile, int(nx) * tile)
+    premerge = np.zeros(shape, np.int64)
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=2)
+    offset = 0
+    for idx in plan.block_ids():  # per-tile labels, globally unique, reference order
+        w = plan.core_window(idx)
+        lab = touching_labels(w.shape, n_seeds=int(rng.integers(2, 9)), seed=int(rng.integers(1 << 30)), hole_frac=0.05)
+        premerge[w.slices] = np.where(lab > 0, lab + offset, 0)
+        offset = max(offset, int(premerge.max()))
+    _ref_check(premerge, tile, strategy, min_mask_area=int(rng.integers(0, 30)), min_contact_pixels=3)
+
+
+def test_reference_reimplementation_postprocess_facts():
+    # reference.md §1.7: the enclosed 9-px label survives, 50+30 touching labels are removed together,
+    # a 20-px label touching a large segment is kept
+    m = np.zeros((60, 60), np.uint32)
+    m[2:28, 2:28] = 1
+    m[14:17, 14:17] = 2
+    m[40:45, 0:10] = 3
+    m[45:48, 0:10] = 4
+    m[35:55, 40:60] = 5
+    m[30:35, 40:44] = 6
+    out = reference_postprocess(m)
+    assert (out[m == 2] == 2).all()
+    assert (out[(m == 3) | (m == 4)] == 0).all()
+    assert (out[m == 6] == 6).all()
+    merged, stats = reference_merge(out, tile_size=30)
+    assert stats["pairs_found"] == 0  # nothing touches a seam line
+    np.testing.assert_array_equal(merged, out)
+
+
+# ---------------------------------------------------------------------------
+# stats and none
+# ---------------------------------------------------------------------------
+def test_none_keeps_block_labels_and_stats_are_per_face():
+    truth = np.zeros((30, 30), np.int64)
+    truth[5:25, 5:25] = 1
+    plan = TilingPlan(shape=truth.shape, tile_size=10, padding=3)
+    staged = stage_from_function(truth, plan, lambda w: w)
+    got, stats = run_merge(staged, plan, strategy="none")
+    assert got.max() == 9  # one fragment per block
+    assert stats["faces"] == []
+    got, stats = run_merge(staged, plan)
+    assert got.max() == 1
+    kinds = sorted(f["kind"] for f in stats["faces"])
+    assert kinds == sorted(["x"] * 6 + ["y"] * 6 + ["xy"] * 4 + ["yx"] * 4)
+    assert stats["totals"]["links"] == sum(f["links"] for f in stats["faces"]) == 20
+    assert stats["totals"]["labels_before"] == 9 and stats["totals"]["labels_after"] == 1
+
+
+def test_reread_from_zarr_gives_same_labels(tmp_path):
+    plan = TilingPlan(shape=(60, 80), tile_size=20, padding=4)
+    img = gridded_blobs(plan.shape, cell=4, seed=5)
+    staged = stage_from_function(img, plan, lambda w: ndimage.label(w)[0])
+    staged.to_zarr(str(tmp_path / "s.zarr"))
+    from_disk = da.from_zarr(str(tmp_path / "s.zarr"))
+    a = merge_labels(from_disk, plan=plan, config=MergeConfig(min_mask_area=3), reread=True).labels.compute()
+    b = merge_labels(staged, plan=plan, config=MergeConfig(min_mask_area=3), reread=False).labels.compute()
+    np.testing.assert_array_equal(a, b)

@@ -1,0 +1,200 @@
+"""The SAM2 segmenter: random-weight Hiera-T end to end, checkpoints, bad input, fetch-model."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from remote_samsing.exceptions import BackendUnavailableError, CheckpointError, ConfigError
+from remote_samsing.segmenters import sam2 as sam2_mod
+from remote_samsing.segmenters.sam2 import SAM2Segmenter, fetch_model, resolve_model_cfg
+
+DATA = Path(__file__).parent / "data"
+
+# thresholds 0: random weights give ~no masks at the paper's thresholds (stack.md §2)
+FAST = dict(model_cfg="tiny", image_size=256, device="cpu", points_per_side=4, max_passes=2,
+            iou_start=0.0, iou_end=0.0, stability_start=0.0, stability_end=0.0, points_per_batch=16)
+
+
+@pytest.fixture(scope="module")
+def crop():
+    rasterio = pytest.importorskip("rasterio")
+    with rasterio.open(DATA / "neon_osbs.tif") as ds:
+        return np.ascontiguousarray(ds.read()[:3, :256, :256].transpose(1, 2, 0))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    pytest.importorskip("sam2")
+    path = tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt"
+    return sam2_mod.write_random_checkpoint(path, model_cfg="tiny", seed=0)
+
+
+def info(shape, *, offset=(0, 0), core=None):
+    y, x = offset
+    d = {"window": (y, y + shape[0], x, x + shape[1]), "valid": np.ones(shape, bool)}
+    if core is not None:
+        d["core"] = core
+    return d
+
+
+def test_random_weights_end_to_end_and_checkpoint_roundtrip(crop, tmp_path):
+    pytest.importorskip("sam2")
+    seg = SAM2Segmenter(random_weights=True, seed=0, **FAST)
+    blk = info(crop.shape[:2], offset=(1000, 2000), core=(1016, 1240, 2016, 2240))
+    labels = seg.segment(crop, block_info=blk)
+    assert labels.shape == (256, 256) and labels.dtype == np.uint32
+    stats = seg.last_stats
+    assert 1 <= stats["passes"] <= 2 and len(stats["pass_stats"]) == stats["passes"]
+    assert stats["n_labels"] == int(labels.max()) >= 1  # thresholds 0 keep at least one mask
+    assert {"encoder_s", "decoder_s", "accept_s"} <= set(stats["pass_stats"][0])
+    # the weights go to a file named like the official one, so the config is inferred
+    path = seg.save_checkpoint(tmp_path / "sam2.1_hiera_tiny.pt")
+    again = SAM2Segmenter(checkpoint=path, **{k: v for k, v in FAST.items() if k != "model_cfg"})
+    assert again.model_cfg == "configs/sam2.1/sam2.1_hiera_t.yaml"
+    np.testing.assert_array_equal(again.segment(crop, block_info=blk), labels)
+    assert again.last_stats["pass_stats"][0]["masks_generated"] == stats["pass_stats"][0]["masks_generated"]
+
+
+def test_default_thresholds_random_weights_respect_max_passes(crop):
+    pytest.importorskip("sam2")
+    kw = {k: v for k, v in FAST.items() if not k.endswith(("_start", "_end"))}
+    seg = SAM2Segmenter(random_weights=True, **kw)
+    labels = seg.segment(crop, block_info=info(crop.shape[:2]))
+    assert labels.shape == (256, 256) and labels.dtype == np.uint32
+    assert seg.last_stats["passes"] == 2 and seg.last_stats["stop_reason"] == "max_passes"
+    assert [p["pred_iou_thresh"] for p in seg.last_stats["pass_stats"]] == [0.93, 0.92]
+
+
+def test_wrong_architecture_checkpoint(tiny_ckpt, tmp_path):
+    wrong = tmp_path / "sam2.1_hiera_small.pt"
+    wrong.symlink_to(tiny_ckpt)  # tiny weights under a "small" name
+    with pytest.raises(CheckpointError, match="does not match the model config"):
+        SAM2Segmenter(checkpoint=wrong)
+    with pytest.raises(CheckpointError, match="sam2_hiera_t"):
+        SAM2Segmenter(checkpoint=tiny_ckpt, model_cfg="sam2_hiera_t")  # SAM2 vs SAM2.1
+
+
+def test_unreadable_checkpoint(tmp_path):
+    pytest.importorskip("sam2")
+    bad = tmp_path / "sam2.1_hiera_tiny.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        SAM2Segmenter(checkpoint=bad)
+
+
+def test_missing_checkpoint_and_unknown_config(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        SAM2Segmenter(checkpoint=tmp_path / "sam2.1_hiera_tiny.pt")
+    with pytest.raises(CheckpointError, match="needs a checkpoint"):
+        SAM2Segmenter()
+    other = tmp_path / "weights.pt"
+    other.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="cannot infer"):
+        SAM2Segmenter(checkpoint=other)
+    with pytest.raises(ConfigError, match="unknown SAM2 model config"):
+        SAM2Segmenter(checkpoint=other, model_cfg="hiera_gigantic")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"iou_start": 1.5}, {"stability_end": -0.1}, {"iou_start": 0.5, "iou_end": 0.7}, {"step": 0},
+        {"points_per_side": 0}, {"image_size": 300}, {"device": "tpu"}, {"points_per_batch": 0},
+        {"box_nms_thresh": 0}, {"no_such_param": 1},
+    ],
+)
+def test_bad_parameters(kw):
+    with pytest.raises(ConfigError):
+        SAM2Segmenter(random_weights=True, model_cfg="tiny", **kw)
+
+
+def test_cuda_requested_but_unavailable():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(BackendUnavailableError, match="CUDA"):
+        SAM2Segmenter(random_weights=True, model_cfg="tiny", device="cuda")
+
+
+def test_registry_builds_it():
+    pytest.importorskip("sam2")
+    from remote_samsing.segmenters import get_segmenter
+
+    seg = get_segmenter("sam2", random_weights=True, model_cfg="small", points_per_side=8)
+    assert isinstance(seg, SAM2Segmenter) and seg.config.points_per_side == 8
+    assert seg.model_cfg == "configs/sam2.1/sam2.1_hiera_s.yaml"
+
+
+@pytest.mark.parametrize(
+    "cfg, ckpt, want",
+    [
+        (None, "/x/sam2.1_hiera_tiny.pt", "configs/sam2.1/sam2.1_hiera_t.yaml"),
+        (None, "sam2.1_hiera_base_plus.pt", "configs/sam2.1/sam2.1_hiera_b+.yaml"),
+        (None, "sam2_hiera_large.pt", "configs/sam2/sam2_hiera_l.yaml"),
+        (None, "my-sam2_hiera_small-finetuned.pt", "configs/sam2/sam2_hiera_s.yaml"),
+        ("base_plus", None, "configs/sam2.1/sam2.1_hiera_b+.yaml"),
+        ("sam2.1_hiera_l.yaml", None, "configs/sam2.1/sam2.1_hiera_l.yaml"),
+        ("configs/sam2/sam2_hiera_t.yaml", "sam2.1_hiera_large.pt", "configs/sam2/sam2_hiera_t.yaml"),
+    ],
+)
+def test_resolve_model_cfg(cfg, ckpt, want):
+    assert resolve_model_cfg(cfg, ckpt) == want
+
+
+def test_segment_places_core_and_pickles_without_model():
+    pytest.importorskip("sam2")
+
+    class Square:  # scripted generator: one mask on the local core
+        def generate(self, image, *, points, pred_iou_thresh, stability_score_thresh):
+            m = np.zeros(image.shape[:2], bool)
+            m[5:15, 5:15] = True
+            return [{"segmentation": m, "predicted_iou": 1.0, "stability_score": 1.0}]
+
+    seg = SAM2Segmenter(random_weights=True, model_cfg="tiny", points_per_side=4, min_mask_area=1)
+    seg._generator = lambda: Square()
+    img = np.zeros((20, 20, 3), np.uint8)
+    labels = seg.segment(img, block_info=info((20, 20), offset=(100, 200), core=(105, 115, 205, 215)))
+    assert labels.sum() == 100
+    st = seg.last_stats
+    assert st["stop_reason"] == "target_coverage" and st["coverage_core"] == 100.0 and st["coverage_window"] == 25.0
+    del seg._generator
+    clone = pickle.loads(pickle.dumps(seg))
+    assert clone.config == seg.config and clone.last_stats is None
+    assert len(pickle.dumps(seg)) < 10_000  # parameters only, never a model
+
+
+def test_fetch_model_offline_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(BackendUnavailableError) as err:
+        fetch_model("tiny", dest=tmp_path)
+    assert time.perf_counter() - t0 < 1.0
+    assert "092824/sam2.1_hiera_tiny.pt" in err.value.hint and str(tmp_path) in err.value.hint
+    # an existing file is returned without any network access
+    (tmp_path / "sam2_hiera_large.pt").write_bytes(b"weights")
+    assert fetch_model("sam2_hiera_large", dest=tmp_path) == tmp_path / "sam2_hiera_large.pt"
+
+
+def test_fetch_model_unreachable_server(tmp_path, monkeypatch):
+    import urllib.error
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def refuse(url, timeout):
+        assert url.endswith("072824/sam2_hiera_small.pt") and timeout <= 10
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(sam2_mod.urllib.request, "urlopen", refuse)
+    with pytest.raises(BackendUnavailableError, match="cannot download"):
+        fetch_model("sam2_hiera_small", dest=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no partial file left
+
+
+def test_fetch_model_unknown_name(tmp_path):
+    with pytest.raises(ConfigError, match="unknown SAM2 model"):
+        fetch_model("gigantic", dest=tmp_path)
