@@ -187,7 +187,7 @@ def stage_blocks(
             plan=plan,
             segmenter=segmenter,
             retries=retries,
-            name="remote-samsing-segment",
+            token="remote-samsing-segment",
         )
 
 

@@ -337,7 +337,7 @@ def prepare_rgb(
         new_axis=[2],
         drop_axis=[0],
         meta=np.empty((0, 0, 0), np.uint8),
-        name="remote-samsing-rgba",
+        token="remote-samsing-rgba",
     )
 
 

@@ -788,14 +788,14 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
     cfg = config
     n_blocks = plan.n_blocks
     ids_list = list(plan.block_ids())
-    staged_d = staged.to_delayed()
+    staged_d = staged.to_delayed(optimize_graph=False)
     if reread:
         from dask.graph_manipulation import clone
 
-        apply_src = clone(staged).to_delayed()
+        apply_src = clone(staged).to_delayed(optimize_graph=False)
     else:
         apply_src = staged_d
-    valid_d = valid.to_delayed() if valid is not None else None
+    valid_d = valid.to_delayed(optimize_graph=False) if valid is not None else None
 
     summarize = delayed(_summarize, pure=True, nout=3)
     infos, strips, vbits = {}, {}, {}
@@ -877,7 +877,7 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
     if cfg.diagnostics:
         from dask.graph_manipulation import clone
 
-        diag_src = clone(staged).to_delayed() if reread else staged_d
+        diag_src = clone(staged).to_delayed(optimize_graph=False) if reread else staged_d
 
         def diag_block(idx):
             k = ids_list.index(idx)

@@ -157,6 +157,9 @@ def build_graph(
     mcfg = _merge_config(merge, merge_params)
     plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=tile_size, padding=padding)
     rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=tuple(percentiles))
+    # staged labels read from a store can be read twice cheaply (bounded memory);
+    # a lazy segmentation must not run twice
+    reread = staged is not None
     if staged is None:
         staged = stage_blocks(
             rgba, plan=plan, segmenter=seg, retries=retries, resources=_segment_resources(seg)
@@ -164,7 +167,7 @@ def build_graph(
     valid = rgba[..., 3] > 0
     from .merge import merge_labels
 
-    result = merge_labels(staged, plan=plan, config=mcfg, valid=valid)
+    result = merge_labels(staged, plan=plan, config=mcfg, valid=valid, reread=reread)
     labels = _wrap_labels(result.labels, arr)
     return SegmentGraph(
         plan=plan,
@@ -514,7 +517,7 @@ def run(
                 retries=cfg.retries,
                 staging=str(staging),
                 run_id=run_id,
-                name="remote-samsing-segment-stage",
+                token="remote-samsing-segment-stage",
             )
         t0 = time.perf_counter()
         log(f"segmenting {plan.n_blocks} block(s) of {cfg.tile_size} px (padding {cfg.padding})")

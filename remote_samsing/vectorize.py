@@ -528,12 +528,12 @@ def to_polygons(
         # 1-px halo so nodata just across a block face is seen; outside the
         # mosaic counts as valid (the mosaic edge is flagged separately).
         halo = da.overlap.overlap(vdask, depth=1, boundary=True)
-        valid_halo_blocks = halo.to_delayed()
+        valid_halo_blocks = halo.to_delayed(optimize_graph=False)
 
     # --- 1. per-block polygonisation -------------------------------------
     y_off = np.concatenate([[0], np.cumsum(data.chunks[0])])
     x_off = np.concatenate([[0], np.cumsum(data.chunks[1])])
-    blocks = data.to_delayed()
+    blocks = data.to_delayed(optimize_graph=False)
     poly = dask.delayed(_polygonize_block, pure=True)
     tasks = []
     for iy in range(blocks.shape[0]):

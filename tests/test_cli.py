@@ -28,11 +28,13 @@ def test_segment_cli_end_to_end_with_embedded_cluster(tmp_path, data_dir):
     rec = json.loads((out / "run.json").read_text())
     assert rec["complete"] is True
     assert rec["parameters"]["segmenter_params"] == {"scale": 100}
-    assert rec["tiling"]["n_blocks"] == 9
+    assert rec["tiling"]["n_blocks"] == 16  # 400 = 3*128 + 16, and 16 >= P is its own block
     with rasterio.open(out / "labels.tif") as dst, rasterio.open(data_dir / "neon_osbs.tif") as src:
         assert dst.crs == src.crs and dst.transform.almost_equals(src.transform)
         lab = dst.read(1)
-    assert lab.min() >= 1 and lab.max() == rec["n_segments"]
+        nodata = (src.read() == src.nodata).all(axis=0)  # this NEON file declares nodata=255
+    assert (lab[nodata] == 0).all() and (lab[~nodata] >= 1).all()
+    assert lab.max() == rec["n_segments"]
     assert (out / "segments.parquet").exists()
 
 
