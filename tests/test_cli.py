@@ -22,12 +22,14 @@ def test_segment_cli_end_to_end_with_embedded_cluster(tmp_path, data_dir):
     out = tmp_path / "out"
     r = _run("segment", data_dir / "neon_osbs.tif", out, "--segmenter", "felzenszwalb",
              "--segmenter-param", "scale=100", "--tile-size", "128", "--padding", "16", "--n-workers", "2",
+             "--merge-param", "remove_small=false",
              "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "dashboard:" in r.stderr
     rec = json.loads((out / "run.json").read_text())
     assert rec["complete"] is True
     assert rec["parameters"]["segmenter_params"] == {"scale": 100}
+    assert rec["parameters"]["merge_params"] == {"remove_small": False}
     assert rec["tiling"]["n_blocks"] == 16  # 400 = 3*128 + 16, and 16 >= P is its own block
     with rasterio.open(out / "labels.tif") as dst, rasterio.open(data_dir / "neon_osbs.tif") as src:
         assert dst.crs == src.crs and dst.transform.almost_equals(src.transform)
