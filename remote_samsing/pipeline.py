@@ -445,7 +445,7 @@ def run(
     # -- 1. validate everything cheap, before any cluster or model starts
     arr = _open_input(image, bands=cfg.bands, nodata=cfg.nodata, tile_size=cfg.tile_size)
     rgb_band_indices(arr)
-    seg = resolve_segmenter(cfg.segmenter, cfg.segmenter_params)
+    seg = resolve_segmenter(cfg.segmenter, _segmenter_params(cfg))
     _merge_config(cfg.merge, cfg.merge_params)
     plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=cfg.tile_size, padding=cfg.padding)
     ckpt = cfg.segmenter_params.get("checkpoint")
@@ -598,6 +598,14 @@ def run(
     record["complete"] = True
     write_json_atomic(outdir / "run.json", record)
     return record
+
+
+def _segmenter_params(cfg: RunConfig) -> dict:
+    """Segmenter parameters, with the run's --device passed on to SAM2."""
+    params = dict(cfg.segmenter_params)
+    if cfg.segmenter == "sam2" and cfg.device != "auto":
+        params.setdefault("device", cfg.device)
+    return params
 
 
 def _check_resources(client, res: dict | None, *, device: str) -> dict | None:

@@ -493,6 +493,24 @@ class SAM2Segmenter:
         return f"SAM2Segmenter({src}, {self.model_cfg}, image_size={self.image_size}, device={self.device!r})"
 
     @property
+    def resources(self) -> dict[str, float] | None:
+        """Dask worker resources its tasks ask for: one GPU unless pinned to the CPU."""
+        return None if self.device == "cpu" else {"GPU": 1}
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters for run.json (paths and numbers only)."""
+        import dataclasses
+
+        return {
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "model_cfg": self.model_cfg,
+            "image_size": self.image_size,
+            "device": self.device,
+            "random_weights": bool(getattr(self, "random_weights", False)),
+            "multipass": dataclasses.asdict(self.config) if dataclasses.is_dataclass(getattr(self, "config", None)) else None,
+        }
+
+    @property
     def last_stats(self) -> dict[str, Any] | None:
         return getattr(self._local, "stats", None)
 
