@@ -394,8 +394,10 @@ def detect_gpus(*, probe: GPUProbe | None = None) -> list[GPUInfo]:
 
     Examples
     --------
-    >>> detect_gpus(probe=lambda: [GPUInfo(index=0, name="A100")])
-    [GPUInfo(index=0, name='A100', memory_bytes=None, uuid=None)]
+    >>> detect_gpus(probe=lambda: [])  # a machine without NVIDIA GPUs
+    []
+    >>> str(GPUInfo(index=1, name="NVIDIA A100", memory_bytes=80 * 2**30))
+    '1 (NVIDIA A100, 80 GiB)'
     """
     return _detect(probe)[0]
 

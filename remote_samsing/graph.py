@@ -136,11 +136,23 @@ def process_block(
         labels = relabel_sequential(labels)[0]
     labels = labels.astype(STAGED_DTYPE, copy=False)
     stats["seconds"] = time.perf_counter() - t0
-    stats["n_labels"] = int(np.unique(labels[core.slices]).size - (labels[core.slices] == 0).any())
+    stats["n_labels"] = _count_labels(labels[core.slices])
     extra = getattr(segmenter, "last_stats", None)
     if isinstance(extra, Mapping):
         stats["segmenter"] = dict(extra)
     return labels, stats
+
+
+def _count_labels(labels: np.ndarray) -> int:
+    """Number of distinct non-zero labels (bincount when labels are dense: ~5x faster than unique)."""
+    if labels.size == 0:
+        return 0
+    top = int(labels.max())
+    if top == 0:
+        return 0
+    if top <= 4 * labels.size:
+        return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+    return int(np.unique(labels).size - (labels == 0).any())
 
 
 def _slot(labels: np.ndarray, plan: TilingPlan) -> np.ndarray:

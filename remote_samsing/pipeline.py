@@ -403,9 +403,8 @@ def _client_for(cfg: RunConfig, client, *, needs_gpu: bool, log):
         scheduler=cfg.scheduler, device=cfg.device, gpus=tuple(cfg.gpus) if cfg.gpus else None,
         n_workers=cfg.n_workers,
     )
-    with make_client(ccfg, needs_gpu=needs_gpu) as c:
-        if cfg.scheduler is None:
-            log(f"dashboard: {c.dashboard_link}")
+    # make_client logs the plan, notes, and the dashboard link when one really runs
+    with make_client(ccfg, needs_gpu=needs_gpu, log=log) as c:
         yield c
 
 

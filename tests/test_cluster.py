@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from remote_samsing.cluster import (
-    GPUInfo,
     ClusterConfig,
     ClusterPlan,
+    GPUInfo,
     dashboard_link,
     detect_gpus,
     make_client,
@@ -271,13 +271,16 @@ def test_make_client_local_cpu_cluster_works_and_closes():
     assert messages and messages[-1].startswith("starting LocalCluster: 1 worker(s)")
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_make_client_cpu_fallback_runs_gpu_annotated_tasks():
-    cfg = ClusterConfig(device="cpu", n_workers=1, processes=False, dashboard=False)
+    cfg = ClusterConfig(device="cpu", n_workers=1, dashboard=False)  # one worker process
     with make_client(cfg, needs_gpu=True) as client:
         (worker,) = client.scheduler_info()["workers"].values()
         assert worker["resources"] == {"GPU": 1}
         assert client.submit(sum, [1, 2], resources={"GPU": 1}).result() == 3
+        # the worker process sees no GPU, so "auto" segmenters pick the CPU
+        (env,) = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES")).values()
+        assert env == ""
         assert dask.config.get("optimization.fuse.active") is False
     assert dask.config.get("optimization.fuse.active") is None
 

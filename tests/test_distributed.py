@@ -22,7 +22,6 @@ a file (calls are counted across worker processes).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
