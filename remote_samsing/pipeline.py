@@ -565,7 +565,8 @@ def run(
         vectors_path = None
         if cfg.vectors:
             log("vectorizing")
-            vectors_path = _write_vectors(outdir, written, blocks)
+            valid = graph.rgba[..., 3] > 0
+            vectors_path = _write_vectors(outdir, written, valid=valid, progress=cfg.progress)
         t_outputs = time.perf_counter() - t0
 
     # -- 6. finish the record; "complete" is the last thing written
@@ -680,14 +681,12 @@ def _distributed_lock(client):
     return Lock("remote-samsing-cog-write")
 
 
-def _write_vectors(outdir: Path, labels: xr.DataArray, blocks) -> Path | None:
-    try:
-        from .vectorize import to_polygons
-    except ImportError:  # vectorize stage not installed
-        return None
+def _write_vectors(outdir: Path, labels: xr.DataArray, *, valid=None, progress: bool = False) -> Path | None:
+    from .vectorize import to_polygons
+
     out = outdir / "segments.parquet"
     tmp = outdir / "segments.partial.parquet"
-    to_polygons(labels, out=tmp)
+    to_polygons(labels, out=tmp, valid=valid, progress=progress)
     os.replace(tmp, out)
     return out
 

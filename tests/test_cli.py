@@ -37,7 +37,17 @@ def test_segment_cli_end_to_end_with_embedded_cluster(tmp_path, data_dir):
         nodata = (src.read() == src.nodata).all(axis=0)  # this NEON file declares nodata=255
     assert (lab[nodata] == 0).all() and (lab[~nodata] >= 1).all()
     assert lab.max() == rec["n_segments"]
-    assert (out / "segments.parquet").exists()
+    import geopandas as gpd
+
+    gdf = gpd.read_parquet(out / "segments.parquet")
+    assert gdf.crs == rasterio.open(data_dir / "neon_osbs.tif").crs
+    assert sorted(gdf["label"]) == list(range(1, rec["n_segments"] + 1))  # one feature per object
+    px_area = 0.1 * 0.1  # NEON 0.1 m pixels
+    areas = dict(zip(gdf["label"], gdf["area_m2"]))
+    counts = np.bincount(lab.ravel())
+    for label in (1, rec["n_segments"] // 2, rec["n_segments"]):
+        assert areas[label] == pytest.approx(counts[label] * px_area, rel=1e-9)
+    assert gdf["touches_nodata"].any()  # this scene declares nodata pixels
 
 
 def test_yaml_config_maps_onto_flags(tmp_path, data_dir):

@@ -51,7 +51,6 @@ def test_notebook_is_committed_without_outputs(name):
     assert not dirty, f"{name}.ipynb: code cells {dirty} carry outputs; clear them before committing"
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs(name, venv_kernel):
