@@ -355,6 +355,13 @@ def _segment_and_stage(rgba, *, plan, segmenter, retries, staging, run_id, block
     z = zarr.open_array(Path(staging) / "labels.zarr", mode="r+")
     # one Zarr chunk per slot: chunk-aligned writes from different workers never overlap
     z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
+    attrs = getattr(segmenter, "last_attributes", None)
+    if attrs and not stats.get("skipped"):
+        # per-label attributes (SAM2: pass, predicted IoU, stability) for the vectors
+        tmp = Path(staging) / "attributes" / f"{iy}_{ix}.partial.npz"
+        tmp.parent.mkdir(exist_ok=True)
+        np.savez(tmp, **{k: np.asarray(v) for k, v in attrs.items()})
+        os.replace(tmp, tmp.with_name(f"{iy}_{ix}.npz"))
     stats["run_id"] = run_id
     write_json_atomic(marker, stats)
     return np.ones((1, 1), np.int64)
@@ -566,7 +573,9 @@ def run(
         if cfg.vectors:
             log("vectorizing")
             valid = graph.rgba[..., 3] > 0
-            vectors_path = _write_vectors(outdir, written, valid=valid, progress=cfg.progress)
+            attributes = _segment_attributes(staging, plan, written)
+            vectors_path = _write_vectors(outdir, written, valid=valid, progress=cfg.progress,
+                                          attributes=attributes)
         t_outputs = time.perf_counter() - t0
 
     # -- 6. finish the record; "complete" is the last thing written
@@ -681,12 +690,57 @@ def _distributed_lock(client):
     return Lock("remote-samsing-cog-write")
 
 
-def _write_vectors(outdir: Path, labels: xr.DataArray, *, valid=None, progress: bool = False) -> Path | None:
+def _block_attributes(slot, final, attrs_path, core):
+    """(final label, pixels, attribute values...) of the largest local fragment per final label."""
+    if not Path(attrs_path).exists():
+        return None
+    attrs = dict(np.load(attrs_path))
+    local = np.asarray(slot)[core.slices].ravel()
+    final = np.asarray(final).ravel()
+    keep = (local > 0) & (final > 0)
+    if not keep.any():
+        return None
+    pairs, counts = np.unique(np.stack([final[keep], local[keep]]), axis=1, return_counts=True)
+    order = np.lexsort((-counts, pairs[0]))  # per final label, the biggest fragment first
+    pairs, counts = pairs[:, order], counts[order]
+    first = np.r_[True, pairs[0, 1:] != pairs[0, :-1]]
+    fin, loc, cnt = pairs[0, first], pairs[1, first], counts[first]
+    out = {"label": fin.astype(np.int64), "_px": cnt}
+    for k, v in attrs.items():
+        v = np.asarray(v)
+        out[k] = v[np.clip(loc, 0, len(v) - 1)] if len(v) else np.full(len(loc), np.nan)
+    return out
+
+
+def _segment_attributes(staging: Path, plan: TilingPlan, labels: xr.DataArray):
+    """Per-object segmenter attributes (from the block holding most of the object), or None."""
+    import pandas as pd
+
+    adir = staging / "attributes"
+    if not adir.exists() or not any(adir.glob("*.npz")):
+        return None
+    staged = da.from_zarr(str(staging / "labels.zarr")).to_delayed(optimize_graph=False)
+    final = labels.data.rechunk(plan.chunks).to_delayed(optimize_graph=False)
+    parts = [
+        dask.delayed(_block_attributes)(staged[iy, ix], final[iy, ix], str(adir / f"{iy}_{ix}.npz"),
+                                        plan.core_in_padded((iy, ix)))
+        for iy, ix in plan.block_ids()
+    ]
+    rows = [pd.DataFrame(p) for p in dask.compute(*parts) if p is not None]
+    if not rows:
+        return None
+    df = pd.concat(rows).sort_values(["label", "_px"], ascending=[True, False])
+    df = df.drop_duplicates("label").drop(columns="_px")
+    return df.rename(columns={"predicted_iou": "pred_iou", "stability_score": "stability"}).reset_index(drop=True)
+
+
+def _write_vectors(outdir: Path, labels: xr.DataArray, *, valid=None, progress: bool = False,
+                   attributes=None) -> Path | None:
     from .vectorize import to_polygons
 
     out = outdir / "segments.parquet"
     tmp = outdir / "segments.partial.parquet"
-    to_polygons(labels, out=tmp, valid=valid, progress=progress)
+    to_polygons(labels, out=tmp, valid=valid, progress=progress, attributes=attributes)
     os.replace(tmp, out)
     return out
 

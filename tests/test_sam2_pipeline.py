@@ -31,7 +31,7 @@ def test_segment_cli_with_sam2_checkpoint(tmp_path, data_dir, random_checkpoint)
              "--segmenter-param", "max_passes=2", "--segmenter-param", "iou_start=0.0",
              "--segmenter-param", "iou_end=0.0", "--segmenter-param", "stability_start=0.0",
              "--segmenter-param", "stability_end=0.0",
-             "--n-workers", "1", "--no-vectors", "--no-progress")
+             "--n-workers", "1", "--no-progress")
     assert r.returncode == 0, r.stderr[-3000:]
     rec = json.loads((out / "run.json").read_text())
     assert rec["complete"] is True
@@ -43,6 +43,14 @@ def test_segment_cli_with_sam2_checkpoint(tmp_path, data_dir, random_checkpoint)
         st = b["segmenter"]
         assert 1 <= st["passes"] <= 2 and len(st["pass_stats"]) == st["passes"]
     assert (out / "labels.tif").exists()
+    # per-object SAM2 attributes reach the vectors (random weights: values are meaningless, plumbing only)
+    import geopandas as gpd
+
+    gdf = gpd.read_parquet(out / "segments.parquet")
+    assert rec["n_segments"] > 0 and len(gdf) == rec["n_segments"]
+    assert {"pass", "pred_iou", "stability"} <= set(gdf.columns)
+    assert set(gdf["pass"].unique()) <= {0, 1}
+    assert gdf["pred_iou"].notna().all()
 
 
 def test_sam2_cuda_requested_without_gpu_fails_before_cluster(tmp_path, data_dir, random_checkpoint):

@@ -511,6 +511,12 @@ class SAM2Segmenter:
         }
 
     @property
+    def last_attributes(self) -> dict[str, np.ndarray] | None:
+        """Per-label attributes of the last ``segment`` call in this thread
+        (``pass``, ``predicted_iou``, ``stability_score``, indexed by label)."""
+        return getattr(self._local, "attributes", None)
+
+    @property
     def last_stats(self) -> dict[str, Any] | None:
         return getattr(self._local, "stats", None)
 
@@ -585,6 +591,7 @@ class SAM2Segmenter:
         stats = result.summary()
         stats.update(model_cfg=self.model_cfg, image_size=self.image_size or 1024, device=self._model_key()[3])
         self._local.stats = stats
+        self._local.attributes = result.attributes
         return result
 
     def segment(self, block: np.ndarray, *, block_info: Mapping[str, Any]) -> np.ndarray:
