@@ -65,10 +65,34 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def to_label_zarr(labels: xr.DataArray, path: str | os.PathLike, *, compute_kwargs: dict | None = None) -> Path:
+def to_label_zarr(
+    labels: xr.DataArray,
+    path: str | os.PathLike,
+    *,
+    also: Any = None,
+    client: Any = None,
+    progress: bool = False,
+) -> Any:
     """Write a (y, x) label DataArray with its CRS to a Zarr v3 store.
 
     Written to ``<path>.partial`` first, then renamed.
+
+    Parameters
+    ----------
+    labels : xarray.DataArray
+    path : path
+    also : dask collection, optional
+        Computed in the same graph as the write (e.g. merge statistics that
+        share the per-block work) and returned.
+    client : distributed.Client, optional
+        Compute on this client (without low-level fusion, which would drop
+        worker-resource annotations).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    The computed ``also`` (or None).
     """
     out = Path(os.fspath(path))
     tmp = out.with_name(out.name + ".partial")
@@ -82,9 +106,22 @@ def to_label_zarr(labels: xr.DataArray, path: str | os.PathLike, *, compute_kwar
     arr.attrs = {k: v for k, v in arr.attrs.items() if k not in ("_FillValue", "scale_factor", "add_offset")}
     ds = arr.to_dataset(name="labels")
     job = ds.to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
-    job.compute(**(compute_kwargs or {}))
+    import dask
+
+    if client is not None:
+        futs = client.compute([job, also], optimize_graph=False)
+        if progress:
+            import sys
+
+            from distributed import progress as _progress
+
+            _progress(futs)
+            print(file=sys.stderr)
+        _, extra = client.gather(futs)
+    else:
+        _, extra = dask.compute(job, also)
     _replace_dir(tmp, out)
-    return out
+    return extra
 
 
 def to_cog(

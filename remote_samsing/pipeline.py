@@ -556,12 +556,21 @@ def run(
             staged=staged,
         )
         log("merging seams and writing labels.zarr")
-        to_label_zarr(graph.labels, outdir / "labels.zarr")
+        # labels and merge statistics share the per-block and per-face work: one graph
+        merge_stats = to_label_zarr(graph.labels, outdir / "labels.zarr", also=graph.merge_stats, client=c,
+                                    progress=cfg.progress) or {}
         from .io import open_labels
 
         written = open_labels(outdir / "labels.zarr")
-        merge_stats = _compute(graph.merge_stats, c, progress=False) if graph.merge_stats is not None else {}
-        max_label = int(_compute(written.data.max(), c, progress=False))
+        if "labels_after" in merge_stats.get("totals", {}):
+            max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
+        else:
+            max_label = int(_compute(written.data.max(), c, progress=False))
+        if merge_stats.get("faces") is not None:
+            # per-face statistics can be large: their own file; totals go to run.json
+            write_json_atomic(outdir / "merge_faces.json", merge_stats["faces"])
+            merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
+            merge_stats["faces_file"] = "merge_faces.json"
         t_merge = time.perf_counter() - t0
 
         # -- 5. COG and vectors, from the written labels (no recomputation)

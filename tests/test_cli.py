@@ -30,6 +30,9 @@ def test_segment_cli_end_to_end_with_embedded_cluster(tmp_path, data_dir):
     assert rec["complete"] is True
     assert rec["parameters"]["segmenter_params"] == {"scale": 100}
     assert rec["parameters"]["merge_params"] == {"remove_small": False}
+    assert rec["merge_stats"]["totals"]["labels_after"] == rec["n_segments"]
+    faces = json.loads((out / "merge_faces.json").read_text())
+    assert len(faces) == 2 * 4 * 3 + 2 * 3 * 3  # 24 edge faces + 18 diagonal (corner) faces in a 4x4 grid
     assert rec["tiling"]["n_blocks"] == 16  # 400 = 3*128 + 16, and 16 >= P is its own block
     with rasterio.open(out / "labels.tif") as dst, rasterio.open(data_dir / "neon_osbs.tif") as src:
         assert dst.crs == src.crs and dst.transform.almost_equals(src.transform)
