@@ -115,7 +115,7 @@ def to_label_zarr(
 
             from distributed import progress as _progress
 
-            _progress(futs)
+            _progress(futs, notebook=False)
             print(file=sys.stderr)
         _, extra = client.gather(futs)
     else:

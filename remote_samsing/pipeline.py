@@ -164,10 +164,12 @@ def build_graph(
         staged = stage_blocks(
             rgba, plan=plan, segmenter=seg, retries=retries, resources=_segment_resources(seg)
         )
-    valid = rgba[..., 3] > 0
     from .merge import merge_labels
 
-    result = merge_labels(staged, plan=plan, config=mcfg, valid=valid, reread=reread)
+    # No `valid=` here: staged labels are already 0 on invalid pixels
+    # (process_block), and the merge never paints background, so passing the
+    # mask would only read and stretch the whole input a second time.
+    result = merge_labels(staged, plan=plan, config=mcfg, reread=reread)
     labels = _wrap_labels(result.labels, arr)
     return SegmentGraph(
         plan=plan,
@@ -686,7 +688,7 @@ def _compute(x, client, *, progress: bool, optimize_graph: bool = True):
     if progress:
         from distributed import progress as _progress
 
-        _progress(fut)
+        _progress(fut, notebook=False)
         print(file=sys.stderr)
     return fut.result()
 
