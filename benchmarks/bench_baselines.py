@@ -101,7 +101,8 @@ def run(quick: bool = False) -> dict:
                 block_px = (tile + 2 * pad) ** 2 if cfg_name != "whole" else shape[0] * shape[1]
                 t0 = time.perf_counter()
                 labels = segment(
-                    str(img), segmenter=_segmenter(seg_name, block_px), tile_size=tile, padding=pad, merge=merge
+                    str(img), segmenter=_segmenter(seg_name, block_px), tile_size=tile, padding=pad,
+                    merge=("overlap" if merge else "none") if isinstance(merge, bool) else merge,
                 )
                 labels = labels.compute()
                 t_seg = time.perf_counter() - t0

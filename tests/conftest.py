@@ -19,7 +19,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED.exists():
-        pytest.skip("../shared/data is not available in this checkout")
+        pytest.skip("the shared data folder beside this checkout is not available")
     return SHARED
 
 

@@ -115,3 +115,19 @@ def test_info_runs():
     res = CliRunner().invoke(cli, ["info"])
     assert res.exit_code == 0, res.output
     assert "dask" in res.output and "gpus" in res.output
+
+
+def test_evaluate_cli_writes_json_markdown_and_figure(tmp_path, data_dir, shared_data):
+    from remote_samsing import segment
+
+    labels = segment(data_dir / "kampala_crop_3857.tif", segmenter="felzenszwalb", tile_size=128, padding=16,
+                     segmenter_params={"scale": 200})
+    labels.rio.to_raster(tmp_path / "labels.tif")
+    gt = shared_data / "kampala-b" / "labels.geojson"
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "labels.tif"), str(gt), "--out",
+                                   str(tmp_path / "report.json")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert (tmp_path / "report.md").exists() and (tmp_path / "report.png").exists()
+    text = json.dumps(rep)
+    assert "det50" in text and "biou" in text

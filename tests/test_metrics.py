@@ -271,7 +271,7 @@ def test_write_report(tmp_path):
     assert paths["figure"].stat().st_size > 1000
 
 
-@pytest.mark.skipif(not KAMPALA.is_dir(), reason="../shared/data/kampala-b not present")
+@pytest.mark.skipif(not KAMPALA.is_dir(), reason="the shared kampala-b scene beside the checkout is not present")
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 def test_kampala_felzenszwalb_baseline(tmp_path):
     import geopandas as gpd
