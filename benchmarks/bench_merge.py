@@ -281,6 +281,25 @@ def bench_size(side_y: int, side_x: int, *, reference: bool, workdir: str, keep_
     return row
 
 
+def graph_build(sides=(10, 20, 50)) -> list[dict]:
+    """Seconds to *build* (not compute) the merge graph for n×n blocks: must grow linearly."""
+    import dask.array as da
+
+    from remote_samsing.merge import MergeConfig, merge_labels
+    from remote_samsing.tiling import TilingPlan
+
+    rows = []
+    for n in sides:
+        plan = TilingPlan(shape=(n * 1000, n * 1000), tile_size=1000, padding=50)
+        staged = da.zeros(plan.staging_shape, chunks=plan.slot_shape, dtype=np.uint32)
+        t0 = time.perf_counter()
+        res = merge_labels(staged, plan=plan, config=MergeConfig())
+        dt = time.perf_counter() - t0
+        rows.append({"blocks": plan.n_blocks, "build_s": dt, "tasks": len(res.labels.__dask_graph__())})
+        print(f"merge graph for {plan.n_blocks} blocks built in {dt:.2f} s ({rows[-1]['tasks']} tasks)")
+    return rows
+
+
 def run(quick: bool = True, *, gigapixel: bool = False) -> dict:
     """Benchmark rows; ``quick`` uses 4 and 16 Mpx, else 100 and 400 Mpx (+2 Gpx with ``gigapixel``)."""
     sizes = [(2000, 2000, True), (4000, 4000, True)] if quick else [(10000, 10000, True), (20000, 20000, True)]
@@ -288,7 +307,9 @@ def run(quick: bool = True, *, gigapixel: bool = False) -> dict:
         sizes.append((40000, 50000, False))
     with tempfile.TemporaryDirectory(prefix="bench_merge_") as workdir:
         rows = [bench_size(y, x, reference=ref, workdir=workdir) for y, x, ref in sizes]
-    return {"benchmark": "merge", "quick": quick, "tile_size": TILE, "padding": PADDING, "rows": rows}
+    build = graph_build((10, 20) if quick else (10, 20, 50))
+    return {"benchmark": "merge", "quick": quick, "tile_size": TILE, "padding": PADDING, "rows": rows,
+            "graph_build": build}
 
 
 def main(argv=None) -> None:
