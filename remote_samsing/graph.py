@@ -19,6 +19,7 @@ Nothing here computes: the functions return dask collections.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -185,7 +186,7 @@ def stage_blocks(
     import dask
 
     depth = {0: plan.depth[0], 1: plan.depth[1], 2: 0}
-    with dask.annotate(resources=dict(resources)) if resources else _nullcontext():
+    with dask.annotate(resources=dict(resources)) if resources else contextlib.nullcontext():
         return da.map_overlap(
             _segment_chunk,
             rgba,
@@ -201,11 +202,3 @@ def stage_blocks(
             retries=retries,
             token="remote-samsing-segment",
         )
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

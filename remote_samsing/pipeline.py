@@ -49,7 +49,6 @@ from .exceptions import (
     ConfigError,
     FingerprintMismatchError,
     OutputExistsError,
-    RemoteSamsingError,
 )
 from .graph import STAGED_DTYPE, process_block, resolve_segmenter, stage_blocks
 from .io import _as_band_yx, open_mosaic, prepare_rgb, rgb_band_indices
@@ -754,8 +753,3 @@ def _write_vectors(outdir: Path, labels: xr.DataArray, *, valid=None, progress: 
     to_polygons(labels, out=tmp, valid=valid, progress=progress, attributes=attributes)
     os.replace(tmp, out)
     return out
-
-
-def _raise_if_bad(exc: BaseException) -> None:  # pragma: no cover - helper for CLI
-    if isinstance(exc, RemoteSamsingError):
-        raise exc
