@@ -209,3 +209,14 @@ def test_failing_block_is_retried_then_reported(tmp_path, data_dir, client):
     rec = json.loads((out / "run.json").read_text())
     assert rec["complete"] is False and "(0, 1)" in rec["error"]["message"]
     assert not (out / "labels.tif").exists()
+
+
+def test_gpu_resource_request_needs_a_gpu_worker_or_device_cpu(client):
+    from remote_samsing.exceptions import BackendUnavailableError
+    from remote_samsing.pipeline import _check_resources
+
+    # the session cluster's workers offer no GPU resource
+    with pytest.raises(BackendUnavailableError, match="GPU"):
+        _check_resources(client, {"GPU": 1}, device="auto")
+    assert _check_resources(client, {"GPU": 1}, device="cpu") is None  # asked for: CPU workers run it
+    assert _check_resources(client, None, device="auto") is None
