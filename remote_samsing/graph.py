@@ -31,7 +31,7 @@ from .exceptions import BlockFailedError, ConfigError, InputError
 from .segmenters import get_segmenter, validate_segmenter
 from .tiling import TilingPlan
 
-__all__ = ["process_block", "stage_blocks", "resolve_segmenter", "STAGED_DTYPE"]
+__all__ = ["process_block", "stage_blocks", "map_padded_blocks", "resolve_segmenter", "STAGED_DTYPE"]
 
 #: dtype of staged local labels.
 STAGED_DTYPE = np.uint32
@@ -168,18 +168,22 @@ def _segment_chunk(rgba, *, plan, segmenter, retries, block_info=None):
     return _slot(labels, plan)
 
 
-def stage_blocks(
+def map_padded_blocks(
+    func,
     rgba: da.Array,
     *,
     plan: TilingPlan,
-    segmenter: Any,
-    retries: int = 2,
+    chunks: tuple[int, int],
+    dtype,
     resources: Mapping[str, float] | None = None,
+    token: str,
+    **kwargs: Any,
 ) -> da.Array:
-    """Lazy staged labels: one ``plan.slot_shape`` chunk of local labels per block.
+    """``func(padded_rgba, plan=plan, block_info=..., **kwargs)`` on every block's padded window.
 
-    Built with ``dask.array.map_overlap`` (depth = padding, boundary "none",
-    no trim) so each task receives exactly its padded window.
+    The one place that calls ``dask.array.map_overlap`` (depth = padding,
+    boundary "none", no trim) and annotates the tasks with worker resources.
+    Each output chunk has shape ``chunks``.
     """
     if rgba.shape[:2] != plan.shape:
         raise InputError(f"image shape {rgba.shape[:2]} does not match the plan {plan.shape}")
@@ -188,17 +192,38 @@ def stage_blocks(
     depth = {0: plan.depth[0], 1: plan.depth[1], 2: 0}
     with dask.annotate(resources=dict(resources)) if resources else contextlib.nullcontext():
         return da.map_overlap(
-            _segment_chunk,
+            func,
             rgba,
             depth=depth,
             boundary="none",
             trim=False,
-            chunks=plan.slot_shape,
+            chunks=chunks,
             drop_axis=2,
-            dtype=STAGED_DTYPE,
-            meta=np.empty((0, 0), STAGED_DTYPE),
+            dtype=dtype,
+            meta=np.empty((0, 0), dtype),
+            token=token,
             plan=plan,
-            segmenter=segmenter,
-            retries=retries,
-            token="remote-samsing-segment",
+            **kwargs,
         )
+
+
+def stage_blocks(
+    rgba: da.Array,
+    *,
+    plan: TilingPlan,
+    segmenter: Any,
+    retries: int = 2,
+    resources: Mapping[str, float] | None = None,
+) -> da.Array:
+    """Lazy staged labels: one ``plan.slot_shape`` chunk of local labels per block."""
+    return map_padded_blocks(
+        _segment_chunk,
+        rgba,
+        plan=plan,
+        chunks=plan.slot_shape,
+        dtype=STAGED_DTYPE,
+        resources=resources,
+        token="remote-samsing-segment",
+        segmenter=segmenter,
+        retries=retries,
+    )

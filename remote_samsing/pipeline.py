@@ -50,7 +50,8 @@ from .exceptions import (
     FingerprintMismatchError,
     OutputExistsError,
 )
-from .graph import STAGED_DTYPE, process_block, resolve_segmenter, stage_blocks
+from .cluster import segment_resources
+from .graph import STAGED_DTYPE, map_padded_blocks, process_block, resolve_segmenter, stage_blocks
 from .io import _as_band_yx, open_mosaic, prepare_rgb, rgb_band_indices
 from .tiling import TilingPlan
 
@@ -161,7 +162,7 @@ def build_graph(
     reread = staged is not None
     if staged is None:
         staged = stage_blocks(
-            rgba, plan=plan, segmenter=seg, retries=retries, resources=_segment_resources(seg)
+            rgba, plan=plan, segmenter=seg, retries=retries, resources=segment_resources(seg)
         )
     from .merge import merge_labels
 
@@ -179,12 +180,6 @@ def build_graph(
         merge_stats=result.stats,
         diagnostics=getattr(result, "diagnostics", None),
     )
-
-
-def _segment_resources(seg) -> dict | None:
-    """Worker resources the segmentation tasks ask for (SAM2 → one GPU)."""
-    req = getattr(seg, "resources", None)
-    return dict(req) if req else None
 
 
 def segment(
@@ -502,30 +497,24 @@ def run(
 
     write_json_atomic(outdir / "run.json", record)
 
-    needs_gpu = bool(_segment_resources(seg))
+    needs_gpu = bool(segment_resources(seg))
     with _client_for(cfg, client, needs_gpu=needs_gpu, log=log) as c:
         # -- 3. segment and stage every block not staged yet
         rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)
-        depth = {0: plan.depth[0], 1: plan.depth[1], 2: 0}
-        res = _check_resources(c, _segment_resources(seg), device=cfg.device)
-        with dask.annotate(resources=res) if res else contextlib.nullcontext():
-            done = da.map_overlap(
-                _segment_and_stage,
-                rgba,
-                depth=depth,
-                boundary="none",
-                trim=False,
-                chunks=(1, 1),
-                drop_axis=2,
-                dtype=np.int64,
-                meta=np.empty((0, 0), np.int64),
-                plan=plan,
-                segmenter=seg,
-                retries=cfg.retries,
-                staging=str(staging),
-                run_id=run_id,
-                token="remote-samsing-segment-stage",
-            )
+        res = _check_resources(c, segment_resources(seg), device=cfg.device)
+        done = map_padded_blocks(
+            _segment_and_stage,
+            rgba,
+            plan=plan,
+            chunks=(1, 1),
+            dtype=np.int64,
+            resources=res,
+            token="remote-samsing-segment-stage",
+            segmenter=seg,
+            retries=cfg.retries,
+            staging=str(staging),
+            run_id=run_id,
+        )
         t0 = time.perf_counter()
         log(f"segmenting {plan.n_blocks} block(s) of {cfg.tile_size} px (padding {cfg.padding})")
         try:
