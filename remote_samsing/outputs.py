@@ -104,10 +104,22 @@ def to_label_zarr(
         arr = arr.chunk({"y": arr.chunks[0][0], "x": arr.chunks[1][0]})
     arr.encoding = {}
     arr.attrs = {k: v for k, v in arr.attrs.items() if k not in ("_FillValue", "scale_factor", "add_offset")}
-    ds = arr.to_dataset(name="labels")
-    job = ds.to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
+    # Metadata and coordinates from a cheap all-zero template; the labels
+    # themselves are written by our own per-chunk tasks. Handing the real
+    # graph to ``to_zarr(compute=False)`` would wrap it in ``dask.delayed``,
+    # which renames every key (ProhibitReuse): computed next to ``also``, the
+    # whole merge would then run twice.
     import dask
+    import dask.array as da
 
+    template = arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
+    template.to_dataset(name="labels").to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
+    nchunks = tuple((1,) * len(c) for c in arr.data.chunks)
+    written = arr.data.map_blocks(
+        _write_chunk, str(tmp), "labels", chunks=nchunks, dtype=np.int64, token="rs-write-labels-zarr",
+        meta=np.empty((0, 0), np.int64),
+    )
+    job = written.sum()
     if client is not None:
         futs = client.compute([job, also], optimize_graph=False)
         if progress:
@@ -117,11 +129,25 @@ def to_label_zarr(
 
             _progress(futs, notebook=False)
             print(file=sys.stderr)
-        _, extra = client.gather(futs)
+        n_written, extra = client.gather(futs)
     else:
-        _, extra = dask.compute(job, also)
+        n_written, extra = dask.compute(job, also)
+    if int(n_written) != int(np.prod([len(c) for c in arr.data.chunks])):
+        from .exceptions import RemoteSamsingError
+
+        # never move a partial store into place
+        raise RemoteSamsingError(f"wrote {n_written} label chunks, expected one per chunk")
     _replace_dir(tmp, out)
     return extra
+
+
+def _write_chunk(block, store: str, name: str, block_info=None):
+    """Write one chunk into the Zarr array ``store/name``; returns a 1-count."""
+    import zarr
+
+    target = zarr.open_array(store=store, path=name, mode="r+")
+    target[tuple(slice(a, b) for a, b in block_info[0]["array-location"])] = block
+    return np.ones((1,) * block.ndim, np.int64)
 
 
 def to_cog(

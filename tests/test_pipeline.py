@@ -220,3 +220,21 @@ def test_gpu_resource_request_needs_a_gpu_worker_or_device_cpu(client):
         _check_resources(client, {"GPU": 1}, device="auto")
     assert _check_resources(client, {"GPU": 1}, device="cpu") is None  # asked for: CPU workers run it
     assert _check_resources(client, None, device="auto") is None
+
+
+def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
+    """Labels and merge statistics share one graph: no merge task runs twice.
+
+    (Handing the labels graph to ``xarray.to_zarr(compute=False)`` renames
+    its keys, which made the whole merge run a second time for the stats.)
+    """
+    from distributed import get_task_stream
+
+    cfg = RunConfig(segmenter="threshold", segmenter_params={"threshold": 60}, tile_size=128, padding=16,
+                    merge="overlap", vectors=False, progress=False)
+    with get_task_stream(client) as ts:
+        rec = run(data_dir / "kampala_crop_3857.tif", tmp_path / "out", config=cfg, client=client)
+    n_blocks = rec["tiling"]["n_blocks"]
+    summaries = [t["key"] for t in ts.data if "-summarize" in str(t["key"][0])]
+    assert n_blocks == 4 and len(summaries) == n_blocks
+    assert len(set(map(str, summaries))) == n_blocks
