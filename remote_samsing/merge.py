@@ -58,17 +58,24 @@ remove_small
 
 The reduction graph
 -------------------
+About seven tasks per block, so that scheduler overhead stays small next to
+the pixel work:
+
 1. Per block (one task reading one staged chunk): core crop, foreground
    components, label areas, small-label contacts, the core edge lines and
-   (``"overlap"``) the shared-region crops for the neighbours.
-2. Per face: candidate pairs and links (from the two blocks' crops or lines).
-3. One task: union-find (numba) over the links, then the enclosed-object
-   rule; the resulting table maps pre-merge ids to merged ids and is split
-   per block, so each block only ever receives its part.
+   (``"overlap"``) the shared-region crops for the neighbours. Its output is
+   split in two: what the faces read (released once they ran) and what the
+   relabel reads.
+2. Per block: every face the block owns (right, down and the two lower
+   corners): candidate pairs and links, seam contacts.
+3. One task: the island rule and union-find (numba) over the links, then the
+   enclosed-object rule; the resulting table maps pre-merge ids to merged ids
+   and is split per block, so each block only ever receives its part. (The
+   reference strategies solve islands first, as the reference does.)
 4. Per block: surviving merged ids; a tree reduction of these small sorted
-   arrays gives the global sorted ids; each block relabels 1..N with
-   ``searchsorted``.
-5. Per block: re-read the staged chunk and apply the block's lookup table.
+   arrays gives the global sorted ids.
+5. Per block: re-read the staged chunk and relabel it 1..N with its lookup
+   table (``searchsorted`` into the global ids).
 
 Pre-merge ids are ``block_label_offset(block_id) | local`` (uint64), so no
 sequential offset chain exists between blocks (the bit split is dask-image
@@ -708,19 +715,6 @@ def _flat_key_parts(key) -> tuple:
     return tuple(key) if isinstance(key, tuple) else (key,)
 
 
-def _tree_union(leaves, split_every: int = 8):
-    from dask import delayed
-
-    level = list(leaves)
-    if not level:
-        return delayed(np.empty)(0, np.uint64)
-    while len(level) > 1:
-        level = [
-            delayed(_union_sorted, pure=True)(*level[i : i + split_every]) for i in range(0, len(level), split_every)
-        ]
-    return level[0]
-
-
 def _block_lut(info, fin, ids):
     lut = np.zeros(info["n_idx"], np.uint32)
     lut[fin["idx"]] = (np.searchsorted(ids, fin["gids"]) + 1).astype(np.uint32)
@@ -732,6 +726,125 @@ def _block_codes(info, piece):
     if piece is not None and piece[0].size:
         codes[_to_idx(piece[0], info["values"])] = piece[2]
     return codes
+
+
+# ---------------------------------------------------------------------------
+# per-block and global graph tasks (thin: they route the pieces above)
+# ---------------------------------------------------------------------------
+_EARLY = ("offset", "edges", "comp_edges", "cand", "seam_comps", "seam_sizes", "comp_sizes")
+_LATE = ("index", "offset", "values", "n_idx", "present", "label_comp", "comp_sizes")
+
+
+def _summarize_split(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
+    """:func:`_summarize`, split into what the faces read and what the relabel reads."""
+    info, strips, vbits = _summarize(slot, valid, plan=plan, index=index, cfg=cfg)
+    early = {k: info[k] for k in _EARLY if k in info}
+    early["strips"] = strips
+    late = {k: info[k] for k in _LATE if k in info}
+    late["vbits"] = vbits
+    return early, late
+
+
+def _block_faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeConfig):
+    """Every face a block owns: overlap links, and seam contacts for the post-processing."""
+    links_a, links_b, stats, comp_a, comp_b, adj_s, adj_d = [], [], [], [], [], [], []
+    for off, other in zip(offsets, others):
+        nb = (index[0] + off[0], index[1] + off[1])
+        (la, lb), st = _face_overlap(own["strips"], other["strips"], plan=plan, a=index, b=nb, off=off,
+                                     min_iou=float(cfg.min_iou))
+        links_a.append(la)
+        links_b.append(lb)
+        stats.append(st)
+        if off in ((0, 1), (1, 0)) and (cfg.islands or cfg.absorb):
+            cp, adj = _face_seam(own, other, off=off, want_comps=cfg.islands, want_adj=cfg.absorb)
+            if cp is not None:
+                comp_a.append(cp[0])
+                comp_b.append(cp[1])
+            if adj is not None:
+                adj_s.append(adj[0])
+                adj_d.append(adj[1])
+    out = {"links": (_cat64(links_a), _cat64(links_b)), "stats": stats}
+    if cfg.islands:
+        out["comp_pairs"] = (_cat64(comp_a), _cat64(comp_b))
+        out["seam_nodes"] = _seam_nodes(own)
+    if cfg.absorb:
+        out["adj"] = (_cat64(adj_s), _cat64(adj_d))
+        out["cands"] = _block_cands(own)
+    return out
+
+
+def _block_faces_comps(own, others, *, offsets):
+    """Foreground-component links across the seams a block owns (island rule)."""
+    pa, pb = [], []
+    for off, other in zip(offsets, others):
+        cp, _ = _face_seam(own, other, off=off, want_comps=True, want_adj=False)
+        pa.append(cp[0])
+        pb.append(cp[1])
+    return {"comp_pairs": (_cat64(pa), _cat64(pb)), "seam_nodes": _seam_nodes(own)}
+
+
+def _block_faces_reference(own, rem, others, rems, *, index, neighbours, offsets, strategy, min_contact):
+    """The reference's line-contact pairs on the seams a block owns."""
+    la, lb, stats = [], [], []
+    for off, other, rem_o, nb in zip(offsets, others, rems, neighbours):
+        (a, b), st = _face_reference(own, other, rem, rem_o, a=index, b=nb, off=off, strategy=strategy,
+                                     min_contact=min_contact)
+        la.append(a)
+        lb.append(b)
+        stats.append(st)
+    return {"links": (_cat64(la), _cat64(lb)), "stats": stats}
+
+
+def _cat64(parts) -> np.ndarray:
+    return np.concatenate(parts).astype(np.uint64, copy=False) if parts else np.empty(0, np.uint64)
+
+
+def _solve_islands_blocks(faces, *, n_blocks: int, min_area: int):
+    return _solve_islands([f["comp_pairs"] for f in faces], [f["seam_nodes"] for f in faces],
+                          n_blocks=n_blocks, min_area=min_area)
+
+
+def _solve_blocks(faces, *, n_blocks: int, cfg: MergeConfig):
+    """The one global task: island rule (overlap strategy) and union-find; pieces per block.
+
+    Returns ``n_blocks`` pieces ``(island piece or None, merge piece)`` and a
+    statistics dict (with every face's statistics, in block order).
+    """
+    if cfg.strategy == "overlap" and cfg.islands:
+        islands = _solve_islands_blocks(faces, n_blocks=n_blocks, min_area=cfg.min_mask_area)
+    else:
+        islands = (None,) * n_blocks
+    links = [f["links"] for f in faces]
+    cands = [f["cands"] for f in faces if "cands" in f]
+    adj = [f["adj"] for f in faces if "adj" in f]
+    *pieces, stats = _solve_merge(links, cands, adj, n_blocks=n_blocks, cfg=cfg)
+    stats["faces"] = [st for f in faces for st in f["stats"]]
+    return tuple(zip(islands, pieces)) + (stats,)
+
+
+def _final_task(late, removed, pieces, *, min_area: int):
+    """Surviving labels of one block and their merged ids (see :func:`_block_final`)."""
+    island_piece, merge_piece = pieces if pieces is not None else (None, None)
+    if removed is None and island_piece is not None:
+        removed = _block_removed(late, island_piece, min_area=min_area)
+    fin = _block_final(late, removed, merge_piece)
+    fin["removed"] = removed
+    return fin
+
+
+def _union_gids(*parts):
+    """Sorted union of block finals' merged ids (tree-reduction step)."""
+    return np.unique(np.concatenate([p["gids"] if isinstance(p, dict) else p for p in parts]))
+
+
+def _apply_task(slot, late, fin, ids, *, plan: TilingPlan, index):
+    lut = _block_lut(late, fin, ids)
+    return _apply(slot, late["vbits"], fin["removed"], lut, plan=plan, index=index)
+
+
+def _apply_codes_task(slot, late, fin, pieces, *, plan: TilingPlan, index):
+    codes = _block_codes(late, pieces[1] if pieces is not None else None)
+    return _apply(slot, late["vbits"], fin["removed"], codes, plan=plan, index=index, diagnostics=True)
 
 
 # ---------------------------------------------------------------------------
@@ -754,8 +867,8 @@ def _apply(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: b
     return out
 
 
-def _collect_stats(face_stats, merge_stats, finals, ids, *, strategy: str):
-    faces = list(face_stats)
+def _collect_stats(solve_stats, finals, ids, *, strategy: str):
+    faces = list(solve_stats.get("faces", []))
     totals = {
         "candidates": sum(f["candidates"] for f in faces),
         "links": sum(f["links"] for f in faces),
@@ -764,7 +877,7 @@ def _collect_stats(face_stats, merge_stats, finals, ids, *, strategy: str):
         "labels_after": int(ids.size),
         "islands_removed": sum(f["islands_removed"] for f in finals),
     }
-    totals.update(merge_stats)
+    totals.update({k: v for k, v in solve_stats.items() if k != "faces"})
     return {"strategy": strategy, "faces": faces, "totals": totals}
 
 
@@ -865,70 +978,75 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
     def chunk(arr, idx):
         return g.ref((arr.name,) + tuple(idx))
 
-    infos, strips, vbits = {}, {}, {}
+    # Per block the graph has: summarize, two small items (the part only the
+    # faces read, and the part the relabel reads, so each is released as soon
+    # as its readers ran), one task for the faces the block owns, one item of
+    # the global solve, final, apply. Fewer, fatter tasks: the scheduler's
+    # per-task cost dominated a no-op run (issue 4's overhead benchmark).
+    early, late = {}, {}
     for idx in ids_list:
         v = chunk(valid, idx) if valid is not None else None
-        out = g.task(("summarize",) + idx, _summarize, chunk(staged, idx), v, plan=plan, index=idx, cfg=cfg)
-        infos[idx], strips[idx], vbits[idx] = (g.item(out, k) for k in range(3))
+        out = g.task(("summarize",) + idx, _summarize_split, chunk(staged, idx), v, plan=plan, index=idx, cfg=cfg)
+        early[idx], late[idx] = g.item(out, 0), g.item(out, 1)
 
-    seam_faces = _faces(plan, corners=False)
+    def owned(idx, offsets):
+        offs = [off for off in offsets if _neighbour(plan, idx, off) is not None]
+        return offs, [_neighbour(plan, idx, off) for off in offs]
+
+    seam_offsets = _FACE_OFFSETS[:2]
     removed = {idx: None for idx in ids_list}
-    if cfg.islands:
-        comp_pairs = []
-        for n, (a, b, off) in enumerate(seam_faces):
-            cp = g.task(("face-comps", n), _face_seam, infos[a], infos[b], off=off, want_comps=True, want_adj=False)
-            comp_pairs.append(g.item(cp, 0))
-        seam_nodes = [g.task(("seam-nodes",) + idx, _seam_nodes, infos[idx]) for idx in ids_list]
-        pieces = g.task(("islands",), _solve_islands, comp_pairs, seam_nodes, n_blocks=n_blocks,
-                        min_area=cfg.min_mask_area)
-        for k, idx in enumerate(ids_list):
-            removed[idx] = g.task(("removed",) + idx, _block_removed, infos[idx], g.item(pieces, k),
-                                  min_area=cfg.min_mask_area)
-
-    links, face_stats, adj = [], [], []
+    faces = []
     if cfg.strategy == "overlap":
-        for n, (a, b, off) in enumerate(_faces(plan, corners=True)):
-            lk = g.task(("face-overlap", n), _face_overlap, strips[a], strips[b], plan=plan, a=a, b=b, off=off,
-                        min_iou=float(cfg.min_iou))
-            links.append(g.item(lk, 0))
-            face_stats.append(g.item(lk, 1))
-        if cfg.absorb:
-            for n, (a, b, off) in enumerate(seam_faces):
-                fa = g.task(("face-adj", n), _face_seam, infos[a], infos[b], off=off, want_comps=False, want_adj=True)
-                adj.append(g.item(fa, 1))
+        for idx in ids_list:
+            offs, nbs = owned(idx, _FACE_OFFSETS)
+            faces.append(g.task(("faces",) + idx, _block_faces_overlap, early[idx], [early[n] for n in nbs],
+                                plan=plan, index=idx, offsets=offs, cfg=cfg))
     elif cfg.strategy in _REFERENCE:
-        for n, (a, b, off) in enumerate(seam_faces):
-            lk = g.task(("face-ref", n), _face_reference, infos[a], infos[b], removed[a], removed[b], a=a, b=b,
-                        off=off, strategy=cfg.strategy, min_contact=int(cfg.min_contact_pixels))
-            links.append(g.item(lk, 0))
-            face_stats.append(g.item(lk, 1))
+        if cfg.islands:
+            comps = []
+            for idx in ids_list:
+                offs, nbs = owned(idx, seam_offsets)
+                comps.append(g.task(("face-comps",) + idx, _block_faces_comps, early[idx],
+                                    [early[n] for n in nbs], offsets=offs))
+            pieces = g.task(("islands",), _solve_islands_blocks, comps, n_blocks=n_blocks, min_area=cfg.min_mask_area)
+            for k, idx in enumerate(ids_list):
+                removed[idx] = g.task(("removed",) + idx, _block_removed, early[idx], g.item(pieces, k),
+                                      min_area=cfg.min_mask_area)
+        for idx in ids_list:
+            offs, nbs = owned(idx, seam_offsets)
+            faces.append(g.task(("faces",) + idx, _block_faces_reference, early[idx], removed[idx],
+                                [early[n] for n in nbs], [removed[n] for n in nbs], index=idx, neighbours=nbs,
+                                offsets=offs, strategy=cfg.strategy, min_contact=int(cfg.min_contact_pixels)))
+    if cfg.strategy != "none":
+        solved = g.task(("solve",), _solve_blocks, faces, n_blocks=n_blocks, cfg=cfg)
+        pieces_of = {idx: g.item(solved, k) for k, idx in enumerate(ids_list)}
+        solve_stats = g.item(solved, n_blocks)
+    else:
+        pieces_of = {idx: None for idx in ids_list}
+        solve_stats = {"faces": []}
 
-    cands = [g.task(("cands",) + idx, _block_cands, infos[idx]) for idx in ids_list] if cfg.absorb else []
-    solved = g.task(("solve",), _solve_merge, links, cands, adj, n_blocks=n_blocks, cfg=cfg)
-    merge_stats = g.item(solved, n_blocks)
-
-    finals = {idx: g.task(("final",) + idx, _block_final, infos[idx], removed[idx], g.item(solved, k))
-              for k, idx in enumerate(ids_list)}
-    level = [g.task(("gids",) + idx, _unique_gids, finals[idx]) for idx in ids_list]
-    depth = 0
-    while len(level) > 1:  # tree reduction of the sorted global ids (small arrays)
-        level = [g.task(("union", depth, i), _union_sorted, *level[i : i + 8]) for i in range(0, len(level), 8)]
+    finals = {idx: g.task(("final",) + idx, _final_task, late[idx], removed[idx], pieces_of[idx],
+                          min_area=cfg.min_mask_area)
+              for idx in ids_list}
+    # tree reduction of the sorted global ids (small arrays; at least one step
+    # so that a single block's finals become an array too)
+    level, depth = [finals[idx] for idx in ids_list], 0
+    while depth == 0 or len(level) > 1:
+        level = [g.task(("union", depth, i), _union_gids, *level[i : i + 16]) for i in range(0, len(level), 16)]
         depth += 1
-    ids = level[0] if level else g.task(("empty-ids",), np.empty, 0, np.uint64)
+    ids = level[0]
 
     labels_name = f"rs-merged-labels-{token}"
     for idx in ids_list:
-        lut = g.task(("lut",) + idx, _block_lut, infos[idx], finals[idx], ids)
-        g.task((labels_name,) + idx, _apply, chunk(reread_src, idx), vbits[idx], removed[idx], lut, plan=plan,
+        g.task((labels_name,) + idx, _apply_task, chunk(reread_src, idx), late[idx], finals[idx], ids, plan=plan,
                index=idx)
     diag_name = f"rs-merge-diagnostics-{token}"
     if cfg.diagnostics:
-        for k, idx in enumerate(ids_list):
-            codes = g.task(("codes",) + idx, _block_codes, infos[idx], g.item(solved, k))
-            g.task((diag_name,) + idx, _apply, chunk(reread_src, idx), vbits[idx], removed[idx], codes, plan=plan,
-                   index=idx, diagnostics=True)
+        for idx in ids_list:
+            g.task((diag_name,) + idx, _apply_codes_task, chunk(reread_src, idx), late[idx], finals[idx],
+                   pieces_of[idx], plan=plan, index=idx)
     stats_name = f"rs-merge-stats-{token}"
-    g.task((stats_name,), _collect_stats, face_stats, merge_stats, [finals[idx] for idx in ids_list], ids,
+    g.task((stats_name,), _collect_stats, solve_stats, [finals[idx] for idx in ids_list], ids,
            strategy=cfg.strategy)
 
     # one layer for the inner tasks, one per output (what dask's culling and

@@ -121,7 +121,7 @@ def to_label_zarr(
     )
     job = written.sum()
     if client is not None:
-        futs = client.compute([job, also], optimize_graph=False)
+        futs = client.compute([job, also], optimize_graph=True)
         if progress:
             import sys
 
