@@ -103,12 +103,17 @@ def process_block(
         "attempts": 0,
     }
     t0 = time.perf_counter()
-    if not valid[core.slices].any():
+    all_valid = bool(valid.all())
+    if not all_valid and not valid[core.slices].any():
         # nothing to segment in the core: never call the segmenter (saves GPU time
         # on nodata borders and keeps nodata from looking like black-masked pixels)
         stats.update(skipped=True, seconds=0.0, n_labels=0)
         return np.zeros(pw.shape, STAGED_DTYPE), stats
-    block = np.ascontiguousarray(rgba[..., :3])
+    # a read-only view, not a copy (6 ms per megapixel): backends that need
+    # contiguous or writable memory copy it themselves (SAM2 does), and a
+    # retry sees exactly the input the first attempt saw
+    block = rgba[..., :3]
+    block.flags.writeable = False
     info = {
         "window": pw.as_tuple(),
         "valid": valid,
@@ -130,7 +135,8 @@ def process_block(
             hint="finished blocks are kept; fix the cause and rerun the same command to resume",
         ) from last_exc
     labels = _check_labels(labels, pw.shape, index)
-    labels = np.where(valid, labels, 0)
+    if not all_valid:
+        labels = np.where(valid, labels, 0)
     if labels.size and labels.max() > np.iinfo(STAGED_DTYPE).max:
         from skimage.segmentation import relabel_sequential
 

@@ -287,7 +287,8 @@ def _to_rgba_block(block, lohi, *, band_idx, alpha_pos, nodata, passthrough):
         rgb = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     out = np.empty(block.shape[1:] + (4,), dtype=np.uint8)
     out[..., :3] = np.moveaxis(rgb, 0, -1)
-    out[..., :3][~valid] = 0
+    if not valid.all():
+        out[..., :3][~valid] = 0
     out[..., 3] = valid
     return out
 

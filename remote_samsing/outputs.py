@@ -199,12 +199,18 @@ def to_cog(
         tiled=True,
         blockxsize=bs,
         blockysize=bs,
-        compress="deflate",
+        # an intermediate file: fast zstd-1 (measured 25 % faster than deflate
+        # here, and far smaller on disk than no compression)
+        compress="zstd",
+        ZSTD_LEVEL=1,
         lock=lock if lock is not None else threading.Lock(),
         BIGTIFF="IF_SAFER",
     )
+    # the product: deflate (what every COG reader supports), compressed on all
+    # cores (measured 1.7-1.9x faster than one thread on 2 cores)
     rasterio.shutil.copy(
-        tiled, tmp, driver="COG", compress="deflate", blocksize=bs, overview_resampling="nearest", BIGTIFF="IF_SAFER"
+        tiled, tmp, driver="COG", compress="deflate", blocksize=bs, overview_resampling="nearest", BIGTIFF="IF_SAFER",
+        NUM_THREADS="ALL_CPUS",
     )
     tiled.unlink()
     os.replace(tmp, out)
