@@ -18,6 +18,8 @@ class PeakRSS:
         self._proc = psutil.Process(os.getpid())
         self.interval = interval
         self.peak = 0
+        #: peak RSS (bytes) of each process seen, by pid (this one is ``os.getpid()``)
+        self.per_process: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -31,9 +33,11 @@ class PeakRSS:
             return 0
         for p in procs:
             try:
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
             except psutil.Error:
-                pass
+                continue
+            total += rss
+            self.per_process[p.pid] = max(self.per_process.get(p.pid, 0), rss)
         return total
 
     def _run(self):
@@ -55,6 +59,14 @@ class PeakRSS:
     @property
     def peak_mb(self) -> float:
         return self.peak / 2**20
+
+    def peaks_mb(self) -> dict[str, float]:
+        """Peak RSS (MB) of this process ("main": client and, for a LocalCluster, scheduler) and
+        of the largest child (a worker or nanny)."""
+        me = self.per_process.get(self._proc.pid, 0)
+        children = [v for k, v in self.per_process.items() if k != self._proc.pid]
+        return {"main": me / 2**20, "largest_child": max(children, default=0) / 2**20,
+                "children": len(children)}
 
 
 @contextmanager

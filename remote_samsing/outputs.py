@@ -150,15 +150,61 @@ def _write_chunk(block, store: str, name: str, block_info=None):
     return np.ones((1,) * block.ndim, np.int64)
 
 
+#: GDAL block cache (MB) for the COG copy in this process: GDAL's default is
+#: 5 % of RAM, which made the client grow with the raster size (400 Mpx run:
+#: +370 MB); 128 MB measured no slower.
+_GDAL_CACHE_MB = 128
+
+
+def _write_tif_piece(block, folder: str, profile: dict, block_info=None):
+    """Write one chunk as its own small tiled GeoTIFF ``folder/{y0}_{x0}.tif``; returns a 1-count."""
+    import rasterio
+
+    (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    prof = dict(profile, height=y1 - y0, width=x1 - x0)
+    if prof["transform"] is not None:
+        prof["transform"] = prof["transform"] * prof["transform"].translation(x0, y0)
+    with rasterio.open(Path(folder) / f"{y0}_{x0}.tif", "w", **prof) as dst:
+        dst.write(np.asarray(block, dtype=prof["dtype"]), 1)
+    return np.ones((1, 1), np.int64)
+
+
+def _vrt_xml(pieces: list, *, height: int, width: int, dtype: np.dtype, crs, transform, blocksize: int) -> str:
+    """A GDAL VRT mosaic of non-overlapping pieces ``(file, y0, x0, h, w)``."""
+    from xml.sax.saxutils import escape
+
+    gdal_type = {"uint8": "Byte", "uint16": "UInt16", "uint32": "UInt32", "uint64": "UInt64"}[np.dtype(dtype).name]
+    head = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
+    if crs is not None:
+        head.append(f"  <SRS>{escape(crs.to_wkt())}</SRS>")
+    if transform is not None:
+        t = transform
+        head.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>")
+    head.append(f'  <VRTRasterBand dataType="{gdal_type}" band="1" blockXSize="{blocksize}" '
+                f'blockYSize="{blocksize}">')
+    head.append("    <NoDataValue>0</NoDataValue>")
+    body = [
+        f'    <SimpleSource><SourceFilename relativeToVRT="1">{escape(f)}</SourceFilename>'
+        f"<SourceBand>1</SourceBand>"
+        f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+        f'<DstRect xOff="{x0}" yOff="{y0}" xSize="{w}" ySize="{h}"/></SimpleSource>'
+        for f, y0, x0, h, w in pieces
+    ]
+    return "\n".join(head + body + ["  </VRTRasterBand>", "</VRTDataset>", ""])
+
+
 def to_cog(
     labels: xr.DataArray,
     path: str | os.PathLike,
     *,
     max_label: int | None = None,
     blocksize: int = 512,
-    lock: Any = None,
 ) -> Path:
     """Write labels as a Cloud-Optimized GeoTIFF (nodata 0, smallest uint dtype).
+
+    Every chunk is written in parallel (no lock) to its own small GeoTIFF; a
+    VRT mosaics them and GDAL's COG driver copies that into the product. So
+    the whole raster is never in memory, and no task waits for another.
 
     Parameters
     ----------
@@ -169,13 +215,10 @@ def to_cog(
     max_label : int, optional
         Largest label (computed if not given) — picks the dtype.
     blocksize : int
-        Internal tile size (multiple of 16).
-    lock : lock, optional
-        Lock serialising window writes (a ``distributed.Lock`` on a cluster);
-        a threading lock is used by default.
+        Internal tile size (multiple of 16, at most 512).
     """
-    import threading
-
+    import dask
+    import dask.array as da
     import rasterio.shutil
     import rioxarray  # noqa: F401
 
@@ -183,35 +226,47 @@ def to_cog(
     if max_label is None:
         max_label = int(labels.max().compute())
     dtype = smallest_uint_dtype(max_label)
-    arr = labels.astype(dtype)
-    arr = arr.rio.write_nodata(0, encoded=False)
-    tiled = out.with_name(out.name + ".tiled.partial.tif")
+    pieces_dir = out.with_name(out.name + ".pieces.partial")
     tmp = out.with_name(out.name + ".partial.tif")
-    for p in (tiled, tmp):
-        if p.exists():
-            p.unlink()
+    shutil.rmtree(pieces_dir, ignore_errors=True)
+    if tmp.exists():
+        tmp.unlink()
+    pieces_dir.mkdir(parents=True)
     bs = min(blocksize, 512)
-    # rioxarray writes per dask chunk (reopening the file under `lock`), so
-    # the whole raster is never in memory.
-    arr.rio.to_raster(
-        tiled,
-        driver="GTiff",
-        tiled=True,
-        blockxsize=bs,
-        blockysize=bs,
-        # an intermediate file: fast zstd-1 (measured 25 % faster than deflate
-        # here, and far smaller on disk than no compression)
-        compress="zstd",
-        ZSTD_LEVEL=1,
-        lock=lock if lock is not None else threading.Lock(),
-        BIGTIFF="IF_SAFER",
+    height, width = labels.shape
+    try:
+        transform = labels.rio.transform()
+    except Exception:  # noqa: BLE001 - un-georeferenced arrays
+        transform = None
+    crs = labels.rio.crs
+    data = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data, chunks=1024)
+    profile = dict(
+        driver="GTiff", count=1, dtype=dtype.name, crs=crs, transform=transform, nodata=0, tiled=True,
+        blockxsize=bs, blockysize=bs,
+        # intermediate pieces: fast zstd-1 (25 % faster than deflate here, far
+        # smaller on disk than no compression)
+        compress="zstd", ZSTD_LEVEL=1,
     )
+    nchunks = tuple((1,) * len(c) for c in data.chunks)
+    job = data.map_blocks(
+        _write_tif_piece, str(pieces_dir), profile, chunks=nchunks, dtype=np.int64,
+        meta=np.empty((0, 0), np.int64), token="rs-write-labels-tif",
+    ).sum()
+    dask.compute(job)
+    ys = np.cumsum((0,) + data.chunks[0])
+    xs = np.cumsum((0,) + data.chunks[1])
+    pieces = [(f"{y0}_{x0}.tif", int(y0), int(x0), int(y1 - y0), int(x1 - x0))
+              for y0, y1 in zip(ys[:-1], ys[1:]) for x0, x1 in zip(xs[:-1], xs[1:])]
+    vrt = pieces_dir / "mosaic.vrt"
+    vrt.write_text(_vrt_xml(pieces, height=height, width=width, dtype=dtype, crs=crs, transform=transform,
+                            blocksize=bs))
     # the product: deflate (what every COG reader supports), compressed on all
     # cores (measured 1.7-1.9x faster than one thread on 2 cores)
-    rasterio.shutil.copy(
-        tiled, tmp, driver="COG", compress="deflate", blocksize=bs, overview_resampling="nearest", BIGTIFF="IF_SAFER",
-        NUM_THREADS="ALL_CPUS",
-    )
-    tiled.unlink()
+    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
+        rasterio.shutil.copy(
+            vrt, tmp, driver="COG", compress="deflate", blocksize=bs, overview_resampling="nearest",
+            BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
+        )
+    shutil.rmtree(pieces_dir)
     os.replace(tmp, out)
     return out

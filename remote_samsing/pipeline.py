@@ -566,8 +566,7 @@ def run(
         # -- 5. COG and vectors, from the written labels (no recomputation)
         t0 = time.perf_counter()
         log("writing labels.tif (COG)")
-        lock = _distributed_lock(c)
-        to_cog(written, outdir / "labels.tif", max_label=max_label, lock=lock)
+        to_cog(written, outdir / "labels.tif", max_label=max_label)
         vectors_path = None
         if cfg.vectors:
             log("vectorizing")
@@ -679,14 +678,6 @@ def _compute(x, client, *, progress: bool, optimize_graph: bool = True):
         _progress(fut, notebook=False)
         print(file=sys.stderr)
     return fut.result()
-
-
-def _distributed_lock(client):
-    if client is None:
-        return None
-    from distributed import Lock
-
-    return Lock("remote-samsing-cog-write")
 
 
 def _block_attributes(slot, final, attrs_path, core):

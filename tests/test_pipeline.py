@@ -238,3 +238,30 @@ def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
     summaries = [t["key"] for t in ts.data if "-summarize" in str(t["key"][0])]
     assert n_blocks == 4 and len(summaries) == n_blocks
     assert len(set(map(str, summaries))) == n_blocks
+
+
+@pytest.mark.parametrize("max_label", [200, 40000])
+def test_to_cog_pieces_mosaic_exactly(tmp_path, max_label):
+    """Chunks written as separate pieces come back as one raster, bit for bit,
+    with CRS, transform, nodata, the smallest dtype and the COG layout."""
+    import dask.array as da
+    import rioxarray  # noqa: F401
+    import xarray as xr
+    from affine import Affine
+
+    from remote_samsing.outputs import to_cog
+
+    rng = np.random.default_rng(3)
+    lab = rng.integers(0, max_label + 1, size=(700, 530)).astype(np.uint32)
+    lab[0, 0] = max_label
+    t = Affine(0.3, 0, 445000.0, 0, -0.3, 3720000.0)
+    arr = xr.DataArray(da.from_array(lab, chunks=(256, 200)), dims=("y", "x"),
+                       coords={"y": t.f + t.e * (np.arange(700) + 0.5), "x": t.c + t.a * (np.arange(530) + 0.5)})
+    arr = arr.rio.write_crs("EPSG:32611").rio.write_transform(t)
+    out = to_cog(arr, tmp_path / "l.tif", max_label=max_label)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tif"]  # no pieces or partial files left
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(1), lab)
+        assert dst.crs.to_epsg() == 32611 and dst.transform.almost_equals(t)
+        assert dst.nodata == 0 and dst.dtypes[0] == ("uint8" if max_label < 256 else "uint16")
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
