@@ -46,7 +46,7 @@ def _synthetic_zarr(path: Path, side: int, tile: int) -> Path:
 
 
 def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2) -> dict:
-    from distributed import Client, LocalCluster
+    from remote_samsing.cluster import ClusterConfig, make_client
 
     from remote_samsing.config import RunConfig
     from remote_samsing.pipeline import run as run_job
@@ -55,7 +55,9 @@ def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2
     tmp = Path(tempfile.mkdtemp(prefix="rs-bench-pipeline-"))
     rows = []
     try:
-        with LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0") as lc, Client(lc) as c:
+        # the product's embedded cluster (worker processes, one thread each, its
+        # allocator settings), as `remote-samsing segment` starts it
+        with make_client(ClusterConfig(n_workers=n_workers, dashboard=False), needs_gpu=False) as c:
             for side in sizes:
                 z = _synthetic_zarr(tmp / f"m{side}.zarr", side, tile)
                 out = tmp / f"out{side}"
@@ -64,8 +66,10 @@ def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2
                 with PeakRSS() as rss, timer() as t:
                     run_job(z, out, config=cfg, client=c)
                 mpx = side * side / 1e6
+                rec = json.loads((out / "run.json").read_text())
                 rows.append({"mpx": mpx, "seconds": t["seconds"], "mpx_per_s": mpx / t["seconds"],
-                             "peak_rss_mb": rss.peak_mb})
+                             "peak_rss_mb": rss.peak_mb, "peak_rss_by_process_mb": rss.peaks_mb(),
+                             "stages_s": rec["timings"]})
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(z, ignore_errors=True)
     finally:
@@ -79,8 +83,12 @@ def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2
         "target": ">= 25 Mpx/s on 2 cores; RSS ratio ~1",
     }
     for r in rows:
+        p = r["peak_rss_by_process_mb"]
+        st = r["stages_s"]
         print(f"pipeline noop: {r['mpx']:.0f} Mpx in {r['seconds']:.1f} s = {r['mpx_per_s']:.1f} Mpx/s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB")
+              f"peak RSS {r['peak_rss_mb']:.0f} MB (client+scheduler {p['main']:.0f}, largest worker "
+              f"{p['largest_child']:.0f}); segment {st['segment_s']:.1f} s, merge+zarr "
+              f"{st['merge_and_zarr_s']:.1f} s, COG {st['outputs_s']:.1f} s")
     print(f"peak RSS ratio (largest/smallest mosaic): {result['rss_ratio_large_vs_small']:.2f}")
     return result
 

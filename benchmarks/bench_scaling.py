@@ -53,11 +53,10 @@ def _best_of(fn, repeats: int) -> tuple[float, object]:
 
 
 def _timed(collection, *, n_workers: int, repeats: int) -> tuple[float, object]:
-    from distributed import Client, LocalCluster
+    from remote_samsing.cluster import ClusterConfig, make_client
 
-    with LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as lc, Client(lc):
+    # the product's embedded cluster: worker processes, one thread each
+    with make_client(ClusterConfig(n_workers=n_workers, dashboard=False), needs_gpu=False):
         collection.compute()  # warm-up, untimed: imports, numba cache, segmenter set-up
         return _best_of(collection.compute, repeats)
 

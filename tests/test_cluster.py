@@ -272,6 +272,18 @@ def test_make_client_local_cpu_cluster_works_and_closes():
 
 
 @pytest.mark.timeout(90)
+def test_make_client_worker_processes_get_the_allocator_settings():
+    import os
+
+    from remote_samsing.cluster import WORKER_MALLOC_ENV
+
+    cfg = ClusterConfig(n_workers=1, dashboard=False)
+    with make_client(cfg, needs_gpu=False) as client:
+        env = client.submit(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV}, pure=False).result()
+    assert env == WORKER_MALLOC_ENV
+
+
+@pytest.mark.timeout(90)
 def test_make_client_cpu_fallback_runs_gpu_annotated_tasks():
     cfg = ClusterConfig(device="cpu", n_workers=1, dashboard=False)  # one worker process
     with make_client(cfg, needs_gpu=True) as client:

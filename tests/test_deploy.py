@@ -64,6 +64,7 @@ def test_slurm_job_script_has_gpu_directives_and_worker_resources(tmp_path):
     # the prologue runs before the worker and switches off fusion for it
     assert lines.index("source /shared/venv/bin/activate") < lines.index(worker_line)
     assert "export DASK_OPTIMIZATION__FUSE__ACTIVE=False" in lines
+    assert "export MALLOC_TRIM_THRESHOLD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432" in lines
 
 
 def test_slurm_options_refuse_several_gpus_per_job():
@@ -130,6 +131,12 @@ def test_daskcluster_manifest_has_gpu_worker_group():
     env = {e["name"]: e["value"] for e in sched["env"]}
     assert env["DASK_OPTIMIZATION__FUSE__ACTIVE"] == "False"
     assert {p["containerPort"] for p in sched["ports"]} == {8786, 8787}
+    # every worker group: the allocator settings of remote_samsing.cluster.WORKER_MALLOC_ENV
+    from remote_samsing.cluster import WORKER_MALLOC_ENV
+
+    for c in (cpu, gpu):
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert {k: env.get(k) for k in WORKER_MALLOC_ENV} == WORKER_MALLOC_ENV
 
 
 def test_segment_job_connects_to_the_cluster_and_shares_the_volume():
@@ -190,6 +197,7 @@ def test_dockerfile_installs_sam2_without_cuda_build_and_the_gpu_extra():
     # order matters: torch before sam2 (no build isolation), sam2 before the package
     assert docker.index("torch==") < docker.index("sam2==") < docker.index('".[gpu]"')
     assert "DASK_OPTIMIZATION__FUSE__ACTIVE=False" in docker
+    assert "MALLOC_TRIM_THRESHOLD_=67108864" in docker and "MALLOC_MMAP_THRESHOLD_=33554432" in docker
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
