@@ -35,10 +35,11 @@ OAM = ROOT.parent / "shared" / "data" / "oam-tcd" / "5b90f92da0d7280005fab355_43
 NEON = ROOT / "tests" / "data" / "neon_osbs.tif"
 
 
-def _scene(quick: bool) -> tuple[Path, int, int, str]:
+def _scene(quick: bool, tile: int | None = None) -> tuple[Path, int, int, str]:
     """(image, tile_size, padding, note)."""
     if not quick and OAM.exists():
-        return OAM, 512, 32, "oam-tcd 2048x2048, tile 512"
+        tile = tile or 512
+        return OAM, tile, 32, f"oam-tcd 2048x2048, tile {tile}"
     note = "neon_osbs 400x400, tile 100" + ("" if quick else " (oam-tcd not found: ../shared/data missing)")
     return NEON, 100, 20, note
 
@@ -61,10 +62,10 @@ def _timed(collection, *, n_workers: int, repeats: int) -> tuple[float, object]:
         return _best_of(collection.compute, repeats)
 
 
-def run(quick: bool = False, *, workers=(1, 2), repeats: int | None = None) -> dict:
+def run(quick: bool = False, *, workers=(1, 2), repeats: int | None = None, tile: int | None = None) -> dict:
     from remote_samsing.pipeline import build_graph
 
-    image, tile, padding, note = _scene(quick)
+    image, tile, padding, note = _scene(quick, tile)
     repeats = repeats or 2
     graph = build_graph(
         str(image), segmenter="felzenszwalb", tile_size=tile, padding=padding, merge="overlap"
@@ -117,5 +118,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int)
+    ap.add_argument("--tile", type=int, help="tile size for the full scene (default 512: 16 blocks)")
     args = ap.parse_args()
-    print(json.dumps(run(quick=args.quick, repeats=args.repeats), indent=2, default=str))
+    print(json.dumps(run(quick=args.quick, repeats=args.repeats, tile=args.tile), indent=2, default=str))
