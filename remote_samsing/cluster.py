@@ -741,6 +741,45 @@ def dashboard_link(client) -> str | None:
 WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(64 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
 
 
+def _malloc_trim() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def trim_memory_plugin(interval: float = 1.0):
+    """A worker plugin that hands free heap pages back to the OS every ``interval`` seconds.
+
+    With :data:`WORKER_MALLOC_ENV` the large per-block arrays come from the
+    heap (fast), and a long run fragments it; ``malloc_trim(0)`` releases the
+    free pages in the middle of the heap too, so a worker's RSS follows what
+    it holds instead of ratcheting up with the number of blocks.
+    :func:`remote_samsing.pipeline.run` registers it on the cluster it uses.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class TrimMemory(WorkerPlugin):
+        name = "remote-samsing-trim-memory"
+
+        def __init__(self):
+            self._callback = None
+
+        def setup(self, worker):
+            from tornado.ioloop import PeriodicCallback
+
+            self._callback = PeriodicCallback(_malloc_trim, float(interval) * 1000)
+            self._callback.start()
+
+        def teardown(self, worker):
+            if self._callback is not None:
+                self._callback.stop()
+
+    return TrimMemory()
+
+
 def _start_cluster(plan: ClusterPlan):
     import dask
 

@@ -502,6 +502,7 @@ def run(
         # -- 3. segment and stage every block not staged yet
         rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         res = _check_resources(c, segment_resources(seg), device=cfg.device)
+        _register_trim(c)
         done = map_padded_blocks(
             _segment_and_stage,
             rgba,
@@ -637,6 +638,18 @@ def _check_resources(client, res: dict | None, *, device: str) -> dict | None:
         f"the segmenter needs worker resources {res}, but no worker of the cluster offers them",
         hint="start GPU workers with `--resources GPU=1` (dask-cuda does this), or pass --device cpu",
     )
+
+
+def _register_trim(client) -> None:
+    """Keep worker RSS from ratcheting up over a long run (cluster.trim_memory_plugin)."""
+    from .cluster import trim_memory_plugin
+
+    try:
+        client.register_plugin(trim_memory_plugin())
+    except Exception as exc:  # noqa: BLE001 - a cluster refusing plugins still runs the job
+        import logging
+
+        logging.getLogger(__name__).warning("could not register the memory-trim worker plugin: %s", exc)
 
 
 def _accepts_n_workers(client) -> bool:

@@ -265,3 +265,14 @@ def test_to_cog_pieces_mosaic_exactly(tmp_path, max_label):
         assert dst.crs.to_epsg() == 32611 and dst.transform.almost_equals(t)
         assert dst.nodata == 0 and dst.dtypes[0] == ("uint8" if max_label < 256 else "uint16")
         assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+def test_run_registers_the_memory_trim_plugin_on_workers(tmp_path, data_dir, client):
+    from remote_samsing.cluster import _malloc_trim
+
+    cfg = RunConfig(segmenter="threshold", segmenter_params={"threshold": 60}, tile_size=128, padding=16,
+                    merge="none", vectors=False, progress=False)
+    run(data_dir / "kampala_crop_3857.tif", tmp_path / "out", config=cfg, client=client)
+    plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+    assert plugins and all("remote-samsing-trim-memory" in p for p in plugins.values())
+    _malloc_trim()  # the callback itself: a no-op where libc has no malloc_trim, never an error
