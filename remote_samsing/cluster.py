@@ -750,6 +750,31 @@ def _malloc_trim() -> None:
         pass
 
 
+@contextlib.contextmanager
+def trimming_memory(interval: float = 1.0) -> Iterator[None]:
+    """Call ``malloc_trim(0)`` every ``interval`` seconds in this process while the block runs.
+
+    The counterpart of :func:`trim_memory_plugin` for dask's threaded
+    scheduler (e.g. computing a lazy :func:`remote_samsing.segment` result in
+    a notebook without a cluster).
+    """
+    import threading
+
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(float(interval)):
+            _malloc_trim()
+
+    thread = threading.Thread(target=loop, name="remote-samsing-trim-memory", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def trim_memory_plugin(interval: float = 1.0):
     """A worker plugin that hands free heap pages back to the OS every ``interval`` seconds.
 

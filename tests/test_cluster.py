@@ -429,3 +429,18 @@ def test_local_cuda_cluster_one_worker_per_gpu():
                 return float(torch.ones(4, device="cuda").sum())
 
             assert client.submit(on_gpu, resources={"GPU": 1}).result() == 4.0
+
+
+def test_trimming_memory_runs_while_the_block_runs_and_stops_after():
+    import threading
+    import time
+
+    from remote_samsing.cluster import trimming_memory
+
+    def trimmers():
+        return [t for t in threading.enumerate() if t.name == "remote-samsing-trim-memory"]
+
+    with trimming_memory(0.01):
+        assert len(trimmers()) == 1
+        time.sleep(0.05)  # a few trims
+    assert trimmers() == []
