@@ -173,10 +173,7 @@ def _run_ours(staged_path: str, out_path: str, shape, q) -> None:
     staged = da.from_zarr(staged_path)
     res = merge_labels(staged, plan=plan, config=MergeConfig(min_mask_area=MIN_AREA))
     store = res.labels.to_zarr(out_path, compute=False)
-    from remote_samsing.cluster import trimming_memory
-
-    with trimming_memory():  # hand fragmented heap back to the OS, as run() does on workers
-        _, stats = dask.compute(store, res.stats, scheduler="threads", num_workers=2)
+    _, stats = dask.compute(store, res.stats, scheduler="threads", num_workers=2)
     q.put({"seconds": time.perf_counter() - t0, "totals": stats["totals"]})
 
 
