@@ -667,14 +667,6 @@ def _block_final(info, removed, piece):
     return {"idx": surv, "gids": gids, "n_before": int(present.size), "islands_removed": n_removed}
 
 
-def _unique_gids(fin):
-    return np.unique(fin["gids"])
-
-
-def _union_sorted(*arrays):
-    return np.unique(np.concatenate(arrays))
-
-
 class _FlatGraph:
     """A flat task dict with readable keys: ``(name, *parts)``.
 
