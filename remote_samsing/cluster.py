@@ -736,7 +736,7 @@ def dashboard_link(client) -> str | None:
 #: afresh, and the per-block numpy work of the merge ran 2x slower in a worker
 #: than in a plain process (17.5 vs 8.5 ms per block summary, measured). A
 #: fixed 32 MiB mmap threshold with a 64 MiB trim threshold gives the plain
-#: process's speed (pipeline benchmark 10 -> 14.7 Mpx/s) and still hands freed
+#: process's speed (`benchmarks.bench_pipeline` at 400 Mpx: 10.1 -> 14.8 Mpx/s) and still hands freed
 #: memory back. The deploy recipes set the same two variables.
 WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(64 * 2**20), "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
 

@@ -114,12 +114,7 @@ def to_label_zarr(
 
     template = arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
     template.to_dataset(name="labels").to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
-    nchunks = tuple((1,) * len(c) for c in arr.data.chunks)
-    written = arr.data.map_blocks(
-        _write_chunk, str(tmp), "labels", chunks=nchunks, dtype=np.int64, token="rs-write-labels-zarr",
-        meta=np.empty((0, 0), np.int64),
-    )
-    job = written.sum()
+    job, expected = _per_chunk_job(arr.data, _write_chunk, str(tmp), "labels", token="rs-write-labels-zarr")
     if client is not None:
         futs = client.compute([job, also], optimize_graph=True)
         if progress:
@@ -132,13 +127,22 @@ def to_label_zarr(
         n_written, extra = client.gather(futs)
     else:
         n_written, extra = dask.compute(job, also)
-    if int(n_written) != int(np.prod([len(c) for c in arr.data.chunks])):
+    if int(n_written) != expected:
         from .exceptions import RemoteSamsingError
 
         # never move a partial store into place
         raise RemoteSamsingError(f"wrote {n_written} label chunks, expected one per chunk")
     _replace_dir(tmp, out)
     return extra
+
+
+def _per_chunk_job(data, func, *args, token: str):
+    """A one-number dask job: ``func(chunk, *args, block_info=...)`` on every chunk (each returns a
+    1-count) summed, and the count it must reach."""
+    nchunks = tuple((1,) * len(c) for c in data.chunks)
+    job = data.map_blocks(func, *args, chunks=nchunks, dtype=np.int64, meta=np.empty((0,) * data.ndim, np.int64),
+                          token=token).sum()
+    return job, int(np.prod([len(c) for c in data.chunks]))
 
 
 def _write_chunk(block, store: str, name: str, block_info=None):
@@ -170,7 +174,11 @@ def _write_tif_piece(block, folder: str, profile: dict, block_info=None):
 
 
 def _vrt_xml(pieces: list, *, height: int, width: int, dtype: np.dtype, crs, transform, blocksize: int) -> str:
-    """A GDAL VRT mosaic of non-overlapping pieces ``(file, y0, x0, h, w)``."""
+    """A GDAL VRT mosaic of non-overlapping pieces ``(file, y0, x0, h, w)``.
+
+    Written by hand because rasterio has no ``gdalbuildvrt`` and the GDAL
+    Python bindings are not a dependency.
+    """
     from xml.sax.saxutils import escape
 
     gdal_type = {"uint8": "Byte", "uint16": "UInt16", "uint32": "UInt32", "uint64": "UInt64"}[np.dtype(dtype).name]
@@ -247,12 +255,11 @@ def to_cog(
         # smaller on disk than no compression)
         compress="zstd", ZSTD_LEVEL=1,
     )
-    nchunks = tuple((1,) * len(c) for c in data.chunks)
-    job = data.map_blocks(
-        _write_tif_piece, str(pieces_dir), profile, chunks=nchunks, dtype=np.int64,
-        meta=np.empty((0, 0), np.int64), token="rs-write-labels-tif",
-    ).sum()
-    dask.compute(job)
+    job, expected = _per_chunk_job(data, _write_tif_piece, str(pieces_dir), profile, token="rs-write-labels-tif")
+    if int(dask.compute(job)[0]) != expected:
+        from .exceptions import RemoteSamsingError
+
+        raise RemoteSamsingError("not every chunk of the labels reached the COG pieces")
     ys = np.cumsum((0,) + data.chunks[0])
     xs = np.cumsum((0,) + data.chunks[1])
     pieces = [(f"{y0}_{x0}.tif", int(y0), int(x0), int(y1 - y0), int(x1 - x0))
