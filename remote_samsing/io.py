@@ -14,9 +14,11 @@ segmentation graph computes nothing.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ __all__ = [
     "open_labels",
     "prepare_rgb",
     "stretch_params",
+    "stretch_limits",
+    "WindowReader",
+    "window_reader",
     "SUPPORTED_DTYPES",
 ]
 
@@ -293,11 +298,39 @@ def _to_rgba_block(block, lohi, *, band_idx, alpha_pos, nodata, passthrough):
     return out
 
 
+def _rgba_params(arr: xr.DataArray) -> dict:
+    """How :func:`_to_rgba_block` turns this mosaic's raw bands into RGB + validity."""
+    band_idx = rgb_band_indices(arr)
+    alpha = arr.attrs.get("alpha_band")
+    sel = arr.attrs.get("source_bands") or list(range(1, arr.sizes["band"] + 1))
+    return {
+        "band_idx": tuple(int(i) for i in band_idx),
+        "alpha_pos": sel.index(alpha) if alpha in sel else None,
+        "nodata": arr.rio.nodata,
+        "passthrough": np.dtype(arr.dtype) == np.uint8,
+    }
+
+
+def _check_percentiles(percentiles) -> None:
+    lo_pct, hi_pct = percentiles
+    if not (0 <= lo_pct < hi_pct <= 100):
+        raise ConfigError(f"`percentiles` must satisfy 0 <= low < high <= 100, got {percentiles}")
+
+
+def stretch_limits(arr: xr.DataArray, *, percentiles: tuple[float, float] = (2.0, 98.0)) -> da.Array:
+    """Lazy (band, 2) stretch limits of the mosaic: zeros for uint8 (passed through)."""
+    _check_percentiles(percentiles)
+    if np.dtype(arr.dtype) == np.uint8:
+        return da.zeros((arr.sizes["band"], 2), dtype="float64", chunks=-1)
+    return stretch_params(arr, percentiles=percentiles)
+
+
 def prepare_rgb(
     arr: xr.DataArray,
     *,
     chunks: tuple[tuple[int, ...], tuple[int, ...]],
     percentiles: tuple[float, float] = (2.0, 98.0),
+    limits: Any = None,
 ) -> da.Array:
     """Lazy (y, x, 4) uint8 array: stretched RGB plus a validity channel.
 
@@ -309,36 +342,128 @@ def prepare_rgb(
         Spatial chunks from the tiling plan.
     percentiles : (float, float)
         Global stretch percentiles for non-uint8 data.
+    limits : array-like, optional
+        (band, 2) stretch limits already computed (:func:`stretch_limits`);
+        computed lazily from ``percentiles`` when not given.
     """
-    lo_pct, hi_pct = percentiles
-    if not (0 <= lo_pct < hi_pct <= 100):
-        raise ConfigError(f"`percentiles` must satisfy 0 <= low < high <= 100, got {percentiles}")
-    band_idx = rgb_band_indices(arr)
-    alpha = arr.attrs.get("alpha_band")
-    sel = arr.attrs.get("source_bands") or list(range(1, arr.sizes["band"] + 1))
-    alpha_pos = sel.index(alpha) if alpha in sel else None
+    _check_percentiles(percentiles)
+    params = _rgba_params(arr)
     data = arr.data if isinstance(arr.data, da.Array) else da.asarray(arr.data)
     data = data.rechunk({0: -1, 1: chunks[0], 2: chunks[1]})
-    passthrough = np.dtype(arr.dtype) == np.uint8
-    nodata = arr.rio.nodata
-    if passthrough:
-        lohi = da.zeros((data.shape[0], 2), dtype="float64", chunks=-1)
-    else:
-        lohi = stretch_params(arr, percentiles=percentiles)
+    lohi = stretch_limits(arr, percentiles=percentiles) if limits is None else da.asarray(limits)
     return da.map_blocks(
         _to_rgba_block,
         data,
         lohi,
-        band_idx=np.asarray(band_idx),
-        alpha_pos=alpha_pos,
-        nodata=nodata,
-        passthrough=passthrough,
+        band_idx=np.asarray(params["band_idx"]),
+        alpha_pos=params["alpha_pos"],
+        nodata=params["nodata"],
+        passthrough=params["passthrough"],
         dtype=np.uint8,
         chunks=(chunks[0], chunks[1], (4,)),
         new_axis=[2],
         drop_axis=[0],
         meta=np.empty((0, 0, 0), np.uint8),
         token="remote-samsing-rgba",
+    )
+
+
+@dataclass(frozen=True)
+class WindowReader:
+    """Reads any window of a mosaic file straight from storage, as RGB + validity.
+
+    What a worker needs to rebuild exactly what :func:`prepare_rgb` gives for
+    that window, from the file itself: a path and a few numbers, never an
+    open handle (build one with :func:`window_reader`). A task that reads its
+    own padded window this way needs no neighbour data from other tasks.
+
+    Attributes
+    ----------
+    path : str
+        The mosaic file or Zarr store.
+    kind : {"zarr", "gdal"}
+    bands : tuple of int
+        1-based bands of the file, in the mosaic's band order.
+    band_idx, alpha_pos, nodata, passthrough
+        The RGB conversion (see :func:`prepare_rgb`).
+    """
+
+    path: str
+    kind: str
+    bands: tuple[int, ...]
+    band_idx: tuple[int, ...]
+    alpha_pos: int | None
+    nodata: float | None
+    passthrough: bool
+
+    def read(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        """Raw (band, y, x) values of ``window = (y0, y1, x0, x1)``."""
+        y0, y1, x0, x1 = (int(v) for v in window)
+        if self.kind == "zarr":
+            z = _zarr_mosaic(self.path)
+            if z.ndim == 2:
+                return np.asarray(z[y0:y1, x0:x1])[None]
+            raw = np.asarray(z[:, y0:y1, x0:x1])
+            return raw[[b - 1 for b in self.bands]]
+        import rasterio
+        from rasterio.windows import Window as RioWindow
+
+        with rasterio.open(self.path) as src:
+            return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
+
+    def read_rgba(self, window: tuple[int, int, int, int], limits) -> np.ndarray:
+        """(y, x, 4) uint8 of ``window``: what :func:`prepare_rgb` holds there."""
+        return _to_rgba_block(
+            self.read(window), np.asarray(limits), band_idx=np.asarray(self.band_idx), alpha_pos=self.alpha_pos,
+            nodata=self.nodata, passthrough=self.passthrough,
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _zarr_array(path: str, stamp: int):
+    import zarr
+
+    return zarr.open_array(store=path, path=_MOSAIC_VAR, mode="r", zarr_format=3)
+
+
+def _zarr_mosaic(path: str):
+    # opened once per process and file version (metadata parsing costs ~1 ms a block)
+    meta = Path(path) / _MOSAIC_VAR / "zarr.json"
+    return _zarr_array(path, meta.stat().st_mtime_ns)
+
+
+def window_reader(arr: xr.DataArray) -> WindowReader | None:
+    """A :class:`WindowReader` for a mosaic opened by :func:`open_mosaic`, or None.
+
+    None when ``arr`` is not a file opened by :func:`open_mosaic` (an array
+    in memory, or one changed after opening): such mosaics only exist as a
+    dask graph, and their windows come from ``map_overlap``.
+    """
+    src = arr.attrs.get("source")
+    if not src or tuple(arr.dims) != ("band", "y", "x"):
+        return None
+    p = Path(src)
+    kind = "zarr" if _is_zarr(p) else "gdal"
+    if kind == "zarr":
+        meta = p / _MOSAIC_VAR / "zarr.json"
+        if not meta.exists():
+            return None
+        dims = _zarr_mosaic(str(p)).metadata.dimension_names
+        if dims is not None and tuple(d for d in dims if d != "band") != ("y", "x"):
+            return None
+        if dims is not None and "band" in dims and dims[0] != "band":
+            return None
+    shape = _zarr_mosaic(str(p)).shape[-2:] if kind == "zarr" else None
+    if kind == "gdal":
+        import rasterio
+
+        with rasterio.open(p) as ds:
+            shape = (ds.height, ds.width)
+    if tuple(shape) != (arr.sizes["y"], arr.sizes["x"]):
+        return None
+    params = _rgba_params(arr)
+    return WindowReader(
+        path=str(p), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]), **params
     )
 
 

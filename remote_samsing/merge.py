@@ -88,6 +88,7 @@ links only and the table shipped per block.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -727,9 +728,35 @@ _EARLY = ("offset", "edges", "comp_edges", "cand", "seam_comps", "seam_sizes", "
 _LATE = ("index", "offset", "values", "n_idx", "present", "label_comp", "comp_sizes")
 
 
+@dataclass(frozen=True)
+class _StoredSlot:
+    """One block's staged chunk in a Zarr store, read by the task that needs it.
+
+    Passed as a plain argument instead of a separate read task: two fewer
+    tasks per block, and the scheduler's per-task cost is what bounds a fast
+    merge (issue 4's overhead benchmark).
+    """
+
+    path: str
+    index: tuple[int, int]
+    slot_shape: tuple[int, int]
+
+    def load(self) -> np.ndarray:
+        import zarr
+
+        sy, sx = self.slot_shape
+        iy, ix = self.index
+        z = zarr.open_array(store=self.path, mode="r")
+        return z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx]
+
+
+def _load(slot):
+    return slot.load() if isinstance(slot, _StoredSlot) else slot
+
+
 def _summarize_split(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
     """:func:`_summarize`, split into what the faces read and what the relabel reads."""
-    info, strips, vbits = _summarize(slot, valid, plan=plan, index=index, cfg=cfg)
+    info, strips, vbits = _summarize(_load(slot), valid, plan=plan, index=index, cfg=cfg)
     early = {k: info[k] for k in _EARLY if k in info}
     early["strips"] = strips
     late = {k: info[k] for k in _LATE if k in info}
@@ -831,12 +858,12 @@ def _union_gids(*parts):
 
 def _apply_task(slot, late, fin, ids, *, plan: TilingPlan, index):
     lut = _block_lut(late, fin, ids)
-    return _apply(slot, late["vbits"], fin["removed"], lut, plan=plan, index=index)
+    return _apply(_load(slot), late["vbits"], fin["removed"], lut, plan=plan, index=index)
 
 
 def _apply_codes_task(slot, late, fin, pieces, *, plan: TilingPlan, index):
     codes = _block_codes(late, pieces[1] if pieces is not None else None)
-    return _apply(slot, late["vbits"], fin["removed"], codes, plan=plan, index=index, diagnostics=True)
+    return _apply(_load(slot), late["vbits"], fin["removed"], codes, plan=plan, index=index, diagnostics=True)
 
 
 # ---------------------------------------------------------------------------
@@ -881,16 +908,32 @@ def _validate_inputs(staged, plan, config, valid):
         raise ConfigError(f"`plan` must be a TilingPlan, got {type(plan).__name__}")
     if not isinstance(config, MergeConfig):
         raise ConfigError(f"`config` must be a MergeConfig, got {type(config).__name__}")
-    if tuple(staged.shape) != tuple(plan.staging_shape):
+    if isinstance(staged, (str, os.PathLike)):
+        import zarr
+
+        try:
+            z = zarr.open_array(store=os.fspath(staged), mode="r")
+        except Exception as exc:  # noqa: BLE001 - any zarr failure means a bad staging store
+            raise InputError(f"cannot open the staged labels `{os.fspath(staged)}`: {exc}") from None
+        if tuple(z.chunks) != tuple(plan.slot_shape):
+            raise InputError(
+                f"staged labels `{os.fspath(staged)}` have chunks {tuple(z.chunks)}, the plan's slots are "
+                f"{plan.slot_shape}",
+                hint="stage one chunk per block with the same TilingPlan",
+            )
+        shape, dtype = tuple(z.shape), np.dtype(z.dtype)
+    else:
+        shape, dtype = tuple(staged.shape), np.dtype(staged.dtype)
+    if shape != tuple(plan.staging_shape):
         raise InputError(
-            f"staged labels have shape {tuple(staged.shape)}, the plan expects {plan.staging_shape}",
+            f"staged labels have shape {shape}, the plan expects {plan.staging_shape}",
             hint="stage with remote_samsing.graph.stage_blocks and the same TilingPlan",
         )
-    if not np.issubdtype(staged.dtype, np.unsignedinteger) or staged.dtype.itemsize > 4:
-        raise InputError(f"staged labels must be uint8/16/32, got {staged.dtype}")
+    if not np.issubdtype(dtype, np.unsignedinteger) or dtype.itemsize > 4:
+        raise InputError(f"staged labels must be uint8/16/32, got {dtype}")
     sy, sx = plan.slot_shape
     ny, nx = plan.grid_shape
-    if staged.chunks != ((sy,) * ny, (sx,) * nx):
+    if not isinstance(staged, (str, os.PathLike)) and staged.chunks != ((sy,) * ny, (sx,) * nx):
         staged = staged.rechunk((sy, sx))
     if valid is not None:
         if tuple(valid.shape) != tuple(plan.shape):
@@ -912,10 +955,12 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
 
     Parameters
     ----------
-    staged : dask.array.Array
+    staged : dask.array.Array or path
         ``plan.staging_shape`` unsigned labels, one ``plan.slot_shape`` chunk
         per block holding that block's local labels for its padded window
-        at the slot's top-left corner.
+        at the slot's top-left corner. A path names such an array in a Zarr
+        store (the pipeline's staging store); the tasks that need a block's
+        chunk then read it themselves (twice: ``reread`` is implied).
     plan : TilingPlan
     config : MergeConfig
     valid : dask.array.Array of bool, optional
@@ -951,13 +996,18 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
     cfg = config
     n_blocks = plan.n_blocks
     ids_list = list(plan.block_ids())
-    token = tokenize(staged, plan, cfg, valid, reread)
+    # a store's path says nothing about its content: such graphs get fresh keys
+    fresh = __import__("uuid").uuid4().hex if isinstance(staged, (str, os.PathLike)) else None
+    token = tokenize(staged, plan, cfg, valid, reread, fresh)
     # The graph is written as one flat dict of tasks. Building it from
     # per-block `dask.delayed` calls merges graph layers pairwise and costs
     # O(blocks²) (34 s for 400 blocks, minutes for 2500); a flat dict is linear.
     g = _FlatGraph(f"rs-merge-{token}")
-    sources = [staged]
-    if reread:
+    stored = isinstance(staged, (str, os.PathLike))
+    sources = [] if stored else [staged]
+    if stored:
+        reread_src = staged = os.fspath(staged)
+    elif reread:
         from dask.graph_manipulation import clone
 
         reread_src = clone(staged)
@@ -968,6 +1018,8 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
         sources.append(valid)
 
     def chunk(arr, idx):
+        if stored:
+            return _StoredSlot(arr, tuple(int(i) for i in idx), tuple(plan.slot_shape))
         return g.ref((arr.name,) + tuple(idx))
 
     # Per block the graph has: summarize, two small items (the part only the

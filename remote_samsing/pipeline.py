@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -52,7 +53,7 @@ from .exceptions import (
 )
 from .cluster import segment_resources
 from .graph import STAGED_DTYPE, map_padded_blocks, process_block, resolve_segmenter, stage_blocks
-from .io import _as_band_yx, open_mosaic, prepare_rgb, rgb_band_indices
+from .io import _as_band_yx, open_mosaic, prepare_rgb, rgb_band_indices, window_reader
 from .tiling import TilingPlan
 
 __all__ = ["segment", "run", "build_graph", "SegmentGraph", "library_versions"]
@@ -141,12 +142,13 @@ def build_graph(
     nodata=None,
     percentiles=(2.0, 98.0),
     retries: int = 2,
-    staged: da.Array | None = None,
+    staged: da.Array | str | os.PathLike | None = None,
 ) -> SegmentGraph:
     """Build (but do not compute) the full segmentation graph.
 
     All validation happens here, before anything runs. ``staged`` replaces the
-    segmentation stage with already staged labels (used when resuming).
+    segmentation stage with already staged labels (a dask array, or the path
+    of a staging Zarr array; used when resuming).
     """
     from .tiling import validate_tiling
 
@@ -175,7 +177,7 @@ def build_graph(
         plan=plan,
         image=arr,
         rgba=rgba,
-        staged=staged,
+        staged=da.from_zarr(os.fspath(staged)) if isinstance(staged, (str, os.PathLike)) else staged,
         labels=labels,
         merge_stats=result.stats,
         diagnostics=getattr(result, "diagnostics", None),
@@ -335,16 +337,35 @@ def _fingerprint(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_hash: st
 
 
 def _segment_and_stage(rgba, *, plan, segmenter, retries, staging, run_id, block_info=None):
-    """Graph task: segment one block unless already staged; write chunk then stats."""
+    """``map_overlap`` task: segment one block unless already staged (see :func:`_stage_block`)."""
+    iy, ix = block_info[None]["chunk-location"][:2]
+    n = _stage_block((iy, ix), lambda: rgba, plan=plan, segmenter=segmenter, retries=retries, staging=staging,
+                     run_id=run_id)
+    return np.full((1, 1), n, np.int64)
+
+
+def _read_segment_and_stage(index, *, reader, limits, plan, segmenter, retries, staging, run_id) -> int:
+    """Task: read one padded window from the mosaic file, segment and stage it (one task per block)."""
+    window = plan.padded_window(index).as_tuple()
+    return _stage_block(index, lambda: reader.read_rgba(window, limits), plan=plan, segmenter=segmenter,
+                        retries=retries, staging=staging, run_id=run_id)
+
+
+def _stage_block(index, load, *, plan, segmenter, retries, staging, run_id) -> int:
+    """Segment block ``index`` unless already staged; write its chunk, then its stats.
+
+    ``load()`` gives the padded (y, x, 4) window; it is not called for a
+    block an earlier run staged. Returns 1 if the block was segmented now.
+    """
     import zarr
 
     from .outputs import write_json_atomic
 
-    iy, ix = block_info[None]["chunk-location"][:2]
+    iy, ix = index
     marker = Path(staging) / "blocks" / f"{iy}_{ix}.json"
     if marker.exists():  # staged by an earlier (interrupted) run: never segment twice
-        return np.zeros((1, 1), np.int64)
-    labels, stats = process_block(rgba, (iy, ix), plan=plan, segmenter=segmenter, retries=retries)
+        return 0
+    labels, stats = process_block(load(), (iy, ix), plan=plan, segmenter=segmenter, retries=retries)
     sy, sx = plan.slot_shape
     slot = np.zeros((sy, sx), STAGED_DTYPE)
     slot[: labels.shape[0], : labels.shape[1]] = labels
@@ -360,7 +381,7 @@ def _segment_and_stage(rgba, *, plan, segmenter, retries, staging, run_id, block
         os.replace(tmp, tmp.with_name(f"{iy}_{ix}.npz"))
     stats["run_id"] = run_id
     write_json_atomic(marker, stats)
-    return np.ones((1, 1), np.int64)
+    return 1
 
 
 def _prepare_outdir(outdir: Path, fingerprint: str, overwrite: bool) -> dict | None:
@@ -497,29 +518,17 @@ def run(
 
     write_json_atomic(outdir / "run.json", record)
 
+    # block tasks read their windows from the file itself when there is one
+    reader = window_reader(arr) if isinstance(image, (str, os.PathLike)) else None
     needs_gpu = bool(segment_resources(seg))
     with _client_for(cfg, client, needs_gpu=needs_gpu, log=log) as c:
         # -- 3. segment and stage every block not staged yet
-        rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         res = _check_resources(c, segment_resources(seg), device=cfg.device)
         _register_trim(c)
-        done = map_padded_blocks(
-            _segment_and_stage,
-            rgba,
-            plan=plan,
-            chunks=(1, 1),
-            dtype=np.int64,
-            resources=res,
-            token="remote-samsing-segment-stage",
-            segmenter=seg,
-            retries=cfg.retries,
-            staging=str(staging),
-            run_id=run_id,
-        )
         t0 = time.perf_counter()
         log(f"segmenting {plan.n_blocks} block(s) of {cfg.tile_size} px (padding {cfg.padding})")
         try:
-            _compute(done.sum(), c, progress=cfg.progress, optimize_graph=False)
+            _stage_all(arr, reader, c, plan=plan, seg=seg, cfg=cfg, res=res, staging=staging, run_id=run_id)
         except BlockFailedError as exc:
             record["error"] = {"type": type(exc).__name__, "message": str(exc)}
             record["blocks"] = _collect_block_stats(staging, plan)
@@ -533,7 +542,8 @@ def run(
 
         # -- 4. merge from the staged blocks only
         t0 = time.perf_counter()
-        staged = da.from_zarr(str(staging / "labels.zarr"))
+        # the merge tasks read the staged chunks they need themselves
+        staged = str(staging / "labels.zarr")
         graph = build_graph(
             arr if not isinstance(image, (str, os.PathLike)) else image,
             segmenter=seg,
@@ -606,6 +616,43 @@ def run(
     record["complete"] = True
     write_json_atomic(outdir / "run.json", record)
     return record
+
+
+def _stage_all(arr, reader, client, *, plan, seg, cfg, res, staging, run_id) -> None:
+    """Segment and stage every block not staged yet.
+
+    A mosaic file is read by the block tasks themselves, each its own padded
+    window (:class:`~remote_samsing.io.WindowReader`): one task per block and
+    no neighbour strips passed between workers. ``map_overlap`` builds the
+    same windows as ~12 tasks per block, and on two cores the scheduler's
+    ~1.5 ms per task was most of a no-op run (issue 4's benchmark). Mosaics
+    that exist only in memory go through ``map_overlap``.
+    """
+    kwargs = dict(plan=plan, segmenter=seg, retries=cfg.retries, staging=str(staging), run_id=run_id)
+    if reader is None:
+        rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)
+        done = map_padded_blocks(_segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,
+                                 token="remote-samsing-segment-stage", **kwargs)
+        _compute(done, client, progress=cfg.progress, optimize_graph=False)
+        return
+    from .io import stretch_limits
+
+    # the stretch is decided once per mosaic, before any block runs
+    limits = np.asarray(_compute(stretch_limits(arr, percentiles=cfg.percentiles), client, progress=False))
+    ids = list(plan.block_ids())
+    # through a partial: `client.map` keeps keywords such as `retries` for itself
+    task = functools.partial(_read_segment_and_stage, reader=reader, limits=limits, **kwargs)
+    futures = client.map(task, ids, key=[f"rs-segment-stage-{run_id}-{iy}-{ix}" for iy, ix in ids], pure=False,
+                         resources=res)
+    if cfg.progress:
+        from distributed import progress as _progress
+
+        _progress(futures, notebook=False)
+        print(file=sys.stderr)
+    try:
+        client.gather(futures)
+    finally:
+        client.cancel(futures)
 
 
 def _segmenter_params(cfg: RunConfig) -> dict:

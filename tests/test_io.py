@@ -146,3 +146,56 @@ def test_prepare_rgb_is_lazy(write_geotiff):
     arr = open_mosaic(p, chunks=32)
     with raise_if_dask_computes():
         prepare_rgb(arr, chunks=TilingPlan(shape=(64, 64), tile_size=32, padding=4).chunks)
+
+
+def _window_cases(write_geotiff, tmp_path):
+    """(name, path, open_mosaic kwargs) covering the ways RGB + validity are built."""
+    rng = np.random.default_rng(3)
+    u16 = rng.integers(0, 5000, (4, 70, 90), dtype=np.uint16)
+    u16[:, :5, :7] = 9  # a nodata corner
+    p16 = write_geotiff(u16, name="u16.tif", nodata=9)
+    alpha = np.concatenate([rng.integers(0, 255, (3, 40, 50), dtype=np.uint8), np.zeros((1, 40, 50), np.uint8)])
+    alpha[3, 10:, :] = 255
+    pa = write_geotiff(alpha, name="a.tif", photometric="RGB", alpha="YES")
+    f = rng.normal(size=(1, 33, 47)).astype(np.float32)
+    f[0, 3, 4] = np.nan
+    pf = write_geotiff(f, name="f.tif")
+    z16 = to_zarr(open_mosaic(p16, chunks=32), tmp_path / "u16.zarr", tile_size=32)
+    return [
+        ("uint16 nodata, bands 4,2,1", p16, {"bands": [4, 2, 1]}),
+        ("uint16 nodata override", p16, {"nodata": 0}),
+        ("uint8 + alpha", pa, {}),
+        ("float grey with NaN", pf, {}),
+        ("zarr uint16, bands 3,2,1", z16, {"bands": [3, 2, 1]}),
+        ("zarr all bands", z16, {"bands": [1, 2, 3]}),
+    ]
+
+
+def test_window_reader_reads_what_prepare_rgb_holds(write_geotiff, tmp_path):
+    from remote_samsing.io import stretch_limits, window_reader
+
+    for name, path, kw in _window_cases(write_geotiff, tmp_path):
+        arr = open_mosaic(path, chunks=32, **kw)
+        plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=32, padding=6)
+        limits = stretch_limits(arr).compute()
+        whole = prepare_rgb(arr, chunks=plan.chunks).compute()
+        reader = window_reader(arr)
+        assert reader is not None, name
+        assert reader.kind == ("zarr" if str(path).endswith(".zarr") else "gdal"), name
+        for idx in plan.block_ids():
+            w = plan.padded_window(idx)
+            got = reader.read_rgba(w.as_tuple(), limits)
+            np.testing.assert_array_equal(got, whole[w.slices], err_msg=f"{name} {idx}")
+
+
+def test_window_reader_only_for_files_as_opened(write_geotiff):
+    from remote_samsing.io import window_reader
+
+    p = write_geotiff(np.ones((3, 20, 20), np.uint8))
+    arr = open_mosaic(p)
+    assert window_reader(arr) is not None
+    # a crop no longer matches the file: its windows must come from the graph
+    assert window_reader(arr.isel(y=slice(0, 10))) is None
+    import xarray as xr
+
+    assert window_reader(xr.DataArray(np.ones((3, 5, 5), np.uint8), dims=("band", "y", "x"))) is None

@@ -2,6 +2,7 @@
 
 import json
 
+import dask.array as da
 import numpy as np
 import pytest
 import rasterio
@@ -276,3 +277,34 @@ def test_run_registers_the_memory_trim_plugin_on_workers(tmp_path, data_dir, cli
     plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
     assert plugins and all("remote-samsing-trim-memory" in p for p in plugins.values())
     _malloc_trim()  # the callback itself: a no-op where libc has no malloc_trim, never an error
+
+
+def test_file_input_reads_windows_itself_same_result_as_map_overlap(tmp_path, write_geotiff, client):
+    """A mosaic file is read by one task per block (its own padded window); a
+    mosaic in memory goes through ``map_overlap``. Both stage the same labels."""
+    from distributed import get_task_stream
+
+    from remote_samsing.io import open_mosaic
+
+    rng = np.random.default_rng(5)
+    data = (rng.integers(0, 3000, (3, 150, 170)) + np.arange(170) * 20).astype(np.uint16)
+    data[:, :20, :30] = 0  # nodata corner
+    path = write_geotiff(data, nodata=0)
+    cfg = RunConfig(segmenter="felzenszwalb", segmenter_params={"scale": 20, "min_size": 5}, tile_size=64,
+                    padding=8, merge="overlap", vectors=False, progress=False)
+    with get_task_stream(client) as ts:
+        rec = run(path, tmp_path / "file", config=cfg, client=client)
+    n_blocks = rec["tiling"]["n_blocks"]
+    names = [str(t["key"][0] if isinstance(t["key"], tuple) else t["key"]) for t in ts.data]
+    assert sum(n.startswith("rs-segment-stage") for n in names) == n_blocks == 9
+    assert not any("overlap" in n or n.startswith("getitem") for n in names)
+    in_memory = open_mosaic(path, chunks=64).compute()
+    in_memory.attrs.pop("source")  # an array, not the file
+    run(in_memory, tmp_path / "mem", config=cfg, client=client)
+    for part in ("staging/labels.zarr", "labels.zarr"):
+        a = open_labels(tmp_path / "file" / part) if part == "labels.zarr" else da.from_zarr(
+            str(tmp_path / "file" / part))
+        b = open_labels(tmp_path / "mem" / part) if part == "labels.zarr" else da.from_zarr(
+            str(tmp_path / "mem" / part))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=part)
+    assert np.asarray(open_labels(tmp_path / "file" / "labels.zarr")).max() > 10
