@@ -310,7 +310,9 @@ def _summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
             vbits = np.packbits(v.ravel())
     core = _core(slot, vbits, plan=plan, index=index)
     idx, values = _compact(core)
-    areas = np.bincount(idx.ravel()) if idx.size else np.zeros(1, np.int64)
+    # a core without labels (nodata, nothing segmented) skips the per-pixel passes
+    empty = not idx.any()
+    areas = np.bincount(idx.ravel()) if idx.size and not empty else np.array([idx.size], np.int64)
     present = np.flatnonzero(areas)
     present = present[present > 0]
     info: dict[str, Any] = {
@@ -323,12 +325,12 @@ def _summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
     sides = [s for s in _SIDES if _has_side(plan, index, s)]
     info["edges"] = {s: _to_local(_edge_line(idx, s), values) for s in sides}
     if cfg.islands:
-        comps, ncomp = _label_fg(idx)
-        comp_sizes = np.bincount(comps.ravel(), minlength=ncomp + 1)
+        comps, ncomp = _label_fg(idx, empty=empty)
+        comp_sizes = np.bincount(comps.ravel(), minlength=ncomp + 1) if not empty else areas.copy()
         last = np.full(areas.size, -1, np.int32)
         out_l = np.empty(idx.size, np.uint32)
         out_c = np.empty(idx.size, np.int32)
-        n = nb.label_comp_pairs(idx, comps, last, out_l, out_c)
+        n = nb.label_comp_pairs(idx, comps, last, out_l, out_c) if not empty else 0
         lc_l, lc_c, _ = _unique_pairs(out_l[:n].astype(np.uint64), out_c[:n].astype(np.uint64))
         info["comp_sizes"] = comp_sizes
         info["label_comp"] = (lc_l.astype(np.int64), lc_c.astype(np.int64))
@@ -359,7 +361,9 @@ def _pack(a: np.ndarray):
     label strips are long runs, so zlib at level 1 shrinks them ~20x cheaply."""
     import zlib
 
-    a = np.ascontiguousarray(a, dtype=np.uint16 if (a.size == 0 or a.max() < 65536) else np.uint32)
+    if not a.any():  # no labels in the strip: nothing to store
+        return a.shape, None, None
+    a = np.ascontiguousarray(a, dtype=np.uint16 if a.max() < 65536 else np.uint32)
     return a.shape, a.dtype.str, zlib.compress(a.tobytes(), 1)
 
 
@@ -367,12 +371,16 @@ def _unpack(packed) -> np.ndarray:
     import zlib
 
     shape, dtype, data = packed
+    if data is None:
+        return np.zeros(shape, np.uint32)
     return np.frombuffer(zlib.decompress(data), dtype=dtype).reshape(shape).astype(np.uint32)
 
 
-def _label_fg(idx: np.ndarray):
+def _label_fg(idx: np.ndarray, *, empty: bool = False):
     from scipy import ndimage
 
+    if empty:  # no foreground: no components (np.zeros costs nothing until touched)
+        return np.zeros(idx.shape, np.int32), 0
     comps, n = ndimage.label(idx > 0, structure=_CROSS)
     return comps.astype(np.int32, copy=False), int(n)
 
@@ -455,6 +463,10 @@ def _face_seam(info_a, info_b, *, off, want_comps: bool, want_adj: bool):
 
 def _face_overlap(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: float):
     """Candidate pairs and IoU links inside the region both blocks saw."""
+    stats = {"blocks": [list(a), list(b)], "kind": _FACE_KIND[off], "candidates": 0, "links": 0, "refused": 0}
+    empty = (np.empty(0, np.uint64), np.empty(0, np.uint64))
+    if strips_a[off][2] is None or strips_b[(-off[0], -off[1])][2] is None:
+        return empty, stats  # one side saw no labels there: no candidate pairs
     la = _unpack(strips_a[off])
     lb = _unpack(strips_b[(-off[0], -off[1])])
     shared = _intersect(plan.padded_window(a), plan.padded_window(b))
@@ -464,8 +476,6 @@ def _face_overlap(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: f
     pres_b = np.unique(lb[part_b.slices])
     both = (la > 0) & (lb > 0)
     pa, pb, inter = _unique_pairs(la[both].astype(np.uint64), lb[both].astype(np.uint64))
-    stats = {"blocks": [list(a), list(b)], "kind": _FACE_KIND[off], "candidates": 0, "links": 0, "refused": 0}
-    empty = (np.empty(0, np.uint64), np.empty(0, np.uint64))
     if pa.size == 0:
         return empty, stats
     cand = np.isin(pa, pres_a) & np.isin(pb, pres_b)
@@ -873,6 +883,8 @@ def _apply(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: b
     from . import _merge_nb as nb
 
     core = _core(slot, vbits, plan=plan, index=index)
+    if not core.any():  # nothing to relabel
+        return np.zeros(core.shape, np.uint8 if diagnostics else np.uint32)
     idx, _ = _compact(core)
     use_comps = removed is not None and removed.any()
     comps = _label_fg(idx)[0] if use_comps else np.empty((0, 0), np.int32)

@@ -72,6 +72,7 @@ def to_label_zarr(
     also: Any = None,
     client: Any = None,
     progress: bool = False,
+    cog_pieces: str | os.PathLike | None = None,
 ) -> Any:
     """Write a (y, x) label DataArray with its CRS to a Zarr v3 store.
 
@@ -89,6 +90,13 @@ def to_label_zarr(
         worker-resource annotations).
     progress : bool
         Show a progress bar.
+    cog_pieces : path, optional
+        Also write every chunk, by the same task, as a GeoTIFF piece into
+        this folder, for :func:`to_cog` (``pieces=``) to assemble: the COG
+        then needs neither a second pass over the labels nor one task per
+        chunk (the labels' largest value, which picks the COG's dtype, is
+        only known once the merge ran; each piece has the smallest dtype
+        for its own values).
 
     Returns
     -------
@@ -114,7 +122,14 @@ def to_label_zarr(
 
     template = arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
     template.to_dataset(name="labels").to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
-    job, expected = _per_chunk_job(arr.data, _write_chunk, str(tmp), "labels", token="rs-write-labels-zarr")
+    piece_profile = None
+    if cog_pieces is not None:
+        folder = Path(os.fspath(cog_pieces))
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        piece_profile = dict(_piece_profile(arr, np.dtype(np.uint32)), folder=str(folder))
+    job, expected = _per_chunk_job(arr.data, _write_chunk, str(tmp), "labels", piece_profile,
+                                   token="rs-write-labels-zarr")
     if client is not None:
         futs = client.compute([job, also], optimize_graph=True)
         if progress:
@@ -157,12 +172,18 @@ def _per_chunk_job(data, func, *args, token: str):
     return job, int(np.prod([len(c) for c in data.chunks]))
 
 
-def _write_chunk(block, store: str, name: str, block_info=None):
-    """Write one chunk into the Zarr array ``store/name``; returns a 1-count."""
+def _write_chunk(block, store: str, name: str, piece: dict | None = None, block_info=None):
+    """Write one chunk into the Zarr array ``store/name`` (and as a COG piece); returns a 1-count."""
     import zarr
 
     target = zarr.open_array(store=store, path=name, mode="r+")
     target[tuple(slice(a, b) for a, b in block_info[0]["array-location"])] = block
+    if piece is not None:
+        piece = dict(piece)
+        # each piece in the smallest dtype for its own values: the VRT converts
+        # every source to the COG's dtype, and small pieces compress faster
+        piece["dtype"] = smallest_uint_dtype(int(block.max()) if block.size else 0).name
+        _write_tif_piece(block, piece.pop("folder"), piece, block_info=block_info)
     return np.ones((1,) * block.ndim, np.int64)
 
 
@@ -183,6 +204,29 @@ def _write_tif_piece(block, folder: str, profile: dict, block_info=None):
     with rasterio.open(Path(folder) / f"{y0}_{x0}.tif", "w", **prof) as dst:
         dst.write(np.asarray(block, dtype=prof["dtype"]), 1)
     return np.ones((1, 1), np.int64)
+
+
+def _georef(labels):
+    try:
+        transform = labels.rio.transform()
+    except Exception:  # noqa: BLE001 - un-georeferenced arrays
+        transform = None
+    return labels.rio.crs, transform
+
+
+def _piece_profile(labels, dtype: np.dtype, blocksize: int = 512) -> dict:
+    """GeoTIFF profile of the COG's intermediate pieces (each piece sets its own size and origin)."""
+    import rioxarray  # noqa: F401
+
+    crs, transform = _georef(labels)
+    bs = min(blocksize, 512)
+    return dict(
+        driver="GTiff", count=1, dtype=np.dtype(dtype).name, crs=crs, transform=transform, nodata=0, tiled=True,
+        blockxsize=bs, blockysize=bs,
+        # intermediate pieces: fast zstd-1 (25 % faster than deflate here, far
+        # smaller on disk than no compression)
+        compress="zstd", ZSTD_LEVEL=1,
+    )
 
 
 def _vrt_xml(pieces: list, *, height: int, width: int, dtype: np.dtype, crs, transform, blocksize: int) -> str:
@@ -219,6 +263,7 @@ def to_cog(
     *,
     max_label: int | None = None,
     blocksize: int = 512,
+    pieces: str | os.PathLike | None = None,
 ) -> Path:
     """Write labels as a Cloud-Optimized GeoTIFF (nodata 0, smallest uint dtype).
 
@@ -236,6 +281,10 @@ def to_cog(
         Largest label (computed if not given) — picks the dtype.
     blocksize : int
         Internal tile size (multiple of 16, at most 512).
+    pieces : path, optional
+        A folder in which :func:`to_label_zarr` (``cog_pieces=``) already
+        wrote every chunk of ``labels`` as a piece; it is assembled (and
+        removed) instead of writing the pieces again.
     """
     import dask
     import dask.array as da
@@ -246,38 +295,40 @@ def to_cog(
     if max_label is None:
         max_label = int(labels.max().compute())
     dtype = smallest_uint_dtype(max_label)
-    pieces_dir = out.with_name(out.name + ".pieces.partial")
     tmp = out.with_name(out.name + ".partial.tif")
-    shutil.rmtree(pieces_dir, ignore_errors=True)
     if tmp.exists():
         tmp.unlink()
-    pieces_dir.mkdir(parents=True)
     bs = min(blocksize, 512)
     height, width = labels.shape
-    try:
-        transform = labels.rio.transform()
-    except Exception:  # noqa: BLE001 - un-georeferenced arrays
-        transform = None
-    crs = labels.rio.crs
+    crs, transform = _georef(labels)
     data = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data, chunks=1024)
-    profile = dict(
-        driver="GTiff", count=1, dtype=dtype.name, crs=crs, transform=transform, nodata=0, tiled=True,
-        blockxsize=bs, blockysize=bs,
-        # intermediate pieces: fast zstd-1 (25 % faster than deflate here, far
-        # smaller on disk than no compression)
-        compress="zstd", ZSTD_LEVEL=1,
-    )
-    job, expected = _per_chunk_job(data, _write_tif_piece, str(pieces_dir), profile, token="rs-write-labels-tif")
-    if int(np.sum(dask.compute(job)[0])) != expected:
+    if pieces is None:
+        pieces_dir = out.with_name(out.name + ".pieces.partial")
+        shutil.rmtree(pieces_dir, ignore_errors=True)
+        pieces_dir.mkdir(parents=True)
+        job, expected = _per_chunk_job(data, _write_tif_piece, str(pieces_dir), _piece_profile(labels, dtype, bs),
+                                       token="rs-write-labels-tif")
+        n_written = int(np.sum(dask.compute(job)[0]))
+    else:
+        pieces_dir = Path(os.fspath(pieces))
+        expected = int(np.prod([len(c) for c in data.chunks]))
+        n_written = len(list(pieces_dir.glob("*_*.tif")))
+    if n_written != expected:
         from .exceptions import RemoteSamsingError
 
-        raise RemoteSamsingError("not every chunk of the labels reached the COG pieces")
+        raise RemoteSamsingError(f"{n_written} COG pieces for {expected} chunks of the labels: not every chunk "
+                                 "reached the COG")
     ys = np.cumsum((0,) + data.chunks[0])
     xs = np.cumsum((0,) + data.chunks[1])
-    pieces = [(f"{y0}_{x0}.tif", int(y0), int(x0), int(y1 - y0), int(x1 - x0))
-              for y0, y1 in zip(ys[:-1], ys[1:]) for x0, x1 in zip(xs[:-1], xs[1:])]
+    tiles = [(f"{y0}_{x0}.tif", int(y0), int(x0), int(y1 - y0), int(x1 - x0))
+             for y0, y1 in zip(ys[:-1], ys[1:]) for x0, x1 in zip(xs[:-1], xs[1:])]
+    missing = [t[0] for t in tiles if not (pieces_dir / t[0]).exists()]
+    if missing:
+        from .exceptions import RemoteSamsingError
+
+        raise RemoteSamsingError(f"COG pieces missing for {len(missing)} chunk(s), e.g. {missing[0]}")
     vrt = pieces_dir / "mosaic.vrt"
-    vrt.write_text(_vrt_xml(pieces, height=height, width=width, dtype=dtype, crs=crs, transform=transform,
+    vrt.write_text(_vrt_xml(tiles, height=height, width=width, dtype=dtype, crs=crs, transform=transform,
                             blocksize=bs))
     # the product: deflate (what every COG reader supports), compressed on all
     # cores (measured 1.7-1.9x faster than one thread on 2 cores)

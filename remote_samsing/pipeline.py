@@ -558,8 +558,10 @@ def run(
         )
         log("merging seams and writing labels.zarr")
         # labels and merge statistics share the per-block and per-face work: one graph
+        # the tasks writing labels.zarr also write the COG's pieces (no second pass)
+        pieces = outdir / "labels.tif.pieces.partial"
         merge_stats = to_label_zarr(graph.labels, outdir / "labels.zarr", also=graph.merge_stats, client=c,
-                                    progress=cfg.progress) or {}
+                                    progress=cfg.progress, cog_pieces=pieces) or {}
         from .io import open_labels
 
         written = open_labels(outdir / "labels.zarr")
@@ -577,7 +579,7 @@ def run(
         # -- 5. COG and vectors, from the written labels (no recomputation)
         t0 = time.perf_counter()
         log("writing labels.tif (COG)")
-        to_cog(written, outdir / "labels.tif", max_label=max_label)
+        to_cog(written, outdir / "labels.tif", max_label=max_label, pieces=pieces)
         vectors_path = None
         if cfg.vectors:
             log("vectorizing")

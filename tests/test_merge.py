@@ -231,6 +231,37 @@ def test_tiled_equals_untiled_for_touching_labels_with_postprocessing(shape, til
     assert stats["totals"]["islands_removed"] > 0
 
 
+@pytest.mark.parametrize("strategy", ["overlap", "best_match"])
+def test_tiled_equals_untiled_with_empty_blocks(strategy):
+    """Blocks without labels (nodata, nothing found) take shortcuts in the
+    summary, the faces and the relabel: next to blocks with objects, with an
+    object whose halo reaches into an empty block's core, the result is still
+    the untiled one."""
+    # a whole number of tiles: the reference cuts a remainder strip as a tile of its own, the plan does not
+    shape, tile, padding = (100, 125), 25, 6
+    truth = touching_labels(shape, n_seeds=60, seed=7, hole_frac=0.0)
+    truth[:, 50:100] = 0  # two columns of empty blocks ...
+    truth[25:50, :] = 0  # ... and a row
+    truth[60:70, 45:56] = truth.max() + 1  # crosses the seam at x=50 into an otherwise empty block
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    staged = stage_from_function(truth, plan, lambda w: w)
+    cores_empty = sum(not truth[plan.core_window(i).slices].any() for i in plan.block_ids())
+    assert cores_empty >= 8
+    if strategy == "overlap":
+        got, _ = run_merge(staged, plan, min_mask_area=5, merge_enclosed_max_area=20)
+        expected = postprocess_whole(truth, MergeConfig(min_mask_area=5, merge_enclosed_max_area=20))
+        assert_same_partition(got, expected)
+    else:
+        # the reference sees tile-unique labels (its pre-merge mosaic)
+        premerge = truth.copy()
+        for k, idx in enumerate(plan.block_ids()):
+            core = premerge[plan.core_window(idx).slices]
+            core[core > 0] += (k + 1) * 10_000
+        got, _ = run_merge(stage_cores(premerge, plan), plan, strategy="best_match", min_mask_area=5)
+        assert_same_partition(got, reference_pipeline(premerge.astype(np.uint32), tile_size=tile, min_mask_area=5))
+    assert_sequential(got)
+
+
 def test_enclosed_absorbed_and_islands_removed_across_seams():
     truth = np.zeros((60, 60), np.int64)
     truth[2:28, 2:28] = 1  # 676 px block around a 3x3 hole ...

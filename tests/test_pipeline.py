@@ -308,3 +308,36 @@ def test_file_input_reads_windows_itself_same_result_as_map_overlap(tmp_path, wr
             str(tmp_path / "mem" / part))
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=part)
     assert np.asarray(open_labels(tmp_path / "file" / "labels.zarr")).max() > 10
+
+
+def test_cog_from_pieces_written_with_the_zarr(tmp_path):
+    """labels.zarr's write tasks also write uint32 COG pieces; the COG assembled
+    from them has the smallest dtype and equals the labels; a missing piece is
+    an error, never a COG with a hole."""
+    import rioxarray  # noqa: F401
+    import xarray as xr
+    from affine import Affine
+
+    from remote_samsing.exceptions import RemoteSamsingError
+    from remote_samsing.outputs import to_cog, to_label_zarr
+
+    rng = np.random.default_rng(4)
+    lab = rng.integers(0, 300, size=(300, 250)).astype(np.uint32)
+    t = Affine(2.0, 0, 1000.0, 0, -2.0, 9000.0)
+    arr = xr.DataArray(da.from_array(lab, chunks=(128, 100)), dims=("y", "x"),
+                       coords={"y": t.f + t.e * (np.arange(300) + 0.5), "x": t.c + t.a * (np.arange(250) + 0.5)})
+    arr = arr.rio.write_crs("EPSG:32633").rio.write_transform(t)
+    pieces = tmp_path / "pieces"
+    to_label_zarr(arr, tmp_path / "l.zarr", cog_pieces=pieces)
+    assert len(list(pieces.glob("*.tif"))) == 9
+    written = open_labels(tmp_path / "l.zarr")
+    out = to_cog(written, tmp_path / "l.tif", max_label=299, pieces=pieces)
+    assert not pieces.exists()
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(1), lab)
+        assert dst.dtypes[0] == "uint16" and dst.crs.to_epsg() == 32633 and dst.transform.almost_equals(t)
+    to_label_zarr(arr, tmp_path / "l2.zarr", cog_pieces=pieces)
+    next(pieces.glob("128_*.tif")).unlink()
+    with pytest.raises(RemoteSamsingError, match="8 COG pieces for 9 chunks"):
+        to_cog(written, tmp_path / "l2.tif", max_label=299, pieces=pieces)
+    assert not (tmp_path / "l2.tif").exists()
