@@ -24,6 +24,7 @@ Usage::
     python benchmarks/bench_merge.py --quick          # < 1 min
     python benchmarks/bench_merge.py                  # 100 Mpx and 400 Mpx
     python benchmarks/bench_merge.py --gigapixel      # adds 2 Gpx (ours only; long, ~GBs of temp disk)
+    python benchmarks/bench_merge.py --megapixels 100,2000   # the memory comparison alone
 """
 
 from __future__ import annotations
@@ -161,7 +162,6 @@ def _warm_up() -> None:
 
 def _run_ours(staged_path: str, out_path: str, shape, q) -> None:
     import dask
-    import dask.array as da
 
     from remote_samsing.merge import MergeConfig, merge_labels
     from remote_samsing.tiling import TilingPlan
@@ -170,8 +170,8 @@ def _run_ours(staged_path: str, out_path: str, shape, q) -> None:
     _warm_up()
     q.put({"loaded": True})  # imports and jitted kernels in memory: the baseline
     t0 = time.perf_counter()
-    staged = da.from_zarr(staged_path)
-    res = merge_labels(staged, plan=plan, config=MergeConfig(min_mask_area=MIN_AREA))
+    # the staging store's path, as the pipeline passes it: each task reads the chunk it needs
+    res = merge_labels(staged_path, plan=plan, config=MergeConfig(min_mask_area=MIN_AREA))
     store = res.labels.to_zarr(out_path, compute=False)
     _, stats = dask.compute(store, res.stats, scheduler="threads", num_workers=2)
     q.put({"seconds": time.perf_counter() - t0, "totals": stats["totals"]})
@@ -308,10 +308,18 @@ def graph_build(sides=(10, 20, 50)) -> list[dict]:
     return rows
 
 
-def run(quick: bool = True, *, gigapixel: bool = False) -> dict:
-    """Benchmark rows; ``quick`` uses 4 and 16 Mpx, else 100 and 400 Mpx (+2 Gpx with ``gigapixel``)."""
-    sizes = [(2000, 2000, True), (4000, 4000, True)] if quick else [(10000, 10000, True), (20000, 20000, True)]
-    if gigapixel and not quick:
+#: mosaic shapes by megapixels; the reference runs up to 400 Mpx (at 2 Gpx it needs ~32 GB)
+_SHAPES = {4: (2000, 2000), 16: (4000, 4000), 100: (10000, 10000), 400: (20000, 20000), 2000: (40000, 50000)}
+
+
+def run(quick: bool = True, *, gigapixel: bool = False, megapixels=None) -> dict:
+    """Benchmark rows; ``quick`` uses 4 and 16 Mpx, else 100 and 400 Mpx (+2 Gpx with ``gigapixel``);
+    ``megapixels`` picks sizes from ``_SHAPES`` instead."""
+    if megapixels:
+        sizes = [(*_SHAPES[m], m <= 400) for m in megapixels]
+    else:
+        sizes = [(2000, 2000, True), (4000, 4000, True)] if quick else [(10000, 10000, True), (20000, 20000, True)]
+    if gigapixel and not quick and not megapixels:
         sizes.append((40000, 50000, False))
     with tempfile.TemporaryDirectory(prefix="bench_merge_") as workdir:
         rows = [bench_size(y, x, reference=ref, workdir=workdir) for y, x, ref in sizes]
@@ -324,9 +332,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
     ap.add_argument("--gigapixel", action="store_true", help="also merge a 2-gigapixel mosaic (ours only)")
+    ap.add_argument("--megapixels", help=f"comma-separated sizes out of {sorted(_SHAPES)}, e.g. 100,2000")
     ap.add_argument("--json", help="write the result here too")
     args = ap.parse_args(argv)
-    result = run(args.quick, gigapixel=args.gigapixel)
+    mpx = [int(m) for m in args.megapixels.split(",")] if args.megapixels else None
+    if mpx and any(m not in _SHAPES for m in mpx):
+        ap.error(f"--megapixels: choose among {sorted(_SHAPES)}")
+    result = run(args.quick, gigapixel=args.gigapixel, megapixels=mpx)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -6,7 +6,9 @@ How a block flows through the graph
    array chunked by the :class:`~remote_samsing.tiling.TilingPlan`: RGB
    stretched once for the whole mosaic, plus a validity channel.
 2. ``dask.array.map_overlap(depth=padding, boundary="none", trim=False)``
-   hands each block its padded window. :func:`process_block` calls the
+   hands each block its padded window. (``pipeline.run`` on a mosaic *file*
+   skips steps 1–2: one task per block reads its own padded window through
+   ``io.WindowReader``, which gives the same array.) :func:`process_block` calls the
    segmenter on it (skipping blocks whose core is all invalid) and returns
    the block's *local* labels for its whole padded window, placed in a fixed
    size staging slot (``plan.slot_shape``). Keeping the halo labels is what

@@ -58,8 +58,8 @@ remove_small
 
 The reduction graph
 -------------------
-About seven tasks per block, so that scheduler overhead stays small next to
-the pixel work:
+Six tasks per block (seven when ``staged`` is a dask array: one more to read
+its chunk), so that scheduler overhead stays small next to the pixel work:
 
 1. Per block (one task reading one staged chunk): core crop, foreground
    components, label areas, small-label contacts, the core edge lines and
