@@ -191,6 +191,11 @@ def _write_chunk(block, store: str, name: str, piece: dict | None = None, block_
 #: 5 % of RAM, which made the client grow with the raster size (400 Mpx run:
 #: +370 MB); 128 MB measured no slower.
 _GDAL_CACHE_MB = 128
+#: Pieces the COG copy keeps open at once. GDAL's default pool (100 datasets)
+#: made the copy's memory grow with the number of pieces: a 20000² copy from
+#: 400 pieces peaked at 408 MB RSS, with 16 at ~300 MB as for 100 pieces, and
+#: was no slower (measured 2.4-2.9 s against 3.4 s).
+_GDAL_POOL = 16
 
 
 def _write_tif_piece(block, folder: str, profile: dict, block_info=None):
@@ -332,7 +337,7 @@ def to_cog(
                             blocksize=bs))
     # the product: deflate (what every COG reader supports), compressed on all
     # cores (measured 1.7-1.9x faster than one thread on 2 cores)
-    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
+    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_MAX_DATASET_POOL_SIZE=_GDAL_POOL):
         rasterio.shutil.copy(
             vrt, tmp, driver="COG", compress="deflate", blocksize=bs, overview_resampling="nearest",
             BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",

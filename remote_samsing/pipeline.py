@@ -535,6 +535,7 @@ def run(
             write_json_atomic(outdir / "run.json", record)
             raise
         t_segment = time.perf_counter() - t0
+        _trim_here()
         blocks = _collect_block_stats(staging, plan)
         missing = [b for b, s in zip(plan.block_ids(), blocks) if s is None]
         if missing:
@@ -575,6 +576,7 @@ def run(
             merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
             merge_stats["faces_file"] = "merge_faces.json"
         t_merge = time.perf_counter() - t0
+        _trim_here()
 
         # -- 5. COG and vectors, from the written labels (no recomputation)
         t0 = time.perf_counter()
@@ -687,6 +689,14 @@ def _check_resources(client, res: dict | None, *, device: str) -> dict | None:
         f"the segmenter needs worker resources {res}, but no worker of the cluster offers them",
         hint="start GPU workers with `--resources GPU=1` (dask-cuda does this), or pass --device cpu",
     )
+
+
+def _trim_here() -> None:
+    """Hand this process's freed heap back between stages (the client, and the
+    scheduler of an embedded cluster, released a stage's task graph)."""
+    from .cluster import _malloc_trim
+
+    _malloc_trim()
 
 
 def _register_trim(client) -> None:
