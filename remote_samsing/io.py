@@ -330,7 +330,6 @@ def prepare_rgb(
     *,
     chunks: tuple[tuple[int, ...], tuple[int, ...]],
     percentiles: tuple[float, float] = (2.0, 98.0),
-    limits: Any = None,
 ) -> da.Array:
     """Lazy (y, x, 4) uint8 array: stretched RGB plus a validity channel.
 
@@ -342,15 +341,11 @@ def prepare_rgb(
         Spatial chunks from the tiling plan.
     percentiles : (float, float)
         Global stretch percentiles for non-uint8 data.
-    limits : array-like, optional
-        (band, 2) stretch limits already computed (:func:`stretch_limits`);
-        computed lazily from ``percentiles`` when not given.
     """
-    _check_percentiles(percentiles)
+    lohi = stretch_limits(arr, percentiles=percentiles)  # validates the percentiles
     params = _rgba_params(arr)
     data = arr.data if isinstance(arr.data, da.Array) else da.asarray(arr.data)
     data = data.rechunk({0: -1, 1: chunks[0], 2: chunks[1]})
-    lohi = stretch_limits(arr, percentiles=percentiles) if limits is None else da.asarray(limits)
     return da.map_blocks(
         _to_rgba_block,
         data,
