@@ -375,7 +375,8 @@ class WindowReader:
     Attributes
     ----------
     path : str
-        The mosaic file or Zarr store.
+        The mosaic file or Zarr store, absolute (workers may run elsewhere
+        than the client's working directory).
     kind : {"zarr", "gdal"}
     bands : tuple of int
         1-based bands of the file, in the mosaic's band order.
@@ -458,7 +459,7 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
         return None
     params = _rgba_params(arr)
     return WindowReader(
-        path=str(p), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]), **params
+        path=str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]), **params
     )
 
 

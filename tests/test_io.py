@@ -199,3 +199,14 @@ def test_window_reader_only_for_files_as_opened(write_geotiff):
     import xarray as xr
 
     assert window_reader(xr.DataArray(np.ones((3, 5, 5), np.uint8), dims=("band", "y", "x"))) is None
+
+
+def test_window_reader_path_is_absolute(write_geotiff, monkeypatch):
+    from remote_samsing.io import window_reader
+
+    p = write_geotiff(np.ones((3, 8, 8), np.uint8))
+    monkeypatch.chdir(p.parent)
+    reader = window_reader(open_mosaic(p.name))
+    assert reader.path == str(p.resolve())
+    monkeypatch.chdir(p.parent.parent)  # a worker elsewhere still finds the file
+    assert reader.read((0, 8, 0, 8)).shape == (3, 8, 8)
