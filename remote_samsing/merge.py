@@ -89,6 +89,7 @@ links only and the table shipped per block.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -1009,7 +1010,7 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
     n_blocks = plan.n_blocks
     ids_list = list(plan.block_ids())
     # a store's path says nothing about its content: such graphs get fresh keys
-    fresh = __import__("uuid").uuid4().hex if isinstance(staged, (str, os.PathLike)) else None
+    fresh = uuid.uuid4().hex if isinstance(staged, (str, os.PathLike)) else None
     token = tokenize(staged, plan, cfg, valid, reread, fresh)
     # The graph is written as one flat dict of tasks. Building it from
     # per-block `dask.delayed` calls merges graph layers pairwise and costs

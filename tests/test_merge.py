@@ -482,3 +482,32 @@ def test_reread_from_zarr_gives_same_labels(tmp_path):
     a = merge_labels(from_disk, plan=plan, config=MergeConfig(min_mask_area=3), reread=True).labels.compute()
     b = merge_labels(staged, plan=plan, config=MergeConfig(min_mask_area=3), reread=False).labels.compute()
     np.testing.assert_array_equal(a, b)
+
+
+def test_staged_store_path_gives_the_same_merge(tmp_path):
+    """The pipeline passes the staging store's path: tasks read their chunks
+    themselves, with the same result as the staged dask array; a store that
+    does not match the plan is refused before anything runs."""
+    import zarr
+
+    shape, tile, padding = (90, 70), 25, 5
+    truth = touching_labels(shape, n_seeds=40, seed=3, hole_frac=0.02)
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    staged = stage_from_function(truth, plan, lambda w: w)
+    path = tmp_path / "staged.zarr"
+    z = zarr.create_array(store=str(path), shape=staged.shape, chunks=plan.slot_shape, dtype=staged.dtype,
+                          fill_value=0, zarr_format=3)
+    z[...] = staged.compute()
+    cfg = MergeConfig(min_mask_area=5, merge_enclosed_max_area=20)
+    from_path = merge_labels(str(path), plan=plan, config=cfg)
+    from_array = merge_labels(staged, plan=plan, config=cfg)
+    a, sa = dask.compute(from_path.labels, from_path.stats, scheduler="sync")
+    b, sb = dask.compute(from_array.labels, from_array.stats, scheduler="sync")
+    np.testing.assert_array_equal(a, b)
+    assert sa["totals"] == sb["totals"] and sa["totals"]["links"] > 0
+    wrong = tmp_path / "wrong.zarr"
+    zarr.create_array(store=str(wrong), shape=staged.shape, chunks=(10, 10), dtype=staged.dtype, zarr_format=3)
+    with pytest.raises(InputError, match="chunks"):
+        merge_labels(str(wrong), plan=plan, config=cfg)
+    with pytest.raises(InputError, match="cannot open"):
+        merge_labels(str(tmp_path / "missing.zarr"), plan=plan, config=cfg)
