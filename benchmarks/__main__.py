@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-SUITE = ["bench_pipeline", "bench_merge", "bench_multipass", "bench_scaling", "bench_baselines"]
+SUITE = ["bench_scheduler", "bench_pipeline", "bench_merge", "bench_multipass", "bench_scaling", "bench_baselines"]
 
 
 def _md(results: dict) -> str:

@@ -449,8 +449,8 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
             return None
         if dims is not None and "band" in dims and dims[0] != "band":
             return None
-    shape = _zarr_mosaic(str(p)).shape[-2:] if kind == "zarr" else None
-    if kind == "gdal":
+        shape = _zarr_mosaic(str(p)).shape[-2:]
+    else:
         import rasterio
 
         with rasterio.open(p) as ds:

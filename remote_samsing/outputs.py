@@ -127,6 +127,7 @@ def to_label_zarr(
         folder = Path(os.fspath(cog_pieces))
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
+        # the dtype is a placeholder: _write_chunk picks each piece's own
         piece_profile = dict(_piece_profile(arr, np.dtype(np.uint32)), folder=str(folder))
     job, expected = _per_chunk_job(arr.data, _write_chunk, str(tmp), "labels", piece_profile,
                                    token="rs-write-labels-zarr")
