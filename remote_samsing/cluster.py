@@ -924,3 +924,123 @@ def make_client(
                 yield client
     finally:
         cluster.close()
+
+
+def _total_threads(client) -> int:
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # distributed without the n_workers parameter
+        info = client.scheduler_info()
+    return max(1, sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()))
+
+
+class _Progress:
+    """A one-line text bar on stderr (``label [####....] done/total``), redrawn at most 5 times a second."""
+
+    def __init__(self, label: str, total: int, enabled: bool):
+        self.label, self.total, self.enabled = label, total, enabled
+        self._last = 0.0
+
+    def update(self, done: int) -> None:
+        import sys
+        import time
+
+        now = time.monotonic()
+        if not self.enabled or (done < self.total and now - self._last < 0.2):
+            return
+        self._last = now
+        width = 30
+        fill = int(width * done / max(self.total, 1))
+        end = "\n" if done >= self.total else ""
+        print(f"\r{self.label:<10} [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total}", end=end,
+              file=sys.stderr, flush=True)
+
+
+def run_in_waves(
+    client,
+    func: Callable,
+    items: Sequence,
+    *,
+    name: str,
+    resources: dict | None = None,
+    width: int | None = None,
+    progress: bool = False,
+) -> list:
+    """``[func(item) for item in items]`` on the cluster, with at most ``width`` tasks submitted at once.
+
+    Submitting a job as one graph makes the scheduler and the client hold
+    state for every task until the end: about 0.1 MB per block, so their
+    memory grew with the mosaic (issue 4's benchmark). Here a task is
+    submitted only when an earlier one finished and its future is released
+    at once, so that state stays bounded by ``width`` whatever the number of
+    blocks. Results come back in the order of ``items``; keep them small
+    (per-block results that are large go to disk).
+
+    Parameters
+    ----------
+    client : distributed.Client
+    func : callable
+        Called with one item; must be picklable (functools.partial is).
+    items : sequence
+        Hashable, repr-able items (block indices).
+    name : str
+        Key prefix (``rs-<name>-<run token>-<position>``): names the tasks on
+        the dashboard.
+    resources : dict, optional
+        Worker resources each task needs (``{"GPU": 1}``).
+    width : int, optional
+        Tasks in flight; default four per worker thread, at least 8, so that
+        no worker idles while the client submits.
+    progress : bool
+        Draw a text progress bar on stderr.
+
+    Raises
+    ------
+    Exception
+        The first task's error, after the tasks still in flight are cancelled.
+    """
+    import uuid
+
+    from distributed import as_completed
+
+    items = list(items)
+    n = len(items)
+    out: list = [None] * n
+    if n == 0:
+        return out
+    width = int(width) if width else max(8, 4 * _total_threads(client))
+    token = uuid.uuid4().hex[:12]
+    bar = _Progress(name, n, progress)
+    position: dict = {}
+    nxt = 0
+
+    def submit(count: int) -> list:
+        nonlocal nxt
+        batch = list(range(nxt, min(n, nxt + count)))
+        nxt += len(batch)
+        if not batch:
+            return []
+        futs = client.map(func, [items[i] for i in batch], key=[f"rs-{name}-{token}-{i}" for i in batch],
+                          pure=False, resources=resources)
+        for f, i in zip(futs, batch):
+            position[f.key] = i
+        return futs
+
+    pending = as_completed(submit(width))
+    done = 0
+    bar.update(0)
+    try:
+        for fut in pending:
+            out[position.pop(fut.key)] = fut.result()
+            fut.release()
+            done += 1
+            bar.update(done)
+            # refill in batches (one client.map call) once half the window drained
+            if pending.count() <= width // 2 and nxt < n:
+                pending.update(submit(width - pending.count()))
+    except BaseException:
+        futures = list(pending.futures) if hasattr(pending, "futures") else []
+        if futures:
+            client.cancel(futures)
+        raise
+    return out

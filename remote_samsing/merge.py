@@ -98,7 +98,7 @@ import numpy as np
 from .exceptions import ConfigError, InputError
 from .tiling import LOCAL_BITS, TilingPlan, Window, block_label_offset
 
-__all__ = ["MergeConfig", "MergeResult", "merge_labels", "STRATEGIES"]
+__all__ = ["MergeConfig", "MergeResult", "merge_labels", "merge_stored", "STRATEGIES"]
 
 #: Accepted values of ``MergeConfig.strategy``.
 STRATEGIES = ("overlap", "best_match", "mutual_best", "min_contact", "none")
@@ -900,13 +900,14 @@ def _apply(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: b
 
 
 def _collect_stats(solve_stats, finals, ids, *, strategy: str):
+    """Per-face and total statistics; ``ids`` is the global id array or its length."""
     faces = list(solve_stats.get("faces", []))
     totals = {
         "candidates": sum(f["candidates"] for f in faces),
         "links": sum(f["links"] for f in faces),
         "refused": sum(f["refused"] for f in faces),
         "labels_before": sum(f["n_before"] for f in finals),
-        "labels_after": int(ids.size),
+        "labels_after": int(ids) if isinstance(ids, (int, np.integer)) else int(ids.size),
         "islands_removed": sum(f["islands_removed"] for f in finals),
     }
     totals.update({k: v for k, v in solve_stats.items() if k != "faces"})
@@ -1127,3 +1128,234 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
         diagnostics = da.Array(hlg, diag_name, chunks=plan.chunks, dtype=np.uint8, meta=np.empty((0, 0), np.uint8))
     stats = Delayed((stats_name,), hlg, layer=stats_name)
     return MergeResult(labels=labels, stats=stats, diagnostics=diagnostics)
+
+
+# ---------------------------------------------------------------------------
+# out of core, phase by phase: what pipeline.run uses
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Spill:
+    """The folder where one out-of-core merge keeps its per-block results.
+
+    Every phase task reads what it needs from here and writes its own
+    result here, so the scheduler and the client hold nothing per block
+    between phases (their memory then does not grow with the mosaic).
+    Files are written under a temporary name and renamed: a task that
+    re-runs after a lost worker overwrites a whole file, never half of one.
+    """
+
+    root: str
+
+    def path(self, kind: str, index=None) -> str:
+        tail = kind if index is None else f"{kind}_{index[0]}_{index[1]}"
+        return os.path.join(self.root, tail + ".pkl")
+
+    def save(self, obj, kind: str, index=None) -> None:
+        import pickle
+
+        path = self.path(kind, index)
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.partial"
+        with open(tmp, "wb") as f:
+            pickle.dump(obj, f, protocol=5)
+        os.replace(tmp, path)
+
+    def load(self, kind: str, index=None):
+        import pickle
+
+        with open(self.path(kind, index), "rb") as f:
+            return pickle.load(f)
+
+    def drop(self, kind: str, index=None) -> None:
+        try:
+            os.remove(self.path(kind, index))
+        except FileNotFoundError:
+            pass
+
+
+def _owned(plan: TilingPlan, index, offsets):
+    offs = [off for off in offsets if _neighbour(plan, index, off) is not None]
+    return offs, [_neighbour(plan, index, off) for off in offs]
+
+
+def _phase_summarize(index, *, staged: str, spill: _Spill, plan: TilingPlan, cfg: MergeConfig) -> None:
+    early, late = _summarize_split(_StoredSlot(staged, tuple(index), tuple(plan.slot_shape)), None, plan=plan,
+                                   index=tuple(index), cfg=cfg)
+    spill.save(early, "early", index)
+    spill.save(late, "late", index)
+
+
+def _removed_from_spill(spill: _Spill, info, index, cfg: MergeConfig):
+    """The reference strategies' island flags of one block (solved before their faces)."""
+    if cfg.strategy in _REFERENCE and cfg.islands:
+        return _block_removed(info, spill.load("islands", index), min_area=cfg.min_mask_area)
+    return None
+
+
+def _phase_faces(index, *, spill: _Spill, plan: TilingPlan, cfg: MergeConfig) -> None:
+    index = tuple(index)
+    own = spill.load("early", index)
+    if cfg.strategy == "overlap":
+        offs, nbs = _owned(plan, index, _FACE_OFFSETS)
+        out = _block_faces_overlap(own, [spill.load("early", n) for n in nbs], plan=plan, index=index, offsets=offs,
+                                   cfg=cfg)
+    else:
+        offs, nbs = _owned(plan, index, _FACE_OFFSETS[:2])
+        others = [spill.load("early", n) for n in nbs]
+        out = _block_faces_reference(own, _removed_from_spill(spill, own, index, cfg), others,
+                                     [_removed_from_spill(spill, o, n, cfg) for o, n in zip(others, nbs)],
+                                     index=index, neighbours=nbs, offsets=offs, strategy=cfg.strategy,
+                                     min_contact=int(cfg.min_contact_pixels))
+    spill.save(out, "faces", index)
+
+
+def _phase_comps(index, *, spill: _Spill, plan: TilingPlan) -> None:
+    index = tuple(index)
+    offs, nbs = _owned(plan, index, _FACE_OFFSETS[:2])
+    out = _block_faces_comps(spill.load("early", index), [spill.load("early", n) for n in nbs], offsets=offs)
+    spill.save(out, "comps", index)
+
+
+def _phase_solve_islands(_, *, spill: _Spill, plan: TilingPlan, cfg: MergeConfig) -> None:
+    ids = list(plan.block_ids())
+    pieces = _solve_islands_blocks([spill.load("comps", i) for i in ids], n_blocks=plan.n_blocks,
+                                   min_area=cfg.min_mask_area)
+    for i, piece in zip(ids, pieces):
+        spill.save(piece, "islands", i)
+        spill.drop("comps", i)
+
+
+def _phase_solve(_, *, spill: _Spill, plan: TilingPlan, cfg: MergeConfig) -> dict:
+    ids = list(plan.block_ids())
+    *pieces, stats = _solve_blocks([spill.load("faces", i) for i in ids], n_blocks=plan.n_blocks, cfg=cfg)
+    for i, piece in zip(ids, pieces):
+        spill.save(piece, "pieces", i)
+        spill.drop("faces", i)
+    return stats
+
+
+def _phase_final(index, *, spill: _Spill, cfg: MergeConfig) -> dict:
+    index = tuple(index)
+    late = spill.load("late", index)
+    pieces = spill.load("pieces", index) if cfg.strategy != "none" else None
+    fin = _final_task(late, _removed_from_spill(spill, late, index, cfg), pieces, min_area=cfg.min_mask_area)
+    spill.save({"idx": fin["idx"], "removed": fin["removed"]}, "final", index)
+    spill.save(fin["gids"], "gids", index)
+    for kind in ("early", "pieces", "islands"):
+        spill.drop(kind, index)
+    return {"n_before": fin["n_before"], "islands_removed": fin["islands_removed"]}
+
+
+def _phase_ranks(_, *, spill: _Spill, plan: TilingPlan) -> int:
+    """Global sequential ids: every block's merged ids → their rank among all (1..N), per block."""
+    ids = list(plan.block_ids())
+    gids = [spill.load("gids", i) for i in ids]
+    allg = np.unique(np.concatenate(gids)) if gids else np.empty(0, np.uint64)
+    for i, g in zip(ids, gids):
+        spill.save((np.searchsorted(allg, g) + 1).astype(np.uint32), "ranks", i)
+        spill.drop("gids", i)
+    return int(allg.size)
+
+
+def _phase_apply(index, *, staged: str, spill: _Spill, plan: TilingPlan, sink) -> int:
+    index = tuple(index)
+    late, fin, ranks = spill.load("late", index), spill.load("final", index), spill.load("ranks", index)
+    lut = np.zeros(late["n_idx"], np.uint32)
+    lut[fin["idx"]] = ranks
+    slot = _StoredSlot(staged, index, tuple(plan.slot_shape)).load()
+    labels = _apply(slot, late["vbits"], fin["removed"], lut, plan=plan, index=index)
+    sink(labels, plan.core_window(index))
+    for kind in ("late", "final", "ranks"):
+        spill.drop(kind, index)
+    return 1
+
+
+def _thread_map(threads: int):
+    """A ``map_blocks`` for :func:`merge_stored` without a cluster: a thread pool."""
+
+    def map_blocks(func, items, *, name: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+            return list(pool.map(func, items))
+
+    return map_blocks
+
+
+def merge_stored(
+    staged: str | os.PathLike,
+    *,
+    plan: TilingPlan,
+    config: MergeConfig,
+    workdir: str | os.PathLike,
+    sink,
+    map_blocks=None,
+) -> dict:
+    """Merge staged block labels across seams and hand each merged block to ``sink``, out of core.
+
+    The same merge as :func:`merge_labels` (same labels, same statistics),
+    run phase by phase instead of as one task graph: per block, summarize →
+    faces → (global solve) → final ids → (global ranks) → relabel. Every
+    per-block result is spilled to ``workdir`` and read back by the next
+    phase, so nothing per block is held between phases by the scheduler,
+    the client or the workers: with a bounded ``map_blocks`` (the pipeline
+    passes :func:`remote_samsing.cluster.run_in_waves`) memory stays flat as
+    the mosaic grows. The two global steps hold arrays of seam fragments
+    and of merged ids (never pixels).
+
+    Parameters
+    ----------
+    staged : path
+        A Zarr array of ``plan.staging_shape`` with one ``plan.slot_shape``
+        chunk per block (the pipeline's ``staging/labels.zarr``).
+    plan : TilingPlan
+    config : MergeConfig
+    workdir : path
+        A folder for the spilled per-block results; created, and removed
+        when the merge finished.
+    sink : callable
+        ``sink(labels, window)`` receives each block's merged (core) labels,
+        uint32 1..N, and its :class:`~remote_samsing.tiling.Window` in the
+        mosaic; called in the worker that relabelled the block, so it must
+        be picklable (e.g. :class:`remote_samsing.outputs.LabelSink`).
+    map_blocks : callable, optional
+        ``map_blocks(func, items, name=...)`` → ``[func(i) for i in items]``,
+        run anywhere; default: two threads in this process.
+
+    Returns
+    -------
+    dict
+        Merge statistics, as ``merge_labels(...).stats`` computes them.
+    """
+    import shutil
+
+    staged, _ = _validate_inputs(os.fspath(staged), plan, config, None)
+    cfg = config
+    run = map_blocks or _thread_map(2)
+    root = os.path.abspath(os.fspath(workdir))
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    spill = _Spill(root)
+    import functools
+
+    ids = list(plan.block_ids())
+    run(functools.partial(_phase_summarize, staged=staged, spill=spill, plan=plan, cfg=cfg), ids,
+        name="merge-summarize")
+    solve_stats: dict = {"faces": []}
+    if cfg.strategy in _REFERENCE and cfg.islands:
+        run(functools.partial(_phase_comps, spill=spill, plan=plan), ids, name="merge-comps")
+        run(functools.partial(_phase_solve_islands, spill=spill, plan=plan, cfg=cfg), [0], name="merge-islands")
+    if cfg.strategy != "none":
+        run(functools.partial(_phase_faces, spill=spill, plan=plan, cfg=cfg), ids, name="merge-faces")
+        solve_stats = run(functools.partial(_phase_solve, spill=spill, plan=plan, cfg=cfg), [0],
+                          name="merge-solve")[0]
+    finals = run(functools.partial(_phase_final, spill=spill, cfg=cfg), ids, name="merge-final")
+    n_ids = run(functools.partial(_phase_ranks, spill=spill, plan=plan), [0], name="merge-ids")[0]
+    done = run(functools.partial(_phase_apply, staged=staged, spill=spill, plan=plan, sink=sink), ids,
+               name="merge-relabel")
+    if sum(done) != len(ids):
+        from .exceptions import RemoteSamsingError
+
+        # never let a partial product look complete
+        raise RemoteSamsingError(f"the merge relabelled {sum(done)} of {len(ids)} blocks")
+    shutil.rmtree(root, ignore_errors=True)
+    return _collect_stats(solve_stats, finals, int(n_ids), strategy=cfg.strategy)

@@ -3,10 +3,11 @@
 Every product is written under a temporary name and moved into place when
 complete, so a crash never leaves a file that looks finished.
 
-The COG is made the way shared/design/stack.md §7 measured to work for large
-rasters: a tiled GeoTIFF written window by window in parallel (each task
-reopens the file under a lock), then ``rasterio.shutil.copy(driver="COG")``,
-because rioxarray cannot write a COG window by window.
+The COG is made from pieces: every chunk is written in parallel as its own
+small tiled GeoTIFF (by the task that writes it to ``labels.zarr``, or by
+:func:`to_cog`), a VRT mosaics them, and ``rasterio.shutil.copy(driver="COG")``
+copies that into the product (rioxarray cannot write a COG window by window;
+shared/design/stack.md §7).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["to_label_zarr", "to_cog", "write_json_atomic", "smallest_uint_dtype"]
+__all__ = ["to_label_zarr", "to_cog", "open_label_store", "LabelSink", "write_json_atomic", "smallest_uint_dtype"]
 
 
 def smallest_uint_dtype(max_label: int) -> np.dtype:
@@ -102,33 +104,9 @@ def to_label_zarr(
     -------
     The computed ``also`` (or None).
     """
-    out = Path(os.fspath(path))
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    arr = labels.copy()
-    if arr.chunks is not None:
-        # Zarr needs regular chunks; the plan may have absorbed a thin remainder
-        # into the last block, so split only that block off again.
-        arr = arr.chunk({"y": arr.chunks[0][0], "x": arr.chunks[1][0]})
-    arr.encoding = {}
-    arr.attrs = {k: v for k, v in arr.attrs.items() if k not in ("_FillValue", "scale_factor", "add_offset")}
-    # Metadata and coordinates from a cheap all-zero template; the labels
-    # themselves are written by our own per-chunk tasks. Handing the real
-    # graph to ``to_zarr(compute=False)`` would wrap it in ``dask.delayed``,
-    # which renames every key (ProhibitReuse): computed next to ``also``, the
-    # whole merge would then run twice.
     import dask
-    import dask.array as da
 
-    template = arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
-    template.to_dataset(name="labels").to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
-    piece_profile = None
-    if cog_pieces is not None:
-        folder = Path(os.fspath(cog_pieces))
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        # the dtype is a placeholder: _write_chunk picks each piece's own
-        piece_profile = dict(_piece_profile(arr, np.dtype(np.uint32)), folder=str(folder))
+    out, tmp, arr, piece_profile = _prepare_label_store(labels, path, cog_pieces)
     job, expected = _per_chunk_job(arr.data, _write_chunk, str(tmp), "labels", piece_profile,
                                    token="rs-write-labels-zarr")
     if client is not None:
@@ -150,6 +128,98 @@ def to_label_zarr(
         raise RemoteSamsingError(f"wrote {int(np.sum(n_written))} label chunks, expected {expected} (one per chunk)")
     _replace_dir(tmp, out)
     return extra
+
+
+def _prepare_label_store(labels, path, cog_pieces):
+    """Create ``<path>.partial`` with the labels' metadata and coordinates (no label data yet).
+
+    Returns ``(out, tmp, labels with regular chunks, piece profile or None)``.
+    """
+    out = Path(os.fspath(path))
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    arr = labels.copy()
+    if arr.chunks is not None:
+        # Zarr needs regular chunks; the plan may have absorbed a thin remainder
+        # into the last block, so split only that block off again.
+        arr = arr.chunk({"y": arr.chunks[0][0], "x": arr.chunks[1][0]})
+    arr.encoding = {}
+    arr.attrs = {k: v for k, v in arr.attrs.items() if k not in ("_FillValue", "scale_factor", "add_offset")}
+    # Metadata and coordinates from a cheap all-zero template; the labels
+    # themselves are written by our own per-chunk tasks. Handing the real
+    # graph to ``to_zarr(compute=False)`` would wrap it in ``dask.delayed``,
+    # which renames every key (ProhibitReuse): computed next to ``also``, the
+    # whole merge would then run twice.
+    import dask.array as da
+
+    template = arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
+    template.to_dataset(name="labels").to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
+    piece_profile = None
+    if cog_pieces is not None:
+        folder = Path(os.fspath(cog_pieces))
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        # the dtype is a placeholder: _write_chunk picks each piece's own
+        piece_profile = dict(_piece_profile(arr, np.dtype(np.uint32)), folder=str(folder))
+    return out, tmp, arr, piece_profile
+
+
+@dataclass(frozen=True)
+class LabelSink:
+    """Writes merged blocks into a label store being built (``<path>.partial``).
+
+    Made by :func:`open_label_store`; called as ``sink(labels, window)`` by
+    the worker that relabelled a block (``merge.merge_stored``): it writes
+    the block into the Zarr array and, when asked, each of the store's
+    chunks it covers as a COG piece (as :func:`to_label_zarr` does).
+    :meth:`commit` moves the finished store into place.
+    """
+
+    store: str
+    out: str
+    name: str
+    chunks: tuple[int, int]
+    piece: dict | None = None
+
+    def __call__(self, labels: np.ndarray, window) -> None:
+        import zarr
+
+        target = zarr.open_array(store=self.store, path=self.name, mode="r+")
+        target[window.y0 : window.y1, window.x0 : window.x1] = labels
+        if self.piece is None:
+            return
+        cy, cx = self.chunks
+        # one piece per store chunk (to_cog names pieces by chunk origin); the
+        # plan's last block may hold a thin remainder, i.e. two chunks
+        for y0 in range(window.y0, window.y1, cy):
+            for x0 in range(window.x0, window.x1, cx):
+                y1, x1 = min(y0 + cy, window.y1), min(x0 + cx, window.x1)
+                part = labels[y0 - window.y0 : y1 - window.y0, x0 - window.x0 : x1 - window.x0]
+                _write_piece(part, self.piece, {0: {"array-location": [(y0, y1), (x0, x1)]}})
+
+    def commit(self) -> Path:
+        """Move the store into place (call once every block was written)."""
+        out = Path(self.out)
+        _replace_dir(Path(self.store), out)
+        return out
+
+
+def open_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None) -> LabelSink:
+    """Start a label store at ``<path>.partial`` for blocks written one by one.
+
+    Parameters
+    ----------
+    labels : xarray.DataArray
+        A (y, x) template with the output's shape, chunks, CRS and
+        coordinates (its values are not read).
+    path : path
+        The final store; :meth:`LabelSink.commit` renames the partial store to it.
+    cog_pieces : path, optional
+        Also write every chunk as a COG piece there, for :func:`to_cog`.
+    """
+    out, tmp, arr, piece = _prepare_label_store(labels, path, cog_pieces)
+    return LabelSink(store=str(tmp), out=str(out), name="labels",
+                     chunks=(int(arr.chunks[0][0]), int(arr.chunks[1][0])), piece=piece)
 
 
 def _per_chunk_job(data, func, *args, token: str):
@@ -180,12 +250,16 @@ def _write_chunk(block, store: str, name: str, piece: dict | None = None, block_
     target = zarr.open_array(store=store, path=name, mode="r+")
     target[tuple(slice(a, b) for a, b in block_info[0]["array-location"])] = block
     if piece is not None:
-        piece = dict(piece)
-        # each piece in the smallest dtype for its own values: the VRT converts
-        # every source to the COG's dtype, and small pieces compress faster
-        piece["dtype"] = smallest_uint_dtype(int(block.max()) if block.size else 0).name
-        _write_tif_piece(block, piece.pop("folder"), piece, block_info=block_info)
+        _write_piece(block, piece, block_info)
     return np.ones((1,) * block.ndim, np.int64)
+
+
+def _write_piece(block, piece: dict, block_info) -> None:
+    piece = dict(piece)
+    # each piece in the smallest dtype for its own values: the VRT converts
+    # every source to the COG's dtype, and small pieces compress faster
+    piece["dtype"] = smallest_uint_dtype(int(block.max()) if block.size else 0).name
+    _write_tif_piece(block, piece.pop("folder"), piece, block_info=block_info)
 
 
 #: GDAL block cache (MB) for the COG copy in this process: GDAL's default is

@@ -514,7 +514,9 @@ def run(
         "platform": {"machine": platform.machine(), "system": platform.system(), "python": sys.version},
         "command": sys.argv,
     }
-    from .outputs import to_cog, to_label_zarr, write_json_atomic
+    from .cluster import run_in_waves
+    from .merge import merge_stored
+    from .outputs import open_label_store, to_cog, write_json_atomic
 
     write_json_atomic(outdir / "run.json", record)
 
@@ -541,35 +543,23 @@ def run(
         if missing:
             raise BlockFailedError(f"{len(missing)} block(s) were not staged, e.g. {missing[:3]}")
 
-        # -- 4. merge from the staged blocks only
+        # -- 4. merge from the staged blocks only, phase by phase in bounded
+        # waves (merge.merge_stored): no task graph over all blocks, so the
+        # scheduler's and the client's memory does not grow with the mosaic
         t0 = time.perf_counter()
-        # the merge tasks read the staged chunks they need themselves
-        staged = str(staging / "labels.zarr")
-        graph = build_graph(
-            arr if not isinstance(image, (str, os.PathLike)) else image,
-            segmenter=seg,
-            tile_size=cfg.tile_size,
-            padding=cfg.padding,
-            merge=cfg.merge,
-            merge_params=cfg.merge_params,
-            bands=cfg.bands if isinstance(image, (str, os.PathLike)) else None,
-            nodata=cfg.nodata,
-            percentiles=cfg.percentiles,
-            staged=staged,
-        )
         log("merging seams and writing labels.zarr")
-        # labels and merge statistics share the per-block and per-face work: one graph
+        template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), arr)
         # the tasks writing labels.zarr also write the COG's pieces (no second pass)
         pieces = outdir / "labels.tif.pieces.partial"
-        merge_stats = to_label_zarr(graph.labels, outdir / "labels.zarr", also=graph.merge_stats, client=c,
-                                    progress=cfg.progress, cog_pieces=pieces) or {}
+        sink = open_label_store(template, outdir / "labels.zarr", cog_pieces=pieces)
+        in_waves = functools.partial(run_in_waves, c, progress=cfg.progress)
+        merge_stats = merge_stored(staging / "labels.zarr", plan=plan, config=_merge_config(cfg.merge, cfg.merge_params),
+                                   workdir=staging / "merge", sink=sink, map_blocks=in_waves)
+        sink.commit()
         from .io import open_labels
 
         written = open_labels(outdir / "labels.zarr")
-        if "labels_after" in merge_stats.get("totals", {}):
-            max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
-        else:
-            max_label = int(_compute(written.data.max(), c, progress=False))
+        max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
         if merge_stats.get("faces") is not None:
             # per-face statistics can be large: their own file; totals go to run.json
             write_json_atomic(outdir / "merge_faces.json", merge_stats["faces"])
@@ -585,7 +575,7 @@ def run(
         vectors_path = None
         if cfg.vectors:
             log("vectorizing")
-            valid = graph.rgba[..., 3] > 0
+            valid = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)[..., 3] > 0
             attributes = _segment_attributes(staging, plan, written)
             vectors_path = _write_vectors(outdir, written, valid=valid, progress=cfg.progress,
                                           attributes=attributes)
@@ -643,20 +633,12 @@ def _stage_all(arr, reader, client, *, plan, seg, cfg, res, staging, run_id) -> 
 
     # the stretch is decided once per mosaic, before any block runs
     limits = np.asarray(_compute(stretch_limits(arr, percentiles=cfg.percentiles), client, progress=False))
-    ids = list(plan.block_ids())
-    # through a partial: `client.map` keeps keywords such as `retries` for itself
-    task = functools.partial(_read_segment_and_stage, reader=reader, limits=limits, **kwargs)
-    futures = client.map(task, ids, key=[f"rs-segment-stage-{run_id}-{iy}-{ix}" for iy, ix in ids], pure=False,
-                         resources=res)
-    if cfg.progress:
-        from distributed import progress as _progress
+    from .cluster import run_in_waves
 
-        _progress(futures, notebook=False)
-        print(file=sys.stderr)
-    try:
-        client.gather(futures)
-    finally:
-        client.cancel(futures)
+    # through a partial: `client.map` keeps keywords such as `retries` for itself;
+    # in bounded waves, so the scheduler never holds a task per block
+    task = functools.partial(_read_segment_and_stage, reader=reader, limits=limits, **kwargs)
+    run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress)
 
 
 def _segmenter_params(cfg: RunConfig) -> dict:
