@@ -85,7 +85,8 @@ def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2
                 rec = json.loads((out / "run.json").read_text())
                 rows.append({"mpx": mpx, "seconds": t["seconds"], "mpx_per_s": mpx / t["seconds"],
                              "peak_rss_mb": rss.peak_mb, "peak_rss_by_process_mb": rss.peaks_mb(),
-                             "stages_s": rec["timings"]})
+                             "stages_s": rec["timings"],
+                             "merge_phases_s": rec["merge_stats"].get("phase_seconds")})
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(z, ignore_errors=True)
     finally:
@@ -105,6 +106,8 @@ def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2
               f"peak RSS {r['peak_rss_mb']:.0f} MB (client+scheduler {p['main']:.0f}, largest worker "
               f"{p['largest_child']:.0f}); segment {st['segment_s']:.1f} s, merge+zarr "
               f"{st['merge_and_zarr_s']:.1f} s, COG {st['outputs_s']:.1f} s")
+        if r.get("merge_phases_s"):
+            print("  merge phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["merge_phases_s"].items()))
     print(f"peak RSS ratio (largest/smallest mosaic): {result['rss_ratio_large_vs_small']:.2f}")
     return result
 

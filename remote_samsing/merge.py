@@ -89,6 +89,7 @@ links only and the table shipped per block.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +99,8 @@ import numpy as np
 from .exceptions import ConfigError, InputError
 from .tiling import LOCAL_BITS, TilingPlan, Window, block_label_offset
 
-__all__ = ["MergeConfig", "MergeResult", "merge_labels", "merge_stored", "STRATEGIES"]
+__all__ = ["MergeConfig", "MergeResult", "merge_labels", "merge_stored", "prepare_workdir", "stage_summary",
+           "STRATEGIES"]
 
 #: Accepted values of ``MergeConfig.strategy``.
 STRATEGIES = ("overlap", "best_match", "mutual_best", "min_contact", "none")
@@ -1178,10 +1180,72 @@ def _owned(plan: TilingPlan, index, offsets):
 
 
 def _phase_summarize(index, *, staged: str, spill: _Spill, plan: TilingPlan, cfg: MergeConfig) -> None:
-    early, late = _summarize_split(_StoredSlot(staged, tuple(index), tuple(plan.slot_shape)), None, plan=plan,
-                                   index=tuple(index), cfg=cfg)
+    _save_summary(_StoredSlot(staged, tuple(index), tuple(plan.slot_shape)).load(), spill, plan=plan,
+                  index=tuple(index), cfg=cfg)
+
+
+def _has_summary(spill: _Spill, index) -> bool:
+    return os.path.exists(spill.path("early", index)) and os.path.exists(spill.path("late", index))
+
+
+def _save_summary(slot, spill: _Spill, *, plan: TilingPlan, index, cfg: MergeConfig) -> None:
+    early, late = _summarize_split(slot, None, plan=plan, index=index, cfg=cfg)
+    # "late" last: the summary phase checks both
     spill.save(early, "early", index)
     spill.save(late, "late", index)
+
+
+def _workdir_token(plan: TilingPlan, cfg: MergeConfig) -> str:
+    from dask.base import tokenize
+
+    return tokenize(plan, cfg)
+
+
+def prepare_workdir(workdir: str | os.PathLike, *, plan: TilingPlan, config: MergeConfig) -> None:
+    """Create the spill folder of :func:`merge_stored`, keeping what it holds if it was made for the
+    same plan and configuration (block summaries from :func:`stage_summary`), emptying it otherwise."""
+    import shutil
+
+    root = os.path.abspath(os.fspath(workdir))
+    stamp = os.path.join(root, "config.token")
+    token = _workdir_token(plan, config)
+    if os.path.isdir(root):
+        try:
+            with open(stamp) as f:
+                same = f.read() == token
+        except OSError:
+            same = False
+        if same:
+            return
+        shutil.rmtree(root)
+    os.makedirs(root)
+    tmp = f"{stamp}.{uuid.uuid4().hex[:8]}.partial"
+    with open(tmp, "w") as f:
+        f.write(token)
+    os.replace(tmp, stamp)
+
+
+def stage_summary(slot: np.ndarray, *, plan: TilingPlan, index, config: MergeConfig,
+                  workdir: str | os.PathLike) -> None:
+    """Summarize one block's staged labels for :func:`merge_stored` while they are in memory.
+
+    The pipeline calls this in the task that segmented the block, right
+    after staging its chunk: the merge then skips its first phase for that
+    block instead of reading the chunk back (one task and one read fewer per
+    block). ``workdir`` must have been made by :func:`prepare_workdir` with
+    the same plan and configuration.
+
+    Parameters
+    ----------
+    slot : ndarray
+        The block's staged chunk (``plan.slot_shape``, local labels).
+    plan : TilingPlan
+    index : (int, int)
+    config : MergeConfig
+    workdir : path
+    """
+    _save_summary(np.asarray(slot), _Spill(os.path.abspath(os.fspath(workdir))), plan=plan,
+                  index=tuple(int(i) for i in index), cfg=config)
 
 
 def _removed_from_spill(spill: _Spill, info, index, cfg: MergeConfig):
@@ -1261,8 +1325,11 @@ def _phase_apply(index, *, staged: str, spill: _Spill, plan: TilingPlan, sink) -
     late, fin, ranks = spill.load("late", index), spill.load("final", index), spill.load("ranks", index)
     lut = np.zeros(late["n_idx"], np.uint32)
     lut[fin["idx"]] = ranks
-    slot = _StoredSlot(staged, index, tuple(plan.slot_shape)).load()
-    labels = _apply(slot, late["vbits"], fin["removed"], lut, plan=plan, index=index)
+    if late["present"].size:
+        slot = _StoredSlot(staged, index, tuple(plan.slot_shape)).load()
+        labels = _apply(slot, late["vbits"], fin["removed"], lut, plan=plan, index=index)
+    else:  # no label in the core (nodata, nothing found): no need to read the chunk
+        labels = np.zeros(plan.core_window(index).shape, np.uint32)
     sink(labels, plan.core_window(index))
     for kind in ("late", "final", "ranks"):
         spill.drop(kind, index)
@@ -1310,8 +1377,9 @@ def merge_stored(
     plan : TilingPlan
     config : MergeConfig
     workdir : path
-        A folder for the spilled per-block results; created, and removed
-        when the merge finished.
+        A folder for the spilled per-block results; created (see
+        :func:`prepare_workdir`: block summaries already there from
+        :func:`stage_summary` are used), and removed when the merge finished.
     sink : callable
         ``sink(labels, window)`` receives each block's merged (core) labels,
         uint32 1..N, and its :class:`~remote_samsing.tiling.Window` in the
@@ -1324,7 +1392,8 @@ def merge_stored(
     Returns
     -------
     dict
-        Merge statistics, as ``merge_labels(...).stats`` computes them.
+        Merge statistics, as ``merge_labels(...).stats`` computes them, and
+        ``"phase_seconds"``: wall time of each phase.
     """
     import shutil
 
@@ -1332,30 +1401,38 @@ def merge_stored(
     cfg = config
     run = map_blocks or _thread_map(2)
     root = os.path.abspath(os.fspath(workdir))
-    shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(root)
+    prepare_workdir(root, plan=plan, config=cfg)
     spill = _Spill(root)
     import functools
 
     ids = list(plan.block_ids())
-    run(functools.partial(_phase_summarize, staged=staged, spill=spill, plan=plan, cfg=cfg), ids,
-        name="merge-summarize")
+    timings: dict[str, float] = {}
+
+    def phase(name, func, items):
+        t0 = time.perf_counter()
+        out = run(func, items, name=f"merge-{name}")
+        timings[name] = round(time.perf_counter() - t0, 3)
+        return out
+
+    # blocks summarized when they were staged (stage_summary) skip this phase
+    phase("summarize", functools.partial(_phase_summarize, staged=staged, spill=spill, plan=plan, cfg=cfg),
+          [i for i in ids if not _has_summary(spill, i)])
     solve_stats: dict = {"faces": []}
     if cfg.strategy in _REFERENCE and cfg.islands:
-        run(functools.partial(_phase_comps, spill=spill, plan=plan), ids, name="merge-comps")
-        run(functools.partial(_phase_solve_islands, spill=spill, plan=plan, cfg=cfg), [0], name="merge-islands")
+        phase("comps", functools.partial(_phase_comps, spill=spill, plan=plan), ids)
+        phase("islands", functools.partial(_phase_solve_islands, spill=spill, plan=plan, cfg=cfg), [0])
     if cfg.strategy != "none":
-        run(functools.partial(_phase_faces, spill=spill, plan=plan, cfg=cfg), ids, name="merge-faces")
-        solve_stats = run(functools.partial(_phase_solve, spill=spill, plan=plan, cfg=cfg), [0],
-                          name="merge-solve")[0]
-    finals = run(functools.partial(_phase_final, spill=spill, cfg=cfg), ids, name="merge-final")
-    n_ids = run(functools.partial(_phase_ranks, spill=spill, plan=plan), [0], name="merge-ids")[0]
-    done = run(functools.partial(_phase_apply, staged=staged, spill=spill, plan=plan, sink=sink), ids,
-               name="merge-relabel")
+        phase("faces", functools.partial(_phase_faces, spill=spill, plan=plan, cfg=cfg), ids)
+        solve_stats = phase("solve", functools.partial(_phase_solve, spill=spill, plan=plan, cfg=cfg), [0])[0]
+    finals = phase("final", functools.partial(_phase_final, spill=spill, cfg=cfg), ids)
+    n_ids = phase("ids", functools.partial(_phase_ranks, spill=spill, plan=plan), [0])[0]
+    done = phase("relabel", functools.partial(_phase_apply, staged=staged, spill=spill, plan=plan, sink=sink), ids)
     if sum(done) != len(ids):
         from .exceptions import RemoteSamsingError
 
         # never let a partial product look complete
         raise RemoteSamsingError(f"the merge relabelled {sum(done)} of {len(ids)} blocks")
     shutil.rmtree(root, ignore_errors=True)
-    return _collect_stats(solve_stats, finals, int(n_ids), strategy=cfg.strategy)
+    stats = _collect_stats(solve_stats, finals, int(n_ids), strategy=cfg.strategy)
+    stats["phase_seconds"] = timings
+    return stats

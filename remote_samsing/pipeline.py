@@ -336,26 +336,27 @@ def _fingerprint(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_hash: st
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _segment_and_stage(rgba, *, plan, segmenter, retries, staging, run_id, block_info=None):
+def _segment_and_stage(rgba, *, plan, block_info=None, **kwargs):
     """``map_overlap`` task: segment one block unless already staged (see :func:`_stage_block`)."""
     iy, ix = block_info[None]["chunk-location"][:2]
-    n = _stage_block((iy, ix), lambda: rgba, plan=plan, segmenter=segmenter, retries=retries, staging=staging,
-                     run_id=run_id)
+    n = _stage_block((iy, ix), lambda: rgba, plan=plan, **kwargs)
     return np.full((1, 1), n, np.int64)
 
 
-def _read_segment_and_stage(index, *, reader, limits, plan, segmenter, retries, staging, run_id) -> int:
+def _read_segment_and_stage(index, *, reader, limits, plan, **kwargs) -> int:
     """Task: read one padded window from the mosaic file, segment and stage it (one task per block)."""
     window = plan.padded_window(index).as_tuple()
-    return _stage_block(index, lambda: reader.read_rgba(window, limits), plan=plan, segmenter=segmenter,
-                        retries=retries, staging=staging, run_id=run_id)
+    return _stage_block(index, lambda: reader.read_rgba(window, limits), plan=plan, **kwargs)
 
 
-def _stage_block(index, load, *, plan, segmenter, retries, staging, run_id) -> int:
-    """Segment block ``index`` unless already staged; write its chunk, then its stats.
+def _stage_block(index, load, *, plan, segmenter, retries, staging, run_id, merge_config=None) -> int:
+    """Segment block ``index`` unless already staged; write its chunk, its merge summary, then its stats.
 
     ``load()`` gives the padded (y, x, 4) window; it is not called for a
-    block an earlier run staged. Returns 1 if the block was segmented now.
+    block an earlier run staged. With ``merge_config``, the block's merge
+    summary is written to ``staging/merge`` while its labels are in memory
+    (:func:`remote_samsing.merge.stage_summary`), so the merge need not read
+    the chunk back to start. Returns 1 if the block was segmented now.
     """
     import zarr
 
@@ -372,6 +373,10 @@ def _stage_block(index, load, *, plan, segmenter, retries, staging, run_id) -> i
     z = zarr.open_array(Path(staging) / "labels.zarr", mode="r+")
     # one Zarr chunk per slot: chunk-aligned writes from different workers never overlap
     z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
+    if merge_config is not None:
+        from .merge import stage_summary
+
+        stage_summary(slot, plan=plan, index=(iy, ix), config=merge_config, workdir=Path(staging) / "merge")
     attrs = getattr(segmenter, "last_attributes", None)
     if attrs and not stats.get("skipped"):
         # per-label attributes (SAM2: pass, predicted IoU, stability) for the vectors
@@ -492,6 +497,11 @@ def run(
             fill_value=0,
             zarr_format=3,
         )
+    # the merge's spill folder: block summaries are written there as blocks are staged
+    from .merge import prepare_workdir
+
+    mcfg = _merge_config(cfg.merge, cfg.merge_params)
+    prepare_workdir(staging / "merge", plan=plan, config=mcfg)
     run_id = uuid.uuid4().hex
     record: dict[str, Any] = {
         "complete": False,
@@ -553,8 +563,8 @@ def run(
         pieces = outdir / "labels.tif.pieces.partial"
         sink = open_label_store(template, outdir / "labels.zarr", cog_pieces=pieces)
         in_waves = functools.partial(run_in_waves, c, progress=cfg.progress)
-        merge_stats = merge_stored(staging / "labels.zarr", plan=plan, config=_merge_config(cfg.merge, cfg.merge_params),
-                                   workdir=staging / "merge", sink=sink, map_blocks=in_waves)
+        merge_stats = merge_stored(staging / "labels.zarr", plan=plan, config=mcfg, workdir=staging / "merge",
+                                   sink=sink, map_blocks=in_waves)
         sink.commit()
         from .io import open_labels
 
@@ -622,7 +632,8 @@ def _stage_all(arr, reader, client, *, plan, seg, cfg, res, staging, run_id) -> 
     ~1.5 ms per task was most of a no-op run (issue 4's benchmark). Mosaics
     that exist only in memory go through ``map_overlap``.
     """
-    kwargs = dict(plan=plan, segmenter=seg, retries=cfg.retries, staging=str(staging), run_id=run_id)
+    kwargs = dict(plan=plan, segmenter=seg, retries=cfg.retries, staging=str(staging), run_id=run_id,
+                  merge_config=_merge_config(cfg.merge, cfg.merge_params))
     if reader is None:
         rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         done = map_padded_blocks(_segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,

@@ -64,7 +64,7 @@ def test_slurm_job_script_has_gpu_directives_and_worker_resources(tmp_path):
     # the prologue runs before the worker and switches off fusion for it
     assert lines.index("source /shared/venv/bin/activate") < lines.index(worker_line)
     assert "export DASK_OPTIMIZATION__FUSE__ACTIVE=False" in lines
-    assert "export MALLOC_TRIM_THRESHOLD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432" in lines
+    assert "export MALLOC_TRIM_THRESHOLD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_ARENA_MAX=2" in lines
 
 
 def test_slurm_options_refuse_several_gpus_per_job():
@@ -198,6 +198,7 @@ def test_dockerfile_installs_sam2_without_cuda_build_and_the_gpu_extra():
     assert docker.index("torch==") < docker.index("sam2==") < docker.index('".[gpu]"')
     assert "DASK_OPTIMIZATION__FUSE__ACTIVE=False" in docker
     assert "MALLOC_TRIM_THRESHOLD_=67108864" in docker and "MALLOC_MMAP_THRESHOLD_=33554432" in docker
+    assert "MALLOC_ARENA_MAX=2" in docker
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]

@@ -538,6 +538,7 @@ def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, pad
     from remote_samsing.merge import merge_stored
 
     truth = touching_labels(shape, n_seeds=40, seed=seed, hole_frac=0.05)
+    truth[: shape[0] // 2, :tile] = 0  # an empty block (the relabel's fast path)
     plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
     staged = stage_from_function(truth, plan, lambda w: w)
     path = tmp_path / "staged.zarr"
@@ -551,7 +552,56 @@ def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, pad
     stats = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "spill", sink=sink)
     assert sink.calls == plan.n_blocks
     np.testing.assert_array_equal(sink.out, expected)  # the same ids, not only the same partition
+    timings = stats.pop("phase_seconds")
     assert stats == expected_stats
+    assert {"summarize", "final", "ids", "relabel"} <= set(timings)
     assert not (tmp_path / "spill").exists()
     if strategy != "none" and plan.n_blocks > 1:
         assert stats["totals"]["links"] > 0
+
+
+def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
+    """Blocks summarized when staged (``stage_summary``, as the pipeline's
+    segment tasks do) are not read back by the merge's first phase; the
+    result is the same. A spill folder made for another configuration is
+    emptied, never reused."""
+    import zarr
+
+    from remote_samsing.merge import _thread_map, merge_stored, prepare_workdir, stage_summary
+
+    shape, tile, padding = (90, 70), 25, 5
+    truth = touching_labels(shape, n_seeds=40, seed=4, hole_frac=0.05)
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    staged = stage_from_function(truth, plan, lambda w: w).compute()
+    path = tmp_path / "staged.zarr"
+    z = zarr.create_array(store=str(path), shape=staged.shape, chunks=plan.slot_shape, dtype=staged.dtype,
+                          fill_value=0, zarr_format=3)
+    z[...] = staged
+    cfg = MergeConfig(min_mask_area=5, merge_enclosed_max_area=20)
+    calls = {}
+
+    def counting(func, items, *, name):
+        calls[name] = len(items)
+        return _thread_map(2)(func, items, name=name)
+
+    plain = _CollectSink(shape)
+    expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain, map_blocks=counting)
+    assert calls["merge-summarize"] == plan.n_blocks
+    work = tmp_path / "b"
+    # a stale folder of another configuration: its files must not be used
+    prepare_workdir(work, plan=plan, config=MergeConfig(min_mask_area=50))
+    (work / "late_0_0.pkl").write_bytes(b"stale")
+    prepare_workdir(work, plan=plan, config=cfg)
+    assert not (work / "late_0_0.pkl").exists()
+    sy, sx = plan.slot_shape
+    skipped = list(plan.block_ids())[:-2]  # two blocks left for the summary phase
+    for iy, ix in skipped:
+        stage_summary(staged[iy * sy:(iy + 1) * sy, ix * sx:(ix + 1) * sx], plan=plan, index=(iy, ix), config=cfg,
+                      workdir=work)
+    calls.clear()
+    sink = _CollectSink(shape)
+    got = merge_stored(path, plan=plan, config=cfg, workdir=work, sink=sink, map_blocks=counting)
+    assert calls["merge-summarize"] == 2 and calls["merge-relabel"] == plan.n_blocks
+    np.testing.assert_array_equal(sink.out, plain.out)
+    got.pop("phase_seconds"), expected.pop("phase_seconds")
+    assert got == expected

@@ -224,11 +224,9 @@ def test_gpu_resource_request_needs_a_gpu_worker_or_device_cpu(client):
 
 
 def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
-    """Labels and merge statistics share one graph: no merge task runs twice.
-
-    (Handing the labels graph to ``xarray.to_zarr(compute=False)`` renames
-    its keys, which made the whole merge run a second time for the stats.)
-    """
+    """The merge runs phase by phase, each per-block phase once per block; the
+    blocks' summaries come from the segment tasks (written while the labels
+    were in memory), so no summary task reads a staged chunk back."""
     from distributed import get_task_stream
 
     cfg = RunConfig(segmenter="threshold", segmenter_params={"threshold": 60}, tile_size=128, padding=16,
@@ -236,9 +234,13 @@ def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
     with get_task_stream(client) as ts:
         rec = run(data_dir / "kampala_crop_3857.tif", tmp_path / "out", config=cfg, client=client)
     n_blocks = rec["tiling"]["n_blocks"]
-    summaries = [t["key"] for t in ts.data if "-summarize" in str(t["key"])]
-    assert n_blocks == 4 and len(summaries) == n_blocks
-    assert len(set(map(str, summaries))) == n_blocks
+    keys = [str(t["key"]) for t in ts.data]
+    assert n_blocks == 4 and len(set(keys)) == len(keys)
+    for phase, expected in (("segment-stage", n_blocks), ("merge-summarize", 0), ("merge-faces", n_blocks),
+                            ("merge-solve", 1), ("merge-final", n_blocks), ("merge-ids", 1),
+                            ("merge-relabel", n_blocks)):
+        assert sum(k.startswith(f"rs-{phase}-") for k in keys) == expected, phase
+    assert not (tmp_path / "out" / "staging" / "merge").exists()  # the spill folder is removed
 
 
 @pytest.mark.parametrize("max_label", [200, 40000])

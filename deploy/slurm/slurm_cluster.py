@@ -91,7 +91,7 @@ def gpu_worker_options(
             "export DASK_OPTIMIZATION__FUSE__ACTIVE=False",
             # glibc allocator: the nanny's default trim setting makes numpy work
             # 2x slower (remote_samsing/cluster.py, WORKER_MALLOC_ENV)
-            "export MALLOC_TRIM_THRESHOLD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432",
+            "export MALLOC_TRIM_THRESHOLD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_ARENA_MAX=2",
         ],
         local_directory=local_directory,
         log_directory=log_directory,
