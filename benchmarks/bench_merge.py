@@ -8,8 +8,11 @@ crop of the truth over the padded window) and staged to a temporary Zarr,
 as the pipeline does. Then, each in its own process with peak RSS sampled by
 psutil over the process tree:
 
-* ours: ``merge_labels`` (strategy ``overlap``, post-processing on) reading
-  the staged Zarr and writing the labels to a Zarr, 2 threads;
+* ours: ``merge_stored`` (strategy ``overlap``, post-processing on), what
+  ``remote-samsing segment`` runs: phase by phase, each block's results
+  spilled to disk, reading the staged Zarr and writing the labels to a Zarr,
+  2 threads (``--graph`` also times ``merge_labels``, the lazy graph that
+  ``segment()`` builds);
 * reference: ``_reference.reference_pipeline`` (post-process + best match)
   on the whole pre-merge mosaic already in memory (loading it is not timed).
 
@@ -25,6 +28,7 @@ Usage::
     python benchmarks/bench_merge.py                  # 100 Mpx and 400 Mpx
     python benchmarks/bench_merge.py --gigapixel      # adds 2 Gpx (ours only; long, ~GBs of temp disk)
     python benchmarks/bench_merge.py --megapixels 100,2000   # the memory comparison alone
+    python benchmarks/bench_merge.py --megapixels 100,400,2000   # all of issue 6's numbers in one run
 """
 
 from __future__ import annotations
@@ -160,21 +164,45 @@ def _warm_up() -> None:
     merge_labels(staged, plan=plan, config=MergeConfig(min_mask_area=2)).labels.compute(scheduler="sync")
 
 
-def _run_ours(staged_path: str, out_path: str, shape, q) -> None:
-    import dask
+class _ZarrSink:
+    """Writes each merged block into a Zarr array (picklable: a path)."""
 
-    from remote_samsing.merge import MergeConfig, merge_labels
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self, labels, window) -> None:
+        import zarr
+
+        zarr.open_array(self.path, mode="r+")[window.slices] = labels
+
+
+def _run_ours(staged_path: str, out_path: str, shape, graph: bool, q) -> None:
+    import zarr
+
+    from remote_samsing.merge import MergeConfig, _thread_map, merge_labels, merge_stored
     from remote_samsing.tiling import TilingPlan
 
     plan = TilingPlan(shape=tuple(shape), tile_size=TILE, padding=PADDING)
+    cfg = MergeConfig(min_mask_area=MIN_AREA)
     _warm_up()
     q.put({"loaded": True})  # imports and jitted kernels in memory: the baseline
     t0 = time.perf_counter()
-    # the staging store's path, as the pipeline passes it: each task reads the chunk it needs
-    res = merge_labels(staged_path, plan=plan, config=MergeConfig(min_mask_area=MIN_AREA))
-    store = res.labels.to_zarr(out_path, compute=False)
-    _, stats = dask.compute(store, res.stats, scheduler="threads", num_workers=2)
-    q.put({"seconds": time.perf_counter() - t0, "totals": stats["totals"]})
+    if graph:
+        import dask
+
+        # the lazy graph (`segment()`'s merge), from the staging store's path
+        res = merge_labels(staged_path, plan=plan, config=cfg)
+        store = res.labels.to_zarr(out_path, compute=False)
+        _, stats = dask.compute(store, res.stats, scheduler="threads", num_workers=2)
+    else:
+        # what `remote-samsing segment` runs: phase by phase, per-block results
+        # spilled to disk, two threads
+        zarr.create_array(store=out_path, shape=plan.shape, chunks=(TILE, TILE), dtype=np.uint32, fill_value=0,
+                          zarr_format=3)
+        stats = merge_stored(staged_path, plan=plan, config=cfg, workdir=out_path + ".spill",
+                             sink=_ZarrSink(out_path), map_blocks=_thread_map(2))
+    q.put({"seconds": time.perf_counter() - t0, "totals": stats["totals"],
+           "phase_seconds": stats.get("phase_seconds")})
 
 
 def _run_reference(staged_path: str, shape, q) -> None:
@@ -260,7 +288,8 @@ def _score_ours(out_path: str, shape) -> dict:
     return _score(np.concatenate(pairs, axis=1))
 
 
-def bench_size(side_y: int, side_x: int, *, reference: bool, workdir: str, keep_staged: bool = False) -> dict:
+def bench_size(side_y: int, side_x: int, *, reference: bool, workdir: str, keep_staged: bool = False,
+               graph: bool = False) -> dict:
     from remote_samsing.tiling import TilingPlan
 
     shape = (side_y, side_x)
@@ -271,8 +300,14 @@ def bench_size(side_y: int, side_x: int, *, reference: bool, workdir: str, keep_
         write_staged(staged, plan)
     row = {"megapixels": side_y * side_x / 1e6, "blocks": plan.n_blocks, "staging_s": time.perf_counter() - t0}
     out = os.path.join(workdir, f"labels_{side_y}x{side_x}.zarr")
-    row["ours"] = _measure(_run_ours, (staged, out, shape))
+    row["ours"] = _measure(_run_ours, (staged, out, shape, False))
     row["ours"]["score"] = _score_ours(out, shape)
+    if graph:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        row["ours_graph"] = _measure(_run_ours, (staged, out, shape, True))
+        row["ours_graph"]["score"] = _score_ours(out, shape)
     if reference:
         row["reference"] = _measure(_run_reference, (staged, shape))
         row["time_ratio_reference_over_ours"] = row["reference"]["seconds"] / row["ours"]["seconds"]
@@ -312,9 +347,9 @@ def graph_build(sides=(10, 20, 50)) -> list[dict]:
 _SHAPES = {4: (2000, 2000), 16: (4000, 4000), 100: (10000, 10000), 400: (20000, 20000), 2000: (40000, 50000)}
 
 
-def run(quick: bool = True, *, gigapixel: bool = False, megapixels=None) -> dict:
+def run(quick: bool = True, *, gigapixel: bool = False, megapixels=None, graph: bool = False) -> dict:
     """Benchmark rows; ``quick`` uses 4 and 16 Mpx, else 100 and 400 Mpx (+2 Gpx with ``gigapixel``);
-    ``megapixels`` picks sizes from ``_SHAPES`` instead."""
+    ``megapixels`` picks sizes from ``_SHAPES`` instead; ``graph`` also times the lazy graph."""
     if megapixels:
         sizes = [(*_SHAPES[m], m <= 400) for m in megapixels]
     else:
@@ -322,7 +357,7 @@ def run(quick: bool = True, *, gigapixel: bool = False, megapixels=None) -> dict
     if gigapixel and not quick and not megapixels:
         sizes.append((40000, 50000, False))
     with tempfile.TemporaryDirectory(prefix="bench_merge_") as workdir:
-        rows = [bench_size(y, x, reference=ref, workdir=workdir) for y, x, ref in sizes]
+        rows = [bench_size(y, x, reference=ref, workdir=workdir, graph=graph) for y, x, ref in sizes]
     build = graph_build((10, 20) if quick else (10, 20, 50))
     return {"benchmark": "merge", "quick": quick, "tile_size": TILE, "padding": PADDING, "rows": rows,
             "graph_build": build}
@@ -333,12 +368,14 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
     ap.add_argument("--gigapixel", action="store_true", help="also merge a 2-gigapixel mosaic (ours only)")
     ap.add_argument("--megapixels", help=f"comma-separated sizes out of {sorted(_SHAPES)}, e.g. 100,2000")
+    ap.add_argument("--graph", action="store_true",
+                    help="also time the lazy merge graph (merge_labels, what segment() builds)")
     ap.add_argument("--json", help="write the result here too")
     args = ap.parse_args(argv)
     mpx = [int(m) for m in args.megapixels.split(",")] if args.megapixels else None
     if mpx and any(m not in _SHAPES for m in mpx):
         ap.error(f"--megapixels: choose among {sorted(_SHAPES)}")
-    result = run(args.quick, gigapixel=args.gigapixel, megapixels=mpx)
+    result = run(args.quick, gigapixel=args.gigapixel, megapixels=mpx, graph=args.graph)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -1036,12 +1036,11 @@ def run_in_waves(
         return futs
 
     pending = as_completed(submit(width))
+    batch: list = []
     done = 0
     bar.update(0)
     try:
-        # finished futures come in batches, each gathered in one round trip:
-        # fetching results one by one made the client's loop the bottleneck
-        # (~3 ms per task on the embedded cluster)
+        # finished futures come in batches, each gathered in one round trip
         for batch in pending.batches():
             for fut, result in zip(batch, client.gather(batch)):
                 out[position.pop(fut.key)] = result
@@ -1052,8 +1051,13 @@ def run_in_waves(
             if pending.count() <= width // 2 and nxt < n:
                 pending.update(submit(width - pending.count()))
     except BaseException:
-        futures = list(getattr(pending, "futures", ()))
-        if futures:
-            client.cancel(futures)
+        # cancel what is in flight and the failed batch: the traceback keeps
+        # these futures alive, and with them their tasks on the scheduler
+        left = list(getattr(pending, "futures", ())) + list(batch)
+        queue = getattr(pending, "queue", None)  # finished, not yet handed out
+        while queue is not None and not queue.empty():
+            left.append(queue.get())
+        if left:
+            client.cancel(left, force=True)
         raise
     return out

@@ -444,3 +444,59 @@ def test_trimming_memory_runs_while_the_block_runs_and_stops_after():
         assert len(trimmers()) == 1
         time.sleep(0.05)  # a few trims
     assert trimmers() == []
+
+
+def _slow_double(x):
+    import time
+
+    time.sleep(0.005)
+    if x == 13:
+        raise ValueError("block 13 is broken")
+    return 2 * x
+
+
+class _CountingClient:
+    """Delegates to a real client; records how many submitted tasks were not yet gathered."""
+
+    def __init__(self, client):
+        self._c = client
+        self.in_flight = self.max_in_flight = 0
+        self.batches = []
+
+    def map(self, func, items, **kw):
+        self.in_flight += len(items)
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.batches.append(len(items))
+        return self._c.map(func, items, **kw)
+
+    def gather(self, futures):
+        self.in_flight -= len(futures)
+        return self._c.gather(futures)
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+
+def test_run_in_waves_bounds_the_tasks_in_flight_and_keeps_order(client):
+    from remote_samsing.cluster import run_in_waves
+
+    counting = _CountingClient(client)
+    items = [i for i in range(60) if i != 13]
+    out = run_in_waves(counting, _slow_double, items, name="test-waves", width=6)
+    assert out == [2 * i for i in items]
+    assert counting.max_in_flight <= 6 and len(counting.batches) > 59 // 6
+    assert run_in_waves(client, _slow_double, [], name="test-waves") == []
+    # a failing task: its own error, raised after the others in flight are cancelled
+    with pytest.raises(ValueError, match="block 13 is broken"):
+        run_in_waves(client, _slow_double, list(range(40)), name="test-waves", width=4)
+    # nothing of the failed call is left on the scheduler
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = client.run_on_scheduler(lambda dask_scheduler: [k for k in dask_scheduler.tasks
+                                                               if str(k).startswith("rs-test-waves")])
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left
