@@ -58,8 +58,11 @@ remove_small
 
 The reduction graph
 -------------------
-Six tasks per block (seven when ``staged`` is a dask array: one more to read
-its chunk), so that scheduler overhead stays small next to the pixel work:
+:func:`merge_labels` builds it as one lazy graph of eight tasks per block
+(the small ``getitem`` tasks that hand each block its part of a result
+included; ten when ``staged`` is a dask array, whose chunk is then computed
+and re-read); :func:`merge_stored` runs the same steps phase by phase with
+each block's results spilled to disk (what ``pipeline.run`` uses):
 
 1. Per block (one task reading one staged chunk): core crop, foreground
    components, label areas, small-label contacts, the core edge lines and
@@ -72,10 +75,10 @@ its chunk), so that scheduler overhead stays small next to the pixel work:
    enclosed-object rule; the resulting table maps pre-merge ids to merged ids
    and is split per block, so each block only ever receives its part. (The
    reference strategies solve islands first, as the reference does.)
-4. Per block: surviving merged ids; a tree reduction of these small sorted
-   arrays gives the global sorted ids.
+4. Per block: surviving merged ids. One task ranks them all (the sorted
+   union of merged ids; ``searchsorted``) and splits the ranks per block.
 5. Per block: re-read the staged chunk and relabel it 1..N with its lookup
-   table (``searchsorted`` into the global ids).
+   table (its own ranks only: no task receives a global table).
 
 Pre-merge ids are ``block_label_offset(block_id) | local`` (uint64), so no
 sequential offset chain exists between blocks (the bit split is dask-image
@@ -721,10 +724,16 @@ def _flat_key_parts(key) -> tuple:
     return tuple(key) if isinstance(key, tuple) else (key,)
 
 
-def _block_lut(info, fin, ids):
+def _block_lut(info, fin, ranks):
     lut = np.zeros(info["n_idx"], np.uint32)
-    lut[fin["idx"]] = (np.searchsorted(ids, fin["gids"]) + 1).astype(np.uint32)
+    lut[fin["idx"]] = ranks
     return lut
+
+
+def _rank_gids(gids: list) -> tuple:
+    """Sequential ids 1..N: each block's merged ids ranked among all blocks' (per-block arrays), and N."""
+    allg = np.unique(np.concatenate(gids)) if gids else np.empty(0, np.uint64)
+    return tuple((np.searchsorted(allg, g) + 1).astype(np.uint32) for g in gids) + (int(allg.size),)
 
 
 def _block_codes(info, piece):
@@ -864,13 +873,12 @@ def _final_task(late, removed, pieces, *, min_area: int):
     return fin
 
 
-def _union_gids(*parts):
-    """Sorted union of block finals' merged ids (tree-reduction step)."""
-    return np.unique(np.concatenate([p["gids"] if isinstance(p, dict) else p for p in parts]))
+def _rank_finals(finals):
+    return _rank_gids([f["gids"] for f in finals])
 
 
-def _apply_task(slot, late, fin, ids, *, plan: TilingPlan, index):
-    lut = _block_lut(late, fin, ids)
+def _apply_task(slot, late, fin, ranks, *, plan: TilingPlan, index):
+    lut = _block_lut(late, fin, ranks)
     return _apply(_load(slot), late["vbits"], fin["removed"], lut, plan=plan, index=index)
 
 
@@ -901,18 +909,26 @@ def _apply(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: b
     return out
 
 
-def _collect_stats(solve_stats, finals, ids, *, strategy: str):
-    """Per-face and total statistics; ``ids`` is the global id array or its length."""
-    faces = list(solve_stats.get("faces", []))
+def _face_totals(faces) -> dict:
+    return {k: sum(f[k] for f in faces) for k in ("candidates", "links", "refused")}
+
+
+def _collect_stats(solve_stats, finals, n_ids, *, strategy: str):
+    """Per-face and total statistics; ``n_ids``: the number of merged ids.
+
+    ``solve_stats`` has the per-face list (``"faces"``) or, when the solve
+    wrote it to a file, only its sums (``"face_totals"``; ``"faces"`` is
+    then None in the result).
+    """
+    faces = solve_stats.get("faces")
+    faces = list(faces) if faces is not None or "face_totals" not in solve_stats else None
     totals = {
-        "candidates": sum(f["candidates"] for f in faces),
-        "links": sum(f["links"] for f in faces),
-        "refused": sum(f["refused"] for f in faces),
+        **(_face_totals(faces) if faces is not None else solve_stats["face_totals"]),
         "labels_before": sum(f["n_before"] for f in finals),
-        "labels_after": int(ids) if isinstance(ids, (int, np.integer)) else int(ids.size),
+        "labels_after": int(n_ids),
         "islands_removed": sum(f["islands_removed"] for f in finals),
     }
-    totals.update({k: v for k, v in solve_stats.items() if k != "faces"})
+    totals.update({k: v for k, v in solve_stats.items() if k not in ("faces", "face_totals")})
     return {"strategy": strategy, "faces": faces, "totals": totals}
 
 
@@ -1088,25 +1104,21 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
     finals = {idx: g.task(("final",) + idx, _final_task, late[idx], removed[idx], pieces_of[idx],
                           min_area=cfg.min_mask_area)
               for idx in ids_list}
-    # tree reduction of the sorted global ids (small arrays; at least one step
-    # so that a single block's finals become an array too)
-    level, depth = [finals[idx] for idx in ids_list], 0
-    while depth == 0 or len(level) > 1:
-        level = [g.task(("union", depth, i), _union_gids, *level[i : i + 16]) for i in range(0, len(level), 16)]
-        depth += 1
-    ids = level[0]
+    # one task ranks every block's merged ids; each relabel gets its block's ranks only
+    ranked = g.task(("ranks",), _rank_finals, [finals[idx] for idx in ids_list])
+    n_ids = g.item(ranked, n_blocks)
 
     labels_name = f"rs-merged-labels-{token}"
-    for idx in ids_list:
-        g.task((labels_name,) + idx, _apply_task, chunk(reread_src, idx), late[idx], finals[idx], ids, plan=plan,
-               index=idx)
+    for k, idx in enumerate(ids_list):
+        g.task((labels_name,) + idx, _apply_task, chunk(reread_src, idx), late[idx], finals[idx],
+               g.item(ranked, k), plan=plan, index=idx)
     diag_name = f"rs-merge-diagnostics-{token}"
     if cfg.diagnostics:
         for idx in ids_list:
             g.task((diag_name,) + idx, _apply_codes_task, chunk(reread_src, idx), late[idx], finals[idx],
                    pieces_of[idx], plan=plan, index=idx)
     stats_name = f"rs-merge-stats-{token}"
-    g.task((stats_name,), _collect_stats, solve_stats, [finals[idx] for idx in ids_list], ids,
+    g.task((stats_name,), _collect_stats, solve_stats, [finals[idx] for idx in ids_list], n_ids,
            strategy=cfg.strategy)
 
     # one layer for the inner tasks, one per output (what dask's culling and
@@ -1288,12 +1300,25 @@ def _phase_solve_islands(_, *, spill: _Spill, plan: TilingPlan, cfg: MergeConfig
         spill.drop("comps", i)
 
 
-def _phase_solve(_, *, spill: _Spill, plan: TilingPlan, cfg: MergeConfig) -> dict:
+def _write_json(path: str, data) -> None:
+    import json
+
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.partial"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def _phase_solve(_, *, spill: _Spill, plan: TilingPlan, cfg: MergeConfig, faces_path: str | None) -> dict:
     ids = list(plan.block_ids())
     *pieces, stats = _solve_blocks([spill.load("faces", i) for i in ids], n_blocks=plan.n_blocks, cfg=cfg)
     for i, piece in zip(ids, pieces):
         spill.save(piece, "pieces", i)
         spill.drop("faces", i)
+    if faces_path is not None:
+        # per-face statistics grow with the mosaic: to a file, not through the client
+        _write_json(faces_path, stats["faces"])
+        stats["face_totals"] = _face_totals(stats.pop("faces"))
     return stats
 
 
@@ -1312,12 +1337,11 @@ def _phase_final(index, *, spill: _Spill, cfg: MergeConfig) -> dict:
 def _phase_ranks(_, *, spill: _Spill, plan: TilingPlan) -> int:
     """Global sequential ids: every block's merged ids → their rank among all (1..N), per block."""
     ids = list(plan.block_ids())
-    gids = [spill.load("gids", i) for i in ids]
-    allg = np.unique(np.concatenate(gids)) if gids else np.empty(0, np.uint64)
-    for i, g in zip(ids, gids):
-        spill.save((np.searchsorted(allg, g) + 1).astype(np.uint32), "ranks", i)
+    *ranks, n_ids = _rank_gids([spill.load("gids", i) for i in ids])
+    for i, r in zip(ids, ranks):
+        spill.save(r, "ranks", i)
         spill.drop("gids", i)
-    return int(allg.size)
+    return n_ids
 
 
 def _phase_apply(index, *, staged: str, spill: _Spill, plan: TilingPlan, sink) -> int:
@@ -1356,6 +1380,7 @@ def merge_stored(
     workdir: str | os.PathLike,
     sink,
     map_blocks=None,
+    faces_path: str | os.PathLike | None = None,
 ) -> dict:
     """Merge staged block labels across seams and hand each merged block to ``sink``, out of core.
 
@@ -1388,6 +1413,10 @@ def merge_stored(
     map_blocks : callable, optional
         ``map_blocks(func, items, name=...)`` → ``[func(i) for i in items]``,
         run anywhere; default: two threads in this process.
+    faces_path : path, optional
+        Write the per-face statistics (a JSON list) here instead of
+        returning them: they grow with the mosaic (4 faces per block), and
+        the client then only receives their sums (``"faces"`` is None).
 
     Returns
     -------
@@ -1417,13 +1446,18 @@ def merge_stored(
     # blocks summarized when they were staged (stage_summary) skip this phase
     phase("summarize", functools.partial(_phase_summarize, staged=staged, spill=spill, plan=plan, cfg=cfg),
           [i for i in ids if not _has_summary(spill, i)])
+    faces_file = os.path.abspath(os.fspath(faces_path)) if faces_path is not None else None
     solve_stats: dict = {"faces": []}
+    if faces_file is not None and cfg.strategy == "none":
+        _write_json(faces_file, [])
+        solve_stats = {"face_totals": _face_totals([])}
     if cfg.strategy in _REFERENCE and cfg.islands:
         phase("comps", functools.partial(_phase_comps, spill=spill, plan=plan), ids)
         phase("islands", functools.partial(_phase_solve_islands, spill=spill, plan=plan, cfg=cfg), [0])
     if cfg.strategy != "none":
         phase("faces", functools.partial(_phase_faces, spill=spill, plan=plan, cfg=cfg), ids)
-        solve_stats = phase("solve", functools.partial(_phase_solve, spill=spill, plan=plan, cfg=cfg), [0])[0]
+        solve_stats = phase("solve", functools.partial(_phase_solve, spill=spill, plan=plan, cfg=cfg,
+                                                       faces_path=faces_file), [0])[0]
     finals = phase("final", functools.partial(_phase_final, spill=spill, cfg=cfg), ids)
     n_ids = phase("ids", functools.partial(_phase_ranks, spill=spill, plan=plan), [0])[0]
     done = phase("relabel", functools.partial(_phase_apply, staged=staged, spill=spill, plan=plan, sink=sink), ids)

@@ -563,18 +563,17 @@ def run(
         pieces = outdir / "labels.tif.pieces.partial"
         sink = open_label_store(template, outdir / "labels.zarr", cog_pieces=pieces)
         in_waves = functools.partial(run_in_waves, c, progress=cfg.progress)
+        # per-face statistics grow with the mosaic: the solve task writes them
+        # to their own file; only their totals come back and go to run.json
         merge_stats = merge_stored(staging / "labels.zarr", plan=plan, config=mcfg, workdir=staging / "merge",
-                                   sink=sink, map_blocks=in_waves)
+                                   sink=sink, map_blocks=in_waves, faces_path=outdir / "merge_faces.json")
         sink.commit()
         from .io import open_labels
 
         written = open_labels(outdir / "labels.zarr")
         max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
-        if merge_stats.get("faces") is not None:
-            # per-face statistics can be large: their own file; totals go to run.json
-            write_json_atomic(outdir / "merge_faces.json", merge_stats["faces"])
-            merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
-            merge_stats["faces_file"] = "merge_faces.json"
+        merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
+        merge_stats["faces_file"] = "merge_faces.json"
         t_merge = time.perf_counter() - t0
         _trim_here()
 

@@ -180,6 +180,25 @@ def test_building_the_result_computes_nothing():
     assert calls == []
 
 
+def test_each_relabel_task_gets_only_its_blocks_part_of_the_tables():
+    """No relabel task depends on a global task's whole output (the solve's
+    lookup table, the ranking of merged ids): each gets its block's item."""
+    plan = TilingPlan(shape=(60, 70), tile_size=20, padding=5)
+    staged = stage_from_function(gridded_blobs(plan.shape, cell=5, seed=1), plan, lambda w: ndimage.label(w)[0])
+    res = merge_labels(staged, plan=plan, config=MergeConfig())
+    dsk = dict(res.labels.__dask_graph__())
+    globals_ = {k for k in dsk if isinstance(k, tuple) and len(k) == 1 and str(k[0]).endswith(("-solve", "-ranks"))}
+    assert len(globals_) == 2
+    relabel = [k for k in dsk if isinstance(k, tuple) and str(k[0]).startswith("rs-merged-labels-")]
+    assert len(relabel) == plan.n_blocks
+    for key in relabel:
+        deps = dsk[key].dependencies
+        assert not deps & globals_
+        items = [d for d in deps if "-item" in str(d[0])]
+        # its own block's ranks: an item of the ranking task, indexed by the block's position
+        assert any(d[1:-1] in {(g[0],) for g in globals_} and d[-1] == plan.block_id(key[1:]) for d in items)
+
+
 # ---------------------------------------------------------------------------
 # tiled == untiled
 # ---------------------------------------------------------------------------
@@ -558,6 +577,15 @@ def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, pad
     assert not (tmp_path / "spill").exists()
     if strategy != "none" and plan.n_blocks > 1:
         assert stats["totals"]["links"] > 0
+    # per-face statistics to a file: the same list, only the sums returned
+    import json
+
+    sink = _CollectSink(shape)
+    to_file = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "spill", sink=sink,
+                           faces_path=tmp_path / "faces.json")
+    to_file.pop("phase_seconds")
+    assert json.loads((tmp_path / "faces.json").read_text()) == json.loads(json.dumps(expected_stats["faces"]))
+    assert to_file["faces"] is None and to_file["totals"] == expected_stats["totals"]
 
 
 def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
