@@ -6,6 +6,7 @@ mosaic. Target (issue 4): >= 25 Mpx/s on 2 cores, peak RSS independent of size.
 
     python -m benchmarks.bench_pipeline            # 100 Mpx and 400 Mpx
     python -m benchmarks.bench_pipeline --quick    # 4 Mpx and 16 Mpx
+    python -m benchmarks.bench_pipeline --sides 10000,20000,30000   # 100, 400, 900 Mpx
 """
 
 from __future__ import annotations
@@ -115,9 +116,12 @@ def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sides", help="comma-separated mosaic sides in pixels, e.g. 10000,20000,30000 "
+                                    "(100, 400 and 900 Mpx in one run)")
     ap.add_argument("--json", help="write the result here too")
     args = ap.parse_args()
-    text = json.dumps(run(args.quick), indent=2)
+    sides = [int(v) for v in args.sides.split(",")] if args.sides else None
+    text = json.dumps(run(args.quick, sizes=sides), indent=2)
     print(text)
     if args.json:
         Path(args.json).write_text(text)

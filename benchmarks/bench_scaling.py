@@ -175,5 +175,9 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--tile", type=int, help="tile size for the full scene (default 512: 16 blocks)")
+    ap.add_argument("--json", help="write the result here too")
     args = ap.parse_args()
-    print(json.dumps(run(quick=args.quick, repeats=args.repeats, tile=args.tile), indent=2, default=str))
+    text = json.dumps(run(quick=args.quick, repeats=args.repeats, tile=args.tile), indent=2, default=str)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
