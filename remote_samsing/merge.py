@@ -1427,6 +1427,8 @@ def merge_stored(
     import shutil
 
     staged, _ = _validate_inputs(os.fspath(staged), plan, config, None)
+    if not callable(sink):
+        raise ConfigError(f"`sink` must be callable as sink(labels, window), got {type(sink).__name__}")
     cfg = config
     run = map_blocks or _thread_map(2)
     root = os.path.abspath(os.fspath(workdir))

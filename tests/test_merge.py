@@ -615,6 +615,11 @@ def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     plain = _CollectSink(shape)
     expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain, map_blocks=counting)
     assert calls["merge-summarize"] == plan.n_blocks
+    with pytest.raises(ConfigError, match="sink"):
+        merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "c", sink="labels.zarr")
+    with pytest.raises(InputError, match="cannot open"):
+        merge_stored(tmp_path / "missing.zarr", plan=plan, config=cfg, workdir=tmp_path / "c", sink=plain)
+    assert not (tmp_path / "c").exists()  # refused before anything was created
     work = tmp_path / "b"
     # a stale folder of another configuration: its files must not be used
     prepare_workdir(work, plan=plan, config=MergeConfig(min_mask_area=50))

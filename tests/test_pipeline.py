@@ -343,3 +343,46 @@ def test_cog_from_pieces_written_with_the_zarr(tmp_path):
     with pytest.raises(RemoteSamsingError, match="8 COG pieces for 9 chunks"):
         to_cog(written, tmp_path / "l2.tif", max_label=299, pieces=pieces)
     assert not (tmp_path / "l2.tif").exists()
+
+
+def test_label_sink_writes_blocks_with_absorbed_remainders(tmp_path):
+    """``open_label_store`` + ``LabelSink`` (what the merge's relabel tasks
+    write through): blocks of a plan whose last column absorbed a thin
+    remainder (53 px on 50-px chunks) land in labels.zarr and as one COG piece
+    per store chunk; nothing is in place before ``commit``; the COG assembled
+    from the pieces equals the labels, with CRS and transform."""
+    import rioxarray  # noqa: F401
+    import xarray as xr
+    from affine import Affine
+
+    from remote_samsing.outputs import open_label_store, to_cog
+    from remote_samsing.pipeline import _wrap_labels
+    from remote_samsing.tiling import TilingPlan
+
+    plan = TilingPlan(shape=(130, 103), tile_size=50, padding=8)
+    assert plan.chunks == ((50, 50, 30), (50, 53))
+    t = Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0)
+    like = xr.DataArray(np.zeros((3, 130, 103), np.uint8), dims=("band", "y", "x"),
+                        coords={"y": t.f + t.e * (np.arange(130) + 0.5), "x": t.c + t.a * (np.arange(103) + 0.5)})
+    like = like.rio.write_crs("EPSG:32633").rio.write_transform(t)
+    template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), like)
+    rng = np.random.default_rng(2)
+    lab = rng.integers(0, 70000, size=plan.shape).astype(np.uint32)
+    pieces = tmp_path / "pieces"
+    sink = open_label_store(template, tmp_path / "labels.zarr", cog_pieces=pieces)
+    import pickle
+
+    sink = pickle.loads(pickle.dumps(sink))  # shipped to workers
+    for index in plan.block_ids():
+        w = plan.core_window(index)
+        sink(lab[w.slices], w)
+    assert not (tmp_path / "labels.zarr").exists()
+    sink.commit()
+    written = open_labels(tmp_path / "labels.zarr")
+    np.testing.assert_array_equal(np.asarray(written), lab)
+    assert written.rio.crs.to_epsg() == 32633 and written.rio.transform().almost_equals(t)
+    assert len(list(pieces.glob("*.tif"))) == 3 * 3  # chunks of 50: the 53-px column is two pieces
+    out = to_cog(written, tmp_path / "labels.tif", max_label=int(lab.max()), pieces=pieces)
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(1), lab)
+        assert dst.dtypes[0] == "uint32" and dst.transform.almost_equals(t)
