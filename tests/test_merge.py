@@ -638,3 +638,25 @@ def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     np.testing.assert_array_equal(sink.out, plain.out)
     got.pop("phase_seconds"), expected.pop("phase_seconds")
     assert got == expected
+
+
+def test_ranking_merged_ids_step_by_step_equals_a_global_sort():
+    """The relabel's sequential ids: the stepwise ranking (bounded memory)
+    gives exactly each id's rank among all blocks' distinct ids."""
+    from remote_samsing.merge import _rank_gids
+    from remote_samsing.tiling import block_label_offset
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n_blocks = int(rng.integers(1, 900))
+        gids = []
+        for _ in range(int(rng.integers(0, 30))):
+            n = int(rng.integers(0, 50))
+            owners, local = rng.integers(0, n_blocks, n), rng.integers(1, 20, n)
+            gids.append(np.array([block_label_offset(o) | v for o, v in zip(owners, local)], np.uint64))
+        *ranks, n_ids = _rank_gids(gids, owners_per_step=int(rng.integers(1, 300)))
+        everything = np.unique(np.concatenate(gids)) if gids else np.empty(0, np.uint64)
+        assert n_ids == everything.size
+        for g, r in zip(gids, ranks):
+            assert r.dtype == np.uint32
+            np.testing.assert_array_equal(r, np.searchsorted(everything, g) + 1)
