@@ -148,7 +148,7 @@ def build_graph(
 
     All validation happens here, before anything runs. ``staged`` replaces the
     segmentation stage with already staged labels (a dask array, or the path
-    of a staging Zarr array; used when resuming).
+    of a staging Zarr array such as a run's ``staging/labels.zarr``).
     """
     from .tiling import validate_tiling
 

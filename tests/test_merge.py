@@ -503,6 +503,16 @@ def test_reread_from_zarr_gives_same_labels(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def write_store(staged, plan: TilingPlan, path):
+    """Staged labels into a Zarr store with one chunk per block, as the pipeline stages them."""
+    import zarr
+
+    z = zarr.create_array(store=str(path), shape=staged.shape, chunks=plan.slot_shape, dtype=staged.dtype,
+                          fill_value=0, zarr_format=3)
+    z[...] = np.asarray(staged)
+    return path
+
+
 def test_staged_store_path_gives_the_same_merge(tmp_path):
     """The pipeline passes the staging store's path: tasks read their chunks
     themselves, with the same result as the staged dask array; a store that
@@ -513,10 +523,7 @@ def test_staged_store_path_gives_the_same_merge(tmp_path):
     truth = touching_labels(shape, n_seeds=40, seed=3, hole_frac=0.02)
     plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
     staged = stage_from_function(truth, plan, lambda w: w)
-    path = tmp_path / "staged.zarr"
-    z = zarr.create_array(store=str(path), shape=staged.shape, chunks=plan.slot_shape, dtype=staged.dtype,
-                          fill_value=0, zarr_format=3)
-    z[...] = staged.compute()
+    path = write_store(staged, plan, tmp_path / "staged.zarr")
     cfg = MergeConfig(min_mask_area=5, merge_enclosed_max_area=20)
     from_path = merge_labels(str(path), plan=plan, config=cfg)
     from_array = merge_labels(staged, plan=plan, config=cfg)
@@ -533,7 +540,7 @@ def test_staged_store_path_gives_the_same_merge(tmp_path):
 
 
 class _CollectSink:
-    """A sink keeping merged blocks in a dict (threads share it in-process)."""
+    """A sink keeping merged blocks in one array (the default map_blocks runs threads in this process)."""
 
     def __init__(self, shape):
         self.out = np.full(shape, -1, np.int64)
@@ -552,18 +559,13 @@ def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, pad
     """``merge_stored`` (phase by phase, spilled to disk: what the pipeline
     runs) gives exactly the labels and statistics of ``merge_labels``, for
     every strategy, and leaves no spill files behind."""
-    import zarr
-
     from remote_samsing.merge import merge_stored
 
     truth = touching_labels(shape, n_seeds=40, seed=seed, hole_frac=0.05)
     truth[: shape[0] // 2, :tile] = 0  # an empty block (the relabel's fast path)
     plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
     staged = stage_from_function(truth, plan, lambda w: w)
-    path = tmp_path / "staged.zarr"
-    z = zarr.create_array(store=str(path), shape=staged.shape, chunks=plan.slot_shape, dtype=staged.dtype,
-                          fill_value=0, zarr_format=3)
-    z[...] = staged.compute()
+    path = write_store(staged, plan, tmp_path / "staged.zarr")
     cfg = MergeConfig(strategy=strategy, min_mask_area=5, merge_enclosed_max_area=20, min_contact_pixels=2)
     graph = merge_labels(str(path), plan=plan, config=cfg)
     expected, expected_stats = dask.compute(graph.labels, graph.stats, scheduler="sync")
@@ -593,18 +595,13 @@ def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     segment tasks do) are not read back by the merge's first phase; the
     result is the same. A spill folder made for another configuration is
     emptied, never reused."""
-    import zarr
-
     from remote_samsing.merge import _thread_map, merge_stored, prepare_workdir, stage_summary
 
     shape, tile, padding = (90, 70), 25, 5
     truth = touching_labels(shape, n_seeds=40, seed=4, hole_frac=0.05)
     plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
     staged = stage_from_function(truth, plan, lambda w: w).compute()
-    path = tmp_path / "staged.zarr"
-    z = zarr.create_array(store=str(path), shape=staged.shape, chunks=plan.slot_shape, dtype=staged.dtype,
-                          fill_value=0, zarr_format=3)
-    z[...] = staged
+    path = write_store(staged, plan, tmp_path / "staged.zarr")
     cfg = MergeConfig(min_mask_area=5, merge_enclosed_max_area=20)
     calls = {}
 
