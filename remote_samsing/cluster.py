@@ -691,8 +691,21 @@ def _connect(config: ClusterConfig):
         ) from None
 
 
+def scheduler_workers(client) -> dict:
+    """Every worker the scheduler knows, by address (its info dict: nthreads, resources, ...).
+
+    ``scheduler_info()`` lists only the first few workers unless given
+    ``n_workers=-1``, which older distributed versions do not accept.
+    """
+    import inspect
+
+    if "n_workers" in inspect.signature(client.scheduler_info).parameters:
+        return client.scheduler_info(n_workers=-1).get("workers", {})
+    return client.scheduler_info().get("workers", {})
+
+
 def _check_gpu_workers(client, address: str, log: Callable[[str], None]) -> None:
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    workers = scheduler_workers(client)
     if not workers:
         log(
             f"no workers are connected to {address} yet; GPU blocks wait for workers "
@@ -936,11 +949,7 @@ def make_client(
 
 
 def _total_threads(client) -> int:
-    try:
-        info = client.scheduler_info(n_workers=-1)
-    except TypeError:  # distributed without the n_workers parameter
-        info = client.scheduler_info()
-    return max(1, sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()))
+    return max(1, sum(int(w.get("nthreads", 1)) for w in scheduler_workers(client).values()))
 
 
 class _Progress:

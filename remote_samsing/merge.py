@@ -745,9 +745,10 @@ def _rank_gids(gids: list, *, owners_per_step: int = 256) -> tuple:
     # (sorted unique ids, inverse) per block; the final phase hands them over so
     uniq = [g if isinstance(g, tuple) else np.unique(g, return_inverse=True) for g in gids]
     ranks = [np.zeros(u.size, np.uint32) for u, _ in uniq]
-    n_blocks = max((int(u[-1] >> np.uint64(LOCAL_BITS)) for u, _ in uniq if u.size), default=0)
+    # ids of owner block o lie in [block_label_offset(o), block_label_offset(o + 1))
+    n_owners = max((int(u[-1] >> np.uint64(LOCAL_BITS)) for u, _ in uniq if u.size), default=0)
     total = 0
-    for o0 in range(0, n_blocks, owners_per_step):
+    for o0 in range(0, n_owners, owners_per_step):
         lo = np.uint64(block_label_offset(o0))
         hi = np.uint64(block_label_offset(o0 + owners_per_step))
         bounds = [(np.searchsorted(u, lo), np.searchsorted(u, hi)) for u, _ in uniq]
@@ -942,10 +943,13 @@ def _collect_stats(solve_stats, finals, n_ids, *, strategy: str):
     wrote it to a file, only its sums (``"face_totals"``; ``"faces"`` is
     then None in the result).
     """
-    faces = solve_stats.get("faces")
-    faces = list(faces) if faces is not None or "face_totals" not in solve_stats else None
+    if "face_totals" in solve_stats:  # the list went to a file
+        faces, face_sums = None, solve_stats["face_totals"]
+    else:
+        faces = list(solve_stats.get("faces", []))
+        face_sums = _face_totals(faces)
     totals = {
-        **(_face_totals(faces) if faces is not None else solve_stats["face_totals"]),
+        **face_sums,
         "labels_before": sum(f["n_before"] for f in finals),
         "labels_after": int(n_ids),
         "islands_removed": sum(f["islands_removed"] for f in finals),

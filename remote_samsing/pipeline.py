@@ -474,7 +474,7 @@ def run(
     arr = _open_input(image, bands=cfg.bands, nodata=cfg.nodata, tile_size=cfg.tile_size)
     rgb_band_indices(arr)
     seg = resolve_segmenter(cfg.segmenter, _segmenter_params(cfg))
-    _merge_config(cfg.merge, cfg.merge_params)
+    mcfg = _merge_config(cfg.merge, cfg.merge_params)
     plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=cfg.tile_size, padding=cfg.padding)
     ckpt = cfg.segmenter_params.get("checkpoint")
     ckpt_hash = _file_sha256(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
@@ -500,7 +500,6 @@ def run(
     # the merge's spill folder: block summaries are written there as blocks are staged
     from .merge import prepare_workdir
 
-    mcfg = _merge_config(cfg.merge, cfg.merge_params)
     prepare_workdir(staging / "merge", plan=plan, config=mcfg)
     run_id = uuid.uuid4().hex
     record: dict[str, Any] = {
@@ -540,7 +539,8 @@ def run(
         t0 = time.perf_counter()
         log(f"segmenting {plan.n_blocks} block(s) of {cfg.tile_size} px (padding {cfg.padding})")
         try:
-            _stage_all(arr, reader, c, plan=plan, seg=seg, cfg=cfg, res=res, staging=staging, run_id=run_id)
+            _stage_all(arr, reader, c, plan=plan, seg=seg, cfg=cfg, mcfg=mcfg, res=res, staging=staging,
+                       run_id=run_id)
         except BlockFailedError as exc:
             record["error"] = {"type": type(exc).__name__, "message": str(exc)}
             record["blocks"] = _collect_block_stats(staging, plan)
@@ -621,7 +621,7 @@ def run(
     return record
 
 
-def _stage_all(arr, reader, client, *, plan, seg, cfg, res, staging, run_id) -> None:
+def _stage_all(arr, reader, client, *, plan, seg, cfg, mcfg, res, staging, run_id) -> None:
     """Segment and stage every block not staged yet.
 
     A mosaic file is read by the block tasks themselves, each its own padded
@@ -632,7 +632,7 @@ def _stage_all(arr, reader, client, *, plan, seg, cfg, res, staging, run_id) -> 
     that exist only in memory go through ``map_overlap``.
     """
     kwargs = dict(plan=plan, segmenter=seg, retries=cfg.retries, staging=str(staging), run_id=run_id,
-                  merge_config=_merge_config(cfg.merge, cfg.merge_params))
+                  merge_config=mcfg)
     if reader is None:
         rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         done = map_padded_blocks(_segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,
@@ -668,8 +668,9 @@ def _check_resources(client, res: dict | None, *, device: str) -> dict | None:
     """
     if not res or client is None:
         return res
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if _accepts_n_workers(client) else \
-        client.scheduler_info().get("workers", {})
+    from .cluster import scheduler_workers
+
+    workers = scheduler_workers(client)
     offered = [w.get("resources", {}) for w in workers.values()]
     if any(all(r.get(k, 0) >= v for k, v in res.items()) for r in offered):
         return res
@@ -701,12 +702,6 @@ def _register_trim(client) -> None:
         import logging
 
         logging.getLogger(__name__).warning("could not register the memory-trim worker plugin: %s", exc)
-
-
-def _accepts_n_workers(client) -> bool:
-    import inspect
-
-    return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
 def _segmenter_description(seg) -> dict:
