@@ -4,9 +4,15 @@ Prints Mpx/s and the peak RSS of all processes (client + workers) for two
 mosaic sizes, to show throughput and that memory does not grow with the
 mosaic. Target (issue 4): >= 25 Mpx/s on 2 cores, peak RSS independent of size.
 
+Each size runs in its own Python process with its own cluster (``--fresh``,
+the default), as a user's job does, so that the sizes start from the same
+state. ``--one-process`` runs every size one after another on one cluster in
+this process instead: its later sizes then also carry the heap the earlier
+jobs left in the same processes (the allocator and GDAL keep freed memory).
+
     python -m benchmarks.bench_pipeline            # 100 Mpx and 400 Mpx
     python -m benchmarks.bench_pipeline --quick    # 4 Mpx and 16 Mpx
-    python -m benchmarks.bench_pipeline --sides 10000,20000,30000   # 100, 400, 900 Mpx
+    python -m benchmarks.bench_pipeline --sides 10000,20000,30000,40000   # 100 Mpx to 1.6 Gpx
 """
 
 from __future__ import annotations
@@ -59,23 +65,85 @@ def _release_memory(client) -> None:
     _collect_and_trim()
 
 
-def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2) -> dict:
-    from remote_samsing.cluster import ClusterConfig, make_client
+def _rows_in_fresh_processes(sizes, *, tile: int, n_workers: int) -> list[dict]:
+    """One child process (and cluster) per size: every size starts from the same state."""
+    import subprocess
+    import sys
 
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rs-bench-pipeline-rows-") as d:
+        for side in sizes:
+            out = Path(d) / f"{side}.json"
+            subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_pipeline", "--one-process", "--sides", str(side),
+                 "--tile", str(tile), "--n-workers", str(n_workers), "--json", str(out), "--child"],
+                check=True, cwd=Path(__file__).resolve().parents[1],
+            )
+            rows += json.loads(out.read_text())["rows"]
+    return rows
+
+
+def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2, fresh: bool = True,
+        child: bool = False) -> dict:
+    sizes = sizes or ([2000, 4000] if quick else [10000, 20000])
+    if fresh:
+        rows = _rows_in_fresh_processes(sizes, tile=tile, n_workers=n_workers)
+    else:
+        # a child of _rows_in_fresh_processes (one size) writes its mosaic apart
+        rows = _rows_in_one_process(sizes, tile=tile, n_workers=n_workers, own_writer=child)
+    result = {
+        "name": "pipeline_overhead",
+        "machine": machine(),
+        "n_workers": n_workers,
+        "processes": "one per size" if fresh else "one for all sizes, one after another",
+        "rows": rows,
+        "rss_ratio_large_vs_small": rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"],
+        "target": ">= 25 Mpx/s on 2 cores; RSS ratio ~1",
+    }
+    if child:
+        return result
+    for r in rows:
+        p = r["peak_rss_by_process_mb"]
+        st = r["stages_s"]
+        print(f"pipeline noop: {r['mpx']:.0f} Mpx in {r['seconds']:.1f} s = {r['mpx_per_s']:.1f} Mpx/s, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB (client+scheduler {p['main']:.0f}, largest worker "
+              f"{p['largest_child']:.0f}); segment {st['segment_s']:.1f} s, merge+zarr "
+              f"{st['merge_and_zarr_s']:.1f} s, COG {st['outputs_s']:.1f} s")
+        if r.get("merge_phases_s"):
+            print("  merge phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["merge_phases_s"].items()))
+    print(f"peak RSS ratio (largest/smallest mosaic): {result['rss_ratio_large_vs_small']:.2f} "
+          f"({result['processes']})")
+    return result
+
+
+def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool = False) -> list[dict]:
+    from remote_samsing.cluster import ClusterConfig, make_client
     from remote_samsing.config import RunConfig
     from remote_samsing.pipeline import run as run_job
 
-    sizes = sizes or ([2000, 4000] if quick else [10000, 20000])
     tmp = Path(tempfile.mkdtemp(prefix="rs-bench-pipeline-"))
     rows = []
+    written = {}
     try:
+        if own_writer:
+            # the synthetic mosaic is written by a process (and cluster) of its
+            # own, so that the job's processes start as a user's job does
+            import subprocess
+            import sys
+
+            for side in sizes:
+                written[side] = tmp / f"m{side}.zarr"
+                subprocess.run([sys.executable, "-m", "benchmarks.bench_pipeline", "--write-mosaic",
+                                str(written[side]), "--sides", str(side), "--tile", str(tile)],
+                               check=True, cwd=Path(__file__).resolve().parents[1])
         # the product's embedded cluster (worker processes, one thread each, its
         # allocator settings), as `remote-samsing segment` starts it
         with make_client(ClusterConfig(n_workers=n_workers, dashboard=False), needs_gpu=False) as c:
             for side in sizes:
-                z = _synthetic_zarr(tmp / f"m{side}.zarr", side, tile)
-                # writing the synthetic mosaic ran on the same processes: hand its
-                # freed heap back first, so that the peak RSS measures the job only
+                z = written.get(side) or _synthetic_zarr(tmp / f"m{side}.zarr", side, tile)
+                # writing the synthetic mosaic (when it ran on these processes) and
+                # earlier jobs left freed heap: hand it back first, so that the
+                # peak RSS measures this job only
                 _release_memory(c)
                 out = tmp / f"out{side}"
                 cfg = RunConfig(segmenter="noop", tile_size=tile, padding=50, merge="overlap", vectors=False,
@@ -92,25 +160,7 @@ def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2
                 shutil.rmtree(z, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {
-        "name": "pipeline_overhead",
-        "machine": machine(),
-        "n_workers": n_workers,
-        "rows": rows,
-        "rss_ratio_large_vs_small": rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"],
-        "target": ">= 25 Mpx/s on 2 cores; RSS ratio ~1",
-    }
-    for r in rows:
-        p = r["peak_rss_by_process_mb"]
-        st = r["stages_s"]
-        print(f"pipeline noop: {r['mpx']:.0f} Mpx in {r['seconds']:.1f} s = {r['mpx_per_s']:.1f} Mpx/s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB (client+scheduler {p['main']:.0f}, largest worker "
-              f"{p['largest_child']:.0f}); segment {st['segment_s']:.1f} s, merge+zarr "
-              f"{st['merge_and_zarr_s']:.1f} s, COG {st['outputs_s']:.1f} s")
-        if r.get("merge_phases_s"):
-            print("  merge phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["merge_phases_s"].items()))
-    print(f"peak RSS ratio (largest/smallest mosaic): {result['rss_ratio_large_vs_small']:.2f}")
-    return result
+    return rows
 
 
 if __name__ == "__main__":
@@ -118,10 +168,25 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sides", help="comma-separated mosaic sides in pixels, e.g. 10000,20000,30000 "
                                     "(100, 400 and 900 Mpx in one run)")
+    ap.add_argument("--tile", type=int, default=1000)
+    ap.add_argument("--n-workers", type=int, default=2)
+    ap.add_argument("--one-process", action="store_true",
+                    help="every size on one cluster in this process, one after another")
     ap.add_argument("--json", help="write the result here too")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one size, for a fresh-process run
+    ap.add_argument("--write-mosaic", help=argparse.SUPPRESS)  # only write the synthetic mosaic there
     args = ap.parse_args()
     sides = [int(v) for v in args.sides.split(",")] if args.sides else None
-    text = json.dumps(run(args.quick, sizes=sides), indent=2)
-    print(text)
+    if args.write_mosaic:
+        from remote_samsing.cluster import ClusterConfig, make_client
+
+        with make_client(ClusterConfig(n_workers=args.n_workers, dashboard=False), needs_gpu=False):
+            _synthetic_zarr(Path(args.write_mosaic), sides[0], args.tile)
+        raise SystemExit(0)
+    result = run(args.quick, sizes=sides, tile=args.tile, n_workers=args.n_workers, fresh=not args.one_process,
+                 child=args.child)
+    text = json.dumps(result, indent=2)
+    if not args.child:
+        print(text)
     if args.json:
         Path(args.json).write_text(text)

@@ -66,11 +66,11 @@ def _write_image(path: Path) -> Path:
 
 
 def _segment_cmd(image: Path, outdir: Path, *extra: str, delay: float = 0.0, log_dir: Path | None = None,
-                 tile: int = TILE) -> list[str]:
+                 tile: int = TILE, merge: str = MERGE) -> list[str]:
     cmd = [
         sys.executable, "-m", "remote_samsing", "segment", str(image), str(outdir),
         "--segmenter", "threshold", "--segmenter-param", f"delay={delay}",
-        "--tile-size", str(tile), "--padding", str(PADDING), "--merge", MERGE,
+        "--tile-size", str(tile), "--padding", str(PADDING), "--merge", merge,
         "--no-vectors", "--no-progress",
     ]
     if log_dir is not None:
@@ -290,6 +290,72 @@ def test_crash_and_resume_segments_only_missing_blocks(reference, tmp_path, kill
     assert f"({N_BLOCKS - staged} block(s) segmented this run)" in out
     np.testing.assert_array_equal(_labels(outdir), reference["labels"])
     np.testing.assert_array_equal(_tif(outdir), reference["tif"])
+
+
+# a crash during the seam merge: every block staged, the merge's phases part done
+@pytest.fixture(scope="module")
+def reference_merged(reference, tmp_path_factory):
+    """The undisturbed run with the seam merge ("overlap"), to compare resumed merges with."""
+    base = tmp_path_factory.mktemp("distributed-merged")
+    outdir = base / "reference"
+    rc, out = _run(_segment_cmd(reference["image"], outdir, "--n-workers", "2", *KEEP_SMALL, merge="overlap"),
+                   base / "reference.log")
+    assert rc == 0, out
+    labels = _labels(outdir)
+    # not vacuous: the merge joined fragments across seams (fewer labels than with merge "none")
+    assert 0 < labels.max() < reference["labels"].max()
+    return {"outdir": outdir, "labels": labels, "tif": _tif(outdir),
+            "faces": json.loads((outdir / "merge_faces.json").read_text())}
+
+
+# keep the blobs: all are smaller than the merge's default min_mask_area
+KEEP_SMALL = ("--merge-param", "remove_small=false")
+
+
+def _merge_files(outdir: Path, kind: str) -> int:
+    """Spill files of one merge phase (``staging/merge/{kind}_{i}_{j}.pkl``), or COG pieces."""
+    if kind == "pieces":
+        return len(list((outdir / "labels.tif.pieces.partial").glob("*_*.tif")))
+    return len(list((outdir / "staging" / "merge").glob(f"{kind}_*.pkl")))
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize(
+    "phase",
+    [
+        pytest.param("faces", id="during-faces"),
+        pytest.param("final", marks=pytest.mark.slow, id="during-finals"),
+        pytest.param("pieces", marks=pytest.mark.slow, id="during-relabel"),
+    ],
+)
+def test_crash_during_the_merge_resumes_bit_identical(reference, reference_merged, tmp_path, phase):
+    outdir, calls = tmp_path / "out", tmp_path / "calls"
+    cmd = _segment_cmd(reference["image"], outdir, "--n-workers", "2", *KEEP_SMALL, log_dir=calls,
+                       merge="overlap")
+    crashed = _start(cmd, tmp_path / "crashed.log")
+    try:
+        # the first file of that phase: every block is staged, the merge is under way
+        _wait_until(lambda: _merge_files(outdir, phase) >= 1, crashed, 180, f"a {phase} file of the merge")
+    finally:
+        _kill_tree(crashed)
+    rec = _record(outdir)
+    if rec.get("complete"):
+        pytest.skip("the run completed before the kill landed")
+    assert rec["complete"] is False
+    assert _staged(outdir) == N_BLOCKS and count_calls(calls) == N_BLOCKS
+    assert not (outdir / "labels.tif").exists()  # nothing that looks finished
+    assert _merge_files(outdir, phase) >= 1  # the merge's spill folder (or the COG's pieces) left behind
+
+    rc, out = _run(cmd, tmp_path / "resumed.log")
+    assert rc == 0, out
+    rec = _record(outdir)
+    assert rec["complete"] is True and rec["resumed"] is True
+    assert rec["blocks_segmented_this_run"] == 0 and count_calls(calls) == N_BLOCKS  # nothing segmented again
+    np.testing.assert_array_equal(_labels(outdir), reference_merged["labels"])
+    np.testing.assert_array_equal(_tif(outdir), reference_merged["tif"])
+    assert json.loads((outdir / "merge_faces.json").read_text()) == reference_merged["faces"]
+    assert rec["merge_stats"]["totals"] == _record(reference_merged["outdir"])["merge_stats"]["totals"]
+    assert not (outdir / "staging" / "merge").exists()  # the spill folder goes once the merge is done
 
 
 # ---------------------------------------------------------------------------

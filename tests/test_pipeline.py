@@ -261,13 +261,52 @@ def test_to_cog_pieces_mosaic_exactly(tmp_path, max_label):
     arr = xr.DataArray(da.from_array(lab, chunks=(256, 200)), dims=("y", "x"),
                        coords={"y": t.f + t.e * (np.arange(700) + 0.5), "x": t.c + t.a * (np.arange(530) + 0.5)})
     arr = arr.rio.write_crs("EPSG:32611").rio.write_transform(t)
-    out = to_cog(arr, tmp_path / "l.tif", max_label=max_label)
+    out = to_cog(arr, tmp_path / "l.tif", max_label=max_label, blocksize=256)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tif"]  # no pieces or partial files left
     with rasterio.open(out) as dst:
         np.testing.assert_array_equal(dst.read(1), lab)
         assert dst.crs.to_epsg() == 32611 and dst.transform.almost_equals(t)
         assert dst.nodata == 0 and dst.dtypes[0] == ("uint8" if max_label < 256 else "uint16")
         assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert dst.block_shapes == [(256, 256)]
+        assert dst.overviews(1) == [2, 4]  # 700 -> 350 -> 175: until a level fits one 256-px tile
+    # the overviews are labels sampled by nearest (never a blend of two ids),
+    # each level from the one before, ceil(n / 2) pixels each way
+    prev = lab
+    for level, shape in enumerate([(350, 265), (175, 133)]):
+        with rasterio.open(out, overview_level=level) as ov:
+            got = ov.read(1)
+        assert got.shape == shape
+        rows = np.floor(0.5 + np.arange(shape[0]) * prev.shape[0] / shape[0]).astype(int)
+        cols = np.floor(0.5 + np.arange(shape[1]) * prev.shape[1] / shape[1]).astype(int)
+        np.testing.assert_array_equal(got, prev[np.ix_(rows, cols)])
+        prev = got
+
+
+@pytest.mark.parametrize(("shape", "blocksize", "expected"), [
+    ((300, 200), 512, []),
+    ((512, 512), 512, []),
+    ((513, 10), 512, [2]),
+    ((1100, 1300), 512, [2, 4]),
+    ((700, 530), 256, [2, 4]),
+    ((40000, 40000), 512, [2, 4, 8, 16, 32, 64, 128]),
+])
+def test_overview_factors_as_gdal_cog_driver_picks_them(tmp_path, shape, blocksize, expected):
+    import rasterio.shutil
+
+    from remote_samsing.outputs import overview_factors
+
+    assert overview_factors(*shape, blocksize) == expected
+    if shape[0] * shape[1] > 2_000_000:
+        return
+    # the same list as GDAL's COG driver chooses when it computes overviews itself
+    src = tmp_path / "src.tif"
+    with rasterio.open(src, "w", driver="GTiff", height=shape[0], width=shape[1], count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=rasterio.transform.from_origin(0, 0, 1, 1)) as dst:
+        dst.write(np.zeros(shape, np.uint8), 1)
+    rasterio.shutil.copy(src, tmp_path / "cog.tif", driver="COG", blocksize=blocksize)
+    with rasterio.open(tmp_path / "cog.tif") as dst:
+        assert dst.overviews(1) == expected
 
 
 def test_run_registers_the_memory_trim_plugin_on_workers(tmp_path, data_dir, client):
