@@ -423,8 +423,11 @@ def _prepare_outdir(outdir: Path, fingerprint: str, overwrite: bool) -> dict | N
 
 @contextlib.contextmanager
 def _client_for(cfg: RunConfig, client, *, needs_gpu: bool, log):
+    """The run's client, made the current one: every ``dask.compute`` of the
+    run (vectors, attributes) goes to it even when the process holds others."""
     if client is not None:
-        yield client
+        with client.as_current():
+            yield client
         return
     from .cluster import ClusterConfig, make_client
 
@@ -433,7 +436,7 @@ def _client_for(cfg: RunConfig, client, *, needs_gpu: bool, log):
         n_workers=cfg.n_workers,
     )
     # make_client logs the plan, notes, and the dashboard link when one really runs
-    with make_client(ccfg, needs_gpu=needs_gpu, log=log) as c:
+    with make_client(ccfg, needs_gpu=needs_gpu, log=log) as c, c.as_current():
         yield c
 
 

@@ -9,7 +9,9 @@ Real processes on loopback, no mocks of Dask:
   workers included, after some blocks are staged; rerunning the same command
   segments exactly the blocks that were not staged (counted twice: from
   ``run.json`` and from the segmenter's own call log) and gives labels
-  bit-identical to an uninterrupted run;
+  bit-identical to an uninterrupted run. Killed once every block is staged
+  and the seam merge is under way (its faces, finals or relabel), the rerun
+  segments nothing and finishes bit-identical to an undisturbed merge;
 * **fingerprint**: another tile size or input refuses (exit code 2), a
   complete run refuses, ``--overwrite`` starts fresh.
 
@@ -293,6 +295,10 @@ def test_crash_and_resume_segments_only_missing_blocks(reference, tmp_path, kill
 
 
 # a crash during the seam merge: every block staged, the merge's phases part done
+# keep the blobs: all are smaller than the merge's default min_mask_area
+KEEP_SMALL = ("--merge-param", "remove_small=false")
+
+
 @pytest.fixture(scope="module")
 def reference_merged(reference, tmp_path_factory):
     """The undisturbed run with the seam merge ("overlap"), to compare resumed merges with."""
@@ -307,9 +313,6 @@ def reference_merged(reference, tmp_path_factory):
     return {"outdir": outdir, "labels": labels, "tif": _tif(outdir),
             "faces": json.loads((outdir / "merge_faces.json").read_text())}
 
-
-# keep the blobs: all are smaller than the merge's default min_mask_area
-KEEP_SMALL = ("--merge-param", "remove_small=false")
 
 
 def _merge_files(outdir: Path, kind: str) -> int:

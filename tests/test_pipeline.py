@@ -425,3 +425,19 @@ def test_label_sink_writes_blocks_with_absorbed_remainders(tmp_path):
     with rasterio.open(out) as dst:
         np.testing.assert_array_equal(dst.read(1), lab)
         assert dst.dtypes[0] == "uint32" and dst.transform.almost_equals(t)
+
+
+def test_run_sends_every_task_to_its_own_client(tmp_path, data_dir, client):
+    """A process may hold several clients (a notebook, a benchmark): ``run(client=c)``
+    computes everything on ``c``, vectors included, not on whichever client was made last."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    cfg = RunConfig(segmenter="threshold", segmenter_params={"threshold": 60}, tile_size=128, padding=16,
+                    merge="overlap", vectors=True, progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as other:  # the newest client: dask's default from here on
+        with get_task_stream(client=other) as elsewhere, get_task_stream(client=client) as here:
+            rec = run(data_dir / "kampala_crop_3857.tif", tmp_path / "out", config=cfg, client=client)
+        assert rec["complete"] and (tmp_path / "out" / rec["outputs"]["vectors"]).exists()
+        assert len(here.data) > 0
+        assert elsewhere.data == []
