@@ -4,9 +4,9 @@ Prints Mpx/s and the peak RSS of all processes (client + workers) for two
 mosaic sizes, to show throughput and that memory does not grow with the
 mosaic. Target (issue 4): >= 25 Mpx/s on 2 cores, peak RSS independent of size.
 
-Each size runs in its own Python process with its own cluster (``--fresh``,
-the default), as a user's job does, so that the sizes start from the same
-state. ``--one-process`` runs every size one after another on one cluster in
+By default each size runs in its own Python process with its own cluster
+(its synthetic mosaic written by another process), as a user's job does, so
+that every size starts from the same state. ``--one-process`` runs every size one after another on one cluster in
 this process instead: its later sizes then also carry the heap the earlier
 jobs left in the same processes (the allocator and GDAL keep freed memory).
 

@@ -23,8 +23,9 @@ too small for the ratio to mean much.
 
 With 16 blocks each of two workers runs 8 tasks of ~0.5 s: when the last task
 starts, the other worker idles for half a task on average, so the ratio's
-ceiling there is below 2 by the granularity alone (see the printed task
-times); 64 blocks show what the execution itself scales to.
+ceiling there is below 2 by the granularity alone (printed: the ratio the
+block times of the 1-worker run allow with no overhead at all); 64 blocks
+show what the execution itself scales to.
 The 1-minute load average before and after is recorded: on a shared machine
 other processes take cores and the ratio drops.
 
