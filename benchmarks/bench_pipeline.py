@@ -6,9 +6,10 @@ mosaic. Target (issue 4): >= 25 Mpx/s on 2 cores, peak RSS independent of size.
 
 By default each size runs in its own Python process with its own cluster
 (its synthetic mosaic written by another process), as a user's job does, so
-that every size starts from the same state. ``--one-process`` runs every size one after another on one cluster in
-this process instead: its later sizes then also carry the heap the earlier
-jobs left in the same processes (the allocator and GDAL keep freed memory).
+that every size starts from the same state. ``--one-process`` runs every
+size one after another on one cluster in this process instead: its later
+sizes then also carry the heap the earlier jobs left in the same processes
+(the allocator and GDAL keep freed memory).
 
     python -m benchmarks.bench_pipeline            # 100 Mpx and 400 Mpx
     python -m benchmarks.bench_pipeline --quick    # 4 Mpx and 16 Mpx
