@@ -15,7 +15,9 @@ import time
 import traceback
 from pathlib import Path
 
-SUITE = ["bench_scheduler", "bench_pipeline", "bench_merge", "bench_multipass", "bench_scaling", "bench_baselines"]
+SUITE = [
+    "bench_scheduler", "bench_pipeline", "bench_merge", "bench_multipass", "bench_scaling", "bench_baselines", "bench_gpu",
+]
 
 
 def _md(results: dict) -> str:
