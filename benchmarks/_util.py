@@ -7,6 +7,13 @@ import platform
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: real scenes the benchmarks share: a 2048² aerial RGB crop from ../shared/data
+#: (absent in a fresh clone elsewhere) and the small NEON scene committed in tests/data
+OAM_TCD = ROOT.parent / "shared" / "data" / "oam-tcd" / "5b90f92da0d7280005fab355_4310.tif"
+NEON_OSBS = ROOT / "tests" / "data" / "neon_osbs.tif"
 
 
 class PeakRSS:

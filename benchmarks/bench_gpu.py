@@ -29,18 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._util import PeakRSS, machine
+from benchmarks._util import NEON_OSBS, OAM_TCD, ROOT, PeakRSS, machine
 
-ROOT = Path(__file__).resolve().parents[1]
-OAM = ROOT.parent / "shared" / "data" / "oam-tcd" / "5b90f92da0d7280005fab355_4310.tif"
-NEON = ROOT / "tests" / "data" / "neon_osbs.tif"
 MODELS = ("tiny", "small", "base_plus", "large")
 
 
 def _scene(image: str | None, quick: bool) -> Path:
     if image:
         return Path(image)
-    return NEON if quick or not OAM.exists() else OAM
+    return NEON_OSBS if quick or not OAM_TCD.exists() else OAM_TCD
 
 
 def _gpu_peaks(client) -> dict:

@@ -44,20 +44,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._util import machine
-
-ROOT = Path(__file__).resolve().parents[1]
-OAM = ROOT.parent / "shared" / "data" / "oam-tcd" / "5b90f92da0d7280005fab355_4310.tif"
-NEON = ROOT / "tests" / "data" / "neon_osbs.tif"
+from benchmarks._util import NEON_OSBS, OAM_TCD, ROOT, machine
 
 
 def _scene(quick: bool, tile: int | None = None) -> tuple[Path, int, int, str]:
     """(image, tile_size, padding, note)."""
-    if not quick and OAM.exists():
+    if not quick and OAM_TCD.exists():
         tile = tile or 512
-        return OAM, tile, 32, f"oam-tcd 2048x2048, tile {tile}"
+        return OAM_TCD, tile, 32, f"oam-tcd 2048x2048, tile {tile}"
     note = "neon_osbs 400x400, tile 100" + ("" if quick else " (oam-tcd not found: ../shared/data missing)")
-    return NEON, 100, 20, note
+    return NEON_OSBS, 100, 20, note
 
 
 def _best_of(fn, repeats: int) -> tuple[float, object]:
