@@ -233,17 +233,6 @@ def _neighbour(plan: TilingPlan, index, off):
     return None
 
 
-def _faces(plan: TilingPlan, *, corners: bool):
-    """(A, B, offset) for every pair of neighbouring blocks, each once."""
-    out = []
-    for a in plan.block_ids():
-        for off in _FACE_OFFSETS if corners else _FACE_OFFSETS[:2]:
-            b = _neighbour(plan, a, off)
-            if b is not None:
-                out.append((a, b, off))
-    return out
-
-
 def _offset(plan: TilingPlan, index) -> np.uint64:
     return np.uint64(block_label_offset(plan.block_id(index)))
 

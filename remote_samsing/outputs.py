@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["to_label_zarr", "to_cog", "open_label_store", "LabelSink", "write_json_atomic", "smallest_uint_dtype"]
+__all__ = [
+    "to_label_zarr", "to_cog", "open_label_store", "LabelSink", "write_json_atomic", "smallest_uint_dtype",
+    "overview_factors",
+]
 
 
 def smallest_uint_dtype(max_label: int) -> np.dtype:
