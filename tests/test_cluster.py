@@ -284,6 +284,39 @@ def test_make_client_worker_processes_get_the_allocator_settings():
 
 
 @pytest.mark.timeout(90)
+def test_make_client_relaxes_dask_housekeeping_but_keeps_a_users_setting():
+    from dask.utils import parse_timedelta
+
+    def intervals():
+        from distributed import get_worker
+
+        w = get_worker()
+        return {
+            "profile": w.periodic_callbacks["profile"].callback_time,
+            "tick": w.periodic_callbacks["tick"].callback_time,
+            "monitor": w.periodic_callbacks["monitor"].callback_time,
+        }
+
+    def scheduler_intervals(dask_scheduler):
+        return {k: dask_scheduler.periodic_callbacks[k].callback_time for k in ("tick", "monitor")}
+
+    import distributed  # noqa: F401 - its defaults must be loaded before dask.config.set, whose exit
+    # would otherwise drop the whole "distributed" section it saw missing on entry
+
+    cfg = ClusterConfig(n_workers=1, dashboard=False)
+    # a user's own tick interval stays; the two others are at Dask's default and are relaxed
+    with dask.config.set({"distributed.admin.tick.interval": "35ms"}):
+        with make_client(cfg, needs_gpu=False) as client:
+            got = client.submit(intervals, pure=False).result()
+            on_scheduler = client.run_on_scheduler(scheduler_intervals)
+    assert got == {"profile": 100, "tick": 35, "monitor": 1000}  # milliseconds
+    assert on_scheduler == {"tick": 35, "monitor": 1000}
+    # nothing leaks into this process's configuration
+    assert parse_timedelta(dask.config.get("distributed.admin.system-monitor.interval")) == 0.5
+    assert parse_timedelta(dask.config.get("distributed.worker.profile.interval"), default="ms") == 0.01
+
+
+@pytest.mark.timeout(90)
 def test_make_client_cpu_fallback_runs_gpu_annotated_tasks():
     cfg = ClusterConfig(device="cpu", n_workers=1, dashboard=False)  # one worker process
     with make_client(cfg, needs_gpu=True) as client:

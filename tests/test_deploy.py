@@ -65,6 +65,26 @@ def test_slurm_job_script_has_gpu_directives_and_worker_resources(tmp_path):
     assert lines.index("source /shared/venv/bin/activate") < lines.index(worker_line)
     assert "export DASK_OPTIMIZATION__FUSE__ACTIVE=False" in lines
     assert "export MALLOC_TRIM_THRESHOLD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_ARENA_MAX=2" in lines
+    # and the housekeeping intervals remote_samsing's own clusters use
+    exported = {}
+    for ln in lines:
+        if ln.startswith("export DASK_DISTRIBUTED__"):
+            exported.update(kv.split("=", 1) for kv in shlex.split(ln)[1:])
+    assert _housekeeping_config(exported) == _housekeeping_expected()
+
+
+def _housekeeping_expected() -> dict:
+    from remote_samsing.cluster import HOUSEKEEPING_INTERVALS
+
+    return {key: ours for key, (_default, ours) in HOUSEKEEPING_INTERVALS.items()}
+
+
+def _housekeeping_config(env: dict) -> dict:
+    """What Dask reads from these environment variables, for the housekeeping keys."""
+    import dask
+
+    got = dask.config.collect_env({k: v for k, v in env.items() if k.startswith("DASK_")})
+    return {key: dask.config.get(key, None, config=got) for key in _housekeeping_expected()}
 
 
 def test_slurm_options_refuse_several_gpus_per_job():
@@ -199,6 +219,10 @@ def test_dockerfile_installs_sam2_without_cuda_build_and_the_gpu_extra():
     assert "DASK_OPTIMIZATION__FUSE__ACTIVE=False" in docker
     assert "MALLOC_TRIM_THRESHOLD_=67108864" in docker and "MALLOC_MMAP_THRESHOLD_=33554432" in docker
     assert "MALLOC_ARENA_MAX=2" in docker
+    env_block = docker[docker.index("ENV DASK_OPTIMIZATION"):]
+    env_block = env_block[: env_block.index("\n\n")]
+    pairs = dict(kv.split("=", 1) for kv in shlex.split(env_block.replace("\\\n", " "))[1:])
+    assert _housekeeping_config(pairs) == _housekeeping_expected()
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]

@@ -92,6 +92,9 @@ def gpu_worker_options(
             # glibc allocator: the nanny's default trim setting makes numpy work
             # 2x slower (remote_samsing/cluster.py, WORKER_MALLOC_ENV)
             "export MALLOC_TRIM_THRESHOLD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_ARENA_MAX=2",
+            # Dask's housekeeping at coarser intervals (remote_samsing/cluster.py, HOUSEKEEPING_INTERVALS)
+            "export DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=100ms "
+            "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL=1s",
         ],
         local_directory=local_directory,
         log_directory=log_directory,
