@@ -565,7 +565,8 @@ def run(
         # the tasks writing labels.zarr also write the COG's pieces (no second pass)
         pieces = outdir / "labels.tif.pieces.partial"
         sink = open_label_store(template, outdir / "labels.zarr", cog_pieces=pieces)
-        in_waves = functools.partial(run_in_waves, c, progress=cfg.progress)
+        # the merge's per-block phases are light: several blocks per task (run_in_waves)
+        in_waves = functools.partial(run_in_waves, c, progress=cfg.progress, batch="auto")
         # per-face statistics grow with the mosaic: the solve task writes them
         # to their own file; only their totals come back and go to run.json
         merge_stats = merge_stored(staging / "labels.zarr", plan=plan, config=mcfg, workdir=staging / "merge",

@@ -510,6 +510,35 @@ class _CountingClient:
         return getattr(self._c, name)
 
 
+def test_run_in_waves_batches_light_items_into_fewer_tasks(client):
+    from distributed import get_task_stream
+
+    from remote_samsing.cluster import run_in_waves
+    from remote_samsing.exceptions import ConfigError
+
+    items = [i for i in range(50) if i != 13]  # 49 items
+    with get_task_stream(client) as ts:
+        out = run_in_waves(client, _slow_double, items, name="test-batch", batch=8)
+    assert out == [2 * i for i in items]  # order kept across groups
+    keys = [t["key"] for t in ts.data if str(t["key"]).startswith("rs-test-batch")]
+    assert len(keys) == 7  # ceil(49 / 8) tasks
+    # "auto" on this cluster (2 threads): 49 // 16 = 3 items per task
+    n_threads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
+    assert n_threads == 2
+    with get_task_stream(client) as ts:
+        assert run_in_waves(client, _slow_double, items, name="test-auto", batch="auto") == [2 * i for i in items]
+    assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-auto")]) == 17  # ceil(49 / 3)
+    # few items: one per task
+    with get_task_stream(client) as ts:
+        assert run_in_waves(client, _slow_double, [1, 2, 3], name="test-few", batch="auto") == [2, 4, 6]
+    assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-few")]) == 3
+    # an error inside a group is the item's own error
+    with pytest.raises(ValueError, match="block 13 is broken"):
+        run_in_waves(client, _slow_double, list(range(40)), name="test-batch", batch=5)
+    with pytest.raises(ConfigError, match="batch"):
+        run_in_waves(client, _slow_double, items, name="test-batch", batch=0)
+
+
 def test_run_in_waves_bounds_the_tasks_in_flight_and_keeps_order(client):
     from remote_samsing.cluster import run_in_waves
 
