@@ -142,7 +142,6 @@ def _cluster_runs(image, n: int, *, plan, tile: int, padding: int, lazy, items, 
         scattered = c.scatter(items, broadcast=True)
         task = functools.partial(_bare_block, plan=plan)
         row["bare_dask_s"], _ = _timed(lambda: c.gather(c.map(task, scattered, pure=False)))
-        del scattered
     return row, labels
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -401,11 +402,10 @@ class WindowReader:
                 return np.asarray(z[y0:y1, x0:x1])[None]
             raw = np.asarray(z[:, y0:y1, x0:x1])
             return raw[[b - 1 for b in self.bands]]
-        import rasterio
         from rasterio.windows import Window as RioWindow
 
-        with rasterio.open(self.path) as src:
-            return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
+        src = _gdal_dataset(self.path)
+        return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
 
     def read_rgba(self, window: tuple[int, int, int, int], limits) -> np.ndarray:
         """(y, x, 4) uint8 of ``window``: what :func:`prepare_rgb` holds there."""
@@ -413,6 +413,48 @@ class WindowReader:
             self.read(window), np.asarray(limits), band_idx=np.asarray(self.band_idx), alpha_pos=self.alpha_pos,
             nodata=self.nodata, passthrough=self.passthrough,
         )
+
+
+#: open GDAL datasets, per thread (a rasterio dataset must not be read from two threads at once)
+_GDAL_HANDLES = threading.local()
+_GDAL_HANDLES_PER_THREAD = 4
+
+
+def _file_stamp(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:  # a GDAL virtual path (/vsis3/..., a URL): nothing to compare
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _gdal_dataset(path: str):
+    """This thread's open rasterio dataset for ``path``, reopened when the file changed.
+
+    Kept open between windows so that GDAL's block cache serves the next
+    window. A strip-organised GeoTIFF (common from drone and aerial software)
+    stores rows the full mosaic width: a handle closed after each window made
+    every window decode each strip it crosses again, neighbours' included
+    (oam-tcd, JPEG strips of 16 x 2048 px: reading was 7 % of a Felzenszwalb
+    block's task, one-off py-spy sample).
+    """
+    import rasterio
+
+    cache = getattr(_GDAL_HANDLES, "datasets", None)
+    if cache is None:
+        cache = _GDAL_HANDLES.datasets = {}
+    stamp = _file_stamp(path)
+    entry = cache.pop(path, None)
+    if entry is not None:
+        if entry[0] == stamp and not entry[1].closed:
+            cache[path] = entry  # most recently used last
+            return entry[1]
+        entry[1].close()
+    while len(cache) >= _GDAL_HANDLES_PER_THREAD:
+        cache.pop(next(iter(cache)))[1].close()
+    src = rasterio.open(path)
+    cache[path] = (stamp, src)
+    return src
 
 
 @functools.lru_cache(maxsize=8)

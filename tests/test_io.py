@@ -188,6 +188,41 @@ def test_window_reader_reads_what_prepare_rgb_holds(write_geotiff, tmp_path):
             np.testing.assert_array_equal(got, whole[w.slices], err_msg=f"{name} {idx}")
 
 
+def test_window_reader_keeps_the_file_open_but_sees_a_rewrite(write_geotiff, monkeypatch):
+    import os
+
+    import rasterio
+
+    from remote_samsing import io as rsio
+
+    opened = []
+    real_open = rasterio.open
+    monkeypatch.setattr(rasterio, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    p = write_geotiff(np.arange(3 * 20 * 20, dtype=np.uint16).reshape(3, 20, 20), name="keep.tif")
+    reader = rsio.window_reader(open_mosaic(p))
+    opened.clear()
+    a = reader.read((0, 10, 0, 20))
+    b = reader.read((10, 20, 0, 20))
+    np.testing.assert_array_equal(np.concatenate([a, b], axis=1), np.arange(1200).reshape(3, 20, 20))
+    assert len(opened) == 1  # one handle for both windows: GDAL's block cache serves the second
+    # the file is rewritten (a later mtime): the next read sees the new pixels
+    write_geotiff(np.full((3, 20, 20), 7, np.uint16), name="keep.tif")
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # distinct even on a coarse-clock filesystem
+    opened.clear()
+    np.testing.assert_array_equal(reader.read((0, 5, 0, 5)), np.full((3, 5, 5), 7))
+    assert len(opened) == 1
+    # another thread gets its own handle (rasterio datasets are not thread-safe)
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(reader.read((0, 5, 0, 5))))
+    t.start()
+    t.join()
+    np.testing.assert_array_equal(out[0], np.full((3, 5, 5), 7))
+    assert len(opened) == 2
+
+
 def test_window_reader_only_for_files_as_opened(write_geotiff):
     from remote_samsing.io import window_reader
 
