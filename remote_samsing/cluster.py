@@ -834,10 +834,10 @@ def trim_memory_plugin(interval: float = 1.0):
 #: workers) wakes its event loop every 20 ms to time it and every 500 ms to
 #: read its process's CPU and memory. Each wake-up needs the GIL, which the
 #: segmenter holds. With every core busy that is CPU the segmenters lose:
-#: measured on 2 cores with Felzenszwalb tasks (``benchmarks.bench_scaling``),
-#: a worker spent 3.4-4.5 % above its tasks' own time and the main process
-#: (scheduler, client, nannies) 2.7-5.2 % of a core; with these intervals
-#: 0.9-1.0 % and 1.6-2.3 %. The profile, the event-loop checks and the
+#: on 2 cores, bare ``client.map`` of Felzenszwalb over 8 oam-tcd windows
+#: (one-off measurement, process CPU times), a worker spent 3.4-4.5 % above
+#: its tasks' own time and the main process (scheduler, client, nannies)
+#: 2.7-5.2 % of a core; with these intervals 0.9-1.0 % and 1.6-2.3 %. The profile, the event-loop checks and the
 #: dashboard's system plots all remain, coarser; tasks last seconds.
 #: Settings a user changed from Dask's default are kept.
 HOUSEKEEPING_INTERVALS = {
@@ -990,11 +990,14 @@ def _apply_each(func, group) -> list:
     return [func(item) for item in group]
 
 
+def _check_batch(batch) -> None:
+    if batch != "auto" and (not _is_int(batch) or batch < 1):
+        raise ConfigError(f"`batch` must be an integer >= 1 or 'auto', got {batch!r}")
+
+
 def _batch_size(batch, n: int, client) -> int:
     if batch == "auto":
         return max(1, min(32, n // (8 * _total_threads(client))))
-    if not _is_int(batch) or batch < 1:
-        raise ConfigError(f"`batch` must be an integer >= 1 or 'auto', got {batch!r}")
     return int(batch)
 
 
@@ -1080,6 +1083,7 @@ def run_in_waves(
 
     from distributed import as_completed
 
+    _check_batch(batch)
     items = list(items)
     n = len(items)
     out: list = [None] * n
