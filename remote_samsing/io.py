@@ -441,8 +441,11 @@ def _gdal_dataset(path: str):
     import rasterio
 
     cache = getattr(_GDAL_HANDLES, "datasets", None)
-    if cache is None:
+    if cache is None or _GDAL_HANDLES.pid != os.getpid():
+        # new thread, or a forked child: a handle inherited through fork shares
+        # its file offset with the parent's, so the child opens its own
         cache = _GDAL_HANDLES.datasets = {}
+        _GDAL_HANDLES.pid = os.getpid()
     stamp = _file_stamp(path)
     entry = cache.pop(path, None)
     if entry is not None:

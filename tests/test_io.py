@@ -221,6 +221,10 @@ def test_window_reader_keeps_the_file_open_but_sees_a_rewrite(write_geotiff, mon
     t.join()
     np.testing.assert_array_equal(out[0], np.full((3, 5, 5), 7))
     assert len(opened) == 2
+    # a forked child opens its own handle too (an inherited one shares the parent's file offset)
+    monkeypatch.setattr(os, "getpid", lambda: -1)
+    np.testing.assert_array_equal(reader.read((0, 5, 0, 5)), np.full((3, 5, 5), 7))
+    assert len(opened) == 3
 
 
 def test_window_reader_only_for_files_as_opened(write_geotiff):
