@@ -1079,25 +1079,32 @@ def run_in_waves(
     Exception
         The first task's error, after the tasks still in flight are cancelled.
     """
+    _check_batch(batch)
+    items = list(items)
+    n = len(items)
+    if n == 0:
+        return []
+    size = _batch_size(batch, n, client)
+    if size > 1:
+        groups = [tuple(items[i:i + size]) for i in range(0, n, size)]
+        # the progress bar still counts items
+        nested = _waves(client, functools.partial(_apply_each, func), groups, name=name, resources=resources,
+                        width=width, progress=progress, weights=[len(g) for g in groups])
+        return [r for group in nested for r in group]
+    return _waves(client, func, items, name=name, resources=resources, width=width, progress=progress)
+
+
+def _waves(client, func, items: list, *, name, resources, width, progress, weights=None) -> list:
+    """:func:`run_in_waves` for one item per task; ``weights``: what each item adds to the progress bar."""
     import uuid
 
     from distributed import as_completed
 
-    _check_batch(batch)
-    items = list(items)
     n = len(items)
     out: list = [None] * n
-    if n == 0:
-        return out
-    size = _batch_size(batch, n, client)
-    if size > 1:
-        groups = [tuple(items[i:i + size]) for i in range(0, n, size)]
-        nested = run_in_waves(client, functools.partial(_apply_each, func), groups, name=name,
-                              resources=resources, width=width, progress=progress)
-        return [r for group in nested for r in group]
     width = int(width) if width else max(64, 8 * _total_threads(client))
     token = uuid.uuid4().hex[:12]
-    bar = _Progress(name, n, progress)
+    bar = _Progress(name, sum(weights) if weights else n, progress)
     position: dict = {}
     nxt = 0
 
@@ -1114,16 +1121,17 @@ def run_in_waves(
         return futs
 
     pending = as_completed(submit(width))
-    batch: list = []
+    finished: list = []
     done = 0
     bar.update(0)
     try:
         # finished futures come in batches, each gathered in one round trip
-        for batch in pending.batches():
-            for fut, result in zip(batch, client.gather(batch)):
-                out[position.pop(fut.key)] = result
+        for finished in pending.batches():
+            for fut, result in zip(finished, client.gather(finished)):
+                i = position.pop(fut.key)
+                out[i] = result
+                done += weights[i] if weights else 1
                 fut.release()
-            done += len(batch)
             bar.update(done)
             # refill in batches (one client.map call) once half the window drained
             if pending.count() <= width // 2 and nxt < n:
@@ -1131,7 +1139,7 @@ def run_in_waves(
     except BaseException:
         # cancel what is in flight and the failed batch: the traceback keeps
         # these futures alive, and with them their tasks on the scheduler
-        left = list(getattr(pending, "futures", ())) + list(batch)
+        left = list(getattr(pending, "futures", ())) + list(finished)
         queue = getattr(pending, "queue", None)  # finished, not yet handed out
         while queue is not None and not queue.empty():
             left.append(queue.get())

@@ -510,7 +510,7 @@ class _CountingClient:
         return getattr(self._c, name)
 
 
-def test_run_in_waves_batches_light_items_into_fewer_tasks(client):
+def test_run_in_waves_batches_light_items_into_fewer_tasks(client, capsys):
     from distributed import get_task_stream
 
     from remote_samsing.cluster import run_in_waves
@@ -518,10 +518,12 @@ def test_run_in_waves_batches_light_items_into_fewer_tasks(client):
 
     items = [i for i in range(50) if i != 13]  # 49 items
     with get_task_stream(client) as ts:
-        out = run_in_waves(client, _slow_double, items, name="test-batch", batch=8)
+        out = run_in_waves(client, _slow_double, items, name="test-batch", batch=8, progress=True)
     assert out == [2 * i for i in items]  # order kept across groups
     keys = [t["key"] for t in ts.data if str(t["key"]).startswith("rs-test-batch")]
     assert len(keys) == 7  # ceil(49 / 8) tasks
+    # the progress bar counts items, not tasks
+    assert capsys.readouterr().err.rstrip().endswith("] 49/49")
     # "auto" on this cluster (2 threads): 49 // 16 = 3 items per task
     n_threads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
     assert n_threads == 2
