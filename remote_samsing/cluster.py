@@ -139,7 +139,10 @@ class ClusterConfig:
         Local CPU workers as processes (default) or threads of this process.
         CUDA workers are always processes.
     dashboard : bool
-        Start the dashboard of a local cluster (needs ``bokeh``).
+        Start the dashboard of a local cluster (needs ``bokeh``). Its task
+        profile samples every 100 ms and its system plots every 1 s, not
+        Dask's 10 ms and 500 ms (``cluster.HOUSEKEEPING_INTERVALS``; a value
+        set in Dask's configuration wins).
     tls_ca_file, tls_cert, tls_key : str, optional
         PEM files for a ``tls://`` scheduler. Unset fields come from Dask's
         configuration (``distributed.comm.tls.ca-file``,
