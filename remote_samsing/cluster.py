@@ -840,9 +840,10 @@ def trim_memory_plugin(interval: float = 1.0):
 #: on 2 cores, bare ``client.map`` of Felzenszwalb over 8 oam-tcd windows
 #: (one-off measurement, process CPU times), a worker spent 3.4-4.5 % above
 #: its tasks' own time and the main process (scheduler, client, nannies)
-#: 2.7-5.2 % of a core; with these intervals 0.9-1.0 % and 1.6-2.3 %. The profile, the event-loop checks and the
-#: dashboard's system plots all remain, coarser; tasks last seconds.
-#: Settings a user changed from Dask's default are kept.
+#: 2.7-5.2 % of a core; with these intervals 0.9-1.0 % and 1.6-2.3 %. The
+#: profile, the event-loop checks and the dashboard's system plots all
+#: remain, coarser; tasks last seconds. Settings a user changed from Dask's
+#: default are kept.
 HOUSEKEEPING_INTERVALS = {
     "distributed.worker.profile.interval": ("10ms", "100ms"),
     "distributed.admin.tick.interval": ("20ms", "100ms"),
@@ -998,9 +999,9 @@ def _check_batch(batch) -> None:
         raise ConfigError(f"`batch` must be an integer >= 1 or 'auto', got {batch!r}")
 
 
-def _batch_size(batch, n: int, client) -> int:
+def _batch_size(batch, n: int, threads: int) -> int:
     if batch == "auto":
-        return max(1, min(32, n // (8 * _total_threads(client))))
+        return max(1, min(32, n // (8 * threads)))
     return int(batch)
 
 
@@ -1087,7 +1088,10 @@ def run_in_waves(
     n = len(items)
     if n == 0:
         return []
-    size = _batch_size(batch, n, client)
+    # one look at the workers (a scheduler round trip) serves both choices
+    threads = _total_threads(client) if batch == "auto" or not width else 1
+    width = int(width) if width else max(64, 8 * threads)
+    size = _batch_size(batch, n, threads)
     if size > 1:
         groups = [tuple(items[i:i + size]) for i in range(0, n, size)]
         # the progress bar still counts items
@@ -1097,7 +1101,7 @@ def run_in_waves(
     return _waves(client, func, items, name=name, resources=resources, width=width, progress=progress)
 
 
-def _waves(client, func, items: list, *, name, resources, width, progress, weights=None) -> list:
+def _waves(client, func, items: list, *, name, resources, width: int, progress, weights=None) -> list:
     """:func:`run_in_waves` for one item per task; ``weights``: what each item adds to the progress bar."""
     import uuid
 
@@ -1105,7 +1109,6 @@ def _waves(client, func, items: list, *, name, resources, width, progress, weigh
 
     n = len(items)
     out: list = [None] * n
-    width = int(width) if width else max(64, 8 * _total_threads(client))
     token = uuid.uuid4().hex[:12]
     bar = _Progress(name, sum(weights) if weights else n, progress)
     position: dict = {}
