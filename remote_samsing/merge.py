@@ -103,7 +103,7 @@ from .exceptions import ConfigError, InputError
 from .tiling import LOCAL_BITS, TilingPlan, Window, block_label_offset
 
 __all__ = ["MergeConfig", "MergeResult", "merge_labels", "merge_stored", "prepare_workdir", "stage_summary",
-           "STRATEGIES"]
+           "stage_faces", "face_schedule", "STRATEGIES"]
 
 #: Accepted values of ``MergeConfig.strategy``.
 STRATEGIES = ("overlap", "best_match", "mutual_best", "min_contact", "none")
@@ -1299,6 +1299,84 @@ def _phase_faces(index, *, spill: _Spill, plan: TilingPlan, cfg: MergeConfig) ->
     spill.save(out, "faces", index)
 
 
+def _face_offsets(cfg: MergeConfig):
+    """The neighbours whose summaries a block's faces read, or None where the faces wait for a global step
+    (the reference strategies' island solve) or there are none (``"none"``)."""
+    if cfg.strategy == "none" or (cfg.strategy in _REFERENCE and cfg.islands):
+        return None
+    return _FACE_OFFSETS if cfg.strategy == "overlap" else _FACE_OFFSETS[:2]
+
+
+def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | os.PathLike) -> bool:
+    """Compute one block's seam faces for :func:`merge_stored` ahead of the merge, if their inputs are there.
+
+    The faces a block owns read only its own and its neighbours' summaries
+    (:func:`stage_summary`), so they can run as soon as those blocks are
+    staged, while other blocks are still being segmented; the merge then
+    skips its faces phase for the block. The pipeline starts them that way
+    (:func:`face_schedule`), on workers that would otherwise idle behind the
+    last blocks. Nothing is written when a summary is missing (the merge
+    computes those faces itself) or when the strategy's faces need a global
+    step first (see :func:`face_schedule`).
+
+    Parameters
+    ----------
+    index : (int, int)
+    plan : TilingPlan
+    config : MergeConfig
+    workdir : path
+        Made by :func:`prepare_workdir` with the same plan and configuration.
+
+    Returns
+    -------
+    bool
+        Whether the block's faces were written.
+    """
+    offs = _face_offsets(config)
+    if offs is None:
+        return False
+    index = tuple(int(i) for i in index)
+    spill = _Spill(os.path.abspath(os.fspath(workdir)))
+    _, nbs = _owned(plan, index, offs)
+    if not all(os.path.exists(spill.path("early", b)) for b in [index, *nbs]):
+        return False
+    _phase_faces(index, spill=spill, plan=plan, cfg=config)
+    return True
+
+
+def face_schedule(plan: TilingPlan, config: MergeConfig):
+    """A tracker of which blocks' faces (:func:`stage_faces`) are ready as blocks get staged.
+
+    Returns ``ready(index) -> list of block indices``: call it once per
+    staged block; it returns the blocks whose faces that block completed
+    (the block itself and those owning a face with it, each once). None
+    when the configuration's faces cannot run ahead of the merge: strategy
+    ``"none"``, or a reference strategy with ``islands`` (its faces need
+    the global island solve).
+    """
+    offs = _face_offsets(config)
+    if offs is None:
+        return None
+    done: set = set()
+    sent: set = set()
+    ny, nx = plan.grid_shape
+
+    def ready(index) -> list:
+        index = tuple(int(i) for i in index)
+        done.add(index)
+        out = []
+        # the faces this block completes: its own, and those of the blocks owning a face with it
+        for cand in [index] + [(index[0] - dy, index[1] - dx) for dy, dx in offs]:
+            if cand in sent or not (0 <= cand[0] < ny and 0 <= cand[1] < nx):
+                continue
+            if cand in done and all(n in done for n in _owned(plan, cand, offs)[1]):
+                sent.add(cand)
+                out.append(cand)
+        return out
+
+    return ready
+
+
 def _phase_comps(index, *, spill: _Spill, plan: TilingPlan) -> None:
     index = tuple(index)
     offs, nbs = _owned(plan, index, _FACE_OFFSETS[:2])
@@ -1409,7 +1487,9 @@ def merge_stored(
     the client or the workers: with a bounded ``map_blocks`` (the pipeline
     passes :func:`remote_samsing.cluster.run_in_waves`) memory stays flat as
     the mosaic grows. The two global steps hold arrays of seam fragments
-    and of merged ids (never pixels).
+    and of merged ids (never pixels). Blocks already summarized
+    (:func:`stage_summary`) or whose faces were already computed
+    (:func:`stage_faces`) in ``workdir`` skip those phases.
 
     Parameters
     ----------
@@ -1474,7 +1554,9 @@ def merge_stored(
         phase("comps", functools.partial(_phase_comps, spill=spill, plan=plan), ids)
         phase("islands", functools.partial(_phase_solve_islands, spill=spill, plan=plan, cfg=cfg), [0])
     if cfg.strategy != "none":
-        phase("faces", functools.partial(_phase_faces, spill=spill, plan=plan, cfg=cfg), ids)
+        # blocks whose faces were computed while blocks were still being staged (stage_faces) skip this
+        phase("faces", functools.partial(_phase_faces, spill=spill, plan=plan, cfg=cfg),
+              [i for i in ids if not os.path.exists(spill.path("faces", i))])
         solve_stats = phase("solve", functools.partial(_phase_solve, spill=spill, plan=plan, cfg=cfg,
                                                        faces_path=faces_file), [0])[0]
     finals = phase("final", functools.partial(_phase_final, spill=spill, cfg=cfg), ids)

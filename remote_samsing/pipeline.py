@@ -648,11 +648,19 @@ def _stage_all(arr, reader, client, *, plan, seg, cfg, mcfg, res, staging, run_i
     # the stretch is decided once per mosaic, before any block runs
     limits = np.asarray(_compute(stretch_limits(arr, percentiles=cfg.percentiles), client, progress=False))
     from .cluster import run_in_waves
+    from .merge import face_schedule, stage_faces
 
     # through a partial: `client.map` keeps keywords such as `retries` for itself;
     # in bounded waves, so the scheduler never holds a task per block
     task = functools.partial(_read_segment_and_stage, reader=reader, limits=limits, **kwargs)
-    run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress)
+    # each seam face starts as soon as its blocks are staged: the merge's faces
+    # phase then runs behind the segmentation, on workers otherwise idle there
+    then = None
+    ready = face_schedule(plan, mcfg) if mcfg is not None else None
+    if ready is not None:
+        then = (functools.partial(stage_faces, plan=plan, config=mcfg, workdir=str(Path(staging) / "merge")), ready)
+    run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress,
+                 then=then)
 
 
 def _segmenter_params(cfg: RunConfig) -> dict:

@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import os
 import socket
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -524,12 +525,12 @@ def test_run_in_waves_batches_light_items_into_fewer_tasks(client, capsys):
     assert len(keys) == 7  # ceil(49 / 8) tasks
     # the progress bar counts items, not tasks
     assert capsys.readouterr().err.rstrip().endswith("] 49/49")
-    # "auto" on this cluster (2 threads): 49 // 16 = 3 items per task
+    # "auto" on this cluster (2 threads): about 2 tasks per thread, ceil(49 / 4) = 13 items per task
     n_threads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
     assert n_threads == 2
     with get_task_stream(client) as ts:
         assert run_in_waves(client, _slow_double, items, name="test-auto", batch="auto") == [2 * i for i in items]
-    assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-auto")]) == 17  # ceil(49 / 3)
+    assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-auto")]) == 4  # ceil(49 / 13)
     # few items: one per task
     with get_task_stream(client) as ts:
         assert run_in_waves(client, _slow_double, [1, 2, 3], name="test-few", batch="auto") == [2, 4, 6]
@@ -539,6 +540,61 @@ def test_run_in_waves_batches_light_items_into_fewer_tasks(client, capsys):
         run_in_waves(client, _slow_double, list(range(40)), name="test-batch", batch=5)
     with pytest.raises(ConfigError, match="batch"):
         run_in_waves(client, _slow_double, items, name="test-batch", batch=0)
+
+
+def _item_time(x):
+    """An item's task: item 7 is a straggler; returns (value, when it ended)."""
+    import time
+
+    time.sleep(1.5 if x == 7 else 0.02)
+    return 2 * x, time.time()
+
+
+def _follow_up(f, *, folder):
+    """A follow-up: leaves a file saying when it ran; ("bad", i) raises."""
+    import time
+
+    if f[0] == "bad":
+        raise ValueError(f"follow-up {f[1]} is broken")
+    Path(folder, f"{f[0]}-{f[1]}").write_text(repr(time.time()))
+    return None
+
+
+def test_run_in_waves_starts_follow_ups_while_items_still_run(client, tmp_path):
+    """``then=(func, ready)``: ``ready`` is called once per finished item (per
+    item also when batched), each follow-up it returns runs once, while
+    other items still run, and all have finished when the call returns; a
+    follow-up's error is raised. Follow-ups wait until no more items are
+    left than worker threads (2 here), so they never come between two items
+    of a busy worker. The items' results are unchanged."""
+    import functools
+
+    from remote_samsing.cluster import run_in_waves
+
+    items = list(range(8))
+    for batch in (1, 3):
+        folder = tmp_path / f"batch{batch}"
+        folder.mkdir()
+        seen = []
+
+        def ready(i):
+            seen.append(i)
+            return [("f", i)] if i % 2 == 0 else []
+
+        out = run_in_waves(client, _item_time, items, name="test-then", batch=batch,
+                           then=(functools.partial(_follow_up, folder=str(folder)), ready))
+        assert [v for v, _ in out] == [2 * i for i in items]
+        assert sorted(seen) == items
+        ran = {p.name: float(p.read_text()) for p in folder.iterdir()}
+        assert sorted(ran) == ["f-0", "f-2", "f-4", "f-6"]
+        if batch == 1:
+            # the straggler (item 7) still ran when the first follow-ups did
+            assert min(ran.values()) < out[7][1] - 0.5
+            # ... which waited until only 2 items were left: after the 6th item ended
+            assert min(ran.values()) >= sorted(t for _, t in out)[5]
+    with pytest.raises(ValueError, match="follow-up 3 is broken"):
+        run_in_waves(client, _item_time, [1, 2, 3], name="test-then",
+                     then=(functools.partial(_follow_up, folder=str(tmp_path)), lambda i: [("bad", i)] if i == 3 else []))
 
 
 def test_run_in_waves_bounds_the_tasks_in_flight_and_keeps_order(client):

@@ -637,6 +637,74 @@ def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     assert got == expected
 
 
+@pytest.mark.parametrize("strategy,remove_small", [("overlap", True), ("min_contact", False), ("best_match", True),
+                                                   ("none", True)])
+def test_out_of_core_merge_uses_faces_computed_ahead(tmp_path, strategy, remove_small):
+    """Faces computed while blocks were still being staged (``face_schedule``
+    says when a block's faces are ready, ``stage_faces`` writes them, as the
+    pipeline's segmentation stage does) are not computed again by the merge,
+    and the result is the same. Each block's faces are handed out exactly
+    once, as soon as the block and every neighbour they read are staged;
+    never where the faces need the global island solve first."""
+    from remote_samsing.merge import _owned, _thread_map, face_schedule, merge_stored, stage_faces, stage_summary
+
+    shape, tile, padding = (90, 70), 25, 5
+    truth = touching_labels(shape, n_seeds=40, seed=6, hole_frac=0.05)
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    staged = stage_from_function(truth, plan, lambda w: w).compute()
+    path = write_store(staged, plan, tmp_path / "staged.zarr")
+    cfg = MergeConfig(strategy=strategy, remove_small=remove_small, min_mask_area=5, merge_enclosed_max_area=20,
+                      min_contact_pixels=2)
+    calls = {}
+
+    def counting(func, items, *, name):
+        calls[name] = len(items)
+        return _thread_map(2)(func, items, name=name)
+
+    plain = _CollectSink(shape)
+    expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain, map_blocks=counting)
+    ready = face_schedule(plan, cfg)
+    work = tmp_path / "b"
+    from remote_samsing.merge import prepare_workdir
+
+    prepare_workdir(work, plan=plan, config=cfg)
+    sy, sx = plan.slot_shape
+    if strategy == "none" or (strategy == "best_match" and remove_small):
+        assert ready is None  # no faces, or faces that wait for the island solve
+        stage_summary(staged[:sy, :sx], plan=plan, index=(0, 0), config=cfg, workdir=work)
+        assert stage_faces((0, 0), plan=plan, config=cfg, workdir=work) is False
+        return
+    offsets = ((0, 1), (1, 0), (1, 1), (1, -1)) if strategy == "overlap" else ((0, 1), (1, 0))
+    order = list(plan.block_ids())
+    np.random.default_rng(1).shuffle(order)
+    done, handed = set(), []
+    # a block whose neighbour is not summarized yet: nothing written
+    first = order[0]
+    stage_summary(staged[first[0] * sy:(first[0] + 1) * sy, first[1] * sx:(first[1] + 1) * sx], plan=plan,
+                  index=first, config=cfg, workdir=work)
+    if _owned(plan, first, offsets)[1]:
+        assert stage_faces(first, plan=plan, config=cfg, workdir=work) is False
+        assert not (work / f"faces_{first[0]}_{first[1]}.pkl").exists()
+    for iy, ix in order:
+        stage_summary(staged[iy * sy:(iy + 1) * sy, ix * sx:(ix + 1) * sx], plan=plan, index=(iy, ix), config=cfg,
+                      workdir=work)
+        done.add((iy, ix))
+        for b in ready((iy, ix)):
+            needs = {b, *_owned(plan, b, offsets)[1]}
+            assert needs <= done and (iy, ix) in needs  # ready exactly when its last input is staged
+            assert stage_faces(b, plan=plan, config=cfg, workdir=work) is True
+            handed.append(b)
+    assert sorted(handed) == sorted(plan.block_ids())  # every block once
+    calls.clear()
+    sink = _CollectSink(shape)
+    got = merge_stored(path, plan=plan, config=cfg, workdir=work, sink=sink, map_blocks=counting)
+    assert calls["merge-summarize"] == 0 and calls["merge-faces"] == 0
+    assert calls["merge-relabel"] == plan.n_blocks
+    np.testing.assert_array_equal(sink.out, plain.out)
+    got.pop("phase_seconds"), expected.pop("phase_seconds")
+    assert got == expected
+
+
 def test_ranking_merged_ids_step_by_step_equals_a_global_sort():
     """The relabel's sequential ids: the stepwise ranking (bounded memory)
     gives exactly each id's rank among all blocks' distinct ids."""
