@@ -1042,6 +1042,7 @@ def run_in_waves(
     progress: bool = False,
     batch: int | str = 1,
     then: tuple[Callable, Callable] | None = None,
+    threads: int | None = None,
 ) -> list:
     """``[func(item) for item in items]`` on the cluster, with at most ``width`` tasks submitted at once.
 
@@ -1092,6 +1093,11 @@ def run_in_waves(
         raised, and all have finished when this returns. The pipeline
         computes the merge's seam faces this way, as soon as their blocks
         are segmented.
+    threads : int, optional
+        The cluster's worker threads, if the caller knows them; otherwise
+        asked of the scheduler (a round trip) when ``batch``, ``width`` or
+        ``then`` needs them. Only sizes batches and the window: a stale count
+        costs speed, never a result.
 
     Raises
     ------
@@ -1104,7 +1110,9 @@ def run_in_waves(
     if n == 0:
         return []
     # one look at the workers (a scheduler round trip) serves both choices
-    threads = _total_threads(client) if batch == "auto" or not width or then is not None else 1
+    if threads is None:
+        threads = _total_threads(client) if batch == "auto" or not width or then is not None else 1
+    threads = max(1, int(threads))
     width = int(width) if width else max(64, 8 * threads)
     size = _batch_size(batch, n, threads)
     if size > 1:

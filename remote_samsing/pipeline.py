@@ -526,7 +526,7 @@ def run(
         "platform": {"machine": platform.machine(), "system": platform.system(), "python": sys.version},
         "command": sys.argv,
     }
-    from .cluster import run_in_waves
+    from .cluster import _total_threads, run_in_waves
     from .merge import merge_stored
     from .outputs import open_label_store, to_cog, write_json_atomic
 
@@ -539,11 +539,13 @@ def run(
         # -- 3. segment and stage every block not staged yet
         res = _check_resources(c, segment_resources(seg), device=cfg.device)
         _register_trim(c)
+        # the worker threads, asked once (a scheduler round trip), size the waves of every stage
+        threads = _total_threads(c)
         t0 = time.perf_counter()
         log(f"segmenting {plan.n_blocks} block(s) of {cfg.tile_size} px (padding {cfg.padding})")
         try:
             _stage_all(arr, reader, c, plan=plan, seg=seg, cfg=cfg, mcfg=mcfg, res=res, staging=staging,
-                       run_id=run_id)
+                       run_id=run_id, threads=threads)
         except BlockFailedError as exc:
             record["error"] = {"type": type(exc).__name__, "message": str(exc)}
             record["blocks"] = _collect_block_stats(staging, plan)
@@ -566,7 +568,7 @@ def run(
         pieces = outdir / "labels.tif.pieces.partial"
         sink = open_label_store(template, outdir / "labels.zarr", cog_pieces=pieces)
         # the merge's per-block phases are light: several blocks per task (run_in_waves)
-        in_waves = functools.partial(run_in_waves, c, progress=cfg.progress, batch="auto")
+        in_waves = functools.partial(run_in_waves, c, progress=cfg.progress, batch="auto", threads=threads)
         # per-face statistics grow with the mosaic: the solve task writes them
         # to their own file; only their totals come back and go to run.json
         merge_stats = merge_stored(staging / "labels.zarr", plan=plan, config=mcfg, workdir=staging / "merge",
@@ -625,7 +627,7 @@ def run(
     return record
 
 
-def _stage_all(arr, reader, client, *, plan, seg, cfg, mcfg, res, staging, run_id) -> None:
+def _stage_all(arr, reader, client, *, plan, seg, cfg, mcfg, res, staging, run_id, threads=None) -> None:
     """Segment and stage every block not staged yet.
 
     A mosaic file is read by the block tasks themselves, each its own padded
@@ -646,7 +648,11 @@ def _stage_all(arr, reader, client, *, plan, seg, cfg, mcfg, res, staging, run_i
     from .io import stretch_limits
 
     # the stretch is decided once per mosaic, before any block runs
-    limits = np.asarray(_compute(stretch_limits(arr, percentiles=cfg.percentiles), client, progress=False))
+    lazy_limits = stretch_limits(arr, percentiles=cfg.percentiles)
+    if np.dtype(arr.dtype) == np.uint8:  # no stretch, no pixel read: not worth a round trip to the cluster
+        limits = np.asarray(lazy_limits.compute(scheduler="sync"))
+    else:
+        limits = np.asarray(_compute(lazy_limits, client, progress=False))
     from .cluster import run_in_waves
     from .merge import face_schedule, stage_faces
 
@@ -660,7 +666,7 @@ def _stage_all(arr, reader, client, *, plan, seg, cfg, mcfg, res, staging, run_i
     if ready is not None:
         then = (functools.partial(stage_faces, plan=plan, config=mcfg, workdir=str(Path(staging) / "merge")), ready)
     run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress,
-                 then=then)
+                 then=then, threads=threads)
 
 
 def _segmenter_params(cfg: RunConfig) -> dict:

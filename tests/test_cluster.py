@@ -531,6 +531,11 @@ def test_run_in_waves_batches_light_items_into_fewer_tasks(client, capsys):
     with get_task_stream(client) as ts:
         assert run_in_waves(client, _slow_double, items, name="test-auto", batch="auto") == [2 * i for i in items]
     assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-auto")]) == 4  # ceil(49 / 13)
+    # the caller's count of threads, when given, is used (no scheduler round trip): ceil(49 / 2) per task
+    with get_task_stream(client) as ts:
+        got = run_in_waves(client, _slow_double, items, name="test-given", batch="auto", threads=1)
+    assert got == [2 * i for i in items]
+    assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-given")]) == 2
     # few items: one per task
     with get_task_stream(client) as ts:
         assert run_in_waves(client, _slow_double, [1, 2, 3], name="test-few", batch="auto") == [2, 4, 6]
