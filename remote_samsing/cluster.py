@@ -994,6 +994,10 @@ def _apply_each(func, group) -> list:
     return [func(item) for item in group]
 
 
+#: follow-ups (``run_in_waves(then=...)``) per task while items still wait to run
+_FOLLOW_UPS_PER_TASK = 8
+
+
 def _check_batch(batch) -> None:
     if batch != "auto" and (not _is_int(batch) or batch < 1):
         raise ConfigError(f"`batch` must be an integer >= 1 or 'auto', got {batch!r}")
@@ -1043,6 +1047,7 @@ def run_in_waves(
     batch: int | str = 1,
     then: tuple[Callable, Callable] | None = None,
     threads: int | None = None,
+    results: bool = True,
 ) -> list:
     """``[func(item) for item in items]`` on the cluster, with at most ``width`` tasks submitted at once.
 
@@ -1087,9 +1092,9 @@ def run_in_waves(
         When an item finished, ``ready(item)`` (called here, in the client,
         once per item, also when batched) returns the follow-up items it made
         ready; ``follow_func(follow_up)`` runs for each on any worker (no
-        ``resources``), below the items in priority. They are held back
-        until no more items wait than there are worker threads, then go out
-        in one task per thread. Their results are dropped, their errors
+        ``resources``), below the items in priority. They go out in tasks
+        of 8 while items still wait, and the rest, one task per thread,
+        once no more items are left than worker threads. Their results are dropped, their errors
         raised, and all have finished when this returns. The pipeline
         computes the merge's seam faces this way, as soon as their blocks
         are segmented.
@@ -1098,6 +1103,11 @@ def run_in_waves(
         asked of the scheduler (a round trip) when ``batch``, ``width`` or
         ``then`` needs them. Only sizes batches and the window: a stale count
         costs speed, never a result.
+    results : bool
+        False: the items' results are not fetched from the workers (a round
+        trip per batch of finished tasks saved, the scheduler's and the
+        workers' time with it) and the list holds None; errors are still
+        raised. Follow-ups' results are never fetched.
 
     Raises
     ------
@@ -1120,14 +1130,14 @@ def run_in_waves(
         # the progress bar still counts items
         nested = _waves(client, functools.partial(_apply_each, func), groups, name=name, resources=resources,
                         width=width, progress=progress, weights=[len(g) for g in groups], then=then, grouped=True,
-                        threads=threads)
-        return [r for group in nested for r in group]
+                        threads=threads, results=results)
+        return [r for group in nested for r in group] if results else [None] * n
     return _waves(client, func, items, name=name, resources=resources, width=width, progress=progress, then=then,
-                  threads=threads)
+                  threads=threads, results=results)
 
 
 def _waves(client, func, items: list, *, name, resources, width: int, progress, weights=None, then=None,
-           grouped: bool = False, threads: int = 1) -> list:
+           grouped: bool = False, threads: int = 1, results: bool = True) -> list:
     """:func:`run_in_waves` for one item per task; ``weights``: what each item adds to the progress bar;
     ``grouped``: each item is a group of the caller's items (for ``then``'s ``ready``); ``threads``: the
     cluster's worker threads (for ``then``)."""
@@ -1148,14 +1158,16 @@ def _waves(client, func, items: list, *, name, resources, width: int, progress, 
 
     def submit_follow_ups() -> list:
         nonlocal follows
-        # held back while every worker thread still has items to run: a
-        # follow-up taken between two items makes the worker wait a round
-        # trip for its next item (64 blocks on 1 worker: +0.6 s, one-off
-        # measurement); in the tail, where workers start to idle, they go out
-        # in one task per thread
-        if not backlog or in_flight > threads:
+        # A follow-up shorter than a scheduler round trip, taken by a worker
+        # between two items, leaves it waiting for its next item: one task
+        # per finished item cost 64 blocks on 1 worker 0.6 s (one-off
+        # measurement). So they go out in tasks of at least
+        # _FOLLOW_UPS_PER_TASK while items still wait, and all at once, one
+        # task per thread, in the tail, where workers start to idle.
+        tail = in_flight <= threads
+        if not backlog or not (tail or len(backlog) >= _FOLLOW_UPS_PER_TASK):
             return []
-        k = min(threads, len(backlog))
+        k = min(threads, len(backlog)) if tail else 1
         groups = [tuple(backlog[j::k]) for j in range(k)]
         backlog.clear()
         futs = []
@@ -1184,15 +1196,20 @@ def _waves(client, func, items: list, *, name, resources, width: int, progress, 
     done = 0
     bar.update(0)
     try:
-        # finished futures come in batches, each gathered in one round trip
+        # finished futures come in batches, the wanted results of each
+        # gathered in one round trip; the others are only checked for errors
         for finished in pending.batches():
+            wanted = [f for f in finished if results and f.key in position]
+            values = dict(zip([f.key for f in wanted], client.gather(wanted))) if wanted else {}
             newly: list = []
-            for fut, result in zip(finished, client.gather(finished)):
+            for fut in finished:
+                if fut.key not in values and fut.status != "finished":
+                    fut.result()  # raises the task's error
                 i = position.pop(fut.key, None)
                 fut.release()
                 if i is None:  # a follow-up: its result is not wanted
                     continue
-                out[i] = result
+                out[i] = values.get(fut.key)
                 done += weights[i] if weights else 1
                 in_flight -= 1
                 newly.extend(items[i] if grouped else (items[i],))

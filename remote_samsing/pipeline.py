@@ -666,7 +666,7 @@ def _stage_all(arr, reader, client, *, plan, seg, cfg, mcfg, res, staging, run_i
     if ready is not None:
         then = (functools.partial(stage_faces, plan=plan, config=mcfg, workdir=str(Path(staging) / "merge")), ready)
     run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress,
-                 then=then, threads=threads)
+                 then=then, threads=threads, results=False)
 
 
 def _segmenter_params(cfg: RunConfig) -> dict:

@@ -536,6 +536,11 @@ def test_run_in_waves_batches_light_items_into_fewer_tasks(client, capsys):
         got = run_in_waves(client, _slow_double, items, name="test-given", batch="auto", threads=1)
     assert got == [2 * i for i in items]
     assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-given")]) == 2
+    # results=False: nothing fetched back, None each; an item's error still raised
+    assert run_in_waves(client, _slow_double, items, name="test-none", results=False) == [None] * len(items)
+    assert run_in_waves(client, _slow_double, items, name="test-none", batch=8, results=False) == [None] * len(items)
+    with pytest.raises(ValueError, match="block 13 is broken"):
+        run_in_waves(client, _slow_double, list(range(40)), name="test-none", results=False)
     # few items: one per task
     with get_task_stream(client) as ts:
         assert run_in_waves(client, _slow_double, [1, 2, 3], name="test-few", batch="auto") == [2, 4, 6]
