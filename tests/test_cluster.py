@@ -602,6 +602,19 @@ def test_run_in_waves_starts_follow_ups_while_items_still_run(client, tmp_path):
             assert min(ran.values()) < out[7][1] - 0.5
             # ... which waited until only 2 items were left: after the 6th item ended
             assert min(ran.values()) >= sorted(t for _, t in out)[5]
+    # many follow-ups: they go out in tasks of 8 while items still wait, not all at the end
+    from distributed import get_task_stream
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    with get_task_stream(client) as ts:
+        out = run_in_waves(client, _item_time, list(range(40)), name="test-many",
+                           then=(functools.partial(_follow_up, folder=str(folder)), lambda i: [("g", i)]))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"g-{i}" for i in range(40))
+    starts = sorted(s["start"] for t in ts.data if str(t["key"]).startswith("rs-then-test-many")
+                    for s in t["startstops"] if s["action"] == "compute")
+    assert len(starts) >= 3  # at least two early tasks of 8 and the tail's
+    assert starts[0] < sorted(t for _, t in out)[20]  # the first before half the items had ended
     with pytest.raises(ValueError, match="follow-up 3 is broken"):
         run_in_waves(client, _item_time, [1, 2, 3], name="test-then",
                      then=(functools.partial(_follow_up, folder=str(tmp_path)), lambda i: [("bad", i)] if i == 3 else []))
