@@ -1094,10 +1094,10 @@ def run_in_waves(
         ready; ``follow_func(follow_up)`` runs for each on any worker (no
         ``resources``), below the items in priority. They go out in tasks
         of 8 while items still wait, and the rest, one task per thread,
-        once no more items are left than worker threads. Their results are dropped, their errors
-        raised, and all have finished when this returns. The pipeline
-        computes the merge's seam faces this way, as soon as their blocks
-        are segmented.
+        once no more items are left than worker threads. Their results are
+        dropped, their errors raised, and all have finished when this
+        returns. The pipeline computes the merge's seam faces this way, as
+        soon as their blocks are segmented.
     threads : int, optional
         The cluster's worker threads, if the caller knows them; otherwise
         asked of the scheduler (a round trip) when ``batch``, ``width`` or
