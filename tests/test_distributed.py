@@ -294,7 +294,8 @@ def test_crash_and_resume_segments_only_missing_blocks(reference, tmp_path, kill
     np.testing.assert_array_equal(_tif(outdir), reference["tif"])
 
 
-# a crash during the seam merge: every block staged, the merge's phases part done
+# a crash during the seam merge: the merge's phases part done (every block staged, but for
+# the faces, which are computed while the last blocks are segmented)
 # keep the blobs: all are smaller than the merge's default min_mask_area
 KEEP_SMALL = ("--merge-param", "remove_small=false")
 
@@ -345,7 +346,14 @@ def test_crash_during_the_merge_resumes_bit_identical(reference, reference_merge
     if rec.get("complete"):
         pytest.skip("the run completed before the kill landed")
     assert rec["complete"] is False
-    assert _staged(outdir) == N_BLOCKS and count_calls(calls) == N_BLOCKS
+    staged, calls_before = _staged(outdir), count_calls(calls)
+    if phase == "faces":
+        # seam faces are written while the last blocks are still being
+        # segmented (faces ahead of the merge): the kill may land before
+        # every block is staged
+        assert 1 <= staged <= N_BLOCKS and calls_before >= staged
+    else:
+        assert staged == N_BLOCKS and calls_before == N_BLOCKS
     assert not (outdir / "labels.tif").exists()  # nothing that looks finished
     assert _merge_files(outdir, phase) >= 1  # the merge's spill folder (or the COG's pieces) left behind
 
@@ -353,7 +361,9 @@ def test_crash_during_the_merge_resumes_bit_identical(reference, reference_merge
     assert rc == 0, out
     rec = _record(outdir)
     assert rec["complete"] is True and rec["resumed"] is True
-    assert rec["blocks_segmented_this_run"] == 0 and count_calls(calls) == N_BLOCKS  # nothing segmented again
+    # only the blocks without a marker were segmented again (none, once the merge had begun)
+    assert rec["blocks_segmented_this_run"] == N_BLOCKS - staged
+    assert count_calls(calls) - calls_before == N_BLOCKS - staged
     np.testing.assert_array_equal(_labels(outdir), reference_merged["labels"])
     np.testing.assert_array_equal(_tif(outdir), reference_merged["tif"])
     assert json.loads((outdir / "merge_faces.json").read_text()) == reference_merged["faces"]
