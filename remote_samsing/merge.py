@@ -1357,20 +1357,21 @@ def face_schedule(plan: TilingPlan, config: MergeConfig):
     offs = _face_offsets(config)
     if offs is None:
         return None
-    done: set = set()
-    sent: set = set()
     ny, nx = plan.grid_shape
+    # a byte per block, not a set of tuples: the client's memory stays small on huge mosaics
+    done = np.zeros((ny, nx), bool)
+    sent = np.zeros((ny, nx), bool)
 
     def ready(index) -> list:
         index = tuple(int(i) for i in index)
-        done.add(index)
+        done[index] = True
         out = []
         # the faces this block completes: its own, and those of the blocks owning a face with it
         for cand in [index] + [(index[0] - dy, index[1] - dx) for dy, dx in offs]:
-            if cand in sent or not (0 <= cand[0] < ny and 0 <= cand[1] < nx):
+            if not (0 <= cand[0] < ny and 0 <= cand[1] < nx) or sent[cand]:
                 continue
-            if cand in done and all(n in done for n in _owned(plan, cand, offs)[1]):
-                sent.add(cand)
+            if done[cand] and all(done[n] for n in _owned(plan, cand, offs)[1]):
+                sent[cand] = True
                 out.append(cand)
         return out
 

@@ -539,6 +539,23 @@ def test_staged_store_path_gives_the_same_merge(tmp_path):
         merge_labels(str(tmp_path / "missing.zarr"), plan=plan, config=cfg)
 
 
+def _counting_thread_map(calls: dict):
+    """A ``map_blocks`` for ``merge_stored`` (two threads) recording how many items each phase got."""
+    from remote_samsing.merge import _thread_map
+
+    def counting(func, items, *, name):
+        calls[name] = len(items)
+        return _thread_map(2)(func, items, name=name)
+
+    return counting
+
+
+def _slot(staged, plan, index):
+    """Block ``index``'s chunk of a staged array."""
+    sy, sx = plan.slot_shape
+    return staged[index[0] * sy:(index[0] + 1) * sy, index[1] * sx:(index[1] + 1) * sx]
+
+
 class _CollectSink:
     """A sink keeping merged blocks in one array (the default map_blocks runs threads in this process)."""
 
@@ -595,7 +612,7 @@ def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     segment tasks do) are not read back by the merge's first phase; the
     result is the same. A spill folder made for another configuration is
     emptied, never reused."""
-    from remote_samsing.merge import _thread_map, merge_stored, prepare_workdir, stage_summary
+    from remote_samsing.merge import merge_stored, prepare_workdir, stage_summary
 
     shape, tile, padding = (90, 70), 25, 5
     truth = touching_labels(shape, n_seeds=40, seed=4, hole_frac=0.05)
@@ -604,10 +621,7 @@ def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     path = write_store(staged, plan, tmp_path / "staged.zarr")
     cfg = MergeConfig(min_mask_area=5, merge_enclosed_max_area=20)
     calls = {}
-
-    def counting(func, items, *, name):
-        calls[name] = len(items)
-        return _thread_map(2)(func, items, name=name)
+    counting = _counting_thread_map(calls)
 
     plain = _CollectSink(shape)
     expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain, map_blocks=counting)
@@ -623,11 +637,9 @@ def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     (work / "late_0_0.pkl").write_bytes(b"stale")
     prepare_workdir(work, plan=plan, config=cfg)
     assert not (work / "late_0_0.pkl").exists()
-    sy, sx = plan.slot_shape
     skipped = list(plan.block_ids())[:-2]  # two blocks left for the summary phase
-    for iy, ix in skipped:
-        stage_summary(staged[iy * sy:(iy + 1) * sy, ix * sx:(ix + 1) * sx], plan=plan, index=(iy, ix), config=cfg,
-                      workdir=work)
+    for index in skipped:
+        stage_summary(_slot(staged, plan, index), plan=plan, index=index, config=cfg, workdir=work)
     calls.clear()
     sink = _CollectSink(shape)
     got = merge_stored(path, plan=plan, config=cfg, workdir=work, sink=sink, map_blocks=counting)
@@ -646,7 +658,8 @@ def test_out_of_core_merge_uses_faces_computed_ahead(tmp_path, strategy, remove_
     and the result is the same. Each block's faces are handed out exactly
     once, as soon as the block and every neighbour they read are staged;
     never where the faces need the global island solve first."""
-    from remote_samsing.merge import _owned, _thread_map, face_schedule, merge_stored, stage_faces, stage_summary
+    from remote_samsing.merge import (_owned, face_schedule, merge_stored, prepare_workdir, stage_faces,
+                                      stage_summary)
 
     shape, tile, padding = (90, 70), 25, 5
     truth = touching_labels(shape, n_seeds=40, seed=6, hole_frac=0.05)
@@ -656,22 +669,16 @@ def test_out_of_core_merge_uses_faces_computed_ahead(tmp_path, strategy, remove_
     cfg = MergeConfig(strategy=strategy, remove_small=remove_small, min_mask_area=5, merge_enclosed_max_area=20,
                       min_contact_pixels=2)
     calls = {}
-
-    def counting(func, items, *, name):
-        calls[name] = len(items)
-        return _thread_map(2)(func, items, name=name)
+    counting = _counting_thread_map(calls)
 
     plain = _CollectSink(shape)
     expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain, map_blocks=counting)
     ready = face_schedule(plan, cfg)
     work = tmp_path / "b"
-    from remote_samsing.merge import prepare_workdir
-
     prepare_workdir(work, plan=plan, config=cfg)
-    sy, sx = plan.slot_shape
     if strategy == "none" or (strategy == "best_match" and remove_small):
         assert ready is None  # no faces, or faces that wait for the island solve
-        stage_summary(staged[:sy, :sx], plan=plan, index=(0, 0), config=cfg, workdir=work)
+        stage_summary(_slot(staged, plan, (0, 0)), plan=plan, index=(0, 0), config=cfg, workdir=work)
         assert stage_faces((0, 0), plan=plan, config=cfg, workdir=work) is False
         return
     offsets = ((0, 1), (1, 0), (1, 1), (1, -1)) if strategy == "overlap" else ((0, 1), (1, 0))
@@ -680,14 +687,12 @@ def test_out_of_core_merge_uses_faces_computed_ahead(tmp_path, strategy, remove_
     done, handed = set(), []
     # a block whose neighbour is not summarized yet: nothing written
     first = order[0]
-    stage_summary(staged[first[0] * sy:(first[0] + 1) * sy, first[1] * sx:(first[1] + 1) * sx], plan=plan,
-                  index=first, config=cfg, workdir=work)
+    stage_summary(_slot(staged, plan, first), plan=plan, index=first, config=cfg, workdir=work)
     if _owned(plan, first, offsets)[1]:
         assert stage_faces(first, plan=plan, config=cfg, workdir=work) is False
         assert not (work / f"faces_{first[0]}_{first[1]}.pkl").exists()
     for iy, ix in order:
-        stage_summary(staged[iy * sy:(iy + 1) * sy, ix * sx:(ix + 1) * sx], plan=plan, index=(iy, ix), config=cfg,
-                      workdir=work)
+        stage_summary(_slot(staged, plan, (iy, ix)), plan=plan, index=(iy, ix), config=cfg, workdir=work)
         done.add((iy, ix))
         for b in ready((iy, ix)):
             needs = {b, *_owned(plan, b, offsets)[1]}
