@@ -873,8 +873,35 @@ def _start_cluster(plan: ClusterPlan):
     # local cluster live in this process and read theirs at creation too
     settings = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
     settings.update(_housekeeping_settings())
-    with dask.config.set(settings):
+    with _unpoisoned_environ(), dask.config.set(settings):
         return _start_cluster_now(plan, kw)
+
+
+@contextlib.contextmanager
+def _unpoisoned_environ():
+    """Let :data:`WORKER_MALLOC_ENV` reach the workers after an earlier cluster in this process.
+
+    A nanny writes its pre-spawn variables into this process's environment
+    before it spawns a worker, and every later nanny takes a variable found
+    in the environment over its configuration. After any other local cluster
+    (a notebook's, a test's), ``MALLOC_TRIM_THRESHOLD_=65536`` then sat in
+    the environment and reached our workers instead of ours. While our
+    nannies are created, a variable holding just what the configuration says
+    (what a nanny wrote) is set to ours; a value of the user's own is kept.
+    """
+    import dask
+
+    configured = {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()}
+    saved = {}
+    for key, ours in WORKER_MALLOC_ENV.items():
+        current = os.environ.get(key)
+        if current is not None and current == configured.get(key):
+            saved[key] = current
+            os.environ[key] = ours
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _start_cluster_now(plan: ClusterPlan, kw: dict):

@@ -285,6 +285,29 @@ def test_make_client_worker_processes_get_the_allocator_settings():
 
 
 @pytest.mark.timeout(90)
+def test_allocator_settings_reach_workers_after_another_cluster_but_a_users_value_is_kept(monkeypatch):
+    """An earlier local cluster in this process leaves its nanny's
+    ``MALLOC_TRIM_THRESHOLD_=65536`` in the environment, which later nannies
+    take over their configuration: ours must still reach our workers. A
+    value of the user's own in the environment is kept."""
+    import os
+
+    from remote_samsing.cluster import WORKER_MALLOC_ENV
+
+    def worker_value(client):
+        return client.submit(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"), pure=False).result()
+
+    cfg = ClusterConfig(n_workers=1, dashboard=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what distributed's nanny writes
+    with make_client(cfg, needs_gpu=False) as client:
+        assert worker_value(client) == WORKER_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # this process's environment as it was
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # the user's own
+    with make_client(cfg, needs_gpu=False) as client:
+        assert worker_value(client) == "131072"
+
+
+@pytest.mark.timeout(90)
 def test_make_client_relaxes_dask_housekeeping_but_keeps_a_users_setting():
     from dask.utils import parse_timedelta
 
