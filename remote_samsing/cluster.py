@@ -1181,7 +1181,6 @@ def _waves(client, func, items: list, *, name, resources, width: int, progress, 
     follow_func, ready = then if then is not None else (None, None)
     follows = 0
     backlog: list = []  # follow-ups made ready, not submitted yet
-    in_flight = 0  # items' tasks, not follow-ups: they decide the refill
 
     def submit_follow_ups() -> list:
         nonlocal follows
@@ -1218,7 +1217,7 @@ def _waves(client, func, items: list, *, name, resources, width: int, progress, 
         return futs
 
     pending = as_completed(submit(width))
-    in_flight = min(n, width)
+    in_flight = min(n, width)  # items' tasks, not follow-ups: they decide the refill
     finished: list = []
     done = 0
     bar.update(0)

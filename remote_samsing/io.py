@@ -308,8 +308,13 @@ def _rgba_params(arr: xr.DataArray) -> dict:
         "band_idx": tuple(int(i) for i in band_idx),
         "alpha_pos": sel.index(alpha) if alpha in sel else None,
         "nodata": arr.rio.nodata,
-        "passthrough": np.dtype(arr.dtype) == np.uint8,
+        "passthrough": _passes_through(arr),
     }
+
+
+def _passes_through(arr: xr.DataArray) -> bool:
+    """Whether the mosaic's bands go to RGB unstretched (uint8): its stretch limits read no pixel."""
+    return np.dtype(arr.dtype) == np.uint8
 
 
 def _check_percentiles(percentiles) -> None:
@@ -321,7 +326,7 @@ def _check_percentiles(percentiles) -> None:
 def stretch_limits(arr: xr.DataArray, *, percentiles: tuple[float, float] = (2.0, 98.0)) -> da.Array:
     """Lazy (band, 2) stretch limits of the mosaic: zeros for uint8 (passed through)."""
     _check_percentiles(percentiles)
-    if np.dtype(arr.dtype) == np.uint8:
+    if _passes_through(arr):
         return da.zeros((arr.sizes["band"], 2), dtype="float64", chunks=-1)
     return stretch_params(arr, percentiles=percentiles)
 

@@ -645,11 +645,11 @@ def _stage_all(arr, reader, client, *, plan, seg, cfg, mcfg, res, staging, run_i
                                  token="remote-samsing-segment-stage", **kwargs)
         _compute(done, client, progress=cfg.progress, optimize_graph=False)
         return
-    from .io import stretch_limits
+    from .io import _passes_through, stretch_limits
 
     # the stretch is decided once per mosaic, before any block runs
     lazy_limits = stretch_limits(arr, percentiles=cfg.percentiles)
-    if np.dtype(arr.dtype) == np.uint8:  # no stretch, no pixel read: not worth a round trip to the cluster
+    if _passes_through(arr):  # no stretch, no pixel read: not worth a round trip to the cluster
         limits = np.asarray(lazy_limits.compute(scheduler="sync"))
     else:
         limits = np.asarray(_compute(lazy_limits, client, progress=False))
