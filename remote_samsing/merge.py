@@ -1456,6 +1456,11 @@ def _phase_apply(index, *, staged: str, spill: _Spill, plan: TilingPlan, sink) -
     return 1
 
 
+def _call(func, _item):
+    """A one-item phase running ``func()``."""
+    return func()
+
+
 def _thread_map(threads: int):
     """A ``map_blocks`` for :func:`merge_stored` without a cluster: a thread pool."""
 
@@ -1477,6 +1482,8 @@ def merge_stored(
     sink,
     map_blocks=None,
     faces_path: str | os.PathLike | None = None,
+    map_phases=None,
+    prepare_sink=None,
 ) -> dict:
     """Merge staged block labels across seams and hand each merged block to ``sink``, out of core.
 
@@ -1515,6 +1522,18 @@ def merge_stored(
         Write the per-face statistics (a JSON list) here instead of
         returning them: they grow with the mosaic (4 faces per block), and
         the client then only receives their sums (``"faces"`` is None).
+    map_phases : callable, optional
+        ``map_phases([(name, func, items), ...])`` → ``(results, seconds)``:
+        runs the phases one after another (each starts once the one before
+        has finished) and returns each phase's ``[func(i) for i in items]``
+        and wall time by name. Given, it replaces ``map_blocks``: the
+        pipeline passes :func:`remote_samsing.cluster.run_in_phases`, which
+        chains small phases on the scheduler without round trips to the
+        client in between.
+    prepare_sink : callable, optional
+        Called once with no argument (on a worker; picklable) before any
+        block reaches ``sink``; chained, beside the global steps (e.g. the
+        ``create`` of :func:`remote_samsing.outputs.plan_label_store`).
 
     Returns
     -------
@@ -1535,34 +1554,48 @@ def merge_stored(
     import functools
 
     ids = list(plan.block_ids())
-    timings: dict[str, float] = {}
-
-    def phase(name, func, items):
-        t0 = time.perf_counter()
-        out = run(func, items, name=f"merge-{name}")
-        timings[name] = round(time.perf_counter() - t0, 3)
-        return out
-
-    # blocks summarized when they were staged (stage_summary) skip this phase
-    phase("summarize", functools.partial(_phase_summarize, staged=staged, spill=spill, plan=plan, cfg=cfg),
-          [i for i in ids if not _has_summary(spill, i)])
+    # Every phase reads what the one before spilled; the item lists are known
+    # now (blocks summarized, or whose faces were computed, while blocks were
+    # staged skip those phases), so the phases can be handed over at once.
+    phases = [("summarize", functools.partial(_phase_summarize, staged=staged, spill=spill, plan=plan, cfg=cfg),
+               [i for i in ids if not _has_summary(spill, i)])]
     faces_file = os.path.abspath(os.fspath(faces_path)) if faces_path is not None else None
-    solve_stats: dict = {"faces": []}
     if faces_file is not None and cfg.strategy == "none":
         _write_json(faces_file, [])
-        solve_stats = {"face_totals": _face_totals([])}
     if cfg.strategy in _REFERENCE and cfg.islands:
-        phase("comps", functools.partial(_phase_comps, spill=spill, plan=plan), ids)
-        phase("islands", functools.partial(_phase_solve_islands, spill=spill, plan=plan, cfg=cfg), [0])
+        phases += [("comps", functools.partial(_phase_comps, spill=spill, plan=plan), ids),
+                   ("islands", functools.partial(_phase_solve_islands, spill=spill, plan=plan, cfg=cfg), [0])]
     if cfg.strategy != "none":
-        # blocks whose faces were computed while blocks were still being staged (stage_faces) skip this
-        phase("faces", functools.partial(_phase_faces, spill=spill, plan=plan, cfg=cfg),
-              [i for i in ids if not os.path.exists(spill.path("faces", i))])
-        solve_stats = phase("solve", functools.partial(_phase_solve, spill=spill, plan=plan, cfg=cfg,
-                                                       faces_path=faces_file), [0])[0]
-    finals = phase("final", functools.partial(_phase_final, spill=spill, cfg=cfg), ids)
-    n_ids = phase("ids", functools.partial(_phase_ranks, spill=spill, plan=plan), [0])[0]
-    done = phase("relabel", functools.partial(_phase_apply, staged=staged, spill=spill, plan=plan, sink=sink), ids)
+        phases += [("faces", functools.partial(_phase_faces, spill=spill, plan=plan, cfg=cfg),
+                    [i for i in ids if not os.path.exists(spill.path("faces", i))]),
+                   ("solve", functools.partial(_phase_solve, spill=spill, plan=plan, cfg=cfg, faces_path=faces_file),
+                    [0])]
+    phases += [("final", functools.partial(_phase_final, spill=spill, cfg=cfg), ids),
+               ("ids", functools.partial(_phase_ranks, spill=spill, plan=plan), [0])]
+    relabel = ("relabel", functools.partial(_phase_apply, staged=staged, spill=spill, plan=plan, sink=sink), ids)
+    if prepare_sink is not None:
+        # waits for nothing: chained (map_phases), it runs beside the global steps
+        phases += [("sink", functools.partial(_call, prepare_sink), [0], ()), relabel + (("ids", "sink"),)]
+    else:
+        phases.append(relabel)
+    if map_phases is not None:
+        named = []
+        for name, func, items, *after in phases:  # task names on the dashboard: merge-<phase>
+            named.append((f"merge-{name}", func, items, *[tuple(f"merge-{a}" for a in w) for w in after]))
+        results, seconds = map_phases(named)
+        seconds = {name[len("merge-"):]: v for name, v in seconds.items()}
+    else:
+        results, seconds = [], {}
+        for name, func, items, *_ in phases:  # in order: each waits for what is before it
+            t0 = time.perf_counter()
+            results.append(run(func, items, name=f"merge-{name}"))
+            seconds[name] = time.perf_counter() - t0
+    out = {p[0]: r for p, r in zip(phases, results)}
+    timings = {p[0]: round(seconds.get(p[0], 0.0), 3) for p in phases}
+    solve_stats = out["solve"][0] if "solve" in out else {"faces": []}
+    if faces_file is not None and cfg.strategy == "none":
+        solve_stats = {"face_totals": _face_totals([])}
+    finals, n_ids, done = out["final"], out["ids"][0], out["relabel"]
     if sum(done) != len(ids):
         from .exceptions import RemoteSamsingError
 

@@ -526,9 +526,9 @@ def run(
         "platform": {"machine": platform.machine(), "system": platform.system(), "python": sys.version},
         "command": sys.argv,
     }
-    from .cluster import _total_threads, run_in_waves
+    from .cluster import run_in_phases, scheduler_workers
     from .merge import merge_stored
-    from .outputs import open_label_store, to_cog, write_json_atomic
+    from .outputs import plan_label_store, to_cog, write_json_atomic
 
     write_json_atomic(outdir / "run.json", record)
 
@@ -539,8 +539,10 @@ def run(
         # -- 3. segment and stage every block not staged yet
         res = _check_resources(c, segment_resources(seg), device=cfg.device)
         _register_trim(c)
-        # the worker threads, asked once (a scheduler round trip), size the waves of every stage
-        threads = _total_threads(c)
+        # the workers, asked once (a scheduler round trip): their threads size
+        # the waves of every stage, and the merge's chained phases spread over them
+        workers = scheduler_workers(c)
+        threads = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
         t0 = time.perf_counter()
         log(f"segmenting {plan.n_blocks} block(s) of {cfg.tile_size} px (padding {cfg.padding})")
         try:
@@ -566,13 +568,16 @@ def run(
         template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), arr)
         # the tasks writing labels.zarr also write the COG's pieces (no second pass)
         pieces = outdir / "labels.tif.pieces.partial"
-        sink = open_label_store(template, outdir / "labels.zarr", cog_pieces=pieces)
-        # the merge's per-block phases are light: several blocks per task (run_in_waves)
-        in_waves = functools.partial(run_in_waves, c, progress=cfg.progress, batch="auto", threads=threads)
+        # the store is created by a task beside the merge's global steps
+        sink, create_store = plan_label_store(template, outdir / "labels.zarr", cog_pieces=pieces)
+        # the merge's per-block phases are light: several blocks per task; small
+        # enough, its phases follow each other on the scheduler (run_in_phases)
+        in_phases = functools.partial(run_in_phases, c, progress=cfg.progress, batch="auto", workers=workers)
         # per-face statistics grow with the mosaic: the solve task writes them
         # to their own file; only their totals come back and go to run.json
         merge_stats = merge_stored(staging / "labels.zarr", plan=plan, config=mcfg, workdir=staging / "merge",
-                                   sink=sink, map_blocks=in_waves, faces_path=outdir / "merge_faces.json")
+                                   sink=sink, map_phases=in_phases, faces_path=outdir / "merge_faces.json",
+                                   prepare_sink=create_store)
         sink.commit()
         from .io import open_labels
 

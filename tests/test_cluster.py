@@ -666,3 +666,81 @@ def test_run_in_waves_bounds_the_tasks_in_flight_and_keeps_order(client):
             break
         time.sleep(0.1)
     assert not left
+
+
+def _phase_item(item, *, phase, folder, seconds=0.05):
+    """A phase's item: runs ``seconds``, leaves a file with when it started and ended and where."""
+    import time
+
+    from distributed import get_worker
+
+    if item == "bad":
+        raise ValueError(f"phase {phase} is broken")
+    t0 = time.time()
+    time.sleep(seconds)
+    Path(folder, f"{phase}-{item}").write_text(repr((t0, time.time(), get_worker().address)))
+    return (phase, item)
+
+
+def test_run_in_phases_chains_phases_on_the_scheduler(client, tmp_path):
+    """Each phase starts only once the phases it waits for have ended, and a
+    phase waiting for nothing runs beside them; a waiting phase's tasks are
+    spread over the workers (not all on the one holding what they wait for);
+    results come back per phase in item order, batched or not; a phase too
+    large for one wave goes through waves, in order; an error stops the run
+    before the phases after it, and a phase may wait only for earlier ones."""
+    import functools
+
+    from remote_samsing.cluster import run_in_phases
+    from remote_samsing.exceptions import ConfigError
+
+    def phase(name, items, *after, seconds=0.05, folder=tmp_path):
+        func = functools.partial(_phase_item, phase=name, folder=str(folder), seconds=seconds)
+        return (name, func, items, *after)
+
+    def ran(folder=tmp_path):
+        out = {}
+        for p in folder.iterdir():
+            t0, t1, where = eval(p.read_text())  # noqa: S307 - the test's own files
+            out[p.name] = (t0, t1, where)
+        return out
+
+    phases = [phase("a", list(range(6))), phase("b", [0]), phase("empty", []), phase("c", list(range(4))),
+              phase("side", [0], (), seconds=0.3), phase("d", [0, 1], ("c", "side"))]
+    results, seconds = run_in_phases(client, phases, batch=1)
+    assert results == [[("a", i) for i in range(6)], [("b", 0)], [], [("c", i) for i in range(4)],
+                       [("side", 0)], [("d", 0), ("d", 1)]]
+    assert set(seconds) == {"a", "b", "empty", "c", "side", "d"} and seconds["empty"] == 0
+    t = ran()
+
+    def span(name):
+        mine = [v for k, v in t.items() if k.startswith(f"{name}-")]
+        return min(v[0] for v in mine), max(v[1] for v in mine), {v[2] for v in mine}
+
+    assert span("b")[0] >= span("a")[1]
+    assert span("c")[0] >= span("b")[1]  # "empty" passed on what it waited for
+    assert span("d")[0] >= max(span("c")[1], span("side")[1])
+    assert span("side")[0] < span("b")[0]  # waited for nothing: ran beside "a"
+    assert len(span("c")[2]) == 2  # 4 tasks after one: spread over both workers
+    # batched: the same results
+    results, _ = run_in_phases(client, [phase("e", list(range(7)), folder=tmp_path),
+                                        phase("f", list(range(5)), folder=tmp_path)], batch=3)
+    assert results == [[("e", i) for i in range(7)], [("f", i) for i in range(5)]]
+    t = ran()
+    assert span("f")[0] >= span("e")[1]
+    # more tasks than one wave: phase by phase through run_in_waves
+    waves = tmp_path / "waves"
+    waves.mkdir()
+    results, _ = run_in_phases(client, [phase("g", list(range(9)), folder=waves, seconds=0.01),
+                                        phase("h", list(range(3)), folder=waves, seconds=0.01)], batch=1, width=4)
+    assert results == [[("g", i) for i in range(9)], [("h", i) for i in range(3)]]
+    t = ran(waves)
+    assert span("h")[0] >= span("g")[1]
+    # an error: raised, and no phase waiting for it runs
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with pytest.raises(ValueError, match="phase x is broken"):
+        run_in_phases(client, [phase("x", [0, "bad"], folder=broken), phase("y", [0], folder=broken)])
+    assert not (broken / "y-0").exists()
+    with pytest.raises(ConfigError, match="'z'.*not phases before it"):
+        run_in_phases(client, [phase("a", [0]), phase("b", [0], ("z",))])

@@ -607,6 +607,55 @@ def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, pad
     assert to_file["faces"] is None and to_file["totals"] == expected_stats["totals"]
 
 
+@pytest.mark.parametrize(("strategy", "remove_small"), [("overlap", False), ("best_match", True), ("none", False)])
+def test_out_of_core_merge_hands_its_phases_over_at_once(tmp_path, strategy, remove_small):
+    """With ``map_phases`` the merge hands every phase over in one call, in
+    the order they must run, each waiting for the one before, except the
+    sink's preparation, which waits for nothing and is waited for by the
+    relabel: it runs once, before the first block reaches the sink. The
+    labels and statistics are those of the phase-by-phase merge."""
+    from remote_samsing.merge import _thread_map, merge_stored
+
+    shape, tile, padding = (90, 70), 25, 5
+    truth = touching_labels(shape, n_seeds=40, seed=4, hole_frac=0.05)
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    path = write_store(stage_from_function(truth, plan, lambda w: w), plan, tmp_path / "staged.zarr")
+    cfg = MergeConfig(strategy=strategy, remove_small=remove_small, min_mask_area=5, merge_enclosed_max_area=20,
+                      min_contact_pixels=2)
+    plain = _CollectSink(shape)
+    expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain)
+    handed = []
+    events = []
+
+    def map_phases(phases):
+        handed.extend((name, len(items), *after) for name, func, items, *after in phases)
+        run = _thread_map(2)
+        return [run(func, items, name=name) for name, func, items, *_ in phases], {p[0]: 0.5 for p in phases}
+
+    class Sink(_CollectSink):
+        def __call__(self, labels, window):
+            events.append("block")
+            super().__call__(labels, window)
+
+    sink = Sink(shape)
+    got = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "b", sink=sink, map_phases=map_phases,
+                       prepare_sink=lambda: events.append("prepared"))
+    n = plan.n_blocks
+    chain = [("merge-summarize", n)]
+    if strategy == "best_match":
+        chain += [("merge-comps", n), ("merge-islands", 1)]
+    if strategy != "none":
+        chain += [("merge-faces", n), ("merge-solve", 1)]
+    chain += [("merge-final", n), ("merge-ids", 1), ("merge-sink", 1, ()),
+              ("merge-relabel", n, ("merge-ids", "merge-sink"))]
+    assert handed == chain
+    assert events == ["prepared"] + ["block"] * n
+    np.testing.assert_array_equal(sink.out, plain.out)
+    assert got.pop("phase_seconds") == {name[len("merge-"):]: 0.5 for name, *_ in chain}
+    expected.pop("phase_seconds")
+    assert got == expected
+
+
 def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     """Blocks summarized when staged (``stage_summary``, as the pipeline's
     segment tasks do) are not read back by the merge's first phase; the

@@ -241,7 +241,7 @@ def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
     assert sum(k.startswith("rs-then-segment-stage-") for k in keys) >= 1
     for phase, expected in (("segment-stage", n_blocks), ("merge-summarize", 0), ("merge-faces", 0),
                             ("merge-solve", 1), ("merge-final", n_blocks), ("merge-ids", 1),
-                            ("merge-relabel", n_blocks)):
+                            ("merge-sink", 1), ("merge-relabel", n_blocks)):
         assert sum(k.startswith(f"rs-{phase}-") for k in keys) == expected, phase
     assert not (tmp_path / "out" / "staging" / "merge").exists()  # the spill folder is removed
 
