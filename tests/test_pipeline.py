@@ -1,6 +1,7 @@
 """The spine: blocks equal direct segmenter calls; lazy graphs; georeferenced outputs."""
 
 import json
+import platform
 
 import dask.array as da
 import numpy as np
@@ -444,3 +445,19 @@ def test_run_sends_every_task_to_its_own_client(tmp_path, data_dir, client):
         assert rec["complete"] and (tmp_path / "out" / rec["outputs"]["vectors"]).exists()
         assert len(here.data) > 0
         assert elsewhere.data == []
+
+
+def test_library_versions_are_the_installed_ones():
+    """run.json's versions: what importlib.metadata says of each library, None where absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from remote_samsing.pipeline import library_versions
+
+    got = library_versions()
+    assert got.pop("python") == platform.python_version()
+    assert {"numpy", "dask", "distributed", "zarr", "torch", "sam2"} <= set(got)
+    for name, v in got.items():
+        try:
+            assert v == version(name), name
+        except PackageNotFoundError:
+            assert v is None, name
