@@ -1171,6 +1171,11 @@ class _Spill:
     between phases (their memory then does not grow with the mosaic).
     Files are written under a temporary name and renamed: a task that
     re-runs after a lost worker overwrites a whole file, never half of one.
+    No phase removes its inputs (the folder goes once the merge is done):
+    the scheduler runs a task again when a lost worker held its result and a
+    later task still needs it, also once later phases have run, and it must
+    then find its inputs (the largest, the block summaries, are needed until
+    the finals anyway).
     """
 
     root: str
@@ -1194,11 +1199,6 @@ class _Spill:
         with open(self.path(kind, index), "rb") as f:
             return pickle.load(f)
 
-    def drop(self, kind: str, index=None) -> None:
-        try:
-            os.remove(self.path(kind, index))
-        except FileNotFoundError:
-            pass
 
 
 def _owned(plan: TilingPlan, index, offsets):
@@ -1391,7 +1391,6 @@ def _phase_solve_islands(_, *, spill: _Spill, plan: TilingPlan, cfg: MergeConfig
                                    min_area=cfg.min_mask_area)
     for i, piece in zip(ids, pieces):
         spill.save(piece, "islands", i)
-        spill.drop("comps", i)
 
 
 def _write_json(path: str, data) -> None:
@@ -1408,7 +1407,6 @@ def _phase_solve(_, *, spill: _Spill, plan: TilingPlan, cfg: MergeConfig, faces_
     *pieces, stats = _solve_blocks([spill.load("faces", i) for i in ids], n_blocks=plan.n_blocks, cfg=cfg)
     for i, piece in zip(ids, pieces):
         spill.save(piece, "pieces", i)
-        spill.drop("faces", i)
     if faces_path is not None:
         # per-face statistics grow with the mosaic: to a file, not through the client
         _write_json(faces_path, stats["faces"])
@@ -1425,8 +1423,6 @@ def _phase_final(index, *, spill: _Spill, cfg: MergeConfig) -> dict:
     # unique ids and the inverse (uint32): what the ranking needs, computed here in parallel
     ug, inv = np.unique(fin["gids"], return_inverse=True)
     spill.save((ug, inv.astype(np.uint32)), "gids", index)
-    for kind in ("early", "pieces", "islands"):
-        spill.drop(kind, index)
     return {"n_before": fin["n_before"], "islands_removed": fin["islands_removed"]}
 
 
@@ -1436,7 +1432,6 @@ def _phase_ranks(_, *, spill: _Spill, plan: TilingPlan) -> int:
     *ranks, n_ids = _rank_gids([spill.load("gids", i) for i in ids])
     for i, r in zip(ids, ranks):
         spill.save(r, "ranks", i)
-        spill.drop("gids", i)
     return n_ids
 
 
@@ -1451,8 +1446,6 @@ def _phase_apply(index, *, staged: str, spill: _Spill, plan: TilingPlan, sink) -
     else:  # no label in the core (nodata, nothing found): no need to read the chunk
         labels = np.zeros(plan.core_window(index).shape, np.uint32)
     sink(labels, plan.core_window(index))
-    for kind in ("late", "final", "ranks"):
-        spill.drop(kind, index)
     return 1
 
 

@@ -145,7 +145,7 @@ def _prepare_label_store(labels, path, cog_pieces):
     return out, tmp, arr, piece_profile
 
 
-def _plan_label_store(labels, path, cog_pieces):
+def _plan_label_store(labels, path, cog_pieces, token=None):
     """:func:`_prepare_label_store`, and the function that creates the store, not called yet."""
     out = Path(os.fspath(path))
     tmp = out.with_name(out.name + ".partial")
@@ -169,16 +169,35 @@ def _plan_label_store(labels, path, cog_pieces):
     if folder is not None:
         # the dtype is a placeholder: _write_chunk picks each piece's own
         piece_profile = dict(_piece_profile(arr, np.dtype(np.uint32)), folder=folder)
-    return out, tmp, arr, piece_profile, functools.partial(_create_label_store, template, str(tmp), folder)
+    create = functools.partial(_create_label_store, template, str(tmp), folder, token)
+    return out, tmp, arr, piece_profile, create
 
 
-def _create_label_store(template, tmp: str, folder: str | None) -> None:
-    """Write an empty label store (metadata, coordinates) at ``tmp``, and an empty pieces ``folder``."""
+def _created_marker(tmp: str) -> Path:
+    """The file beside a partial store naming the run that created it (inside, Zarr would warn of it)."""
+    return Path(f"{tmp}.created")
+
+
+def _create_label_store(template, tmp: str, folder: str | None, token: str | None = None) -> None:
+    """Write an empty label store (metadata, coordinates) at ``tmp``, and an empty pieces ``folder``.
+
+    With ``token``, a second call with the same token leaves the store and
+    its pieces as they are: a task creating the store may run again (the
+    scheduler re-runs it when a lost worker held its result and a block
+    still waits for it), possibly after blocks were written into it.
+    """
+    marker = _created_marker(tmp)
+    if token is not None and marker.is_file() and marker.read_text() == token and Path(tmp).is_dir() \
+            and (folder is None or Path(folder).is_dir()):
+        return
+    marker.unlink(missing_ok=True)  # a crashed run's
     shutil.rmtree(tmp, ignore_errors=True)
     template.to_dataset(name="labels").to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
         Path(folder).mkdir(parents=True)
+    if token is not None:
+        marker.write_text(token)
 
 
 @dataclass(frozen=True)
@@ -217,6 +236,7 @@ class LabelSink:
     def commit(self) -> Path:
         """Move the store into place (call once every block was written)."""
         out = Path(self.out)
+        _created_marker(self.store).unlink(missing_ok=True)
         _replace_dir(Path(self.store), out)
         return out
 
@@ -239,18 +259,21 @@ def open_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_piece
     return sink
 
 
-def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None
-                     ) -> tuple[LabelSink, Callable[[], None]]:
+def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None,
+                     token: str | None = None) -> tuple[LabelSink, Callable[[], None]]:
     """:func:`open_label_store` without creating the store yet.
 
     Returns the sink and ``create``, a picklable function that creates the
-    store (and empties ``cog_pieces``): call it once, anywhere, before the
-    sink's first block. The merge runs it on a worker while its global
-    steps run (``merge_stored(prepare_sink=...)``), so that it costs no time
-    of its own (about 30 ms of Zarr and xarray metadata on a 2-core machine,
-    one-off measurement).
+    store (and empties ``cog_pieces``): call it, anywhere, before the sink's
+    first block. The merge runs it on a worker while its global steps run
+    (``merge_stored(prepare_sink=...)``), so that it costs no time of its
+    own (about 30 ms of Zarr and xarray metadata on a 2-core machine,
+    one-off measurement). ``token`` names this run: ``create`` called again
+    with it (a task run again after a lost worker) keeps what was written
+    since; a store left by another run, or any store without a token, is
+    made anew.
     """
-    _, tmp, arr, piece, create = _plan_label_store(labels, path, cog_pieces)
+    _, tmp, arr, piece, create = _plan_label_store(labels, path, cog_pieces, token)
     sink = LabelSink(store=str(tmp), out=str(Path(os.fspath(path))), name="labels",
                      chunks=(int(arr.chunks[0][0]), int(arr.chunks[1][0])), piece=piece)
     return sink, create

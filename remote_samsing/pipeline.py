@@ -576,7 +576,7 @@ def run(
         # the tasks writing labels.zarr also write the COG's pieces (no second pass)
         pieces = outdir / "labels.tif.pieces.partial"
         # the store is created by a task beside the merge's global steps
-        sink, create_store = plan_label_store(template, outdir / "labels.zarr", cog_pieces=pieces)
+        sink, create_store = plan_label_store(template, outdir / "labels.zarr", cog_pieces=pieces, token=run_id)
         # the merge's per-block phases are light: several blocks per task; small
         # enough, its phases follow each other on the scheduler (run_in_phases)
         in_phases = functools.partial(run_in_phases, c, progress=cfg.progress, batch="auto", workers=workers)

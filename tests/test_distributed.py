@@ -252,6 +252,58 @@ def test_worker_loss_mid_run_gives_identical_output(reference, loopback_cluster,
     np.testing.assert_array_equal(_tif(outdir), reference["tif"])
 
 
+@pytest.mark.timeout(180)
+def test_worker_loss_during_chained_phases(loopback_cluster, tmp_path):
+    """``cluster.run_in_phases`` (the merge's phases, chained on the
+    scheduler, each task preferring a worker): a worker killed while the
+    second of three phases runs costs its tasks a re-run elsewhere, and the
+    results are complete and in order."""
+    import functools
+    import threading
+
+    from distributed import Client
+
+    from remote_samsing.cluster import run_in_phases
+
+    calls = tmp_path / "calls"
+    calls.mkdir()
+
+    def record(item, *, phase, folder, seconds):  # nested: shipped by value, workers need not import tests
+        import time as _time
+        import uuid
+        from pathlib import Path as _Path
+
+        _Path(folder, f"{phase}-{item}-start-{uuid.uuid4().hex[:8]}").touch()
+        _time.sleep(seconds)
+        return phase, item
+
+    def phase(name, seconds):
+        return name, functools.partial(record, phase=name, folder=str(calls), seconds=seconds), list(range(4))
+
+    def starts(name):
+        return len(list(calls.glob(f"{name}-*-start-*")))
+
+    victim = loopback_cluster["workers"]["w1"]
+
+    def kill_once_b_runs():
+        deadline = time.monotonic() + 60
+        while starts("b") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # both workers inside a "b" task
+        victim.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once_b_runs)
+    with Client(loopback_cluster["address"], timeout="30s") as client:
+        killer.start()
+        results, _ = run_in_phases(client, [phase("a", 0.2), phase("b", 1.5), phase("c", 0.05)], batch=1)
+        killer.join()
+        assert [w["name"] for w in client.scheduler_info()["workers"].values()] == ["w2"]  # the loss was real
+    assert victim.wait(timeout=15) is not None
+    assert results == [[(name, i) for i in range(4)] for name in "abc"]
+    assert starts("b") > 4  # the "b" task on the killed worker ran again, elsewhere
+    assert starts("c") == 4
+
+
 # ---------------------------------------------------------------------------
 # crash and resume
 # ---------------------------------------------------------------------------

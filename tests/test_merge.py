@@ -656,6 +656,54 @@ def test_out_of_core_merge_hands_its_phases_over_at_once(tmp_path, strategy, rem
     assert got == expected
 
 
+@pytest.mark.parametrize(("strategy", "remove_small"), [("overlap", True), ("best_match", True), ("none", False)])
+def test_out_of_core_merge_phases_may_run_again(tmp_path, strategy, remove_small):
+    """The scheduler runs a task again when a lost worker held its result and
+    a later task still needs it, also once later phases have run: every
+    phase, run a second time on its own after all of them ran, finds its
+    inputs and gives the same results, and the sink gets the same blocks
+    again."""
+    from remote_samsing.merge import _thread_map, merge_stored
+
+    shape, tile, padding = (90, 70), 25, 5
+    truth = touching_labels(shape, n_seeds=40, seed=9, hole_frac=0.05)
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    path = write_store(stage_from_function(truth, plan, lambda w: w), plan, tmp_path / "staged.zarr")
+    cfg = MergeConfig(strategy=strategy, remove_small=remove_small, min_mask_area=5, merge_enclosed_max_area=20,
+                      min_contact_pixels=2)
+    plain = _CollectSink(shape)
+    expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain)
+    run = _thread_map(2)
+    firsts = []
+
+    def twice(phases):
+        firsts.extend(run(func, items, name=name) for name, func, items, *_ in phases)
+        # then each phase alone, the last first: every one after all the others ran
+        again = [run(func, items, name=name) for name, func, items, *_ in reversed(phases)][::-1]
+        assert again == firsts
+        return again, {}
+
+    class Again:
+        def __init__(self):
+            self.out = np.zeros(shape, np.int64)
+            self.calls = 0
+
+        def __call__(self, labels, window):
+            if self.calls >= plan.n_blocks:  # the second time round: the very same block
+                np.testing.assert_array_equal(self.out[window.slices], labels)
+            self.out[window.slices] = labels
+            self.calls += 1
+
+    sink = Again()
+    got = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "b", sink=sink, map_phases=twice,
+                       prepare_sink=lambda: None)
+    assert sink.calls == 2 * plan.n_blocks
+    np.testing.assert_array_equal(sink.out, plain.out)
+    got.pop("phase_seconds"), expected.pop("phase_seconds")
+    assert got == expected
+    assert not (tmp_path / "b").exists()
+
+
 def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     """Blocks summarized when staged (``stage_summary``, as the pipeline's
     segment tasks do) are not read back by the merge's first phase; the

@@ -431,6 +431,51 @@ def test_label_sink_writes_blocks_with_absorbed_remainders(tmp_path):
         assert dst.dtypes[0] == "uint32" and dst.transform.almost_equals(t)
 
 
+def test_planned_label_store_is_created_once_per_run(tmp_path):
+    """``plan_label_store`` creates nothing until ``create()``; called again
+    with the run's token (a task re-run after a lost worker), ``create``
+    keeps the blocks and COG pieces written since; another run's token (a
+    crashed run's store) makes the store anew; ``commit`` leaves no marker."""
+    import pickle
+
+    import xarray as xr
+    import zarr
+
+    from remote_samsing.outputs import plan_label_store
+    from remote_samsing.pipeline import _wrap_labels
+    from remote_samsing.tiling import TilingPlan
+
+    plan = TilingPlan(shape=(100, 100), tile_size=50, padding=8)
+    like = xr.DataArray(np.zeros((3, 100, 100), np.uint8), dims=("band", "y", "x"))
+    template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), like)
+    lab = np.random.default_rng(5).integers(1, 500, size=plan.shape).astype(np.uint32)
+    pieces = tmp_path / "pieces"
+
+    def plan_for(token):
+        sink, create = plan_label_store(template, tmp_path / "labels.zarr", cog_pieces=pieces, token=token)
+        return sink, pickle.loads(pickle.dumps(create))  # both shipped to workers
+
+    sink, create = plan_for("run-a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    create()
+    first, second = list(plan.block_ids())[:2], list(plan.block_ids())[2:]
+    for index in first:
+        sink(lab[plan.core_window(index).slices], plan.core_window(index))
+    create()  # the same run: what was written stays
+    partial = zarr.open_array(tmp_path / "labels.zarr.partial", path="labels", mode="r")
+    np.testing.assert_array_equal(partial[:50], lab[:50])
+    assert len(list(pieces.glob("*.tif"))) == 2
+    other, create_other = plan_for("run-b")
+    create_other()  # another run's: made anew
+    assert not np.asarray(zarr.open_array(tmp_path / "labels.zarr.partial", path="labels", mode="r")[:]).any()
+    assert list(pieces.glob("*.tif")) == []
+    for index in first + second:
+        other(lab[plan.core_window(index).slices], plan.core_window(index))
+    other.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr", "pieces"]
+    np.testing.assert_array_equal(np.asarray(open_labels(tmp_path / "labels.zarr")), lab)
+
+
 def test_run_sends_every_task_to_its_own_client(tmp_path, data_dir, client):
     """A process may hold several clients (a notebook, a benchmark): ``run(client=c)``
     computes everything on ``c``, vectors included, not on whichever client was made last."""
