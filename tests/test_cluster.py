@@ -688,7 +688,8 @@ def test_run_in_phases_chains_phases_on_the_scheduler(client, tmp_path):
     spread over the workers (not all on the one holding what they wait for);
     results come back per phase in item order, batched or not; a phase too
     large for one wave goes through waves, in order; an error stops the run
-    before the phases after it, and a phase may wait only for earlier ones."""
+    before the phases after it, and a phase may wait only for earlier ones.
+    Many tasks after many wait for one barrier task instead of each for all."""
     import functools
 
     from remote_samsing.cluster import run_in_phases
@@ -705,11 +706,17 @@ def test_run_in_phases_chains_phases_on_the_scheduler(client, tmp_path):
             out[p.name] = (t0, t1, where)
         return out
 
+    from distributed import get_task_stream
+
     phases = [phase("a", list(range(6))), phase("b", [0]), phase("empty", []), phase("c", list(range(4))),
-              phase("side", [0], (), seconds=0.3), phase("d", [0, 1], ("c", "side"))]
-    results, seconds = run_in_phases(client, phases, batch=1)
+              phase("side", [0], (), seconds=0.3), phase("d", list(range(6)), ("c", "side"), seconds=0.01)]
+    with get_task_stream(client) as ts:
+        results, seconds = run_in_phases(client, phases, batch=1)
+    # many tasks after many ("d": 6 after "c" and "side", 5) wait for one barrier task; none
+    # elsewhere ("c": 4 after 1, "b": 1 after 6)
+    assert [str(t["key"]).split("-")[1] for t in ts.data if str(t["key"]).endswith("-barrier")] == ["d"]
     assert results == [[("a", i) for i in range(6)], [("b", 0)], [], [("c", i) for i in range(4)],
-                       [("side", 0)], [("d", 0), ("d", 1)]]
+                       [("side", 0)], [("d", i) for i in range(6)]]
     assert set(seconds) == {"a", "b", "empty", "c", "side", "d"} and seconds["empty"] == 0
     t = ran()
 
