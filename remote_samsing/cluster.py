@@ -1036,8 +1036,13 @@ def _batch_size(batch, n: int, threads: int) -> int:
     return int(batch)
 
 
+def _threads_of(workers: Mapping[str, Any]) -> int:
+    """Worker threads in all, of workers as :func:`scheduler_workers` gives them."""
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
 def _total_threads(client) -> int:
-    return max(1, sum(int(w.get("nthreads", 1)) for w in scheduler_workers(client).values()))
+    return _threads_of(scheduler_workers(client))
 
 
 class _Progress:
@@ -1169,7 +1174,7 @@ def _after(func, group, *_previous) -> list:
     ``_previous`` are the previous phase's results: passed only so that the
     scheduler starts this task once they exist, never read.
     """
-    return [func(item) for item in group]
+    return _apply_each(func, group)
 
 
 def _barrier(*_previous) -> None:
@@ -1193,10 +1198,12 @@ def run_in_phases(
     fits in one wave (at most ``width`` tasks), all phases are submitted at
     once, each task depending on the tasks it waits for (through one
     barrier task where many follow many): the scheduler starts a phase the
-    moment the ones before end, without a round trip
-    through the client in between (about 10 ms each on a 2-core machine,
-    one-off measurement; the merge has four such steps after its last
-    block), and a phase that waits for nothing runs beside the others.
+    moment the ones before end, without a round trip through the client in
+    between (about 10 ms each on a 2-core machine, one-off measurement; the
+    merge has four such steps after its last block), and a phase that waits
+    for nothing runs beside the others. Chained, a task may run again after
+    later phases ran (the scheduler recomputes a result lost with a worker
+    while a later task still needs it): a phase must not remove its inputs.
     Larger phases run one after the other, in the given order, through
     :func:`run_in_waves`, which bounds what the scheduler holds.
 
@@ -1241,7 +1248,7 @@ def run_in_phases(
 
     _check_batch(batch)
     steps = []  # (name, func, items, after)
-    for k, phase in enumerate(phases):
+    for phase in phases:
         name, func, items, *rest = phase
         after = tuple(rest[0]) if rest else ((steps[-1][0],) if steps else ())
         unknown = [a for a in after if a not in [st[0] for st in steps]]

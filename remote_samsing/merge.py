@@ -1200,7 +1200,6 @@ class _Spill:
             return pickle.load(f)
 
 
-
 def _owned(plan: TilingPlan, index, offsets):
     offs = [off for off in offsets if _neighbour(plan, index, off) is not None]
     return offs, [_neighbour(plan, index, off) for off in offs]
@@ -1516,13 +1515,15 @@ def merge_stored(
         returning them: they grow with the mosaic (4 faces per block), and
         the client then only receives their sums (``"faces"`` is None).
     map_phases : callable, optional
-        ``map_phases([(name, func, items), ...])`` → ``(results, seconds)``:
-        runs the phases one after another (each starts once the one before
-        has finished) and returns each phase's ``[func(i) for i in items]``
-        and wall time by name. Given, it replaces ``map_blocks``: the
-        pipeline passes :func:`remote_samsing.cluster.run_in_phases`, which
-        chains small phases on the scheduler without round trips to the
-        client in between.
+        ``map_phases([(name, func, items[, after]), ...])`` → ``(results,
+        seconds)``: runs the phases in order, each once the phases it waits
+        for have finished (``after``: their names; default, the phase just
+        before), and returns each phase's ``[func(i) for i in items]`` and
+        wall time by name. Given, it replaces ``map_blocks``: the pipeline
+        passes :func:`remote_samsing.cluster.run_in_phases`, which chains
+        small phases on the scheduler without round trips to the client in
+        between. A phase may run again after later ones (a lost worker's
+        result): none removes its inputs.
     prepare_sink : callable, optional
         Called once with no argument (on a worker; picklable) before any
         block reaches ``sink``; chained, beside the global steps (e.g. the

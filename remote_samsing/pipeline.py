@@ -533,7 +533,7 @@ def run(
         "platform": {"machine": platform.machine(), "system": platform.system(), "python": sys.version},
         "command": sys.argv,
     }
-    from .cluster import run_in_phases, scheduler_workers
+    from .cluster import _threads_of, run_in_phases, scheduler_workers
     from .merge import merge_stored
     from .outputs import plan_label_store, to_cog, write_json_atomic
 
@@ -549,7 +549,7 @@ def run(
         # the workers, asked once (a scheduler round trip): their threads size
         # the waves of every stage, and the merge's chained phases spread over them
         workers = scheduler_workers(c)
-        threads = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+        threads = _threads_of(workers)
         t0 = time.perf_counter()
         log(f"segmenting {plan.n_blocks} block(s) of {cfg.tile_size} px (padding {cfg.padding})")
         try:
