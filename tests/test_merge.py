@@ -607,6 +607,22 @@ def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, pad
     assert to_file["faces"] is None and to_file["totals"] == expected_stats["totals"]
 
 
+def _plain_merge(tmp_path, strategy, remove_small, *, seed):
+    """A staged 90 x 70 mosaic of touching labels at tile 25 and its phase-by-phase merge (``merge_stored``):
+    (shape, plan, staged path, config, the sink holding the merged labels, the statistics)."""
+    from remote_samsing.merge import merge_stored
+
+    shape, tile, padding = (90, 70), 25, 5
+    truth = touching_labels(shape, n_seeds=40, seed=seed, hole_frac=0.05)
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    path = write_store(stage_from_function(truth, plan, lambda w: w), plan, tmp_path / "staged.zarr")
+    cfg = MergeConfig(strategy=strategy, remove_small=remove_small, min_mask_area=5, merge_enclosed_max_area=20,
+                      min_contact_pixels=2)
+    plain = _CollectSink(shape)
+    expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain)
+    return shape, plan, path, cfg, plain, expected
+
+
 @pytest.mark.parametrize(("strategy", "remove_small"), [("overlap", False), ("best_match", True), ("none", False)])
 def test_out_of_core_merge_hands_its_phases_over_at_once(tmp_path, strategy, remove_small):
     """With ``map_phases`` the merge hands every phase over in one call, in
@@ -616,14 +632,7 @@ def test_out_of_core_merge_hands_its_phases_over_at_once(tmp_path, strategy, rem
     labels and statistics are those of the phase-by-phase merge."""
     from remote_samsing.merge import _thread_map, merge_stored
 
-    shape, tile, padding = (90, 70), 25, 5
-    truth = touching_labels(shape, n_seeds=40, seed=4, hole_frac=0.05)
-    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
-    path = write_store(stage_from_function(truth, plan, lambda w: w), plan, tmp_path / "staged.zarr")
-    cfg = MergeConfig(strategy=strategy, remove_small=remove_small, min_mask_area=5, merge_enclosed_max_area=20,
-                      min_contact_pixels=2)
-    plain = _CollectSink(shape)
-    expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain)
+    shape, plan, path, cfg, plain, expected = _plain_merge(tmp_path, strategy, remove_small, seed=4)
     handed = []
     events = []
 
@@ -665,14 +674,7 @@ def test_out_of_core_merge_phases_may_run_again(tmp_path, strategy, remove_small
     again."""
     from remote_samsing.merge import _thread_map, merge_stored
 
-    shape, tile, padding = (90, 70), 25, 5
-    truth = touching_labels(shape, n_seeds=40, seed=9, hole_frac=0.05)
-    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
-    path = write_store(stage_from_function(truth, plan, lambda w: w), plan, tmp_path / "staged.zarr")
-    cfg = MergeConfig(strategy=strategy, remove_small=remove_small, min_mask_area=5, merge_enclosed_max_area=20,
-                      min_contact_pixels=2)
-    plain = _CollectSink(shape)
-    expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain)
+    shape, plan, path, cfg, plain, expected = _plain_merge(tmp_path, strategy, remove_small, seed=9)
     run = _thread_map(2)
     firsts = []
 
