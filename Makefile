@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-integration bench install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,11 @@ demo: $(STAMP)
 	$(BIN)/python -m remote_samsing.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/integration
+
+# End-to-end runs: CLI subprocesses, notebooks, loopback clusters, the benchmark smoke run.
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
