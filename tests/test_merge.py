@@ -186,17 +186,22 @@ def test_each_relabel_task_gets_only_its_blocks_part_of_the_tables():
     plan = TilingPlan(shape=(60, 70), tile_size=20, padding=5)
     staged = stage_from_function(gridded_blobs(plan.shape, cell=5, seed=1), plan, lambda w: ndimage.label(w)[0])
     res = merge_labels(staged, plan=plan, config=MergeConfig())
+    from dask.core import get_dependencies
+
     dsk = dict(res.labels.__dask_graph__())
-    globals_ = {k for k in dsk if isinstance(k, tuple) and len(k) == 1 and str(k[0]).endswith(("-solve", "-ranks"))}
+    globals_ = {k for k in dsk if isinstance(k, tuple) and len(k) == 1 and str(k[0]).endswith(("-solve", "-ids"))}
     assert len(globals_) == 2
     relabel = [k for k in dsk if isinstance(k, tuple) and str(k[0]).startswith("rs-merged-labels-")]
     assert len(relabel) == plan.n_blocks
     for key in relabel:
-        deps = dsk[key].dependencies
+        deps = get_dependencies(dsk, key)
         assert not deps & globals_
-        items = [d for d in deps if "-item" in str(d[0])]
-        # its own block's ranks: an item of the ranking task, indexed by the block's position
-        assert any(d[1:-1] in {(g[0],) for g in globals_} and d[-1] == plan.block_id(key[1:]) for d in items)
+        # its own block's ranks and lookup table: per-block parts of the global results
+        ranks = [d for d in deps if str(d[0]).endswith("-ranks")]
+        assert [r[1:] for r in ranks] == [key[1:]]
+        assert get_dependencies(dsk, ranks[0]) <= globals_
+        for dep in deps:
+            assert all(len(d) > 1 for d in get_dependencies(dsk, dep) - globals_)
 
 
 # ---------------------------------------------------------------------------
@@ -541,11 +546,11 @@ def test_staged_store_path_gives_the_same_merge(tmp_path):
 
 def _counting_thread_map(calls: dict):
     """A ``map_blocks`` for ``merge_stored`` (two threads) recording how many items each phase got."""
-    from remote_samsing.merge import _thread_map
+    from remote_samsing.merge import thread_map
 
     def counting(func, items, *, name):
         calls[name] = len(items)
-        return _thread_map(2)(func, items, name=name)
+        return thread_map(2)(func, items, name=name)
 
     return counting
 
@@ -630,7 +635,7 @@ def test_out_of_core_merge_hands_its_phases_over_at_once(tmp_path, strategy, rem
     sink's preparation, which waits for nothing and is waited for by the
     relabel: it runs once, before the first block reaches the sink. The
     labels and statistics are those of the phase-by-phase merge."""
-    from remote_samsing.merge import _thread_map, merge_stored
+    from remote_samsing.merge import merge_stored, thread_map
 
     shape, plan, path, cfg, plain, expected = _plain_merge(tmp_path, strategy, remove_small, seed=4)
     handed = []
@@ -638,7 +643,7 @@ def test_out_of_core_merge_hands_its_phases_over_at_once(tmp_path, strategy, rem
 
     def map_phases(phases):
         handed.extend((name, len(items), *after) for name, func, items, *after in phases)
-        run = _thread_map(2)
+        run = thread_map(2)
         return [run(func, items, name=name) for name, func, items, *_ in phases], {p[0]: 0.5 for p in phases}
 
     class Sink(_CollectSink):
@@ -672,10 +677,10 @@ def test_out_of_core_merge_phases_may_run_again(tmp_path, strategy, remove_small
     phase, run a second time on its own after all of them ran, finds its
     inputs and gives the same results, and the sink gets the same blocks
     again."""
-    from remote_samsing.merge import _thread_map, merge_stored
+    from remote_samsing.merge import merge_stored, thread_map
 
     shape, plan, path, cfg, plain, expected = _plain_merge(tmp_path, strategy, remove_small, seed=9)
-    run = _thread_map(2)
+    run = thread_map(2)
     firsts = []
 
     def twice(phases):
@@ -757,8 +762,8 @@ def test_out_of_core_merge_uses_faces_computed_ahead(tmp_path, strategy, remove_
     and the result is the same. Each block's faces are handed out exactly
     once, as soon as the block and every neighbour they read are staged;
     never where the faces need the global island solve first."""
-    from remote_samsing.merge import (_owned, face_schedule, merge_stored, prepare_workdir, stage_faces,
-                                      stage_summary)
+    from remote_samsing.merge import face_schedule, merge_stored, prepare_workdir, stage_faces, stage_summary
+    from remote_samsing.merge._blocks import owned_faces
 
     shape, tile, padding = (90, 70), 25, 5
     truth = touching_labels(shape, n_seeds=40, seed=6, hole_frac=0.05)
@@ -787,14 +792,14 @@ def test_out_of_core_merge_uses_faces_computed_ahead(tmp_path, strategy, remove_
     # a block whose neighbour is not summarized yet: nothing written
     first = order[0]
     stage_summary(_slot(staged, plan, first), plan=plan, index=first, config=cfg, workdir=work)
-    if _owned(plan, first, offsets)[1]:
+    if owned_faces(plan, first, offsets)[1]:
         assert stage_faces(first, plan=plan, config=cfg, workdir=work) is False
         assert not (work / f"faces_{first[0]}_{first[1]}.pkl").exists()
     for iy, ix in order:
         stage_summary(_slot(staged, plan, (iy, ix)), plan=plan, index=(iy, ix), config=cfg, workdir=work)
         done.add((iy, ix))
         for b in ready((iy, ix)):
-            needs = {b, *_owned(plan, b, offsets)[1]}
+            needs = {b, *owned_faces(plan, b, offsets)[1]}
             assert needs <= done and (iy, ix) in needs  # ready exactly when its last input is staged
             assert stage_faces(b, plan=plan, config=cfg, workdir=work) is True
             handed.append(b)
@@ -812,7 +817,7 @@ def test_out_of_core_merge_uses_faces_computed_ahead(tmp_path, strategy, remove_
 def test_ranking_merged_ids_step_by_step_equals_a_global_sort():
     """The relabel's sequential ids: the stepwise ranking (bounded memory)
     gives exactly each id's rank among all blocks' distinct ids."""
-    from remote_samsing.merge import _rank_gids
+    from remote_samsing.merge._solve import _rank_gids
     from remote_samsing.tiling import block_label_offset
 
     rng = np.random.default_rng(0)

@@ -1,0 +1,123 @@
+"""Seam merge: put objects cut by the tiling back together, out of core.
+
+Input is the *staged* label array of the pipeline: one ``plan.slot_shape``
+chunk per block holding that block's local labels (0 = none, 1..n) for its
+whole padded window. Every pixel's final label comes from the block whose
+core contains it; neighbouring blocks both segmented their shared halo, and
+that double view is the evidence the default strategy merges on.
+
+Strategies (``MergeConfig.strategy``)
+-------------------------------------
+``"overlap"`` (default)
+    For each pair of neighbouring blocks (4 edge and 4 corner neighbours) take
+    the region both padded windows cover (the ``2·padding`` strip around the
+    seam, or the ``2P × 2P`` square at a corner). A *candidate* pair is a
+    fragment ``a`` of block A and ``b`` of block B that overlap there, where
+    ``a`` has pixels in A's core part of the region and ``b`` in B's. The pair
+    is linked when the IoU of A's view of ``a`` and B's view of ``b`` inside
+    the shared region is **strictly above** ``min_iou`` (default 0.5). That is
+    the anti-chaining guard: IoU > 0.5 implies the intersection holds more
+    than half of each segment, so a fragment can link at most one partner per
+    face; segments that merely touch at the seam (no overlap) never link, and
+    a small fragment cannot link to a large one whose view disagrees with it.
+    Candidates that are not linked count as *refused* in the statistics.
+    Needs ``padding > 0``.
+``"best_match"``, ``"mutual_best"``, ``"min_contact"``
+    The reference's rules (osmarluiz/sam-mosaic,
+    ``merge/discontinuity.py``; ``shared/design/reference.md`` §1.8),
+    reproduced exactly on the two one-pixel lines on either side of each
+    seam of the core mosaic: contact counts of label pairs along the line;
+    ``best_match`` links each label on either side to its partner of largest
+    contact (ties to the lower label, union of both directions),
+    ``mutual_best`` keeps pairs that are each other's best, ``min_contact``
+    keeps pairs with at least ``min_contact_pixels`` of contact. Island
+    removal runs *before* the merge, as in the reference, and
+    ``absorb_enclosed`` is not applied (the reference's version of that step
+    never fires, §1.7), so on the same pre-merge labels the result equals the
+    reference's up to a label permutation. ``best_match`` chains: an object
+    that ends at a seam is merged with whatever it touches across it.
+``"none"``
+    No merge and no post-processing: block-unique labels cropped to cores.
+
+Post-processing (switchable; not applied with ``"none"``)
+----------------------------------------------------------
+absorb_enclosed (``"overlap"`` only)
+    A merged object of at most ``merge_enclosed_max_area`` pixels whose
+    4-neighbours outside itself all belong to one other object (no
+    background, no nodata, not on the mosaic border) is relabelled to that
+    object. Decided on the merged mosaic, all objects at once; an object
+    absorbed into an object that is itself absorbed ends in the outer one.
+remove_small
+    Islands are 4-connected components of the foreground (``labels > 0``,
+    whatever their labels), measured whole across seams. An island of fewer
+    than ``min_mask_area`` pixels is set to 0. So two touching small labels
+    with no other neighbour are removed together, while a small label
+    touching a large one survives (unless enclosed and absorbed). This is the
+    reference's island rule (§1.7); merging and absorbing change labels, not
+    the foreground, so the islands are the same before and after them.
+
+The phases
+----------
+The merge is one list of phases (:func:`merge_phases` in ``_phases.py``),
+executed either as one lazy dask graph (:func:`merge_labels`, what
+``segment()`` returns) or phase by phase with every per-block result spilled
+to disk (:func:`merge_stored`, what ``pipeline.run`` uses, on executors the
+caller passes in):
+
+1. ``summarize``, per block (reads one staged chunk): core crop, foreground
+   components, label areas, small-label contacts, the core edge lines and
+   (``"overlap"``) the shared-region crops for the neighbours. Its output is
+   split in two: what the faces read and what the relabel reads.
+2. (reference strategies with island removal) ``comps`` per block and
+   ``islands`` once: the island rule, solved before the merge as the
+   reference does.
+3. ``faces``, per block: every face the block owns (right, down and the two
+   lower corners): candidate pairs and links, seam contacts. **The seam
+   decision is made here** (``_blocks._face_overlap`` and
+   ``_blocks._face_reference``).
+4. ``solve``, once: the island rule and union-find (numba) over the links,
+   then the enclosed-object rule; the table mapping pre-merge ids to merged
+   ids is split per block, so each block only ever receives its part.
+5. ``final``, per block: surviving merged ids; ``ids``, once: their ranks
+   1..N (the sorted union of merged ids, in steps of owner blocks), split per
+   block.
+6. ``relabel``, per block: read the staged chunk again and relabel it with its
+   lookup table (its own ranks only: no task receives a global table).
+
+Pre-merge ids are ``block_label_offset(block_id) | local`` (uint64), so no
+sequential offset chain exists between blocks (the bit split is dask-image
+PR #409's idea, https://github.com/dask/dask-image/pull/409). The faces →
+graph → lookup table → ``map_blocks`` relabel shape follows dask-image's
+``ndmeasure.label`` (``dask_image/ndmeasure/_utils/_label.py``), with the one
+global ``connected_components`` task replaced by union-find over fragment
+links only and the table shipped per block.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ._config import REFERENCE_STRATEGIES, STRATEGIES, MergeConfig, MergeResult
+from ._lazy import merge_labels
+from ._phases import Phase, merge_phases
+from ._stored import face_schedule, merge_stored, prepare_workdir, stage_faces, stage_summary, thread_map
+
+__all__ = [
+    "MergeConfig",
+    "MergeResult",
+    "Phase",
+    "REFERENCE_STRATEGIES",
+    "STRATEGIES",
+    "face_schedule",
+    "merge_labels",
+    "merge_phases",
+    "merge_stored",
+    "prepare_workdir",
+    "stage_faces",
+    "stage_summary",
+    "thread_map",
+]

@@ -1,0 +1,496 @@
+"""Per-block steps of the merge: summaries, faces, final ids, relabel.
+
+Every function here sees one block (its staged chunk, or the small summaries
+of it and its neighbours) and never the whole mosaic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._arrays import unique, unique_pairs
+from ..tiling import TilingPlan, Window, block_label_offset
+from ._config import MergeConfig
+
+# 4-connectivity, as the reference's post-processing
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+_SIDES = ("top", "bottom", "left", "right")
+#: Neighbour offsets whose face a block owns (the other four belong to the neighbour).
+FACE_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
+#: The two seam faces (right, down) the reference strategies read.
+SEAM_OFFSETS = FACE_OFFSETS[:2]
+_FACE_KIND = {(0, 1): "x", (1, 0): "y", (1, 1): "xy", (1, -1): "yx"}
+# what the faces read of a block's summary, and what the final ids and the relabel read
+_EARLY = ("offset", "edges", "comp_edges", "cand", "seam_comps", "seam_sizes", "comp_sizes")
+_LATE = ("index", "offset", "values", "n_idx", "present", "label_comp", "comp_sizes")
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def _intersect(a: Window, b: Window) -> Window:
+    return Window(max(a.y0, b.y0), min(a.y1, b.y1), max(a.x0, b.x0), min(a.x1, b.x1))
+
+
+def _neighbour(plan: TilingPlan, index, off):
+    iy, ix = index[0] + off[0], index[1] + off[1]
+    ny, nx = plan.grid_shape
+    if 0 <= iy < ny and 0 <= ix < nx:
+        return (iy, ix)
+    return None
+
+
+def owned_faces(plan: TilingPlan, index, offsets):
+    """The offsets in ``offsets`` that have a neighbour of ``index``, and those neighbours."""
+    offs = [off for off in offsets if _neighbour(plan, index, off) is not None]
+    return offs, [_neighbour(plan, index, off) for off in offs]
+
+
+def _offset(plan: TilingPlan, index) -> np.uint64:
+    return np.uint64(block_label_offset(plan.block_id(index)))
+
+
+def _compact(core: np.ndarray):
+    """Block labels as small indices (identity unless local labels are sparse)."""
+    mx = int(core.max()) if core.size else 0
+    if mx <= 4 * core.size + 1024:
+        return core, None
+    values, inv = unique(core, return_inverse=True)
+    inv = inv.reshape(core.shape).astype(np.uint32)
+    if values[0] != 0:
+        values = np.concatenate([[0], values]).astype(values.dtype)
+        inv += 1
+    return inv, values.astype(np.uint32)
+
+
+def _to_local(idx: np.ndarray, values) -> np.ndarray:
+    return idx.astype(np.uint32) if values is None else values[idx]
+
+
+def _to_idx(local: np.ndarray, values) -> np.ndarray:
+    return local.astype(np.int64) if values is None else np.searchsorted(values, local)
+
+
+def _core(slot, vbits, *, plan, index):
+    pw = plan.padded_window(index)
+    cw = plan.core_in_padded(index)
+    core = np.array(np.asarray(slot)[: pw.shape[0], : pw.shape[1]][cw.slices], dtype=np.uint32)
+    if vbits is not None:
+        v = np.unpackbits(vbits, count=core.size).reshape(core.shape).astype(bool)
+        core[~v] = 0
+    return core
+
+
+def _edge_line(a: np.ndarray, side: str) -> np.ndarray:
+    return {"top": a[0], "bottom": a[-1], "left": a[:, 0], "right": a[:, -1]}[side].copy()
+
+
+def _has_side(plan: TilingPlan, index, side: str) -> bool:
+    off = {"top": (-1, 0), "bottom": (1, 0), "left": (0, -1), "right": (0, 1)}[side]
+    return _neighbour(plan, index, off) is not None
+
+
+@dataclass(frozen=True)
+class StoredSlot:
+    """One block's staged chunk in a Zarr store, read by the task that needs it.
+
+    Passed as a plain argument instead of a separate read task: each task
+    costs the scheduler about a millisecond, which bounds a fast merge.
+    """
+
+    path: str
+    index: tuple[int, int]
+    slot_shape: tuple[int, int]
+
+    def load(self) -> np.ndarray:
+        import zarr
+
+        sy, sx = self.slot_shape
+        iy, ix = self.index
+        z = zarr.open_array(store=self.path, mode="r")
+        return z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx]
+
+
+def _load(slot):
+    return slot.load() if isinstance(slot, StoredSlot) else slot
+
+
+def _cat64(parts) -> np.ndarray:
+    return np.concatenate(parts).astype(np.uint64, copy=False) if parts else np.empty(0, np.uint64)
+
+# ---------------------------------------------------------------------------
+# 1. summary: the one step that reads a block's pixels besides the relabel
+# ---------------------------------------------------------------------------
+def _summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
+    from .. import _merge_nb as nb
+
+    index = tuple(index)
+    vbits = None
+    if valid is not None:
+        v = np.asarray(valid, bool)
+        if not v.all():
+            vbits = np.packbits(v.ravel())
+    core = _core(slot, vbits, plan=plan, index=index)
+    idx, values = _compact(core)
+    # a core without labels (nodata, nothing segmented) skips the per-pixel passes
+    empty = not idx.any()
+    areas = np.bincount(idx.ravel()) if idx.size and not empty else np.array([idx.size], np.int64)
+    present = np.flatnonzero(areas)
+    present = present[present > 0]
+    info: dict[str, Any] = {
+        "index": index,
+        "offset": _offset(plan, index),
+        "values": values,
+        "n_idx": int(areas.size),
+        "present": present,
+    }
+    sides = [s for s in _SIDES if _has_side(plan, index, s)]
+    info["edges"] = {s: _to_local(_edge_line(idx, s), values) for s in sides}
+    if cfg.islands:
+        comps, ncomp = _label_fg(idx, empty=empty)
+        comp_sizes = np.bincount(comps.ravel(), minlength=ncomp + 1) if not empty else areas.copy()
+        last = np.full(areas.size, -1, np.int32)
+        out_l = np.empty(idx.size, np.uint32)
+        out_c = np.empty(idx.size, np.int32)
+        n = nb.label_comp_pairs(idx, comps, last, out_l, out_c) if not empty else 0
+        lc_l, lc_c, _ = unique_pairs(out_l[:n].astype(np.uint64), out_c[:n].astype(np.uint64))
+        info["comp_sizes"] = comp_sizes
+        info["label_comp"] = (lc_l.astype(np.int64), lc_c.astype(np.int64))
+        info["comp_edges"] = {s: _edge_line(comps, s) for s in sides}
+        seam = unique(np.concatenate([info["comp_edges"][s] for s in sides])) if sides else np.empty(0, np.int32)
+        seam = seam[seam > 0].astype(np.int64)
+        info["seam_comps"] = seam
+        info["seam_sizes"] = comp_sizes[seam]
+    if cfg.absorb:
+        info["cand"] = _enclosure_candidates(idx, values, areas, plan, index, cfg)
+    strips = None
+    if cfg.strategy == "overlap":
+        pw = plan.padded_window(index)
+        padded = np.asarray(slot)[: pw.shape[0], : pw.shape[1]]
+        strips = {}
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                other = _neighbour(plan, index, (dy, dx)) if (dy, dx) != (0, 0) else None
+                if other is None:
+                    continue
+                shared = _intersect(pw, plan.padded_window(other))
+                strips[(dy, dx)] = _pack(padded[shared.relative_to(pw).slices])
+    return info, strips, vbits
+
+
+def _summarize_split(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
+    """:func:`_summarize`, split into what the faces read and what the relabel reads."""
+    info, strips, vbits = _summarize(_load(slot), valid, plan=plan, index=index, cfg=cfg)
+    early = {k: info[k] for k in _EARLY if k in info}
+    early["strips"] = strips
+    late = {k: info[k] for k in _LATE if k in info}
+    late["vbits"] = vbits
+    return early, late
+
+
+def _pack(a: np.ndarray):
+    """Compress a label strip: strips wait for the neighbour's summary, and
+    label strips are long runs, so zlib at level 1 shrinks them ~20x cheaply."""
+    import zlib
+
+    if not a.any():  # no labels in the strip: nothing to store
+        return a.shape, None, None
+    a = np.ascontiguousarray(a, dtype=np.uint16 if a.max() < 65536 else np.uint32)
+    return a.shape, a.dtype.str, zlib.compress(a.tobytes(), 1)
+
+
+def _unpack(packed) -> np.ndarray:
+    import zlib
+
+    shape, dtype, data = packed
+    if data is None:
+        return np.zeros(shape, np.uint32)
+    return np.frombuffer(zlib.decompress(data), dtype=dtype).reshape(shape).astype(np.uint32)
+
+
+def _label_fg(idx: np.ndarray, *, empty: bool = False):
+    from scipy import ndimage
+
+    if empty:  # no foreground: no components (np.zeros costs nothing until touched)
+        return np.zeros(idx.shape, np.int32), 0
+    comps, n = ndimage.label(idx > 0, structure=_CROSS)
+    return comps.astype(np.int32, copy=False), int(n)
+
+
+def _enclosure_candidates(idx, values, areas, plan, index, cfg):
+    """Small labels whose in-block contacts are only other labels (or seams)."""
+    from .. import _merge_nb as nb
+
+    small = (areas > 0) & (areas <= cfg.merge_enclosed_max_area)
+    small[0] = False
+    empty = {
+        "local": np.empty(0, np.uint32),
+        "area": np.empty(0, np.int64),
+        "nb_l": np.empty(0, np.uint32),
+        "nb_m": np.empty(0, np.uint32),
+    }
+    if not small.any():
+        return empty
+    sides = np.array(
+        [nb.NEIGHBOUR_SEAM if _has_side(plan, index, s) else nb.NEIGHBOUR_BORDER for s in _SIDES], np.int64
+    )
+    cap = int(4 * areas[small].sum())
+    out_l = np.empty(cap, np.int64)
+    out_m = np.empty(cap, np.int64)
+    n = nb.enclosure_pairs(idx, small, sides, out_l, out_m)
+    pl, pm = out_l[:n], out_m[:n]
+    bad = np.zeros(areas.size, bool)
+    bad[pl[(pm == 0) | (pm == nb.NEIGHBOUR_BORDER)]] = True
+    cand = unique(pl)
+    cand = cand[~bad[cand]]
+    keep = np.isin(pl, cand) & (pm > 0)
+    nl, nm, _ = unique_pairs(pl[keep].astype(np.uint64), pm[keep].astype(np.uint64))
+    return {
+        "local": _to_local(cand, values),
+        "area": areas[cand].astype(np.int64),
+        "nb_l": _to_local(nl.astype(np.int64), values),
+        "nb_m": _to_local(nm.astype(np.int64), values),
+    }
+
+# ---------------------------------------------------------------------------
+# 2. faces: the links between two neighbouring blocks
+# ---------------------------------------------------------------------------
+def _seam_sides(off):
+    return ("right", "left") if off == (0, 1) else ("bottom", "top")
+
+
+def _face_seam(info_a, info_b, *, off, want_comps: bool, want_adj: bool):
+    """Foreground-component links and small-label contacts across one seam line."""
+    sa, sb = _seam_sides(off)
+    oa, ob = info_a["offset"], info_b["offset"]
+    comp_pairs = adj = None
+    if want_comps:
+        ca, cb = info_a["comp_edges"][sa], info_b["comp_edges"][sb]
+        both = (ca > 0) & (cb > 0)
+        ga = oa | ca[both].astype(np.uint64)
+        gb = ob | cb[both].astype(np.uint64)
+        ga, gb, _ = unique_pairs(ga, gb)
+        comp_pairs = (ga, gb)
+    if want_adj:
+        la, lb = info_a["edges"][sa], info_b["edges"][sb]
+        src, dst = [], []
+        for line, other, cand, o_self, o_other in (
+            (la, lb, info_a["cand"]["local"], oa, ob),
+            (lb, la, info_b["cand"]["local"], ob, oa),
+        ):
+            hit = np.isin(line, cand)
+            s = o_self | line[hit].astype(np.uint64)
+            d = other[hit].astype(np.uint64)
+            d = np.where(d > 0, o_other | d, np.uint64(0))
+            src.append(s)
+            dst.append(d)
+        s, d, _ = unique_pairs(np.concatenate(src), np.concatenate(dst))
+        adj = (s, d)
+    return comp_pairs, adj
+
+
+def _face_overlap(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: float):
+    """Candidate pairs and IoU links inside the region both blocks saw."""
+    stats = {"blocks": [list(a), list(b)], "kind": _FACE_KIND[off], "candidates": 0, "links": 0, "refused": 0}
+    empty = (np.empty(0, np.uint64), np.empty(0, np.uint64))
+    if strips_a[off][2] is None or strips_b[(-off[0], -off[1])][2] is None:
+        return empty, stats  # one side saw no labels there: no candidate pairs
+    la = _unpack(strips_a[off])
+    lb = _unpack(strips_b[(-off[0], -off[1])])
+    shared = _intersect(plan.padded_window(a), plan.padded_window(b))
+    part_a = _intersect(plan.core_window(a), shared).relative_to(shared)
+    part_b = _intersect(plan.core_window(b), shared).relative_to(shared)
+    pres_a = unique(la[part_a.slices])
+    pres_b = unique(lb[part_b.slices])
+    both = (la > 0) & (lb > 0)
+    pa, pb, inter = unique_pairs(la[both].astype(np.uint64), lb[both].astype(np.uint64))
+    if pa.size == 0:
+        return empty, stats
+    cand = np.isin(pa, pres_a) & np.isin(pb, pres_b)
+    ua, na = unique(la[la > 0], return_counts=True)
+    ub, nb_ = unique(lb[lb > 0], return_counts=True)
+    area_a = na[np.searchsorted(ua, pa)]
+    area_b = nb_[np.searchsorted(ub, pb)]
+    iou = inter / (area_a + area_b - inter)
+    link = cand & (iou > min_iou)
+    stats.update(candidates=int(cand.sum()), links=int(link.sum()), refused=int((cand & ~link).sum()))
+    oa, ob = _offset(plan, a), _offset(plan, b)
+    return (oa | pa[link], ob | pb[link]), stats
+
+
+def _face_reference(info_a, info_b, rem_a, rem_b, *, a, b, off, strategy: str, min_contact: int):
+    """The reference's pair selection on the two pixel lines at one seam."""
+    sa, sb = _seam_sides(off)
+    la, lb = info_a["edges"][sa].copy(), info_b["edges"][sb].copy()
+    for line, rem, info, side in ((la, rem_a, info_a, sa), (lb, rem_b, info_b, sb)):
+        if rem is not None:
+            line[rem[info["comp_edges"][side]]] = 0
+    both = (la > 0) & (lb > 0)
+    ga = info_a["offset"] | la[both].astype(np.uint64)
+    gb = info_b["offset"] | lb[both].astype(np.uint64)
+    pa, pb, cnt = unique_pairs(ga, gb)
+    stats = {"blocks": [list(a), list(b)], "kind": _FACE_KIND[off], "candidates": int(pa.size)}
+    if pa.size == 0:
+        keep = np.zeros(0, bool)
+    elif strategy == "min_contact":
+        keep = cnt >= min_contact
+    else:
+        # best partner of each side-1 label: largest count, ties to the lower label
+        o1 = np.lexsort((pb, -cnt, pa))
+        first1 = np.ones(o1.size, bool)
+        first1[1:] = pa[o1][1:] != pa[o1][:-1]
+        best1 = np.zeros(pa.size, bool)
+        best1[o1[first1]] = True
+        o2 = np.lexsort((pa, -cnt, pb))
+        first2 = np.ones(o2.size, bool)
+        first2[1:] = pb[o2][1:] != pb[o2][:-1]
+        best2 = np.zeros(pa.size, bool)
+        best2[o2[first2]] = True
+        keep = (best1 | best2) if strategy == "best_match" else (best1 & best2)
+    stats.update(links=int(keep.sum()), refused=int(pa.size - keep.sum()))
+    return (pa[keep], pb[keep]), stats
+
+
+def _seam_nodes(info):
+    return info["offset"] | info["seam_comps"].astype(np.uint64), info["seam_sizes"]
+
+
+def _block_cands(info):
+    return info["offset"], info["cand"]
+
+
+def _block_removed(info, piece, *, min_area: int):
+    removed = info["comp_sizes"] < min_area
+    removed[0] = False
+    local, flags = piece
+    removed[local] = flags
+    return removed
+
+
+def _block_faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeConfig):
+    """Every face a block owns: overlap links, and seam contacts for the post-processing."""
+    links_a, links_b, stats, comp_a, comp_b, adj_s, adj_d = [], [], [], [], [], [], []
+    for off, other in zip(offsets, others):
+        nb = (index[0] + off[0], index[1] + off[1])
+        (la, lb), st = _face_overlap(own["strips"], other["strips"], plan=plan, a=index, b=nb, off=off,
+                                     min_iou=float(cfg.min_iou))
+        links_a.append(la)
+        links_b.append(lb)
+        stats.append(st)
+        if off in ((0, 1), (1, 0)) and (cfg.islands or cfg.absorb):
+            cp, adj = _face_seam(own, other, off=off, want_comps=cfg.islands, want_adj=cfg.absorb)
+            if cp is not None:
+                comp_a.append(cp[0])
+                comp_b.append(cp[1])
+            if adj is not None:
+                adj_s.append(adj[0])
+                adj_d.append(adj[1])
+    out = {"links": (_cat64(links_a), _cat64(links_b)), "stats": stats}
+    if cfg.islands:
+        out["comp_pairs"] = (_cat64(comp_a), _cat64(comp_b))
+        out["seam_nodes"] = _seam_nodes(own)
+    if cfg.absorb:
+        out["adj"] = (_cat64(adj_s), _cat64(adj_d))
+        out["cands"] = _block_cands(own)
+    return out
+
+
+def _block_faces_comps(own, others, *, offsets):
+    """Foreground-component links across the seams a block owns (island rule)."""
+    pa, pb = [], []
+    for off, other in zip(offsets, others):
+        cp, _ = _face_seam(own, other, off=off, want_comps=True, want_adj=False)
+        pa.append(cp[0])
+        pb.append(cp[1])
+    return {"comp_pairs": (_cat64(pa), _cat64(pb)), "seam_nodes": _seam_nodes(own)}
+
+
+def _block_faces_reference(own, rem, others, rems, *, index, neighbours, offsets, strategy, min_contact):
+    """The reference's line-contact pairs on the seams a block owns."""
+    la, lb, stats = [], [], []
+    for off, other, rem_o, nb in zip(offsets, others, rems, neighbours):
+        (a, b), st = _face_reference(own, other, rem, rem_o, a=index, b=nb, off=off, strategy=strategy,
+                                     min_contact=min_contact)
+        la.append(a)
+        lb.append(b)
+        stats.append(st)
+    return {"links": (_cat64(la), _cat64(lb)), "stats": stats}
+
+# ---------------------------------------------------------------------------
+# 4. final ids of one block
+# ---------------------------------------------------------------------------
+def _block_final(info, removed, piece):
+    """Surviving block labels (as indices) and their merged pre-relabel ids."""
+    present = info["present"]
+    n_removed = 0
+    if removed is not None and removed.any():
+        lc_l, lc_c = info["label_comp"]
+        surv = unique(lc_l[~removed[lc_c]])
+        n_removed = int(removed.sum())
+    else:
+        surv = present
+    local = _to_local(surv, info["values"])
+    gids = info["offset"] | local.astype(np.uint64)
+    if piece is not None and piece[0].size:
+        p_local, p_final = piece[0], piece[1]
+        pos = np.minimum(np.searchsorted(p_local, local), p_local.size - 1)
+        hit = p_local[pos] == local
+        gids[hit] = p_final[pos[hit]]
+    return {"idx": surv, "gids": gids, "n_before": int(present.size), "islands_removed": n_removed}
+
+
+def _final_task(late, removed, pieces, *, min_area: int):
+    """Surviving labels of one block and their merged ids (see :func:`_block_final`)."""
+    island_piece, merge_piece = pieces if pieces is not None else (None, None)
+    if removed is None and island_piece is not None:
+        removed = _block_removed(late, island_piece, min_area=min_area)
+    fin = _block_final(late, removed, merge_piece)
+    fin["removed"] = removed
+    return fin
+
+# ---------------------------------------------------------------------------
+# 5. relabel
+# ---------------------------------------------------------------------------
+def _block_lut(info, fin, ranks):
+    lut = np.zeros(info["n_idx"], np.uint32)
+    lut[fin["idx"]] = ranks
+    return lut
+
+
+def _block_codes(info, piece):
+    codes = np.zeros(info["n_idx"], np.uint8)
+    if piece is not None and piece[0].size:
+        codes[_to_idx(piece[0], info["values"])] = piece[2]
+    return codes
+
+
+def _apply(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: bool = False):
+    from .. import _merge_nb as nb
+
+    core = _core(slot, vbits, plan=plan, index=index)
+    if not core.any():  # nothing to relabel
+        return np.zeros(core.shape, np.uint8 if diagnostics else np.uint32)
+    idx, _ = _compact(core)
+    use_comps = removed is not None and removed.any()
+    comps = _label_fg(idx)[0] if use_comps else np.empty((0, 0), np.int32)
+    if diagnostics:
+        out = lut[idx]
+        if use_comps:
+            out[removed[comps]] = 3
+        return out
+    out = np.empty(idx.shape, np.uint32)
+    nb.apply_lut(idx, comps, removed if use_comps else np.zeros(1, bool), lut, out)
+    return out
+
+
+def _apply_task(slot, late, fin, ranks, *, plan: TilingPlan, index):
+    lut = _block_lut(late, fin, ranks)
+    return _apply(_load(slot), late["vbits"], fin["removed"], lut, plan=plan, index=index)
+
+
+def _apply_codes_task(slot, late, fin, pieces, *, plan: TilingPlan, index):
+    codes = _block_codes(late, pieces[1] if pieces is not None else None)
+    return _apply(_load(slot), late["vbits"], fin["removed"], codes, plan=plan, index=index, diagnostics=True)

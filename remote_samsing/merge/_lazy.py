@@ -1,0 +1,181 @@
+"""The merge's phases as one lazy dask graph (what ``segment()`` returns).
+
+The graph is a plain task dictionary in dask's documented graph format
+(https://docs.dask.org/en/stable/spec.html), wrapped with
+``HighLevelGraph.from_collections``: one layer for the inner steps and one
+per output (labels, diagnostics, statistics), on top of the input arrays'
+layers. A dict is built in time linear in the number of blocks, where
+chaining one ``dask.delayed`` call per block and step merges graph layers
+pairwise (quadratic).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import os
+import uuid
+
+import numpy as np
+
+from ..tiling import TilingPlan
+from ._blocks import StoredSlot
+from ._config import MergeConfig, MergeResult
+from ._phases import ALL, check_inputs, merge_phases, merge_statistics
+
+__all__ = ["merge_labels"]
+
+
+class _Graph:
+    """The task dict of one merge and the key of every output it holds."""
+
+    def __init__(self, prefix: str, plan: TilingPlan, sources: dict):
+        self.prefix, self.plan, self.dsk = prefix, plan, {}
+        self.keys: dict = {}  # (output name, block index) -> key or literal
+        self.items: dict = {}  # (phase name, block index or 0) -> key of the step's whole result
+        self.sources = sources  # "staged", "reread", "valid": index -> key or literal
+
+    def resolve(self, ref, *, terminal: bool):
+        name, where = ref
+        if where == ALL:
+            return [self.keys[(name, i)] for i in self.plan.block_ids()]
+        if name == "staged" and terminal:  # the relabel reads the staged chunk again
+            name = "reread"
+        if name in self.sources:
+            return self.sources[name](tuple(where))
+        return self.keys[(name, tuple(where))]
+
+    def add(self, phase, out_keys: dict) -> None:
+        """Add one phase's tasks; ``out_keys`` names the terminal phases' array keys."""
+        for item in phase.items(self.plan):
+            index = tuple(item) if phase.per_block else ()
+            args = [self.resolve(r, terminal=phase.terminal) for r in phase.reads(index or None)]
+            if phase.terminal:
+                self.dsk[(out_keys[phase.name],) + index] = (phase.func, index, *args)
+                continue
+            key = (f"{self.prefix}-{phase.name}",) + index
+            self.dsk[key] = (phase.func, index, *args) if phase.per_block else (phase.func, *args)
+            self.items[(phase.name, index or 0)] = key
+            self._outputs(phase, key, index)
+
+    def _outputs(self, phase, key, index) -> None:
+        """Name each output: a ``getitem`` of the step's result (split per block for a global step)."""
+        for k, out in enumerate(phase.outputs):
+            if phase.per_block:
+                okey = (f"{self.prefix}-{phase.name}-{out}",) + index
+                self.dsk[okey] = (operator.getitem, key, k)
+                self.keys[(out, index)] = okey
+                continue
+            for pos, i in enumerate(self.plan.block_ids()):
+                okey = (f"{self.prefix}-{phase.name}-{out}",) + i
+                self.dsk[okey] = (operator.getitem, (operator.getitem, key, k), pos)
+                self.keys[(out, i)] = okey
+
+
+def _stats(solve, finals, ids, *, cfg: MergeConfig):
+    return merge_statistics(None if solve is None else solve[-1], [f[-1] for f in finals], ids[-1], cfg=cfg)
+
+
+def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, reread: bool = True) -> MergeResult:
+    """Merge staged block labels across seams; relabel 1..N. Computes nothing.
+
+    Parameters
+    ----------
+    staged : dask.array.Array or path
+        ``plan.staging_shape`` unsigned labels, one ``plan.slot_shape`` chunk
+        per block holding that block's local labels for its padded window
+        at the slot's top-left corner. A path names such an array in a Zarr
+        store (the pipeline's staging store); the tasks that need a block's
+        chunk then read it themselves (twice: ``reread`` is implied).
+    plan : TilingPlan
+    config : MergeConfig
+    valid : dask.array.Array of bool, optional
+        (H, W) validity mask; labels are 0 where it is False.
+    reread : bool
+        Read each staged chunk again for the final relabel (through
+        ``dask.graph_manipulation.clone``) instead of keeping it in memory
+        until the global tables are known. Keep True when ``staged`` is read
+        from storage (memory then stays independent of the mosaic size); set
+        False when ``staged`` is an expensive lazy computation.
+
+    Returns
+    -------
+    MergeResult
+        Lazy labels, statistics and (optionally) diagnostics.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from remote_samsing.tiling import TilingPlan
+    >>> plan = TilingPlan(shape=(4, 4), tile_size=4, padding=0)
+    >>> staged = da.from_array(np.eye(4, dtype=np.uint32), chunks=plan.slot_shape)
+    >>> res = merge_labels(staged, plan=plan, config=MergeConfig(strategy="none"))
+    >>> res.labels.compute().max()
+    np.uint32(1)
+    """
+    from dask.base import tokenize
+
+    staged, valid = check_inputs(staged, plan, config, valid)
+    # a store's path says nothing about its content: such graphs get fresh keys
+    fresh = uuid.uuid4().hex if isinstance(staged, (str, os.PathLike)) else None
+    token = tokenize(staged, plan, config, valid, reread, fresh)
+    sources, collections = _sources(staged, valid, plan=plan, reread=reread)
+    g = _Graph(f"rs-merge-{token}", plan, sources)
+    names = {"relabel": f"rs-merged-labels-{token}", "diagnostics": f"rs-merge-diagnostics-{token}"}
+    for phase in merge_phases(plan, config, valid=valid is not None, diagnostics=config.diagnostics):
+        g.add(phase, names)
+    stats_name = f"rs-merge-stats-{token}"
+    finals = [g.items[("final", i)] for i in plan.block_ids()]
+    g.dsk[(stats_name,)] = (functools.partial(_stats, cfg=config), g.items.get(("solve", 0)), finals,
+                            g.items[("ids", 0)])
+    return _collections(g, names, stats_name, collections, diagnostics=config.diagnostics)
+
+
+def _sources(staged, valid, *, plan: TilingPlan, reread: bool):
+    """How a task names a block's staged chunk (first read and re-read) and validity chunk."""
+    collections = []
+    if isinstance(staged, (str, os.PathLike)):
+        path, shape = os.fspath(staged), tuple(plan.slot_shape)
+
+        def slot(i):
+            return StoredSlot(path, i, shape)
+
+        sources = {"staged": slot, "reread": slot}
+    else:
+        collections.append(staged)
+        again = staged
+        if reread:
+            from dask.graph_manipulation import clone
+
+            again = clone(staged)
+            collections.append(again)
+        sources = {"staged": lambda i: (staged.name,) + i, "reread": lambda i: (again.name,) + i}
+    if valid is not None:
+        collections.append(valid)
+        sources["valid"] = lambda i: (valid.name,) + i
+    return sources, collections
+
+
+def _collections(g: _Graph, names: dict, stats_name: str, sources: list, *, diagnostics: bool) -> MergeResult:
+    """Wrap the task dict as the labels array, the statistics and the diagnostics array."""
+    import dask.array as da
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    parts: dict = {g.prefix: {}, stats_name: {}, **{n: {} for n in names.values()}}
+    for key, task in g.dsk.items():
+        parts[key[0] if key[0] in parts else g.prefix][key] = task
+    inner = HighLevelGraph.from_collections(g.prefix, parts[g.prefix], dependencies=sources)
+    inner_c = Delayed(next(iter(parts[g.prefix])), inner, layer=g.prefix)
+
+    def layer(name):
+        return HighLevelGraph.from_collections(name, parts[name], dependencies=[inner_c, *sources])
+
+    meta32, meta8 = np.empty((0, 0), np.uint32), np.empty((0, 0), np.uint8)
+    labels = da.Array(layer(names["relabel"]), names["relabel"], chunks=g.plan.chunks, dtype=np.uint32, meta=meta32)
+    diag = None
+    if diagnostics:
+        diag = da.Array(layer(names["diagnostics"]), names["diagnostics"], chunks=g.plan.chunks, dtype=np.uint8,
+                        meta=meta8)
+    stats = Delayed((stats_name,), layer(stats_name), layer=stats_name)
+    return MergeResult(labels=labels, stats=stats, diagnostics=diag)

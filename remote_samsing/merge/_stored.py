@@ -1,0 +1,339 @@
+"""The merge's phases run one after another, every output spilled to disk.
+
+What ``pipeline.run`` uses: each phase task reads what it needs from the
+spill folder and writes its own outputs there, so the scheduler and the
+client hold nothing per block between phases and their memory does not grow
+with the mosaic. The phases go to a ``map_phases`` callable the caller
+supplies (the pipeline chains them on its cluster); this module never
+submits work itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import shutil
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._files import write_atomic, write_json_atomic
+from ..exceptions import ConfigError, RemoteSamsingError
+from ..tiling import TilingPlan
+from ._blocks import FACE_OFFSETS, SEAM_OFFSETS, StoredSlot, owned_faces
+from ._config import REFERENCE_STRATEGIES, MergeConfig
+from ._phases import ALL, Phase, check_inputs, merge_phases, merge_statistics
+
+__all__ = ["merge_stored", "prepare_workdir", "stage_summary", "stage_faces", "face_schedule", "thread_map"]
+
+
+@dataclass(frozen=True)
+class _Spill:
+    """The folder where one out-of-core merge keeps its per-block results.
+
+    Files are written atomically: a task that runs again after a lost worker
+    overwrites a whole file, never half of one. No phase removes its inputs
+    (the folder goes once the merge is done): the scheduler runs a task
+    again when a lost worker held its result and a later task still needs
+    it, also after later phases ran, and it must then find its inputs.
+    """
+
+    root: str
+
+    def path(self, kind: str, index=None) -> str:
+        tail = kind if index is None else f"{kind}_{index[0]}_{index[1]}"
+        return os.path.join(self.root, tail + ".pkl")
+
+    def has(self, kind: str, index) -> bool:
+        return os.path.exists(self.path(kind, index))
+
+    def save(self, obj, kind: str, index=None) -> None:
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                pickle.dump(obj, f, protocol=5)
+
+        write_atomic(self.path(kind, index), write)
+
+    def load(self, kind: str, index=None):
+        with open(self.path(kind, index), "rb") as f:
+            return pickle.load(f)
+
+
+def _resolve(ref, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict):
+    name, where = ref
+    if where == ALL:
+        return [spill.load(name, i) for i in plan.block_ids()]
+    where = tuple(where)
+    if (name, where) in given:
+        return given[(name, where)]
+    if name == "staged":  # read by the step itself, only if it needs the pixels
+        return StoredSlot(staged, where, tuple(plan.slot_shape))
+    return spill.load(name, where)
+
+
+def _run(item, *, phase: Phase, spill: _Spill, staged: str, plan: TilingPlan, sink=None, given=None):
+    """One task of ``phase``: read its inputs from the spill folder, run, write its outputs there."""
+    per_block = phase.per_block
+    index = tuple(int(i) for i in item) if per_block else None
+    values = [_resolve(r, spill=spill, staged=staged, plan=plan, given=given or {}) for r in phase.reads(index)]
+    result = phase.func(index, *values) if per_block else phase.func(*values)
+    if phase.terminal:
+        sink(result, plan.core_window(index))
+        return 1
+    for name, value in zip(phase.outputs, result):
+        if per_block:
+            spill.save(value, name, index)
+        else:
+            for i, v in zip(plan.block_ids(), value):
+                spill.save(v, name, i)
+    return result[len(phase.outputs)] if phase.report else None
+
+
+def _pending(phase: Phase, plan: TilingPlan, spill: _Spill) -> list:
+    """A phase's items still to run: per-block steps whose outputs an earlier run or the
+    segmentation (:func:`stage_summary`, :func:`stage_faces`) already wrote are skipped."""
+    items = phase.items(plan)
+    if not phase.per_block or phase.report or phase.terminal:
+        return items
+    return [i for i in items if not all(spill.has(o, i) for o in phase.outputs)]
+
+
+def _workdir_token(plan: TilingPlan, cfg: MergeConfig) -> str:
+    from dask.base import tokenize
+
+    return tokenize(plan, cfg)
+
+
+def prepare_workdir(workdir: str | os.PathLike, *, plan: TilingPlan, config: MergeConfig) -> None:
+    """Create the spill folder of :func:`merge_stored`, keeping what it holds if it was made for the
+    same plan and configuration (block summaries from :func:`stage_summary`), emptying it otherwise."""
+    root = os.path.abspath(os.fspath(workdir))
+    stamp = os.path.join(root, "config.token")
+    token = _workdir_token(plan, config)
+    if os.path.isdir(root):
+        try:
+            with open(stamp) as f:
+                if f.read() == token:
+                    return
+        except OSError:
+            pass
+        shutil.rmtree(root)
+    os.makedirs(root)
+    write_atomic(stamp, lambda tmp: tmp.write_text(token))
+
+
+def _phase(config: MergeConfig, plan: TilingPlan, name: str) -> Phase:
+    return next(p for p in merge_phases(plan, config) if p.name == name)
+
+
+def stage_summary(slot: np.ndarray, *, plan: TilingPlan, index, config: MergeConfig,
+                  workdir: str | os.PathLike) -> None:
+    """Summarize one block's staged labels for :func:`merge_stored` while they are in memory.
+
+    The pipeline calls this in the task that segmented the block, right
+    after staging its chunk: the merge then skips its first phase for that
+    block instead of reading the chunk back. ``workdir`` must have been made
+    by :func:`prepare_workdir` with the same plan and configuration.
+
+    Parameters
+    ----------
+    slot : ndarray
+        The block's staged chunk (``plan.slot_shape``, local labels).
+    plan : TilingPlan
+    index : (int, int)
+    config : MergeConfig
+    workdir : path
+    """
+    index = tuple(int(i) for i in index)
+    _run(index, phase=_phase(config, plan, "summarize"), spill=_Spill(os.path.abspath(os.fspath(workdir))),
+         staged="", plan=plan, given={("staged", index): np.asarray(slot)})
+
+
+def _ahead_offsets(cfg: MergeConfig):
+    """The neighbours whose summaries a block's faces read, or None where the faces wait for a global step
+    (the reference strategies' island solve) or there are none (``"none"``)."""
+    if cfg.strategy == "none" or (cfg.strategy in REFERENCE_STRATEGIES and cfg.islands):
+        return None
+    return FACE_OFFSETS if cfg.strategy == "overlap" else SEAM_OFFSETS
+
+
+def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | os.PathLike) -> bool:
+    """Compute one block's seam faces for :func:`merge_stored` ahead of the merge, if their inputs are there.
+
+    The faces a block owns read only its own and its neighbours' summaries
+    (:func:`stage_summary`), so they can run as soon as those blocks are
+    staged, while other blocks are still being segmented; the merge then
+    skips its faces phase for the block. Nothing is written when a summary
+    is missing (the merge computes those faces itself) or when the
+    strategy's faces need a global step first (see :func:`face_schedule`).
+
+    Returns
+    -------
+    bool
+        Whether the block's faces were written.
+    """
+    if _ahead_offsets(config) is None:
+        return False
+    index = tuple(int(i) for i in index)
+    spill = _Spill(os.path.abspath(os.fspath(workdir)))
+    phase = _phase(config, plan, "faces")
+    if not all(spill.has(name, where) for name, where in phase.reads(index)):
+        return False
+    _run(index, phase=phase, spill=spill, staged="", plan=plan)
+    return True
+
+
+def face_schedule(plan: TilingPlan, config: MergeConfig):
+    """A tracker of which blocks' faces (:func:`stage_faces`) are ready as blocks get staged.
+
+    Returns ``ready(index) -> list of block indices``: call it once per
+    staged block; it returns the blocks whose faces that block completed
+    (the block itself and those owning a face with it, each once). None
+    when the configuration's faces cannot run ahead of the merge: strategy
+    ``"none"``, or a reference strategy with ``islands`` (its faces need
+    the global island solve).
+    """
+    offs = _ahead_offsets(config)
+    if offs is None:
+        return None
+    ny, nx = plan.grid_shape
+    # a byte per block, not a set of tuples: the client's memory stays small on huge mosaics
+    done = np.zeros((ny, nx), bool)
+    sent = np.zeros((ny, nx), bool)
+
+    def ready(index) -> list:
+        index = tuple(int(i) for i in index)
+        done[index] = True
+        out = []
+        # the faces this block completes: its own, and those of the blocks owning a face with it
+        for cand in [index] + [(index[0] - dy, index[1] - dx) for dy, dx in offs]:
+            if not (0 <= cand[0] < ny and 0 <= cand[1] < nx) or sent[cand]:
+                continue
+            if done[cand] and all(done[n] for n in owned_faces(plan, cand, offs)[1]):
+                sent[cand] = True
+                out.append(cand)
+        return out
+
+    return ready
+
+
+def thread_map(threads: int):
+    """A ``map_blocks`` executor for :func:`merge_stored` without a cluster: a thread pool here."""
+
+    def map_blocks(func, items, *, name: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+            return list(pool.map(func, items))
+
+    return map_blocks
+
+
+def _call(func, _item):
+    """A one-item phase running ``func()``."""
+    return func()
+
+
+def _in_order(map_blocks):
+    """``map_phases`` from a ``map_blocks``: the phases one after another, each timed."""
+
+    def map_phases(phases):
+        results, seconds = [], {}
+        for name, func, items, *_ in phases:
+            t0 = time.perf_counter()
+            results.append(map_blocks(func, items, name=name))
+            seconds[name] = time.perf_counter() - t0
+        return results, seconds
+
+    return map_phases
+
+
+def merge_stored(
+    staged: str | os.PathLike,
+    *,
+    plan: TilingPlan,
+    config: MergeConfig,
+    workdir: str | os.PathLike,
+    sink,
+    map_blocks=None,
+    faces_path: str | os.PathLike | None = None,
+    map_phases=None,
+    prepare_sink=None,
+) -> dict:
+    """Merge staged block labels across seams and hand each merged block to ``sink``, out of core.
+
+    The merge's phases (the same as :func:`merge_labels`': same labels, same
+    statistics), run one after another with every per-block result spilled
+    to ``workdir`` and read back by the next phase, so nothing per block is
+    held between phases: with a bounded executor memory stays flat as the
+    mosaic grows. The two global steps hold arrays of seam fragments and of
+    merged ids (never pixels). Blocks already summarized
+    (:func:`stage_summary`) or whose faces were already computed
+    (:func:`stage_faces`) skip those phases.
+
+    Parameters
+    ----------
+    staged : path
+        A Zarr array of ``plan.staging_shape`` with one ``plan.slot_shape``
+        chunk per block (the pipeline's ``staging/labels.zarr``).
+    plan : TilingPlan
+    config : MergeConfig
+    workdir : path
+        The spill folder (see :func:`prepare_workdir`); removed when the
+        merge finished.
+    sink : callable
+        ``sink(labels, window)`` receives each block's merged (core) labels,
+        uint32 1..N, and its :class:`~remote_samsing.tiling.Window`; called
+        where the block was relabelled, so it must be picklable.
+    map_blocks : callable, optional
+        ``map_blocks(func, items, name=...)`` → ``[func(i) for i in items]``;
+        default :func:`thread_map` with two threads.
+    faces_path : path, optional
+        Write the per-face statistics (a JSON list) here instead of
+        returning them (they grow with the mosaic: 4 faces per block).
+    map_phases : callable, optional
+        ``map_phases([(name, func, items[, after]), ...])`` → ``(results,
+        seconds)``: runs the phases in order, each once the phases it waits
+        for (``after``: their names; default, the phase just before) have
+        finished, and returns each phase's ``[func(i) for i in items]`` and
+        wall time by name. Replaces ``map_blocks``. A phase may run again
+        after later ones (a lost worker's result): none removes its inputs.
+    prepare_sink : callable, optional
+        Called once with no argument (picklable) before any block reaches
+        ``sink``, beside the global steps when ``map_phases`` chains them.
+
+    Returns
+    -------
+    dict
+        Merge statistics, as ``merge_labels(...).stats`` computes them, and
+        ``"phase_seconds"``: wall time of each phase.
+    """
+    staged, _ = check_inputs(os.fspath(staged), plan, config, None)
+    if not callable(sink):
+        raise ConfigError(f"`sink` must be callable as sink(labels, window), got {type(sink).__name__}")
+    root = os.path.abspath(os.fspath(workdir))
+    prepare_workdir(root, plan=plan, config=config)
+    spill = _Spill(root)
+    faces_file = os.path.abspath(os.fspath(faces_path)) if faces_path is not None else None
+    if faces_file is not None and config.strategy == "none":
+        write_json_atomic(faces_file, [], indent=None)
+    phases = merge_phases(plan, config, faces_path=faces_file)
+    tasks = [(f"merge-{p.name}", functools.partial(_run, phase=p, spill=spill, staged=staged, plan=plan, sink=sink),
+              _pending(p, plan, spill)) for p in phases]
+    if prepare_sink is not None:
+        # waits for nothing: chained, it runs beside the global steps; the relabel waits for it
+        relabel = tasks.pop()
+        tasks += [("merge-sink", functools.partial(_call, prepare_sink), [0], ()),
+                  relabel + (("merge-ids", "merge-sink"),)]
+    results, seconds = (map_phases or _in_order(map_blocks or thread_map(2)))(tasks)
+    out = {name[len("merge-"):]: r for (name, *_), r in zip(tasks, results)}
+    done = out["relabel"]
+    if sum(done) != plan.n_blocks:  # never let a partial product look complete
+        raise RemoteSamsingError(f"the merge relabelled {sum(done)} of {plan.n_blocks} blocks")
+    shutil.rmtree(root, ignore_errors=True)
+    solve = out["solve"][0] if "solve" in out else None
+    stats = merge_statistics(solve, out["final"], out["ids"][0], cfg=config, faces_path=faces_file)
+    stats["phase_seconds"] = {name[len("merge-"):]: round(seconds.get(name, 0.0), 3) for name, *_ in tasks}
+    return stats
