@@ -1,4 +1,4 @@
-"""Per-GPU throughput of the SAM2 job on dask-cuda workers, random weights (issue 7).
+"""Per-GPU throughput of the SAM2 job on dask-cuda workers, random weights.
 
 The directory job (``pipeline.run``, what ``remote-samsing segment`` runs) with
 the ``sam2`` segmenter on a real scene, on ``dask_cuda.LocalCUDACluster`` with

@@ -28,7 +28,7 @@ Usage::
     python benchmarks/bench_merge.py                  # 100 Mpx and 400 Mpx
     python benchmarks/bench_merge.py --gigapixel      # adds 2 Gpx (ours only; long, ~GBs of temp disk)
     python benchmarks/bench_merge.py --megapixels 100,2000   # the memory comparison alone
-    python benchmarks/bench_merge.py --megapixels 100,400,2000   # all of issue 6's numbers in one run
+    python benchmarks/bench_merge.py --megapixels 100,400,2000   # every size and measure in one run
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ class _ZarrSink:
 def _run_ours(staged_path: str, out_path: str, shape, graph: bool, q) -> None:
     import zarr
 
-    from remote_samsing.merge import MergeConfig, _thread_map, merge_labels, merge_stored
+    from remote_samsing.merge import MergeConfig, merge_labels, merge_stored, thread_map
     from remote_samsing.tiling import TilingPlan
 
     plan = TilingPlan(shape=tuple(shape), tile_size=TILE, padding=PADDING)
@@ -207,7 +207,7 @@ def _run_ours(staged_path: str, out_path: str, shape, graph: bool, q) -> None:
         zarr.create_array(store=out_path, shape=plan.shape, chunks=(TILE, TILE), dtype=np.uint32, fill_value=0,
                           zarr_format=3)
         stats = merge_stored(staged_path, plan=plan, config=cfg, workdir=out_path + ".spill",
-                             sink=_ZarrSink(out_path), map_blocks=_thread_map(2))
+                             sink=_ZarrSink(out_path), map_blocks=thread_map(2))
     q.put({"seconds": time.perf_counter() - t0, "totals": stats["totals"],
            "phase_seconds": stats.get("phase_seconds")})
 

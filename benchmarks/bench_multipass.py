@@ -11,7 +11,7 @@ SAM-style XYWH boxes, in the same order) and must produce identical labels.
 * **bbox** is :func:`remote_samsing.multipass.accept_masks`: the same rules,
   computed only inside each mask's bounding box.
 
-Target (issue 5): >= 10x on 300 masks over an 1100² window.
+Target: >= 10x on 300 masks over an 1100² window.
 
     python -m benchmarks.bench_multipass           # 300 masks, 1100²
     python -m benchmarks.bench_multipass --quick   # 100 masks, 600²

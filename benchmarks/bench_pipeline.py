@@ -2,7 +2,7 @@
 
 Prints Mpx/s and the peak RSS of all processes (client + workers) for two
 mosaic sizes, to show throughput and that memory does not grow with the
-mosaic. Target (issue 4): >= 25 Mpx/s on 2 cores, peak RSS independent of size.
+mosaic. Target: >= 25 Mpx/s on 2 cores, peak RSS independent of size.
 
 By default each size runs in its own Python process with its own cluster
 (its synthetic mosaic written by another process), as a user's job does, so
@@ -56,11 +56,11 @@ def _synthetic_zarr(path: Path, side: int, tile: int) -> Path:
 def _release_memory(client) -> None:
     import gc
 
-    from remote_samsing.cluster import _malloc_trim
+    from remote_samsing.cluster import malloc_trim
 
     def _collect_and_trim():
         gc.collect()
-        _malloc_trim()
+        malloc_trim()
 
     client.run(_collect_and_trim)
     _collect_and_trim()
@@ -121,6 +121,7 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
     from remote_samsing.cluster import ClusterConfig, make_client
     from remote_samsing.config import RunConfig
     from remote_samsing.pipeline import run as run_job
+    from remote_samsing.testing import register_test_segmenters
 
     tmp = Path(tempfile.mkdtemp(prefix="rs-bench-pipeline-"))
     rows = []
@@ -139,6 +140,9 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
                                check=True, cwd=Path(__file__).resolve().parents[1])
         # the product's embedded cluster (worker processes, one thread each, its
         # allocator settings), as `remote-samsing segment` starts it
+        # the no-op segmenter is a test segmenter: registered here and, through
+        # the environment, on the workers
+        register_test_segmenters()
         with make_client(ClusterConfig(n_workers=n_workers, dashboard=False), needs_gpu=False) as c:
             for side in sizes:
                 z = written.get(side) or _synthetic_zarr(tmp / f"m{side}.zarr", side, tile)

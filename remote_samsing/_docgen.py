@@ -287,7 +287,8 @@ def render(sections: tuple[Section, ...] = SECTIONS) -> str:
     parts.append("")
     for section, cls, rows, _ in collected:
         parts.append(f"## {section.title}\n")
-        parts.append(f"`{cls.__module__}.{cls.__qualname__}`. {section.intro}\n")
+        # the public path, not cls.__module__: a class may live in a private submodule
+        parts.append(f"`{section.target.replace(':', '.')}`. {section.intro}\n")
         if section.cli:
             parts.append("| key | CLI flag | type | default | meaning |")
             parts.append("|---|---|---|---|---|")

@@ -26,27 +26,10 @@ def _find(parent, i):
 
 
 @njit(cache=True)
-def accept_mask_box(seg, valid, labels, y0, y1, x0, x1, next_label, min_area, overlap_reject, out):
-    """Accept the components of ``seg & valid`` inside ``[y0:y1, x0:x1]``.
+def _provisional_labels(seg, valid, y0, y1, x0, x1):
+    """Pass 1 of the labelling: provisional labels of ``seg & valid`` in the box and their union-find parents.
 
-    Parameters
-    ----------
-    seg, valid : 2-D bool arrays (full window)
-    labels : 2-D uint32 array (full window), updated in place
-    y0, y1, x0, x1 : int
-        Exclusive bounding box of the mask.
-    next_label : int
-        First label to give.
-    min_area : int
-    overlap_reject : float
-        A component with ``covered >= overlap_reject * area`` is rejected.
-    out : int64 array of length 4
-        Receives (components, accepted, rejected_small, rejected_overlap).
-
-    Returns
-    -------
-    int
-        The next free label.
+    The root of a set is always its smallest label.
     """
     h = y1 - y0
     w = x1 - x0
@@ -54,7 +37,6 @@ def accept_mask_box(seg, valid, labels, y0, y1, x0, x1, next_label, min_area, ov
     parent = np.empty(h * w // 2 + 2, np.int32)
     parent[0] = 0
     n_prov = 0
-    # pass 1: provisional labels; the root of a set is always its smallest label
     for y in range(h):
         for x in range(w):
             if not (seg[y0 + y, x0 + x] and valid[y0 + y, x0 + x]):
@@ -80,9 +62,12 @@ def accept_mask_box(seg, valid, labels, y0, y1, x0, x1, next_label, min_area, ov
                     prov[y, x] = b
                 else:
                     prov[y, x] = a
-    if n_prov == 0:
-        return next_label
-    # roots -> compact ids 1..n in raster order of first pixel
+    return prov, parent, n_prov
+
+
+@njit(cache=True)
+def _compact_ids(parent, n_prov):
+    """Map provisional labels to compact component ids 1..n, in raster order of their first pixel."""
     comp_of = np.zeros(n_prov + 1, np.int32)
     n = 0
     for i in range(1, n_prov + 1):
@@ -92,6 +77,38 @@ def accept_mask_box(seg, valid, labels, y0, y1, x0, x1, next_label, min_area, ov
             comp_of[i] = n
     for i in range(1, n_prov + 1):
         comp_of[i] = comp_of[_find(parent, i)]
+    return comp_of, n
+
+
+@njit(cache=True)
+def accept_mask_box(seg, valid, labels, y0, y1, x0, x1, next_label, min_area, overlap_reject, out):
+    """Accept the components of ``seg & valid`` inside ``[y0:y1, x0:x1]``.
+
+    Parameters
+    ----------
+    seg, valid : 2-D bool arrays (full window)
+    labels : 2-D uint32 array (full window), updated in place
+    y0, y1, x0, x1 : int
+        Exclusive bounding box of the mask.
+    next_label : int
+        First label to give.
+    min_area : int
+    overlap_reject : float
+        A component with ``covered >= overlap_reject * area`` is rejected.
+    out : int64 array of length 4
+        Receives (components, accepted, rejected_small, rejected_overlap).
+
+    Returns
+    -------
+    int
+        The next free label.
+    """
+    h = y1 - y0
+    w = x1 - x0
+    prov, parent, n_prov = _provisional_labels(seg, valid, y0, y1, x0, x1)
+    if n_prov == 0:
+        return next_label
+    comp_of, n = _compact_ids(parent, n_prov)
     area = np.zeros(n + 1, np.int64)
     covered = np.zeros(n + 1, np.int64)
     for y in range(h):

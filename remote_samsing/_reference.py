@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._arrays import unique, unique_pairs
+
 __all__ = ["reference_postprocess", "reference_merge", "reference_pipeline"]
 
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
@@ -48,7 +50,7 @@ def reference_postprocess(labels: np.ndarray, *, merge_enclosed_max_area: int = 
             nbr += [l1[edge], l0[edge]]
         src, nbr = np.concatenate(src), np.concatenate(nbr)
         keep = small[src]
-        pairs = np.unique(np.stack([src[keep], nbr[keep].astype(np.int64)], axis=1), axis=0)
+        pairs = np.stack(unique_pairs(src[keep].astype(np.int64), nbr[keep].astype(np.int64))[:2], axis=1)
         if pairs.size:
             touches_bg = np.zeros(n + 1, bool)
             touches_bg[pairs[pairs[:, 1] == 0, 0]] = True
@@ -74,9 +76,11 @@ def _line_pairs(s1: np.ndarray, s2: np.ndarray, strategy: str, min_contact: int)
     a, b = s1[ok].astype(np.int64), s2[ok].astype(np.int64)
     if strategy == "min_contact":
         lo, hi = np.minimum(a, b), np.maximum(a, b)
-        up, cnt = np.unique(np.stack([lo, hi], 1), axis=0, return_counts=True)
+        ulo, uhi, cnt = unique_pairs(lo, hi)
+        up = np.stack([ulo, uhi], 1)
         return [tuple(p) for p in up[cnt >= min_contact].tolist()], len(up)
-    up, cnt = np.unique(np.stack([a, b], 1), axis=0, return_counts=True)
+    ua, ub, cnt = unique_pairs(a, b)
+    up = np.stack([ua, ub], 1)
     best1: dict = {}
     best2: dict = {}
     # lexicographic scan, strictly larger replaces: ties go to the lower label
@@ -124,7 +128,7 @@ def reference_merge(labels: np.ndarray, *, tile_size: int, strategy: str = "best
                 lut[rb] = ra
             else:
                 lut[ra] = rb
-    for lab in np.unique(labels):
+    for lab in unique(labels):
         if lab:
             lut[lab] = find(lab)
     return lut[labels], stats

@@ -17,15 +17,17 @@ from .exceptions import ConfigError
 __all__ = ["check_int", "check_number", "check_bool", "check_choice", "check_type"]
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def check_int(
+    name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None, hint: str | None = None
+) -> int:
     """An integer (not a bool) within ``[minimum, maximum]``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         bound = f" >= {minimum}" if minimum is not None else ""
-        raise ConfigError(f"`{name}` must be an integer{bound}, got {value!r}")
+        raise ConfigError(f"`{name}` must be an integer{bound}, got {value!r}", hint=hint)
     if minimum is not None and value < minimum:
-        raise ConfigError(f"`{name}` must be >= {minimum}, got {value}")
+        raise ConfigError(f"`{name}` must be >= {minimum}, got {value}", hint=hint)
     if maximum is not None and value > maximum:
-        raise ConfigError(f"`{name}` must be <= {maximum}, got {value}")
+        raise ConfigError(f"`{name}` must be <= {maximum}, got {value}", hint=hint)
     return int(value)
 
 

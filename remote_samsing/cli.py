@@ -12,7 +12,9 @@ from pathlib import Path
 
 import click
 
+from .cluster import DEVICES
 from .exceptions import ConfigError, RemoteSamsingError
+from .merge import STRATEGIES
 
 __all__ = ["main", "cli"]
 
@@ -85,7 +87,7 @@ def cli(debug: bool) -> None:
 @click.option("--padding", type=int, help="Context padding P per side, 0 <= P < T/2. [default: 50]")
 @click.option("--bands", help="1-based bands as RGB, e.g. 4,3,2 (or one band for grey).")
 @click.option("--nodata", type=float, help="Nodata value overriding the file's.")
-@click.option("--merge", type=click.Choice(["overlap", "best_match", "mutual_best", "min_contact", "none"]),
+@click.option("--merge", type=click.Choice(list(STRATEGIES)),
               help="Seam merge strategy. [default: overlap]")
 @click.option("--merge-param", "merge_param", multiple=True, metavar="KEY=VALUE",
               help="Merge parameter, repeatable (e.g. min_contact_pixels=5).")
@@ -93,7 +95,7 @@ def cli(debug: bool) -> None:
 @click.option("--vectors/--no-vectors", default=None, help="Also write segments.parquet. [default: on]")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace OUTDIR instead of resuming/refusing.")
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://... or tls://...).")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where segmenters run. [default: auto]")
+@click.option("--device", type=click.Choice(list(DEVICES)), help="Where segmenters run. [default: auto]")
 @click.option("--gpus", help="GPU indices for local CUDA workers, e.g. 0,1.")
 @click.option("--n-workers", type=int, help="Local worker processes. [default: one per core or GPU]")
 @click.option("--progress/--no-progress", default=None, help="Progress bars. [default: on]")

@@ -32,9 +32,9 @@ Annotations and graph optimisation (dask 2026.7)
 Dask's low-level task fusion (``optimization.fuse.active``) turns the
 optimised array graph into one plain layer *on the scheduler* while it
 materialises the graph, and that drops every layer annotation: an annotated
-task may then run on any worker. Measured with ``dask scheduler`` + two
-``dask worker`` processes (one with ``--resources GPU=1``): annotated tasks
-ran on both workers with ``client.compute(x)``, on the GPU worker only with
+task may then run on any worker. With ``dask scheduler`` + two ``dask
+worker`` processes (one with ``--resources GPU=1``), annotated tasks run on
+both workers with ``client.compute(x)``, and on the GPU worker only with
 ``client.compute(x, optimize_graph=False)`` (also ``x.compute(optimize_graph=False)``,
 ``DataArray.compute(optimize_graph=False)``, ``client.persist(x, optimize_graph=False)``),
 or when the *scheduler process* has ``optimization.fuse.active: False``;
@@ -43,12 +43,13 @@ runs in the same process. So: compute GPU-annotated graphs with
 ``optimize_graph=False``; for the clusters started here (scheduler in this
 process) :func:`make_client` additionally sets ``optimization.fuse.active``
 to False while the client is open.
+
+Running work on the client is :mod:`remote_samsing.execute`'s job.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import logging
 import os
@@ -57,19 +58,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._validate import check_bool, check_choice, check_int, check_number
 from .exceptions import BackendUnavailableError, ConfigError
 
 __all__ = [
+    "DEVICES",
     "GPU_RESOURCES",
+    "HOUSEKEEPING_INTERVALS",
+    "WORKER_MALLOC_ENV",
     "ClusterConfig",
     "ClusterPlan",
     "GPUInfo",
     "dashboard_link",
     "detect_gpus",
     "make_client",
+    "malloc_trim",
     "plan_cluster",
     "resolve_plan",
+    "scheduler_workers",
     "segment_resources",
+    "trim_memory_plugin",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,21 +88,18 @@ GPU_RESOURCES: Mapping[str, float] = {"GPU": 1}
 #: Registry names of segmenters whose tasks need ``GPU_RESOURCES``.
 _GPU_SEGMENTERS = frozenset({"sam2"})
 
-#: Peak resident memory of one SAM2 block on CPU workers (stack.md §2 measured
-#: 5.1-6.7 GB); caps the number of CPU workers when SAM2 runs on CPU.
+#: Peak resident memory of one SAM2 block on CPU workers (5.1-6.7 GB, stack.md §2);
+#: caps the number of CPU workers when SAM2 runs on CPU.
 _SAM2_CPU_WORKER_BYTES = 6 * 2**30
 
 _SCHEMES = ("tcp", "tls", "inproc", "ucx", "ucxx", "ws", "wss")
-_DEVICES = ("auto", "cuda", "cpu")
+#: Where segmenters run: the values of ``device`` (ClusterConfig, RunConfig, ``--device``).
+DEVICES = ("auto", "cuda", "cpu")
 
 
 # ---------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_scheduler_address(address: str) -> None:
     scheme, sep, rest = address.partition("://")
     if not sep:  # dask accepts "host:port" and means tcp://
@@ -171,27 +176,11 @@ class ClusterConfig:
                 raise ConfigError(f"`scheduler` must be an address string, got {self.scheduler!r}")
             object.__setattr__(self, "scheduler", self.scheduler.strip())
             _check_scheduler_address(self.scheduler)
-        if self.device not in _DEVICES:
-            raise ConfigError(f"`device` must be auto, cuda or cpu, got {self.device!r}")
+        check_choice("device", self.device, DEVICES)
         if self.gpus is not None:
-            if isinstance(self.gpus, (str, bytes)) or not isinstance(self.gpus, Sequence):
-                raise ConfigError(f"`gpus` must be a sequence of GPU indices, got {self.gpus!r}")
-            gpus = tuple(self.gpus)
-            if not gpus:
-                raise ConfigError("`gpus` is empty", hint="leave it unset to use every visible GPU")
-            bad = [g for g in gpus if not _is_int(g) or g < 0]
-            if bad:
-                raise ConfigError(f"`gpus` must hold non-negative integers, got {list(gpus)!r}")
-            if len(set(gpus)) != len(gpus):
-                raise ConfigError(f"`gpus` lists a GPU twice: {list(gpus)!r}")
-            if self.device == "cpu":
-                raise ConfigError(
-                    f"`gpus` {list(gpus)!r} was given with device 'cpu'",
-                    hint="drop --gpus, or use --device cuda",
-                )
-            object.__setattr__(self, "gpus", gpus)
-        if self.n_workers is not None and (not _is_int(self.n_workers) or self.n_workers < 1):
-            raise ConfigError(f"`n_workers` must be an integer >= 1, got {self.n_workers!r}")
+            object.__setattr__(self, "gpus", self._checked_gpus())
+        if self.n_workers is not None:
+            object.__setattr__(self, "n_workers", check_int("n_workers", self.n_workers, minimum=1))
         if self.scheduler is not None:
             given = [n for n in ("gpus", "n_workers") if getattr(self, n) is not None]
             if given:
@@ -200,31 +189,48 @@ class ClusterConfig:
                     f"{self.scheduler!r} was given",
                     hint="size the existing cluster where its workers are started (see deploy/)",
                 )
-        if not _is_int(self.threads_per_worker) or self.threads_per_worker < 1:
-            raise ConfigError(f"`threads_per_worker` must be an integer >= 1, got {self.threads_per_worker!r}")
+        object.__setattr__(self, "threads_per_worker", check_int("threads_per_worker", self.threads_per_worker,
+                                                                 minimum=1))
         self._check_memory_limit()
         for name in ("processes", "dashboard"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
+        self._check_tls_files()
+        check_number("connect_timeout", self.connect_timeout, minimum=0, open_min=True)
+
+    def _checked_gpus(self) -> tuple[int, ...]:
+        if isinstance(self.gpus, (str, bytes)) or not isinstance(self.gpus, Sequence):
+            raise ConfigError(f"`gpus` must be a sequence of GPU indices, got {self.gpus!r}")
+        gpus = tuple(self.gpus)
+        if not gpus:
+            raise ConfigError("`gpus` is empty", hint="leave it unset to use every visible GPU")
+        try:
+            gpus = tuple(check_int("gpus", g, minimum=0) for g in gpus)
+        except ConfigError:
+            raise ConfigError(f"`gpus` must hold non-negative integers, got {list(gpus)!r}") from None
+        if len(set(gpus)) != len(gpus):
+            raise ConfigError(f"`gpus` lists a GPU twice: {list(gpus)!r}")
+        if self.device == "cpu":
+            raise ConfigError(
+                f"`gpus` {list(gpus)!r} was given with device 'cpu'",
+                hint="drop --gpus, or use --device cuda",
+            )
+        return gpus
+
+    def _check_tls_files(self) -> None:
         tls_files = {n: getattr(self, n) for n in ("tls_ca_file", "tls_cert", "tls_key")}
         given_tls = {n: v for n, v in tls_files.items() if v is not None}
-        if given_tls:
-            if not (self.scheduler or "").startswith("tls://"):
-                raise ConfigError(
-                    f"`{'`, `'.join(given_tls)}` given, but the scheduler address "
-                    f"{self.scheduler!r} is not tls://",
-                    hint="use --scheduler tls://HOST:PORT",
-                )
-            for name, value in given_tls.items():
-                if not isinstance(value, (str, os.PathLike)) or not Path(value).is_file():
-                    raise ConfigError(f"`{name}` file {value!r} does not exist")
-                object.__setattr__(self, name, os.fspath(value))
-        if (
-            isinstance(self.connect_timeout, bool)
-            or not isinstance(self.connect_timeout, (int, float))
-            or self.connect_timeout <= 0
-        ):
-            raise ConfigError(f"`connect_timeout` must be a number of seconds > 0, got {self.connect_timeout!r}")
+        if not given_tls:
+            return
+        if not (self.scheduler or "").startswith("tls://"):
+            raise ConfigError(
+                f"`{'`, `'.join(given_tls)}` given, but the scheduler address "
+                f"{self.scheduler!r} is not tls://",
+                hint="use --scheduler tls://HOST:PORT",
+            )
+        for name, value in given_tls.items():
+            if not isinstance(value, (str, os.PathLike)) or not Path(value).is_file():
+                raise ConfigError(f"`{name}` file {value!r} does not exist")
+            object.__setattr__(self, name, os.fspath(value))
 
     def _check_memory_limit(self) -> None:
         m = self.memory_limit
@@ -558,70 +564,24 @@ def plan_cluster(
             require_gpu_workers=needs_gpu or config.device == "cuda",
         )
     notes: list[str] = []
-    dashboard = None
-    if config.dashboard:
-        if have_bokeh:
-            dashboard = ":8787"
-        else:
-            notes.append("dashboard off: install bokeh to get it")
-
-    def cpu_plan() -> ClusterPlan:
-        n = config.n_workers
-        if n is None:
-            n = max(1, int(cpu_count))
-            if needs_gpu and memory_bytes:
-                # one SAM2 block per worker needs several GB: fewer workers than cores
-                n = max(1, min(n, int(memory_bytes // _SAM2_CPU_WORKER_BYTES)))
-        env = {}
-        if config.device == "cpu":
-            # hide the GPUs so a segmenter choosing its device sees CPU only
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        if needs_gpu:
-            notes.append(
-                "the segmenter asks for a GPU but runs on CPU workers (--device cpu): "
-                "each worker offers GPU=1 and segments one block at a time"
-            )
-        return ClusterPlan(
-            kind="cpu",
-            n_workers=n,
-            threads_per_worker=config.threads_per_worker,
-            memory_limit=config.memory_limit,
-            processes=config.processes,
-            worker_resources=dict(GPU_RESOURCES) if needs_gpu else None,
-            worker_env=env,
-            dashboard_address=dashboard,
-            notes=tuple(notes),
-        )
-
-    if config.device == "cpu":
-        return cpu_plan()
+    dashboard = _dashboard_address(config, have_bokeh, notes)
+    # a CPU segmenter on "auto" gets CPU workers, one per core, even where GPUs
+    # exist (one worker per GPU would leave most cores idle)
     wants_cuda = config.device == "cuda" or needs_gpu or config.gpus is not None
-    if not wants_cuda:
-        # a CPU segmenter on "auto": CPU workers, one per core, even where GPUs
-        # exist (one worker per GPU would leave most cores idle)
-        return cpu_plan()
+    if config.device == "cpu" or not wants_cuda:
+        return _cpu_plan(config, needs_gpu=needs_gpu, cpu_count=cpu_count, memory_bytes=memory_bytes,
+                         dashboard=dashboard, notes=notes)
+    return _cuda_plan(config, needs_gpu=needs_gpu, gpus=gpus, have_dask_cuda=have_dask_cuda,
+                      dask_cuda_error=dask_cuda_error, dashboard=dashboard, notes=notes, gpu_notes=gpu_notes)
 
+
+def _cuda_plan(config: ClusterConfig, *, needs_gpu: bool, gpus: Sequence[GPUInfo], have_dask_cuda: bool,
+               dask_cuda_error: str | None, dashboard: str | None, notes: list[str],
+               gpu_notes: Sequence[str]) -> ClusterPlan:
     why = "device 'cuda' was asked for" if config.device == "cuda" else (
         "the segmenter needs a GPU" if needs_gpu else f"`gpus` {list(config.gpus or ())} was given"
     )
-    if not gpus:
-        raise BackendUnavailableError(
-            f"{why}, but {_no_gpu_message(gpu_notes)}",
-            hint="check `nvidia-smi` and CUDA_VISIBLE_DEVICES, connect to a GPU cluster with --scheduler, "
-            "or run on CPU workers with --device cpu (slow for SAM2)",
-        )
-    by_index = {g.index: g for g in gpus}
-    if config.gpus is not None:
-        missing = [g for g in config.gpus if g not in by_index]
-        if missing:
-            raise ConfigError(
-                f"`gpus` {list(config.gpus)} names GPU(s) {missing} that are not visible; "
-                f"visible: {sorted(by_index)}",
-                hint="pick from the visible GPUs (`remote-samsing info` lists them)",
-            )
-        selected = [by_index[g] for g in config.gpus]
-    else:
-        selected = list(gpus)
+    selected = _selected_gpus(config, gpus, why=why, gpu_notes=gpu_notes)
     if not have_dask_cuda:
         raise BackendUnavailableError(
             f"{why} and {len(selected)} GPU(s) were found, but {dask_cuda_error or 'dask-cuda is missing'}",
@@ -645,6 +605,67 @@ def plan_cluster(
         dashboard_address=dashboard,
         notes=tuple(notes),
     )
+
+
+def _dashboard_address(config: ClusterConfig, have_bokeh: bool, notes: list[str]) -> str | None:
+    if not config.dashboard:
+        return None
+    if have_bokeh:
+        return ":8787"
+    notes.append("dashboard off: install bokeh to get it")
+    return None
+
+
+def _cpu_plan(config: ClusterConfig, *, needs_gpu: bool, cpu_count: int, memory_bytes: int | None,
+              dashboard: str | None, notes: list[str]) -> ClusterPlan:
+    n = config.n_workers
+    if n is None:
+        n = max(1, int(cpu_count))
+        if needs_gpu and memory_bytes:
+            # one SAM2 block per worker needs several GB: fewer workers than cores
+            n = max(1, min(n, int(memory_bytes // _SAM2_CPU_WORKER_BYTES)))
+    env = {}
+    if config.device == "cpu":
+        # hide the GPUs so a segmenter choosing its device sees CPU only
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    if needs_gpu:
+        notes.append(
+            "the segmenter asks for a GPU but runs on CPU workers (--device cpu): "
+            "each worker offers GPU=1 and segments one block at a time"
+        )
+    return ClusterPlan(
+        kind="cpu",
+        n_workers=n,
+        threads_per_worker=config.threads_per_worker,
+        memory_limit=config.memory_limit,
+        processes=config.processes,
+        worker_resources=dict(GPU_RESOURCES) if needs_gpu else None,
+        worker_env=env,
+        dashboard_address=dashboard,
+        notes=tuple(notes),
+    )
+
+
+def _selected_gpus(config: ClusterConfig, gpus: Sequence[GPUInfo], *, why: str,
+                   gpu_notes: Sequence[str]) -> list[GPUInfo]:
+    """The GPUs the CUDA workers get: ``config.gpus`` in its order, or every detected one."""
+    if not gpus:
+        raise BackendUnavailableError(
+            f"{why}, but {_no_gpu_message(gpu_notes)}",
+            hint="check `nvidia-smi` and CUDA_VISIBLE_DEVICES, connect to a GPU cluster with --scheduler, "
+            "or run on CPU workers with --device cpu (slow for SAM2)",
+        )
+    if config.gpus is None:
+        return list(gpus)
+    by_index = {g.index: g for g in gpus}
+    missing = [g for g in config.gpus if g not in by_index]
+    if missing:
+        raise ConfigError(
+            f"`gpus` {list(config.gpus)} names GPU(s) {missing} that are not visible; "
+            f"visible: {sorted(by_index)}",
+            hint="pick from the visible GPUs (`remote-samsing info` lists them)",
+        )
+    return [by_index[g] for g in config.gpus]
 
 
 # ---------------------------------------------------------------------------
@@ -747,19 +768,23 @@ def dashboard_link(client) -> str | None:
     return client.dashboard_link if serves else None
 
 
+# ---------------------------------------------------------------------------
+# worker settings
+# ---------------------------------------------------------------------------
 #: glibc allocator settings for worker processes. distributed's nanny sets
 #: ``MALLOC_TRIM_THRESHOLD_=65536``, which also switches off glibc's dynamic
 #: mmap threshold: every array over 128 KiB is then mmapped and page-faulted
-#: afresh, and the per-block numpy work of the merge ran 2x slower in a worker
-#: than in a plain process (17.5 vs 8.5 ms per block summary, measured). A
-#: fixed 32 MiB mmap threshold with a 64 MiB trim threshold gives the plain
-#: process's speed (`benchmarks.bench_pipeline` at 400 Mpx: 10.1 -> 14.8 Mpx/s) and still hands freed
-#: memory back. At most two malloc arenas: glibc gives each new thread its own
-#: arena (up to 8 per core), and the worker's helper threads (event loop,
-#: zarr's I/O loop, offload) each kept a fragmented one, so a worker's peak
-#: RSS crept up with the number of blocks: 422 -> 484 MB from 100 to 900 Mpx
-#: in `benchmarks.bench_pipeline`'s job, 326 -> 343 MB with two arenas, at the
-#: same speed. The deploy recipes set the same three variables.
+#: afresh, and the merge's per-block numpy work runs about 2x slower in a
+#: worker than in a plain process (17.5 vs 8.5 ms per block summary). A fixed
+#: 32 MiB mmap threshold with a 64 MiB trim threshold gives the plain
+#: process's speed (``benchmarks.bench_pipeline`` at 400 Mpx: 10.1 vs 14.8
+#: Mpx/s) and still hands freed memory back. At most two malloc arenas: glibc
+#: gives each new thread its own arena (up to 8 per core), and the worker's
+#: helper threads (event loop, zarr's I/O loop, offload) each keep a
+#: fragmented one, so a worker's peak RSS creeps up with the number of blocks
+#: (``benchmarks.bench_pipeline`` from 100 to 900 Mpx: 422 -> 484 MB with
+#: glibc's arenas, 326 -> 343 MB with two, at the same speed). The deploy
+#: recipes set the same three variables.
 WORKER_MALLOC_ENV = {
     "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20),
     "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
@@ -767,38 +792,14 @@ WORKER_MALLOC_ENV = {
 }
 
 
-def _malloc_trim() -> None:
+def malloc_trim() -> None:
+    """Hand this process's free heap pages back to the OS (``malloc_trim(0)``); a no-op without glibc."""
     import ctypes
 
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
-
-
-@contextlib.contextmanager
-def trimming_memory(interval: float = 1.0) -> Iterator[None]:
-    """Call ``malloc_trim(0)`` every ``interval`` seconds in this process while the block runs.
-
-    The counterpart of :func:`trim_memory_plugin` for dask's threaded
-    scheduler (e.g. computing a lazy :func:`remote_samsing.segment` result in
-    a notebook without a cluster).
-    """
-    import threading
-
-    stop = threading.Event()
-
-    def loop():
-        while not stop.wait(float(interval)):
-            _malloc_trim()
-
-    thread = threading.Thread(target=loop, name="remote-samsing-trim-memory", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def trim_memory_plugin(interval: float = 1.0):
@@ -821,7 +822,7 @@ def trim_memory_plugin(interval: float = 1.0):
         def setup(self, worker):
             from tornado.ioloop import PeriodicCallback
 
-            self._callback = PeriodicCallback(_malloc_trim, float(interval) * 1000)
+            self._callback = PeriodicCallback(malloc_trim, float(interval) * 1000)
             self._callback.start()
 
         def teardown(self, worker):
@@ -837,10 +838,10 @@ def trim_memory_plugin(interval: float = 1.0):
 #: workers) wakes its event loop every 20 ms to time it and every 500 ms to
 #: read its process's CPU and memory. Each wake-up needs the GIL, which the
 #: segmenter holds. With every core busy that is CPU the segmenters lose:
-#: on 2 cores, bare ``client.map`` of Felzenszwalb over 8 oam-tcd windows
-#: (one-off measurement, process CPU times), a worker spent 3.4-4.5 % above
-#: its tasks' own time and the main process (scheduler, client, nannies)
-#: 2.7-5.2 % of a core; with these intervals 0.9-1.0 % and 1.6-2.3 %. The
+#: on 2 cores, with bare ``client.map`` of Felzenszwalb over 8 oam-tcd
+#: windows (process CPU times), a worker spends 3.4-4.5 % above its tasks'
+#: own time and the main process (scheduler, client, nannies) 2.7-5.2 % of a
+#: core at Dask's intervals, 0.9-1.0 % and 1.6-2.3 % at ours. The
 #: profile, the event-loop checks and the dashboard's system plots all
 #: remain, coarser; tasks last seconds. Settings a user changed from Dask's
 #: default are kept.
@@ -1016,411 +1017,3 @@ def make_client(
         cluster.close()
 
 
-def _apply_each(func, group) -> list:
-    """One task of a batched :func:`run_in_waves`: ``func`` on each item of ``group``."""
-    return [func(item) for item in group]
-
-
-#: follow-ups (``run_in_waves(then=...)``) per task while items still wait to run
-_FOLLOW_UPS_PER_TASK = 8
-
-
-def _check_batch(batch) -> None:
-    if batch != "auto" and (not _is_int(batch) or batch < 1):
-        raise ConfigError(f"`batch` must be an integer >= 1 or 'auto', got {batch!r}")
-
-
-def _batch_size(batch, n: int, threads: int) -> int:
-    if batch == "auto":
-        return max(1, min(32, -(-n // (2 * threads))))
-    return int(batch)
-
-
-def _threads_of(workers: Mapping[str, Any]) -> int:
-    """Worker threads in all, of workers as :func:`scheduler_workers` gives them."""
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
-
-
-def _total_threads(client) -> int:
-    return _threads_of(scheduler_workers(client))
-
-
-class _Progress:
-    """A one-line text bar on stderr (``label [####....] done/total``), redrawn at most 5 times a second."""
-
-    def __init__(self, label: str, total: int, enabled: bool):
-        self.label, self.total, self.enabled = label, total, enabled
-        self._last = 0.0
-
-    def update(self, done: int) -> None:
-        import sys
-        import time
-
-        now = time.monotonic()
-        if not self.enabled or (done < self.total and now - self._last < 0.2):
-            return
-        self._last = now
-        width = 30
-        fill = int(width * done / max(self.total, 1))
-        end = "\n" if done >= self.total else ""
-        print(f"\r{self.label:<10} [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total}", end=end,
-              file=sys.stderr, flush=True)
-
-
-def run_in_waves(
-    client,
-    func: Callable,
-    items: Sequence,
-    *,
-    name: str,
-    resources: dict | None = None,
-    width: int | None = None,
-    progress: bool = False,
-    batch: int | str = 1,
-    then: tuple[Callable, Callable] | None = None,
-    threads: int | None = None,
-    results: bool = True,
-) -> list:
-    """``[func(item) for item in items]`` on the cluster, with at most ``width`` tasks submitted at once.
-
-    Submitting a job as one graph makes the scheduler and the client hold
-    state for every task until the end: about 0.1 MB per block, so their
-    memory grew with the mosaic (issue 4's benchmark). Here a task is
-    submitted only when an earlier one finished and its future is released
-    at once, so that state stays bounded by ``width`` whatever the number of
-    blocks. Results come back in the order of ``items``; keep them small
-    (per-block results that are large go to disk).
-
-    Parameters
-    ----------
-    client : distributed.Client
-    func : callable
-        Called with one item; must be picklable (functools.partial is).
-    items : sequence
-        Hashable, repr-able items (block indices).
-    name : str
-        Key prefix (``rs-<name>-<run token>-<position>``): names the tasks on
-        the dashboard.
-    resources : dict, optional
-        Worker resources each task needs (``{"GPU": 1}``).
-    width : int, optional
-        Tasks in flight; default 8 per worker thread, at least 64, so that
-        no worker idles while the client submits.
-    progress : bool
-        Draw a text progress bar on stderr.
-    batch : int or "auto"
-        Items per task. Light per-item work (the merge's per-block phases,
-        a few ms each) is then dominated by what each task costs the
-        scheduler and the client in this process, which do not scale with
-        workers: 64 blocks took as long on 2 workers as on 1. ``"auto"``:
-        about 2 tasks per worker thread (the merge phases' items cost about
-        the same, so that still balances), at most 32 items each; on 2
-        threads a 16-block relabel took 0.10-0.11 s in 2 tasks and
-        0.13-0.15 s in 16 (one-off measurement, oam-tcd). Heavy per-item
-        work (segmentation) keeps 1, so the load stays balanced and a lost
-        worker costs one item.
-    then : (follow_func, ready), optional
-        Follow-up work that fills the workers idling behind the last items.
-        When an item finished, ``ready(item)`` (called here, in the client,
-        once per item, also when batched) returns the follow-up items it made
-        ready; ``follow_func(follow_up)`` runs for each on any worker (no
-        ``resources``), below the items in priority. They go out in tasks
-        of 8 while items still wait, and the rest, one task per thread,
-        once no more items are left than worker threads. Their results are
-        dropped, their errors raised, and all have finished when this
-        returns. The pipeline computes the merge's seam faces this way, as
-        soon as their blocks are segmented.
-    threads : int, optional
-        The cluster's worker threads, if the caller knows them; otherwise
-        asked of the scheduler (a round trip) when ``batch``, ``width`` or
-        ``then`` needs them. Only sizes batches and the window: a stale count
-        costs speed, never a result.
-    results : bool
-        False: the items' results are not fetched from the workers (a round
-        trip per batch of finished tasks saved, the scheduler's and the
-        workers' time with it) and the list holds None; errors are still
-        raised. Follow-ups' results are never fetched.
-
-    Raises
-    ------
-    Exception
-        The first task's error, after the tasks still in flight are cancelled.
-    """
-    _check_batch(batch)
-    items = list(items)
-    n = len(items)
-    if n == 0:
-        return []
-    # one look at the workers (a scheduler round trip) serves both choices
-    if threads is None:
-        threads = _total_threads(client) if batch == "auto" or not width or then is not None else 1
-    threads = max(1, int(threads))
-    width = int(width) if width else max(64, 8 * threads)
-    size = _batch_size(batch, n, threads)
-    if size > 1:
-        groups = [tuple(items[i:i + size]) for i in range(0, n, size)]
-        # the progress bar still counts items
-        nested = _waves(client, functools.partial(_apply_each, func), groups, name=name, resources=resources,
-                        width=width, progress=progress, weights=[len(g) for g in groups], then=then, grouped=True,
-                        threads=threads, results=results)
-        return [r for group in nested for r in group] if results else [None] * n
-    return _waves(client, func, items, name=name, resources=resources, width=width, progress=progress, then=then,
-                  threads=threads, results=results)
-
-
-def _after(func, group, *_previous) -> list:
-    """One task of a chained phase (:func:`run_in_phases`): ``func`` on each item of ``group``.
-
-    ``_previous`` are the previous phase's results: passed only so that the
-    scheduler starts this task once they exist, never read.
-    """
-    return _apply_each(func, group)
-
-
-def _barrier(*_previous) -> None:
-    """A task that ends once every task it was given has (see :func:`run_in_phases`)."""
-    return None
-
-
-def run_in_phases(
-    client,
-    phases: Sequence[tuple],
-    *,
-    width: int | None = None,
-    progress: bool = False,
-    batch: int | str = "auto",
-    workers: Mapping[str, Any] | None = None,
-) -> tuple[list[list], dict[str, float]]:
-    """Phases in order, each ``[func(item) for item in items]`` on the cluster.
-
-    A task of a phase starts only once every task of the phases it waits for
-    has finished (a phase reads what those wrote to disk). When each phase
-    fits in one wave (at most ``width`` tasks), all phases are submitted at
-    once, each task depending on the tasks it waits for (through one
-    barrier task where many follow many): the scheduler starts a phase the
-    moment the ones before end, without a round trip through the client in
-    between (about 10 ms each on a 2-core machine, one-off measurement; the
-    merge has four such steps after its last block), and a phase that waits
-    for nothing runs beside the others. Chained, a task may run again after
-    later phases ran (the scheduler recomputes a result lost with a worker
-    while a later task still needs it): a phase must not remove its inputs.
-    Larger phases run one after the other, in the given order, through
-    :func:`run_in_waves`, which bounds what the scheduler holds.
-
-    Parameters
-    ----------
-    client : distributed.Client
-    phases : sequence of (name, func, items) or (name, func, items, after)
-        As for :func:`run_in_waves`. ``after``: the names of earlier phases
-        this one waits for; default, the phase just before it. A phase with
-        no items is skipped (what waits for it waits for what it waited
-        for). Keep results small: a chained phase's results travel to the
-        workers that run the phases waiting for it.
-    width, progress, batch
-        As for :func:`run_in_waves`; ``batch`` applies to every phase.
-    workers : mapping, optional
-        The workers, as :func:`scheduler_workers` gives them (address → info
-        with ``nthreads``), if the caller knows them; otherwise asked of the
-        scheduler (a round trip). The tasks of a phase that waits are spread
-        over them: the scheduler would otherwise run every task depending on
-        one result on the worker holding it (one-off measurement: a 64-block
-        relabel all on one of two workers took twice as long). A stale list
-        costs speed, never a result: the tasks may still run elsewhere.
-
-    Returns
-    -------
-    results : list of lists
-        Each phase's results, in the order of its items.
-    seconds : dict
-        Each phase's wall time as the client saw it (chained: from the end of
-        the phases it waits for to the arrival of its last result).
-
-    Raises
-    ------
-    ConfigError
-        A phase waits for a phase not before it.
-    Exception
-        The first task's error, after every task of the run is cancelled.
-    """
-    import time
-
-    from distributed import as_completed
-
-    _check_batch(batch)
-    steps = []  # (name, func, items, after)
-    for phase in phases:
-        name, func, items, *rest = phase
-        after = tuple(rest[0]) if rest else ((steps[-1][0],) if steps else ())
-        unknown = [a for a in after if a not in [st[0] for st in steps]]
-        if unknown:
-            raise ConfigError(f"phase {name!r} waits for {unknown}, which are not phases before it")
-        steps.append((name, func, list(items), after))
-    if workers is None:
-        workers = scheduler_workers(client)
-    # one slot per worker thread, taken in turn by a waiting phase's tasks
-    slots = [addr for addr in sorted(workers) for _ in range(max(1, int(workers[addr].get("nthreads", 1))))]
-    threads = max(1, len(slots))
-    width = int(width) if width else max(64, 8 * threads)
-    sizes = [_batch_size(batch, len(items), threads) if items else 1 for _, _, items, _ in steps]
-    seconds: dict[str, float] = {}
-    if max((-(-len(st[2]) // size) for st, size in zip(steps, sizes)), default=0) > width:
-        # too large to hold at once: phase by phase, in waves
-        out = []
-        for name, func, items, _ in steps:
-            t0 = time.perf_counter()
-            out.append(run_in_waves(client, func, items, name=name, width=width, progress=progress, batch=batch,
-                                    threads=threads))
-            seconds[name] = time.perf_counter() - t0
-        return out, seconds
-    import uuid
-
-    token = uuid.uuid4().hex[:12]
-    t0 = time.perf_counter()
-    waits_on: dict[str, list] = {}  # phase → the futures a phase waiting for it waits on
-    submitted = []  # (phase number, futures, group sizes)
-    for k, ((name, func, items, after), size) in enumerate(zip(steps, sizes)):
-        previous = list({f.key: f for a in after for f in waits_on[a]}.values())
-        if not items:
-            waits_on[name] = previous
-            continue
-        groups = [tuple(items[i:i + size]) for i in range(0, len(items), size)]
-        if len(previous) * len(groups) > 2 * (len(previous) + len(groups)):
-            # many tasks after many: one task waits for those before, the
-            # others wait for it (m + n dependencies instead of m * n); not
-            # for few, where the extra step would cost more than it saves
-            previous = [client.submit(_barrier, *previous, key=f"rs-{name}-{token}-barrier", pure=False)]
-        # a waiting task's preferred worker, not a requirement (allow_other_workers):
-        # otherwise the holder of what it waits for would take every one
-        pin = bool(previous and slots)
-        futs = [client.submit(_after, func, g, *previous, key=f"rs-{name}-{token}-{j}", pure=False,
-                              workers=[slots[j % threads]] if pin else None, allow_other_workers=pin)
-                for j, g in enumerate(groups)]
-        submitted.append((k, futs, [len(g) for g in groups]))
-        waits_on[name] = futs
-    bars = {k: _Progress(steps[k][0], sum(lens), progress) for k, _, lens in submitted}
-    left = {k: len(futs) for k, futs, _ in submitted}
-    done = {k: 0 for k in left}
-    phase_of = {f.key: (k, n) for k, futs, lens in submitted for f, n in zip(futs, lens)}
-    every = [f for _, futs, _ in submitted for f in futs]
-    ended: dict[str, float] = {}
-    values: dict = {}
-    try:
-        # results are fetched as tasks finish (raising a task's error), so
-        # only the last phase's come after the work
-        for fut, value in as_completed(every, with_results=True):
-            values[fut.key] = value
-            k, n = phase_of[fut.key]
-            done[k] += n
-            bars[k].update(done[k])
-            left[k] -= 1
-            if not left[k]:
-                ended[steps[k][0]] = time.perf_counter()
-    except BaseException:
-        client.cancel(every, force=True)
-        raise
-    out: list[list] = [[] for _ in steps]
-    for k, futs, _ in submitted:
-        out[k] = [r for f in futs for r in values[f.key]]
-    for name, _, items, after in steps:
-        start = max([t0] + [ended.get(a, t0) for a in after])
-        ended.setdefault(name, start)  # a skipped phase ends when what it waited for did
-        seconds[name] = ended[name] - start
-    return out, seconds
-
-
-def _waves(client, func, items: list, *, name, resources, width: int, progress, weights=None, then=None,
-           grouped: bool = False, threads: int = 1, results: bool = True) -> list:
-    """:func:`run_in_waves` for one item per task; ``weights``: what each item adds to the progress bar;
-    ``grouped``: each item is a group of the caller's items (for ``then``'s ``ready``); ``threads``: the
-    cluster's worker threads (for ``then``)."""
-    import uuid
-
-    from distributed import as_completed
-
-    n = len(items)
-    out: list = [None] * n
-    token = uuid.uuid4().hex[:12]
-    bar = _Progress(name, sum(weights) if weights else n, progress)
-    position: dict = {}
-    nxt = 0
-    follow_func, ready = then if then is not None else (None, None)
-    follows = 0
-    backlog: list = []  # follow-ups made ready, not submitted yet
-
-    def submit_follow_ups() -> list:
-        nonlocal follows
-        # A follow-up shorter than a scheduler round trip, taken by a worker
-        # between two items, leaves it waiting for its next item: one task
-        # per finished item cost 64 blocks on 1 worker 0.6 s (one-off
-        # measurement). So they go out in tasks of at least
-        # _FOLLOW_UPS_PER_TASK while items still wait, and all at once, one
-        # task per thread, in the tail, where workers start to idle.
-        tail = in_flight <= threads
-        if not backlog or not (tail or len(backlog) >= _FOLLOW_UPS_PER_TASK):
-            return []
-        k = min(threads, len(backlog)) if tail else 1
-        groups = [tuple(backlog[j::k]) for j in range(k)]
-        backlog.clear()
-        futs = []
-        for group in groups:
-            follows += 1
-            # below the items in priority: a follow-up never delays an item
-            futs.append(client.submit(_apply_each, follow_func, group, key=f"rs-then-{name}-{token}-{follows}",
-                                      pure=False, priority=-1))
-        return futs
-
-    def submit(count: int) -> list:
-        nonlocal nxt
-        batch = list(range(nxt, min(n, nxt + count)))
-        nxt += len(batch)
-        if not batch:
-            return []
-        futs = client.map(func, [items[i] for i in batch], key=[f"rs-{name}-{token}-{i}" for i in batch],
-                          pure=False, resources=resources)
-        for f, i in zip(futs, batch):
-            position[f.key] = i
-        return futs
-
-    pending = as_completed(submit(width))
-    in_flight = min(n, width)  # items' tasks, not follow-ups: they decide the refill
-    finished: list = []
-    done = 0
-    bar.update(0)
-    try:
-        # finished futures come in batches, the wanted results of each
-        # gathered in one round trip; the others are only checked for errors
-        for finished in pending.batches():
-            wanted = [f for f in finished if results and f.key in position]
-            values = dict(zip([f.key for f in wanted], client.gather(wanted))) if wanted else {}
-            newly: list = []
-            for fut in finished:
-                if fut.key not in values and fut.status != "finished":
-                    fut.result()  # raises the task's error
-                i = position.pop(fut.key, None)
-                fut.release()
-                if i is None:  # a follow-up: its result is not wanted
-                    continue
-                out[i] = values.get(fut.key)
-                done += weights[i] if weights else 1
-                in_flight -= 1
-                newly.extend(items[i] if grouped else (items[i],))
-            bar.update(done)
-            if ready is not None:
-                backlog.extend(f for it in newly for f in ready(it))
-                pending.update(submit_follow_ups())
-            # refill in batches (one client.map call) once half the window drained
-            if in_flight <= width // 2 and nxt < n:
-                more = submit(width - in_flight)
-                in_flight += len(more)
-                pending.update(more)
-    except BaseException:
-        # cancel what is in flight and the failed batch: the traceback keeps
-        # these futures alive, and with them their tasks on the scheduler
-        left = list(getattr(pending, "futures", ())) + list(finished)
-        queue = getattr(pending, "queue", None)  # finished, not yet handed out
-        while queue is not None and not queue.empty():
-            left.append(queue.get())
-        if left:
-            client.cancel(left, force=True)
-        raise
-    return out

@@ -11,25 +11,15 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ._validate import check_bool, check_choice, check_int, check_type
+from .cluster import DEVICES
 from .exceptions import ConfigError
+from .io import check_percentiles
+from .merge import STRATEGIES
 from .tiling import validate_tiling
 
-__all__ = ["RunConfig", "MERGE_STRATEGIES", "load_yaml_config"]
-
-MERGE_STRATEGIES = ("overlap", "best_match", "mutual_best", "min_contact", "none")
-
-
-def _check_type(name: str, value: Any, types: tuple, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) and bool not in types:
-        raise ConfigError(f"`{name}` must be {' or '.join(t.__name__ for t in types)}, got {value!r}")
-    if not isinstance(value, types):
-        raise ConfigError(
-            f"`{name}` must be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}"
-        )
+__all__ = ["RunConfig", "load_yaml_config"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,49 +85,28 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check_type("segmenter", self.segmenter, (str,))
-        _check_type("segmenter_params", self.segmenter_params, (dict,))
-        _check_type("tile_size", self.tile_size, (int,))
-        _check_type("padding", self.padding, (int,))
+        check_type("segmenter", self.segmenter, (str,))
+        check_type("segmenter_params", self.segmenter_params, (dict,))
+        # plain Python ints (YAML and CLI values), then the tiling rules
+        check_type("tile_size", self.tile_size, (int,))
+        check_type("padding", self.padding, (int,))
         validate_tiling(self.tile_size, self.padding)
-        if self.bands is not None:
-            _check_type("bands", self.bands, (list, tuple))
-            for b in self.bands:
-                _check_type("bands[]", b, (int,))
-            object.__setattr__(self, "bands", list(self.bands))
-        _check_type("nodata", self.nodata, (int, float), optional=True)
-        _check_type("percentiles", self.percentiles, (list, tuple))
-        if len(self.percentiles) != 2 or not all(
-            isinstance(p, (int, float)) and not isinstance(p, bool) for p in self.percentiles
-        ):
-            raise ConfigError(f"`percentiles` must be two numbers, got {self.percentiles!r}")
-        lo, hi = self.percentiles
-        if not 0 <= lo < hi <= 100:
-            raise ConfigError(f"`percentiles` must satisfy 0 <= low < high <= 100, got {self.percentiles!r}")
-        object.__setattr__(self, "percentiles", (float(lo), float(hi)))
-        _check_type("merge", self.merge, (str,))
-        if self.merge not in MERGE_STRATEGIES:
-            raise ConfigError(
-                f"unknown merge strategy `{self.merge}`", hint=f"choose one of {', '.join(MERGE_STRATEGIES)}"
-            )
-        _check_type("merge_params", self.merge_params, (dict,))
-        _check_type("retries", self.retries, (int,))
-        if self.retries < 0:
-            raise ConfigError(f"`retries` must be >= 0, got {self.retries}")
+        object.__setattr__(self, "bands", _int_list("bands", self.bands))
+        check_type("nodata", self.nodata, (int, float), optional=True)
+        check_type("percentiles", self.percentiles, (list, tuple))
+        object.__setattr__(self, "percentiles", check_percentiles(self.percentiles))
+        check_type("merge", self.merge, (str,))
+        check_choice("merge", self.merge, STRATEGIES, what="merge strategy")
+        check_type("merge_params", self.merge_params, (dict,))
+        check_int("retries", self.retries, minimum=0)
         for name in ("vectors", "overwrite", "progress"):
-            _check_type(name, getattr(self, name), (bool,))
-        _check_type("scheduler", self.scheduler, (str,), optional=True)
-        _check_type("device", self.device, (str,))
-        if self.device not in ("auto", "cuda", "cpu"):
-            raise ConfigError(f"`device` must be auto, cuda or cpu, got {self.device!r}")
-        if self.gpus is not None:
-            _check_type("gpus", self.gpus, (list, tuple))
-            for g in self.gpus:
-                _check_type("gpus[]", g, (int,))
-            object.__setattr__(self, "gpus", list(self.gpus))
-        _check_type("n_workers", self.n_workers, (int,), optional=True)
-        if self.n_workers is not None and self.n_workers < 1:
-            raise ConfigError(f"`n_workers` must be >= 1, got {self.n_workers}")
+            check_bool(name, getattr(self, name))
+        check_type("scheduler", self.scheduler, (str,), optional=True)
+        check_type("device", self.device, (str,))
+        check_choice("device", self.device, DEVICES)
+        object.__setattr__(self, "gpus", _int_list("gpus", self.gpus))
+        if self.n_workers is not None:
+            check_int("n_workers", self.n_workers, minimum=1)
 
     # ------------------------------------------------------------------
     @classmethod
@@ -171,6 +140,16 @@ class RunConfig:
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _int_list(name: str, values) -> list | None:
+    """``values`` (a list or tuple of plain ints) as a list; None stays None."""
+    if values is None:
+        return None
+    check_type(name, values, (list, tuple))
+    for v in values:
+        check_type(f"{name}[]", v, (int,))
+    return list(values)
 
 
 def load_yaml_config(path: str | os.PathLike) -> dict:

@@ -24,7 +24,6 @@ __all__ = [
     "CheckpointError",
     "BlockFailedError",
     "CRSMismatchError",
-    "ObjectTooLargeError",
 ]
 
 
@@ -90,7 +89,3 @@ class BlockFailedError(RemoteSamsingError, RuntimeError):
 
 class CRSMismatchError(RemoteSamsingError, ValueError):
     """Two datasets that must share a grid or CRS do not."""
-
-
-class ObjectTooLargeError(RemoteSamsingError, ValueError):
-    """An object is larger than the overlap allows to be resolved."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import threading
 import warnings
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
+from ._files import replace_path, temporary_name
+from ._validate import check_int, check_number
 from .exceptions import (
     BandSelectionError,
     ConfigError,
@@ -46,6 +49,11 @@ __all__ = [
     "stretch_limits",
     "WindowReader",
     "window_reader",
+    "as_band_yx",
+    "check_bands",
+    "check_percentiles",
+    "passes_through",
+    "rgb_band_indices",
     "SUPPORTED_DTYPES",
 ]
 
@@ -103,47 +111,10 @@ def open_mosaic(
     if not p.exists():
         raise InputNotFoundError(f"input `{p}` does not exist", hint="check the path")
     cy, cx = (chunks, chunks) if isinstance(chunks, (int, np.integer)) or chunks is None else chunks
-    alpha_band = None
     if _is_zarr(p):
-        try:
-            ds = xr.open_zarr(p, zarr_format=3, consolidated=False, mask_and_scale=False)
-        except Exception as exc:  # noqa: BLE001 - any zarr failure is a bad input
-            raise InputNotFoundError(f"cannot read Zarr `{p}`: {exc}") from None
-        if _MOSAIC_VAR not in ds:
-            raise InputError(f"Zarr `{p}` has no `{_MOSAIC_VAR}` array; was it written by remote-samsing ingest?")
-        arr = ds[_MOSAIC_VAR]
-        if "band" not in arr.dims:
-            arr = arr.expand_dims("band")
-        if nodata is None:
-            nodata = arr.attrs.get("_FillValue_nodata", arr.rio.nodata)
-        if cy is not None:
-            arr = arr.chunk({"band": -1, "y": cy, "x": cx})
-        alpha_band = arr.attrs.get("alpha_band")
+        arr, nodata, alpha_band = _open_zarr_mosaic(p, nodata, cy, cx)
     else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # NotGeoreferencedWarning for plain JPEG/PNG
-                arr = rioxarray.open_rasterio(
-                    p,
-                    chunks={"band": -1, "y": cy or -1, "x": cx or -1},
-                    lock=False,
-                    masked=False,
-                )
-        except Exception as exc:  # noqa: BLE001 - rasterio raises many types
-            raise InputNotFoundError(
-                f"cannot read raster `{p}`: {exc}",
-                hint="is it a valid GeoTIFF/COG/JPEG/PNG? try `gdalinfo` on it",
-            ) from None
-        try:
-            import rasterio
-
-            with rasterio.open(p) as src:
-                ci = src.colorinterp
-                for i, c in enumerate(ci, start=1):
-                    if c.name == "alpha":
-                        alpha_band = i
-        except Exception:  # noqa: BLE001
-            alpha_band = None
+        arr, alpha_band = _open_gdal_mosaic(p, cy, cx)
     if isinstance(arr, xr.Dataset):  # multi-subdataset files
         raise InputError(f"`{p}` holds several subdatasets; open one of them")
     dtype = np.dtype(arr.dtype)
@@ -154,14 +125,11 @@ def open_mosaic(
         )
     nbands = arr.sizes["band"]
     if bands is not None:
-        bands = _check_bands(bands, nbands, p)
+        bands = check_bands(bands, nbands, p)
         arr = arr.isel(band=[b - 1 for b in bands])
         arr = arr.assign_coords(band=np.asarray(bands))
         if alpha_band is not None and alpha_band in bands:
             alpha_band = bands.index(alpha_band) + 1
-        elif alpha_band is not None:
-            # keep the alpha as a validity source even if not selected
-            pass
     if nodata is not None:
         arr = arr.rio.write_nodata(nodata, encoded=False)
     arr.attrs["alpha_band"] = alpha_band
@@ -170,7 +138,55 @@ def open_mosaic(
     return arr
 
 
-def _check_bands(bands, nbands: int, path) -> list[int]:
+def _open_zarr_mosaic(p: Path, nodata, cy, cx):
+    """(band, y, x) array, nodata and alpha band of a Zarr written by :func:`to_zarr`."""
+    try:
+        ds = xr.open_zarr(p, zarr_format=3, consolidated=False, mask_and_scale=False)
+    except Exception as exc:  # noqa: BLE001 - any zarr failure is a bad input
+        raise InputNotFoundError(f"cannot read Zarr `{p}`: {exc}") from None
+    if _MOSAIC_VAR not in ds:
+        raise InputError(f"Zarr `{p}` has no `{_MOSAIC_VAR}` array; was it written by remote-samsing ingest?")
+    arr = ds[_MOSAIC_VAR]
+    if "band" not in arr.dims:
+        arr = arr.expand_dims("band")
+    if nodata is None:
+        nodata = arr.attrs.get("_FillValue_nodata", arr.rio.nodata)
+    if cy is not None:
+        arr = arr.chunk({"band": -1, "y": cy, "x": cx})
+    return arr, nodata, arr.attrs.get("alpha_band")
+
+
+def _open_gdal_mosaic(p: Path, cy, cx):
+    """(band, y, x) array and 1-based alpha band (or None) of any GDAL raster."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NotGeoreferencedWarning for plain JPEG/PNG
+            arr = rioxarray.open_rasterio(
+                p,
+                chunks={"band": -1, "y": cy or -1, "x": cx or -1},
+                lock=False,
+                masked=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - rasterio raises many types
+        raise InputNotFoundError(
+            f"cannot read raster `{p}`: {exc}",
+            hint="is it a valid GeoTIFF/COG/JPEG/PNG? try `gdalinfo` on it",
+        ) from None
+    alpha_band = None
+    try:
+        import rasterio
+
+        with rasterio.open(p) as src:
+            for i, c in enumerate(src.colorinterp, start=1):
+                if c.name == "alpha":
+                    alpha_band = i
+    except Exception:  # noqa: BLE001 - no colour interpretation: no alpha band
+        alpha_band = None
+    return arr, alpha_band
+
+
+def check_bands(bands, nbands: int, path) -> list[int]:
+    """``bands`` (1-based, one or three of them) checked against a raster of ``nbands`` bands."""
     if isinstance(bands, (int, np.integer)):
         bands = [int(bands)]
     try:
@@ -308,25 +324,30 @@ def _rgba_params(arr: xr.DataArray) -> dict:
         "band_idx": tuple(int(i) for i in band_idx),
         "alpha_pos": sel.index(alpha) if alpha in sel else None,
         "nodata": arr.rio.nodata,
-        "passthrough": _passes_through(arr),
+        "passthrough": passes_through(arr),
     }
 
 
-def _passes_through(arr: xr.DataArray) -> bool:
+def passes_through(arr: xr.DataArray) -> bool:
     """Whether the mosaic's bands go to RGB unstretched (uint8): its stretch limits read no pixel."""
     return np.dtype(arr.dtype) == np.uint8
 
 
-def _check_percentiles(percentiles) -> None:
-    lo_pct, hi_pct = percentiles
-    if not (0 <= lo_pct < hi_pct <= 100):
-        raise ConfigError(f"`percentiles` must satisfy 0 <= low < high <= 100, got {percentiles}")
+def check_percentiles(percentiles) -> tuple[float, float]:
+    """The stretch percentiles as two floats, ``0 <= low < high <= 100``."""
+    try:
+        lo, hi = (check_number("percentiles", p) for p in percentiles)
+    except (TypeError, ValueError):  # not iterable, not two items, not numbers
+        raise ConfigError(f"`percentiles` must be two numbers, got {percentiles!r}") from None
+    if not 0 <= lo < hi <= 100:
+        raise ConfigError(f"`percentiles` must satisfy 0 <= low < high <= 100, got {percentiles!r}")
+    return lo, hi
 
 
 def stretch_limits(arr: xr.DataArray, *, percentiles: tuple[float, float] = (2.0, 98.0)) -> da.Array:
     """Lazy (band, 2) stretch limits of the mosaic: zeros for uint8 (passed through)."""
-    _check_percentiles(percentiles)
-    if _passes_through(arr):
+    check_percentiles(percentiles)
+    if passes_through(arr):
         return da.zeros((arr.sizes["band"], 2), dtype="float64", chunks=-1)
     return stretch_params(arr, percentiles=percentiles)
 
@@ -438,10 +459,8 @@ def _gdal_dataset(path: str):
 
     Kept open between windows so that GDAL's block cache serves the next
     window. A strip-organised GeoTIFF (common from drone and aerial software)
-    stores rows the full mosaic width: a handle closed after each window made
-    every window decode each strip it crosses again, neighbours' included
-    (oam-tcd, JPEG strips of 16 x 2048 px: reading was 7 % of a Felzenszwalb
-    block's task, one-off py-spy sample).
+    stores rows the full mosaic width: with a handle closed after each window,
+    every window would decode again each strip it crosses, neighbours' included.
     """
     import rasterio
 
@@ -513,7 +532,7 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     )
 
 
-def _as_band_yx(image: Any) -> xr.DataArray:
+def as_band_yx(image: Any) -> xr.DataArray:
     """Wrap a numpy/dask (y, x) or (y, x, band) array as a (band, y, x) DataArray."""
     if isinstance(image, xr.DataArray):
         if set(image.dims) != {"band", "y", "x"}:
@@ -581,8 +600,7 @@ def to_zarr(
     out = Path(os.fspath(store))
     if out.exists() and not overwrite:
         raise OutputExistsError(f"`{out}` already exists", hint="pass overwrite=True / --overwrite")
-    if not isinstance(tile_size, (int, np.integer)) or tile_size <= 0:
-        raise ConfigError(f"`tile_size` must be a positive integer, got {tile_size!r}")
+    check_int("tile_size", tile_size, minimum=1)
     arr = mosaic.chunk({"band": -1, "y": tile_size, "x": tile_size})
     # scale/offset/_FillValue attributes would make xarray decode to float on read
     drop = {"source_bands", "scale_factor", "add_offset", "_FillValue", "missing_value"}
@@ -594,21 +612,20 @@ def to_zarr(
     ds = arr.to_dataset(name=_MOSAIC_VAR)
     if nodata is not None:
         ds[_MOSAIC_VAR].attrs["_FillValue_nodata"] = float(nodata)
-    tmp = out.with_name(out.name + ".partial")
-    import shutil
+    tmp = temporary_name(out)
+    try:
+        job = ds.to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
+        if progress:
+            from dask.diagnostics import ProgressBar
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    job = ds.to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
+            with ProgressBar():
+                job.compute()
+        else:
             job.compute()
-    else:
-        job.compute()
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        replace_path(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 

@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import unique
+from ._validate import check_choice, check_int
 from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError
 
 __all__ = [
@@ -110,8 +112,7 @@ def coverage(labels: np.ndarray) -> float:
 
 def _dense(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Sequential relabelling 1..n (0 stays 0), so bincounts stay small."""
-    uniq, inv = np.unique(labels, return_inverse=True)
-    inv = inv.reshape(labels.shape)
+    uniq, inv = unique(labels, return_inverse=True)
     if len(uniq) and uniq[0] == 0:
         return inv.astype(np.int64), len(uniq) - 1
     return (inv + 1).astype(np.int64), len(uniq)
@@ -373,6 +374,40 @@ def _read_raster_array(path):
             return src.read()
 
 
+def _decode_classes(arr, shape, classes, colour_table, raster_mode):
+    """Class names, the class index raster (1..C, 0 = Other) and, for one band, the raw values."""
+    values = None
+    if arr.ndim == 3:  # RGB-coded classes
+        rgb = arr[..., :3].astype(np.int64)
+        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        if colour_table is None:
+            uniq = unique(code)
+            colour_table = {f"{c >> 16},{(c >> 8) & 255},{c & 255}": (c >> 16, (c >> 8) & 255, c & 255) for c in uniq}
+        names = list(colour_table)
+        class_raster = np.zeros(shape, np.int64)
+        for i, name in enumerate(names, start=1):
+            r, g, b = colour_table[name]
+            class_raster[code == ((r << 16) | (g << 8) | b)] = i
+    else:
+        values = arr.astype(np.int64)
+        if raster_mode == "instance":
+            names = ["object"]
+            class_raster = (values != 0).astype(np.int64)
+        else:
+            uniq = [int(v) for v in unique(values) if v != 0]
+            if isinstance(classes, Mapping):
+                names = [str(classes.get(v, v)) for v in uniq]
+            else:
+                names = [str(v) for v in uniq]
+            lut_vals = np.zeros(int(values.max()) + 1 if values.size else 1, np.int64)
+            for i, v in enumerate(uniq, start=1):
+                lut_vals[v] = i
+            if values.min(initial=0) < 0:
+                raise InputError("class raster has negative values", hint="use 0 for unannotated pixels")
+            class_raster = lut_vals[values]
+    return names, class_raster, values
+
+
 def _raster_to_gt(arr, *, shape, classes, colour_table, ignore_classes, raster_mode, min_pixels):
     from scipy import ndimage
 
@@ -386,34 +421,7 @@ def _raster_to_gt(arr, *, shape, classes, colour_table, ignore_classes, raster_m
             f"ground-truth raster has shape {arr.shape[:2]}, labels have {tuple(shape)}",
             hint="rasterise or resample the ground truth onto the label grid",
         )
-    if arr.ndim == 3:  # RGB-coded classes
-        rgb = arr[..., :3].astype(np.int64)
-        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        if colour_table is None:
-            uniq = np.unique(code)
-            colour_table = {f"{c >> 16},{(c >> 8) & 255},{c & 255}": (c >> 16, (c >> 8) & 255, c & 255) for c in uniq}
-        names = list(colour_table)
-        class_raster = np.zeros(shape, np.int64)
-        for i, name in enumerate(names, start=1):
-            r, g, b = colour_table[name]
-            class_raster[code == ((r << 16) | (g << 8) | b)] = i
-    else:
-        values = arr.astype(np.int64)
-        if raster_mode == "instance":
-            names = ["object"]
-            class_raster = (values != 0).astype(np.int64)
-        else:
-            uniq = [int(v) for v in np.unique(values) if v != 0]
-            if isinstance(classes, Mapping):
-                names = [str(classes.get(v, v)) for v in uniq]
-            else:
-                names = [str(v) for v in uniq]
-            lut_vals = np.zeros(int(values.max()) + 1 if values.size else 1, np.int64)
-            for i, v in enumerate(uniq, start=1):
-                lut_vals[v] = i
-            if values.min(initial=0) < 0:
-                raise InputError("class raster has negative values", hint="use 0 for unannotated pixels")
-            class_raster = lut_vals[values]
+    names, class_raster, values = _decode_classes(arr, shape, classes, colour_table, raster_mode)
     ignored = {i for i, n in enumerate(names, start=1) if n in set(ignore_classes)}
     inst = np.zeros(shape, np.int32)
     object_class = [0]
@@ -540,10 +548,8 @@ def load_ground_truth(
 
     if isinstance(ground_truth, GroundTruth):
         return ground_truth
-    if raster_mode not in ("class", "instance"):
-        raise ConfigError(f"`raster_mode` must be 'class' or 'instance', got {raster_mode!r}")
-    if not isinstance(min_pixels, int) or min_pixels < 1:
-        raise ConfigError(f"`min_pixels` must be a positive int, got {min_pixels!r}")
+    check_choice("raster_mode", raster_mode, ("class", "instance"))
+    check_int("min_pixels", min_pixels, minimum=1)
     transform = Affine.identity() if transform is None else transform
     shape = tuple(int(s) for s in shape)
     try:
@@ -628,12 +634,12 @@ def _labels_array(labels):
     import xarray as xr
     from affine import Affine
 
-    from .vectorize import _grid_of, open_label_raster
+    from .vectorize import grid_of, open_label_raster
 
     if isinstance(labels, (str, os.PathLike)):
         labels = open_label_raster(labels)
     if isinstance(labels, xr.DataArray):
-        crs, transform = _grid_of(labels)
+        crs, transform = grid_of(labels)
         arr = np.asarray(labels.values)
     else:
         crs, transform = None, Affine.identity()
@@ -680,10 +686,8 @@ def evaluate(
     Report
     """
     import pandas as pd
-    from scipy import ndimage
 
-    if not isinstance(biou_d, int) or biou_d < 1:
-        raise ConfigError(f"`biou_d` must be a positive int, got {biou_d!r}")
+    check_int("biou_d", biou_d, minimum=1)
     lab, crs, transform = _labels_array(labels)
     gt = load_ground_truth(
         ground_truth, shape=lab.shape, crs=crs, transform=transform, classes=classes,
@@ -693,155 +697,172 @@ def evaluate(
     if gt.instances.shape != lab.shape:
         raise CRSMismatchError(f"ground truth {gt.instances.shape} and labels {lab.shape} differ in shape")
     seg, nseg = _dense(lab)
-    seg_sizes = np.bincount(seg.ravel(), minlength=nseg + 1)
-    H, W = lab.shape
-    d = biou_d
-    is_box = gt.boxes is not None
-    if is_box:
-        sl_seg = ndimage.find_objects(seg)
-        seg_boxes = np.zeros((nseg + 1, 4))
-        for s, sl in enumerate(sl_seg, start=1):
-            if sl is not None:
-                seg_boxes[s] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-    else:
-        sl_seg = ndimage.find_objects(seg)
-    obj_slices = ndimage.find_objects(gt.instances, max_label=gt.n_objects)
-
-    records = []
+    score = _box_scorer(seg, nseg, gt) if gt.boxes is not None else _mask_scorer(seg, nseg, gt, biou_d)
     it = range(1, gt.n_objects + 1)
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc="objects", unit="obj")
-    for o in it:
-        sl = obj_slices[o - 1]
-        if is_box:
-            box = gt.boxes[o]
-            y0, y1 = int(np.floor(box[1])), int(np.ceil(box[3]))
-            x0, x1 = int(np.floor(box[0])), int(np.ceil(box[2]))
-            cand = np.unique(seg[y0:y1, x0:x1])
-            cand = cand[cand > 0]
-            n_px = int((box[2] - box[0]) * (box[3] - box[1]))
-            chosen: list[int] = []
-            iou = ss = 0.0
-            if len(cand):
-                cb = seg_boxes[cand]
-                single = _box_iou(cb, box)
-                ss = float(single.max())
-                cur = None
-                avail = np.ones(len(cand), bool)
-                while avail.any():
-                    if cur is None:
-                        u = cb
-                    else:
-                        u = np.column_stack([
-                            np.minimum(cb[:, 0], cur[0]), np.minimum(cb[:, 1], cur[1]),
-                            np.maximum(cb[:, 2], cur[2]), np.maximum(cb[:, 3], cur[3]),
-                        ])
-                    val = np.where(avail, _box_iou(u, box), -1.0)
-                    j = int(np.argmax(val))
-                    if val[j] <= iou:
-                        break
-                    iou = float(val[j])
-                    cur = u[j]
-                    avail[j] = False
-                    chosen.append(int(cand[j]))
-            biou = float("nan")
-            bbox = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
-        else:
-            inside = gt.instances[sl] == o
-            n_px = int(np.count_nonzero(inside))
-            vals = seg[sl][inside]
-            inter = np.bincount(vals, minlength=nseg + 1)
-            inter[0] = 0  # unsegmented pixels are no candidate
-            cand = np.flatnonzero(inter)
-            idx, iou = greedy_oracle(inter[cand], seg_sizes[cand], n_px)
-            chosen = [int(c) for c in cand[idx]]
-            if len(cand):
-                single = inter[cand] / (seg_sizes[cand] + n_px - inter[cand])
-                ss = float(single.max())
-            else:
-                ss = 0.0
-            # BIoU on the union of the object's and the chosen segments'
-            # boxes, padded so the crop edge never erodes anything.
-            ys, ye, xs, xe = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-            for c in chosen:
-                s_sl = sl_seg[c - 1]
-                ys, ye = min(ys, s_sl[0].start), max(ye, s_sl[0].stop)
-                xs, xe = min(xs, s_sl[1].start), max(xe, s_sl[1].stop)
-            ys, xs = max(ys - d - 1, 0), max(xs - d - 1, 0)
-            ye, xe = min(ye + d + 1, H), min(xe + d + 1, W)
-            if chosen:
-                r_mask = np.isin(seg[ys:ye, xs:xe], chosen)
-                o_mask = gt.instances[ys:ye, xs:xe] == o
-                biou = boundary_iou(r_mask, o_mask, d)
-            else:
-                biou = 0.0
-            bbox = (float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop))
-        records.append(
-            {
-                "object": o,
-                "class": gt.class_names[int(gt.object_class[o])],
-                "n_pixels": n_px,
-                "iou": float(iou),
-                "ss_iou": float(ss),
-                "biou": float(biou),
-                "n_segments": len(chosen),
-                "category": _category(float(iou)),
-                "xmin": bbox[0],
-                "ymin": bbox[1],
-                "xmax": bbox[2],
-                "ymax": bbox[3],
-            }
-        )
-    cols = ["object", "class", "n_pixels", "iou", "ss_iou", "biou", "n_segments", "category", "xmin", "ymin", "xmax", "ymax"]
-    objects = pd.DataFrame.from_records(records, columns=cols)
+    objects = pd.DataFrame.from_records([score(o) for o in it], columns=_OBJECT_COLUMNS)
 
     if gt.class_raster is not None:
         asa_glob, asa_per = asa(lab, gt.class_raster, n_classes=len(gt.class_names), paper_asa=paper_asa)
     else:
         asa_glob, asa_per = float("nan"), np.full(len(gt.class_names), np.nan)
+    rows = [
+        _row(name, objects[objects["class"] == name], asa_per[c])
+        for c, name in enumerate(gt.class_names)
+        if (objects["class"] == name).any() or not np.isnan(asa_per[c])
+    ]
+    rows.append(_row("Global", objects, asa_glob))
+    settings = {"paper_asa": bool(paper_asa), "min_pixels": int(min_pixels), "biou_d": int(biou_d),
+                "crs": None if crs is None else str(crs)}
+    summary = _summary(lab, nseg, gt, asa_glob, rows[-1], settings)
+    return Report(summary=summary, rows=rows, objects=objects, _labels=lab, _gt=gt)
 
-    def _row(name, df, asa_value):
-        n = len(df)
-        return {
-            "class": name,
-            "n_objects": n,
-            "det50": float((df["iou"] >= 0.5).mean()) if n else float("nan"),
-            "ss_det50": float((df["ss_iou"] >= 0.5).mean()) if n else float("nan"),
-            "miou": float(df["iou"].mean()) if n else float("nan"),
-            "biou": float(df["biou"].mean()) if n else float("nan"),
-            "n_bar": float(df["n_segments"].mean()) if n else float("nan"),
-            "asa": float(asa_value),
-        }
 
-    rows = []
-    for c, name in enumerate(gt.class_names):
-        df = objects[objects["class"] == name]
-        if len(df) or not np.isnan(asa_per[c]):
-            rows.append(_row(name, df, asa_per[c]))
-    glob = _row("Global", objects, asa_glob)
-    rows.append(glob)
-    summary = {
+def _summary(lab: np.ndarray, nseg: int, gt: GroundTruth, asa_glob: float, glob: dict, settings: dict) -> dict:
+    """:attr:`Report.summary`: coverage, global scores, counts, then the settings used."""
+    return {
         "coverage_pct": coverage(lab),
         "asa": asa_glob,
-        "det50": glob["det50"],
-        "ss_det50": glob["ss_det50"],
-        "miou": glob["miou"],
-        "biou": glob["biou"],
-        "n_bar": glob["n_bar"],
+        **{k: glob[k] for k in ("det50", "ss_det50", "miou", "biou", "n_bar")},
         "n_objects": gt.n_objects,
         "n_objects_skipped": gt.n_skipped,
         "n_segments": int(nseg),
-        "height": int(H),
-        "width": int(W),
-        "ground_truth": "boxes" if is_box else "masks",
-        "paper_asa": bool(paper_asa),
-        "min_pixels": int(min_pixels),
-        "biou_d": int(d),
-        "crs": None if crs is None else str(crs),
+        "height": int(lab.shape[0]),
+        "width": int(lab.shape[1]),
+        "ground_truth": "boxes" if gt.boxes is not None else "masks",
+        **settings,
     }
-    return Report(summary=summary, rows=rows, objects=objects, _labels=lab, _gt=gt)
+
+
+_OBJECT_COLUMNS = ["object", "class", "n_pixels", "iou", "ss_iou", "biou", "n_segments", "category",
+                   "xmin", "ymin", "xmax", "ymax"]
+
+
+def _object_record(o, gt, *, n_px, chosen, iou, ss, biou, bbox) -> dict:
+    """One row of :attr:`Report.objects`."""
+    return {
+        "object": o,
+        "class": gt.class_names[int(gt.object_class[o])],
+        "n_pixels": n_px,
+        "iou": float(iou),
+        "ss_iou": float(ss),
+        "biou": float(biou),
+        "n_segments": len(chosen),
+        "category": _category(float(iou)),
+        "xmin": bbox[0],
+        "ymin": bbox[1],
+        "xmax": bbox[2],
+        "ymax": bbox[3],
+    }
+
+
+def _mask_scorer(seg: np.ndarray, nseg: int, gt: GroundTruth, d: int):
+    """``score(o)``: the object row of mask object ``o`` (greedy oracle, best single segment, BIoU)."""
+    from scipy import ndimage
+
+    seg_sizes = np.bincount(seg.ravel(), minlength=nseg + 1)
+    sl_seg = ndimage.find_objects(seg)
+    obj_slices = ndimage.find_objects(gt.instances, max_label=gt.n_objects)
+    H, W = seg.shape
+
+    def score(o: int) -> dict:
+        sl = obj_slices[o - 1]
+        inside = gt.instances[sl] == o
+        n_px = int(np.count_nonzero(inside))
+        inter = np.bincount(seg[sl][inside], minlength=nseg + 1)
+        inter[0] = 0  # unsegmented pixels are no candidate
+        cand = np.flatnonzero(inter)
+        idx, iou = greedy_oracle(inter[cand], seg_sizes[cand], n_px)
+        chosen = [int(c) for c in cand[idx]]
+        ss = float((inter[cand] / (seg_sizes[cand] + n_px - inter[cand])).max()) if len(cand) else 0.0
+        # BIoU on the union of the object's and the chosen segments'
+        # boxes, padded so the crop edge never erodes anything.
+        ys, ye, xs, xe = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        for c in chosen:
+            s_sl = sl_seg[c - 1]
+            ys, ye = min(ys, s_sl[0].start), max(ye, s_sl[0].stop)
+            xs, xe = min(xs, s_sl[1].start), max(xe, s_sl[1].stop)
+        ys, xs = max(ys - d - 1, 0), max(xs - d - 1, 0)
+        ye, xe = min(ye + d + 1, H), min(xe + d + 1, W)
+        if chosen:
+            biou = boundary_iou(np.isin(seg[ys:ye, xs:xe], chosen), gt.instances[ys:ye, xs:xe] == o, d)
+        else:
+            biou = 0.0
+        bbox = (float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop))
+        return _object_record(o, gt, n_px=n_px, chosen=chosen, iou=iou, ss=ss, biou=biou, bbox=bbox)
+
+    return score
+
+
+def _box_scorer(seg: np.ndarray, nseg: int, gt: GroundTruth):
+    """``score(o)``: the object row of box object ``o`` (greedy oracle on box IoU; no BIoU)."""
+    from scipy import ndimage
+
+    seg_boxes = np.zeros((nseg + 1, 4))
+    for s, sl in enumerate(ndimage.find_objects(seg), start=1):
+        if sl is not None:
+            seg_boxes[s] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+
+    def score(o: int) -> dict:
+        box = gt.boxes[o]
+        y0, y1 = int(np.floor(box[1])), int(np.ceil(box[3]))
+        x0, x1 = int(np.floor(box[0])), int(np.ceil(box[2]))
+        cand = unique(seg[y0:y1, x0:x1])
+        cand = cand[cand > 0]
+        chosen, iou, ss = _greedy_box_oracle(seg_boxes[cand], box, cand) if len(cand) else ([], 0.0, 0.0)
+        return _object_record(
+            o, gt, n_px=int((box[2] - box[0]) * (box[3] - box[1])), chosen=chosen, iou=iou, ss=ss,
+            biou=float("nan"), bbox=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+        )
+
+    return score
+
+
+def _greedy_box_oracle(cb: np.ndarray, box: np.ndarray, cand: np.ndarray) -> tuple[list[int], float, float]:
+    """Greedy oracle on box IoU: segments ``cand`` (boxes ``cb``) whose joint box best matches ``box``.
+
+    Returns the chosen segments, their joint box's IoU and the best single segment's IoU.
+    """
+    ss = float(_box_iou(cb, box).max())
+    chosen: list[int] = []
+    iou = 0.0
+    cur = None
+    avail = np.ones(len(cand), bool)
+    while avail.any():
+        if cur is None:
+            u = cb
+        else:
+            u = np.column_stack([
+                np.minimum(cb[:, 0], cur[0]), np.minimum(cb[:, 1], cur[1]),
+                np.maximum(cb[:, 2], cur[2]), np.maximum(cb[:, 3], cur[3]),
+            ])
+        val = np.where(avail, _box_iou(u, box), -1.0)
+        j = int(np.argmax(val))
+        if val[j] <= iou:
+            break
+        iou = float(val[j])
+        cur = u[j]
+        avail[j] = False
+        chosen.append(int(cand[j]))
+    return chosen, iou, ss
+
+
+def _row(name: str, df, asa_value) -> dict:
+    """A row of :attr:`Report.rows`: the object scores of ``df`` averaged, and the ASA."""
+    n = len(df)
+    return {
+        "class": name,
+        "n_objects": n,
+        "det50": float((df["iou"] >= 0.5).mean()) if n else float("nan"),
+        "ss_det50": float((df["ss_iou"] >= 0.5).mean()) if n else float("nan"),
+        "miou": float(df["iou"].mean()) if n else float("nan"),
+        "biou": float(df["biou"].mean()) if n else float("nan"),
+        "n_bar": float(df["n_segments"].mean()) if n else float("nan"),
+        "asa": float(asa_value),
+    }
 
 
 # ---------------------------------------------------------------------------

@@ -60,6 +60,7 @@ Work avoided where the result cannot change:
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._arrays import unique
+from ._validate import check_bool, check_choice, check_int, check_number
 from .exceptions import ConfigError, InputError
 
 __all__ = [
@@ -113,22 +116,6 @@ class MaskGenerator(Protocol):
         stability_score_thresh: float,
     ) -> list[dict[str, Any]]:
         ...
-
-
-def _check_unit(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"`{name}` must be a number in [0, 1], got {value!r}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ConfigError(f"`{name}` must be in [0, 1], got {value}", hint="thresholds are probabilities")
-    return float(value)
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"`{name}` must be >= {minimum}, got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,50 +190,38 @@ class MultipassConfig:
     keep_attributes: bool = True
 
     def __post_init__(self) -> None:
-        _check_int("points_per_side", self.points_per_side, minimum=1)
-        if self.point_strategy not in ("dense_grid", "kmeans"):
-            raise ConfigError(
-                f"`point_strategy` must be 'dense_grid' or 'kmeans', got {self.point_strategy!r}"
-            )
-        _check_int("kmeans_points", self.kmeans_points, minimum=1)
-        _check_int("kmeans_seed", self.kmeans_seed, minimum=0)
-        _check_int("erosion_iterations", self.erosion_iterations, minimum=0)
+        check_int("points_per_side", self.points_per_side, minimum=1)
+        check_choice("point_strategy", self.point_strategy, ("dense_grid", "kmeans"))
+        check_int("kmeans_points", self.kmeans_points, minimum=1)
+        check_int("kmeans_seed", self.kmeans_seed, minimum=0)
+        check_int("erosion_iterations", self.erosion_iterations, minimum=0)
         for name in ("use_black_mask", "adaptive", "sort_by_area", "keep_attributes"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ConfigError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         for prefix in ("iou", "stability"):
-            start = _check_unit(f"{prefix}_start", getattr(self, f"{prefix}_start"))
-            end = _check_unit(f"{prefix}_end", getattr(self, f"{prefix}_end"))
+            start, end = (
+                check_number(f"{prefix}_{which}", getattr(self, f"{prefix}_{which}"), minimum=0.0, maximum=1.0,
+                             hint="thresholds are probabilities")
+                for which in ("start", "end")
+            )
             if start < end:
                 raise ConfigError(
                     f"`{prefix}_start` ({start}) is below `{prefix}_end` ({end})",
                     hint="thresholds decay from start down to end; use start >= end",
                 )
-        if isinstance(self.step, bool) or not isinstance(self.step, (int, float, np.integer, np.floating)):
-            raise ConfigError(f"`step` must be a number > 0, got {self.step!r}")
-        if not 0.0 < float(self.step) <= 1.0:
-            raise ConfigError(
-                f"`step` must be in (0, 1], got {self.step}",
-                hint="a step <= 0 would never reach the end thresholds (the reference loops forever)",
-            )
-        if isinstance(self.stagnation_gain, bool) or not isinstance(self.stagnation_gain, (int, float)):
-            raise ConfigError(f"`stagnation_gain` must be a number >= 0, got {self.stagnation_gain!r}")
-        if not 0.0 <= float(self.stagnation_gain) <= 100.0:
-            raise ConfigError(f"`stagnation_gain` must be in [0, 100] percentage points, got {self.stagnation_gain}")
-        ratio = _check_unit("overlap_reject", self.overlap_reject)
-        if ratio == 0.0:
-            raise ConfigError("`overlap_reject` must be > 0 (0 would reject every component)")
-        _check_int("min_mask_area", self.min_mask_area, minimum=0)
-        if isinstance(self.target_coverage, bool) or not isinstance(self.target_coverage, (int, float)):
-            raise ConfigError(f"`target_coverage` must be a number in (0, 100], got {self.target_coverage!r}")
-        if not 0.0 < float(self.target_coverage) <= 100.0:
-            raise ConfigError(f"`target_coverage` must be in (0, 100] percent, got {self.target_coverage}")
+        check_number("step", self.step, minimum=0.0, maximum=1.0, open_min=True,
+                     hint="a step <= 0 would never reach the end thresholds (the reference loops forever)")
+        check_number("stagnation_gain", self.stagnation_gain, minimum=0.0, maximum=100.0,
+                     hint="a gain in percentage points of coverage")
+        check_number("overlap_reject", self.overlap_reject, minimum=0.0, maximum=1.0, open_min=True,
+                     hint="a fraction of the component; 0 would reject every component")
+        check_int("min_mask_area", self.min_mask_area, minimum=0)
+        check_number("target_coverage", self.target_coverage, minimum=0.0, maximum=100.0, open_min=True,
+                     hint="percent of the valid pixels")
         if self.max_passes is not None:
-            _check_int("max_passes", self.max_passes, minimum=1)
-        if self.coverage_on not in ("core", "window"):
-            raise ConfigError(f"`coverage_on` must be 'core' or 'window', got {self.coverage_on!r}")
+            check_int("max_passes", self.max_passes, minimum=1)
+        check_choice("coverage_on", self.coverage_on, ("core", "window"))
         if self.prompt_halo is not None:
-            _check_int("prompt_halo", self.prompt_halo, minimum=0)
+            check_int("prompt_halo", self.prompt_halo, minimum=0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of the parameters."""
@@ -320,7 +295,7 @@ def threshold_schedule(*, start: float, end: float, step: float, n: int) -> floa
 def _grid_axis(size: int, k: int) -> np.ndarray:
     # edge-to-edge integer positions as the reference (points/uniform.py), deduplicated
     # so that k > size does not prompt the same pixel twice
-    return np.unique(np.linspace(0, size - 1, k).astype(np.int64))
+    return unique(np.linspace(0, size - 1, k).astype(np.int64))
 
 
 def grid_prompts(shape: tuple[int, int], *, points_per_side: int, allowed: np.ndarray | None = None) -> np.ndarray:
@@ -436,7 +411,7 @@ def kmeans_prompts(
     data = np.stack([xs, ys], axis=1).astype(np.float64)
     centers = _lloyd(data, n_points, rng, KMEANS_ITERATIONS)
     dist = (data**2).sum(1)[:, None] - 2 * data @ centers.T + (centers**2).sum(1)[None, :]
-    nearest = np.unique(dist.argmin(0))  # snapped; two centres on one pixel prompt once
+    nearest = unique(dist.argmin(0))  # snapped; two centres on one pixel prompt once
     return data[nearest]
 
 
@@ -553,6 +528,7 @@ def _check_core(core: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     return y0, y1, x0, x1
 
 
+# long only for its docstring: the body is the pass loop, each step a function below
 def run_multipass(
     image: np.ndarray,
     *,
@@ -597,6 +573,56 @@ def run_multipass(
     >>> res.stop_reason, res.n_labels, res.coverage_core
     ('target_coverage', 1, 100.0)
     """
+    cfg, image, valid, core = _checked_inputs(image, generator, config, valid, core)
+    cy0, cy1, cx0, cx1 = core
+    core_sl, window_sl = (slice(cy0, cy1), slice(cx0, cx1)), (slice(None), slice(None))
+    # coverage regions: the one driving the stop tests, the core, the window
+    regions = (core_sl if cfg.coverage_on == "core" else window_sl, core_sl, window_sl)
+    labels = np.zeros(image.shape[:2], np.uint32)
+    attrs: dict[str, list] = {"pass": [-1], "predicted_iou": [np.nan], "stability_score": [np.nan]}
+    promptable = _promptable(valid, core, cfg.prompt_halo)
+    stats: list[dict[str, Any]] = []
+
+    def finish(reason: str) -> MultipassResult:
+        _, cov_core, cov_window = (_coverage(labels, valid, r)[0] for r in regions)
+        attributes = _attribute_arrays(attrs) if cfg.keep_attributes else {}
+        return MultipassResult(labels=labels, pass_stats=stats, stop_reason=reason, attributes=attributes,
+                               coverage_core=cov_core, coverage_window=cov_window)
+
+    if _coverage(labels, valid, regions[0])[1] == 0:
+        return finish("nothing_to_cover")
+    n_decay, prev_cov, next_label = 0, 0.0, 1
+    for pass_idx in itertools.count():
+        if cfg.max_passes is not None and pass_idx >= cfg.max_passes:
+            return finish("max_passes")
+        prompts = _pass_prompts(pass_idx, labels, promptable, cfg)
+        if len(prompts) == 0:
+            return finish("no_prompts")
+        taus = (
+            threshold_schedule(start=cfg.iou_start, end=cfg.iou_end, step=cfg.step, n=n_decay),
+            threshold_schedule(start=cfg.stability_start, end=cfg.stability_end, step=cfg.step, n=n_decay),
+        )
+        first = next_label
+        records, next_label, counts, seconds = _generate_and_accept(
+            image, labels, valid, prompts, generator, cfg, pass_idx=pass_idx, taus=taus, next_label=next_label,
+            attrs=attrs,
+        )
+        coverages = tuple(_coverage(labels, valid, r)[0] for r in regions)
+        stagnated = len(records) == 0 or next_label == first or coverages[0] - prev_cov < cfg.stagnation_gain
+        stats.append(_pass_stats(pass_idx, len(prompts), taus, len(records), counts, coverages,
+                                 coverages[0] - prev_cov, stagnated, seconds, generator))
+        if coverages[0] >= cfg.target_coverage:
+            return finish("target_coverage")
+        if stagnated:
+            at_floor = taus[0] <= cfg.iou_end and taus[1] <= cfg.stability_end
+            if not cfg.adaptive or at_floor:
+                return finish("stagnation")
+            n_decay += 1
+        prev_cov = coverages[0]
+
+
+def _checked_inputs(image, generator, config, valid, core):
+    """``(config, image, valid, core)`` of :func:`run_multipass`, checked and with their defaults."""
     cfg = config if config is not None else MultipassConfig()
     if not isinstance(cfg, MultipassConfig):
         raise ConfigError(f"`config` must be a MultipassConfig, got {type(cfg).__name__}")
@@ -610,125 +636,95 @@ def run_multipass(
     if valid.shape != shape:
         raise InputError(f"`valid` has shape {valid.shape}, the image is {shape}")
     valid = valid.astype(bool, copy=False)
-    cy0, cy1, cx0, cx1 = _check_core(core, shape)
+    core = _check_core(core, shape)
     if not callable(getattr(generator, "generate", None)):
         raise ConfigError(f"`generator` {generator!r} has no `generate` method")
+    return cfg, image, valid, core
 
-    core_sl = (slice(cy0, cy1), slice(cx0, cx1))
-    window_sl = (slice(0, shape[0]), slice(0, shape[1]))
-    drive_sl = core_sl if cfg.coverage_on == "core" else window_sl
-    labels = np.zeros(shape, np.uint32)
-    attrs: dict[str, list] = {"pass": [-1], "predicted_iou": [np.nan], "stability_score": [np.nan]}
 
-    # prompts live on valid pixels, optionally only near the core
+def _promptable(valid: np.ndarray, core: tuple[int, int, int, int], halo: int | None) -> np.ndarray:
+    """Pixels prompts may land on: valid ones, within ``halo`` of the core when given."""
     promptable = valid.copy()
-    if cfg.prompt_halo is not None:
-        near = np.zeros(shape, bool)
-        h = cfg.prompt_halo
-        near[max(0, cy0 - h) : cy1 + h, max(0, cx0 - h) : cx1 + h] = True
+    if halo is not None:
+        cy0, cy1, cx0, cx1 = core
+        near = np.zeros(valid.shape, bool)
+        near[max(0, cy0 - halo) : cy1 + halo, max(0, cx0 - halo) : cx1 + halo] = True
         promptable &= near
+    return promptable
 
-    def finish(reason: str, stats: list[dict]) -> MultipassResult:
-        attributes = {}
-        if cfg.keep_attributes:
-            attributes = {
-                "pass": np.asarray(attrs["pass"], np.int16),
-                "predicted_iou": np.asarray(attrs["predicted_iou"], np.float32),
-                "stability_score": np.asarray(attrs["stability_score"], np.float32),
-            }
-        return MultipassResult(
-            labels=labels,
-            pass_stats=stats,
-            stop_reason=reason,
-            attributes=attributes,
-            coverage_core=_coverage(labels, valid, core_sl)[0],
-            coverage_window=_coverage(labels, valid, window_sl)[0],
-        )
 
-    stats: list[dict[str, Any]] = []
-    if _coverage(labels, valid, drive_sl)[1] == 0:
-        return finish("nothing_to_cover", stats)
+def _pass_prompts(pass_idx: int, labels: np.ndarray, promptable: np.ndarray, cfg: MultipassConfig) -> np.ndarray:
+    """The prompts of pass ``pass_idx``: the full grid first, then the configured residual strategy."""
+    if pass_idx == 0:
+        return grid_prompts(labels.shape, points_per_side=cfg.points_per_side, allowed=promptable)
+    unsegmented = promptable & (labels == 0)
+    if cfg.point_strategy == "dense_grid":
+        return dense_grid_prompts(
+            unsegmented, points_per_side=cfg.points_per_side, erosion_iterations=cfg.erosion_iterations
+        )
+    return kmeans_prompts(
+        unsegmented, n_points=cfg.kmeans_points, erosion_iterations=cfg.erosion_iterations, seed=cfg.kmeans_seed,
+    )
 
-    n_decay = 0
-    prev_cov = 0.0
-    next_label = 1
-    pass_idx = 0
-    while True:
-        if cfg.max_passes is not None and pass_idx >= cfg.max_passes:
-            return finish("max_passes", stats)
-        unsegmented = promptable & (labels == 0)
-        if pass_idx == 0:
-            prompts = grid_prompts(shape, points_per_side=cfg.points_per_side, allowed=promptable)
-        elif cfg.point_strategy == "dense_grid":
-            prompts = dense_grid_prompts(
-                unsegmented, points_per_side=cfg.points_per_side, erosion_iterations=cfg.erosion_iterations
-            )
-        else:
-            prompts = kmeans_prompts(
-                unsegmented, n_points=cfg.kmeans_points, erosion_iterations=cfg.erosion_iterations,
-                seed=cfg.kmeans_seed,
-            )
-        if len(prompts) == 0:
-            return finish("no_prompts", stats)
-        if cfg.use_black_mask and pass_idx > 0:
-            img = image.copy()
-            img[labels > 0] = 0
-        else:
-            img = image
-        tau_iou = threshold_schedule(start=cfg.iou_start, end=cfg.iou_end, step=cfg.step, n=n_decay)
-        tau_stab = threshold_schedule(
-            start=cfg.stability_start, end=cfg.stability_end, step=cfg.step, n=n_decay
-        )
-        t0 = time.perf_counter()
-        records = list(
-            generator.generate(img, points=prompts, pred_iou_thresh=tau_iou, stability_score_thresh=tau_stab)
-        )
-        t1 = time.perf_counter()
-        if cfg.sort_by_area:
-            # stable: equal areas keep the generator's order
-            records.sort(key=lambda r: int(r["area"]) if "area" in r else int(np.count_nonzero(r["segmentation"])))
-        first = next_label
-        next_label, counts, owners = accept_masks(
-            records, labels=labels, valid=valid, next_label=next_label,
-            min_mask_area=cfg.min_mask_area, overlap_reject=cfg.overlap_reject,
-        )
-        t2 = time.perf_counter()
-        if cfg.keep_attributes:
-            for i in owners:
-                attrs["pass"].append(pass_idx)
-                attrs["predicted_iou"].append(float(records[i].get("predicted_iou", np.nan)))
-                attrs["stability_score"].append(float(records[i].get("stability_score", np.nan)))
-        cov = _coverage(labels, valid, drive_sl)[0]
-        cov_core = _coverage(labels, valid, core_sl)[0]
-        gain = cov - prev_cov
-        stagnated = len(records) == 0 or next_label == first or gain < cfg.stagnation_gain
-        s: dict[str, Any] = {
-            "pass": pass_idx,
-            "n_prompts": int(len(prompts)),
-            "pred_iou_thresh": tau_iou,
-            "stability_score_thresh": tau_stab,
-            "masks_generated": len(records),
-            **counts,
-            "coverage": cov,
-            "coverage_core": cov_core,
-            "coverage_window": _coverage(labels, valid, window_sl)[0],
-            "gain": gain,
-            "stagnated": bool(stagnated),
-            "generate_s": t1 - t0,
-            "accept_s": t2 - t1,
-        }
-        timings = getattr(generator, "last_timings", None)
-        if isinstance(timings, Mapping):
-            s.update({str(k): float(v) for k, v in timings.items()})
-        stats.append(s)
-        if cov >= cfg.target_coverage:
-            return finish("target_coverage", stats)
-        if stagnated:
-            at_floor = (
-                tau_iou <= cfg.iou_end and tau_stab <= cfg.stability_end
-            )
-            if not cfg.adaptive or at_floor:
-                return finish("stagnation", stats)
-            n_decay += 1
-        prev_cov = cov
-        pass_idx += 1
+
+def _generate_and_accept(image, labels, valid, prompts, generator, cfg, *, pass_idx, taus, next_label, attrs):
+    """Generate one pass's masks and accept them into ``labels`` (in place).
+
+    Returns the records, the next free label, the acceptance counts and the
+    (generate, accept) seconds; appends the accepted labels' attributes to ``attrs``.
+    """
+    tau_iou, tau_stab = taus
+    if cfg.use_black_mask and pass_idx > 0:
+        img = image.copy()
+        img[labels > 0] = 0
+    else:
+        img = image
+    t0 = time.perf_counter()
+    records = list(generator.generate(img, points=prompts, pred_iou_thresh=tau_iou, stability_score_thresh=tau_stab))
+    t1 = time.perf_counter()
+    if cfg.sort_by_area:
+        # stable: equal areas keep the generator's order
+        records.sort(key=lambda r: int(r["area"]) if "area" in r else int(np.count_nonzero(r["segmentation"])))
+    next_label, counts, owners = accept_masks(
+        records, labels=labels, valid=valid, next_label=next_label,
+        min_mask_area=cfg.min_mask_area, overlap_reject=cfg.overlap_reject,
+    )
+    t2 = time.perf_counter()
+    if cfg.keep_attributes:
+        for i in owners:
+            attrs["pass"].append(pass_idx)
+            attrs["predicted_iou"].append(float(records[i].get("predicted_iou", np.nan)))
+            attrs["stability_score"].append(float(records[i].get("stability_score", np.nan)))
+    return records, next_label, counts, (t1 - t0, t2 - t1)
+
+
+def _pass_stats(pass_idx, n_prompts, taus, n_masks, counts, coverages, gain, stagnated, seconds, generator):
+    """One ``pass_stats`` entry (keys as documented in :func:`run_multipass`)."""
+    cov, cov_core, cov_window = coverages
+    s: dict[str, Any] = {
+        "pass": pass_idx,
+        "n_prompts": int(n_prompts),
+        "pred_iou_thresh": taus[0],
+        "stability_score_thresh": taus[1],
+        "masks_generated": n_masks,
+        **counts,
+        "coverage": cov,
+        "coverage_core": cov_core,
+        "coverage_window": cov_window,
+        "gain": gain,
+        "stagnated": bool(stagnated),
+        "generate_s": seconds[0],
+        "accept_s": seconds[1],
+    }
+    timings = getattr(generator, "last_timings", None)
+    if isinstance(timings, Mapping):
+        s.update({str(k): float(v) for k, v in timings.items()})
+    return s
+
+
+def _attribute_arrays(attrs: dict[str, list]) -> dict[str, np.ndarray]:
+    return {
+        "pass": np.asarray(attrs["pass"], np.int16),
+        "predicted_iou": np.asarray(attrs["predicted_iou"], np.float32),
+        "stability_score": np.asarray(attrs["stability_score"], np.float32),
+    }

@@ -12,22 +12,18 @@ VRT (rioxarray cannot write a COG window by window; shared/design/stack.md §7).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
-__all__ = [
-    "to_label_zarr", "to_cog", "open_label_store", "plan_label_store", "LabelSink", "write_json_atomic",
-    "smallest_uint_dtype",
-    "overview_factors",
-]
+from ._files import replace_path, write_atomic
+
+__all__ = ["to_cog", "plan_label_store", "LabelSink", "smallest_uint_dtype", "overview_factors"]
 
 
 def smallest_uint_dtype(max_label: int) -> np.dtype:
@@ -44,109 +40,13 @@ def smallest_uint_dtype(max_label: int) -> np.dtype:
     raise ValueError(f"label {max_label} does not fit uint64")
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
-    p = Path(os.fspath(path))
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, p)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (Path,)):
-        return str(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
-    return str(obj)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(tmp, out)
-
-
-def to_label_zarr(
-    labels: xr.DataArray,
-    path: str | os.PathLike,
-    *,
-    also: Any = None,
-    client: Any = None,
-    progress: bool = False,
-    cog_pieces: str | os.PathLike | None = None,
-) -> Any:
-    """Write a (y, x) label DataArray with its CRS to a Zarr v3 store.
-
-    Written to ``<path>.partial`` first, then renamed.
-
-    Parameters
-    ----------
-    labels : xarray.DataArray
-    path : path
-    also : dask collection, optional
-        Computed in the same graph as the write (e.g. merge statistics that
-        share the per-block work) and returned.
-    client : distributed.Client, optional
-        Compute on this client (without low-level fusion, which would drop
-        worker-resource annotations).
-    progress : bool
-        Show a progress bar.
-    cog_pieces : path, optional
-        Also write every chunk, by the same task, as a GeoTIFF piece into
-        this folder, for :func:`to_cog` (``pieces=``) to assemble: the COG
-        then needs neither a second pass over the labels nor one task per
-        chunk (the labels' largest value, which picks the COG's dtype, is
-        only known once the merge ran; each piece has the smallest dtype
-        for its own values).
-
-    Returns
-    -------
-    The computed ``also`` (or None).
-    """
-    import dask
-
-    out, tmp, arr, piece_profile = _prepare_label_store(labels, path, cog_pieces)
-    job, expected = _per_chunk_job(arr.data, _write_chunk, str(tmp), "labels", piece_profile,
-                                   token="rs-write-labels-zarr")
-    if client is not None:
-        futs = client.compute([job, also], optimize_graph=True)
-        if progress:
-            import sys
-
-            from distributed import progress as _progress
-
-            _progress(futs, notebook=False)
-            print(file=sys.stderr)
-        n_written, extra = client.gather(futs)
-    else:
-        n_written, extra = dask.compute(job, also)
-    if int(np.sum(n_written)) != expected:
-        from .exceptions import RemoteSamsingError
-
-        # never move a partial store into place
-        raise RemoteSamsingError(f"wrote {int(np.sum(n_written))} label chunks, expected {expected} (one per chunk)")
-    _replace_dir(tmp, out)
-    return extra
-
-
-def _prepare_label_store(labels, path, cog_pieces):
-    """Create ``<path>.partial`` with the labels' metadata and coordinates (no label data yet).
-
-    Returns ``(out, tmp, labels with regular chunks, piece profile or None)``.
-    """
-    out, tmp, arr, piece_profile, create = _plan_label_store(labels, path, cog_pieces)
-    create()
-    return out, tmp, arr, piece_profile
-
-
 def _plan_label_store(labels, path, cog_pieces, token=None):
-    """:func:`_prepare_label_store`, and the function that creates the store, not called yet."""
+    """Where and how the label store is made, without making it.
+
+    Returns ``(out, tmp, labels with regular chunks, piece profile or None,
+    create)``: ``create()`` writes ``<path>.partial`` with the labels'
+    metadata and coordinates (no label data yet).
+    """
     out = Path(os.fspath(path))
     tmp = out.with_name(out.name + ".partial")
     arr = labels.copy()
@@ -157,10 +57,8 @@ def _plan_label_store(labels, path, cog_pieces, token=None):
     arr.encoding = {}
     arr.attrs = {k: v for k, v in arr.attrs.items() if k not in ("_FillValue", "scale_factor", "add_offset")}
     # Metadata and coordinates from a cheap all-zero template; the labels
-    # themselves are written by our own per-chunk tasks. Handing the real
-    # graph to ``to_zarr(compute=False)`` would wrap it in ``dask.delayed``,
-    # which renames every key (ProhibitReuse): computed next to ``also``, the
-    # whole merge would then run twice.
+    # themselves are written block by block through LabelSink, by the tasks
+    # that compute them (``to_zarr`` of the real graph would compute it again).
     import dask.array as da
 
     template = arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
@@ -204,10 +102,10 @@ def _create_label_store(template, tmp: str, folder: str | None, token: str | Non
 class LabelSink:
     """Writes merged blocks into a label store being built (``<path>.partial``).
 
-    Made by :func:`open_label_store`; called as ``sink(labels, window)`` by
+    Made by :func:`plan_label_store`; called as ``sink(labels, window)`` by
     the worker that relabelled a block (``merge.merge_stored``): it writes
     the block into the Zarr array and, when asked, each of the store's
-    chunks it covers as a COG piece (as :func:`to_label_zarr` does).
+    chunks it covers as a COG piece for :func:`to_cog`.
     :meth:`commit` moves the finished store into place.
     """
 
@@ -237,12 +135,12 @@ class LabelSink:
         """Move the store into place (call once every block was written)."""
         out = Path(self.out)
         _created_marker(self.store).unlink(missing_ok=True)
-        _replace_dir(Path(self.store), out)
-        return out
+        return replace_path(self.store, out)
 
 
-def open_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None) -> LabelSink:
-    """Start a label store at ``<path>.partial`` for blocks written one by one.
+def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None,
+                     token: str | None = None) -> tuple[LabelSink, Callable[[], None]]:
+    """A label store at ``<path>.partial`` for blocks written one by one, not created yet.
 
     Parameters
     ----------
@@ -253,25 +151,18 @@ def open_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_piece
         The final store; :meth:`LabelSink.commit` renames the partial store to it.
     cog_pieces : path, optional
         Also write every chunk as a COG piece there, for :func:`to_cog`.
-    """
-    sink, create = plan_label_store(labels, path, cog_pieces=cog_pieces)
-    create()
-    return sink
+    token : str, optional
+        Names this run: ``create`` called again with it (a task run again
+        after a lost worker) keeps what was written since; a store left by
+        another run, or any store without a token, is made anew.
 
-
-def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None,
-                     token: str | None = None) -> tuple[LabelSink, Callable[[], None]]:
-    """:func:`open_label_store` without creating the store yet.
-
-    Returns the sink and ``create``, a picklable function that creates the
-    store (and empties ``cog_pieces``): call it, anywhere, before the sink's
-    first block. The merge runs it on a worker while its global steps run
-    (``merge_stored(prepare_sink=...)``), so that it costs no time of its
-    own (about 30 ms of Zarr and xarray metadata on a 2-core machine,
-    one-off measurement). ``token`` names this run: ``create`` called again
-    with it (a task run again after a lost worker) keeps what was written
-    since; a store left by another run, or any store without a token, is
-    made anew.
+    Returns
+    -------
+    The sink, and ``create``, a picklable function that creates the store
+    (and empties ``cog_pieces``): call it, anywhere, before the sink's first
+    block. The merge runs it on a worker while its global steps run
+    (``merge_stored(prepare_sink=...)``), so that its Zarr and xarray
+    metadata work (about 30 ms on a 2-core machine) costs no time of its own.
     """
     _, tmp, arr, piece, create = _plan_label_store(labels, path, cog_pieces, token)
     sink = LabelSink(store=str(tmp), out=str(Path(os.fspath(path))), name="labels",
@@ -300,17 +191,6 @@ def _per_chunk_job(data, func, *args, token: str):
     return job, int(np.prod([len(c) for c in data.chunks]))
 
 
-def _write_chunk(block, store: str, name: str, piece: dict | None = None, block_info=None):
-    """Write one chunk into the Zarr array ``store/name`` (and as a COG piece); returns a 1-count."""
-    import zarr
-
-    target = zarr.open_array(store=store, path=name, mode="r+")
-    target[tuple(slice(a, b) for a, b in block_info[0]["array-location"])] = block
-    if piece is not None:
-        _write_piece(block, piece, block_info)
-    return np.ones((1,) * block.ndim, np.int64)
-
-
 def _write_piece(block, piece: dict, block_info) -> None:
     piece = dict(piece)
     # each piece in the smallest dtype for its own values: the VRT converts
@@ -319,14 +199,12 @@ def _write_piece(block, piece: dict, block_info) -> None:
     _write_tif_piece(block, piece.pop("folder"), piece, block_info=block_info)
 
 
-#: GDAL block cache (MB) for the COG copy in this process: GDAL's default is
-#: 5 % of RAM, which made the client grow with the raster size (400 Mpx run:
-#: +370 MB); 128 MB measured no slower.
+#: GDAL block cache (MB) for the COG copy in this process: GDAL's default
+#: (5 % of RAM) makes the client grow with the raster size; 128 MB is as fast.
 _GDAL_CACHE_MB = 128
 #: Pieces the COG copy keeps open at once. GDAL's default pool (100 datasets)
-#: made the copy's memory grow with the number of pieces: a 20000² copy from
-#: 400 pieces peaked at 408 MB RSS, with 16 at ~300 MB as for 100 pieces, and
-#: was no slower (measured 2.4-2.9 s against 3.4 s).
+#: makes the copy's memory grow with the number of pieces (a 20000² copy from
+#: 400 pieces: 408 MB RSS, against ~300 MB with 16), and 16 is no slower.
 _GDAL_POOL = 16
 
 
@@ -412,8 +290,8 @@ def _assemble_cog(vrt: Path, dest: Path, *, height: int, width: int, blocksize: 
     """The COG from the pieces' VRT, in three passes whose memory does not grow with the raster.
 
     GDAL's COG driver, asked to compute the overviews itself, does so on all
-    cores in strips as wide as the raster: its peak grew with the mosaic's
-    width (+46 MB from 10000² to 40000² in the pipeline benchmark). So:
+    cores in strips as wide as the raster, so its peak grows with the
+    mosaic's width. So:
 
     1. copy the VRT into a plain tiled GeoTIFF (zstd-1, all cores);
     2. build its overviews in place (nearest: labels are categories; one
@@ -440,7 +318,7 @@ def _assemble_cog(vrt: Path, dest: Path, *, height: int, width: int, blocksize: 
                 with rasterio.open(base, "r+") as dst:
                     dst.build_overviews(factors, Resampling.nearest)
         # the product: deflate (what every COG reader supports), compressed on
-        # all cores (measured 1.7-1.9x faster than one thread on 2 cores)
+        # all cores (1.7-1.9x faster than one thread on 2 cores)
         with rasterio.Env(**env):
             rasterio.shutil.copy(
                 base, dest, driver="COG", compress="deflate", blocksize=blocksize, overview_resampling="nearest",
@@ -476,9 +354,9 @@ def to_cog(
     blocksize : int
         Internal tile size (multiple of 16, at most 512).
     pieces : path, optional
-        A folder in which :func:`to_label_zarr` (``cog_pieces=``) already
-        wrote every chunk of ``labels`` as a piece; it is assembled (and
-        removed) instead of writing the pieces again.
+        A folder in which a :class:`LabelSink` (``plan_label_store(cog_pieces=)``)
+        already wrote every chunk of ``labels`` as a piece; it is assembled
+        (and removed) instead of writing the pieces again.
     """
     import dask
     import dask.array as da
@@ -488,9 +366,6 @@ def to_cog(
     if max_label is None:
         max_label = int(labels.max().compute())
     dtype = smallest_uint_dtype(max_label)
-    tmp = out.with_name(out.name + ".partial.tif")
-    if tmp.exists():
-        tmp.unlink()
     bs = min(blocksize, 512)
     height, width = labels.shape
     crs, transform = _georef(labels)
@@ -523,7 +398,9 @@ def to_cog(
     vrt = pieces_dir / "mosaic.vrt"
     vrt.write_text(_vrt_xml(tiles, height=height, width=width, dtype=dtype, crs=crs, transform=transform,
                             blocksize=bs))
-    _assemble_cog(vrt, tmp, height=height, width=width, blocksize=bs)
-    shutil.rmtree(pieces_dir)
-    os.replace(tmp, out)
-    return out
+
+    def assemble(tmp: Path) -> None:
+        _assemble_cog(vrt, tmp, height=height, width=width, blocksize=bs)
+        shutil.rmtree(pieces_dir)
+
+    return write_atomic(out, assemble)

@@ -29,13 +29,15 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +46,28 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ._files import write_atomic, write_json_atomic
+from .cluster import malloc_trim, scheduler_workers, segment_resources, trim_memory_plugin
 from .config import RunConfig
 from .exceptions import (
+    BackendUnavailableError,
     BlockFailedError,
     ConfigError,
     FingerprintMismatchError,
     OutputExistsError,
 )
-from .cluster import segment_resources
-from .graph import STAGED_DTYPE, map_padded_blocks, process_block, resolve_segmenter, stage_blocks
-from .io import _as_band_yx, open_mosaic, prepare_rgb, rgb_band_indices, window_reader
+from .execute import compute, run_in_phases, run_in_waves, threads_of
+from .io import as_band_yx, check_bands, open_mosaic, prepare_rgb, rgb_band_indices, window_reader
+from .staging import (
+    collect_block_stats,
+    create_store,
+    map_padded_blocks,
+    read_segment_and_stage,
+    resolve_segmenter,
+    segment_and_stage,
+    segment_attributes,
+    stage_blocks,
+)
 from .tiling import TilingPlan
 
 __all__ = ["segment", "run", "build_graph", "SegmentGraph", "library_versions"]
@@ -83,11 +97,9 @@ class SegmentGraph:
 def _open_input(image, *, bands, nodata, tile_size) -> xr.DataArray:
     if isinstance(image, (str, os.PathLike)):
         return open_mosaic(image, bands=bands, nodata=nodata, chunks=tile_size)
-    arr = _as_band_yx(image)
+    arr = as_band_yx(image)
     if bands is not None:
-        from .io import _check_bands
-
-        b = _check_bands(bands, arr.sizes["band"], "the array")
+        b = check_bands(bands, arr.sizes["band"], "the array")
         arr = arr.isel(band=[i - 1 for i in b])
         arr.attrs["source_bands"] = list(range(1, len(b) + 1))
         arr.attrs.setdefault("alpha_band", None)
@@ -247,37 +259,15 @@ def segment(
     >>> labels.dims, labels.shape
     (('y', 'x'), (60, 60))
     """
+    common = dict(segmenter_params=segmenter_params, tile_size=tile_size, padding=padding, merge=merge,
+                  merge_params=merge_params, bands=bands, nodata=nodata, retries=retries)
     if store is None:
-        return build_graph(
-            image,
-            segmenter=segmenter,
-            segmenter_params=segmenter_params,
-            tile_size=tile_size,
-            padding=padding,
-            merge=merge,
-            merge_params=merge_params,
-            bands=bands,
-            nodata=nodata,
-            percentiles=percentiles,
-            retries=retries,
-        ).labels
+        return build_graph(image, segmenter=segmenter, percentiles=percentiles, **common).labels
     if not isinstance(segmenter, str):
         raise ConfigError("with `store=`, `segmenter` must be a registry name so the run can be resumed")
-    cfg = RunConfig(
-        segmenter=segmenter,
-        segmenter_params=dict(segmenter_params or {}),
-        tile_size=tile_size,
-        padding=padding,
-        merge=merge,
-        merge_params=dict(merge_params or {}),
-        bands=bands,
-        nodata=nodata,
-        percentiles=tuple(percentiles),
-        retries=retries,
-        overwrite=overwrite,
-        vectors=False,
-        progress=False,
-    )
+    common.update(segmenter_params=dict(segmenter_params or {}), merge_params=dict(merge_params or {}))
+    cfg = RunConfig(segmenter=segmenter, percentiles=tuple(percentiles), overwrite=overwrite, vectors=False,
+                    progress=False, **common)
     run(image, store, config=cfg, client=client)
     from .io import open_labels
 
@@ -304,7 +294,7 @@ def library_versions() -> dict[str, str | None]:
             out[name] = None
             continue
         # the header's Version field: importlib's own `version` parses the
-        # whole file as an e-mail message, ~5x slower (one-off measurement)
+        # whole file as an e-mail message, ~5x slower
         head = (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").split("\n\n", 1)[0]
         found = re.search(r"^Version:[ \t]*(\S+)", head, re.M)
         out[name] = found.group(1) if found else dist.version
@@ -341,59 +331,6 @@ def _fingerprint(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_hash: st
         "checkpoint_sha256": ckpt_hash,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _segment_and_stage(rgba, *, plan, block_info=None, **kwargs):
-    """``map_overlap`` task: segment one block unless already staged (see :func:`_stage_block`)."""
-    iy, ix = block_info[None]["chunk-location"][:2]
-    n = _stage_block((iy, ix), lambda: rgba, plan=plan, **kwargs)
-    return np.full((1, 1), n, np.int64)
-
-
-def _read_segment_and_stage(index, *, reader, limits, plan, **kwargs) -> int:
-    """Task: read one padded window from the mosaic file, segment and stage it (one task per block)."""
-    window = plan.padded_window(index).as_tuple()
-    return _stage_block(index, lambda: reader.read_rgba(window, limits), plan=plan, **kwargs)
-
-
-def _stage_block(index, load, *, plan, segmenter, retries, staging, run_id, merge_config=None) -> int:
-    """Segment block ``index`` unless already staged; write its chunk, its merge summary, then its stats.
-
-    ``load()`` gives the padded (y, x, 4) window; it is not called for a
-    block an earlier run staged. With ``merge_config``, the block's merge
-    summary is written to ``staging/merge`` while its labels are in memory
-    (:func:`remote_samsing.merge.stage_summary`), so the merge need not read
-    the chunk back to start. Returns 1 if the block was segmented now.
-    """
-    import zarr
-
-    from .outputs import write_json_atomic
-
-    iy, ix = index
-    marker = Path(staging) / "blocks" / f"{iy}_{ix}.json"
-    if marker.exists():  # staged by an earlier (interrupted) run: never segment twice
-        return 0
-    labels, stats = process_block(load(), (iy, ix), plan=plan, segmenter=segmenter, retries=retries)
-    sy, sx = plan.slot_shape
-    slot = np.zeros((sy, sx), STAGED_DTYPE)
-    slot[: labels.shape[0], : labels.shape[1]] = labels
-    z = zarr.open_array(Path(staging) / "labels.zarr", mode="r+")
-    # one Zarr chunk per slot: chunk-aligned writes from different workers never overlap
-    z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
-    if merge_config is not None:
-        from .merge import stage_summary
-
-        stage_summary(slot, plan=plan, index=(iy, ix), config=merge_config, workdir=Path(staging) / "merge")
-    attrs = getattr(segmenter, "last_attributes", None)
-    if attrs and not stats.get("skipped"):
-        # per-label attributes (SAM2: pass, predicted IoU, stability) for the vectors
-        tmp = Path(staging) / "attributes" / f"{iy}_{ix}.partial.npz"
-        tmp.parent.mkdir(exist_ok=True)
-        np.savez(tmp, **{k: np.asarray(v) for k, v in attrs.items()})
-        os.replace(tmp, tmp.with_name(f"{iy}_{ix}.npz"))
-    stats["run_id"] = run_id
-    write_json_atomic(marker, stats)
-    return 1
 
 
 def _prepare_outdir(outdir: Path, fingerprint: str, overwrite: bool) -> dict | None:
@@ -447,6 +384,33 @@ def _client_for(cfg: RunConfig, client, *, needs_gpu: bool, log):
         yield c
 
 
+@dataclass
+class _Job:
+    """One run's validated pieces, handed from step to step of :func:`run`."""
+
+    cfg: RunConfig
+    image: Any
+    arr: xr.DataArray
+    seg: Any
+    mcfg: Any
+    plan: TilingPlan
+    outdir: Path
+    log: Callable[[str], None]
+    identity: dict
+    ckpt_hash: str | None
+    fingerprint: str
+    prev: dict | None
+    run_id: str = ""
+    record: dict = field(default_factory=dict)
+
+    @property
+    def staging(self) -> Path:
+        return self.outdir / "staging"
+
+    def write_record(self) -> None:
+        write_json_atomic(self.outdir / "run.json", self.record)
+
+
 def run(
     image,
     outdir: str | os.PathLike,
@@ -476,11 +440,34 @@ def run(
         The final ``run.json`` content.
     """
     cfg = config or RunConfig()
-    log = log or (lambda msg: None)
     t_start = time.perf_counter()
-    outdir = Path(os.fspath(outdir))
-
     # -- 1. validate everything cheap, before any cluster or model starts
+    job = _open_job(image, Path(os.fspath(outdir)), cfg, log or (lambda msg: None))
+    # -- 2. the run record, "complete": false until the very end
+    _start_record(job)
+    # block tasks read their windows from the file itself when there is one
+    reader = window_reader(job.arr) if isinstance(image, (str, os.PathLike)) else None
+    with _client_for(cfg, client, needs_gpu=bool(segment_resources(job.seg)), log=job.log) as c:
+        # -- 3. segment and stage every block not staged yet
+        res = _check_resources(c, segment_resources(job.seg), device=cfg.device)
+        _register_trim(c)
+        # the workers, asked once (a scheduler round trip): their threads size
+        # the waves of every stage, and the merge's chained phases spread over them
+        workers = scheduler_workers(c)
+        blocks, t_segment = _segment_step(job, c, reader, res=res, threads=threads_of(workers))
+        # -- 4. merge from the staged blocks only, phase by phase
+        written, merge_stats, max_label, t_merge = _merge_step(job, c, workers)
+        # -- 5. COG and vectors, from the written labels (no recomputation)
+        vectors_path, t_outputs = _outputs_step(job, written, max_label)
+    # -- 6. finish the record; "complete" is the last thing written
+    timings = {"segment_s": t_segment, "merge_and_zarr_s": t_merge, "outputs_s": t_outputs,
+               "total_s": time.perf_counter() - t_start}
+    return _finish_record(job, blocks=blocks, merge_stats=merge_stats, n_labels=max_label,
+                          vectors_path=vectors_path, timings=timings)
+
+
+def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
+    """Step 1: open and check the input and every parameter; decide fresh / resume / refuse."""
     arr = _open_input(image, bands=cfg.bands, nodata=cfg.nodata, tile_size=cfg.tile_size)
     rgb_band_indices(arr)
     seg = resolve_segmenter(cfg.segmenter, _segmenter_params(cfg))
@@ -491,141 +478,192 @@ def run(
     identity = _input_identity(image)
     fingerprint = _fingerprint(cfg, identity, plan, ckpt_hash)
     prev = _prepare_outdir(outdir, fingerprint, cfg.overwrite)
+    return _Job(cfg=cfg, image=image, arr=arr, seg=seg, mcfg=mcfg, plan=plan, outdir=outdir, log=log,
+                identity=identity, ckpt_hash=ckpt_hash, fingerprint=fingerprint, prev=prev)
 
-    # -- 2. the run record, "complete": false until the very end
-    outdir.mkdir(parents=True, exist_ok=True)
-    staging = outdir / "staging"
-    (staging / "blocks").mkdir(parents=True, exist_ok=True)
-    import zarr
 
-    if not (staging / "labels.zarr").exists():
-        zarr.create_array(
-            store=str(staging / "labels.zarr"),
-            shape=plan.staging_shape,
-            chunks=plan.slot_shape,
-            dtype=STAGED_DTYPE,
-            fill_value=0,
-            zarr_format=3,
-        )
-    # the merge's spill folder: block summaries are written there as blocks are staged
+def _start_record(job: _Job) -> None:
+    """Step 2: the staging store, the merge's spill folder, and run.json with ``"complete": false``."""
     from .merge import prepare_workdir
 
-    prepare_workdir(staging / "merge", plan=plan, config=mcfg)
-    run_id = uuid.uuid4().hex
-    record: dict[str, Any] = {
+    job.outdir.mkdir(parents=True, exist_ok=True)
+    create_store(job.staging, job.plan)
+    # the merge's spill folder: block summaries are written there as blocks are staged
+    prepare_workdir(job.staging / "merge", plan=job.plan, config=job.mcfg)
+    job.run_id = uuid.uuid4().hex
+    crs = job.arr.rio.crs
+    job.record = {
         "complete": False,
-        "fingerprint": fingerprint,
-        "run_id": run_id,
-        "resumed": prev is not None,
+        "fingerprint": job.fingerprint,
+        "run_id": job.run_id,
+        "resumed": job.prev is not None,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "input": identity,
-        "shape": list(plan.shape),
-        "crs": str(arr.rio.crs) if arr.rio.crs is not None else None,
-        "parameters": cfg.to_dict(),
-        "segmenter_config": _segmenter_description(seg),
-        "checkpoint_sha256": ckpt_hash,
+        "input": job.identity,
+        "shape": list(job.plan.shape),
+        "crs": str(crs) if crs is not None else None,
+        "parameters": job.cfg.to_dict(),
+        "segmenter_config": _segmenter_description(job.seg),
+        "checkpoint_sha256": job.ckpt_hash,
         "tiling": {
-            "chunks": [list(c) for c in plan.chunks],
-            "n_blocks": plan.n_blocks,
-            "slot_shape": list(plan.slot_shape),
+            "chunks": [list(c) for c in job.plan.chunks],
+            "n_blocks": job.plan.n_blocks,
+            "slot_shape": list(job.plan.slot_shape),
         },
         "versions": library_versions(),
         "platform": {"machine": platform.machine(), "system": platform.system(), "python": sys.version},
         "command": sys.argv,
     }
-    from .cluster import _threads_of, run_in_phases, scheduler_workers
+    job.write_record()
+
+
+def _segment_step(job: _Job, client, reader, *, res, threads) -> tuple[list, float]:
+    """Step 3: stage every block not staged yet; returns every block's statistics and the seconds."""
+    plan = job.plan
+    t0 = time.perf_counter()
+    job.log(f"segmenting {plan.n_blocks} block(s) of {job.cfg.tile_size} px (padding {job.cfg.padding})")
+    try:
+        _stage_all(job, client, reader, res=res, threads=threads)
+    except BlockFailedError as exc:
+        job.record["error"] = {"type": type(exc).__name__, "message": str(exc)}
+        job.record["blocks"] = collect_block_stats(job.staging, plan)
+        job.write_record()
+        raise
+    seconds = time.perf_counter() - t0
+    _trim_here()
+    blocks = collect_block_stats(job.staging, plan)
+    missing = [b for b, s in zip(plan.block_ids(), blocks) if s is None]
+    if missing:
+        raise BlockFailedError(f"{len(missing)} block(s) were not staged, e.g. {missing[:3]}")
+    return blocks, seconds
+
+
+def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
+    """Segment and stage every block not staged yet.
+
+    A mosaic file is read by the block tasks themselves, each its own padded
+    window (:class:`~remote_samsing.io.WindowReader`): one task per block and
+    no neighbour strips passed between workers, where ``map_overlap`` builds
+    the same windows as ~12 tasks per block, and on two cores the
+    scheduler's ~1.5 ms per task is most of a light run. Mosaics that exist
+    only in memory go through ``map_overlap``.
+    """
+    from .merge import stage_summary
+
+    plan, cfg = job.plan, job.cfg
+    # each block's merge summary is written by the task that staged it, from the labels in memory
+    summarize = functools.partial(stage_summary, plan=plan, config=job.mcfg, workdir=job.staging / "merge")
+    kwargs = dict(plan=plan, segmenter=job.seg, retries=cfg.retries, staging=str(job.staging), run_id=job.run_id,
+                  summarize=summarize)
+    if reader is None:
+        rgba = prepare_rgb(job.arr, chunks=plan.chunks, percentiles=cfg.percentiles)
+        done = map_padded_blocks(segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,
+                                 token="remote-samsing-segment-stage", **kwargs)
+        compute(done, client, progress=cfg.progress, optimize_graph=False)
+        return
+    # through a partial: `client.map` keeps keywords such as `retries` for itself;
+    # in bounded waves, so the scheduler never holds a task per block
+    task = functools.partial(read_segment_and_stage, reader=reader, limits=_stretch_limits(job, client), **kwargs)
+    run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress,
+                 then=_face_follow_ups(job), threads=threads, results=False)
+
+
+def _stretch_limits(job: _Job, client) -> np.ndarray:
+    """The mosaic's stretch, decided once before any block runs."""
+    from .io import passes_through, stretch_limits
+
+    lazy_limits = stretch_limits(job.arr, percentiles=job.cfg.percentiles)
+    if passes_through(job.arr):  # no stretch, no pixel read: not worth a round trip to the cluster
+        return np.asarray(lazy_limits.compute(scheduler="sync"))
+    return np.asarray(compute(lazy_limits, client, progress=False))
+
+
+def _face_follow_ups(job: _Job):
+    """``run_in_waves(then=...)`` computing each seam face as soon as its blocks are staged.
+
+    The merge's faces phase then runs behind the segmentation, on workers otherwise idle there.
+    """
+    from .merge import face_schedule, stage_faces
+
+    ready = face_schedule(job.plan, job.mcfg) if job.mcfg is not None else None
+    if ready is None:
+        return None
+    workdir = str(job.staging / "merge")
+    return functools.partial(stage_faces, plan=job.plan, config=job.mcfg, workdir=workdir), ready
+
+
+def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, float]:
+    """Step 4: merge the staged blocks into labels.zarr (and the COG's pieces).
+
+    Phase by phase in bounded waves (``merge.merge_stored``): no task graph
+    over all blocks, so the scheduler's and the client's memory does not
+    grow with the mosaic. Returns the written labels, the merge statistics
+    for run.json, the largest label and the seconds.
+    """
+    from .io import open_labels
     from .merge import merge_stored
-    from .outputs import plan_label_store, to_cog, write_json_atomic
+    from .outputs import plan_label_store
 
-    write_json_atomic(outdir / "run.json", record)
+    plan, outdir = job.plan, job.outdir
+    t0 = time.perf_counter()
+    job.log("merging seams and writing labels.zarr")
+    template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), job.arr)
+    # the tasks writing labels.zarr also write the COG's pieces (no second pass);
+    # the store is created by a task beside the merge's global steps
+    sink, create_store_task = plan_label_store(template, outdir / "labels.zarr", cog_pieces=_cog_pieces(outdir),
+                                               token=job.run_id)
+    # the merge's per-block phases are light: several blocks per task; small
+    # enough, its phases follow each other on the scheduler (run_in_phases)
+    in_phases = functools.partial(run_in_phases, client, progress=job.cfg.progress, batch="auto", workers=workers)
+    # per-face statistics grow with the mosaic: the solve task writes them
+    # to their own file; only their totals come back and go to run.json
+    merge_stats = merge_stored(job.staging / "labels.zarr", plan=plan, config=job.mcfg,
+                               workdir=job.staging / "merge", sink=sink, map_phases=in_phases,
+                               faces_path=outdir / "merge_faces.json", prepare_sink=create_store_task)
+    sink.commit()
+    written = open_labels(outdir / "labels.zarr")
+    max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
+    merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
+    merge_stats["faces_file"] = "merge_faces.json"
+    seconds = time.perf_counter() - t0
+    _trim_here()
+    return written, merge_stats, max_label, seconds
 
-    # block tasks read their windows from the file itself when there is one
-    reader = window_reader(arr) if isinstance(image, (str, os.PathLike)) else None
-    needs_gpu = bool(segment_resources(seg))
-    with _client_for(cfg, client, needs_gpu=needs_gpu, log=log) as c:
-        # -- 3. segment and stage every block not staged yet
-        res = _check_resources(c, segment_resources(seg), device=cfg.device)
-        _register_trim(c)
-        # the workers, asked once (a scheduler round trip): their threads size
-        # the waves of every stage, and the merge's chained phases spread over them
-        workers = scheduler_workers(c)
-        threads = _threads_of(workers)
-        t0 = time.perf_counter()
-        log(f"segmenting {plan.n_blocks} block(s) of {cfg.tile_size} px (padding {cfg.padding})")
-        try:
-            _stage_all(arr, reader, c, plan=plan, seg=seg, cfg=cfg, mcfg=mcfg, res=res, staging=staging,
-                       run_id=run_id, threads=threads)
-        except BlockFailedError as exc:
-            record["error"] = {"type": type(exc).__name__, "message": str(exc)}
-            record["blocks"] = _collect_block_stats(staging, plan)
-            write_json_atomic(outdir / "run.json", record)
-            raise
-        t_segment = time.perf_counter() - t0
-        _trim_here()
-        blocks = _collect_block_stats(staging, plan)
-        missing = [b for b, s in zip(plan.block_ids(), blocks) if s is None]
-        if missing:
-            raise BlockFailedError(f"{len(missing)} block(s) were not staged, e.g. {missing[:3]}")
 
-        # -- 4. merge from the staged blocks only, phase by phase in bounded
-        # waves (merge.merge_stored): no task graph over all blocks, so the
-        # scheduler's and the client's memory does not grow with the mosaic
-        t0 = time.perf_counter()
-        log("merging seams and writing labels.zarr")
-        template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), arr)
-        # the tasks writing labels.zarr also write the COG's pieces (no second pass)
-        pieces = outdir / "labels.tif.pieces.partial"
-        # the store is created by a task beside the merge's global steps
-        sink, create_store = plan_label_store(template, outdir / "labels.zarr", cog_pieces=pieces, token=run_id)
-        # the merge's per-block phases are light: several blocks per task; small
-        # enough, its phases follow each other on the scheduler (run_in_phases)
-        in_phases = functools.partial(run_in_phases, c, progress=cfg.progress, batch="auto", workers=workers)
-        # per-face statistics grow with the mosaic: the solve task writes them
-        # to their own file; only their totals come back and go to run.json
-        merge_stats = merge_stored(staging / "labels.zarr", plan=plan, config=mcfg, workdir=staging / "merge",
-                                   sink=sink, map_phases=in_phases, faces_path=outdir / "merge_faces.json",
-                                   prepare_sink=create_store)
-        sink.commit()
-        from .io import open_labels
+def _cog_pieces(outdir: Path) -> Path:
+    return outdir / "labels.tif.pieces.partial"
 
-        written = open_labels(outdir / "labels.zarr")
-        max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
-        merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
-        merge_stats["faces_file"] = "merge_faces.json"
-        t_merge = time.perf_counter() - t0
-        _trim_here()
 
-        # -- 5. COG and vectors, from the written labels (no recomputation)
-        t0 = time.perf_counter()
-        log("writing labels.tif (COG)")
-        to_cog(written, outdir / "labels.tif", max_label=max_label, pieces=pieces)
-        vectors_path = None
-        if cfg.vectors:
-            log("vectorizing")
-            valid = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)[..., 3] > 0
-            attributes = _segment_attributes(staging, plan, written)
-            vectors_path = _write_vectors(outdir, written, valid=valid, progress=cfg.progress,
-                                          attributes=attributes)
-        t_outputs = time.perf_counter() - t0
+def _outputs_step(job: _Job, written: xr.DataArray, max_label: int) -> tuple[Path | None, float]:
+    """Step 5: labels.tif from the pieces written with labels.zarr, then the vectors if asked for."""
+    from .outputs import to_cog
 
-    # -- 6. finish the record; "complete" is the last thing written
-    n_labels = max_label
+    t0 = time.perf_counter()
+    job.log("writing labels.tif (COG)")
+    to_cog(written, job.outdir / "labels.tif", max_label=max_label, pieces=_cog_pieces(job.outdir))
+    vectors_path = None
+    if job.cfg.vectors:
+        job.log("vectorizing")
+        valid = prepare_rgb(job.arr, chunks=job.plan.chunks, percentiles=job.cfg.percentiles)[..., 3] > 0
+        attributes = segment_attributes(job.staging, job.plan, written)
+        vectors_path = _write_vectors(job.outdir, written, valid=valid, progress=job.cfg.progress,
+                                      attributes=attributes)
+    return vectors_path, time.perf_counter() - t0
+
+
+def _finish_record(job: _Job, *, blocks, merge_stats, n_labels, vectors_path, timings) -> dict:
+    """Step 6: the final run.json, written once more with ``"complete": true``."""
     core_px = sum(
         (s["core"][1] - s["core"][0]) * (s["core"][3] - s["core"][2]) for s in blocks if s is not None
     )
+    record = job.record
     record.update(
         blocks=blocks,
-        blocks_segmented_this_run=sum(1 for s in blocks if s and s.get("run_id") == run_id),
+        blocks_segmented_this_run=sum(1 for s in blocks if s and s.get("run_id") == job.run_id),
         blocks_skipped_nodata=sum(1 for s in blocks if s and s.get("skipped")),
         merge_stats=merge_stats,
         n_segments=n_labels,
         pixels=core_px,
-        timings={
-            "segment_s": t_segment,
-            "merge_and_zarr_s": t_merge,
-            "outputs_s": t_outputs,
-            "total_s": time.perf_counter() - t_start,
-        },
+        timings=timings,
         outputs={
             "labels_zarr": "labels.zarr",
             "labels_tif": "labels.tif",
@@ -633,52 +671,10 @@ def run(
         },
         finished=_dt.datetime.now(_dt.timezone.utc).isoformat(),
     )
-    write_json_atomic(outdir / "run.json", record)
+    job.write_record()
     record["complete"] = True
-    write_json_atomic(outdir / "run.json", record)
+    job.write_record()
     return record
-
-
-def _stage_all(arr, reader, client, *, plan, seg, cfg, mcfg, res, staging, run_id, threads=None) -> None:
-    """Segment and stage every block not staged yet.
-
-    A mosaic file is read by the block tasks themselves, each its own padded
-    window (:class:`~remote_samsing.io.WindowReader`): one task per block and
-    no neighbour strips passed between workers. ``map_overlap`` builds the
-    same windows as ~12 tasks per block, and on two cores the scheduler's
-    ~1.5 ms per task was most of a no-op run (issue 4's benchmark). Mosaics
-    that exist only in memory go through ``map_overlap``.
-    """
-    kwargs = dict(plan=plan, segmenter=seg, retries=cfg.retries, staging=str(staging), run_id=run_id,
-                  merge_config=mcfg)
-    if reader is None:
-        rgba = prepare_rgb(arr, chunks=plan.chunks, percentiles=cfg.percentiles)
-        done = map_padded_blocks(_segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,
-                                 token="remote-samsing-segment-stage", **kwargs)
-        _compute(done, client, progress=cfg.progress, optimize_graph=False)
-        return
-    from .io import _passes_through, stretch_limits
-
-    # the stretch is decided once per mosaic, before any block runs
-    lazy_limits = stretch_limits(arr, percentiles=cfg.percentiles)
-    if _passes_through(arr):  # no stretch, no pixel read: not worth a round trip to the cluster
-        limits = np.asarray(lazy_limits.compute(scheduler="sync"))
-    else:
-        limits = np.asarray(_compute(lazy_limits, client, progress=False))
-    from .cluster import run_in_waves
-    from .merge import face_schedule, stage_faces
-
-    # through a partial: `client.map` keeps keywords such as `retries` for itself;
-    # in bounded waves, so the scheduler never holds a task per block
-    task = functools.partial(_read_segment_and_stage, reader=reader, limits=limits, **kwargs)
-    # each seam face starts as soon as its blocks are staged: the merge's faces
-    # phase then runs behind the segmentation, on workers otherwise idle there
-    then = None
-    ready = face_schedule(plan, mcfg) if mcfg is not None else None
-    if ready is not None:
-        then = (functools.partial(stage_faces, plan=plan, config=mcfg, workdir=str(Path(staging) / "merge")), ready)
-    run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress,
-                 then=then, threads=threads, results=False)
 
 
 def _segmenter_params(cfg: RunConfig) -> dict:
@@ -698,16 +694,12 @@ def _check_resources(client, res: dict | None, *, device: str) -> dict | None:
     """
     if not res or client is None:
         return res
-    from .cluster import scheduler_workers
-
     workers = scheduler_workers(client)
     offered = [w.get("resources", {}) for w in workers.values()]
     if any(all(r.get(k, 0) >= v for k, v in res.items()) for r in offered):
         return res
     if device == "cpu":
         return None
-    from .exceptions import BackendUnavailableError
-
     raise BackendUnavailableError(
         f"the segmenter needs worker resources {res}, but no worker of the cluster offers them",
         hint="start GPU workers with `--resources GPU=1` (dask-cuda does this), or pass --device cpu",
@@ -717,20 +709,14 @@ def _check_resources(client, res: dict | None, *, device: str) -> dict | None:
 def _trim_here() -> None:
     """Hand this process's freed heap back between stages (the client, and the
     scheduler of an embedded cluster, released a stage's task graph)."""
-    from .cluster import _malloc_trim
-
-    _malloc_trim()
+    malloc_trim()
 
 
 def _register_trim(client) -> None:
-    """Keep worker RSS from ratcheting up over a long run (cluster.trim_memory_plugin)."""
-    from .cluster import trim_memory_plugin
-
+    """Keep worker RSS from ratcheting up over a long run (:func:`~remote_samsing.cluster.trim_memory_plugin`)."""
     try:
         client.register_plugin(trim_memory_plugin())
     except Exception as exc:  # noqa: BLE001 - a cluster refusing plugins still runs the job
-        import logging
-
         logging.getLogger(__name__).warning("could not register the memory-trim worker plugin: %s", exc)
 
 
@@ -749,76 +735,12 @@ def _segmenter_description(seg) -> dict:
     return d
 
 
-def _collect_block_stats(staging: Path, plan: TilingPlan) -> list:
-    out = []
-    for iy, ix in plan.block_ids():
-        p = staging / "blocks" / f"{iy}_{ix}.json"
-        out.append(json.loads(p.read_text()) if p.exists() else None)
-    return out
-
-
-def _compute(x, client, *, progress: bool, optimize_graph: bool = True):
-    if client is None:
-        return x.compute()
-    fut = client.compute(x, optimize_graph=optimize_graph)
-    if progress:
-        from distributed import progress as _progress
-
-        _progress(fut, notebook=False)
-        print(file=sys.stderr)
-    return fut.result()
-
-
-def _block_attributes(slot, final, attrs_path, core):
-    """(final label, pixels, attribute values...) of the largest local fragment per final label."""
-    if not Path(attrs_path).exists():
-        return None
-    attrs = dict(np.load(attrs_path))
-    local = np.asarray(slot)[core.slices].ravel()
-    final = np.asarray(final).ravel()
-    keep = (local > 0) & (final > 0)
-    if not keep.any():
-        return None
-    pairs, counts = np.unique(np.stack([final[keep], local[keep]]), axis=1, return_counts=True)
-    order = np.lexsort((-counts, pairs[0]))  # per final label, the biggest fragment first
-    pairs, counts = pairs[:, order], counts[order]
-    first = np.r_[True, pairs[0, 1:] != pairs[0, :-1]]
-    fin, loc, cnt = pairs[0, first], pairs[1, first], counts[first]
-    out = {"label": fin.astype(np.int64), "_px": cnt}
-    for k, v in attrs.items():
-        v = np.asarray(v)
-        out[k] = v[np.clip(loc, 0, len(v) - 1)] if len(v) else np.full(len(loc), np.nan)
-    return out
-
-
-def _segment_attributes(staging: Path, plan: TilingPlan, labels: xr.DataArray):
-    """Per-object segmenter attributes (from the block holding most of the object), or None."""
-    import pandas as pd
-
-    adir = staging / "attributes"
-    if not adir.exists() or not any(adir.glob("*.npz")):
-        return None
-    staged = da.from_zarr(str(staging / "labels.zarr")).to_delayed(optimize_graph=False)
-    final = labels.data.rechunk(plan.chunks).to_delayed(optimize_graph=False)
-    parts = [
-        dask.delayed(_block_attributes)(staged[iy, ix], final[iy, ix], str(adir / f"{iy}_{ix}.npz"),
-                                        plan.core_in_padded((iy, ix)))
-        for iy, ix in plan.block_ids()
-    ]
-    rows = [pd.DataFrame(p) for p in dask.compute(*parts) if p is not None]
-    if not rows:
-        return None
-    df = pd.concat(rows).sort_values(["label", "_px"], ascending=[True, False])
-    df = df.drop_duplicates("label").drop(columns="_px")
-    return df.rename(columns={"predicted_iou": "pred_iou", "stability_score": "stability"}).reset_index(drop=True)
-
-
 def _write_vectors(outdir: Path, labels: xr.DataArray, *, valid=None, progress: bool = False,
                    attributes=None) -> Path | None:
     from .vectorize import to_polygons
 
     out = outdir / "segments.parquet"
-    tmp = outdir / "segments.partial.parquet"
-    to_polygons(labels, out=tmp, valid=valid, progress=progress, attributes=attributes)
-    os.replace(tmp, out)
+    # the temporary name has no .parquet suffix: the format is named
+    write_atomic(out, lambda tmp: to_polygons(labels, out=tmp, driver="Parquet", valid=valid, progress=progress,
+                                              attributes=attributes))
     return out

@@ -1,7 +1,12 @@
 """Helpers for tests and benchmarks: deterministic segmenters and label checks.
 
 These segmenters are *not* image-understanding methods; they exist to test
-the pipeline exactly (their output on a window is known in advance).
+the pipeline exactly (their output on a window is known in advance). They
+are not in the segmenter registry: pass an instance, or call
+:func:`register_test_segmenters` to reach them by name (``threshold``,
+``noop``). That call also sets ``REMOTE_SAMSING_TEST_SEGMENTERS=1`` in the
+environment, so that processes started afterwards (the CLI run in a
+subprocess) find them by name too; ``tests/conftest.py`` makes the call.
 """
 
 from __future__ import annotations
@@ -17,11 +22,30 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import ConfigError
+from ._arrays import unique, unique_pairs
+from ._validate import check_number
+
+#: Registry names of the test segmenters (see :func:`register_test_segmenters`).
+TEST_SEGMENTERS = {
+    "threshold": "remote_samsing.testing:ThresholdSegmenter",
+    "noop": "remote_samsing.testing:NoopSegmenter",
+}
+_ENV = "REMOTE_SAMSING_TEST_SEGMENTERS"
+
+
+def register_test_segmenters() -> None:
+    """Register :data:`TEST_SEGMENTERS` here and, through the environment, in child processes."""
+    from .segmenters import register_segmenter
+
+    os.environ[_ENV] = "1"
+    for name, factory in TEST_SEGMENTERS.items():
+        register_segmenter(name, factory)
 
 __all__ = [
     "ThresholdSegmenter",
     "NoopSegmenter",
+    "TEST_SEGMENTERS",
+    "register_test_segmenters",
     "assert_equivalent_labels",
     "raise_if_dask_computes",
     "count_calls",
@@ -55,10 +79,8 @@ class ThresholdSegmenter:
     fail_on: tuple = ()
 
     def __post_init__(self) -> None:
-        if not 0 <= self.threshold <= 255:
-            raise ConfigError(f"`threshold` must be in [0, 255], got {self.threshold}")
-        if self.delay < 0:
-            raise ConfigError(f"`delay` must be >= 0, got {self.delay}")
+        check_number("threshold", self.threshold, minimum=0, maximum=255)
+        check_number("delay", self.delay, minimum=0)
         object.__setattr__(self, "fail_on", tuple(tuple(b) for b in self.fail_on))
 
     def segment(self, block: np.ndarray, *, block_info: Mapping[str, Any]) -> np.ndarray:
@@ -97,8 +119,8 @@ def assert_equivalent_labels(a: np.ndarray, b: np.ndarray) -> None:
         raise AssertionError(f"shapes differ: {a.shape} vs {b.shape}")
     if not np.array_equal(a == 0, b == 0):
         raise AssertionError(f"background differs at {int(((a == 0) != (b == 0)).sum())} pixel(s)")
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    if len(np.unique(pairs[0])) != pairs.shape[1] or len(np.unique(pairs[1])) != pairs.shape[1]:
+    pa, pb, _ = unique_pairs(a.ravel(), b.ravel())
+    if len(unique(pa)) != len(pa) or len(unique(pb)) != len(pb):
         raise AssertionError("labels are not a one-to-one relabelling of each other")
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._validate import check_int
 from .exceptions import ConfigError
 
 __all__ = ["TilingPlan", "Window", "MAX_TILE_SIZE", "block_label_offset", "LOCAL_BITS"]
@@ -215,19 +216,13 @@ class TilingPlan:
 
 def validate_tiling(tile_size, padding) -> None:
     """Raise ConfigError for an unusable tile size or padding."""
-    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)):
-        raise ConfigError(f"`tile_size` must be an integer, got {tile_size!r}")
-    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)):
-        raise ConfigError(f"`padding` must be an integer, got {padding!r}")
-    if tile_size <= 0:
-        raise ConfigError(f"`tile_size` must be positive, got {tile_size}", hint="the paper uses 1000")
+    check_int("tile_size", tile_size, minimum=1, hint="the paper uses 1000")
+    check_int("padding", padding, minimum=0)
     if tile_size > MAX_TILE_SIZE:
         raise ConfigError(
             f"`tile_size` {tile_size} is larger than the maximum {MAX_TILE_SIZE}",
             hint="SAM2 resizes each window to 1024 px; use 250–2000",
         )
-    if padding < 0:
-        raise ConfigError(f"`padding` must be >= 0, got {padding}")
     if 2 * padding >= tile_size:
         raise ConfigError(
             f"`padding` {padding} must be smaller than half the tile size ({tile_size}/2)",

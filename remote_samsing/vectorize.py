@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import unique
+from ._validate import check_int, check_number
 from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "to_polygons",
     "vectorize_labels",
     "open_label_raster",
+    "grid_of",
     "VECTOR_DRIVERS",
 ]
 
@@ -92,7 +95,7 @@ def open_label_raster(path: str | os.PathLike, *, chunks: int | None = None):
         A GeoTIFF (any GDAL raster) or a Zarr store.
     chunks : int, optional
         Dask chunk edge in pixels; default: the file's own blocks for Zarr,
-        2048 for GeoTIFF.
+        1024 for GeoTIFF (as :func:`remote_samsing.io.open_labels`).
 
     Returns
     -------
@@ -104,45 +107,15 @@ def open_label_raster(path: str | os.PathLike, *, chunks: int | None = None):
         raise InputNotFoundError(
             f"label raster `{path}` does not exist", hint="pass a GeoTIFF or Zarr written by remote-samsing"
         )
-    try:  # the pipeline's own opener knows its Zarr layout; prefer it when present
-        from . import io as _io  # type: ignore[attr-defined]
+    from .io import open_labels
 
-        opener = getattr(_io, "open_labels", None)
-    except ImportError:
-        opener = None
-    if opener is not None:
-        da_ = opener(path)
-        if chunks is not None:
-            da_ = da_.chunk({"y": chunks, "x": chunks})
-        return da_
-
-    import rioxarray  # noqa: F401  (registers the .rio accessor)
-    import xarray as xr
-
-    is_zarr = path.is_dir() or path.suffix == ".zarr"
-    if is_zarr:
-        ds = xr.open_zarr(path, chunks={} if chunks is None else {"y": chunks, "x": chunks})
-        names = [n for n, v in ds.data_vars.items() if v.dims[-2:] == ("y", "x")]
-        if not names:
-            raise InputError(f"Zarr store `{path}` holds no (y, x) variable", hint="pass the labels store")
-        name = "labels" if "labels" in names else names[0]
-        arr = ds[name]
-        if arr.ndim == 3:
-            arr = arr.isel({arr.dims[0]: 0})
-        return arr
-    c = chunks or _DEFAULT_CHUNK
-    arr = rioxarray.open_rasterio(path, chunks={"band": 1, "y": c, "x": c}, masked=False)
-    if "band" in arr.dims:
-        if arr.sizes["band"] != 1:
-            raise InputError(
-                f"label raster `{path}` has {arr.sizes['band']} bands, expected 1",
-                hint="pass the single-band labels.tif",
-            )
-        arr = arr.isel(band=0, drop=True)
+    arr = open_labels(path)
+    if chunks is not None:
+        arr = arr.chunk({"y": chunks, "x": chunks})
     return arr
 
 
-def _grid_of(labels) -> tuple[Any, Any]:
+def grid_of(labels) -> tuple[Any, Any]:
     """(crs or None, affine transform) of a DataArray; identity if unknown."""
     from affine import Affine
 
@@ -183,7 +156,7 @@ def _as_dask_labels(labels, chunks):
             raise InputError(
                 f"labels must be 2-D (y, x), got dims {labels.dims}", hint="select one band first"
             )
-        crs, transform = _grid_of(labels)
+        crs, transform = grid_of(labels)
         data = labels.data
     elif isinstance(labels, (np.ndarray, da.Array)):
         if labels.ndim != 2:
@@ -231,8 +204,7 @@ def _polygonize_block(block, valid_halo, y0: int, x0: int, height: int, width: i
         return empty
     # rasterio.features.shapes has no uint32/int64 support: trace the dense
     # local ids (0..k) and map back to the global labels afterwards.
-    uniq, inv = np.unique(block, return_inverse=True)
-    inv = inv.reshape(block.shape)
+    uniq, inv = unique(block, return_inverse=True)
     counts = np.bincount(inv.ravel(), minlength=len(uniq))
     local = inv.astype(np.int32)
     # Integer offsets only: all blocks share one exact integer grid. Block
@@ -407,6 +379,7 @@ def _write(gdf, out: Path, driver: str, layer: str) -> None:
     gdf.to_file(out, promote_to_multi=True, geometry_type="MultiPolygon", **kwargs)
 
 
+# long only for its docstring: the body calls one function per step of the module docstring
 def to_polygons(
     labels,
     *,
@@ -484,21 +457,10 @@ def to_polygons(
     >>> float(gdf.geometry.area[0])
     4.0
     """
-    import dask
-    import dask.array as da
     import geopandas as gpd
     import shapely
 
-    if connectivity not in (4, 8):
-        raise ConfigError(f"`connectivity` must be 4 or 8, got {connectivity!r}")
-    if simplify_tolerance is not None:
-        if not (isinstance(simplify_tolerance, (int, float)) and simplify_tolerance >= 0):
-            raise ConfigError(
-                f"`simplify_tolerance` must be a number >= 0 (metres), got {simplify_tolerance!r}",
-                hint="use e.g. 0.5 for half a metre, or None to keep pixel outlines",
-            )
-    if chunks is not None and (not isinstance(chunks, int) or chunks < 1):
-        raise ConfigError(f"`chunks` must be a positive int, got {chunks!r}")
+    _check_polygon_args(simplify_tolerance, connectivity, chunks)
     out_path = Path(out) if out is not None else None
     drv = _driver_for(out_path, driver) if out_path is not None else None
     attr_df = _attribute_frame(attributes)
@@ -512,25 +474,62 @@ def to_polygons(
             NoCRSWarning,
             stacklevel=2,
         )
+    halos = _valid_halo_blocks(valid, data) if valid is not None else None
+    pieces = _polygonize_blocks(data, halos, connectivity, progress)
+    table, geoms = _dissolve(*pieces, progress=progress)
+    if (simplify_tolerance is not None or node) and len(geoms):
+        tol_px = _tolerance_px(simplify_tolerance, crs, transform, height, width)
+        # One vertex per pixel corner makes neighbours' vertices match, which
+        # GEOS' coverage simplifier requires; it then drops collinear ones.
+        geoms = shapely.coverage_simplify(shapely.segmentize(geoms, 1.0), tol_px, simplify_boundary=True)
+    if crs is not None and len(geoms):
+        geoms = _georeference(geoms, transform)
+    gdf = _frame(table, geoms, crs)
+    if attr_df is not None:
+        gdf = gdf.merge(attr_df, on="label", how="left")
+        gdf = gpd.GeoDataFrame(gdf, geometry="geometry", crs=crs)
+    if out_path is not None:
+        _write(gdf, out_path, drv, layer)
+    return gdf
 
-    valid_halo_blocks = None
-    if valid is not None:
-        import xarray as xr
 
-        vdata = valid.data if isinstance(valid, xr.DataArray) else valid
-        if tuple(vdata.shape) != (height, width):
-            raise CRSMismatchError(
-                f"`valid` has shape {tuple(vdata.shape)}, labels have {(height, width)}",
-                hint="pass the validity mask of the same mosaic grid",
-            )
-        vdask = vdata if isinstance(vdata, da.Array) else da.from_array(np.asarray(vdata))
-        vdask = vdask.astype(bool).rechunk(data.chunks)
-        # 1-px halo so nodata just across a block face is seen; outside the
-        # mosaic counts as valid (the mosaic edge is flagged separately).
-        halo = da.overlap.overlap(vdask, depth=1, boundary=True)
-        valid_halo_blocks = halo.to_delayed(optimize_graph=False)
+def _check_polygon_args(simplify_tolerance, connectivity, chunks) -> None:
+    if connectivity not in (4, 8):
+        raise ConfigError(f"`connectivity` must be 4 or 8, got {connectivity!r}")
+    if simplify_tolerance is not None:
+        check_number("simplify_tolerance", simplify_tolerance, minimum=0.0,
+                     hint="metres: use e.g. 0.5 for half a metre, or None to keep pixel outlines")
+    if chunks is not None:
+        check_int("chunks", chunks, minimum=1)
 
-    # --- 1. per-block polygonisation -------------------------------------
+
+def _valid_halo_blocks(valid, data):
+    """Per-block delayed validity masks, each with a 1-px halo, on the chunks of ``data``."""
+    import dask.array as da
+    import xarray as xr
+
+    vdata = valid.data if isinstance(valid, xr.DataArray) else valid
+    if tuple(vdata.shape) != tuple(data.shape):
+        raise CRSMismatchError(
+            f"`valid` has shape {tuple(vdata.shape)}, labels have {tuple(int(s) for s in data.shape)}",
+            hint="pass the validity mask of the same mosaic grid",
+        )
+    vdask = vdata if isinstance(vdata, da.Array) else da.from_array(np.asarray(vdata))
+    vdask = vdask.astype(bool).rechunk(data.chunks)
+    # 1-px halo so nodata just across a block face is seen; outside the
+    # mosaic counts as valid (the mosaic edge is flagged separately).
+    halo = da.overlap.overlap(vdask, depth=1, boundary=True)
+    return halo.to_delayed(optimize_graph=False)
+
+
+def _polygonize_blocks(data, halos, connectivity: int, progress: bool):
+    """Step 1: every block traced in parallel; the per-label rows of all blocks, concatenated.
+
+    Returns ``(label, n_pixels, wkb, on_edge, on_nodata)`` arrays, a row per (block, label).
+    """
+    import dask
+
+    height, width = (int(s) for s in data.shape)
     y_off = np.concatenate([[0], np.cumsum(data.chunks[0])])
     x_off = np.concatenate([[0], np.cumsum(data.chunks[1])])
     blocks = data.to_delayed(optimize_graph=False)
@@ -538,10 +537,8 @@ def to_polygons(
     tasks = []
     for iy in range(blocks.shape[0]):
         for ix in range(blocks.shape[1]):
-            vh = valid_halo_blocks[iy, ix] if valid_halo_blocks is not None else None
-            tasks.append(
-                poly(blocks[iy, ix], vh, int(y_off[iy]), int(x_off[ix]), height, width, connectivity)
-            )
+            vh = halos[iy, ix] if halos is not None else None
+            tasks.append(poly(blocks[iy, ix], vh, int(y_off[iy]), int(x_off[ix]), height, width, connectivity))
     if progress:
         from dask.diagnostics import ProgressBar
 
@@ -549,86 +546,90 @@ def to_polygons(
             results = dask.compute(*tasks)
     else:
         results = dask.compute(*tasks)
+    if not results:  # pragma: no cover - dask arrays always have a block
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0, bool), np.zeros(0, bool)
+    return tuple(np.concatenate([r[k] for r in results]) for k in range(5))
 
-    if results:
-        lab = np.concatenate([r[0] for r in results])
-        npx = np.concatenate([r[1] for r in results])
-        wkb = np.concatenate([r[2] for r in results])
-        edge = np.concatenate([r[3] for r in results])
-        nod = np.concatenate([r[4] for r in results])
-    else:  # pragma: no cover - dask arrays always have a block
-        lab = npx = np.zeros(0, np.int64)
-        wkb = np.zeros(0, object)
-        edge = nod = np.zeros(0, bool)
 
-    # --- 2. dissolve labels that span blocks -----------------------------
+def _dissolve(lab, npx, wkb, edge, nod, *, progress: bool):
+    """Step 2: one row per label; pieces of labels seen in several blocks are unioned.
+
+    Returns the attribute columns (``label``, ``n_pixels``, ``n_blocks``,
+    ``touches_edge``, ``touches_nodata``) and the geometries.
+    """
+    import shapely
+
     order = np.argsort(lab, kind="stable")
     lab, npx, wkb, edge, nod = lab[order], npx[order], wkb[order], edge[order], nod[order]
-    ulab, start, n_blocks = np.unique(lab, return_index=True, return_counts=True)
-    n_pixels = np.add.reduceat(npx, start) if len(lab) else np.zeros(0, np.int64)
-    touches_edge = np.logical_or.reduceat(edge, start) if len(lab) else np.zeros(0, bool)
-    touches_nodata = np.logical_or.reduceat(nod, start) if len(lab) else np.zeros(0, bool)
+    ulab, n_blocks = unique(lab, return_counts=True)
+    start = np.cumsum(n_blocks) - n_blocks  # first row of each label (``lab`` is sorted)
+    table = {
+        "label": ulab,
+        "n_pixels": np.add.reduceat(npx, start) if len(lab) else np.zeros(0, np.int64),
+        "n_blocks": n_blocks,
+        "touches_edge": np.logical_or.reduceat(edge, start) if len(lab) else np.zeros(0, bool),
+        "touches_nodata": np.logical_or.reduceat(nod, start) if len(lab) else np.zeros(0, bool),
+    }
     geom_wkb = wkb[start].copy()
     multi = np.flatnonzero(n_blocks > 1)
     if len(multi):
         groups = [wkb[start[i] : start[i] + n_blocks[i]] for i in multi]
-        batch = 256
-        jobs = [
-            dask.delayed(_union_batch, pure=True)(groups[k : k + batch]) for k in range(0, len(groups), batch)
-        ]
-        if progress:
-            from tqdm.auto import tqdm
-
-            merged = []
-            for j in tqdm(jobs, desc="dissolve", unit="batch"):
-                merged.extend(j.compute())
-        else:
-            merged = [g for part in dask.compute(*jobs) for g in part]
-        geom_wkb[multi] = np.asarray(merged, dtype=object)
+        geom_wkb[multi] = np.asarray(_union_groups(groups, progress), dtype=object)
     geoms = shapely.from_wkb(geom_wkb) if len(geom_wkb) else np.zeros(0, object)
+    return table, geoms
 
-    # --- 3. coverage simplification in pixel space -----------------------
-    if (simplify_tolerance is not None or node) and len(geoms):
-        if simplify_tolerance is None or simplify_tolerance == 0:
-            tol_px = 0.0
-        elif crs is None:
-            tol_px = float(simplify_tolerance)
-        else:
-            tol_px = float(simplify_tolerance) / _metres_per_pixel(transform, crs, height, width)
-        # One vertex per pixel corner makes neighbours' vertices match, which
-        # GEOS' coverage simplifier requires; it then drops collinear ones.
-        geoms = shapely.coverage_simplify(shapely.segmentize(geoms, 1.0), tol_px, simplify_boundary=True)
 
-    # --- 4. georeference --------------------------------------------------
-    if crs is not None and len(geoms):
-        t = transform
-        geoms = shapely.transform(
-            geoms,
-            lambda xy: np.column_stack(
-                (t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f)
-            ),
-        )
+def _union_groups(groups: list, progress: bool, batch: int = 256) -> list:
+    """The union of each group of WKB pieces, in parallel batches (WKB out)."""
+    import dask
 
-    # --- 5. attributes ------------------------------------------------------
+    jobs = [dask.delayed(_union_batch, pure=True)(groups[k : k + batch]) for k in range(0, len(groups), batch)]
+    if not progress:
+        return [g for part in dask.compute(*jobs) for g in part]
+    from tqdm.auto import tqdm
+
+    merged = []
+    for j in tqdm(jobs, desc="dissolve", unit="batch"):
+        merged.extend(j.compute())
+    return merged
+
+
+def _tolerance_px(simplify_tolerance, crs, transform, height: int, width: int) -> float:
+    """Step 3's tolerance in pixels (metres converted at the mosaic centre; pixels without a CRS)."""
+    if simplify_tolerance is None or simplify_tolerance == 0:
+        return 0.0
+    if crs is None:
+        return float(simplify_tolerance)
+    return float(simplify_tolerance) / _metres_per_pixel(transform, crs, height, width)
+
+
+def _georeference(geoms, t):
+    """Step 4: pixel-space geometries through the affine transform ``t``, in one vectorised call."""
+    import shapely
+
+    return shapely.transform(
+        geoms,
+        lambda xy: np.column_stack((t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f)),
+    )
+
+
+def _frame(table: dict, geoms, crs):
+    """Step 5: the GeoDataFrame with the metric attributes, one row per label."""
+    import geopandas as gpd
+
     area, perim = _area_perimeter_m(np.asarray(geoms, dtype=object), crs)
-    gdf = gpd.GeoDataFrame(
+    return gpd.GeoDataFrame(
         {
-            "label": ulab.astype(np.int64),
-            "n_pixels": n_pixels.astype(np.int64),
+            "label": table["label"].astype(np.int64),
+            "n_pixels": table["n_pixels"].astype(np.int64),
             "area_m2": area.astype(float),
             "perimeter_m": perim.astype(float),
-            "n_blocks": n_blocks.astype(np.int32),
-            "touches_edge": touches_edge.astype(bool),
-            "touches_nodata": touches_nodata.astype(bool),
+            "n_blocks": table["n_blocks"].astype(np.int32),
+            "touches_edge": table["touches_edge"].astype(bool),
+            "touches_nodata": table["touches_nodata"].astype(bool),
         },
         geometry=gpd.GeoSeries(np.asarray(geoms, dtype=object), crs=crs),
     )
-    if attr_df is not None:
-        gdf = gdf.merge(attr_df, on="label", how="left")
-        gdf = gpd.GeoDataFrame(gdf, geometry="geometry", crs=crs)
-    if out_path is not None:
-        _write(gdf, out_path, drv, layer)
-    return gdf
 
 
 def vectorize_labels(

@@ -9,6 +9,7 @@ only where a GPU exists (marker ``gpu``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import socket
@@ -19,12 +20,14 @@ import numpy as np
 import pytest
 
 from remote_samsing.cluster import (
+    DEVICES,
     ClusterConfig,
     ClusterPlan,
     GPUInfo,
     dashboard_link,
     detect_gpus,
     make_client,
+    malloc_trim,
     plan_cluster,
     segment_resources,
 )
@@ -77,6 +80,13 @@ def test_config_normalises():
     assert cfg.gpus == (1, 0)
     assert ClusterConfig(scheduler=" tls://10.0.0.5:8786 ").scheduler == "tls://10.0.0.5:8786"
     assert ClusterConfig(scheduler="10.0.0.5:8786").scheduler == "10.0.0.5:8786"  # dask's tcp default
+    # numpy integers and bools are accepted and stored as plain Python values
+    cfg = ClusterConfig(gpus=(np.int64(1),), n_workers=np.int64(1), threads_per_worker=np.int32(2),
+                        processes=np.bool_(False))
+    assert cfg.gpus == (1,) and type(cfg.gpus[0]) is int
+    assert type(cfg.n_workers) is int and type(cfg.threads_per_worker) is int and cfg.processes is False
+    assert DEVICES == ("auto", "cuda", "cpu")
+    assert [ClusterConfig(device=d).device for d in DEVICES] == list(DEVICES)
 
 
 # ---------------------------------------------------------------------------
@@ -488,11 +498,29 @@ def test_local_cuda_cluster_one_worker_per_gpu():
             assert client.submit(on_gpu, resources={"GPU": 1}).result() == 4.0
 
 
-def test_trimming_memory_runs_while_the_block_runs_and_stops_after():
+@contextlib.contextmanager
+def trimming_memory(interval: float = 1.0):
+    """Call :func:`malloc_trim` every ``interval`` seconds in this process while the block runs."""
+    import threading
+
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(float(interval)):
+            malloc_trim()
+
+    thread = threading.Thread(target=loop, name="remote-samsing-trim-memory", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_malloc_trim_runs_in_a_thread_while_the_block_runs_and_stops_after():
     import threading
     import time
-
-    from remote_samsing.cluster import trimming_memory
 
     def trimmers():
         return [t for t in threading.enumerate() if t.name == "remote-samsing-trim-memory"]
@@ -501,253 +529,4 @@ def test_trimming_memory_runs_while_the_block_runs_and_stops_after():
         assert len(trimmers()) == 1
         time.sleep(0.05)  # a few trims
     assert trimmers() == []
-
-
-def _slow_double(x):
-    import time
-
-    time.sleep(0.005)
-    if x == 13:
-        raise ValueError("block 13 is broken")
-    return 2 * x
-
-
-class _CountingClient:
-    """Delegates to a real client; records how many submitted tasks were not yet gathered."""
-
-    def __init__(self, client):
-        self._c = client
-        self.in_flight = self.max_in_flight = 0
-        self.batches = []
-
-    def map(self, func, items, **kw):
-        self.in_flight += len(items)
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        self.batches.append(len(items))
-        return self._c.map(func, items, **kw)
-
-    def gather(self, futures):
-        self.in_flight -= len(futures)
-        return self._c.gather(futures)
-
-    def __getattr__(self, name):
-        return getattr(self._c, name)
-
-
-def test_run_in_waves_batches_light_items_into_fewer_tasks(client, capsys):
-    from distributed import get_task_stream
-
-    from remote_samsing.cluster import run_in_waves
-    from remote_samsing.exceptions import ConfigError
-
-    items = [i for i in range(50) if i != 13]  # 49 items
-    with get_task_stream(client) as ts:
-        out = run_in_waves(client, _slow_double, items, name="test-batch", batch=8, progress=True)
-    assert out == [2 * i for i in items]  # order kept across groups
-    keys = [t["key"] for t in ts.data if str(t["key"]).startswith("rs-test-batch")]
-    assert len(keys) == 7  # ceil(49 / 8) tasks
-    # the progress bar counts items, not tasks
-    assert capsys.readouterr().err.rstrip().endswith("] 49/49")
-    # "auto" on this cluster (2 threads): about 2 tasks per thread, ceil(49 / 4) = 13 items per task
-    n_threads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
-    assert n_threads == 2
-    with get_task_stream(client) as ts:
-        assert run_in_waves(client, _slow_double, items, name="test-auto", batch="auto") == [2 * i for i in items]
-    assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-auto")]) == 4  # ceil(49 / 13)
-    # the caller's count of threads, when given, is used (no scheduler round trip): ceil(49 / 2) per task
-    with get_task_stream(client) as ts:
-        got = run_in_waves(client, _slow_double, items, name="test-given", batch="auto", threads=1)
-    assert got == [2 * i for i in items]
-    assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-given")]) == 2
-    # results=False: nothing fetched back, None each; an item's error still raised
-    assert run_in_waves(client, _slow_double, items, name="test-none", results=False) == [None] * len(items)
-    assert run_in_waves(client, _slow_double, items, name="test-none", batch=8, results=False) == [None] * len(items)
-    with pytest.raises(ValueError, match="block 13 is broken"):
-        run_in_waves(client, _slow_double, list(range(40)), name="test-none", results=False)
-    # few items: one per task
-    with get_task_stream(client) as ts:
-        assert run_in_waves(client, _slow_double, [1, 2, 3], name="test-few", batch="auto") == [2, 4, 6]
-    assert len([t for t in ts.data if str(t["key"]).startswith("rs-test-few")]) == 3
-    # an error inside a group is the item's own error
-    with pytest.raises(ValueError, match="block 13 is broken"):
-        run_in_waves(client, _slow_double, list(range(40)), name="test-batch", batch=5)
-    with pytest.raises(ConfigError, match="batch"):
-        run_in_waves(client, _slow_double, items, name="test-batch", batch=0)
-
-
-def _item_time(x):
-    """An item's task: item 7 is a straggler; returns (value, when it ended)."""
-    import time
-
-    time.sleep(1.5 if x == 7 else 0.02)
-    return 2 * x, time.time()
-
-
-def _follow_up(f, *, folder):
-    """A follow-up: leaves a file saying when it ran; ("bad", i) raises."""
-    import time
-
-    if f[0] == "bad":
-        raise ValueError(f"follow-up {f[1]} is broken")
-    Path(folder, f"{f[0]}-{f[1]}").write_text(repr(time.time()))
-    return None
-
-
-def test_run_in_waves_starts_follow_ups_while_items_still_run(client, tmp_path):
-    """``then=(func, ready)``: ``ready`` is called once per finished item (per
-    item also when batched), each follow-up it returns runs once, while
-    other items still run, and all have finished when the call returns; a
-    follow-up's error is raised. Follow-ups wait until no more items are
-    left than worker threads (2 here), so they never come between two items
-    of a busy worker. The items' results are unchanged."""
-    import functools
-
-    from remote_samsing.cluster import run_in_waves
-
-    items = list(range(8))
-    for batch in (1, 3):
-        folder = tmp_path / f"batch{batch}"
-        folder.mkdir()
-        seen = []
-
-        def ready(i):
-            seen.append(i)
-            return [("f", i)] if i % 2 == 0 else []
-
-        out = run_in_waves(client, _item_time, items, name="test-then", batch=batch,
-                           then=(functools.partial(_follow_up, folder=str(folder)), ready))
-        assert [v for v, _ in out] == [2 * i for i in items]
-        assert sorted(seen) == items
-        ran = {p.name: float(p.read_text()) for p in folder.iterdir()}
-        assert sorted(ran) == ["f-0", "f-2", "f-4", "f-6"]
-        if batch == 1:
-            # the straggler (item 7) still ran when the first follow-ups did
-            assert min(ran.values()) < out[7][1] - 0.5
-            # ... which waited until only 2 items were left: after the 6th item ended
-            assert min(ran.values()) >= sorted(t for _, t in out)[5]
-    # many follow-ups: they go out in tasks of 8 while items still wait, not all at the end
-    from distributed import get_task_stream
-
-    folder = tmp_path / "many"
-    folder.mkdir()
-    with get_task_stream(client) as ts:
-        out = run_in_waves(client, _item_time, list(range(40)), name="test-many",
-                           then=(functools.partial(_follow_up, folder=str(folder)), lambda i: [("g", i)]))
-    assert sorted(p.name for p in folder.iterdir()) == sorted(f"g-{i}" for i in range(40))
-    starts = sorted(s["start"] for t in ts.data if str(t["key"]).startswith("rs-then-test-many")
-                    for s in t["startstops"] if s["action"] == "compute")
-    assert len(starts) >= 3  # at least two early tasks of 8 and the tail's
-    assert starts[0] < sorted(t for _, t in out)[20]  # the first before half the items had ended
-    with pytest.raises(ValueError, match="follow-up 3 is broken"):
-        run_in_waves(client, _item_time, [1, 2, 3], name="test-then",
-                     then=(functools.partial(_follow_up, folder=str(tmp_path)), lambda i: [("bad", i)] if i == 3 else []))
-
-
-def test_run_in_waves_bounds_the_tasks_in_flight_and_keeps_order(client):
-    from remote_samsing.cluster import run_in_waves
-
-    counting = _CountingClient(client)
-    items = [i for i in range(60) if i != 13]
-    out = run_in_waves(counting, _slow_double, items, name="test-waves", width=6)
-    assert out == [2 * i for i in items]
-    assert counting.max_in_flight <= 6 and len(counting.batches) > 59 // 6
-    assert run_in_waves(client, _slow_double, [], name="test-waves") == []
-    # a failing task: its own error, raised after the others in flight are cancelled
-    with pytest.raises(ValueError, match="block 13 is broken"):
-        run_in_waves(client, _slow_double, list(range(40)), name="test-waves", width=4)
-    # nothing of the failed call is left on the scheduler
-    import time
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        left = client.run_on_scheduler(lambda dask_scheduler: [k for k in dask_scheduler.tasks
-                                                               if str(k).startswith("rs-test-waves")])
-        if not left:
-            break
-        time.sleep(0.1)
-    assert not left
-
-
-def _phase_item(item, *, phase, folder, seconds=0.05):
-    """A phase's item: runs ``seconds``, leaves a file with when it started and ended and where."""
-    import time
-
-    from distributed import get_worker
-
-    if item == "bad":
-        raise ValueError(f"phase {phase} is broken")
-    t0 = time.time()
-    time.sleep(seconds)
-    Path(folder, f"{phase}-{item}").write_text(repr((t0, time.time(), get_worker().address)))
-    return (phase, item)
-
-
-def test_run_in_phases_chains_phases_on_the_scheduler(client, tmp_path):
-    """Each phase starts only once the phases it waits for have ended, and a
-    phase waiting for nothing runs beside them; a waiting phase's tasks are
-    spread over the workers (not all on the one holding what they wait for);
-    results come back per phase in item order, batched or not; a phase too
-    large for one wave goes through waves, in order; an error stops the run
-    before the phases after it, and a phase may wait only for earlier ones.
-    Many tasks after many wait for one barrier task instead of each for all."""
-    import functools
-
-    from remote_samsing.cluster import run_in_phases
-    from remote_samsing.exceptions import ConfigError
-
-    def phase(name, items, *after, seconds=0.05, folder=tmp_path):
-        func = functools.partial(_phase_item, phase=name, folder=str(folder), seconds=seconds)
-        return (name, func, items, *after)
-
-    def ran(folder=tmp_path):
-        out = {}
-        for p in folder.iterdir():
-            t0, t1, where = eval(p.read_text())  # noqa: S307 - the test's own files
-            out[p.name] = (t0, t1, where)
-        return out
-
-    from distributed import get_task_stream
-
-    phases = [phase("a", list(range(6))), phase("b", [0]), phase("empty", []), phase("c", list(range(4))),
-              phase("side", [0], (), seconds=0.3), phase("d", list(range(6)), ("c", "side"), seconds=0.01)]
-    with get_task_stream(client) as ts:
-        results, seconds = run_in_phases(client, phases, batch=1)
-    # many tasks after many ("d": 6 after "c" and "side", 5) wait for one barrier task; none
-    # elsewhere ("c": 4 after 1, "b": 1 after 6)
-    assert [str(t["key"]).split("-")[1] for t in ts.data if str(t["key"]).endswith("-barrier")] == ["d"]
-    assert results == [[("a", i) for i in range(6)], [("b", 0)], [], [("c", i) for i in range(4)],
-                       [("side", 0)], [("d", i) for i in range(6)]]
-    assert set(seconds) == {"a", "b", "empty", "c", "side", "d"} and seconds["empty"] == 0
-    t = ran()
-
-    def span(name):
-        mine = [v for k, v in t.items() if k.startswith(f"{name}-")]
-        return min(v[0] for v in mine), max(v[1] for v in mine), {v[2] for v in mine}
-
-    assert span("b")[0] >= span("a")[1]
-    assert span("c")[0] >= span("b")[1]  # "empty" passed on what it waited for
-    assert span("d")[0] >= max(span("c")[1], span("side")[1])
-    assert span("side")[0] < span("b")[0]  # waited for nothing: ran beside "a"
-    assert len(span("c")[2]) == 2  # 4 tasks after one: spread over both workers
-    # batched: the same results
-    results, _ = run_in_phases(client, [phase("e", list(range(7)), folder=tmp_path),
-                                        phase("f", list(range(5)), folder=tmp_path)], batch=3)
-    assert results == [[("e", i) for i in range(7)], [("f", i) for i in range(5)]]
-    t = ran()
-    assert span("f")[0] >= span("e")[1]
-    # more tasks than one wave: phase by phase through run_in_waves
-    waves = tmp_path / "waves"
-    waves.mkdir()
-    results, _ = run_in_phases(client, [phase("g", list(range(9)), folder=waves, seconds=0.01),
-                                        phase("h", list(range(3)), folder=waves, seconds=0.01)], batch=1, width=4)
-    assert results == [[("g", i) for i in range(9)], [("h", i) for i in range(3)]]
-    t = ran(waves)
-    assert span("h")[0] >= span("g")[1]
-    # an error: raised, and no phase waiting for it runs
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    with pytest.raises(ValueError, match="phase x is broken"):
-        run_in_phases(client, [phase("x", [0, "bad"], folder=broken), phase("y", [0], folder=broken)])
-    assert not (broken / "y-0").exists()
-    with pytest.raises(ConfigError, match="'z'.*not phases before it"):
-        run_in_phases(client, [phase("a", [0]), phase("b", [0], ("z",))])
+    malloc_trim()  # a no-op where libc has no malloc_trim, never an error

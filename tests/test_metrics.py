@@ -22,7 +22,9 @@ from remote_samsing.metrics import (
     write_report,
 )
 
-KAMPALA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kampala-b"
+from conftest import SHARED  # noqa: E402
+
+KAMPALA = SHARED / "kampala-b"
 
 
 def _split_case():
@@ -271,7 +273,7 @@ def test_write_report(tmp_path):
     assert paths["figure"].stat().st_size > 1000
 
 
-@pytest.mark.skipif(not KAMPALA.is_dir(), reason="the shared kampala-b scene beside the checkout is not present")
+@pytest.mark.shared
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 def test_kampala_felzenszwalb_baseline(tmp_path):
     import geopandas as gpd

@@ -314,14 +314,14 @@ def test_overview_factors_as_gdal_cog_driver_picks_them(tmp_path, shape, blocksi
 
 
 def test_run_registers_the_memory_trim_plugin_on_workers(tmp_path, data_dir, client):
-    from remote_samsing.cluster import _malloc_trim
+    from remote_samsing.cluster import malloc_trim
 
     cfg = RunConfig(segmenter="threshold", segmenter_params={"threshold": 60}, tile_size=128, padding=16,
                     merge="none", vectors=False, progress=False)
     run(data_dir / "kampala_crop_3857.tif", tmp_path / "out", config=cfg, client=client)
     plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
     assert plugins and all("remote-samsing-trim-memory" in p for p in plugins.values())
-    _malloc_trim()  # the callback itself: a no-op where libc has no malloc_trim, never an error
+    malloc_trim()  # the callback itself: a no-op where libc has no malloc_trim, never an error
 
 
 def test_file_input_reads_windows_itself_same_result_as_map_overlap(tmp_path, write_geotiff, client):
@@ -364,7 +364,8 @@ def test_cog_from_pieces_written_with_the_zarr(tmp_path):
     from affine import Affine
 
     from remote_samsing.exceptions import RemoteSamsingError
-    from remote_samsing.outputs import to_cog, to_label_zarr
+    from _helpers import to_label_zarr
+    from remote_samsing.outputs import to_cog
 
     rng = np.random.default_rng(4)
     lab = rng.integers(0, 300, size=(300, 250)).astype(np.uint32)
@@ -398,7 +399,8 @@ def test_label_sink_writes_blocks_with_absorbed_remainders(tmp_path):
     import xarray as xr
     from affine import Affine
 
-    from remote_samsing.outputs import open_label_store, to_cog
+    from _helpers import open_label_store
+    from remote_samsing.outputs import to_cog
     from remote_samsing.pipeline import _wrap_labels
     from remote_samsing.tiling import TilingPlan
 

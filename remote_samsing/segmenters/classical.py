@@ -15,17 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..exceptions import ConfigError
+from .._validate import check_int, check_number
 
 __all__ = ["FelzenszwalbSegmenter", "SLICSegmenter"]
-
-
-def _positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
-    ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, ok_type):
-        raise ConfigError(f"`{name}` must be a {'integer' if integer else 'number'}, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,9 +48,9 @@ class FelzenszwalbSegmenter:
     min_size: int = 50
 
     def __post_init__(self) -> None:
-        _positive("scale", self.scale)
-        _positive("sigma", self.sigma, allow_zero=True)
-        _positive("min_size", self.min_size, integer=True, allow_zero=True)
+        check_number("scale", self.scale, minimum=0, open_min=True)
+        check_number("sigma", self.sigma, minimum=0)
+        check_int("min_size", self.min_size, minimum=0)
 
     def segment(self, block: np.ndarray, *, block_info: Mapping[str, Any]) -> np.ndarray:
         from skimage.segmentation import felzenszwalb
@@ -86,9 +78,9 @@ class SLICSegmenter:
     sigma: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive("n_segments", self.n_segments, integer=True)
-        _positive("compactness", self.compactness)
-        _positive("sigma", self.sigma, allow_zero=True)
+        check_int("n_segments", self.n_segments, minimum=1)
+        check_number("compactness", self.compactness, minimum=0, open_min=True)
+        check_number("sigma", self.sigma, minimum=0)
 
     def segment(self, block: np.ndarray, *, block_info: Mapping[str, Any]) -> np.ndarray:
         from skimage.segmentation import slic

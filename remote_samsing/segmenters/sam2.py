@@ -51,6 +51,9 @@ from typing import Any
 
 import numpy as np
 
+from .._files import write_atomic
+from .._validate import check_bool, check_int, check_number
+from ..cluster import DEVICES
 from ..exceptions import BackendUnavailableError, CheckpointError, ConfigError, InputError
 from ..multipass import MultipassConfig, MultipassResult, run_multipass
 
@@ -203,16 +206,16 @@ def fetch_model(name: str, *, dest: str | os.PathLike = ".", timeout: float = 10
     if _offline():
         raise BackendUnavailableError(f"HF_HUB_OFFLINE is set: not downloading {filename}", hint=hint)
     dest.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    try:
+
+    def download(part: Path) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as fh:
             while chunk := resp.read(1 << 20):
                 fh.write(chunk)
+
+    try:
+        return write_atomic(target, download)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        part.unlink(missing_ok=True)
         raise BackendUnavailableError(f"cannot download {url}: {exc}", hint=hint) from None
-    os.replace(part, target)
-    return target
 
 
 def write_random_checkpoint(path: str | os.PathLike, *, model_cfg: str = "tiny", seed: int = 0) -> Path:
@@ -359,6 +362,36 @@ class _SAM2MaskGenerator:
         return records
 
 
+def _multipass_config(config: MultipassConfig | None, multipass: dict[str, Any]) -> MultipassConfig:
+    """The multi-pass parameters, given as one ``config`` or as keywords (not both)."""
+    if config is not None and multipass:
+        raise ConfigError("give the multi-pass parameters either as `config` or as keywords, not both")
+    if config is None:
+        fields = set(MultipassConfig.__dataclass_fields__)
+        unknown = sorted(set(multipass) - fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) for the sam2 segmenter: {', '.join(unknown)}",
+                hint=f"multi-pass parameters are {', '.join(sorted(fields))}",
+            )
+        return MultipassConfig(**multipass)
+    if not isinstance(config, MultipassConfig):
+        raise ConfigError(f"`config` must be a MultipassConfig, got {type(config).__name__}")
+    return config
+
+
+def _check_params(*, random_weights, seed, image_size, device, points_per_batch, box_nms_thresh) -> None:
+    """The SAM2 segmenter's own parameters (the checkpoint is checked by the caller)."""
+    check_bool("random_weights", random_weights)
+    check_int("seed", seed, minimum=0)
+    if image_size is not None and (isinstance(image_size, bool) or image_size not in _IMAGE_SIZES):
+        raise ConfigError(f"`image_size` must be None, 256, 512 or 1024, got {image_size!r}")
+    if device not in DEVICES and not (isinstance(device, str) and re.fullmatch(r"cuda:\d+", device)):
+        raise ConfigError(f"`device` must be {', '.join(DEVICES)} or cuda:N, got {device!r}")
+    check_int("points_per_batch", points_per_batch, minimum=1)
+    check_number("box_nms_thresh", box_nms_thresh, minimum=0.0, maximum=1.0, open_min=True)
+
+
 class SAM2Segmenter:
     """Multi-pass SAM2 segmentation of a block (the paper's method).
 
@@ -416,32 +449,9 @@ class SAM2Segmenter:
         config: MultipassConfig | None = None,
         **multipass: Any,
     ) -> None:
-        if config is not None and multipass:
-            raise ConfigError("give the multi-pass parameters either as `config` or as keywords, not both")
-        if config is None:
-            fields = set(MultipassConfig.__dataclass_fields__)
-            unknown = sorted(set(multipass) - fields)
-            if unknown:
-                raise ConfigError(
-                    f"unknown parameter(s) for the sam2 segmenter: {', '.join(unknown)}",
-                    hint=f"multi-pass parameters are {', '.join(sorted(fields))}",
-                )
-            config = MultipassConfig(**multipass)
-        elif not isinstance(config, MultipassConfig):
-            raise ConfigError(f"`config` must be a MultipassConfig, got {type(config).__name__}")
-        self.config = config
-        if not isinstance(random_weights, bool):
-            raise ConfigError(f"`random_weights` must be True or False, got {random_weights!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"`seed` must be an integer >= 0, got {seed!r}")
-        if image_size is not None and (isinstance(image_size, bool) or image_size not in _IMAGE_SIZES):
-            raise ConfigError(f"`image_size` must be None, 256, 512 or 1024, got {image_size!r}")
-        if device not in ("auto", "cuda", "cpu") and not (isinstance(device, str) and re.fullmatch(r"cuda:\d+", device)):
-            raise ConfigError(f"`device` must be 'auto', 'cuda', 'cuda:N' or 'cpu', got {device!r}")
-        if isinstance(points_per_batch, bool) or not isinstance(points_per_batch, int) or points_per_batch < 1:
-            raise ConfigError(f"`points_per_batch` must be an integer >= 1, got {points_per_batch!r}")
-        if isinstance(box_nms_thresh, bool) or not isinstance(box_nms_thresh, (int, float)) or not 0 < box_nms_thresh <= 1:
-            raise ConfigError(f"`box_nms_thresh` must be in (0, 1], got {box_nms_thresh!r}")
+        self.config = _multipass_config(config, multipass)
+        _check_params(random_weights=random_weights, seed=seed, image_size=image_size, device=device,
+                      points_per_batch=points_per_batch, box_nms_thresh=box_nms_thresh)
         if checkpoint is None and not random_weights:
             raise CheckpointError(
                 "the sam2 segmenter needs a checkpoint",

@@ -117,6 +117,7 @@ def test_info_runs():
     assert "dask" in res.output and "gpus" in res.output
 
 
+@pytest.mark.shared
 def test_evaluate_cli_writes_json_markdown_and_figure(tmp_path, data_dir, shared_data):
     from remote_samsing import segment
 

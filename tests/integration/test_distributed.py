@@ -1,4 +1,4 @@
-"""Night-long jobs: worker loss, crash and resume, fingerprint refusal (issue 7).
+"""Night-long jobs: worker loss, crash and resume, fingerprint refusal.
 
 Real processes on loopback, no mocks of Dask:
 
@@ -254,7 +254,7 @@ def test_worker_loss_mid_run_gives_identical_output(reference, loopback_cluster,
 
 @pytest.mark.timeout(180)
 def test_worker_loss_during_chained_phases(loopback_cluster, tmp_path):
-    """``cluster.run_in_phases`` (the merge's phases, chained on the
+    """``execute.run_in_phases`` (the merge's phases, chained on the
     scheduler, each task preferring a worker): a worker killed while the
     second of three phases runs costs its tasks a re-run elsewhere, and the
     results are complete and in order."""
@@ -263,7 +263,7 @@ def test_worker_loss_during_chained_phases(loopback_cluster, tmp_path):
 
     from distributed import Client
 
-    from remote_samsing.cluster import run_in_phases
+    from remote_samsing.execute import run_in_phases
 
     calls = tmp_path / "calls"
     calls.mkdir()

@@ -1,0 +1,479 @@
+"""Running work on a connected cluster: bounded waves of tasks, and chained phases.
+
+:func:`run_in_waves` runs ``func`` on many items with at most ``width`` tasks
+submitted at once, so the scheduler's and the client's memory stays bounded
+whatever the number of blocks. :func:`run_in_phases` runs a sequence of such
+steps, chaining them on the scheduler when they are small enough. Neither
+starts a cluster: :mod:`remote_samsing.cluster` makes the client, and
+:mod:`remote_samsing.pipeline` decides what runs where.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from ._validate import check_int
+from .cluster import scheduler_workers
+from .exceptions import ConfigError
+
+__all__ = ["compute", "run_in_phases", "run_in_waves", "threads_of"]
+
+#: follow-ups (``run_in_waves(then=...)``) per task while items still wait to run
+_FOLLOW_UPS_PER_TASK = 8
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------
+def compute(x, client, *, progress: bool = False, optimize_graph: bool = True):
+    """The value of dask collection ``x``, computed on ``client`` (dask's default scheduler when None).
+
+    ``optimize_graph=False`` keeps resource annotations (see
+    :mod:`remote_samsing.cluster`); ``progress`` draws distributed's text bar.
+    """
+    if client is None:
+        return x.compute()
+    fut = client.compute(x, optimize_graph=optimize_graph)
+    if progress:
+        from distributed import progress as _progress
+
+        _progress(fut, notebook=False)
+        print(file=sys.stderr)
+    return fut.result()
+
+
+def threads_of(workers: Mapping[str, Any]) -> int:
+    """Worker threads in all, of workers as :func:`~remote_samsing.cluster.scheduler_workers` gives them."""
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def _total_threads(client) -> int:
+    return threads_of(scheduler_workers(client))
+
+
+def _apply_each(func, group) -> list:
+    """One task of a batched run: ``func`` on each item of ``group``."""
+    return [func(item) for item in group]
+
+
+def _after(func, group, *_previous) -> list:
+    """One task of a chained phase: ``func`` on each item of ``group``.
+
+    ``_previous`` are the results of the phases it waits for: passed only so
+    that the scheduler starts this task once they exist, never read.
+    """
+    return _apply_each(func, group)
+
+
+def _barrier(*_previous) -> None:
+    """A task that ends once every task it was given has (see :func:`run_in_phases`)."""
+    return None
+
+
+def _check_batch(batch) -> None:
+    if batch != "auto":
+        check_int("batch", batch, minimum=1)
+
+
+def _batch_size(batch, n: int, threads: int) -> int:
+    if batch == "auto":
+        return max(1, min(32, -(-n // (2 * threads))))
+    return int(batch)
+
+
+def _default_width(threads: int) -> int:
+    return max(64, 8 * threads)
+
+
+def _groups(items: Sequence, size: int) -> list[tuple]:
+    return [tuple(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+class _Progress:
+    """A one-line text bar on stderr (``label [####....] done/total``), redrawn at most 5 times a second."""
+
+    def __init__(self, label: str, total: int, enabled: bool):
+        self.label, self.total, self.enabled = label, total, enabled
+        self._last = 0.0
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (done < self.total and now - self._last < 0.2):
+            return
+        self._last = now
+        width = 30
+        fill = int(width * done / max(self.total, 1))
+        end = "\n" if done >= self.total else ""
+        print(f"\r{self.label:<10} [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total}", end=end,
+              file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# waves
+# ---------------------------------------------------------------------------
+def run_in_waves(
+    client,
+    func: Callable,
+    items: Sequence,
+    *,
+    name: str,
+    resources: dict | None = None,
+    width: int | None = None,
+    progress: bool = False,
+    batch: int | str = 1,
+    then: tuple[Callable, Callable] | None = None,
+    threads: int | None = None,
+    results: bool = True,
+) -> list:
+    """``[func(item) for item in items]`` on the cluster, with at most ``width`` tasks submitted at once.
+
+    A task is submitted only when an earlier one finished, and its future is
+    released at once, so what the scheduler and the client hold stays
+    bounded by ``width`` whatever the number of items (one graph over all
+    blocks would hold about 0.1 MB per block until the end). Results come
+    back in the order of ``items``; keep them small.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    func : callable
+        Called with one item; must be picklable (functools.partial is).
+    items : sequence
+        Hashable, repr-able items (block indices).
+    name : str
+        Key prefix (``rs-<name>-<run token>-<position>``), shown on the dashboard.
+    resources : dict, optional
+        Worker resources each task needs (``{"GPU": 1}``).
+    width : int, optional
+        Tasks in flight; default 8 per worker thread, at least 64 (no worker idles while the client submits).
+    progress : bool
+        Draw a text progress bar on stderr.
+    batch : int or "auto"
+        Items per task. Light items (a few ms each) cost less than their
+        task does the scheduler and the client, which do not scale with
+        workers; ``"auto"`` makes about 2 tasks per worker thread, at most
+        32 items each. Heavy items (segmentation) keep 1, so the load stays
+        balanced and a lost worker costs one item.
+    then : (follow_func, ready), optional
+        Follow-up work for the workers idling behind the last items.
+        ``ready(item)`` (called here, once per finished item) returns the
+        follow-ups it made ready; ``follow_func(follow_up)`` runs each on any
+        worker, below the items in priority: in tasks of 8 while items still
+        wait, then one task per thread once no more items are left than
+        worker threads. Their results are dropped, their errors raised, and
+        all have finished when this returns.
+    threads : int, optional
+        The cluster's worker threads, if known (else asked of the scheduler); a stale count costs only speed.
+    results : bool
+        False: results are not fetched (the list holds None); errors are still raised.
+
+    Raises
+    ------
+    Exception
+        The first task's error, after the tasks still in flight are cancelled.
+    """
+    _check_batch(batch)
+    items = list(items)
+    n = len(items)
+    if n == 0:
+        return []
+    # one look at the workers (a scheduler round trip) serves both choices
+    if threads is None:
+        threads = _total_threads(client) if batch == "auto" or not width or then is not None else 1
+    threads = max(1, int(threads))
+    width = int(width) if width else _default_width(threads)
+    size = _batch_size(batch, n, threads)
+    common = dict(name=name, resources=resources, width=width, then=then, threads=threads, results=results)
+    if size == 1:
+        return _WaveRun(client, func, items, progress=progress, **common).run()
+    groups = _groups(items, size)
+    # the progress bar still counts items
+    nested = _WaveRun(client, functools.partial(_apply_each, func), groups, progress=progress,
+                      weights=[len(g) for g in groups], grouped=True, **common).run()
+    return [r for group in nested for r in group] if results else [None] * n
+
+
+class _WaveRun:
+    """One :func:`run_in_waves` call, one item per task.
+
+    ``weights``: what each item adds to the progress bar; ``grouped``: each
+    item is a group of the caller's items (``then``'s ``ready`` sees those).
+    """
+
+    def __init__(self, client, func, items: list, *, name, resources, width: int, progress, then,
+                 threads: int, results: bool, weights=None, grouped: bool = False):
+        self.client, self.func, self.items = client, func, items
+        self.name, self.resources, self.width = name, resources, width
+        self.threads, self.results, self.weights, self.grouped = threads, results, weights, grouped
+        self.follow_func, self.ready = then if then is not None else (None, None)
+        self.token = uuid.uuid4().hex[:12]
+        self.bar = _Progress(name, sum(weights) if weights else len(items), progress)
+        self.out: list = [None] * len(items)
+        self.position: dict = {}  # an item's task key → the item's position
+        self.live: dict = {}  # every submitted future not handled yet, by key
+        self.next = 0  # the first item not submitted yet
+        self.in_flight = 0  # items' tasks, not follow-ups: they decide the refill
+        self.done = 0
+        self.follows = 0
+        self.backlog: list = []  # follow-ups made ready, not submitted yet
+
+    def run(self) -> list:
+        from distributed import as_completed
+
+        pending = as_completed(self._submit(self.width))
+        self.bar.update(0)
+        try:
+            # finished futures come in batches, the wanted results of each
+            # gathered in one round trip; the others are only checked for errors
+            for finished in pending.batches():
+                newly = self._handle(finished)
+                self.bar.update(self.done)
+                if self.ready is not None:
+                    self.backlog.extend(f for it in newly for f in self.ready(it))
+                    pending.update(self._submit_follow_ups())
+                # refill in batches (one client.map call) once half the window drained
+                if self.in_flight <= self.width // 2 and self.next < len(self.items):
+                    pending.update(self._submit(self.width - self.in_flight))
+        except BaseException:
+            # the traceback keeps these futures alive, and with them their tasks on the scheduler
+            pending.clear()
+            if self.live:
+                self.client.cancel(list(self.live.values()), force=True)
+            raise
+        return self.out
+
+    def _submit(self, count: int) -> list:
+        batch = list(range(self.next, min(len(self.items), self.next + count)))
+        self.next += len(batch)
+        if not batch:
+            return []
+        futs = self.client.map(self.func, [self.items[i] for i in batch],
+                               key=[f"rs-{self.name}-{self.token}-{i}" for i in batch], pure=False,
+                               resources=self.resources)
+        for f, i in zip(futs, batch):
+            self.position[f.key] = i
+            self.live[f.key] = f
+        self.in_flight += len(futs)
+        return futs
+
+    def _handle(self, finished: list) -> list:
+        """Record a batch of finished futures (raising a task's error); returns the caller's items among them."""
+        wanted = [f for f in finished if self.results and f.key in self.position]
+        values = dict(zip([f.key for f in wanted], self.client.gather(wanted))) if wanted else {}
+        newly: list = []
+        for fut in finished:
+            if fut.key not in values and fut.status != "finished":
+                fut.result()  # raises the task's error
+            i = self.position.pop(fut.key, None)
+            fut.release()
+            del self.live[fut.key]
+            if i is None:  # a follow-up: its result is not wanted
+                continue
+            self.out[i] = values.get(fut.key)
+            self.done += self.weights[i] if self.weights else 1
+            self.in_flight -= 1
+            newly.extend(self.items[i] if self.grouped else (self.items[i],))
+        return newly
+
+    def _submit_follow_ups(self) -> list:
+        # A follow-up shorter than a scheduler round trip, taken by a worker
+        # between two items, leaves it waiting for its next item. So they go
+        # out in tasks of _FOLLOW_UPS_PER_TASK while items still wait, and all
+        # at once, one task per thread, in the tail, where workers start to idle.
+        tail = self.in_flight <= self.threads
+        if not self.backlog or not (tail or len(self.backlog) >= _FOLLOW_UPS_PER_TASK):
+            return []
+        k = min(self.threads, len(self.backlog)) if tail else 1
+        groups = [tuple(self.backlog[j::k]) for j in range(k)]
+        self.backlog.clear()
+        futs = []
+        for group in groups:
+            self.follows += 1
+            # below the items in priority: a follow-up never delays an item
+            fut = self.client.submit(_apply_each, self.follow_func, group,
+                                     key=f"rs-then-{self.name}-{self.token}-{self.follows}", pure=False,
+                                     priority=-1)
+            self.live[fut.key] = fut
+            futs.append(fut)
+        return futs
+
+
+# ---------------------------------------------------------------------------
+# phases
+# ---------------------------------------------------------------------------
+class _Phase(NamedTuple):
+    name: str
+    func: Callable
+    items: list
+    after: tuple  # the names of the phases it waits for
+
+
+def run_in_phases(
+    client,
+    phases: Sequence[tuple],
+    *,
+    width: int | None = None,
+    progress: bool = False,
+    batch: int | str = "auto",
+    workers: Mapping[str, Any] | None = None,
+) -> tuple[list[list], dict[str, float]]:
+    """Phases in order, each ``[func(item) for item in items]`` on the cluster.
+
+    A task of a phase starts only once every task of the phases it waits for
+    has finished (a phase reads what those wrote to disk). When each phase
+    fits in one wave (at most ``width`` tasks), all phases are submitted at
+    once, each task depending on the tasks it waits for (through one barrier
+    task where many follow many): the scheduler starts a phase the moment
+    the ones before end, without a round trip through the client, and a
+    phase that waits for nothing runs beside the others. Chained, a task may
+    run again after later phases ran (the scheduler recomputes a result lost
+    with a worker): a phase must not remove its inputs. Larger phases run one
+    after the other through :func:`run_in_waves`, which bounds what the
+    scheduler holds.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    phases : sequence of (name, func, items) or (name, func, items, after)
+        ``after``: the names of earlier phases this one waits for; default,
+        the phase just before it. A phase with no items is skipped (what
+        waits for it waits for what it waited for). Keep results small: they
+        travel to the workers of the phases waiting for them.
+    width, progress, batch
+        As for :func:`run_in_waves`; ``batch`` applies to every phase.
+    workers : mapping, optional
+        The workers (address → info with ``nthreads``), if known; otherwise
+        asked of the scheduler. A waiting phase's tasks are spread over them,
+        since the scheduler would otherwise run every task depending on one
+        result on the worker holding it. A stale list costs speed, never a result.
+
+    Returns
+    -------
+    results : list of lists
+        Each phase's results, in the order of its items.
+    seconds : dict
+        Each phase's wall time as the client saw it (chained: from the end of
+        the phases it waits for to the arrival of its last result).
+
+    Raises
+    ------
+    ConfigError
+        A phase waits for a phase not before it.
+    Exception
+        The first task's error, after every task of the run is cancelled.
+    """
+    _check_batch(batch)
+    steps = _parse_phases(phases)
+    if workers is None:
+        workers = scheduler_workers(client)
+    slots = _thread_slots(workers)
+    threads = max(1, len(slots))
+    width = int(width) if width else _default_width(threads)
+    sizes = [_batch_size(batch, len(st.items), threads) if st.items else 1 for st in steps]
+    if max((-(-len(st.items) // size) for st, size in zip(steps, sizes)), default=0) > width:
+        return _phases_in_waves(client, steps, width=width, progress=progress, batch=batch, threads=threads)
+    return _chained_phases(client, steps, sizes, slots=slots, progress=progress)
+
+
+def _parse_phases(phases: Sequence[tuple]) -> list[_Phase]:
+    steps: list[_Phase] = []
+    for phase in phases:
+        name, func, items, *rest = phase
+        after = tuple(rest[0]) if rest else ((steps[-1].name,) if steps else ())
+        unknown = [a for a in after if a not in [st.name for st in steps]]
+        if unknown:
+            raise ConfigError(f"phase {name!r} waits for {unknown}, which are not phases before it")
+        steps.append(_Phase(name, func, list(items), after))
+    return steps
+
+
+def _thread_slots(workers: Mapping[str, Any]) -> list[str]:
+    """One worker address per worker thread, taken in turn by a waiting phase's tasks."""
+    return [addr for addr in sorted(workers) for _ in range(max(1, int(workers[addr].get("nthreads", 1))))]
+
+
+def _phases_in_waves(client, steps: list[_Phase], *, width, progress, batch, threads) -> tuple[list, dict]:
+    """Phases too large to hold at once: one after the other, each in waves."""
+    out, seconds = [], {}
+    for step in steps:
+        t0 = time.perf_counter()
+        out.append(run_in_waves(client, step.func, step.items, name=step.name, width=width, progress=progress,
+                                batch=batch, threads=threads))
+        seconds[step.name] = time.perf_counter() - t0
+    return out, seconds
+
+
+def _chained_phases(client, steps: list[_Phase], sizes: list[int], *, slots, progress) -> tuple[list, dict]:
+    """Every phase submitted at once, each task depending on the tasks it waits for."""
+    t0 = time.perf_counter()
+    submitted = _submit_chained(client, steps, sizes, slots)
+    ended, values = _await_chained(client, steps, submitted, progress)
+    out: list[list] = [[] for _ in steps]
+    for k, futs, _ in submitted:
+        out[k] = [r for f in futs for r in values[f.key]]
+    seconds = {}
+    for step in steps:
+        start = max([t0] + [ended.get(a, t0) for a in step.after])
+        ended.setdefault(step.name, start)  # a skipped phase ends when what it waited for did
+        seconds[step.name] = ended[step.name] - start
+    return out, seconds
+
+
+def _submit_chained(client, steps: list[_Phase], sizes: list[int], slots: list[str]) -> list:
+    """Submit every phase's tasks; returns (phase number, futures, items per task) per non-empty phase."""
+    token = uuid.uuid4().hex[:12]
+    waits_on: dict[str, list] = {}  # phase → the futures a phase waiting for it waits on
+    submitted = []
+    for k, (step, size) in enumerate(zip(steps, sizes)):
+        previous = list({f.key: f for a in step.after for f in waits_on[a]}.values())
+        if not step.items:
+            waits_on[step.name] = previous
+            continue
+        groups = _groups(step.items, size)
+        if len(previous) * len(groups) > 2 * (len(previous) + len(groups)):
+            # many tasks after many: one task waits for those before, the
+            # others wait for it (m + n dependencies instead of m * n); not
+            # for few, where the extra step would cost more than it saves
+            previous = [client.submit(_barrier, *previous, key=f"rs-{step.name}-{token}-barrier", pure=False)]
+        # a waiting task's preferred worker, not a requirement (allow_other_workers):
+        # otherwise the holder of what it waits for would take every one
+        pin = bool(previous and slots)
+        futs = [client.submit(_after, step.func, g, *previous, key=f"rs-{step.name}-{token}-{j}", pure=False,
+                              workers=[slots[j % len(slots)]] if pin else None, allow_other_workers=pin)
+                for j, g in enumerate(groups)]
+        submitted.append((k, futs, [len(g) for g in groups]))
+        waits_on[step.name] = futs
+    return submitted
+
+
+def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool) -> tuple[dict, dict]:
+    """Results by task key, and when each phase's last task ended (as the client saw it)."""
+    from distributed import as_completed
+
+    bars = {k: _Progress(steps[k].name, sum(lens), progress) for k, _, lens in submitted}
+    left = {k: len(futs) for k, futs, _ in submitted}
+    done = {k: 0 for k in left}
+    phase_of = {f.key: (k, n) for k, futs, lens in submitted for f, n in zip(futs, lens)}
+    every = [f for _, futs, _ in submitted for f in futs]
+    ended: dict[str, float] = {}
+    values: dict = {}
+    try:
+        # results are fetched as tasks finish (raising a task's error), so
+        # only the last phase's come after the work
+        for fut, value in as_completed(every, with_results=True):
+            values[fut.key] = value
+            k, n = phase_of[fut.key]
+            done[k] += n
+            bars[k].update(done[k])
+            left[k] -= 1
+            if not left[k]:
+                ended[steps[k].name] = time.perf_counter()
+    except BaseException:
+        client.cancel(every, force=True)
+        raise
+    return ended, values

@@ -1,0 +1,36 @@
+"""Label-store writers for tests, built on the public :mod:`remote_samsing.outputs` API.
+
+The pipeline writes its label store block by block through a
+:class:`~remote_samsing.outputs.LabelSink`; these helpers do the same from a
+whole (y, x) label array, so tests can make stores and COG pieces directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from remote_samsing.outputs import LabelSink, plan_label_store
+from remote_samsing.tiling import Window
+
+
+def open_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None) -> LabelSink:
+    """Create a label store at ``<path>.partial`` (see :func:`plan_label_store`) and return its sink."""
+    sink, create = plan_label_store(labels, path, cog_pieces=cog_pieces)
+    create()
+    return sink
+
+
+def to_label_zarr(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None) -> Path:
+    """Write a chunked (y, x) label DataArray to ``path`` chunk by chunk (and as COG pieces), then commit it."""
+    sink = open_label_store(labels, path, cog_pieces=cog_pieces)
+    values = np.asarray(labels)
+    ys = np.cumsum((0,) + tuple(labels.chunks[0]))
+    xs = np.cumsum((0,) + tuple(labels.chunks[1]))
+    for y0, y1 in zip(ys[:-1], ys[1:]):
+        for x0, x1 in zip(xs[:-1], xs[1:]):
+            sink(values[y0:y1, x0:x1], Window(int(y0), int(y1), int(x0), int(x1)))
+    return sink.commit()
