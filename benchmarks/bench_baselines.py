@@ -54,7 +54,7 @@ def _image_shape(path: Path) -> tuple[int, int]:
 
 
 def _segmenter(name: str, block_px: int):
-    from remote_samsing.segmenters._base import get_segmenter
+    from remote_samsing.segmenters import get_segmenter
 
     if name == "felzenszwalb":
         return get_segmenter("felzenszwalb", **FELZ)

@@ -55,7 +55,8 @@ def _gpu_peaks(client) -> dict:
 
 def _one_cluster(image: Path, ckpt: Path, *, device: str, gpus, n_workers, params: dict, tile: int,
                  padding: int, tmp: Path) -> dict:
-    from remote_samsing.cluster import ClusterConfig, make_client, scheduler_workers
+    from remote_samsing.cluster import ClusterConfig, make_client
+    from remote_samsing.execute import scheduler_workers
     from remote_samsing.config import RunConfig
     from remote_samsing.pipeline import run as run_job
 

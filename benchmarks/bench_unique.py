@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -80,20 +81,23 @@ def merge(side: int, repeats: int) -> dict:
     write_staged(staged, plan)
     times: dict = {"np.unique": [], "sorted": []}
     outputs = {}
-    for _ in range(repeats):
-        for name, func in (("np.unique", _np_unique), ("sorted", unique)):
-            _use(func)
-            out = np.zeros(plan.shape, np.uint32)
+    try:
+        for _ in range(repeats):
+            for name, func in (("np.unique", _np_unique), ("sorted", unique)):
+                _use(func)
+                out = np.zeros(plan.shape, np.uint32)
 
-            def sink(labels, window, out=out):
-                out[window.slices] = labels
+                def sink(labels, window, out=out):
+                    out[window.slices] = labels
 
-            t0 = time.perf_counter()
-            merge_stored(staged, plan=plan, config=MergeConfig(), workdir=os.path.join(work, "spill"), sink=sink,
-                         map_blocks=thread_map(2))
-            times[name].append(time.perf_counter() - t0)
-            outputs[name] = out
-    _use(unique)
+                t0 = time.perf_counter()
+                merge_stored(staged, plan=plan, config=MergeConfig(), workdir=os.path.join(work, "spill"),
+                             sink=sink, map_blocks=thread_map(2))
+                times[name].append(time.perf_counter() - t0)
+                outputs[name] = out
+    finally:
+        _use(unique)
+        shutil.rmtree(work, ignore_errors=True)
     assert np.array_equal(outputs["np.unique"], outputs["sorted"])
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"megapixels": side * side / 1e6, "blocks": plan.n_blocks, "seconds": times,

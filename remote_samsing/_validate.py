@@ -43,21 +43,23 @@ def check_number(
 ) -> float:
     """A real number (not a bool) within the given bounds (``open_*``: bound excluded)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"`{name}` must be a number, got {value!r}")
+        raise ConfigError(f"`{name}` must be a number, got {value!r}", hint=hint)
     v = float(value)
+    if v != v:
+        raise ConfigError(f"`{name}` must be a number, got nan", hint=hint)
     low = minimum is not None and (v <= minimum if open_min else v < minimum)
     high = maximum is not None and (v >= maximum if open_max else v > maximum)
-    if low or high or v != v:
-        lo = "" if minimum is None else ("(" if open_min else "[") + f"{minimum}"
-        hi = "" if maximum is None else f"{maximum}" + (")" if open_max else "]")
-        if minimum is not None and maximum is not None:
-            where = f"in {lo}, {hi}"
-        elif minimum is not None:
-            where = f"{'>' if open_min else '>='} {minimum}"
-        else:
-            where = f"{'<' if open_max else '<='} {maximum}"
-        raise ConfigError(f"`{name}` must be {where}, got {value}", hint=hint)
+    if low or high:
+        raise ConfigError(f"`{name}` must be {_bounds(minimum, maximum, open_min, open_max)}, got {value}", hint=hint)
     return v
+
+
+def _bounds(minimum, maximum, open_min: bool, open_max: bool) -> str:
+    if minimum is not None and maximum is not None:
+        return f"in {'(' if open_min else '['}{minimum}, {maximum}{')' if open_max else ']'}"
+    if minimum is not None:
+        return f"{'>' if open_min else '>='} {minimum}"
+    return f"{'<' if open_max else '<='} {maximum}"
 
 
 def check_bool(name: str, value: Any) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .cluster import DEVICES
+from .segmenters import DEVICES
 from .exceptions import ConfigError, RemoteSamsingError
 from .merge import STRATEGIES
 

@@ -60,10 +60,9 @@ from typing import Any
 
 from ._validate import check_bool, check_choice, check_int, check_number
 from .exceptions import BackendUnavailableError, ConfigError
+from .segmenters import DEVICES, GPU_RESOURCES
 
 __all__ = [
-    "DEVICES",
-    "GPU_RESOURCES",
     "HOUSEKEEPING_INTERVALS",
     "WORKER_MALLOC_ENV",
     "ClusterConfig",
@@ -75,26 +74,16 @@ __all__ = [
     "malloc_trim",
     "plan_cluster",
     "resolve_plan",
-    "scheduler_workers",
-    "segment_resources",
     "trim_memory_plugin",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Resources one GPU segmentation task asks for (and one GPU worker offers).
-GPU_RESOURCES: Mapping[str, float] = {"GPU": 1}
-
-#: Registry names of segmenters whose tasks need ``GPU_RESOURCES``.
-_GPU_SEGMENTERS = frozenset({"sam2"})
 
 #: Peak resident memory of one SAM2 block on CPU workers (5.1-6.7 GB, stack.md §2);
 #: caps the number of CPU workers when SAM2 runs on CPU.
 _SAM2_CPU_WORKER_BYTES = 6 * 2**30
 
 _SCHEMES = ("tcp", "tls", "inproc", "ucx", "ucxx", "ws", "wss")
-#: Where segmenters run: the values of ``device`` (ClusterConfig, RunConfig, ``--device``).
-DEVICES = ("auto", "cuda", "cpu")
 
 
 # ---------------------------------------------------------------------------
@@ -423,31 +412,6 @@ def _dask_cuda_error() -> str | None:
     return None
 
 
-def segment_resources(segmenter: Any) -> dict[str, float] | None:
-    """Worker resources the segmentation tasks of ``segmenter`` ask for.
-
-    Parameters
-    ----------
-    segmenter : str or object
-        A registry name, or a segmenter object; objects declare their needs
-        with a ``resources`` attribute (``SAM2Segmenter.resources == {"GPU": 1}``).
-
-    Returns
-    -------
-    dict or None
-        ``{"GPU": 1}`` for GPU segmenters, None for those that run anywhere.
-
-    Examples
-    --------
-    >>> segment_resources("sam2"), segment_resources("felzenszwalb")
-    ({'GPU': 1}, None)
-    """
-    if isinstance(segmenter, str):
-        return dict(GPU_RESOURCES) if segmenter in _GPU_SEGMENTERS else None
-    req = getattr(segmenter, "resources", None)
-    return dict(req) if req else None
-
-
 # ---------------------------------------------------------------------------
 # the decision
 # ---------------------------------------------------------------------------
@@ -716,20 +680,9 @@ def _connect(config: ClusterConfig):
         ) from None
 
 
-def scheduler_workers(client) -> dict:
-    """Every worker the scheduler knows, by address (its info dict: nthreads, resources, ...).
-
-    ``scheduler_info()`` lists only the first few workers unless given
-    ``n_workers=-1``, which older distributed versions do not accept.
-    """
-    import inspect
-
-    if "n_workers" in inspect.signature(client.scheduler_info).parameters:
-        return client.scheduler_info(n_workers=-1).get("workers", {})
-    return client.scheduler_info().get("workers", {})
-
-
 def _check_gpu_workers(client, address: str, log: Callable[[str], None]) -> None:
+    from .execute import scheduler_workers
+
     workers = scheduler_workers(client)
     if not workers:
         log(
@@ -967,7 +920,7 @@ def make_client(
     config : ClusterConfig
     needs_gpu : bool
         The segmentation tasks are annotated with ``{"GPU": 1}``
-        (:func:`segment_resources`).
+        (:func:`remote_samsing.segmenters.segment_resources`).
     probe : callable, optional
         GPU detection override (tests).
     log : callable, optional

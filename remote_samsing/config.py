@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._validate import check_bool, check_choice, check_int, check_type
-from .cluster import DEVICES
+from .segmenters import DEVICES
 from .exceptions import ConfigError
 from .io import check_percentiles
 from .merge import STRATEGIES

@@ -18,10 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ._validate import check_int
-from .cluster import scheduler_workers
 from .exceptions import ConfigError
 
-__all__ = ["compute", "run_in_phases", "run_in_waves", "threads_of"]
+__all__ = ["compute", "run_in_phases", "run_in_waves", "scheduler_workers", "threads_of"]
 
 #: follow-ups (``run_in_waves(then=...)``) per task while items still wait to run
 _FOLLOW_UPS_PER_TASK = 8
@@ -47,8 +46,16 @@ def compute(x, client, *, progress: bool = False, optimize_graph: bool = True):
     return fut.result()
 
 
+def scheduler_workers(client) -> dict:
+    """Every worker the scheduler knows, by address (its info dict: nthreads, resources, ...).
+
+    ``scheduler_info()`` lists only the first few workers unless asked for all.
+    """
+    return client.scheduler_info(n_workers=-1).get("workers", {})
+
+
 def threads_of(workers: Mapping[str, Any]) -> int:
-    """Worker threads in all, of workers as :func:`~remote_samsing.cluster.scheduler_workers` gives them."""
+    """Worker threads in all, of workers as :func:`scheduler_workers` gives them."""
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
 

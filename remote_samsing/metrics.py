@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import unique
+from ._files import write_atomic, write_json_atomic
 from ._validate import check_choice, check_int
 from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError
 
@@ -972,9 +973,11 @@ def write_report(report: Report, out_json: str | os.PathLike, *, figure: bool = 
             return o.item()
         return o
 
-    out_json.write_text(json.dumps(_clean(report.to_dict()), indent=2))
+    # NaN (a metric with nothing to measure) is null: JSON has no NaN
+    write_json_atomic(out_json, _clean(report.to_dict()))
     md = out_json.with_suffix(".md")
-    md.write_text(report_markdown(report, title=title))
+    text = report_markdown(report, title=title)
+    write_atomic(md, lambda tmp: tmp.write_text(text))
     png = None
     if figure and report._labels is not None and report._gt is not None:
         png = out_json.with_suffix(".png")

@@ -17,6 +17,9 @@ Output directory layout (``run``)::
                            block (the resume state)
       staging/blocks/      one JSON of statistics per finished block, written
                            after its chunk (its existence marks the block done)
+      staging/merge/       the merge's spill folder (removed when it ends)
+      staging/attributes/  per-label segmenter attributes of each block
+      merge_faces.json     per-face merge statistics
       labels.zarr          final labels (y, x) with CRS
       labels.tif           Cloud-Optimized GeoTIFF, nodata 0
       segments.parquet     polygons (when vectors are on)
@@ -47,7 +50,7 @@ import numpy as np
 import xarray as xr
 
 from ._files import write_atomic, write_json_atomic
-from .cluster import malloc_trim, scheduler_workers, segment_resources, trim_memory_plugin
+from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
 from .config import RunConfig
 from .exceptions import (
     BackendUnavailableError,
@@ -56,8 +59,27 @@ from .exceptions import (
     FingerprintMismatchError,
     OutputExistsError,
 )
-from .execute import compute, run_in_phases, run_in_waves, threads_of
-from .io import as_band_yx, check_bands, open_mosaic, prepare_rgb, rgb_band_indices, window_reader
+from .execute import compute, run_in_phases, run_in_waves, scheduler_workers, threads_of
+from .io import (
+    as_band_yx,
+    check_bands,
+    open_labels,
+    open_mosaic,
+    passes_through,
+    prepare_rgb,
+    rgb_band_indices,
+    stretch_limits,
+    window_reader,
+)
+from .merge import (
+    MergeConfig,
+    face_schedule,
+    merge_labels,
+    merge_stored,
+    prepare_workdir,
+    stage_faces,
+    stage_summary,
+)
 from .staging import (
     collect_block_stats,
     create_store,
@@ -68,7 +90,8 @@ from .staging import (
     segment_attributes,
     stage_blocks,
 )
-from .tiling import TilingPlan
+from .segmenters import segment_resources
+from .tiling import TilingPlan, validate_tiling
 
 __all__ = ["segment", "run", "build_graph", "SegmentGraph", "library_versions"]
 
@@ -113,8 +136,6 @@ def _open_input(image, *, bands, nodata, tile_size) -> xr.DataArray:
 
 
 def _merge_config(merge: str, merge_params: dict | None):
-    from .merge import MergeConfig
-
     try:
         return MergeConfig(strategy=merge, **dict(merge_params or {}))
     except TypeError as exc:
@@ -162,8 +183,6 @@ def build_graph(
     segmentation stage with already staged labels (a dask array, or the path
     of a staging Zarr array such as a run's ``staging/labels.zarr``).
     """
-    from .tiling import validate_tiling
-
     validate_tiling(tile_size, padding)
     arr = _open_input(image, bands=bands, nodata=nodata, tile_size=tile_size)
     rgb_band_indices(arr)  # two-band images fail here, before any work
@@ -178,8 +197,6 @@ def build_graph(
         staged = stage_blocks(
             rgba, plan=plan, segmenter=seg, retries=retries, resources=segment_resources(seg)
         )
-    from .merge import merge_labels
-
     # No `valid=` here: staged labels are already 0 on invalid pixels
     # (process_block), and the merge never paints background, so passing the
     # mask would only read and stretch the whole input a second time.
@@ -192,7 +209,7 @@ def build_graph(
         staged=da.from_zarr(os.fspath(staged)) if isinstance(staged, (str, os.PathLike)) else staged,
         labels=labels,
         merge_stats=result.stats,
-        diagnostics=getattr(result, "diagnostics", None),
+        diagnostics=result.diagnostics,
     )
 
 
@@ -269,8 +286,6 @@ def segment(
     cfg = RunConfig(segmenter=segmenter, percentiles=tuple(percentiles), overwrite=overwrite, vectors=False,
                     progress=False, **common)
     run(image, store, config=cfg, client=client)
-    from .io import open_labels
-
     return open_labels(Path(store) / "labels.zarr")
 
 
@@ -373,8 +388,6 @@ def _client_for(cfg: RunConfig, client, *, needs_gpu: bool, log):
         with client.as_current():
             yield client
         return
-    from .cluster import ClusterConfig, make_client
-
     ccfg = ClusterConfig(
         scheduler=cfg.scheduler, device=cfg.device, gpus=tuple(cfg.gpus) if cfg.gpus else None,
         n_workers=cfg.n_workers,
@@ -484,8 +497,6 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
 
 def _start_record(job: _Job) -> None:
     """Step 2: the staging store, the merge's spill folder, and run.json with ``"complete": false``."""
-    from .merge import prepare_workdir
-
     job.outdir.mkdir(parents=True, exist_ok=True)
     create_store(job.staging, job.plan)
     # the merge's spill folder: block summaries are written there as blocks are staged
@@ -544,11 +555,9 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
     window (:class:`~remote_samsing.io.WindowReader`): one task per block and
     no neighbour strips passed between workers, where ``map_overlap`` builds
     the same windows as ~12 tasks per block, and on two cores the
-    scheduler's ~1.5 ms per task is most of a light run. Mosaics that exist
+    scheduler's ~1.7 ms per task (bench_scheduler) is most of a light run. Mosaics that exist
     only in memory go through ``map_overlap``.
     """
-    from .merge import stage_summary
-
     plan, cfg = job.plan, job.cfg
     # each block's merge summary is written by the task that staged it, from the labels in memory
     summarize = functools.partial(stage_summary, plan=plan, config=job.mcfg, workdir=job.staging / "merge")
@@ -569,8 +578,6 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
 
 def _stretch_limits(job: _Job, client) -> np.ndarray:
     """The mosaic's stretch, decided once before any block runs."""
-    from .io import passes_through, stretch_limits
-
     lazy_limits = stretch_limits(job.arr, percentiles=job.cfg.percentiles)
     if passes_through(job.arr):  # no stretch, no pixel read: not worth a round trip to the cluster
         return np.asarray(lazy_limits.compute(scheduler="sync"))
@@ -582,8 +589,6 @@ def _face_follow_ups(job: _Job):
 
     The merge's faces phase then runs behind the segmentation, on workers otherwise idle there.
     """
-    from .merge import face_schedule, stage_faces
-
     ready = face_schedule(job.plan, job.mcfg) if job.mcfg is not None else None
     if ready is None:
         return None
@@ -594,13 +599,12 @@ def _face_follow_ups(job: _Job):
 def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, float]:
     """Step 4: merge the staged blocks into labels.zarr (and the COG's pieces).
 
-    Phase by phase in bounded waves (``merge.merge_stored``): no task graph
-    over all blocks, so the scheduler's and the client's memory does not
-    grow with the mosaic. Returns the written labels, the merge statistics
+    Phase by phase (``merge.merge_stored``), the phases chained on the
+    scheduler (``execute.run_in_phases``): every per-block result goes to
+    disk between phases, so the scheduler's and the client's memory does
+    not grow with the mosaic. Returns the written labels, the merge statistics
     for run.json, the largest label and the seconds.
     """
-    from .io import open_labels
-    from .merge import merge_stored
     from .outputs import plan_label_store
 
     plan, outdir = job.plan, job.outdir

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import unique
+from ._files import write_atomic
 from ._validate import check_int, check_number
 from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError
 
@@ -368,15 +369,13 @@ def _driver_for(out: Path, driver: str | None) -> str:
 def _write(gdf, out: Path, driver: str, layer: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if driver.lower() in ("parquet", "geoparquet"):
-        gdf.to_parquet(out, index=False)
+        write_atomic(out, lambda tmp: gdf.to_parquet(tmp, index=False))
         return
     kwargs: dict[str, Any] = {"engine": "pyogrio", "driver": driver}
     if driver.upper() == "GPKG":
         kwargs["layer"] = layer
-    if out.exists():
-        out.unlink()
     # Polygon and MultiPolygon share one layer; GPKG/Shapefile need one type.
-    gdf.to_file(out, promote_to_multi=True, geometry_type="MultiPolygon", **kwargs)
+    write_atomic(out, lambda tmp: gdf.to_file(tmp, promote_to_multi=True, geometry_type="MultiPolygon", **kwargs))
 
 
 # long only for its docstring: the body calls one function per step of the module docstring

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from remote_samsing.cluster import (
-    DEVICES,
     ClusterConfig,
     ClusterPlan,
     GPUInfo,
@@ -29,9 +28,9 @@ from remote_samsing.cluster import (
     make_client,
     malloc_trim,
     plan_cluster,
-    segment_resources,
 )
 from remote_samsing.exceptions import BackendUnavailableError, ConfigError
+from remote_samsing.segmenters import DEVICES
 
 GiB = 2**30
 TWO_GPUS = [GPUInfo(index=0, name="A", uuid="GPU-aaaa"), GPUInfo(index=1, name="B", uuid="GPU-bbbb")]
@@ -119,19 +118,6 @@ def test_detect_gpus_real_probe_runs_here():
 
 def test_gpuinfo_str():
     assert str(GPUInfo(index=1, name="NVIDIA H100", memory_bytes=80 * GiB)) == "1 (NVIDIA H100, 80 GiB)"
-
-
-def test_segment_resources():
-    class GPUSeg:
-        resources = {"GPU": 1}
-
-        def segment(self, block, *, block_info):  # pragma: no cover - never called
-            return block[..., 0]
-
-    assert segment_resources("sam2") == {"GPU": 1}
-    assert segment_resources("felzenszwalb") is None
-    assert segment_resources(GPUSeg()) == {"GPU": 1}
-    assert segment_resources(object()) is None
 
 
 # ---------------------------------------------------------------------------

@@ -817,7 +817,7 @@ def test_out_of_core_merge_uses_faces_computed_ahead(tmp_path, strategy, remove_
 def test_ranking_merged_ids_step_by_step_equals_a_global_sort():
     """The relabel's sequential ids: the stepwise ranking (bounded memory)
     gives exactly each id's rank among all blocks' distinct ids."""
-    from remote_samsing.merge._solve import _rank_gids
+    from remote_samsing.merge._solve import rank_ids
     from remote_samsing.tiling import block_label_offset
 
     rng = np.random.default_rng(0)
@@ -828,7 +828,7 @@ def test_ranking_merged_ids_step_by_step_equals_a_global_sort():
             n = int(rng.integers(0, 50))
             owners, local = rng.integers(0, n_blocks, n), rng.integers(1, 20, n)
             gids.append(np.array([block_label_offset(o) | v for o, v in zip(owners, local)], np.uint64))
-        *ranks, n_ids = _rank_gids(gids, owners_per_step=int(rng.integers(1, 300)))
+        *ranks, n_ids = rank_ids(gids, owners_per_step=int(rng.integers(1, 300)))
         everything = np.unique(np.concatenate(gids)) if gids else np.empty(0, np.uint64)
         assert n_ids == everything.size
         for g, r in zip(gids, ranks):

@@ -114,15 +114,17 @@ class StoredSlot:
         return z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx]
 
 
-def _load(slot):
+def load_slot(slot):
+    """The staged chunk: read now if it is a :class:`StoredSlot`, else as given."""
     return slot.load() if isinstance(slot, StoredSlot) else slot
 
 
 def _cat64(parts) -> np.ndarray:
     return np.concatenate(parts).astype(np.uint64, copy=False) if parts else np.empty(0, np.uint64)
 
+
 # ---------------------------------------------------------------------------
-# 1. summary: the one step that reads a block's pixels besides the relabel
+# summary: the one step besides the relabel that reads a block's pixels
 # ---------------------------------------------------------------------------
 def _summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
     from .. import _merge_nb as nb
@@ -181,9 +183,9 @@ def _summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
     return info, strips, vbits
 
 
-def _summarize_split(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
+def summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
     """:func:`_summarize`, split into what the faces read and what the relabel reads."""
-    info, strips, vbits = _summarize(_load(slot), valid, plan=plan, index=index, cfg=cfg)
+    info, strips, vbits = _summarize(load_slot(slot), valid, plan=plan, index=index, cfg=cfg)
     early = {k: info[k] for k in _EARLY if k in info}
     early["strips"] = strips
     late = {k: info[k] for k in _LATE if k in info}
@@ -255,8 +257,9 @@ def _enclosure_candidates(idx, values, areas, plan, index, cfg):
         "nb_m": _to_local(nm.astype(np.int64), values),
     }
 
+
 # ---------------------------------------------------------------------------
-# 2. faces: the links between two neighbouring blocks
+# faces: the links between two neighbouring blocks (the seam decision)
 # ---------------------------------------------------------------------------
 def _seam_sides(off):
     return ("right", "left") if off == (0, 1) else ("bottom", "top")
@@ -362,7 +365,8 @@ def _block_cands(info):
     return info["offset"], info["cand"]
 
 
-def _block_removed(info, piece, *, min_area: int):
+def island_flags(info, piece, *, min_area: int):
+    """Per foreground component of a block: removed as a small island (the global solve decides those on seams)."""
     removed = info["comp_sizes"] < min_area
     removed[0] = False
     local, flags = piece
@@ -370,7 +374,7 @@ def _block_removed(info, piece, *, min_area: int):
     return removed
 
 
-def _block_faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeConfig):
+def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeConfig):
     """Every face a block owns: overlap links, and seam contacts for the post-processing."""
     links_a, links_b, stats, comp_a, comp_b, adj_s, adj_d = [], [], [], [], [], [], []
     for off, other in zip(offsets, others):
@@ -398,7 +402,7 @@ def _block_faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: 
     return out
 
 
-def _block_faces_comps(own, others, *, offsets):
+def faces_comps(own, others, *, offsets):
     """Foreground-component links across the seams a block owns (island rule)."""
     pa, pb = [], []
     for off, other in zip(offsets, others):
@@ -408,7 +412,7 @@ def _block_faces_comps(own, others, *, offsets):
     return {"comp_pairs": (_cat64(pa), _cat64(pb)), "seam_nodes": _seam_nodes(own)}
 
 
-def _block_faces_reference(own, rem, others, rems, *, index, neighbours, offsets, strategy, min_contact):
+def faces_reference(own, rem, others, rems, *, index, neighbours, offsets, strategy, min_contact):
     """The reference's line-contact pairs on the seams a block owns."""
     la, lb, stats = [], [], []
     for off, other, rem_o, nb in zip(offsets, others, rems, neighbours):
@@ -419,8 +423,9 @@ def _block_faces_reference(own, rem, others, rems, *, index, neighbours, offsets
         stats.append(st)
     return {"links": (_cat64(la), _cat64(lb)), "stats": stats}
 
+
 # ---------------------------------------------------------------------------
-# 4. final ids of one block
+# final ids of one block
 # ---------------------------------------------------------------------------
 def _block_final(info, removed, piece):
     """Surviving block labels (as indices) and their merged pre-relabel ids."""
@@ -442,32 +447,29 @@ def _block_final(info, removed, piece):
     return {"idx": surv, "gids": gids, "n_before": int(present.size), "islands_removed": n_removed}
 
 
-def _final_task(late, removed, pieces, *, min_area: int):
+def final_ids(late, removed, pieces, *, min_area: int):
     """Surviving labels of one block and their merged ids (see :func:`_block_final`)."""
     island_piece, merge_piece = pieces if pieces is not None else (None, None)
     if removed is None and island_piece is not None:
-        removed = _block_removed(late, island_piece, min_area=min_area)
+        removed = island_flags(late, island_piece, min_area=min_area)
     fin = _block_final(late, removed, merge_piece)
     fin["removed"] = removed
     return fin
 
-# ---------------------------------------------------------------------------
-# 5. relabel
-# ---------------------------------------------------------------------------
-def _block_lut(info, fin, ranks):
-    lut = np.zeros(info["n_idx"], np.uint32)
-    lut[fin["idx"]] = ranks
-    return lut
 
-
-def _block_codes(info, piece):
+# ---------------------------------------------------------------------------
+# relabel
+# ---------------------------------------------------------------------------
+def codes_table(info, piece):
+    """The seam-diagnostics code of each of a block's labels (1 linked, 2 absorbed; 0 untouched)."""
     codes = np.zeros(info["n_idx"], np.uint8)
     if piece is not None and piece[0].size:
         codes[_to_idx(piece[0], info["values"])] = piece[2]
     return codes
 
 
-def _apply(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: bool = False):
+def apply_table(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: bool = False):
+    """A block's core relabelled through ``lut`` (0 on removed islands; code 3 there with ``diagnostics``)."""
     from .. import _merge_nb as nb
 
     core = _core(slot, vbits, plan=plan, index=index)
@@ -484,13 +486,3 @@ def _apply(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: b
     out = np.empty(idx.shape, np.uint32)
     nb.apply_lut(idx, comps, removed if use_comps else np.zeros(1, bool), lut, out)
     return out
-
-
-def _apply_task(slot, late, fin, ranks, *, plan: TilingPlan, index):
-    lut = _block_lut(late, fin, ranks)
-    return _apply(_load(slot), late["vbits"], fin["removed"], lut, plan=plan, index=index)
-
-
-def _apply_codes_task(slot, late, fin, pieces, *, plan: TilingPlan, index):
-    codes = _block_codes(late, pieces[1] if pieces is not None else None)
-    return _apply(_load(slot), late["vbits"], fin["removed"], codes, plan=plan, index=index, diagnostics=True)

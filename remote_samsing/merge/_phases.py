@@ -104,40 +104,40 @@ def _reads_relabel(index, *, extra: tuple):
 # the phases' functions: route the block and global steps' inputs and outputs
 # ---------------------------------------------------------------------------
 def _summarize(index, slot, valid=None, *, plan: TilingPlan, cfg: MergeConfig):
-    return b._summarize_split(slot, valid, plan=plan, index=tuple(index), cfg=cfg)
+    return b.summarize(slot, valid, plan=plan, index=tuple(index), cfg=cfg)
 
 
 def _comps(index, own, *others, plan: TilingPlan):
     offs, _ = b.owned_faces(plan, tuple(index), b.SEAM_OFFSETS)
-    return (b._block_faces_comps(own, list(others), offsets=offs),)
+    return (b.faces_comps(own, list(others), offsets=offs),)
 
 
 def _islands(comps, *, plan: TilingPlan, cfg: MergeConfig):
-    return (s._solve_islands_blocks(comps, n_blocks=plan.n_blocks, min_area=cfg.min_mask_area),)
+    return (s.solve_islands(comps, n_blocks=plan.n_blocks, min_area=cfg.min_mask_area),)
 
 
 def _faces(index, *values, plan: TilingPlan, cfg: MergeConfig):
     index = tuple(index)
     if cfg.strategy == "overlap":
         offs, _ = b.owned_faces(plan, index, b.FACE_OFFSETS)
-        return (b._block_faces_overlap(values[0], list(values[1:]), plan=plan, index=index, offsets=offs, cfg=cfg),)
+        return (b.faces_overlap(values[0], list(values[1:]), plan=plan, index=index, offsets=offs, cfg=cfg),)
     offs, nbs = b.owned_faces(plan, index, b.SEAM_OFFSETS)
     if cfg.islands:  # (summary, island flags) per block: the reference removes islands first
         infos = values[::2]
-        removed = [b._block_removed(i, p, min_area=cfg.min_mask_area) for i, p in zip(infos, values[1::2])]
+        removed = [b.island_flags(i, p, min_area=cfg.min_mask_area) for i, p in zip(infos, values[1::2])]
     else:
         infos, removed = values, [None] * len(values)
-    return (b._block_faces_reference(infos[0], removed[0], list(infos[1:]), removed[1:], index=index,
+    return (b.faces_reference(infos[0], removed[0], list(infos[1:]), removed[1:], index=index,
                                      neighbours=nbs, offsets=offs, strategy=cfg.strategy,
                                      min_contact=int(cfg.min_contact_pixels)),)
 
 
 def _solve(faces, *, plan: TilingPlan, cfg: MergeConfig, faces_path: str | None):
-    *pieces, stats = s._solve_blocks(faces, n_blocks=plan.n_blocks, cfg=cfg)
+    *pieces, stats = s.solve(faces, n_blocks=plan.n_blocks, cfg=cfg)
     if faces_path is not None:
         # per-face statistics grow with the mosaic: to a file, not through the client
         write_json_atomic(faces_path, stats["faces"], indent=None)
-        stats["face_totals"] = s._face_totals(stats.pop("faces"))
+        stats["face_totals"] = s.face_totals(stats.pop("faces"))
     return pieces, stats
 
 
@@ -145,8 +145,8 @@ def _final(index, late, *rest, cfg: MergeConfig, merged: bool):
     pieces = rest[0] if merged else None
     removed = None
     if cfg.strategy in REFERENCE_STRATEGIES and cfg.islands:
-        removed = b._block_removed(late, rest[-1], min_area=cfg.min_mask_area)
-    fin = b._final_task(late, removed, pieces, min_area=cfg.min_mask_area)
+        removed = b.island_flags(late, rest[-1], min_area=cfg.min_mask_area)
+    fin = b.final_ids(late, removed, pieces, min_area=cfg.min_mask_area)
     # the distinct merged ids and the inverse: what the ranking needs, computed here per block
     ids, inverse = unique(fin["gids"], return_inverse=True)
     report = {"n_before": fin["n_before"], "islands_removed": fin["islands_removed"]}
@@ -154,7 +154,7 @@ def _final(index, late, *rest, cfg: MergeConfig, merged: bool):
 
 
 def _ids(gids):
-    *ranks, n_ids = s._rank_gids(gids)
+    *ranks, n_ids = s.rank_ids(gids)
     return ranks, n_ids
 
 
@@ -164,12 +164,12 @@ def _relabel(index, slot, late, final, ranks, *, plan: TilingPlan):
         return np.zeros(plan.core_window(index).shape, np.uint32)
     lut = np.zeros(late["n_idx"], np.uint32)
     lut[final["idx"]] = ranks
-    return b._apply(b._load(slot), late["vbits"], final["removed"], lut, plan=plan, index=index)
+    return b.apply_table(b.load_slot(slot), late["vbits"], final["removed"], lut, plan=plan, index=index)
 
 
 def _diagnostics(index, slot, late, final, pieces=None, *, plan: TilingPlan):
-    codes = b._block_codes(late, pieces[1] if pieces is not None else None)
-    return b._apply(b._load(slot), late["vbits"], final["removed"], codes, plan=plan, index=tuple(index),
+    codes = b.codes_table(late, pieces[1] if pieces is not None else None)
+    return b.apply_table(b.load_slot(slot), late["vbits"], final["removed"], codes, plan=plan, index=tuple(index),
                     diagnostics=True)
 
 
@@ -221,8 +221,8 @@ def merge_phases(plan: TilingPlan, cfg: MergeConfig, *, valid: bool = False, fac
 def merge_statistics(solve, finals, n_ids: int, *, cfg: MergeConfig, faces_path: str | None = None) -> dict:
     """The merge's statistics from the reports of the solve (None without one), the finals and the ids."""
     if solve is None:
-        solve = {"face_totals": s._face_totals([])} if faces_path is not None else {"faces": []}
-    return s._collect_stats(solve, finals, int(n_ids), strategy=cfg.strategy)
+        solve = {"face_totals": s.face_totals([])} if faces_path is not None else {"faces": []}
+    return s.collect_stats(solve, finals, int(n_ids), strategy=cfg.strategy)
 
 
 def check_inputs(staged, plan, config, valid):

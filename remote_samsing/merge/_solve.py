@@ -17,7 +17,7 @@ _LOCAL_MASK = np.uint64((1 << LOCAL_BITS) - 1)
 
 
 # ---------------------------------------------------------------------------
-# 3. island rule and union-find
+# island rule and union-find
 # ---------------------------------------------------------------------------
 def _split_by_block(gids: np.ndarray, n_blocks: int, *arrays):
     """Split rows sorted by gid into one piece per block (local ids + arrays)."""
@@ -40,7 +40,7 @@ def _union(nodes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return parent
 
 
-def _solve_islands(comp_pairs, seam_nodes, *, n_blocks: int, min_area: int):
+def _islands_of(comp_pairs, seam_nodes, *, n_blocks: int, min_area: int):
     """Which foreground components touching a seam belong to a small island."""
     nodes = np.concatenate([n for n, _ in seam_nodes]) if seam_nodes else np.empty(0, np.uint64)
     sizes = np.concatenate([s for _, s in seam_nodes]) if seam_nodes else np.empty(0, np.int64)
@@ -54,8 +54,9 @@ def _solve_islands(comp_pairs, seam_nodes, *, n_blocks: int, min_area: int):
     return tuple(_split_by_block(nodes, n_blocks, removed))
 
 
-def _solve_islands_blocks(faces, *, n_blocks: int, min_area: int):
-    return _solve_islands([f["comp_pairs"] for f in faces], [f["seam_nodes"] for f in faces],
+def solve_islands(faces, *, n_blocks: int, min_area: int):
+    """The island rule over every block's seam components; one piece per block."""
+    return _islands_of([f["comp_pairs"] for f in faces], [f["seam_nodes"] for f in faces],
                           n_blocks=n_blocks, min_area=min_area)
 
 
@@ -149,14 +150,14 @@ def _absorb_enclosed(nodes, parent, root_gid, cands, adj, *, cfg: MergeConfig):
     return int(abs_roots.size), cg[hit], resolved[cp[hit]]
 
 
-def _solve_blocks(faces, *, n_blocks: int, cfg: MergeConfig):
+def solve(faces, *, n_blocks: int, cfg: MergeConfig):
     """The one global task: island rule (overlap strategy) and union-find; pieces per block.
 
     Returns ``n_blocks`` pieces ``(island piece or None, merge piece)`` and a
     statistics dict (with every face's statistics, in block order).
     """
     if cfg.strategy == "overlap" and cfg.islands:
-        islands = _solve_islands_blocks(faces, n_blocks=n_blocks, min_area=cfg.min_mask_area)
+        islands = solve_islands(faces, n_blocks=n_blocks, min_area=cfg.min_mask_area)
     else:
         islands = (None,) * n_blocks
     links = [f["links"] for f in faces]
@@ -166,10 +167,11 @@ def _solve_blocks(faces, *, n_blocks: int, cfg: MergeConfig):
     stats["faces"] = [st for f in faces for st in f["stats"]]
     return tuple(zip(islands, pieces)) + (stats,)
 
+
 # ---------------------------------------------------------------------------
-# 4. ranks: merged ids to 1..N
+# ranks: merged ids to 1..N
 # ---------------------------------------------------------------------------
-def _rank_gids(gids: list, *, owners_per_step: int = 256) -> tuple:
+def rank_ids(gids: list, *, owners_per_step: int = 256) -> tuple:
     """Sequential ids 1..N: each block's merged ids ranked among all blocks' (per-block arrays), and N.
 
     ``gids`` holds each block's merged ids, or ``(sorted unique ids, inverse)``.
@@ -196,14 +198,16 @@ def _rank_gids(gids: list, *, owners_per_step: int = 256) -> tuple:
         total += int(step.size)
     return tuple(r[inv.ravel()] for r, (_, inv) in zip(ranks, uniq)) + (total,)
 
+
 # ---------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------
-def _face_totals(faces) -> dict:
+def face_totals(faces) -> dict:
+    """Sums of the per-face statistics."""
     return {k: sum(f[k] for f in faces) for k in ("candidates", "links", "refused")}
 
 
-def _collect_stats(solve_stats, finals, n_ids, *, strategy: str):
+def collect_stats(solve_stats, finals, n_ids, *, strategy: str):
     """Per-face and total statistics; ``n_ids``: the number of merged ids.
 
     ``solve_stats`` has the per-face list (``"faces"``) or, when the solve
@@ -214,7 +218,7 @@ def _collect_stats(solve_stats, finals, n_ids, *, strategy: str):
         faces, face_sums = None, solve_stats["face_totals"]
     else:
         faces = list(solve_stats.get("faces", []))
-        face_sums = _face_totals(faces)
+        face_sums = face_totals(faces)
     totals = {
         **face_sums,
         "labels_before": sum(f["n_before"] for f in finals),

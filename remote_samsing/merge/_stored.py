@@ -250,6 +250,7 @@ def _in_order(map_blocks):
     return map_phases
 
 
+# long only for its docstring: the body builds the phase tasks and hands them to the executor
 def merge_stored(
     staged: str | os.PathLike,
     *,

@@ -28,7 +28,15 @@ import numpy as np
 
 from ..exceptions import ConfigError
 
-__all__ = ["Segmenter", "register_segmenter", "get_segmenter", "available_segmenters", "validate_segmenter"]
+__all__ = ["Segmenter", "register_segmenter", "get_segmenter", "available_segmenters", "validate_segmenter",
+           "DEVICES", "GPU_RESOURCES", "segment_resources"]
+
+#: Where segmenters run: the values of ``device`` (RunConfig, ClusterConfig, ``--device``).
+DEVICES = ("auto", "cuda", "cpu")
+#: Resources one GPU segmentation task asks for (and one GPU worker offers).
+GPU_RESOURCES: Mapping[str, float] = {"GPU": 1}
+# registry names of segmenters whose tasks need GPU_RESOURCES (known before building them)
+_GPU_SEGMENTERS = frozenset({"sam2"})
 
 
 @runtime_checkable
@@ -130,3 +138,28 @@ def validate_segmenter(obj: Any) -> Segmenter:
             hint="pass a registered name such as 'felzenszwalb' or an object with that method",
         )
     return obj
+
+
+def segment_resources(segmenter: Any) -> dict[str, float] | None:
+    """Worker resources the segmentation tasks of ``segmenter`` ask for.
+
+    Parameters
+    ----------
+    segmenter : str or object
+        A registry name, or a segmenter object; objects declare their needs
+        with a ``resources`` attribute (``SAM2Segmenter.resources == {"GPU": 1}``).
+
+    Returns
+    -------
+    dict or None
+        ``{"GPU": 1}`` for GPU segmenters, None for those that run anywhere.
+
+    Examples
+    --------
+    >>> segment_resources("sam2"), segment_resources("felzenszwalb")
+    ({'GPU': 1}, None)
+    """
+    if isinstance(segmenter, str):
+        return dict(GPU_RESOURCES) if segmenter in _GPU_SEGMENTERS else None
+    req = getattr(segmenter, "resources", None)
+    return dict(req) if req else None

@@ -53,7 +53,7 @@ import numpy as np
 
 from .._files import write_atomic
 from .._validate import check_bool, check_int, check_number
-from ..cluster import DEVICES
+from ._base import DEVICES, GPU_RESOURCES
 from ..exceptions import BackendUnavailableError, CheckpointError, ConfigError, InputError
 from ..multipass import MultipassConfig, MultipassResult, run_multipass
 
@@ -505,7 +505,7 @@ class SAM2Segmenter:
     @property
     def resources(self) -> dict[str, float] | None:
         """Dask worker resources its tasks ask for: one GPU unless pinned to the CPU."""
-        return None if self.device == "cpu" else {"GPU": 1}
+        return None if self.device == "cpu" else dict(GPU_RESOURCES)
 
     def describe(self) -> dict[str, Any]:
         """Parameters for run.json (paths and numbers only)."""

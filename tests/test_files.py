@@ -1,0 +1,78 @@
+"""Atomic writes: a reader sees the old file or the whole new one, and no temporary file stays."""
+
+import json
+
+import numpy as np
+import pytest
+
+from remote_samsing._files import replace_path, temporary_name, write_atomic, write_json_atomic
+
+
+def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    p = tmp_path / "state.txt"
+    p.write_text("old")
+    seen = []
+
+    def write(tmp):
+        seen.append(tmp)
+        assert p.read_text() == "old"  # the old file stays in place while the new one is written
+        tmp.write_text("new")
+
+    assert write_atomic(p, write) == p
+    assert p.read_text() == "new"
+    assert seen[0] != p and seen[0].parent == tmp_path
+    assert [q.name for q in tmp_path.iterdir()] == ["state.txt"]
+
+
+def test_write_atomic_keeps_the_old_file_when_the_writer_raises(tmp_path):
+    p = tmp_path / "state.txt"
+    p.write_text("old")
+
+    def write(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomic(p, write)
+    assert p.read_text() == "old"
+    assert list(tmp_path.glob("*.partial")) == []
+    assert [q.name for q in tmp_path.iterdir()] == ["state.txt"]
+
+
+def test_write_json_atomic_writes_numpy_values_as_numbers_and_lists(tmp_path):
+    data = {"n": np.int64(3), "x": np.float32(0.5), "a": np.arange(3, dtype=np.uint32), "t": (1, 2)}
+    p = write_json_atomic(tmp_path / "a.json", data)
+    assert json.loads(p.read_text()) == {"n": 3, "x": 0.5, "a": [0, 1, 2], "t": [1, 2]}
+    assert "\n  " in p.read_text()  # indent=2 by default
+    write_json_atomic(p, {"a": np.array([[1, 2]]), "b": 1}, indent=None)
+    assert p.read_text() == '{"a": [[1, 2]], "b": 1}'
+
+
+def test_replace_path_replaces_files_and_folders_and_creates_missing_targets(tmp_path):
+    new_file, old_file = tmp_path / "new.txt", tmp_path / "out.txt"
+    new_file.write_text("new")
+    old_file.write_text("old")
+    assert replace_path(new_file, old_file) == old_file
+    assert old_file.read_text() == "new" and not new_file.exists()
+
+    new_dir, old_dir = tmp_path / "new.zarr", tmp_path / "out.zarr"
+    (new_dir / "sub").mkdir(parents=True)
+    (new_dir / "sub" / "a").write_text("a")
+    (old_dir / "stale").mkdir(parents=True)
+    (old_dir / "stale" / "b").write_text("b")
+    replace_path(new_dir, old_dir)
+    assert sorted(str(q.relative_to(old_dir)) for q in old_dir.rglob("*")) == ["sub", "sub/a"]
+    assert not new_dir.exists()
+
+    (tmp_path / "fresh.tmp").write_text("fresh")
+    replace_path(tmp_path / "fresh.tmp", tmp_path / "missing.txt")
+    assert (tmp_path / "missing.txt").read_text() == "fresh" and not (tmp_path / "fresh.tmp").exists()
+
+
+def test_temporary_name_is_a_unique_sibling(tmp_path):
+    p = tmp_path / "labels.zarr"
+    names = {temporary_name(p) for _ in range(100)}
+    assert len(names) == 100
+    for t in names:
+        assert t.parent == tmp_path and t.name.startswith("labels.zarr.") and t.name.endswith(".partial")
+    assert temporary_name(str(p)).parent == tmp_path  # a str path too
