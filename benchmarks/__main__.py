@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 
 SUITE = [
-    "bench_scheduler", "bench_pipeline", "bench_merge", "bench_unique", "bench_multipass", "bench_scaling",
-    "bench_baselines", "bench_gpu",
+    "bench_scheduler", "bench_pipeline", "bench_merge", "bench_merge_quality", "bench_unique", "bench_multipass",
+    "bench_scaling", "bench_baselines", "bench_gpu",
 ]
 
 

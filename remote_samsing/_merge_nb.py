@@ -13,6 +13,7 @@ from numba import njit
 
 __all__ = [
     "union_find",
+    "union_find_mutex",
     "enclosure_pairs",
     "label_comp_pairs",
     "apply_lut",
@@ -51,6 +52,67 @@ def union_find(a, b, out):
         elif rb < ra:
             out[ra] = rb
     for i in range(out.shape[0]):
+        out[i] = _find(out, i)
+
+
+@njit(cache=True, nogil=True)
+def union_find_mutex(a, b, order, g_node, g_group, n_groups, out, refused):
+    """Union-find with mutual exclusions: the edges in ``order``, each refused where it would join
+    two clusters that hold members of one exclusion group.
+
+    An exclusion group is a set of nodes no two of which may share a cluster
+    (the mutex watershed's repulsive edges, Wolf et al. 2018,
+    https://arxiv.org/abs/1805.12279, kept here as groups instead of pairs);
+    ``(g_node[j], g_group[j])`` says node ``g_node[j]`` belongs to group
+    ``g_group[j]`` (groups ``0..n_groups-1``). ``out`` must hold ``arange(n)``
+    on entry; on return ``out[i]`` is the root of node ``i`` (the smallest
+    index of its cluster) and ``refused[k]`` is True for each refused edge.
+    """
+    n = out.shape[0]
+    m = g_node.shape[0]
+    # each root's groups as a linked list of entries: head, tail, next
+    head = np.full(n, -1, np.int64)
+    tail = np.full(n, -1, np.int64)
+    nxt = np.full(m, -1, np.int64)
+    for j in range(m):
+        v = g_node[j]
+        if head[v] < 0:
+            head[v] = j
+        else:
+            nxt[tail[v]] = j
+        tail[v] = j
+    stamp = np.zeros(n_groups, np.int64)
+    tick = 0
+    for k in order:
+        ra = _find(out, a[k])
+        rb = _find(out, b[k])
+        if ra == rb:
+            continue
+        if head[ra] >= 0 and head[rb] >= 0:
+            tick += 1
+            e = head[ra]
+            while e >= 0:
+                stamp[g_group[e]] = tick
+                e = nxt[e]
+            e = head[rb]
+            clash = False
+            while e >= 0:
+                if stamp[g_group[e]] == tick:
+                    clash = True
+                    break
+                e = nxt[e]
+            if clash:
+                refused[k] = True
+                continue
+        lo, hi = (ra, rb) if ra < rb else (rb, ra)
+        out[hi] = lo
+        if head[hi] >= 0:  # the merged cluster holds both lists
+            if head[lo] < 0:
+                head[lo] = head[hi]
+            else:
+                nxt[tail[lo]] = head[hi]
+            tail[lo] = tail[hi]
+    for i in range(n):
         out[i] = _find(out, i)
 
 

@@ -11,6 +11,7 @@ from scipy import ndimage
 from remote_samsing._reference import reference_merge, reference_pipeline, reference_postprocess
 from remote_samsing.exceptions import ConfigError, InputError
 from remote_samsing.merge import MergeConfig, merge_labels
+from remote_samsing.testing import shaped_partition, touching_labels
 from remote_samsing.tiling import TilingPlan
 
 CROSS = ndimage.generate_binary_structure(2, 1)
@@ -114,20 +115,6 @@ def gridded_blobs(shape, *, cell, seed, density=0.5):
     img[(np.arange(shape[0]) + oy) % cell == 0, :] = False
     img[:, (np.arange(shape[1]) + ox) % cell == 0] = False
     return img
-
-
-def touching_labels(shape, *, n_seeds, seed, hole_frac=0.1):
-    """Touching, 4-connected labels (nearest-seed regions) with some background."""
-    rng = np.random.default_rng(seed)
-    seeds = np.zeros(shape, np.int64)
-    ys, xs = rng.integers(0, shape[0], n_seeds), rng.integers(0, shape[1], n_seeds)
-    seeds[ys, xs] = np.arange(1, n_seeds + 1)
-    _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-    lab = seeds[iy, ix]
-    lab[rng.random(shape) < hole_frac] = 0
-    from skimage.measure import label
-
-    return label(lab, background=0, connectivity=1).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -834,3 +821,269 @@ def test_ranking_merged_ids_step_by_step_equals_a_global_sort():
         for g, r in zip(gids, ranks):
             assert r.dtype == np.uint32
             np.testing.assert_array_equal(r, np.searchsorted(everything, g) + 1)
+
+
+# ---------------------------------------------------------------------------
+# exact wherever the windows agree, whatever the objects' size and shape
+# ---------------------------------------------------------------------------
+def _components(window):
+    """The segmenter whose windows agree: 4-connected components of the partition in the window."""
+    from skimage.measure import label
+
+    return label(window, background=0, connectivity=1)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_tiled_equals_untiled_for_any_object_size_and_shape(seed):
+    rng = np.random.default_rng(100 + seed)
+    shape = (int(rng.integers(60, 140)), int(rng.integers(60, 140)))
+    tile = int(rng.integers(12, 40))
+    padding = int(rng.integers(1, tile // 2 + 1))
+    truth = shaped_partition(shape, seed=seed)
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    staged = stage_from_function(truth, plan, _components)
+    got, stats = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
+    assert_same_partition(got, truth)
+    assert stats["totals"]["excluded"] == 0 and stats["totals"]["split_by_a"] == stats["totals"]["split_by_b"] == 0
+    cfg = dict(min_mask_area=8, merge_enclosed_max_area=25)
+    got, _ = run_merge(staged, plan, **cfg)
+    assert_same_partition(got, postprocess_whole(truth, MergeConfig(**cfg)))
+
+
+@pytest.mark.parametrize("threshold", [40, 55, 70])
+@pytest.mark.parametrize("tile,padding", [(37, 1), (64, 8), (97, 20)])
+def test_thresholded_real_scene_is_rebuilt_exactly(data_dir, threshold, tile, padding):
+    """Connected components of a real scene's bright regions (objects far larger than the padding)."""
+    import rasterio
+
+    with rasterio.open(data_dir / "neon_osbs.tif") as f:
+        grey = f.read().mean(axis=0)
+    img = grey > np.percentile(grey, threshold)
+    plan = TilingPlan(shape=img.shape, tile_size=tile, padding=padding)
+    staged = stage_from_function(img, plan, lambda w: ndimage.label(w, structure=CROSS)[0])
+    got, _ = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
+    assert_same_partition(got, ndimage.label(img, structure=CROSS)[0])
+    if padding < 10:  # the first-generation rule compares whole fragments inside the strip: it splits some
+        old, _ = run_merge(staged, plan, strategy="iou", remove_small=False, absorb_enclosed=False)
+        assert old.max() > got.max()
+
+
+def test_u_shape_whose_arms_join_outside_one_window_is_one_object():
+    """The left block sees two separate pieces of one object (their connection lies beyond its
+    window); the right block sees them joined. The left block's view of each piece agrees with
+    the right's, so both link."""
+    plan = TilingPlan(shape=(40, 60), tile_size=20, padding=8)
+    truth = np.zeros(plan.shape, np.int64)
+    truth[5:31, 13:15] = 1  # first arm, in the left core
+    truth[30:32, 13:37] = 1  # joined below ...
+    truth[10:32, 35:37] = 1  # ... and up on the right, beyond the left window (x < 28)
+    truth[10:12, 17:37] = 1  # back to the left
+    truth[10:26, 17:19] = 1  # second arm, in the left core
+    staged = stage_from_function(truth, plan, _components)
+    assert _components(truth[plan.padded_window((0, 0)).slices]).max() == 2  # two pieces for the left block
+    got, stats = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
+    assert_same_partition(got, truth)
+    assert stats["totals"]["excluded"] == 0
+    # comparing whole fragments inside the strip refuses the smaller piece
+    old, _ = run_merge(staged, plan, strategy="iou", remove_small=False, absorb_enclosed=False)
+    assert old.max() == 2
+
+
+# ---------------------------------------------------------------------------
+# where windows disagree: never worse than the worst single window
+# ---------------------------------------------------------------------------
+def _pair_fusing(truth, plan, *, parity):
+    """Staged labels of windows that each fuse a different pair of neighbouring true objects:
+    window (iy, ix) fuses objects k and k + 1 where k has the window's parity (true objects are
+    numbered along a row)."""
+    sy, sx = plan.slot_shape
+    out = np.zeros(plan.staging_shape, np.uint32)
+    for iy, ix in plan.block_ids():
+        w = plan.padded_window((iy, ix))
+        t = truth[w.slices].copy()
+        p = (iy + ix + parity) % 2
+        fused = np.where((t > 0) & ((t - 1) % 2 == p), t + 1, t)  # k (with k - 1 = p mod 2) joins k + 1
+        out[iy * sy : iy * sy + w.shape[0], ix * sx : ix * sx + w.shape[1]] = _rank(fused)
+    return da.from_array(out, chunks=plan.slot_shape)
+
+
+def _most_true_objects(got, truth):
+    pairs = np.unique(np.stack([got[truth > 0], truth[truth > 0]]), axis=1)
+    pairs = pairs[:, pairs[0] > 0]
+    return int(np.bincount(pairs[0]).max())
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_windows_fusing_alternating_pairs_do_not_chain(parity, diagonal):
+    plan = TilingPlan(shape=(60, 120), tile_size=20, padding=6)
+    truth = np.zeros(plan.shape, np.int64)
+    # touching vertical stripes 4 px wide, numbered left to right (diagonal: slanted stripes)
+    yy, xx = np.mgrid[: plan.shape[0], : plan.shape[1]]
+    truth[:] = ((xx + (yy if diagonal else 0)) // 4) + 1
+    staged = _pair_fusing(truth, plan, parity=parity)
+    got, stats = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
+    assert _most_true_objects(got, truth) <= 2
+    assert stats["totals"]["split_by_a"] + stats["totals"]["split_by_b"] > 0
+    # the first-generation rule chains them
+    old, _ = run_merge(staged, plan, strategy="iou", remove_small=False, absorb_enclosed=False)
+    assert _most_true_objects(old, truth) >= _most_true_objects(got, truth)
+
+
+def test_big_segments_seen_by_each_window_do_not_make_a_mega_segment():
+    """Each window sees one big segment over its own core and small tiles elsewhere."""
+    plan = TilingPlan(shape=(80, 100), tile_size=20, padding=6)
+    yy, xx = np.mgrid[: plan.shape[0], : plan.shape[1]]
+    truth = (yy // 5) * 100 + (xx // 5) + 1  # a field of 5 px tiles
+    sy, sx = plan.slot_shape
+    staged = np.zeros(plan.staging_shape, np.uint32)
+    for iy, ix in plan.block_ids():
+        w = plan.padded_window((iy, ix))
+        t = truth[w.slices].copy()
+        core = plan.core_in_padded((iy, ix))
+        t[core.slices] = truth.max() + 1  # the big segment
+        staged[iy * sy : iy * sy + w.shape[0], ix * sx : ix * sx + w.shape[1]] = _rank(t)
+    got, _ = run_merge(da.from_array(staged, chunks=plan.slot_shape), plan, remove_small=False,
+                       absorb_enclosed=False)
+    sizes = np.bincount(got.ravel())[1:]
+    assert sizes.max() <= max(plan.core_window(i).shape[0] * plan.core_window(i).shape[1] for i in plan.block_ids())
+
+
+def _seam_det(out, truth, plan):
+    """Det@0.5 (greedy oracle) and SS-Det@0.5, in %, of the true objects with pixels in two or more cores."""
+    from remote_samsing._arrays import unique_pairs
+    from remote_samsing.metrics import greedy_oracle
+
+    owner = np.zeros(truth.shape, np.int64)
+    for k, idx in enumerate(plan.block_ids()):
+        owner[plan.core_window(idx).slices] = k
+    fg = truth > 0
+    t, _, _ = unique_pairs(truth[fg].astype(np.int64), owner[fg])
+    seam = np.unique(t[1:][t[1:] == t[:-1]])
+    both = (out > 0) & fg
+    pt, po, n = unique_pairs(truth[both].astype(np.int64), out[both].astype(np.int64))
+    seg, obj = np.bincount(out.ravel()), np.bincount(truth.ravel())
+    det = ss = 0
+    for o in seam:
+        sel = pt == o
+        _, iou = greedy_oracle(n[sel], seg[po[sel]], int(obj[o]))
+        det += iou >= 0.5
+        ss += sel.any() and (n[sel] / (seg[po[sel]] + obj[o] - n[sel])).max() >= 0.5
+    return 100.0 * det / seam.size, 100.0 * ss / seam.size, seam.size
+
+
+def _tiled_vs_one_window(truth, image, *, tile, padding, seeds):
+    from remote_samsing.testing import SAMLikeWindows, stage_windows
+    from remote_samsing.tiling import Window
+
+    plan = TilingPlan(shape=truth.shape, tile_size=tile, padding=padding)
+    drops = []
+    for seed in seeds:
+        seg = SAMLikeWindows(truth=truth, image=image, seed=seed)
+        staged = da.from_array(stage_windows(plan, seg), chunks=plan.slot_shape)
+        got, _ = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
+        one = seg(Window(0, truth.shape[0], 0, truth.shape[1]))
+        det, ss, n = _seam_det(got, truth, plan)
+        det1, ss1, _ = _seam_det(one, truth, plan)
+        drops.append((n, det1 - det, ss1 - ss))
+    n = sum(d[0] for d in drops)
+    return n, sum(d[0] * d[1] for d in drops) / n, sum(d[0] * d[2] for d in drops) / n
+
+
+def test_sam_like_disagreement_keeps_seam_objects_as_one_window_does():
+    """A stand-in for SAM2 (not SAM2): objects with window-dependent boundary jitter, misses and
+    splits; seam-crossing objects are detected tiled as in one window over the whole mosaic."""
+    truth = touching_labels((320, 320), n_seeds=60, seed=4, hole_frac=0.0)
+    truth[ndimage.binary_dilation(ndimage.morphological_gradient(truth, size=2) > 0)] = 0  # gaps between objects
+    n, det_drop, ss_drop = _tiled_vs_one_window(truth, None, tile=96, padding=16, seeds=range(3))
+    assert n >= 60
+    assert det_drop <= 1.0 and ss_drop <= 1.0
+
+
+@pytest.mark.shared
+def test_sam_like_disagreement_on_real_buildings(shared_data):
+    """The same on kampala-b's buildings over its imagery (Felzenszwalb stuff between them), T = 256, P = 32."""
+    import rasterio
+
+    from remote_samsing.metrics import load_ground_truth
+
+    scene = shared_data / "kampala-b"
+    with rasterio.open(scene / "mosaic_B_z21_epsg3857.tif") as f:
+        image = np.moveaxis(f.read(), 0, -1)
+        truth = load_ground_truth(scene / "labels.geojson", shape=image.shape[:2], crs=f.crs,
+                                  transform=f.transform).instances
+    n, det_drop, ss_drop = _tiled_vs_one_window(truth, image, tile=256, padding=32, seeds=range(3))
+    assert n >= 100
+    assert abs(det_drop) <= 1.0 and abs(ss_drop) <= 1.0
+
+
+def test_a_split_both_windows_saw_is_not_undone_by_a_chain_elsewhere():
+    """Block (0, 1) splits a square in two along a diagonal; the other three blocks see it whole.
+    Its two halves each link to the whole square through a different face, but the halves are an
+    exclusion group (the other blocks' pieces overlap both inside (0, 1)'s window): the second
+    link is refused, counted on its face and coded 4 in the diagnostics."""
+    plan = TilingPlan(shape=(40, 40), tile_size=20, padding=6)
+    truth = np.zeros(plan.shape, np.int64)
+    truth[8:32, 8:32] = 1
+    yy, xx = np.mgrid[:40, :40]
+    sy, sx = plan.slot_shape
+    staged = np.zeros(plan.staging_shape, np.uint32)
+    for iy, ix in plan.block_ids():
+        w = plan.padded_window((iy, ix))
+        t = truth[w.slices].copy()
+        if (iy, ix) == (0, 1):
+            t[(t == 1) & ((yy + xx)[w.slices] >= 37)] = 2
+        staged[iy * sy : iy * sy + w.shape[0], ix * sx : ix * sx + w.shape[1]] = t
+    res = merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan,
+                       config=MergeConfig(remove_small=False, absorb_enclosed=False, diagnostics=True))
+    got, diag, stats = dask.compute(res.labels, res.diagnostics, res.stats, scheduler="sync")
+    assert got.max() == 2  # the whole square, and block (0, 1)'s second half
+    assert stats["totals"]["excluded"] == 1
+    assert sum(f["excluded"] for f in stats["faces"]) == 1
+    refused = diag == 4
+    assert set(np.unique(got[refused]).tolist()) == {1, 2}  # both ends of the refused link
+    # the first-generation rule has no exclusions: the chain joins both halves
+    old, _ = run_merge(da.from_array(staged, chunks=plan.slot_shape), plan, strategy="iou", remove_small=False,
+                       absorb_enclosed=False)
+    assert old.max() == 1
+
+
+def _union_find_mutex_reference(a, b, order, members, groups, n):
+    """Plain Python: clusters as sets, a link refused when both clusters hold a member of one group."""
+    cluster = {i: {i} for i in range(n)}
+    of = list(range(n))
+    group_of = {}
+    for m, g in zip(members, groups):
+        group_of.setdefault(m, set()).add(g)
+    refused = np.zeros(len(a), bool)
+    for k in order:
+        x, y = of[a[k]], of[b[k]]
+        if x == y:
+            continue
+        gx = set().union(*(group_of.get(i, set()) for i in cluster[x]))
+        gy = set().union(*(group_of.get(i, set()) for i in cluster[y]))
+        if gx & gy:
+            refused[k] = True
+            continue
+        lo, hi = min(x, y), max(x, y)
+        for i in cluster[hi]:
+            of[i] = lo
+        cluster[lo] |= cluster.pop(hi)
+    return np.array(of), refused
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_union_find_mutex_kernel_matches_its_reference(seed):
+    from remote_samsing._merge_nb import union_find_mutex
+
+    rng = np.random.default_rng(seed)
+    n, m, k = int(rng.integers(2, 40)), int(rng.integers(0, 60)), int(rng.integers(0, 30))
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    order = rng.permutation(m)
+    members = rng.integers(0, n, k)
+    groups = rng.integers(0, max(1, k // 3), k)
+    parent, refused = np.arange(n), np.zeros(m, bool)
+    union_find_mutex(a, b, order, members, groups, int(groups.max() + 1) if k else 0, parent, refused)
+    want_parent, want_refused = _union_find_mutex_reference(a, b, order, members, groups, n)
+    np.testing.assert_array_equal(parent, want_parent)
+    np.testing.assert_array_equal(refused, want_refused)

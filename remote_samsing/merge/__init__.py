@@ -11,17 +11,39 @@ Strategies (``MergeConfig.strategy``)
 ``"overlap"`` (default)
     For each pair of neighbouring blocks (4 edge and 4 corner neighbours) take
     the region both padded windows cover (the ``2·padding`` strip around the
-    seam, or the ``2P × 2P`` square at a corner). A *candidate* pair is a
-    fragment ``a`` of block A and ``b`` of block B that overlap there, where
-    ``a`` has pixels in A's core part of the region and ``b`` in B's. The pair
-    is linked when the IoU of A's view of ``a`` and B's view of ``b`` inside
-    the shared region is **strictly above** ``min_iou`` (default 0.5). That is
-    the anti-chaining guard: IoU > 0.5 implies the intersection holds more
-    than half of each segment, so a fragment can link at most one partner per
-    face; segments that merely touch at the seam (no overlap) never link, and
-    a small fragment cannot link to a large one whose view disagrees with it.
-    Candidates that are not linked count as *refused* in the statistics.
-    Needs ``padding > 0``.
+    seam, or the ``2P × 2P`` square at a corner) and cut each block's labels
+    there into *pieces*: the 4-connected runs of one label inside the region,
+    as that window sees them. The evidence is piece against piece:
+
+    * **links**: a piece of A and a piece of B whose IoU is **strictly above**
+      ``min_iou`` (default 0.5) link their labels (candidates: labels with
+      pixels in their own block's core part of the region). Where both windows
+      segmented the same object the pieces coincide, whatever the object's
+      shape outside the region, so every segmentation whose windows agree is
+      rebuilt exactly, objects of any size included: two pieces of one label
+      of A that match two labels of B mean that A saw a connection beyond B's
+      window, and both link. IoU > 0.5 gives a piece at most one partner.
+    * **exclusions**: a single piece of one side that overlaps two or more
+      labels of the other is a split both windows saw (the piece lies in
+      both windows); the splitting side's labels form an *exclusion group*,
+      and separate evidence wins: no chain of links, through any face, may
+      put two labels of one group into one object.
+
+    One union-find over all links, strongest (highest IoU) first, refuses
+    every link that would join two clusters holding labels of one exclusion
+    group (the repulsive edges of the mutex watershed, Wolf et al. 2018,
+    https://arxiv.org/abs/1805.12279, kept as groups). Statistics per face:
+    ``candidates``, ``links``, ``refused`` (candidates below ``min_iou``),
+    ``excluded`` (links refused by an exclusion), ``split_by_a`` /
+    ``split_by_b`` (exclusion groups each side's split made). Needs
+    ``padding > 0``.
+``"iou"``
+    The first-generation overlap rule, kept for comparison: whole fragments
+    instead of pieces (A's view of ``a`` against B's view of ``b`` in the
+    shared region, linked when their IoU is above ``min_iou``), no
+    exclusions. An object whose parts connect outside one window looks like
+    two fragments to that window, and the smaller is refused, so large
+    objects can stay split at seams.
 ``"best_match"``, ``"mutual_best"``, ``"min_contact"``
     The reference's rules (osmarluiz/sam-mosaic,
     ``merge/discontinuity.py``; ``shared/design/reference.md`` §1.8),
@@ -41,7 +63,7 @@ Strategies (``MergeConfig.strategy``)
 
 Post-processing (switchable; not applied with ``"none"``)
 ----------------------------------------------------------
-absorb_enclosed (``"overlap"`` only)
+absorb_enclosed (``"overlap"`` and ``"iou"``)
     A merged object of at most ``merge_enclosed_max_area`` pixels whose
     4-neighbours outside itself all belong to one other object (no
     background, no nodata, not on the mosaic border) is relabelled to that
@@ -66,7 +88,7 @@ caller passes in):
 
 1. ``summarize``, per block (reads one staged chunk): core crop, foreground
    components, label areas, small-label contacts, the core edge lines and
-   (``"overlap"``) the shared-region crops for the neighbours. Its output is
+   (``"overlap"``, ``"iou"``) the shared-region crops for the neighbours. Its output is
    split in two: what the faces read and what the relabel reads.
 2. (reference strategies with island removal) ``comps`` per block and
    ``islands`` once: the island rule, solved before the merge as the
@@ -75,8 +97,8 @@ caller passes in):
    lower corners): candidate pairs and links, seam contacts. **The seam
    decision is made here** (``_blocks._face_overlap`` and
    ``_blocks._face_reference``).
-4. ``solve``, once: the island rule and union-find (numba) over the links,
-   then the enclosed-object rule; the table mapping pre-merge ids to merged
+4. ``solve``, once: the island rule and union-find (numba) over the links
+   (``"overlap"``: with the exclusion groups), then the enclosed-object rule; the table mapping pre-merge ids to merged
    ids is split per block, so each block only ever receives its part.
 5. ``final``, per block: surviving merged ids; ``ids``, once: their ranks
    1..N (the sorted union of merged ids, in steps of owner blocks), split per
@@ -101,7 +123,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ._config import REFERENCE_STRATEGIES, STRATEGIES, MergeConfig, MergeResult
+from ._config import OVERLAP_STRATEGIES, REFERENCE_STRATEGIES, STRATEGIES, MergeConfig, MergeResult
 from ._lazy import merge_labels
 from ._phases import Phase, merge_phases
 from ._stored import face_schedule, merge_stored, prepare_workdir, stage_faces, stage_summary, thread_map
@@ -109,6 +131,7 @@ from ._stored import face_schedule, merge_stored, prepare_workdir, stage_faces, 
 __all__ = [
     "MergeConfig",
     "MergeResult",
+    "OVERLAP_STRATEGIES",
     "Phase",
     "REFERENCE_STRATEGIES",
     "STRATEGIES",

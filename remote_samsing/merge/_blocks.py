@@ -169,7 +169,7 @@ def _summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
     if cfg.absorb:
         info["cand"] = _enclosure_candidates(idx, values, areas, plan, index, cfg)
     strips = None
-    if cfg.strategy == "overlap":
+    if cfg.overlapping:
         pw = plan.padded_window(index)
         padded = np.asarray(slot)[: pw.shape[0], : pw.shape[1]]
         strips = {}
@@ -324,6 +324,74 @@ def _face_overlap(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: f
     return (oa | pa[link], ob | pb[link]), stats
 
 
+def _runs(labels: np.ndarray):
+    """4-connected runs of equal non-zero labels: each label's pieces as one window sees them."""
+    from skimage.measure import label
+
+    runs, n = label(labels, background=0, connectivity=1, return_num=True)
+    of = np.zeros(n + 1, labels.dtype)
+    of[runs.ravel()] = labels.ravel()
+    return runs, of, np.bincount(runs.ravel(), minlength=n + 1)
+
+
+def _exclusions(pieces: np.ndarray, labels: np.ndarray):
+    """Labels of one side that a single piece of the other side overlaps, grouped per piece
+    (only pieces that overlap two or more): ``(member labels, group index)``."""
+    pu, lu, _ = unique_pairs(pieces.astype(np.uint64), labels.astype(np.uint64))
+    first = np.ones(pu.size, bool)
+    first[1:] = pu[1:] != pu[:-1]
+    group = np.cumsum(first) - 1
+    size = np.bincount(group)
+    keep = size[group] >= 2
+    _, local = np.unique(group[keep], return_inverse=True)
+    return lu[keep], local.astype(np.int64), int(keep.any() and local.max() + 1)
+
+
+def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: float):
+    """Links and exclusions from the region both blocks saw, piece by piece.
+
+    Each block's labels are cut into their 4-connected pieces inside the
+    shared region. A piece of A and a piece of B whose IoU is above
+    ``min_iou`` link their labels: where both windows segmented the same
+    object the pieces coincide, whatever the object's shape outside the
+    region (two pieces of one label of A may each match a different label of
+    B: A saw the connection, outside B's window, that B could not). A piece
+    of one side that overlaps two or more labels of the other is a split
+    both windows saw: the splitting side's labels become an exclusion group
+    that no chain of links may join.
+    """
+    stats = {"blocks": [list(a), list(b)], "kind": _FACE_KIND[off], "candidates": 0, "links": 0, "refused": 0,
+             "split_by_a": 0, "split_by_b": 0}
+    none = {"links": (np.empty(0, np.uint64), np.empty(0, np.uint64)), "weights": np.empty(0),
+            "groups": (np.empty(0, np.uint64), np.empty(0, np.int64)), "n_groups": 0}
+    if strips_a[off][2] is None or strips_b[(-off[0], -off[1])][2] is None:
+        return none, stats  # one side saw no labels there: no evidence
+    la = _unpack(strips_a[off])
+    lb = _unpack(strips_b[(-off[0], -off[1])])
+    shared = _intersect(plan.padded_window(a), plan.padded_window(b))
+    pres_a = unique(la[_intersect(plan.core_window(a), shared).relative_to(shared).slices])
+    pres_b = unique(lb[_intersect(plan.core_window(b), shared).relative_to(shared).slices])
+    ra, of_a, area_a = _runs(la)
+    rb, of_b, area_b = _runs(lb)
+    both = (ra > 0) & (rb > 0)
+    pa, pb, inter = unique_pairs(ra[both].astype(np.int64), rb[both].astype(np.int64))
+    if pa.size == 0:
+        return none, stats
+    iou = inter / (area_a[pa] + area_b[pb] - inter)
+    fa, fb = of_a[pa], of_b[pb]
+    cand = np.isin(fa, pres_a) & np.isin(fb, pres_b)
+    link = cand & (iou > min_iou)
+    oa, ob = _offset(plan, a), _offset(plan, b)
+    ma, ga, n_a = _exclusions(pb, fa)  # a piece of B over several labels of A: A's split
+    mb, gb, n_b = _exclusions(pa, fb)  # and the other way round
+    stats.update(candidates=int(cand.sum()), links=int(link.sum()), refused=int((cand & ~link).sum()),
+                 split_by_a=n_a, split_by_b=n_b)
+    return {"links": (oa | fa[link].astype(np.uint64), ob | fb[link].astype(np.uint64)), "weights": iou[link],
+            "groups": (np.concatenate([oa | ma.astype(np.uint64), ob | mb.astype(np.uint64)]),
+                       np.concatenate([ga, gb + n_a])),
+            "n_groups": n_a + n_b}, stats
+
+
 def _face_reference(info_a, info_b, rem_a, rem_b, *, a, b, off, strategy: str, min_contact: int):
     """The reference's pair selection on the two pixel lines at one seam."""
     sa, sb = _seam_sides(off)
@@ -375,12 +443,22 @@ def island_flags(info, piece, *, min_area: int):
 
 
 def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeConfig):
-    """Every face a block owns: overlap links, and seam contacts for the post-processing."""
+    """Every face a block owns: overlap links (and exclusions), and seam contacts for the post-processing."""
     links_a, links_b, stats, comp_a, comp_b, adj_s, adj_d = [], [], [], [], [], [], []
-    for off, other in zip(offsets, others):
+    weights, faces, g_members, g_index, n_groups = [], [], [], [], 0
+    for k, (off, other) in enumerate(zip(offsets, others)):
         nb = (index[0] + off[0], index[1] + off[1])
-        (la, lb), st = _face_overlap(own["strips"], other["strips"], plan=plan, a=index, b=nb, off=off,
-                                     min_iou=float(cfg.min_iou))
+        kw = dict(plan=plan, a=index, b=nb, off=off, min_iou=float(cfg.min_iou))
+        if cfg.strategy == "iou":
+            (la, lb), st = _face_overlap(own["strips"], other["strips"], **kw)
+        else:
+            ev, st = _face_evidence(own["strips"], other["strips"], **kw)
+            (la, lb), w = ev["links"], ev["weights"]
+            weights.append(w)
+            faces.append(np.full(w.size, k, np.int64))
+            g_members.append(ev["groups"][0])
+            g_index.append(ev["groups"][1] + n_groups)
+            n_groups += ev["n_groups"]
         links_a.append(la)
         links_b.append(lb)
         stats.append(st)
@@ -393,6 +471,10 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
                 adj_s.append(adj[0])
                 adj_d.append(adj[1])
     out = {"links": (_cat64(links_a), _cat64(links_b)), "stats": stats}
+    if cfg.strategy == "overlap":
+        out["weights"] = np.concatenate(weights) if weights else np.empty(0)
+        out["faces"] = np.concatenate(faces) if faces else np.empty(0, np.int64)
+        out["groups"] = (_cat64(g_members), np.concatenate(g_index) if g_index else np.empty(0, np.int64), n_groups)
     if cfg.islands:
         out["comp_pairs"] = (_cat64(comp_a), _cat64(comp_b))
         out["seam_nodes"] = _seam_nodes(own)

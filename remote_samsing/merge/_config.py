@@ -7,10 +7,12 @@ from typing import Any
 
 from .._validate import check_bool, check_choice, check_int, check_number
 
-__all__ = ["MergeConfig", "MergeResult", "STRATEGIES", "REFERENCE_STRATEGIES"]
+__all__ = ["MergeConfig", "MergeResult", "STRATEGIES", "OVERLAP_STRATEGIES", "REFERENCE_STRATEGIES"]
 
 #: Accepted values of ``MergeConfig.strategy``.
-STRATEGIES = ("overlap", "best_match", "mutual_best", "min_contact", "none")
+STRATEGIES = ("overlap", "iou", "best_match", "mutual_best", "min_contact", "none")
+#: The strategies that compare the two blocks' views of their shared region.
+OVERLAP_STRATEGIES = ("overlap", "iou")
 #: The strategies that reproduce osmarluiz/sam-mosaic's seam merge exactly.
 REFERENCE_STRATEGIES = ("best_match", "mutual_best", "min_contact")
 
@@ -22,17 +24,17 @@ class MergeConfig:
     Parameters
     ----------
     strategy : str
-        ``"overlap"`` (default), ``"best_match"``, ``"mutual_best"``,
+        ``"overlap"`` (default), ``"iou"``, ``"best_match"``, ``"mutual_best"``,
         ``"min_contact"`` or ``"none"``; see the module docstring.
     min_contact_pixels : int
         ``"min_contact"`` only: least contact (pixels along one seam line)
         that links two labels. The reference's default is 20.
     min_iou : float
-        ``"overlap"`` only: a candidate pair links when its IoU inside the
+        ``"overlap"`` and ``"iou"``: a candidate pair links when its IoU inside the
         shared region is strictly above this, in [0.5, 1). Values >= 0.5
         guarantee at most one partner per fragment and face.
     absorb_enclosed : bool
-        Absorb small enclosed objects into their encloser (``"overlap"``).
+        Absorb small enclosed objects into their encloser (``"overlap"``, ``"iou"``).
     merge_enclosed_max_area : int
         Largest object (pixels) that can be absorbed.
     remove_small : bool
@@ -68,7 +70,12 @@ class MergeConfig:
 
     @property
     def absorb(self) -> bool:
-        return bool(self.absorb_enclosed) and self.strategy == "overlap"
+        return bool(self.absorb_enclosed) and self.strategy in OVERLAP_STRATEGIES
+
+    @property
+    def overlapping(self) -> bool:
+        """The strategy compares the two blocks' views of their shared region."""
+        return self.strategy in OVERLAP_STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,9 @@ class MergeResult:
         ``totals``.
     diagnostics : dask.array.Array or None
         (H, W) uint8: 0 untouched, 1 fragment linked across a seam,
-        2 absorbed into its encloser, 3 removed as a small island.
+        2 absorbed into its encloser, 3 removed as a small island, 4 a
+        fragment whose link was refused by an exclusion (``"overlap"``: the
+        two windows disagreed and the split one of them saw wins).
     """
 
     labels: Any

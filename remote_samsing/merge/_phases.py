@@ -118,7 +118,7 @@ def _islands(comps, *, plan: TilingPlan, cfg: MergeConfig):
 
 def _faces(index, *values, plan: TilingPlan, cfg: MergeConfig):
     index = tuple(index)
-    if cfg.strategy == "overlap":
+    if cfg.overlapping:
         offs, _ = b.owned_faces(plan, index, b.FACE_OFFSETS)
         return (b.faces_overlap(values[0], list(values[1:]), plan=plan, index=index, offsets=offs, cfg=cfg),)
     offs, nbs = b.owned_faces(plan, index, b.SEAM_OFFSETS)
@@ -203,7 +203,7 @@ def merge_phases(plan: TilingPlan, cfg: MergeConfig, *, valid: bool = False, fac
                    P("islands", part(_islands, plan=plan, cfg=cfg), part(_reads_all, name="comps"), ("islands",),
                      per_block=False)]
     if merged:
-        offsets = b.FACE_OFFSETS if cfg.strategy == "overlap" else b.SEAM_OFFSETS
+        offsets = b.FACE_OFFSETS if cfg.overlapping else b.SEAM_OFFSETS
         phases += [P("faces", part(_faces, plan=plan, cfg=cfg),
                      part(_reads_neighbours, plan=plan, offsets=offsets, with_islands=islands_first), ("faces",)),
                    P("solve", part(_solve, plan=plan, cfg=cfg, faces_path=faces_path),
@@ -265,9 +265,9 @@ def check_inputs(staged, plan, config, valid):
             raise InputError(f"`valid` must be a boolean mask, got {valid.dtype}")
         if valid.chunks != plan.chunks:
             valid = valid.rechunk(plan.chunks)
-    if config.strategy == "overlap" and plan.padding == 0 and plan.n_blocks > 1:
+    if config.overlapping and plan.padding == 0 and plan.n_blocks > 1:
         raise ConfigError(
-            "merge strategy `overlap` needs padding > 0: blocks without a shared halo give no overlap evidence",
+            f"merge strategy `{config.strategy}` needs padding > 0: blocks without a shared halo give no overlap evidence",
             hint="set padding (e.g. 50) or use merge='min_contact'",
         )
     return staged, valid

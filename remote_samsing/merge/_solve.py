@@ -7,6 +7,8 @@ block, so every block's later step receives only its own part.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .._arrays import unique, unique_pairs
@@ -68,14 +70,18 @@ def _root_of(g: np.ndarray, nodes: np.ndarray, root_gid: np.ndarray) -> np.ndarr
     return np.where(found, root_gid[pos], g)
 
 
-def _solve_merge(links, cands, adj, *, n_blocks: int, cfg: MergeConfig):
-    """Union-find over the links, then the enclosed-object rule; split per block."""
+def _solve_merge(links, cands, adj, *, n_blocks: int, cfg: MergeConfig, union=None):
+    """Union-find over the links (``union(nodes, a, b)``, default plain), then the enclosed-object
+    rule; split per block."""
     a = np.concatenate([l_[0] for l_ in links]) if links else np.empty(0, np.uint64)
     b = np.concatenate([l_[1] for l_ in links]) if links else np.empty(0, np.uint64)
     nodes = unique(np.concatenate([a, b])).astype(np.uint64)
-    parent = _union(nodes, a, b)
+    parent, refused = (union or _union_plain)(nodes, a, b)
     root_gid = nodes[parent]
-    gids, finals, codes = [nodes], [root_gid], [np.ones(nodes.size, np.uint8)]
+    codes = np.ones(nodes.size, np.uint8)
+    if refused is not None:  # a fragment with a link refused by an exclusion
+        codes[refused] = 4
+    gids, finals, codes = [nodes], [root_gid], [codes]
     n_absorbed = 0
     if cfg.absorb and cands:
         absorbed = _absorb_enclosed(nodes, parent, root_gid, cands, adj, cfg=cfg)
@@ -156,16 +162,64 @@ def solve(faces, *, n_blocks: int, cfg: MergeConfig):
     Returns ``n_blocks`` pieces ``(island piece or None, merge piece)`` and a
     statistics dict (with every face's statistics, in block order).
     """
-    if cfg.strategy == "overlap" and cfg.islands:
+    if cfg.overlapping and cfg.islands:
         islands = solve_islands(faces, n_blocks=n_blocks, min_area=cfg.min_mask_area)
     else:
         islands = (None,) * n_blocks
     links = [f["links"] for f in faces]
     cands = [f["cands"] for f in faces if "cands" in f]
     adj = [f["adj"] for f in faces if "adj" in f]
-    *pieces, stats = _solve_merge(links, cands, adj, n_blocks=n_blocks, cfg=cfg)
-    stats["faces"] = [st for f in faces for st in f["stats"]]
+    face_stats = [st for f in faces for st in f["stats"]]
+    union = _union_plain
+    if cfg.strategy == "overlap":
+        excluded = np.zeros(len(face_stats), np.int64)
+        union = functools.partial(_union_excluding, faces=faces, excluded=excluded)
+    *pieces, stats = _solve_merge(links, cands, adj, n_blocks=n_blocks, cfg=cfg, union=union)
+    if cfg.strategy == "overlap":
+        for st, n in zip(face_stats, excluded):
+            st["excluded"] = int(n)
+    stats["faces"] = face_stats
     return tuple(zip(islands, pieces)) + (stats,)
+
+
+def _union_plain(nodes: np.ndarray, a: np.ndarray, b: np.ndarray):
+    return _union(nodes, a, b), None
+
+
+def _union_excluding(nodes: np.ndarray, a: np.ndarray, b: np.ndarray, *, faces, excluded: np.ndarray):
+    """Union-find over the faces' links, strongest (highest IoU) first, refusing every link that
+    would join two clusters holding labels of one exclusion group; counts the refusals per face
+    into ``excluded``. Returns the parents and the node indices of refused links."""
+    from .. import _merge_nb as nb
+
+    weights = np.concatenate([f["weights"] for f in faces]) if faces else np.empty(0)
+    # each link's face, numbered as the faces' statistics are listed
+    starts = np.cumsum([0] + [len(f["stats"]) for f in faces])[:-1]
+    face_of = np.concatenate([f["faces"] + s for f, s in zip(faces, starts)]) if faces else np.empty(0, np.int64)
+    members, group, n_groups = _exclusion_groups(faces, nodes)
+    ai, bi = np.searchsorted(nodes, a).astype(np.int64), np.searchsorted(nodes, b).astype(np.int64)
+    order = np.lexsort((bi, ai, -weights)).astype(np.int64)
+    parent = np.arange(nodes.size, dtype=np.int64)
+    refused = np.zeros(a.size, bool)
+    nb.union_find_mutex(ai, bi, order, members, group, n_groups, parent, refused)
+    excluded += np.bincount(face_of[refused], minlength=excluded.size)
+    return parent, np.concatenate([ai[refused], bi[refused]])
+
+
+def _exclusion_groups(faces, nodes: np.ndarray):
+    """Every face's exclusion groups, numbered globally, as (node index, group) pairs; members that
+    no link touches are dropped (nothing can join them)."""
+    members, group, base = [], [], 0
+    for f in faces:
+        m, g, n = f["groups"]
+        members.append(m)
+        group.append(g + base)
+        base += n
+    m = np.concatenate(members) if members else np.empty(0, np.uint64)
+    g = np.concatenate(group) if group else np.empty(0, np.int64)
+    pos = np.minimum(np.searchsorted(nodes, m), max(nodes.size - 1, 0))
+    known = nodes[pos] == m if nodes.size else np.zeros(m.size, bool)
+    return pos[known].astype(np.int64), g[known].astype(np.int64), base
 
 
 # ---------------------------------------------------------------------------
@@ -203,8 +257,10 @@ def rank_ids(gids: list, *, owners_per_step: int = 256) -> tuple:
 # statistics
 # ---------------------------------------------------------------------------
 def face_totals(faces) -> dict:
-    """Sums of the per-face statistics."""
-    return {k: sum(f[k] for f in faces) for k in ("candidates", "links", "refused")}
+    """Sums of the per-face statistics (the exclusion counts only where the strategy has them)."""
+    keys = ["candidates", "links", "refused"]
+    keys += [k for k in ("excluded", "split_by_a", "split_by_b") if faces and k in faces[0]]
+    return {k: sum(f[k] for f in faces) for k in keys}
 
 
 def collect_stats(solve_stats, finals, n_ids, *, strategy: str):

@@ -156,7 +156,7 @@ def _ahead_offsets(cfg: MergeConfig):
     (the reference strategies' island solve) or there are none (``"none"``)."""
     if cfg.strategy == "none" or (cfg.strategy in REFERENCE_STRATEGIES and cfg.islands):
         return None
-    return FACE_OFFSETS if cfg.strategy == "overlap" else SEAM_OFFSETS
+    return FACE_OFFSETS if cfg.overlapping else SEAM_OFFSETS
 
 
 def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | os.PathLike) -> bool:
