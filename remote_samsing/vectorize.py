@@ -24,11 +24,22 @@ Algorithm
 4. **Georeference last.** The pixel-space geometries are mapped through the
    raster's affine transform in one vectorised call; identical pixel corners
    map to identical coordinates, so shared boundaries stay exact.
-5. **Attributes in true metres.** ``area_m2``/``perimeter_m`` are planar
-   (times the CRS unit factor) for projected CRSs, and geodesic on the CRS'
-   ellipsoid (:meth:`pyproj.Geod.geometry_area_perimeter`) for geographic CRSs
-   and for the Mercator family (EPSG:3857/3395), whose planar metres are
-   not ground metres away from the equator.
+5. **Attributes in true metres.** ``area_m2`` is the area enclosed by the
+   exterior ring(s) minus the holes, and ``perimeter_m`` is the total length
+   of *every* ring, exterior and interior (holes), summed over the parts of a
+   MultiPolygon. Both mean the same in every CRS:
+
+   * metric projected CRSs (UTM, Lambert conformal, Albers, ...): planar, in
+     the CRS' own plane, times the CRS unit factor (feet -> metres);
+   * geographic CRSs (EPSG:4326, ...) and distorting projected CRSs (the
+     Mercator family, e.g. EPSG:3857/3395, and world cylindrical or
+     pseudo-cylindrical projections, see :func:`_needs_geodesic`), whose
+     planar units are not ground metres: geodesic on the CRS' ellipsoid.
+     Projected coordinates are first transformed to lon/lat of the CRS'
+     geodetic CRS; every ring's edges are then taken as geodesics and its
+     length and |area| computed per ring with
+     :meth:`pyproj.Geod.polygon_area_perimeter` (independent of ring
+     orientation), holes' areas subtracted.
 
 Unlike the reference (``osmarluiz/sam-mosaic: vectorize/polygonize.py``),
 polygons are not simplified one by one (which opens gaps between
@@ -268,8 +279,83 @@ def _is_mercator(pcrs) -> bool:
     return "mercator" in method and "transverse" not in method
 
 
+# World-scale (pseudo-)cylindrical projections: their planar metres are not
+# ground metres (lengths, and for most also areas, distort with latitude).
+_WORLD_METHODS = (
+    "equidistant cylindrical",
+    "plate carr",
+    "miller",
+    "cylindrical equal area",
+    "mollweide",
+    "sinusoidal",
+    "robinson",
+    "equal earth",
+    "eckert",
+)
+
+
+def _needs_geodesic(pcrs) -> bool:
+    """True for CRSs whose coordinates are not ground metres: geographic, Mercator family, world projections."""
+    if pcrs.is_geographic or not pcrs.is_projected:
+        return True
+    if _is_mercator(pcrs):
+        return True
+    try:
+        method = pcrs.coordinate_operation.method_name.lower()
+    except AttributeError:
+        return False
+    return any(m in method for m in _WORLD_METHODS)
+
+
+def _geodesic_area_perimeter(lonlat: np.ndarray, geod) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic |area| (holes subtracted) and length of all rings of lon/lat polygons.
+
+    Rings and their coordinates are extracted in vectorised shapely calls;
+    the only Python loop is one :meth:`pyproj.Geod.polygon_area_perimeter`
+    call per ring (C code over the ring's vertices). Each ring's area is
+    taken in absolute value, so ring orientation does not matter.
+    """
+    import shapely
+
+    n = len(lonlat)
+    area = np.zeros(n)
+    perim = np.zeros(n)
+    if n == 0:
+        return area, perim
+    parts, part_geom = shapely.get_parts(lonlat, return_index=True)
+    polys = shapely.get_type_id(parts) == 3  # output is polygonal; ignore anything else
+    parts, part_geom = parts[polys], part_geom[polys]
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    if len(rings) == 0:
+        return area, perim
+    # get_rings lists each polygon's exterior first, then its interiors
+    is_ext = np.ones(len(rings), bool)
+    is_ext[1:] = ring_part[1:] != ring_part[:-1]
+    ring_geom = part_geom[ring_part]
+    xy = shapely.get_coordinates(rings)
+    ends = np.cumsum(shapely.get_num_coordinates(rings))
+    starts = ends - shapely.get_num_coordinates(rings)
+    lon, lat = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
+    r_area = np.empty(len(rings))
+    r_len = np.empty(len(rings))
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+        r_area[i], r_len[i] = geod.polygon_area_perimeter(lon[a:b], lat[a:b])
+    signed = np.where(is_ext, np.abs(r_area), -np.abs(r_area))
+    area = np.bincount(ring_geom, weights=signed, minlength=n)
+    perim = np.bincount(ring_geom, weights=r_len, minlength=n)
+    return area, perim
+
+
 def _area_perimeter_m(geoms: np.ndarray, crs) -> tuple[np.ndarray, np.ndarray]:
-    """True-metre area and perimeter of georeferenced geometries."""
+    """Ground area (m², holes subtracted) and perimeter (m, all rings) of georeferenced geometries.
+
+    ``perimeter_m`` is the length of every ring, exterior and interiors, in
+    every CRS. Metric projected CRSs: planar (:func:`shapely.area`,
+    :func:`shapely.length`, which counts interior rings) times the unit
+    factor. Geographic and distorting CRSs (:func:`_needs_geodesic`):
+    geodesic on the CRS' ellipsoid, after transforming projected coordinates
+    to lon/lat, per ring (:func:`_geodesic_area_perimeter`). NaN without CRS.
+    """
     import pyproj
     import shapely
 
@@ -277,7 +363,7 @@ def _area_perimeter_m(geoms: np.ndarray, crs) -> tuple[np.ndarray, np.ndarray]:
         n = len(geoms)
         return np.full(n, np.nan), np.full(n, np.nan)
     pcrs = pyproj.CRS.from_user_input(crs)
-    if pcrs.is_projected and not _is_mercator(pcrs):
+    if not _needs_geodesic(pcrs):
         f = pcrs.axis_info[0].unit_conversion_factor
         return shapely.area(geoms) * f * f, shapely.length(geoms) * f
     # Geodesic on the CRS' own ellipsoid: exact m² whatever the latitude.
@@ -289,12 +375,7 @@ def _area_perimeter_m(geoms: np.ndarray, crs) -> tuple[np.ndarray, np.ndarray]:
     else:
         to_geo = pyproj.Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True)
         lonlat = shapely.transform(geoms, lambda xy: np.column_stack(to_geo.transform(xy[:, 0], xy[:, 1])))
-    area = np.empty(len(geoms))
-    perim = np.empty(len(geoms))
-    for i, g in enumerate(lonlat):
-        a, p = geod.geometry_area_perimeter(g)
-        area[i], perim[i] = abs(a), p
-    return area, perim
+    return _geodesic_area_perimeter(np.asarray(lonlat, dtype=object), geod)
 
 
 def _metres_per_pixel(transform, crs, height: int, width: int) -> float:
@@ -305,7 +386,7 @@ def _metres_per_pixel(transform, crs, height: int, width: int) -> float:
     if crs is None:
         return float("nan")
     pcrs = pyproj.CRS.from_user_input(crs)
-    if pcrs.is_projected and not _is_mercator(pcrs):
+    if not _needs_geodesic(pcrs):
         return px * pcrs.axis_info[0].unit_conversion_factor
     import shapely
 

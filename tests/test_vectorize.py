@@ -201,3 +201,87 @@ def test_bad_parameters():
         to_polygons(lab, simplify_tolerance=-1)
     with pytest.raises(ConfigError, match="vector format"):
         to_polygons(lab, out="x.shpx")
+
+
+# ---------------------------------------------------------------------------
+# perimeter_m counts every ring (exterior + holes) in every CRS
+# ---------------------------------------------------------------------------
+
+KAMPALA_UTM = "EPSG:32636"  # UTM 36N, central meridian 33° E
+
+
+def _square_with_hole(x0, y0, outer, hole, offset):
+    return shapely.Polygon(
+        shapely.box(x0, y0, x0 + outer, y0 + outer).exterior.coords,
+        [shapely.box(x0 + offset, y0 + offset, x0 + offset + hole, y0 + offset + hole).exterior.coords],
+    )
+
+
+def test_area_perimeter_with_hole_planar_exact():
+    from remote_samsing.vectorize import _area_perimeter_m
+
+    # outer 10 x 10 m, hole 4 x 4 m: perimeter 40 + 16 = 56 m, area 100 - 16 = 84 m²
+    poly = _square_with_hole(500000.0, 5000000.0, 10.0, 4.0, 3.0)
+    area, perim = _area_perimeter_m(np.array([poly], dtype=object), UTM)
+    assert area[0] == 84.0 and perim[0] == 56.0
+    # US survey feet: lengths scaled by the unit factor
+    poly_ft = _square_with_hole(0.0, 0.0, 10.0, 4.0, 3.0)
+    area, perim = _area_perimeter_m(np.array([poly_ft], dtype=object), "EPSG:2263")
+    f = 0.3048006096012192
+    assert perim[0] == pytest.approx(56.0 * f, rel=1e-12)
+    assert area[0] == pytest.approx(84.0 * f * f, rel=1e-12)
+
+
+@pytest.mark.parametrize("lat", [0.35, 50.0])
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857", "EPSG:3395"])
+def test_area_perimeter_with_hole_geodesic_matches_utm(crs, lat):
+    import pyproj
+
+    from remote_samsing.vectorize import _area_perimeter_m
+
+    to_utm = pyproj.Transformer.from_crs("EPSG:4326", KAMPALA_UTM, always_xy=True)
+    x0, y0 = to_utm.transform(32.6, lat)
+    # 100 m square with a 40 m square hole: perimeter 560 m, area 8400 m² in UTM
+    poly = _square_with_hole(x0, y0, 100.0, 40.0, 30.0)
+    ref_area, ref_perim = _area_perimeter_m(np.array([poly], dtype=object), KAMPALA_UTM)
+    assert ref_perim[0] == pytest.approx(560.0) and ref_area[0] == pytest.approx(8400.0)
+    t = pyproj.Transformer.from_crs(KAMPALA_UTM, crs, always_xy=True)
+    g = shapely.transform(shapely.segmentize(poly, 1.0), lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+    # the same ring orientation flipped must not change anything, nor must a MultiPolygon wrapper
+    flipped = shapely.Polygon(g.exterior.coords[::-1], [g.interiors[0].coords])
+    multi = shapely.MultiPolygon([g])
+    area, perim = _area_perimeter_m(np.array([g, flipped, multi], dtype=object), crs)
+    np.testing.assert_allclose(perim, ref_perim[0], rtol=5e-3)
+    np.testing.assert_allclose(area, ref_area[0], rtol=5e-3)
+    # the hole's ring is counted: the exterior alone would be only ~400 m
+    assert perim.min() > 550.0
+
+
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857", "EPSG:3395"])
+def test_to_polygons_hole_perimeter_matches_utm(crs):
+    import pyproj
+
+    # ~5 m pixels near Kampala expressed in `crs`; label 1 is a 12 x 12 px
+    # ring around a 4 x 4 px background hole, label 2 a solid square inside
+    # another hole, across several chunks (dissolve path).
+    lon0, lat0 = 32.6, 0.35
+    x0, y0 = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon0, lat0)
+    if crs == "EPSG:4326":
+        px = 5.0 / 111_320.0
+    else:
+        px = 5.0 / np.cos(np.radians(lat0))
+    t = Affine(px, 0.0, x0, 0.0, -px, y0)
+    lab = np.zeros((24, 24), np.uint32)
+    lab[2:14, 2:14] = 1
+    lab[6:10, 6:10] = 0
+    lab[15:23, 10:22] = 3
+    lab[17:21, 13:17] = 2
+    gdf = to_polygons(_georef(lab, crs=crs, transform=t, chunks=5))
+    assert gdf["label"].tolist() == [1, 2, 3]
+    assert [len(g.interiors) for g in gdf.geometry] == [1, 0, 1]
+    utm = gdf.to_crs(KAMPALA_UTM)
+    np.testing.assert_allclose(gdf["perimeter_m"], utm.geometry.length, rtol=5e-3)
+    np.testing.assert_allclose(gdf["area_m2"], utm.geometry.area, rtol=5e-3)
+    # exterior 4 * 12 px + hole 4 * 4 px = 64 px of ~5 m
+    assert gdf.loc[0, "perimeter_m"] == pytest.approx(64 * 5.0, rel=5e-3)
+    assert gdf.loc[0, "area_m2"] == pytest.approx((144 - 16) * 25.0, rel=1e-2)
