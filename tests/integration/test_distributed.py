@@ -312,6 +312,20 @@ def test_worker_loss_during_chained_phases(loopback_cluster, tmp_path):
 # ---------------------------------------------------------------------------
 # crash and resume
 # ---------------------------------------------------------------------------
+def _resume(cmd, tmp_path: Path, outdir: Path, calls: Path, *, staged: int, calls_before: int, expected) -> str:
+    """Rerun the crashed command: only the blocks without a marker are segmented, each once, and the
+    products equal the undisturbed run's bit for bit. Returns the run's output."""
+    rc, out = _run(cmd, tmp_path / "resumed.log")
+    assert rc == 0, out
+    rec = _record(outdir)
+    assert rec["complete"] is True and rec["resumed"] is True
+    assert rec["blocks_segmented_this_run"] == N_BLOCKS - staged
+    assert count_calls(calls) - calls_before == N_BLOCKS - staged
+    np.testing.assert_array_equal(_labels(outdir), expected["labels"])
+    np.testing.assert_array_equal(_tif(outdir), expected["tif"])
+    return out
+
+
 @pytest.mark.timeout(360)
 @pytest.mark.parametrize(
     "kill_at",
@@ -338,16 +352,8 @@ def test_crash_and_resume_segments_only_missing_blocks(reference, tmp_path, kill
     calls_before = count_calls(calls)
     assert calls_before >= staged  # the staged blocks were segmented by the crashed run
 
-    rc, out = _run(cmd, tmp_path / "resumed.log")
-    assert rc == 0, out
-    rec = _record(outdir)
-    assert rec["complete"] is True and rec["resumed"] is True
-    # only the blocks without a marker were segmented again, each exactly once
-    assert rec["blocks_segmented_this_run"] == N_BLOCKS - staged
-    assert count_calls(calls) - calls_before == N_BLOCKS - staged
+    out = _resume(cmd, tmp_path, outdir, calls, staged=staged, calls_before=calls_before, expected=reference)
     assert f"({N_BLOCKS - staged} block(s) segmented this run)" in out
-    np.testing.assert_array_equal(_labels(outdir), reference["labels"])
-    np.testing.assert_array_equal(_tif(outdir), reference["tif"])
 
 
 # a crash during the seam merge: the merge's phases part done (every block staged, but for
@@ -396,15 +402,8 @@ def test_crash_during_the_merge_resumes_bit_identical(reference, reference_merge
     assert not (outdir / "labels.tif").exists()  # nothing that looks finished
     assert _merge_files(outdir, "faces") >= 1  # the merge's spill folder left behind
 
-    rc, out = _run(cmd, tmp_path / "resumed.log")
-    assert rc == 0, out
+    _resume(cmd, tmp_path, outdir, calls, staged=staged, calls_before=calls_before, expected=reference_merged)
     rec = _record(outdir)
-    assert rec["complete"] is True and rec["resumed"] is True
-    # only the blocks without a marker were segmented again (none, once the merge had begun)
-    assert rec["blocks_segmented_this_run"] == N_BLOCKS - staged
-    assert count_calls(calls) - calls_before == N_BLOCKS - staged
-    np.testing.assert_array_equal(_labels(outdir), reference_merged["labels"])
-    np.testing.assert_array_equal(_tif(outdir), reference_merged["tif"])
     assert json.loads((outdir / "merge_faces.json").read_text()) == reference_merged["faces"]
     assert rec["merge_stats"]["totals"] == _record(reference_merged["outdir"])["merge_stats"]["totals"]
     assert not (outdir / "staging" / "merge").exists()  # the spill folder goes once the merge is done
