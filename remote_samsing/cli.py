@@ -173,18 +173,32 @@ def vectorize_cmd(labels, out, simplify, layer):
 @cli.command("evaluate")
 @click.argument("labels", type=click.Path(path_type=Path))
 @click.argument("ground_truth", type=click.Path(path_type=Path))
-@click.option("--classes", help="Class attribute of vector ground truth.")
+@click.option("--classes", help="Class attribute of vector ground truth (nulls become class 'unlabelled').")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="report.json (also .md, .png).")
+@click.option("--image", type=click.Path(path_type=Path),
+              help="Imagery on the label grid: the figure draws the outlines over it.")
 @click.option("--paper-asa", is_flag=True, help="ASA as in the paper's scripts (label 0 counted as a segment).")
 @click.option("--min-pixels", type=int, default=10, show_default=True, help="Skip GT objects smaller than this.")
 @_handle_errors
-def evaluate_cmd(labels, ground_truth, classes, out, paper_asa, min_pixels):
+def evaluate_cmd(labels, ground_truth, classes, out, image, paper_asa, min_pixels):
     """Score LABELS against GROUND_TRUTH (vectors, label/class raster, or boxes)."""
-    from .metrics import evaluate, write_report
+    import warnings
 
-    rep = evaluate(labels, ground_truth, classes=classes, paper_asa=paper_asa, min_pixels=min_pixels,
-                   progress=True)
-    paths = write_report(rep, out)
+    from .exceptions import InputNotFoundError
+    from .metrics import GroundTruthOutsideWarning, evaluate, write_report
+
+    if image is not None and not image.exists():  # fail before the (long) scoring
+        raise InputNotFoundError(f"image `{image}` does not exist", hint="pass the mosaic the labels were made from")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GroundTruthOutsideWarning)
+        rep = evaluate(labels, ground_truth, classes=classes, paper_asa=paper_asa, min_pixels=min_pixels,
+                       progress=True)
+    for w in caught:
+        if issubclass(w.category, GroundTruthOutsideWarning):
+            click.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    paths = write_report(rep, out, image=image)
     click.echo("wrote " + ", ".join(str(p) for p in paths.values() if p))
 
 

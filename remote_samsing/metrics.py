@@ -38,6 +38,10 @@ BIoU (Cheng et al. 2021, d = 3 px)
 Rows
     One row per class and an instance-weighted "Global" row (every object
     counts once).
+Categories (the report's figure and table)
+    Each object is *detected* (greedy-oracle IoU ≥ 0.5), *partial*
+    (0.2 ≤ IoU < 0.5), *coarse* (0 < IoU < 0.2) or *missed* (no segment
+    overlaps it, IoU 0).
 
 Ground truth can be vectors (reprojected and rasterised onto the label grid,
 later features overwrite earlier ones, objects under ``min_pixels`` skipped),
@@ -46,6 +50,13 @@ rasters through a colour table) or boxes (CSV ``xmin,ymin,xmax,ymax`` in
 pixels, or YOLO txt), scored by the box IoU of each reconstruction's
 bounding box (the greedy oracle then maximises box IoU; BIoU and ASA are
 undefined for boxes).
+
+Ground truth is checked before scoring: vectors without a CRS on a
+georeferenced raster (or the reverse) raise :class:`CRSMismatchError`;
+ground truth with no object on the raster raises :class:`NoOverlapError`
+(naming both extents in the raster's CRS); objects entirely outside the
+raster are dropped with one :class:`GroundTruthOutsideWarning` giving their
+count. Null class values become the class ``"unlabelled"``.
 
 The paper's evaluation code was never published; the greedy oracle follows
 the paper text and the commit messages quoted in reference.md §2.
@@ -71,6 +82,11 @@ from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFound
 __all__ = [
     "GroundTruth",
     "Report",
+    "NoOverlapError",
+    "GroundTruthOutsideWarning",
+    "UNLABELLED",
+    "CATEGORY_DEFINITIONS",
+    "METRIC_DEFINITIONS",
     "coverage",
     "asa",
     "greedy_oracle",
@@ -79,6 +95,7 @@ __all__ = [
     "load_ground_truth",
     "evaluate",
     "write_report",
+    "report_markdown",
     "DUBAI_COLOURS",
 ]
 
@@ -90,6 +107,49 @@ DUBAI_COLOURS: dict[str, tuple[int, int, int]] = {
     "Vegetation": (254, 221, 58),
     "Water": (226, 169, 41),
     "Unlabeled": (155, 155, 155),
+}
+
+class NoOverlapError(CRSMismatchError):
+    """No ground-truth object lies on the label raster (all are outside its extent)."""
+
+
+class GroundTruthOutsideWarning(UserWarning):
+    """Some ground-truth objects lie entirely outside the label raster and were dropped."""
+
+
+#: Class name given to ground-truth objects whose class value is null/NaN.
+UNLABELLED = "unlabelled"
+
+#: Greedy-oracle IoU thresholds of the object categories (see :func:`_category`).
+DETECTED_IOU = 0.5
+PARTIAL_IOU = 0.2
+
+#: What each object category (outline colour in the report figure) means.
+CATEGORY_DEFINITIONS: dict[str, str] = {
+    "detected": f"greedy-oracle IoU ≥ {DETECTED_IOU}",
+    "partial": f"{PARTIAL_IOU} ≤ IoU < {DETECTED_IOU}",
+    "coarse": f"0 < IoU < {PARTIAL_IOU}",
+    "missed": "no segment overlaps the object (IoU 0)",
+}
+
+#: One sentence per metric, as printed at the top of report.md.
+METRIC_DEFINITIONS: dict[str, str] = {
+    "Det@0.5": (
+        "the share of ground-truth objects whose greedy-oracle reconstruction (the union of "
+        "overlapping segments added one by one while the IoU with the object rises) reaches IoU ≥ 0.5."
+    ),
+    "SS-Det@0.5": "the share of ground-truth objects matched with IoU ≥ 0.5 by their best single segment.",
+    "mIoU": "the mean IoU of the objects' greedy-oracle reconstructions, missed objects counting 0.",
+    "BIoU": (
+        "the mean boundary IoU (Cheng et al. 2021) of the reconstructions, comparing only the inner "
+        "boundary bands {d} px wide, missed objects counting 0."
+    ),
+    "ASA": (
+        "the achievable segmentation accuracy, the share of pixels labelled correctly if every "
+        "segment took its majority ground-truth class ({asa_variant})."
+    ),
+    "n̄": "the mean number of segments in an object's greedy-oracle reconstruction (missed objects count 0).",
+    "coverage": "the percentage of pixels that belong to any segment (label > 0).",
 }
 
 _VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".parquet", ".geoparquet", ".shp", ".fgb"}
@@ -280,6 +340,8 @@ class GroundTruth:
         ``x0, y0, x1, y1`` in pixels (continuous, pixel edges) for box GT.
     n_skipped : int
         Objects dropped for having fewer than ``min_pixels`` pixels.
+    n_outside : int
+        Objects dropped for lying entirely outside the label raster.
     """
 
     instances: np.ndarray
@@ -288,6 +350,7 @@ class GroundTruth:
     class_raster: np.ndarray | None = None
     boxes: np.ndarray | None = None
     n_skipped: int = 0
+    n_outside: int = 0
 
     @property
     def n_objects(self) -> int:
@@ -302,33 +365,124 @@ def _read_vectors(path_or_gdf):
     p = Path(path_or_gdf)
     if p.suffix.lower() in (".parquet", ".geoparquet"):
         return gpd.read_parquet(p)
-    return gpd.read_file(p, engine="pyogrio")
+    with warnings.catch_warnings():
+        # GDAL reads a GeoJSON field mixing numbers and strings as a JSON-typed
+        # string field that pyogrio then fails to parse; the strings are what we want
+        warnings.filterwarnings("ignore", message="Could not parse column .* as JSON", category=UserWarning)
+        return gpd.read_file(p, engine="pyogrio")
+
+
+def _crs_name(crs) -> str:
+    if crs is None:
+        return "pixel coordinates (no CRS)"
+    to_string = getattr(crs, "to_string", None)
+    return to_string() if callable(to_string) else str(crs)
+
+
+def _raster_bounds(shape, transform) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a (height, width) grid under ``transform``."""
+    h, w = shape
+    xs, ys = zip(*(transform * (c, r) for c, r in ((0, 0), (w, 0), (0, h), (w, h))))
+    return float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))
+
+
+def _fmt_bounds(b) -> str:
+    return "[" + ", ".join(f"{v:.6g}" if abs(v) < 1e5 else f"{v:.1f}" for v in b) + "]"
+
+
+def _check_overlap(on: np.ndarray, *, gt_bounds, raster_bounds, crs, what: str) -> int:
+    """Raise :class:`NoOverlapError` if no object is on the raster; warn once about the others.
+
+    ``on`` is a boolean per object (True = on the raster). Returns the number
+    of objects outside.
+    """
+    n = len(on)
+    n_out = int(n - np.count_nonzero(on))
+    if n and n_out == n:
+        raise NoOverlapError(
+            f"none of the {n} ground-truth {what} lies on the label raster: the ground truth spans "
+            f"{_fmt_bounds(gt_bounds)} but the raster covers {_fmt_bounds(raster_bounds)} "
+            f"(xmin, ymin, xmax, ymax in {_crs_name(crs)})",
+            hint="check that the ground truth belongs to this raster and that both declare the right CRS",
+        )
+    if n_out:
+        warnings.warn(
+            GroundTruthOutsideWarning(
+                f"{n_out} of {n} ground-truth {what} lie entirely outside the label raster and were dropped"
+            ),
+            stacklevel=4,
+        )
+    return n_out
+
+
+def _class_names_of(values) -> np.ndarray:
+    """Class values as strings: nulls -> ``UNLABELLED``, integral floats as integers (1.0 -> "1")."""
+    import pandas as pd
+
+    vals = np.asarray(values, dtype=object)
+    null = np.asarray(pd.isna(pd.Series(vals, dtype=object)), dtype=bool)
+    out = np.empty(len(vals), dtype=object)
+    for i, v in enumerate(vals):
+        if null[i]:
+            out[i] = UNLABELLED
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            out[i] = str(int(v))
+        elif isinstance(v, bytes):
+            out[i] = v.decode(errors="replace")
+        else:
+            out[i] = str(v)
+    return out
+
+
+def _class_field(df, classes, what: str):
+    """Validate the class field name ``classes`` of a table ``df``."""
+    if not isinstance(classes, str):
+        raise ConfigError(
+            f"`classes` for {what} must be a field name (str), got {type(classes).__name__} {classes!r}",
+            hint="pass the name of the attribute that holds the class",
+        )
+    if classes not in df.columns:
+        raise ConfigError(
+            f"class field `{classes}` is not in the {what}",
+            hint=f"choose one of {', '.join(str(c) for c in df.columns if c != 'geometry') or '(no fields)'}",
+        )
+    return df[classes]
 
 
 def _vectors_to_gt(gdf, *, shape, crs, transform, classes, min_pixels):
     import rasterio.features
+    import shapely
 
     if gdf.crs is not None and crs is not None:
         gdf = gdf.to_crs(crs)
     elif gdf.crs is not None and crs is None:
         raise CRSMismatchError(
-            f"ground truth has CRS {gdf.crs.to_string()} but the label raster has none",
-            hint="evaluate a georeferenced label raster, or drop the CRS of vectors in pixel coordinates",
+            f"the ground truth is georeferenced ({_crs_name(gdf.crs)}) but the label raster has no CRS "
+            "(pixel coordinates)",
+            hint="evaluate the georeferenced label raster (a GeoTIFF or labels.zarr with its CRS), "
+                 "or pass vectors in pixel coordinates without a CRS",
         )
     elif gdf.crs is None and crs is not None:
         raise CRSMismatchError(
-            "ground-truth vectors have no CRS but the label raster has one",
-            hint="set the vectors' CRS (GeoDataFrame.set_crs) before evaluating",
+            f"the ground-truth vectors have no CRS but the label raster is in {_crs_name(crs)}",
+            hint="declare the CRS the vectors' coordinates are in (GeoDataFrame.set_crs, or "
+                 "`ogr2ogr -a_srs EPSG:XXXX`); vectors in pixel coordinates need a label raster without a CRS",
         )
     gdf = gdf[gdf.geometry.notna() & gdf.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
+    field_values = _class_field(gdf, classes, "ground truth") if classes is not None else None
+    n_outside = 0
+    if len(gdf):
+        rb = _raster_bounds(shape, transform)
+        footprint = shapely.box(*rb)
+        geoms = gdf.geometry.to_numpy()
+        on = np.asarray(shapely.intersects(geoms, footprint) & ~shapely.touches(geoms, footprint), bool)
+        n_outside = _check_overlap(on, gt_bounds=gdf.total_bounds, raster_bounds=rb, crs=crs, what="objects")
+        if n_outside:
+            gdf = gdf[on]
+            field_values = field_values[on] if field_values is not None else None
     if classes is not None:
-        if classes not in gdf.columns:
-            raise ConfigError(
-                f"class field `{classes}` is not in the ground truth",
-                hint=f"choose one of {', '.join(map(str, gdf.columns.drop('geometry')))}",
-            )
-        values = gdf[classes].astype(str).to_numpy()
-        names = sorted(set(values))
+        values = _class_names_of(field_values.to_numpy())
+        names = sorted(set(values.tolist()))
         idx = {n: i + 1 for i, n in enumerate(names)}
         cls_of_feature = np.array([idx[v] for v in values], dtype=np.int64)
     else:
@@ -362,6 +516,7 @@ def _vectors_to_gt(gdf, *, shape, crs, transform, classes, min_pixels):
         class_names=["Other", *names],
         class_raster=class_raster,
         n_skipped=present - len(keep),
+        n_outside=n_outside,
     )
 
 
@@ -397,7 +552,7 @@ def _decode_classes(arr, shape, classes, colour_table, raster_mode):
         else:
             uniq = [int(v) for v in unique(values) if v != 0]
             if isinstance(classes, Mapping):
-                names = [str(classes.get(v, v)) for v in uniq]
+                names = [str(n) for n in _class_names_of([classes.get(v, v) for v in uniq])]
             else:
                 names = [str(v) for v in uniq]
             lut_vals = np.zeros(int(values.max()) + 1 if values.size else 1, np.int64)
@@ -476,8 +631,10 @@ def _boxes_to_gt(path, *, shape, classes, box_format, image_name):
         if image_name is not None and "image_path" in df.columns:
             df = df[df["image_path"].astype(str) == str(image_name)]
         xyxy = df[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float)
-        cls_col = classes if isinstance(classes, str) else None
-        values = df[cls_col].astype(str).to_numpy() if cls_col else np.array(["object"] * len(df))
+        if classes is not None and not isinstance(classes, Mapping):
+            values = _class_names_of(_class_field(df, classes, f"box CSV `{p}`").to_numpy())
+        else:
+            values = np.array(["object"] * len(df), dtype=object)
     elif fmt == "yolo":
         rows = np.loadtxt(p, ndmin=2) if p.stat().st_size else np.zeros((0, 5))
         cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
@@ -485,6 +642,11 @@ def _boxes_to_gt(path, *, shape, classes, box_format, image_name):
         values = rows[:, 0].astype(int).astype(str)
     else:
         raise ConfigError(f"`box_format` must be 'csv' or 'yolo', got {box_format!r}")
+    valid = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    xyxy, values = xyxy[valid], values[valid]
+    on = (xyxy[:, 2] > 0) & (xyxy[:, 0] < w) & (xyxy[:, 3] > 0) & (xyxy[:, 1] < h)
+    gt_bounds = (*xyxy[:, :2].min(axis=0), *xyxy[:, 2:].max(axis=0)) if len(xyxy) else (0, 0, 0, 0)
+    n_outside = _check_overlap(on, gt_bounds=gt_bounds, raster_bounds=(0, 0, w, h), crs=None, what="boxes")
     xyxy = np.clip(xyxy, 0, [w, h, w, h])
     ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     xyxy, values = xyxy[ok], values[ok]
@@ -499,7 +661,8 @@ def _boxes_to_gt(path, *, shape, classes, box_format, image_name):
         class_names=["Other", *names],
         class_raster=None,
         boxes=np.vstack([np.zeros((1, 4)), xyxy]),
-        n_skipped=int((~ok).sum()),
+        n_skipped=int((~valid).sum()),
+        n_outside=n_outside,
     )
 
 
@@ -529,7 +692,10 @@ def load_ground_truth(
         The label raster's grid. ``transform`` defaults to the identity.
     classes : str or mapping, optional
         Vectors/CSV boxes: the class field. Single-band rasters: a mapping
-        value -> class name.
+        value -> class name. Null values (None/NaN) become the class
+        ``"unlabelled"`` (:data:`UNLABELLED`); other values are compared as
+        strings, integral floats written as integers (``1``, ``1.0`` and
+        ``"1"`` are one class), so mixed-type fields are fine.
     min_pixels : int
         Objects smaller than this (after rasterisation) are skipped (paper: 10).
     colour_table : mapping, optional
@@ -621,9 +787,10 @@ class Report:
 
 
 def _category(iou: float) -> str:
-    if iou >= 0.5:
+    """Object category by greedy-oracle IoU (see :data:`CATEGORY_DEFINITIONS`)."""
+    if iou >= DETECTED_IOU:
         return "detected"
-    if iou >= 0.2:
+    if iou >= PARTIAL_IOU:
         return "partial"
     if iou > 0:
         return "coarse"
@@ -667,13 +834,24 @@ def evaluate(
 ) -> Report:
     """Score a label raster against ground truth with the paper's metrics.
 
+    Computes Det@0.5, SS-Det@0.5, mIoU, BIoU and n̄ per ground-truth object
+    (greedy-oracle reconstruction, see the module docs), ASA and coverage,
+    per class and globally.
+
     Parameters
     ----------
     labels : path, xarray.DataArray or array
-        (y, x) segment labels, 0 = unsegmented (read fully into memory).
-    ground_truth
-        See :func:`load_ground_truth`.
-    classes, min_pixels, colour_table, ignore_classes, raster_mode, box_format, image_name
+        (y, x) segment labels, 0 = unsegmented (read fully into memory). A
+        path or a DataArray carries its CRS and transform; a numpy array is
+        in pixel coordinates (no CRS).
+    ground_truth : path, GeoDataFrame, array or GroundTruth
+        Vectors (reprojected onto the labels' CRS), a class or instance
+        raster on the label grid, or boxes; see :func:`load_ground_truth`.
+    classes : str or mapping, optional
+        Class field of vectors/CSV boxes (or value -> name for class
+        rasters). Null values become the class ``"unlabelled"``; mixed
+        types are compared as strings.
+    min_pixels, colour_table, ignore_classes, raster_mode, box_format, image_name
         See :func:`load_ground_truth`.
     paper_asa : bool
         Use the paper scripts' ASA (label 0 is a segment; see module docs).
@@ -685,6 +863,36 @@ def evaluate(
     Returns
     -------
     Report
+        ``summary`` (global scores), ``rows`` (per class + "Global") and
+        ``objects`` (one row per object); write it with :func:`write_report`.
+
+    Raises
+    ------
+    CRSMismatchError
+        Vectors without a CRS on a georeferenced raster or the reverse, or
+        ground truth on another grid.
+    NoOverlapError
+        No ground-truth object lies on the label raster (the message gives
+        both extents in the raster's CRS). Raised before any scoring.
+    ConfigError
+        ``classes`` names no field of the ground truth.
+
+    Warns
+    -----
+    GroundTruthOutsideWarning
+        Once, with the count of objects dropped for lying entirely outside
+        the raster.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import remote_samsing as rs
+    >>> labels = np.zeros((20, 20), np.int32); labels[2:10, 2:10] = 1
+    >>> truth = np.zeros((20, 20), np.int32); truth[2:10, 2:12] = 1
+    >>> rep = rs.evaluate(labels, truth, raster_mode="instance")
+    >>> rep.summary["det50"], round(rep.summary["miou"], 2)
+    (1.0, 0.8)
+    >>> rs.write_report(rep, "report.json", image=None)  # doctest: +SKIP
     """
     import pandas as pd
 
@@ -730,6 +938,7 @@ def _summary(lab: np.ndarray, nseg: int, gt: GroundTruth, asa_glob: float, glob:
         **{k: glob[k] for k in ("det50", "ss_det50", "miou", "biou", "n_bar")},
         "n_objects": gt.n_objects,
         "n_objects_skipped": gt.n_skipped,
+        "n_objects_outside": gt.n_outside,
         "n_segments": int(nseg),
         "height": int(lab.shape[0]),
         "width": int(lab.shape[1]),
@@ -877,12 +1086,35 @@ def _fmt(v, pct=False):
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
+def _definition_lines(summary: dict) -> list[str]:
+    """One sentence per metric, then one defining the figure's outline categories."""
+    variant = (
+        "paper variant: unsegmented pixels form one more segment and are credited"
+        if summary.get("paper_asa") else "unsegmented pixels are never credited"
+    )
+    lines = [
+        f"- **{name}** is " + text.format(d=summary.get("biou_d", 3), asa_variant=variant)
+        for name, text in METRIC_DEFINITIONS.items()
+    ]
+    cats = "; ".join(f"*{k}* = {v}" for k, v in CATEGORY_DEFINITIONS.items())
+    lines += ["", f"Objects (outline colours in the figure): {cats}.", ""]
+    return lines
+
+
 def report_markdown(report: Report, *, title: str | None = None) -> str:
-    """The report as a Markdown table (Det in %, IoUs as fractions)."""
+    """The report as Markdown: metric definitions, a summary line and the table.
+
+    The text starts with one sentence defining each metric (after ``title``
+    when given) and the object categories of the figure. The table has one
+    row per class with at least one object (Det in %, IoUs as fractions) and
+    the instance-weighted *Global* row; classes without objects (e.g.
+    "Other") appear only in a note with their ASA.
+    """
     s = report.summary
     lines = []
     if title:
         lines += [f"## {title}", ""]
+    lines += _definition_lines(s)
     lines += [
         f"Coverage {s['coverage_pct']:.2f} %, ASA {_fmt(s['asa'])}"
         f"{' (paper variant: label 0 credited)' if s['paper_asa'] else ''}, "
@@ -892,12 +1124,20 @@ def report_markdown(report: Report, *, title: str | None = None) -> str:
         "| class | objects | Det@0.5 % | SS-Det@0.5 % | mIoU | BIoU | n̄ | ASA |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    empty = [r for r in report.rows if r["class"] != "Global" and not r["n_objects"]]
     for r in report.rows:
+        if r["class"] != "Global" and not r["n_objects"]:
+            continue
         name = f"*{r['class']}*" if r["class"] == "Global" else r["class"]
         lines.append(
             f"| {name} | {r['n_objects']} | {_fmt(r['det50'], True)} | {_fmt(r['ss_det50'], True)} | "
             f"{_fmt(r['miou'])} | {_fmt(r['biou'])} | {_fmt(r['n_bar']) if r['n_objects'] else '–'} | {_fmt(r['asa'])} |"
         )
+    if empty:
+        lines += ["", "Classes without objects (not in the table): "
+                  + ", ".join(f"{r['class']} (ASA {_fmt(r['asa'])})" for r in empty) + "."]
+    if s.get("n_objects_outside"):
+        lines += ["", f"{s['n_objects_outside']} ground-truth objects outside the raster were dropped."]
     return "\n".join(lines) + "\n"
 
 
@@ -909,19 +1149,91 @@ _CAT_COLOURS = {
 }
 
 
-def _figure(report: Report, out_png: Path, *, max_side: int = 2000) -> None:
+_SEGMENT_OUTLINE_ON_IMAGE = (0.0, 0.85, 1.0)
+
+
+def _figure_step(shape, max_side: int = 2000) -> int:
+    return max(1, int(np.ceil(max(shape) / max_side)))
+
+
+def _stretch(rgb: np.ndarray) -> np.ndarray:
+    """(y, x, 3) image as floats in 0..1 (uint8 / 255, other types a 2-98 % stretch per band)."""
+    if rgb.dtype == np.uint8:
+        return rgb.astype(np.float64) / 255.0
+    out = np.zeros(rgb.shape, np.float64)
+    for b in range(rgb.shape[-1]):
+        band = rgb[..., b].astype(np.float64)
+        finite = np.isfinite(band)
+        if not finite.any():
+            continue
+        lo, hi = np.percentile(band[finite], (2, 98))
+        out[..., b] = np.clip((band - lo) / (hi - lo), 0, 1) if hi > lo else 0.0
+        out[..., b][~finite] = 0.0
+    return out
+
+
+def _figure_image(image, shape: tuple[int, int], step: int) -> np.ndarray:
+    """The backdrop ``image`` (path or array on the label grid) as (y', x', 3) floats, decimated by ``step``."""
+    h, w = shape
+    hs, ws = -(-h // step), -(-w // step)
+    if isinstance(image, (str, os.PathLike)):
+        import rasterio
+        import rasterio.errors
+        from rasterio.enums import Resampling
+
+        p = Path(image)
+        if not p.exists():
+            raise InputNotFoundError(f"image `{p}` does not exist", hint="pass the mosaic the labels were made from")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(p) as src:
+                if (src.height, src.width) != (h, w):
+                    raise InputError(
+                        f"image `{p}` is {src.height}x{src.width} px but the labels are {h}x{w} px",
+                        hint="pass the image the labels were segmented from (same grid)",
+                    )
+                bands = [1, 2, 3] if src.count >= 3 else [1]
+                arr = src.read(bands, out_shape=(len(bands), hs, ws), resampling=Resampling.nearest)
+        arr = np.moveaxis(arr, 0, -1)
+    else:
+        arr = np.asarray(image)
+        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+            arr = np.moveaxis(arr, 0, -1)  # (band, y, x) -> (y, x, band)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[:2] != (h, w):
+            raise InputError(
+                f"image has shape {arr.shape} but the labels are {h}x{w} px",
+                hint="pass an (y, x), (y, x, band) or (band, y, x) array on the label grid",
+            )
+        arr = arr[::step, ::step, :3]
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 2:
+        arr = np.concatenate([arr, arr[..., :1]], axis=-1)
+    return _stretch(arr)
+
+
+def _figure(report: Report, out_png: Path, *, image: np.ndarray | None = None, max_side: int = 2000):
+    """GT outlines coloured by category over segment outlines; over ``image`` (decimated floats) if given."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
     from skimage.segmentation import find_boundaries
 
     lab, gt = report._labels, report._gt
-    step = max(1, int(np.ceil(max(lab.shape) / max_side)))
+    step = _figure_step(lab.shape, max_side)
     lab_s = lab[::step, ::step]
     inst_s = gt.instances[::step, ::step]
-    img = np.ones(lab_s.shape + (3,))
-    img[lab_s == 0] = (0.93, 0.93, 0.93)  # unsegmented
-    img[find_boundaries(lab_s, mode="inner")] = (0.55, 0.55, 0.55)
+    if image is not None:
+        img = np.array(image[: lab_s.shape[0], : lab_s.shape[1], :3], dtype=np.float64)
+        seg_colour = _SEGMENT_OUTLINE_ON_IMAGE
+        img[find_boundaries(lab_s, mode="inner") & (lab_s > 0)] = seg_colour
+    else:
+        img = np.ones(lab_s.shape + (3,))
+        img[lab_s == 0] = (0.93, 0.93, 0.93)  # unsegmented
+        seg_colour = (0.55, 0.55, 0.55)
+        img[find_boundaries(lab_s, mode="inner")] = seg_colour
     colour = np.zeros((gt.n_objects + 1, 3))
     for rec in report.objects.itertuples():
         colour[rec.object] = _CAT_COLOURS[rec.category]
@@ -929,7 +1241,8 @@ def _figure(report: Report, out_png: Path, *, max_side: int = 2000) -> None:
     if gb.any():
         from scipy.ndimage import binary_dilation
 
-        gb2 = binary_dilation(gb) & (inst_s > 0) if max(lab_s.shape) > 600 else gb
+        thick = max(lab_s.shape) > 600 or image is not None
+        gb2 = binary_dilation(gb) & (inst_s > 0) if thick else gb
         img[gb2] = colour[inst_s[gb2]]
     h, w = lab_s.shape
     fig = Figure(figsize=(8, 8 * h / w + 0.8), dpi=150)
@@ -939,26 +1252,64 @@ def _figure(report: Report, out_png: Path, *, max_side: int = 2000) -> None:
     ax.set_axis_off()
     s = report.summary
     counts = report.objects["category"].value_counts()
-    ax.set_title(
-        f"GT outlines over segment outlines — Det@0.5 {_fmt(s['det50'], True)} %, mIoU {_fmt(s['miou'])}, "
-        f"BIoU {_fmt(s['biou'])}",
-        fontsize=9,
-    )
-    handles = [Patch(color=c, label=f"{k} ({int(counts.get(k, 0))})") for k, c in _CAT_COLOURS.items()]
-    handles.append(Patch(color=(0.55, 0.55, 0.55), label="segment outline"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=5, fontsize=7, frameon=False)
+    scores = f"Det@0.5 {_fmt(s['det50'], True)} %, mIoU {_fmt(s['miou'])}, BIoU {_fmt(s['biou'])}"
+    if image is None:
+        ax.set_title(f"GT outlines over segment outlines — {scores}", fontsize=9)
+        handles = [Patch(color=c, label=f"{k} ({int(counts.get(k, 0))})") for k, c in _CAT_COLOURS.items()]
+        handles.append(Patch(color=seg_colour, label="segment outline"))
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=5, fontsize=7,
+                  frameon=False)
+    else:
+        ax.set_title(f"Ground-truth outlines (colour = category) and segment outlines over the image — {scores}",
+                     fontsize=8)
+        handles = [
+            Patch(color=c, label=f"{k}: {CATEGORY_DEFINITIONS[k]} ({int(counts.get(k, 0))})")
+            for k, c in _CAT_COLOURS.items()
+        ]
+        handles.append(Patch(color=seg_colour, label="segment outline (label boundaries)"))
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=7,
+                  frameon=False, title="Outline colours (object IoU = greedy-oracle IoU)", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png)
+    return fig
 
 
-def write_report(report: Report, out_json: str | os.PathLike, *, figure: bool = True, title: str | None = None) -> dict:
-    """Write ``out_json`` plus a Markdown table (``.md``) and a figure (``.png``) beside it.
+def write_report(
+    report: Report,
+    out_json: str | os.PathLike,
+    *,
+    figure: bool = True,
+    title: str | None = None,
+    image=None,
+) -> dict:
+    """Write ``out_json`` plus a Markdown report (``.md``) and a figure (``.png``) beside it.
+
+    Parameters
+    ----------
+    report : Report
+        From :func:`evaluate`.
+    out_json : path
+        The JSON file; ``.md`` and ``.png`` are written beside it.
+    figure : bool
+        Write the figure.
+    title : str, optional
+        Heading of the Markdown report.
+    image : path or array, optional
+        The imagery on the label grid (a raster path, or a (y, x),
+        (y, x, band) or (band, y, x) array). Given, the figure draws the
+        ground-truth outlines (coloured by category: detected, partial,
+        coarse, missed) and the segment outlines over it, with a legend
+        defining each colour; otherwise they are drawn on a blank canvas.
 
     Returns
     -------
     dict
         ``{"json": Path, "markdown": Path, "figure": Path or None}``.
     """
+    has_figure = figure and report._labels is not None and report._gt is not None
+    backdrop = None
+    if has_figure and image is not None:  # check the image before writing anything
+        backdrop = _figure_image(image, report._labels.shape, _figure_step(report._labels.shape))
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
 
@@ -979,7 +1330,7 @@ def write_report(report: Report, out_json: str | os.PathLike, *, figure: bool = 
     text = report_markdown(report, title=title)
     write_atomic(md, lambda tmp: tmp.write_text(text))
     png = None
-    if figure and report._labels is not None and report._gt is not None:
+    if has_figure:
         png = out_json.with_suffix(".png")
-        _figure(report, png)
+        _figure(report, png, image=backdrop)
     return {"json": out_json, "markdown": md, "figure": png}

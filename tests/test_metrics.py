@@ -11,8 +11,12 @@ from affine import Affine
 
 import rioxarray  # noqa: F401
 
-from remote_samsing.exceptions import CRSMismatchError
+from remote_samsing.exceptions import ConfigError, CRSMismatchError, RemoteSamsingError
 from remote_samsing.metrics import (
+    CATEGORY_DEFINITIONS,
+    METRIC_DEFINITIONS,
+    GroundTruthOutsideWarning,
+    NoOverlapError,
     asa,
     boundary_band,
     boundary_iou,
@@ -243,8 +247,134 @@ def test_vector_without_crs_against_georeferenced_labels_is_an_error():
     import shapely
 
     gdf = gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 5, 5)])
-    with pytest.raises(CRSMismatchError):
+    with pytest.raises(CRSMismatchError) as exc:
         evaluate(_utm_labels(np.ones((8, 8), np.int32)), gdf)
+    msg = str(exc.value)
+    assert "vectors have no CRS" in msg and "EPSG:32633" in msg  # what is missing, and the raster's CRS
+    assert "set_crs" in exc.value.hint  # what to do
+
+
+def test_georeferenced_vectors_against_raster_without_crs_is_an_error():
+    import geopandas as gpd
+    import shapely
+
+    gdf = gpd.GeoDataFrame(geometry=[shapely.box(500001, 4999990, 500006, 4999995)], crs="EPSG:32633")
+    with pytest.raises(CRSMismatchError) as exc:
+        evaluate(np.ones((8, 8), np.int32), gdf)  # a numpy array has no CRS
+    assert isinstance(exc.value, RemoteSamsingError)
+    assert "label raster has no CRS" in str(exc.value) and "EPSG:32633" in str(exc.value)
+    assert "georeferenced label raster" in exc.value.hint
+
+
+def _utm_boxes_gdf(boxes, **columns):
+    import geopandas as gpd
+
+    return gpd.GeoDataFrame(columns, geometry=boxes, crs="EPSG:32633")
+
+
+def test_ground_truth_all_outside_raster_is_typed_error_before_scoring(monkeypatch):
+    import shapely
+
+    from remote_samsing import metrics
+
+    # labels: x 500000-500020, y 4999980-5000000 (EPSG:32633); objects 100 km east
+    gdf = _utm_boxes_gdf([shapely.box(600002, 4999990, 600008, 4999998),
+                          shapely.box(600010, 4999985, 600015, 4999995)]).to_crs("EPSG:4326")
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored although no object is on the raster")
+
+    monkeypatch.setattr(metrics, "_mask_scorer", no_scoring)
+    monkeypatch.setattr(metrics, "asa", no_scoring)
+    with pytest.raises(NoOverlapError) as exc:
+        evaluate(_utm_labels(np.ones((20, 20), np.int32)), gdf)
+    assert isinstance(exc.value, CRSMismatchError) and isinstance(exc.value, RemoteSamsingError)
+    msg = str(exc.value)
+    # both extents, in the raster's CRS (the GT was given in EPSG:4326)
+    assert "none of the 2 ground-truth objects" in msg and "EPSG:32633" in msg
+    assert "[500000.0, 4999980.0, 500020.0, 5000000.0]" in msg
+    assert "[600002.0, 4999985.0, 600015.0, 4999998.0]" in msg
+
+
+def test_ground_truth_partly_outside_warns_once_with_count():
+    import shapely
+
+    gdf = _utm_boxes_gdf([
+        shapely.box(500002, 4999990, 500008, 4999998),  # inside: 48 px
+        shapely.box(500015, 4999990, 500025, 4999995),  # crosses the east edge: kept, clipped to 25 px
+        shapely.box(500030, 4999990, 500040, 4999998),  # entirely outside: dropped
+        shapely.box(499000, 4999000, 499010, 4999010),  # entirely outside: dropped
+        shapely.box(500020, 4999990, 500030, 4999995),  # touches the edge only: dropped
+    ])
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:10, 2:8] = 1
+    with pytest.warns(GroundTruthOutsideWarning) as rec:
+        rep = evaluate(_utm_labels(lab), gdf)
+    ours = [w for w in rec if issubclass(w.category, GroundTruthOutsideWarning)]
+    assert len(ours) == 1
+    assert "3 of 5 ground-truth objects lie entirely outside" in str(ours[0].message)
+    assert issubclass(GroundTruthOutsideWarning, UserWarning)
+    assert rep.summary["n_objects"] == 2 and rep.summary["n_objects_outside"] == 3
+    assert sorted(rep.objects["n_pixels"]) == [25, 48]
+
+
+def test_ground_truth_inside_raster_does_not_warn(recwarn):
+    import shapely
+
+    rep = evaluate(_utm_labels(np.ones((20, 20), np.int32)),
+                   _utm_boxes_gdf([shapely.box(500002, 4999990, 500008, 4999998)]))
+    assert rep.summary["n_objects_outside"] == 0
+    assert not [w for w in recwarn if issubclass(w.category, GroundTruthOutsideWarning)]
+
+
+def test_box_csv_all_outside_is_an_error_and_partly_outside_warns(tmp_path):
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("xmin,ymin,xmax,ymax\n30,30,40,40\n50,0,60,5\n")
+    with pytest.raises(NoOverlapError, match=r"\[30, 0, 60, 40\].*\[0, 0, 20, 20\]"):
+        evaluate(np.ones((20, 20), np.int32), csv)
+    csv.write_text("xmin,ymin,xmax,ymax\n2,2,12,12\n30,30,40,40\n")
+    with pytest.warns(GroundTruthOutsideWarning, match="1 of 2 ground-truth boxes"):
+        rep = evaluate(np.ones((20, 20), np.int32), csv)
+    assert rep.summary["n_objects"] == 1
+
+
+def test_classes_with_nulls_and_mixed_types(tmp_path):
+    import json
+
+    import shapely
+
+    boxes = [shapely.box(500000 + 4 * i, 4999990, 500003 + 4 * i, 4999996) for i in range(5)]  # 18 px each
+    kinds = [None, 1, "roof", 1.0, float("nan")]
+    lab = np.zeros((20, 20), np.int32)
+    lab[4:10, 0:3] = 1
+    gdf = _utm_boxes_gdf(boxes, kind=np.array(kinds, dtype=object))
+    rep = evaluate(_utm_labels(lab), gdf, classes="kind")
+    assert rep.objects["class"].tolist() == ["unlabelled", "1", "roof", "1", "unlabelled"]
+    rows = {r["class"]: r for r in rep.rows}
+    assert rows["unlabelled"]["n_objects"] == 2 and rows["1"]["n_objects"] == 2 and rows["roof"]["n_objects"] == 1
+    assert rows["unlabelled"]["det50"] == 0.5  # its first object is segment 1 exactly
+    # the same from a GeoJSON file whose field mixes null, numbers and strings
+    geoms = gdf.to_crs("EPSG:4326").geometry
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"kind": k if k == k else None}, "geometry": shapely.geometry.mapping(g)}
+        for k, g in zip(kinds, geoms)]}
+    path = tmp_path / "gt.geojson"
+    path.write_text(json.dumps(fc))
+    rep2 = evaluate(_utm_labels(lab), path, classes="kind")
+    # GDAL reads the field as strings: "1.0" stays its own string class, nulls are still "unlabelled"
+    assert rep2.objects["class"].tolist() == ["unlabelled", "1", "roof", "1.0", "unlabelled"]
+    # a field that is not there, or a non-name, is a ConfigError, not a KeyError/TypeError
+    with pytest.raises(ConfigError, match="class field `colour`"):
+        evaluate(_utm_labels(lab), gdf, classes="colour")
+    with pytest.raises(ConfigError, match="must be a field name"):
+        evaluate(_utm_labels(lab), gdf, classes=["kind"])
+
+
+def test_box_csv_classes_with_nulls(tmp_path):
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("xmin,ymin,xmax,ymax,label\n2,2,8,8,Tree\n10,10,16,16,\n")
+    rep = evaluate(np.ones((20, 20), np.int32), csv, classes="label")
+    assert rep.objects["class"].tolist() == ["Tree", "unlabelled"]
 
 
 def test_box_ground_truth_csv(tmp_path):
@@ -271,6 +401,122 @@ def test_write_report(tmp_path):
     md = paths["markdown"].read_text()
     assert "| *Global* | 2 | 50.0 |" in md
     assert paths["figure"].stat().st_size > 1000
+
+
+def test_report_markdown_defines_metrics_first_and_drops_empty_rows(tmp_path):
+    lab, gt = _split_case()
+    rep = evaluate(lab, gt, raster_mode="instance", min_pixels=1)
+    assert [r["class"] for r in rep.rows] == ["Other", "object", "Global"]  # JSON keeps Other (ASA)
+    assert rep.rows[0]["n_objects"] == 0
+    md = write_report(rep, tmp_path / "report.json")["markdown"].read_text()
+    lines = md.splitlines()
+    names = ["Det@0.5", "SS-Det@0.5", "mIoU", "BIoU", "ASA", "n̄", "coverage"]
+    assert list(METRIC_DEFINITIONS) == names
+    for line, name in zip(lines[:7], names):  # the report starts with one sentence per metric
+        assert line.startswith(f"- **{name}** is ") and line.endswith(".") and line.replace("et al. ", "").count(". ") == 0
+    assert "3 px" in lines[3] and "never credited" in lines[4]
+    cat_line = next(ln for ln in lines if ln.startswith("Objects (outline colours"))
+    for cat, definition in CATEGORY_DEFINITIONS.items():
+        assert f"*{cat}* = {definition}" in cat_line
+    table = [ln for ln in lines if ln.startswith("| ")]
+    assert [ln.split("|")[1].strip() for ln in table[1:]] == ["object", "*Global*"]  # no "Other" row
+    assert "Classes without objects (not in the table): Other (ASA" in md
+    titled = write_report(rep, tmp_path / "t.json", title="Scene A")["markdown"].read_text().splitlines()
+    assert titled[0] == "## Scene A" and titled[2].startswith("- **Det@0.5** is ")
+
+
+def test_report_figure_over_image_with_defining_legend(tmp_path, data_dir):
+    import matplotlib.image as mpimg
+    import rasterio
+
+    from remote_samsing import metrics
+
+    with rasterio.open(data_dir / "kampala_crop_3857.tif") as src:
+        rgb = src.read()
+    lab = np.zeros((256, 256), np.int32)
+    lab[:128] = 1
+    lab[128:, :128] = 2
+    gt = np.zeros((256, 256), np.int32)
+    gt[10:100, 10:100] = 1  # inside segment 1: IoU 8100/32768 -> partial
+    gt[140:250, 140:250] = 2  # on unsegmented pixels -> missed
+    rep = evaluate(lab, gt, raster_mode="instance")
+    assert sorted(rep.objects["category"]) == ["missed", "partial"]
+    blank = write_report(rep, tmp_path / "blank.json")["figure"]
+    over = write_report(rep, tmp_path / "over.json", image=data_dir / "kampala_crop_3857.tif")["figure"]
+    def n_colours(png):
+        rgb = (mpimg.imread(png)[..., :3] * 255).astype(np.int64)
+        return len(np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]))
+
+    # the blank figure is white/grey plus outline colours; over the image most colours are the photo's
+    assert n_colours(blank) < 300
+    assert n_colours(over) > 2000
+    # an array (band, y, x) works the same and the legend defines every outline colour
+    fig = metrics._figure(rep, tmp_path / "arr.png", image=metrics._figure_image(rgb, lab.shape, 1))
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    for cat, definition in CATEGORY_DEFINITIONS.items():
+        assert any(t.startswith(f"{cat}: {definition}") for t in texts), texts
+    assert "partial: 0.2 ≤ IoU < 0.5 (1)" in texts and any(t.startswith("segment outline") for t in texts)
+    # an image on another grid is refused before anything is written
+    from remote_samsing.exceptions import InputError
+
+    with pytest.raises(InputError, match="256x256"):
+        write_report(rep, tmp_path / "bad.json", image=rgb[:, :100])
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_package_exports_evaluate_and_vectorize_lazily():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, remote_samsing as rs\n"
+        "heavy = ('geopandas', 'torch', 'sam2', 'numba', 'distributed')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+        "import remote_samsing.metrics as m, remote_samsing.vectorize as v\n"
+        "assert rs.evaluate is m.evaluate and rs.write_report is m.write_report\n"
+        "assert rs.to_polygons is v.to_polygons and rs.vectorize_labels is v.vectorize_labels\n"
+        "assert {'evaluate', 'to_polygons', 'vectorize_labels', 'write_report'} <= set(rs.__all__)\n"
+        "assert all(hasattr(rs, n) for n in rs.__all__)\n"
+        "assert 'evaluate' in dir(rs)\n"
+        "try:\n    rs.no_such_name\nexcept AttributeError as e:\n    print('AttributeError', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "[]"
+    assert "no_such_name" in out.splitlines()[1]
+    assert "Examples" in m_doc() and ">>> rep = rs.evaluate(" in m_doc()
+
+
+def m_doc():
+    from remote_samsing import evaluate as ev
+
+    return ev.__doc__
+
+
+@pytest.mark.shared
+def test_kampala_ground_truth_outside_a_crop_and_a_shifted_raster(shared_data):
+    import geopandas as gpd
+    import shapely
+    from affine import Affine
+
+    tif = shared_data / "kampala-b" / "mosaic_B_z21_epsg3857.tif"
+    geojson = shared_data / "kampala-b" / "labels.geojson"
+    img = rioxarray.open_rasterio(tif).isel(band=0, drop=True)
+    crop = img.isel(y=slice(0, 300), x=slice(0, 300))
+    labels = crop.copy(data=np.ones(crop.shape, np.uint32))
+    gt = gpd.read_file(geojson).to_crs("EPSG:3857")
+    fp = shapely.box(*crop.rio.bounds())
+    n_out = int((~(gt.intersects(fp) & ~gt.touches(fp))).sum())
+    assert 0 < n_out < len(gt)
+    with pytest.warns(GroundTruthOutsideWarning, match=f"{n_out} of {len(gt)} ground-truth objects"):
+        rep = evaluate(labels, geojson)
+    assert rep.summary["n_objects_outside"] == n_out
+    # the same raster moved 10 km east: nothing on it
+    t = crop.rio.transform()
+    moved = labels.rio.write_transform(Affine(t.a, t.b, t.c + 10_000, t.d, t.e, t.f))
+    moved = moved.assign_coords(x=crop.x + 10_000)
+    with pytest.raises(NoOverlapError, match="EPSG:3857") as exc:
+        evaluate(moved, geojson)
+    assert f"{t.c + 10_000:.1f}" in str(exc.value)
 
 
 @pytest.mark.shared

@@ -126,9 +126,92 @@ def test_evaluate_cli_writes_json_markdown_and_figure(tmp_path, data_dir, shared
     labels.rio.to_raster(tmp_path / "labels.tif")
     gt = shared_data / "kampala-b" / "labels.geojson"
     res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "labels.tif"), str(gt), "--out",
-                                   str(tmp_path / "report.json")])
+                                   str(tmp_path / "report.json"), "--image", str(data_dir / "kampala_crop_3857.tif")])
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "report.json").read_text())
     assert (tmp_path / "report.md").exists() and (tmp_path / "report.png").exists()
     text = json.dumps(rep)
     assert "det50" in text and "biou" in text
+    # the crop holds only part of scene B's objects: the others are reported dropped, in one line
+    n_out = rep["summary"]["n_objects_outside"]
+    assert n_out > 0
+    assert f"warning: {n_out} of 98 ground-truth objects lie entirely outside" in res.output
+    assert (tmp_path / "report.md").read_text().startswith("- **Det@0.5** is ")
+
+
+def _utm_labels_tif(write_geotiff):
+    from rasterio.transform import from_origin
+
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:10, 2:8] = 1
+    return write_geotiff(lab, "labels.tif", transform=from_origin(500000, 5000000, 1.0, 1.0))
+
+
+def _boxes_geojson(path, boxes, kinds):
+    import geopandas as gpd
+    import shapely
+
+    gdf = gpd.GeoDataFrame(geometry=[shapely.box(*b) for b in boxes], crs="EPSG:32633").to_crs("EPSG:4326")
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"kind": k}, "geometry": shapely.geometry.mapping(g)}
+        for k, g in zip(kinds, gdf.geometry)]}
+    path.write_text(json.dumps(fc))
+    return path
+
+
+def test_evaluate_cli_no_object_on_raster_is_one_line_error(tmp_path, write_geotiff):
+    labels = _utm_labels_tif(write_geotiff)
+    gt = _boxes_geojson(tmp_path / "far.geojson", [(600002, 4999990, 600008, 4999998)], ["roof"])
+    res = CliRunner().invoke(cli, ["evaluate", str(labels), str(gt), "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: none of the 1 ground-truth objects lies on the label raster")
+    assert "[500000.0, 4999980.0, 500020.0, 5000000.0]" in lines[0] and "EPSG:32633" in lines[0]
+    assert lines[1].startswith("hint:") and len(lines) == 2
+    assert "Traceback" not in res.output and not (tmp_path / "r.json").exists()
+
+
+def test_evaluate_cli_partly_outside_warns_and_null_classes_are_unlabelled(tmp_path, write_geotiff):
+    labels = _utm_labels_tif(write_geotiff)
+    gt = _boxes_geojson(tmp_path / "gt.geojson",
+                        [(500002, 4999990, 500008, 4999998), (500012, 4999985, 500016, 4999990),
+                         (500030, 4999990, 500040, 4999998)],
+                        ["roof", None, 3])
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["evaluate", str(labels), str(gt), "--classes", "kind", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "warning: 1 of 3 ground-truth objects lie entirely outside the label raster" in res.output
+    rep = json.loads(out.read_text())
+    assert [o["class"] for o in rep["objects"]] == ["roof", "unlabelled"]
+    assert rep["summary"]["n_objects_outside"] == 1
+    md = out.with_suffix(".md").read_text()
+    assert "| unlabelled | 1 |" in md and "| Other |" not in md
+
+
+def test_evaluate_cli_image(tmp_path, write_geotiff):
+    labels = _utm_labels_tif(write_geotiff)
+    img = write_geotiff(np.random.default_rng(0).integers(0, 255, (3, 20, 20), dtype=np.uint8), "img.tif")
+    gt = _boxes_geojson(tmp_path / "gt.geojson", [(500002, 4999990, 500008, 4999998)], ["roof"])
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["evaluate", str(labels), str(gt), "--out", str(out), "--image", str(img)])
+    assert res.exit_code == 0, res.output
+    assert out.with_suffix(".png").stat().st_size > 1000
+    res = CliRunner().invoke(cli, ["evaluate", str(labels), str(gt), "--out", str(tmp_path / "x.json"),
+                                   "--image", str(tmp_path / "missing.tif")])
+    assert res.exit_code == 2 and res.output.startswith("error: image") and "does not exist" in res.output
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore:'crs' was not provided:UserWarning")
+def test_evaluate_cli_vectors_without_crs_is_one_line_error(tmp_path, write_geotiff):
+    labels = _utm_labels_tif(write_geotiff)
+    gt = tmp_path / "nocrs.gpkg"
+    import geopandas as gpd
+    import shapely
+
+    gpd.GeoDataFrame(geometry=[shapely.box(500002, 4999990, 500008, 4999998)]).to_file(gt)
+    res = CliRunner().invoke(cli, ["evaluate", str(labels), str(gt), "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines[0] == "error: the ground-truth vectors have no CRS but the label raster is in EPSG:32633"
+    assert lines[1].startswith("hint: declare the CRS")
