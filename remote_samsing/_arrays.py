@@ -70,6 +70,16 @@ def unique_pairs(a: np.ndarray, b: np.ndarray):
     a, b = np.asarray(a), np.asarray(b)
     if a.size == 0:
         return a[:0], b[:0], np.empty(0, np.int64)
+    if _fits_32_bits(a) and _fits_32_bits(b):
+        # one 64-bit key per pair: a plain sort, about 3x faster than lexsort on two arrays
+        keys = np.sort((a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64))
+        first = np.empty(keys.size, bool)
+        first[:1] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        counts = np.diff(np.append(starts, keys.size)).astype(np.int64)
+        u = keys[starts]
+        return (u >> np.uint64(32)).astype(a.dtype), (u & np.uint64(0xFFFFFFFF)).astype(b.dtype), counts
     order = np.lexsort((b, a))
     a, b = a[order], b[order]
     new = np.ones(a.size, bool)
@@ -77,3 +87,12 @@ def unique_pairs(a: np.ndarray, b: np.ndarray):
     starts = np.flatnonzero(new)
     counts = np.diff(np.append(starts, a.size)).astype(np.int64)
     return a[starts], b[starts], counts
+
+
+def _fits_32_bits(x: np.ndarray) -> bool:
+    """Non-negative integers below 2**32 (bools and floats excluded)."""
+    if x.dtype.kind not in "iu":
+        return False
+    if x.dtype.itemsize <= 4 and x.dtype.kind == "u":
+        return True
+    return bool(x.min() >= 0 and x.max() < 2**32)
