@@ -1000,20 +1000,20 @@ def test_sam_like_disagreement_keeps_seam_objects_as_one_window_does():
     assert det_drop <= 1.0 and ss_drop <= 1.0
 
 
-@pytest.mark.shared
-def test_sam_like_disagreement_on_real_buildings(shared_data):
-    """The same on kampala-b's buildings over its imagery (Felzenszwalb stuff between them), T = 256, P = 32."""
+def test_sam_like_disagreement_on_real_buildings(data_dir):
+    """The same on real buildings over their imagery (SpaceNet Atlanta crop, Felzenszwalb stuff between
+    them), five stand-in seeds. The committed 512 px crop takes T = 128, P = 16 to have seams worth
+    counting; the benchmark runs T = 256, P = 32 on the larger shared scenes."""
     import rasterio
 
     from remote_samsing.metrics import load_ground_truth
 
-    scene = shared_data / "kampala-b"
-    with rasterio.open(scene / "mosaic_B_z21_epsg3857.tif") as f:
-        image = np.moveaxis(f.read(), 0, -1)
-        truth = load_ground_truth(scene / "labels.geojson", shape=image.shape[:2], crs=f.crs,
+    with rasterio.open(data_dir / "atlanta_crop_32616.tif") as f:
+        image = f.read(1).astype(np.float64)
+        truth = load_ground_truth(data_dir / "atlanta_crop_buildings.geojson", shape=image.shape, crs=f.crs,
                                   transform=f.transform).instances
-    n, det_drop, ss_drop = _tiled_vs_one_window(truth, image, tile=256, padding=32, seeds=range(3))
-    assert n >= 100
+    n, det_drop, ss_drop = _tiled_vs_one_window(truth, image / image.max(), tile=128, padding=16, seeds=range(5))
+    assert n >= 40
     assert abs(det_drop) <= 1.0 and abs(ss_drop) <= 1.0
 
 

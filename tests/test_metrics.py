@@ -26,9 +26,9 @@ from remote_samsing.metrics import (
     write_report,
 )
 
-from conftest import SHARED  # noqa: E402
-
-KAMPALA = SHARED / "kampala-b"
+DATA = Path(__file__).parent / "data"
+ATLANTA_TIF = DATA / "atlanta_crop_32616.tif"
+ATLANTA_GT = DATA / "atlanta_crop_buildings.geojson"
 
 
 def _split_case():
@@ -492,18 +492,16 @@ def m_doc():
     return ev.__doc__
 
 
-@pytest.mark.shared
-def test_kampala_ground_truth_outside_a_crop_and_a_shifted_raster(shared_data):
+def test_real_ground_truth_outside_a_crop_and_a_shifted_raster():
     import geopandas as gpd
     import shapely
     from affine import Affine
 
-    tif = shared_data / "kampala-b" / "mosaic_B_z21_epsg3857.tif"
-    geojson = shared_data / "kampala-b" / "labels.geojson"
-    img = rioxarray.open_rasterio(tif).isel(band=0, drop=True)
+    geojson = ATLANTA_GT
+    img = rioxarray.open_rasterio(ATLANTA_TIF).isel(band=0, drop=True)
     crop = img.isel(y=slice(0, 300), x=slice(0, 300))
     labels = crop.copy(data=np.ones(crop.shape, np.uint32))
-    gt = gpd.read_file(geojson).to_crs("EPSG:3857")
+    gt = gpd.read_file(geojson)
     fp = shapely.box(*crop.rio.bounds())
     n_out = int((~(gt.intersects(fp) & ~gt.touches(fp))).sum())
     assert 0 < n_out < len(gt)
@@ -514,24 +512,22 @@ def test_kampala_ground_truth_outside_a_crop_and_a_shifted_raster(shared_data):
     t = crop.rio.transform()
     moved = labels.rio.write_transform(Affine(t.a, t.b, t.c + 10_000, t.d, t.e, t.f))
     moved = moved.assign_coords(x=crop.x + 10_000)
-    with pytest.raises(NoOverlapError, match="EPSG:3857") as exc:
+    with pytest.raises(NoOverlapError, match="EPSG:32616") as exc:
         evaluate(moved, geojson)
     assert f"{t.c + 10_000:.1f}" in str(exc.value)
 
 
-@pytest.mark.shared
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
-def test_kampala_felzenszwalb_baseline(tmp_path):
+def test_real_scene_felzenszwalb_baseline(tmp_path):
     import geopandas as gpd
     import rasterio
     import shapely
     from skimage.segmentation import felzenszwalb
 
-    tif = KAMPALA / "mosaic_B_z21_epsg3857.tif"
-    geojson = KAMPALA / "labels.geojson"
+    tif, geojson = ATLANTA_TIF, ATLANTA_GT
     img = rioxarray.open_rasterio(tif)
-    rgb = np.moveaxis(img.values, 0, -1)[::2, ::2]
-    seg = felzenszwalb(rgb, scale=200, sigma=0.5, min_size=20) + 1
+    grey = img.values[0, ::2, ::2].astype(np.float64)
+    seg = felzenszwalb(grey / grey.max(), scale=200, sigma=0.5, min_size=20) + 1
     # upsample the half-resolution segmentation back onto the full grid
     seg = np.repeat(np.repeat(seg, 2, axis=0), 2, axis=1)[: img.sizes["y"], : img.sizes["x"]]
     labels = img.isel(band=0, drop=True).copy(data=seg.astype(np.uint32))
@@ -539,16 +535,16 @@ def test_kampala_felzenszwalb_baseline(tmp_path):
 
     # independent expected count: polygons reprojected with geopandas, clipped
     # to the raster footprint, at least 10 pixel-areas of ground
-    gt = gpd.read_file(geojson).to_crs("EPSG:3857")
+    gt = gpd.read_file(geojson)
     with rasterio.open(tif) as src:
         footprint = shapely.box(*src.bounds)
         px_area = abs(src.transform.a * src.transform.e)
-    assert gt.intersects(footprint).sum() == 98  # README: 98 intersect
-    assert gt.within(footprint).sum() == 65  # README: 65 fully inside
+    assert gt.intersects(footprint).sum() == 22  # tests/data/README.md: 22 intersect
+    assert gt.within(footprint).sum() == 17  # and 17 lie wholly inside
     expected = int((gt.geometry.intersection(footprint).area / px_area >= 10).sum())
     assert rep.summary["n_objects"] == expected
     s = rep.summary
     assert 0.0 <= s["miou"] <= 1.0 and 0.0 <= s["biou"] <= 1.0 and s["coverage_pct"] == 100.0
     assert s["det50"] >= s["ss_det50"]  # the oracle can only add segments
-    write_report(rep, tmp_path / "kampala.json")
-    assert (tmp_path / "kampala.png").exists()
+    write_report(rep, tmp_path / "report.json")
+    assert (tmp_path / "report.png").exists()

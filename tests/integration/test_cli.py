@@ -117,25 +117,28 @@ def test_info_runs():
     assert "dask" in res.output and "gpus" in res.output
 
 
-@pytest.mark.shared
-def test_evaluate_cli_writes_json_markdown_and_figure(tmp_path, data_dir, shared_data):
+def test_evaluate_cli_writes_json_markdown_and_figure(tmp_path, data_dir):
     from remote_samsing import segment
 
-    labels = segment(data_dir / "kampala_crop_3857.tif", segmenter="felzenszwalb", tile_size=128, padding=16,
-                     segmenter_params={"scale": 200})
+    import rioxarray
+
+    # the left part of the committed crop: the buildings beyond it are reported dropped
+    image = tmp_path / "image.tif"
+    rioxarray.open_rasterio(data_dir / "atlanta_crop_32616.tif").isel(x=slice(0, 300)).rio.to_raster(image)
+    labels = segment(image, segmenter="felzenszwalb", tile_size=128, padding=16, segmenter_params={"scale": 200})
     labels.rio.to_raster(tmp_path / "labels.tif")
-    gt = shared_data / "kampala-b" / "labels.geojson"
+    gt = data_dir / "atlanta_crop_buildings.geojson"
     res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "labels.tif"), str(gt), "--out",
-                                   str(tmp_path / "report.json"), "--image", str(data_dir / "kampala_crop_3857.tif")])
+                                   str(tmp_path / "report.json"), "--image", str(image)])
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "report.json").read_text())
     assert (tmp_path / "report.md").exists() and (tmp_path / "report.png").exists()
     text = json.dumps(rep)
     assert "det50" in text and "biou" in text
-    # the crop holds only part of scene B's objects: the others are reported dropped, in one line
+    # the raster holds only part of the buildings: the others are reported dropped, in one line
     n_out = rep["summary"]["n_objects_outside"]
     assert n_out > 0
-    assert f"warning: {n_out} of 98 ground-truth objects lie entirely outside" in res.output
+    assert f"warning: {n_out} of 22 ground-truth objects lie entirely outside" in res.output
     assert (tmp_path / "report.md").read_text().startswith("- **Det@0.5** is ")
 
 
