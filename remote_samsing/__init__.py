@@ -7,20 +7,13 @@ numba seam merge. Importing this package imports neither torch nor sam2.
 
 from .exceptions import RemoteSamsingError
 from .io import open_mosaic, to_zarr
+from .metrics import evaluate, write_report
 from .pipeline import run, segment
 from .segmenters import available_segmenters, get_segmenter, register_segmenter
 from .tiling import TilingPlan
+from .vectorize import to_polygons, vectorize_labels
 
 __version__ = "0.1.0"
-
-# Exported lazily (PEP 562) so that `import remote_samsing` stays light: the
-# module is imported on first attribute access.
-_LAZY = {
-    "evaluate": ".metrics",
-    "write_report": ".metrics",
-    "to_polygons": ".vectorize",
-    "vectorize_labels": ".vectorize",
-}
 
 __all__ = [
     "RemoteSamsingError",
@@ -37,18 +30,3 @@ __all__ = [
     "vectorize_labels",
     "write_report",
 ]
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later accesses skip __getattr__
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))

@@ -44,17 +44,14 @@ def unique(values, *, return_inverse: bool = False, return_counts: bool = False)
         ordered = flat[order]
     else:
         ordered = np.sort(flat)
-    first = np.empty(ordered.size, bool)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    first = _firsts(ordered)
     out = [ordered[first]]
     if return_inverse:
         inverse = np.empty(flat.size, np.intp)
         inverse[order] = np.cumsum(first) - 1
         out.append(inverse.reshape(values.shape))
     if return_counts:
-        starts = np.flatnonzero(first)
-        out.append(np.diff(np.append(starts, ordered.size)))
+        out.append(_counts(first))
     return out[0] if len(out) == 1 else tuple(out)
 
 
@@ -73,20 +70,27 @@ def unique_pairs(a: np.ndarray, b: np.ndarray):
     if _fits_32_bits(a) and _fits_32_bits(b):
         # one 64-bit key per pair: a plain sort, about 3x faster than lexsort on two arrays
         keys = np.sort((a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64))
-        first = np.empty(keys.size, bool)
-        first[:1] = True
-        np.not_equal(keys[1:], keys[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        counts = np.diff(np.append(starts, keys.size)).astype(np.int64)
-        u = keys[starts]
-        return (u >> np.uint64(32)).astype(a.dtype), (u & np.uint64(0xFFFFFFFF)).astype(b.dtype), counts
+        first = _firsts(keys)
+        u = keys[first]
+        return (u >> np.uint64(32)).astype(a.dtype), (u & np.uint64(0xFFFFFFFF)).astype(b.dtype), _counts(first)
     order = np.lexsort((b, a))
     a, b = a[order], b[order]
     new = np.ones(a.size, bool)
     new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    starts = np.flatnonzero(new)
-    counts = np.diff(np.append(starts, a.size)).astype(np.int64)
-    return a[starts], b[starts], counts
+    return a[new], b[new], _counts(new)
+
+
+def _firsts(ordered: np.ndarray) -> np.ndarray:
+    """True where a sorted array starts a run of equal values."""
+    first = np.empty(ordered.size, bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return first
+
+
+def _counts(first: np.ndarray) -> np.ndarray:
+    """Length of each run, from the run starts of a sorted array."""
+    return np.diff(np.append(np.flatnonzero(first), first.size)).astype(np.int64)
 
 
 def _fits_32_bits(x: np.ndarray) -> bool:

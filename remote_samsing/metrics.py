@@ -1066,8 +1066,8 @@ def _row(name: str, df, asa_value) -> dict:
     return {
         "class": name,
         "n_objects": n,
-        "det50": float((df["iou"] >= 0.5).mean()) if n else float("nan"),
-        "ss_det50": float((df["ss_iou"] >= 0.5).mean()) if n else float("nan"),
+        "det50": float((df["iou"] >= DETECTED_IOU).mean()) if n else float("nan"),
+        "ss_det50": float((df["ss_iou"] >= DETECTED_IOU).mean()) if n else float("nan"),
         "miou": float(df["iou"].mean()) if n else float("nan"),
         "biou": float(df["biou"].mean()) if n else float("nan"),
         "n_bar": float(df["n_segments"].mean()) if n else float("nan"),

@@ -49,7 +49,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._files import write_atomic, write_json_atomic
+from ._files import write_json_atomic
 from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
 from .config import RunConfig
 from .exceptions import (
@@ -540,7 +540,7 @@ def _segment_step(job: _Job, client, reader, *, res, threads) -> tuple[list, flo
         job.write_record()
         raise
     seconds = time.perf_counter() - t0
-    _trim_here()
+    malloc_trim()  # hand back the heap of the stage just done (its task graph is released)
     blocks = collect_block_stats(job.staging, plan)
     missing = [b for b, s in zip(plan.block_ids(), blocks) if s is None]
     if missing:
@@ -589,7 +589,7 @@ def _face_follow_ups(job: _Job):
 
     The merge's faces phase then runs behind the segmentation, on workers otherwise idle there.
     """
-    ready = face_schedule(job.plan, job.mcfg) if job.mcfg is not None else None
+    ready = face_schedule(job.plan, job.mcfg)
     if ready is None:
         return None
     workdir = str(job.staging / "merge")
@@ -629,7 +629,7 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
     merge_stats["faces_file"] = "merge_faces.json"
     seconds = time.perf_counter() - t0
-    _trim_here()
+    malloc_trim()  # hand back the heap of the stage just done (its task graph is released)
     return written, merge_stats, max_label, seconds
 
 
@@ -710,12 +710,6 @@ def _check_resources(client, res: dict | None, *, device: str) -> dict | None:
     )
 
 
-def _trim_here() -> None:
-    """Hand this process's freed heap back between stages (the client, and the
-    scheduler of an embedded cluster, released a stage's task graph)."""
-    malloc_trim()
-
-
 def _register_trim(client) -> None:
     """Keep worker RSS from ratcheting up over a long run (:func:`~remote_samsing.cluster.trim_memory_plugin`)."""
     try:
@@ -744,7 +738,5 @@ def _write_vectors(outdir: Path, labels: xr.DataArray, *, valid=None, progress: 
     from .vectorize import to_polygons
 
     out = outdir / "segments.parquet"
-    # the temporary name has no .parquet suffix: the format is named
-    write_atomic(out, lambda tmp: to_polygons(labels, out=tmp, driver="Parquet", valid=valid, progress=progress,
-                                              attributes=attributes))
+    to_polygons(labels, out=out, valid=valid, progress=progress, attributes=attributes)  # written atomically
     return out

@@ -12,6 +12,7 @@ subprocess) find them by name too; ``tests/conftest.py`` makes the call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -252,24 +253,21 @@ class SAMLikeWindows:
             out = self._stuff(window, out, n)
         return out
 
-    @property
+    @functools.cached_property
     def _split_lines(self) -> dict:
         """Per object, the line that splits it (angle, offset in mosaic pixels): the same in every
         window, cutting off about a third of the object so neither part is near half of it."""
-        cached = self.__dict__.get("_split_cache")
-        if cached is None:
-            from scipy import ndimage
+        from scipy import ndimage
 
-            cached = {}
-            for obj, box in enumerate(ndimage.find_objects(self.truth), start=1):
-                if box is None:
-                    continue
-                yy, xx = np.nonzero(self.truth[box] == obj)
-                angle = np.random.default_rng([self.seed, obj, 1]).uniform(0, np.pi)
-                proj = (yy + box[0].start) * np.cos(angle) - (xx + box[1].start) * np.sin(angle)
-                cached[obj] = (angle, float(np.quantile(proj, 2 / 3)))
-            object.__setattr__(self, "_split_cache", cached)
-        return cached
+        lines = {}
+        for obj, box in enumerate(ndimage.find_objects(self.truth), start=1):
+            if box is None:
+                continue
+            yy, xx = np.nonzero(self.truth[box] == obj)
+            angle = np.random.default_rng([self.seed, obj, 1]).uniform(0, np.pi)
+            proj = (yy + box[0].start) * np.cos(angle) - (xx + box[1].start) * np.sin(angle)
+            lines[obj] = (angle, float(np.quantile(proj, 2 / 3)))
+        return lines
 
     def _jittered(self, t, obj, box, rng) -> np.ndarray:
         from scipy import ndimage

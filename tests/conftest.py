@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # numba caches next to the package unless told otherwise; keep test runs hermetic-ish
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
@@ -19,22 +18,6 @@ register_test_segmenters()
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``shared`` (or using ``shared_data``) skip cleanly where ../shared/data is absent."""
-    if SHARED.exists():
-        return
-    skip = pytest.mark.skip(reason="needs ../shared/data beside the checkout, which is not present")
-    for item in items:
-        if "shared" in item.keywords or "shared_data" in getattr(item, "fixturenames", ()):
-            item.add_marker(skip)
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The shared real scenes beside the checkout (tests using it are marked ``shared``)."""
-    return SHARED
 
 
 def blob_image(shape, *, n=20, max_size=6, seed=0, dtype=np.uint8):

@@ -464,7 +464,7 @@ def test_report_figure_over_image_with_defining_legend(tmp_path, data_dir):
     assert not (tmp_path / "bad.json").exists()
 
 
-def test_package_exports_evaluate_and_vectorize_lazily():
+def test_package_exports_evaluate_and_vectorize():
     import subprocess
     import sys
 

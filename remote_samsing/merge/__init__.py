@@ -117,12 +117,6 @@ links only and the table shipped per block.
 
 from __future__ import annotations
 
-import os
-import time
-import uuid
-from dataclasses import dataclass
-from typing import Any
-
 from ._config import OVERLAP_STRATEGIES, REFERENCE_STRATEGIES, STRATEGIES, MergeConfig, MergeResult
 from ._lazy import merge_labels
 from ._phases import Phase, merge_phases

@@ -295,19 +295,32 @@ def _face_seam(info_a, info_b, *, off, want_comps: bool, want_adj: bool):
     return comp_pairs, adj
 
 
-def _face_overlap(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: float):
-    """Candidate pairs and IoU links inside the region both blocks saw."""
-    stats = {"blocks": [list(a), list(b)], "kind": _FACE_KIND[off], "candidates": 0, "links": 0, "refused": 0}
-    empty = (np.empty(0, np.uint64), np.empty(0, np.uint64))
+def _face_stats(a, b, off, **extra) -> dict:
+    return {"blocks": [list(a), list(b)], "kind": _FACE_KIND[off], "candidates": 0, "links": 0, "refused": 0,
+            **extra}
+
+
+def _shared_views(strips_a, strips_b, *, plan: TilingPlan, a, b, off):
+    """Both blocks' labels in the region they share, and the labels each has in its own core part
+    of it (the candidates); None when one side saw no labels there."""
     if strips_a[off][2] is None or strips_b[(-off[0], -off[1])][2] is None:
-        return empty, stats  # one side saw no labels there: no candidate pairs
+        return None
     la = _unpack(strips_a[off])
     lb = _unpack(strips_b[(-off[0], -off[1])])
     shared = _intersect(plan.padded_window(a), plan.padded_window(b))
-    part_a = _intersect(plan.core_window(a), shared).relative_to(shared)
-    part_b = _intersect(plan.core_window(b), shared).relative_to(shared)
-    pres_a = unique(la[part_a.slices])
-    pres_b = unique(lb[part_b.slices])
+    pres_a = unique(la[_intersect(plan.core_window(a), shared).relative_to(shared).slices])
+    pres_b = unique(lb[_intersect(plan.core_window(b), shared).relative_to(shared).slices])
+    return la, lb, pres_a, pres_b
+
+
+def _face_overlap(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: float):
+    """Candidate pairs and IoU links inside the region both blocks saw."""
+    stats = _face_stats(a, b, off)
+    empty = (np.empty(0, np.uint64), np.empty(0, np.uint64))
+    views = _shared_views(strips_a, strips_b, plan=plan, a=a, b=b, off=off)
+    if views is None:
+        return empty, stats
+    la, lb, pres_a, pres_b = views
     both = (la > 0) & (lb > 0)
     pa, pb, inter = unique_pairs(la[both].astype(np.uint64), lb[both].astype(np.uint64))
     if pa.size == 0:
@@ -360,17 +373,13 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     both windows saw: the splitting side's labels become an exclusion group
     that no chain of links may join.
     """
-    stats = {"blocks": [list(a), list(b)], "kind": _FACE_KIND[off], "candidates": 0, "links": 0, "refused": 0,
-             "split_by_a": 0, "split_by_b": 0}
+    stats = _face_stats(a, b, off, split_by_a=0, split_by_b=0)
     none = {"links": (np.empty(0, np.uint64), np.empty(0, np.uint64)), "weights": np.empty(0),
             "groups": (np.empty(0, np.uint64), np.empty(0, np.int64)), "n_groups": 0}
-    if strips_a[off][2] is None or strips_b[(-off[0], -off[1])][2] is None:
-        return none, stats  # one side saw no labels there: no evidence
-    la = _unpack(strips_a[off])
-    lb = _unpack(strips_b[(-off[0], -off[1])])
-    shared = _intersect(plan.padded_window(a), plan.padded_window(b))
-    pres_a = unique(la[_intersect(plan.core_window(a), shared).relative_to(shared).slices])
-    pres_b = unique(lb[_intersect(plan.core_window(b), shared).relative_to(shared).slices])
+    views = _shared_views(strips_a, strips_b, plan=plan, a=a, b=b, off=off)
+    if views is None:
+        return none, stats
+    la, lb, pres_a, pres_b = views
     ra, of_a, area_a = _runs(la)
     rb, of_b, area_b = _runs(lb)
     both = (ra > 0) & (rb > 0)

@@ -73,6 +73,11 @@ class MergeConfig:
         return bool(self.absorb_enclosed) and self.strategy in OVERLAP_STRATEGIES
 
     @property
+    def islands_first(self) -> bool:
+        """The reference strategies remove small islands before they merge (so their faces wait for it)."""
+        return bool(self.remove_small) and self.strategy in REFERENCE_STRATEGIES
+
+    @property
     def overlapping(self) -> bool:
         """The strategy compares the two blocks' views of their shared region."""
         return self.strategy in OVERLAP_STRATEGIES

@@ -28,9 +28,9 @@ from ..exceptions import ConfigError, InputError
 from ..tiling import TilingPlan
 from . import _blocks as b
 from . import _solve as s
-from ._config import REFERENCE_STRATEGIES, MergeConfig
+from ._config import MergeConfig
 
-__all__ = ["ALL", "Phase", "merge_phases", "check_inputs"]
+__all__ = ["ALL", "Phase", "merge_phases", "face_offsets", "check_inputs"]
 
 #: ``where`` of a read that takes every block's output (a global step).
 ALL = "all"
@@ -144,7 +144,7 @@ def _solve(faces, *, plan: TilingPlan, cfg: MergeConfig, faces_path: str | None)
 def _final(index, late, *rest, cfg: MergeConfig, merged: bool):
     pieces = rest[0] if merged else None
     removed = None
-    if cfg.strategy in REFERENCE_STRATEGIES and cfg.islands:
+    if cfg.islands_first:
         removed = b.island_flags(late, rest[-1], min_area=cfg.min_mask_area)
     fin = b.final_ids(late, removed, pieces, min_area=cfg.min_mask_area)
     # the distinct merged ids and the inverse: what the ranking needs, computed here per block
@@ -176,6 +176,12 @@ def _diagnostics(index, slot, late, final, pieces=None, *, plan: TilingPlan):
 # ---------------------------------------------------------------------------
 # the list
 # ---------------------------------------------------------------------------
+def face_offsets(cfg: MergeConfig) -> tuple:
+    """The neighbours whose faces a block owns: all four lower/right ones for the overlap strategies
+    (corners too), the two seams for the reference ones."""
+    return b.FACE_OFFSETS if cfg.overlapping else b.SEAM_OFFSETS
+
+
 def merge_phases(plan: TilingPlan, cfg: MergeConfig, *, valid: bool = False, faces_path: str | None = None,
                  diagnostics: bool = False) -> list[Phase]:
     """The merge's steps for ``cfg``, in order.
@@ -194,7 +200,7 @@ def merge_phases(plan: TilingPlan, cfg: MergeConfig, *, valid: bool = False, fac
     """
     P, part = Phase, functools.partial
     merged = cfg.strategy != "none"
-    islands_first = cfg.strategy in REFERENCE_STRATEGIES and cfg.islands
+    islands_first = cfg.islands_first
     phases = [P("summarize", part(_summarize, plan=plan, cfg=cfg), part(_reads_summarize, valid=valid),
                 ("early", "late"))]
     if islands_first:  # the reference removes small islands before it merges
@@ -203,7 +209,7 @@ def merge_phases(plan: TilingPlan, cfg: MergeConfig, *, valid: bool = False, fac
                    P("islands", part(_islands, plan=plan, cfg=cfg), part(_reads_all, name="comps"), ("islands",),
                      per_block=False)]
     if merged:
-        offsets = b.FACE_OFFSETS if cfg.overlapping else b.SEAM_OFFSETS
+        offsets = face_offsets(cfg)
         phases += [P("faces", part(_faces, plan=plan, cfg=cfg),
                      part(_reads_neighbours, plan=plan, offsets=offsets, with_islands=islands_first), ("faces",)),
                    P("solve", part(_solve, plan=plan, cfg=cfg, faces_path=faces_path),

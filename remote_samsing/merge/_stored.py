@@ -22,9 +22,9 @@ import numpy as np
 from .._files import write_atomic, write_json_atomic
 from ..exceptions import ConfigError, RemoteSamsingError
 from ..tiling import TilingPlan
-from ._blocks import FACE_OFFSETS, SEAM_OFFSETS, StoredSlot, owned_faces
-from ._config import REFERENCE_STRATEGIES, MergeConfig
-from ._phases import ALL, Phase, check_inputs, merge_phases, merge_statistics
+from ._blocks import StoredSlot, owned_faces
+from ._config import MergeConfig
+from ._phases import ALL, Phase, check_inputs, face_offsets, merge_phases, merge_statistics
 
 __all__ = ["merge_stored", "prepare_workdir", "stage_summary", "stage_faces", "face_schedule", "thread_map"]
 
@@ -154,9 +154,9 @@ def stage_summary(slot: np.ndarray, *, plan: TilingPlan, index, config: MergeCon
 def _ahead_offsets(cfg: MergeConfig):
     """The neighbours whose summaries a block's faces read, or None where the faces wait for a global step
     (the reference strategies' island solve) or there are none (``"none"``)."""
-    if cfg.strategy == "none" or (cfg.strategy in REFERENCE_STRATEGIES and cfg.islands):
+    if cfg.strategy == "none" or cfg.islands_first:
         return None
-    return FACE_OFFSETS if cfg.overlapping else SEAM_OFFSETS
+    return face_offsets(cfg)
 
 
 def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | os.PathLike) -> bool:
