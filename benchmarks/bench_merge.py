@@ -29,6 +29,8 @@ Usage::
     python benchmarks/bench_merge.py --gigapixel      # adds 2 Gpx (ours only; long, ~GBs of temp disk)
     python benchmarks/bench_merge.py --megapixels 100,2000   # the memory comparison alone
     python benchmarks/bench_merge.py --megapixels 100,400,2000   # every size and measure in one run
+    python benchmarks/bench_merge.py --versus iou --repeats 5      # overlap vs the first-generation rule, 100 Mpx
+    python benchmarks/bench_merge.py --versus nosplit --repeats 5  # the cost of one polygon per segment
 """
 
 from __future__ import annotations
@@ -183,14 +185,14 @@ class _ZarrSink:
         zarr.open_array(self.path, mode="r+")[window.slices] = labels
 
 
-def _run_ours(staged_path: str, out_path: str, shape, graph: bool, q) -> None:
+def _run_ours(staged_path: str, out_path: str, shape, graph: bool, q, config: dict | None = None) -> None:
     import zarr
 
     from remote_samsing.merge import MergeConfig, merge_labels, merge_stored, thread_map
     from remote_samsing.tiling import TilingPlan
 
     plan = TilingPlan(shape=tuple(shape), tile_size=TILE, padding=PADDING)
-    cfg = MergeConfig(min_mask_area=MIN_AREA)
+    cfg = MergeConfig(**{"min_mask_area": MIN_AREA, **(config or {})})
     _warm_up()
     q.put({"loaded": True})  # imports and jitted kernels in memory: the baseline
     t0 = time.perf_counter()
@@ -241,13 +243,13 @@ def _run_reference(staged_path: str, shape, q) -> None:
     q.put({"seconds": seconds, "score": _score(np.concatenate(pairs, axis=1))})
 
 
-def _measure(target, args) -> dict:
+def _measure(target, args, kwargs=None) -> dict:
     """Run ``target`` in a fresh process; sample the tree's RSS until it ends."""
     import psutil
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=target, args=args + (q,))
+    p = ctx.Process(target=target, args=args + (q,), kwargs=kwargs or {})
     p.start()
     proc = psutil.Process(p.pid)
     peak = base = 0
@@ -331,6 +333,52 @@ def bench_size(side_y: int, side_x: int, *, reference: bool, workdir: str, keep_
     return row
 
 
+#: ``--versus`` choices: the configuration timed against the default ``overlap`` (both without the
+#: split of labels into 4-connected parts when comparing seam rules, so the ratio is the rule's alone)
+_VERSUS = {
+    "iou": ({"split_parts": False}, {"strategy": "iou", "split_parts": False}),
+    "best_match": ({"split_parts": False}, {"strategy": "best_match"}),
+    "none": ({}, {"strategy": "none"}),
+    "nosplit": ({}, {"split_parts": False}),
+}
+
+
+def versus(side_y: int, side_x: int, *, other: str, repeats: int, workdir: str) -> dict:
+    """The default ``overlap`` against ``_VERSUS[other]`` on one staged mosaic, ``repeats`` alternating pairs.
+
+    Both run ``merge_stored`` in fresh processes on the same staged Zarr, so
+    the ratio (other's seconds / overlap's, median over the pairs) compares
+    the two configurations alone, in one run.
+    """
+    import shutil
+    import statistics
+
+    from remote_samsing.tiling import TilingPlan
+
+    shape = (side_y, side_x)
+    plan = TilingPlan(shape=shape, tile_size=TILE, padding=PADDING)
+    staged = os.path.join(workdir, "staged.zarr")
+    write_staged(staged, plan)
+    out = os.path.join(workdir, "labels.zarr")
+    configs = dict(zip(("overlap", other), _VERSUS[other]))
+    runs = {"overlap": [], other: []}
+    for i in range(repeats):
+        for name in (("overlap", other) if i % 2 == 0 else (other, "overlap")):
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(out + ".spill", ignore_errors=True)
+            r = _measure(_run_ours, (staged, out, shape, False), {"config": configs[name]})
+            r["score"] = _score_ours(out, shape)
+            runs[name].append(r)
+            print(f"{name:>10}: {r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB, {r['score']}", flush=True)
+    sec = {k: [r["seconds"] for r in v] for k, v in runs.items()}
+    rss = {k: [r["peak_rss_mb"] for r in v] for k, v in runs.items()}
+    pairs = [o / n for o, n in zip(sec[other], sec["overlap"])]
+    return {"megapixels": side_y * side_x / 1e6, "blocks": plan.n_blocks, "repeats": repeats,
+            "configs": configs, "runs": runs,
+            "time_ratio_other_over_overlap_median": statistics.median(pairs), "time_ratio_per_pair": pairs,
+            "rss_ratio_other_over_overlap": statistics.median(rss[other]) / statistics.median(rss["overlap"])}
+
+
 def graph_build(sides=(10, 20, 50)) -> list[dict]:
     """Seconds to *build* (not compute) the merge graph for n×n blocks: must grow linearly."""
     import dask.array as da
@@ -377,12 +425,21 @@ def main(argv=None) -> None:
     ap.add_argument("--megapixels", help=f"comma-separated sizes out of {sorted(_SHAPES)}, e.g. 100,2000")
     ap.add_argument("--graph", action="store_true",
                     help="also time the lazy merge graph (merge_labels, what segment() builds)")
+    ap.add_argument("--versus", choices=sorted(_VERSUS),
+                    help="time the default overlap against another configuration of ours instead (iou: the "
+                         "first-generation rule; nosplit: overlap without the split into 4-connected parts), "
+                         "alternating, on one staged mosaic (the first --megapixels size, default 100)")
+    ap.add_argument("--repeats", type=int, default=3, help="--versus: pairs of runs (default 3)")
     ap.add_argument("--json", help="write the result here too")
     args = ap.parse_args(argv)
     mpx = [int(m) for m in args.megapixels.split(",")] if args.megapixels else None
     if mpx and any(m not in _SHAPES for m in mpx):
         ap.error(f"--megapixels: choose among {sorted(_SHAPES)}")
-    result = run(args.quick, gigapixel=args.gigapixel, megapixels=mpx, graph=args.graph)
+    if args.versus:
+        with tempfile.TemporaryDirectory(prefix="bench_merge_") as workdir:
+            result = versus(*_SHAPES[(mpx or [100])[0]], other=args.versus, repeats=args.repeats, workdir=workdir)
+    else:
+        result = run(args.quick, gigapixel=args.gigapixel, megapixels=mpx, graph=args.graph)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -17,6 +17,9 @@ __all__ = [
     "enclosure_pairs",
     "label_comp_pairs",
     "apply_lut",
+    "part_stats",
+    "part_pairs",
+    "apply_parts",
     "NEIGHBOUR_BORDER",
     "NEIGHBOUR_SEAM",
 ]
@@ -208,3 +211,60 @@ def apply_lut(labels, comps, removed, lut, out):
                 out[y, x] = 0
             else:
                 out[y, x] = lut[lab]
+
+
+@njit(cache=True, nogil=True)
+def part_stats(labels, parts, out_label, out_area, out_first):
+    """Per part (4-connected run of one label, ids 1..n in ``parts``): its label, area and first pixel.
+
+    ``out_first`` receives the raster index (``y * width + x``) of each
+    part's first pixel in row-major order; fill it with -1 on entry.
+    """
+    h, w = labels.shape
+    for y in range(h):
+        for x in range(w):
+            p = parts[y, x]
+            if p == 0:
+                continue
+            out_area[p] += 1
+            if out_first[p] < 0:
+                out_first[p] = y * w + x
+                out_label[p] = labels[y, x]
+
+
+@njit(cache=True, nogil=True)
+def part_pairs(parts, want, out_a, out_b):
+    """4-adjacent pixel pairs of two different parts (both > 0), one per pair of pixels, where
+    ``want[a] or want[b]``. ``out_a``/``out_b`` need ``2 * parts.size`` entries in the worst
+    case. Returns the number written."""
+    h, w = parts.shape
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            p = parts[y, x]
+            if p == 0:
+                continue
+            if x + 1 < w:
+                q = parts[y, x + 1]
+                if q != 0 and q != p and (want[p] or want[q]):
+                    out_a[n] = p
+                    out_b[n] = q
+                    n += 1
+            if y + 1 < h:
+                q = parts[y + 1, x]
+                if q != 0 and q != p and (want[p] or want[q]):
+                    out_a[n] = p
+                    out_b[n] = q
+                    n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def apply_parts(parts, table, out):
+    """``out[y, x] = table[parts[y, x]]`` where that is >= 0 (parts moved by the split)."""
+    h, w = parts.shape
+    for y in range(h):
+        for x in range(w):
+            v = table[parts[y, x]]
+            if v >= 0:
+                out[y, x] = v

@@ -91,7 +91,52 @@ def postprocess_whole(labels: np.ndarray, cfg: MergeConfig) -> np.ndarray:
         small = np.bincount(comps.ravel(), minlength=n + 1) < cfg.min_mask_area
         small[0] = False
         out[small[comps]] = 0
+    if cfg.splits:
+        out = split_whole(out, cfg.split_min_area)
     return out
+
+
+def split_whole(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """The documented split on a whole label image, label by label: the largest 4-connected part keeps
+    the label (ties: first pixel in raster order), other parts >= min_area get new labels, smaller ones
+    join the kept neighbour with the most 4-neighbour pixel pairs (ties: first pixel first) or 0."""
+    out = labels.astype(np.int64).copy()
+    parts = np.zeros_like(out)
+    info = []  # (label, area, first pixel) per part, numbered from 1
+    for lab in np.unique(out[out > 0]):
+        comp, n = ndimage.label(out == lab, structure=CROSS)
+        for k in range(1, n + 1):
+            where = np.flatnonzero((comp == k).ravel())
+            parts.ravel()[where] = len(info) + 1
+            info.append((lab, where.size, where[0]))
+    final = {}
+    small = []
+    next_label = out.max() + 1
+    for lab in {i[0] for i in info}:
+        mine = sorted((-a, f, k + 1) for k, (l_, a, f) in enumerate(info) if l_ == lab)
+        final[mine[0][2]] = lab
+        for neg_area, _, p in mine[1:]:
+            if -neg_area >= min_area:
+                final[p] = next_label
+                next_label += 1
+            else:
+                small.append(p)
+    first = {k + 1: f for k, (_, _, f) in enumerate(info)}
+    padded = np.pad(parts, 1)
+    for p in small:
+        mask = np.pad(parts == p, 1)
+        contact = {}
+        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+            nb = np.roll(padded, (-dy, -dx), axis=(0, 1))[mask]
+            for q in nb[(nb > 0) & (nb != p)]:
+                if q in final:
+                    contact[q] = contact.get(q, 0) + 1
+        best = min(contact, key=lambda q: (-contact[q], first[q])) if contact else None
+        final[p] = final[best] if best is not None else 0
+    lut = np.zeros(len(info) + 1, np.int64)
+    for p, v in final.items():
+        lut[p] = v
+    return lut[parts]
 
 
 def run_merge(staged, plan, **cfg):
@@ -176,8 +221,8 @@ def test_each_relabel_task_gets_only_its_blocks_part_of_the_tables():
     from dask.core import get_dependencies
 
     dsk = dict(res.labels.__dask_graph__())
-    globals_ = {k for k in dsk if isinstance(k, tuple) and len(k) == 1 and str(k[0]).endswith(("-solve", "-ids"))}
-    assert len(globals_) == 2
+    globals_ = {k for k in dsk if isinstance(k, tuple) and len(k) == 1 and str(k[0]).endswith(("-solve", "-split", "-ids"))}
+    assert len(globals_) == 3
     relabel = [k for k in dsk if isinstance(k, tuple) and str(k[0]).startswith("rs-merged-labels-")]
     assert len(relabel) == plan.n_blocks
     for key in relabel:
@@ -219,7 +264,7 @@ def test_tiled_equals_untiled_for_local_segmenter(shape, tile, padding, structur
     assert stats["totals"]["refused"] == 0
     # without post-processing too
     got, _ = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
-    assert_same_partition(got, ndimage.label(img, structure=structure)[0])
+    assert_same_partition(got, split_whole(ndimage.label(img, structure=structure)[0], 0))
 
 
 @pytest.mark.parametrize("shape,tile,padding,seed", [((90, 90), 30, 5, 0), ((120, 77), 25, 3, 1), ((64, 130), 20, 9, 2)])
@@ -647,7 +692,8 @@ def test_out_of_core_merge_hands_its_phases_over_at_once(tmp_path, strategy, rem
         chain += [("merge-comps", n), ("merge-islands", 1)]
     if strategy != "none":
         chain += [("merge-faces", n), ("merge-solve", 1)]
-    chain += [("merge-final", n), ("merge-ids", 1), ("merge-sink", 1, ()),
+    chain += [("merge-final", n)] + ([("merge-split", 1)] if strategy == "overlap" else [])
+    chain += [("merge-ids", 1), ("merge-sink", 1, ()),
               ("merge-relabel", n, ("merge-ids", "merge-sink"))]
     assert handed == chain
     assert events == ["prepared"] + ["block"] * n
@@ -1087,3 +1133,86 @@ def test_union_find_mutex_kernel_matches_its_reference(seed):
     want_parent, want_refused = _union_find_mutex_reference(a, b, order, members, groups, n)
     np.testing.assert_array_equal(parent, want_parent)
     np.testing.assert_array_equal(refused, want_refused)
+
+
+# ---------------------------------------------------------------------------
+# one 4-connected segment per label
+# ---------------------------------------------------------------------------
+def _parts_per_label(labels: np.ndarray) -> dict:
+    return {int(v): ndimage.label(labels == v, structure=CROSS)[1] for v in np.unique(labels[labels > 0])}
+
+
+def test_a_label_touching_only_at_corners_is_split_as_documented():
+    from remote_samsing.testing import stage_windows
+
+    img = np.ones((20, 20), np.int64)  # label 1 everywhere else
+    img[10:15, 2:7] = 2  # label 2: a 5x5 square...
+    img[3:6, 12:15][np.eye(3, dtype=bool)] = 2  # ... and a diagonal of single pixels
+    img[2:6, 2:6] = 3  # label 3: two 4x4 squares meeting at a corner
+    img[6:10, 6:10] = 3
+    plan = TilingPlan(shape=img.shape, tile_size=20, padding=0)
+    staged = da.from_array(stage_windows(plan, lambda w: img[w.slices]), chunks=plan.slot_shape)
+    got, stats = run_merge(staged, plan, absorb_enclosed=False, min_mask_area=10)
+    expected = img.copy()
+    expected[3:6, 12:15][np.eye(3, dtype=bool)] = 1  # each diagonal pixel joins its only neighbour
+    expected[6:10, 6:10] = 4  # equal areas: the square whose first pixel comes later gets a label of its own
+    assert_same_partition(got, expected)
+    assert set(_parts_per_label(got).values()) == {1}
+    t = stats["totals"]
+    assert (t["labels_split"], t["parts_relabelled"], t["parts_joined"], t["parts_cleared"]) == (2, 1, 3, 0)
+    # without the island rule no part is too small: each diagonal pixel becomes a label
+    got, _ = run_merge(staged, plan, absorb_enclosed=False, remove_small=False, min_mask_area=10)
+    assert len(np.unique(got[got > 0])) == 3 + 1 + 3
+    # switched off, the labels keep their parts
+    got, _ = run_merge(staged, plan, absorb_enclosed=False, min_mask_area=10, split_parts=False)
+    assert_same_partition(got, img)
+
+
+def test_small_parts_touching_only_each_other_become_background():
+    """Two 3-px crumbs of two labels touch only each other: both move, so neither has a label to join."""
+    from remote_samsing.testing import stage_windows
+
+    img = np.zeros((20, 20), np.int64)
+    img[1:7, 1:7] = 1
+    img[1:7, 12:18] = 2
+    img[7, 7:10] = 1  # meets label 1 at a corner only
+    img[8, 7:10] = 2  # nowhere near label 2's square
+    plan = TilingPlan(shape=img.shape, tile_size=20, padding=0)
+    staged = da.from_array(stage_windows(plan, lambda w: img[w.slices]), chunks=plan.slot_shape)
+    got, stats = run_merge(staged, plan, min_mask_area=5, absorb_enclosed=False)  # the crumbs' island is 6 px
+    expected = img.copy()
+    expected[7:9] = 0
+    assert_same_partition(got, expected)
+    assert stats["totals"]["parts_cleared"] == 2 and stats["totals"]["islands_removed"] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("remove_small", [True, False])
+def test_the_split_is_the_documented_rule_applied_after_the_merge(tmp_path, seed, remove_small):
+    """Disagreeing windows (the SAM-like stand-in) and 8-connected labels leave merged labels in parts,
+    also across seams (core crops that do not touch); tiled, the split equals the whole-image rule
+    applied to the merge without it, and every label is one 4-connected region."""
+    from remote_samsing.testing import SAMLikeWindows, stage_windows
+
+    truth = touching_labels((150, 170), n_seeds=40, seed=seed, hole_frac=0.02)
+    rng = np.random.default_rng(seed)
+    diag = rng.random(truth.shape) < 0.03  # corner-touching crumbs of one label
+    src = np.roll(truth, (1, 1), axis=(0, 1))  # the up-left neighbour's label
+    truth[diag & (src > 0)] = src[diag & (src > 0)]
+    plan = TilingPlan(shape=truth.shape, tile_size=40, padding=8)
+    seg = SAMLikeWindows(truth=truth, image=None, seed=seed)
+    staged = da.from_array(stage_windows(plan, seg), chunks=plan.slot_shape)
+    cfg = dict(min_mask_area=12, merge_enclosed_max_area=40, remove_small=remove_small)
+    merged, _ = run_merge(staged, plan, split_parts=False, **cfg)
+    assert max(_parts_per_label(merged).values()) > 1  # the case exists
+    got, stats = run_merge(staged, plan, **cfg)
+    assert_same_partition(got, split_whole(merged, MergeConfig(**cfg).split_min_area))
+    assert set(_parts_per_label(got).values()) == {1}
+    assert stats["totals"]["labels_split"] > 0
+    # the out-of-core merge gives the same ids
+    from remote_samsing.merge import merge_stored
+
+    sink = _CollectSink(truth.shape)
+    merge_stored(write_store(staged, plan, tmp_path / "staged.zarr"), plan=plan, config=MergeConfig(**cfg),
+                 workdir=tmp_path / "spill", sink=sink)
+    np.testing.assert_array_equal(sink.out, got)

@@ -285,3 +285,21 @@ def test_to_polygons_hole_perimeter_matches_utm(crs):
     # exterior 4 * 12 px + hole 4 * 4 px = 64 px of ~5 m
     assert gdf.loc[0, "perimeter_m"] == pytest.approx(64 * 5.0, rel=5e-3)
     assert gdf.loc[0, "area_m2"] == pytest.approx((144 - 16) * 25.0, rel=1e-2)
+
+
+def test_every_segment_of_a_bundled_scene_is_one_polygon(data_dir):
+    """Felzenszwalb on the committed Atlanta crop, tiled: labels touching only at corners and pieces cut
+    by core cropping are resolved in the raster, so every polygon is a single Polygon. The reference's
+    rule keeps its labels as they are, so there the same scene gives MultiPolygons."""
+    import remote_samsing as rs
+
+    params = dict(segmenter="felzenszwalb", tile_size=128, padding=16,
+                  segmenter_params={"scale": 100, "min_size": 20})
+    labels = rs.segment(data_dir / "atlanta_crop_32616.tif", **params).compute(scheduler="threads")
+    gdf = to_polygons(labels)
+    assert len(gdf) > 100
+    assert set(gdf.geometry.geom_type) == {"Polygon"}
+    assert len(gdf) == len(np.unique(labels.values[labels.values > 0]))
+    reference = to_polygons(rs.segment(data_dir / "atlanta_crop_32616.tif", merge="best_match", **params)
+                            .compute(scheduler="threads"))
+    assert (reference.geometry.geom_type == "MultiPolygon").sum() > 10

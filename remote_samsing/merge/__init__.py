@@ -78,6 +78,21 @@ remove_small
     reference's island rule (§1.7); merging and absorbing change labels, not
     the foreground, so the islands are the same before and after them.
 
+One 4-connected segment per label (``split_parts``; ``"overlap"`` and ``"iou"``)
+---------------------------------------------------------------------------------
+After the rules above, a label can still hold several 4-connected parts:
+pixels that touch only at corners, or fragments linked across a seam whose
+core crops do not touch. Each such label is resolved by one rule, on parts
+measured whole across seams: the largest part keeps the label (equal areas:
+the one whose first pixel comes first in raster order); every other part of
+at least ``min_mask_area`` pixels becomes a label of its own; a smaller part
+joins the label it shares the most border with (pairs of 4-neighbouring
+pixels; ties: the label whose first pixel comes first) among those that keep
+their pixels, or becomes 0 when it touches none. With ``remove_small`` off
+every part becomes a label of its own. So every segment is one polygon. The
+reference's strategies and ``"none"`` are left exactly as they are, so their
+labels can hold several parts.
+
 The phases
 ----------
 The merge is one list of phases (:func:`merge_phases` in ``_phases.py``),
@@ -98,12 +113,18 @@ caller passes in):
    decision is made here** (``_blocks._face_overlap`` and
    ``_blocks._face_reference``).
 4. ``solve``, once: the island rule and union-find (numba) over the links
-   (``"overlap"``: with the exclusion groups), then the enclosed-object rule; the table mapping pre-merge ids to merged
-   ids is split per block, so each block only ever receives its part.
-5. ``final``, per block: surviving merged ids; ``ids``, once: their ranks
-   1..N (the sorted union of merged ids, in steps of owner blocks), split per
-   block.
-6. ``relabel``, per block: read the staged chunk again and relabel it with its
+   (``"overlap"``: with the exclusion groups), then the enclosed-object rule;
+   the table mapping pre-merge ids to merged ids is split per block, so each block only ever receives its part.
+5. ``final``, per block: surviving merged ids (with ``split_parts``, also the
+   block's parts that can matter: labels with several parts in the block,
+   near a seam or in the enclosed-object rule, and the neighbours of small
+   parts).
+6. (``split_parts``) ``split``, once: each merged label's 4-connected parts,
+   from those records and the faces' contacts across seams; each block gets
+   the parts it moves.
+7. ``ids``, once: the ranks 1..N of the merged ids (the sorted union, in steps
+   of owner blocks), split per block.
+8. ``relabel``, per block: read the staged chunk again and relabel it with its
    lookup table (its own ranks only: no task receives a global table).
 
 Pre-merge ids are ``block_label_offset(block_id) | local`` (uint64), so no

@@ -14,6 +14,7 @@ import numpy as np
 from .._arrays import unique, unique_pairs
 from ..tiling import TilingPlan, Window, block_label_offset
 from ._config import MergeConfig
+from ._parts import block_parts, part_map, seam_part_pairs
 
 # 4-connectivity, as the reference's post-processing
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
@@ -24,8 +25,8 @@ FACE_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 SEAM_OFFSETS = FACE_OFFSETS[:2]
 _FACE_KIND = {(0, 1): "x", (1, 0): "y", (1, 1): "xy", (1, -1): "yx"}
 # what the faces read of a block's summary, and what the final ids and the relabel read
-_EARLY = ("offset", "edges", "comp_edges", "cand", "seam_comps", "seam_sizes", "comp_sizes")
-_LATE = ("index", "offset", "values", "n_idx", "present", "label_comp", "comp_sizes")
+_EARLY = ("offset", "edges", "comp_edges", "cand", "seam_comps", "seam_sizes", "comp_sizes", "part_edges")
+_LATE = ("index", "offset", "values", "n_idx", "present", "label_comp", "comp_sizes", "parts")
 
 
 # ---------------------------------------------------------------------------
@@ -168,6 +169,9 @@ def _summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
         info["seam_sizes"] = comp_sizes[seam]
     if cfg.absorb:
         info["cand"] = _enclosure_candidates(idx, values, areas, plan, index, cfg)
+    if cfg.splits:
+        info["part_edges"], info["parts"] = _block_parts(idx, values, info, comps if cfg.islands else None,
+                                                         plan=plan, index=index, sides=sides, cfg=cfg, empty=empty)
     strips = None
     if cfg.overlapping:
         pw = plan.padded_window(index)
@@ -181,6 +185,18 @@ def _summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
                 shared = _intersect(pw, plan.padded_window(other))
                 strips[(dy, dx)] = _pack(padded[shared.relative_to(pw).slices])
     return info, strips, vbits
+
+
+def _block_parts(idx, values, info, comps, *, plan, index, sides, cfg: MergeConfig, empty: bool):
+    """The block's part records for the split (none for an empty core)."""
+    if empty:
+        return {s: np.zeros(_edge_line(idx, s).size, np.int32) for s in sides}, None
+    cand_idx = None
+    if "cand" in info:
+        c = info["cand"]
+        cand_idx = _to_idx(np.concatenate([c["local"], c["nb_m"]]), values)
+    return block_parts(idx, comps, plan=plan, index=index, sides=sides, min_area=cfg.split_min_area,
+                       cand_idx=cand_idx)
 
 
 def summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
@@ -455,6 +471,7 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
     """Every face a block owns: overlap links (and exclusions), and seam contacts for the post-processing."""
     links_a, links_b, stats, comp_a, comp_b, adj_s, adj_d = [], [], [], [], [], [], []
     weights, faces, g_members, g_index, n_groups = [], [], [], [], 0
+    part_pairs = []
     for k, (off, other) in enumerate(zip(offsets, others)):
         nb = (index[0] + off[0], index[1] + off[1])
         kw = dict(plan=plan, a=index, b=nb, off=off, min_iou=float(cfg.min_iou))
@@ -471,6 +488,9 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
         links_a.append(la)
         links_b.append(lb)
         stats.append(st)
+        if off in ((0, 1), (1, 0)) and cfg.splits:
+            part_pairs.append(seam_part_pairs(own["part_edges"], other["part_edges"], off=off,
+                                              offset_a=own["offset"], offset_b=other["offset"]))
         if off in ((0, 1), (1, 0)) and (cfg.islands or cfg.absorb):
             cp, adj = _face_seam(own, other, off=off, want_comps=cfg.islands, want_adj=cfg.absorb)
             if cp is not None:
@@ -490,6 +510,9 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
     if cfg.absorb:
         out["adj"] = (_cat64(adj_s), _cat64(adj_d))
         out["cands"] = _block_cands(own)
+    if cfg.splits:
+        out["part_pairs"] = (_cat64([p[0] for p in part_pairs]), _cat64([p[1] for p in part_pairs]),
+                             np.concatenate([p[2] for p in part_pairs]) if part_pairs else np.empty(0, np.int64))
     return out
 
 
@@ -559,8 +582,11 @@ def codes_table(info, piece):
     return codes
 
 
-def apply_table(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: bool = False):
-    """A block's core relabelled through ``lut`` (0 on removed islands; code 3 there with ``diagnostics``)."""
+def apply_table(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnostics: bool = False, parts=None):
+    """A block's core relabelled through ``lut`` (0 on removed islands; code 3 there with ``diagnostics``).
+
+    ``parts``: ``(part ids, values)`` of the parts the split moved, written over the table's values.
+    """
     from .. import _merge_nb as nb
 
     core = _core(slot, vbits, plan=plan, index=index)
@@ -573,7 +599,12 @@ def apply_table(slot, vbits, removed, lut, *, plan: TilingPlan, index, diagnosti
         out = lut[idx]
         if use_comps:
             out[removed[comps]] = 3
-        return out
-    out = np.empty(idx.shape, np.uint32)
-    nb.apply_lut(idx, comps, removed if use_comps else np.zeros(1, bool), lut, out)
+    else:
+        out = np.empty(idx.shape, np.uint32)
+        nb.apply_lut(idx, comps, removed if use_comps else np.zeros(1, bool), lut, out)
+    if parts is not None:
+        pmap = part_map(idx)
+        table = np.full(int(pmap.max()) + 1, -1, np.int64)
+        table[parts[0]] = parts[1]
+        nb.apply_parts(pmap, table, out)
     return out

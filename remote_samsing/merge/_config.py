@@ -41,6 +41,13 @@ class MergeConfig:
         Remove foreground islands smaller than ``min_mask_area``.
     min_mask_area : int
         Smallest island (pixels, 4-connected, across seams) that is kept.
+    split_parts : bool
+        ``"overlap"`` and ``"iou"``: resolve labels with several 4-connected
+        parts after the merge, so every segment is one 4-connected region
+        (one polygon): the largest part keeps the label, other parts of at least ``min_mask_area`` pixels become labels
+        of their own, smaller ones join the neighbour they share the most
+        border with (or 0); with ``remove_small`` off every part becomes a
+        label of its own.
     diagnostics : bool
         Also build the seam-diagnostics raster (``MergeResult.diagnostics``).
     """
@@ -52,6 +59,7 @@ class MergeConfig:
     merge_enclosed_max_area: int = 500
     remove_small: bool = True
     min_mask_area: int = 100
+    split_parts: bool = True
     diagnostics: bool = False
 
     def __post_init__(self) -> None:
@@ -61,7 +69,7 @@ class MergeConfig:
         check_int("min_mask_area", self.min_mask_area, minimum=0)
         check_number("min_iou", self.min_iou, minimum=0.5, maximum=1, open_max=True,
                      hint="below 0.5 one fragment could link several partners on one face")
-        for name in ("absorb_enclosed", "remove_small", "diagnostics"):
+        for name in ("absorb_enclosed", "remove_small", "split_parts", "diagnostics"):
             check_bool(name, getattr(self, name))
 
     @property
@@ -71,6 +79,18 @@ class MergeConfig:
     @property
     def absorb(self) -> bool:
         return bool(self.absorb_enclosed) and self.strategy in OVERLAP_STRATEGIES
+
+    @property
+    def splits(self) -> bool:
+        """Labels with several 4-connected parts are split after the merge (not for the reference's
+        rules, which stay exactly the reference's, nor for ``"none"``)."""
+        return bool(self.split_parts) and self.strategy in OVERLAP_STRATEGIES
+
+    @property
+    def split_min_area(self) -> int:
+        """Parts below this size join a neighbour in the split; without the island rule (``remove_small``
+        off) none does: every part becomes a label of its own."""
+        return int(self.min_mask_area) if self.remove_small else 0
 
     @property
     def islands_first(self) -> bool:

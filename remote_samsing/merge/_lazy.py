@@ -72,8 +72,9 @@ class _Graph:
                 self.keys[(out, i)] = okey
 
 
-def _stats(solve, finals, ids, *, cfg: MergeConfig):
-    return merge_statistics(None if solve is None else solve[-1], [f[-1] for f in finals], ids[-1], cfg=cfg)
+def _stats(solve, finals, ids, split=None, *, cfg: MergeConfig):
+    return merge_statistics(None if solve is None else solve[-1], [f[-1] for f in finals], ids[-1], cfg=cfg,
+                            split=None if split is None else split[-1])
 
 
 def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, reread: bool = True) -> MergeResult:
@@ -127,7 +128,7 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
     stats_name = f"rs-merge-stats-{token}"
     finals = [g.items[("final", i)] for i in plan.block_ids()]
     g.dsk[(stats_name,)] = (functools.partial(_stats, cfg=config), g.items.get(("solve", 0)), finals,
-                            g.items[("ids", 0)])
+                            g.items[("ids", 0)], g.items.get(("split", 0)))
     return _collections(g, names, stats_name, collections, diagnostics=config.diagnostics)
 
 

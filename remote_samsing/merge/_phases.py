@@ -27,6 +27,7 @@ from .._files import write_json_atomic
 from ..exceptions import ConfigError, InputError
 from ..tiling import TilingPlan
 from . import _blocks as b
+from . import _parts as p
 from . import _solve as s
 from ._config import MergeConfig
 
@@ -88,8 +89,12 @@ def _reads_neighbours(index, *, plan: TilingPlan, offsets, with_islands: bool = 
     return [("early", n) for n in blocks]
 
 
-def _reads_all(_, *, name: str):
-    return [(name, ALL)]
+def _reads_all(_, *, name):
+    return [(n, ALL) for n in ((name,) if isinstance(name, str) else name)]
+
+
+def _reads_split(_):
+    return [("parts", ALL), ("faces", ALL)]
 
 
 def _reads_final(index, *, merged: bool, islands: bool):
@@ -150,27 +155,53 @@ def _final(index, late, *rest, cfg: MergeConfig, merged: bool):
     # the distinct merged ids and the inverse: what the ranking needs, computed here per block
     ids, inverse = unique(fin["gids"], return_inverse=True)
     report = {"n_before": fin["n_before"], "islands_removed": fin["islands_removed"]}
-    return {"idx": fin["idx"], "removed": fin["removed"]}, (ids, inverse.astype(np.uint32)), report
+    out = ({"idx": fin["idx"], "removed": fin["removed"]}, (ids, inverse.astype(np.uint32)))
+    if cfg.splits:
+        out += (p.part_records(late.get("parts"), late["offset"], n_idx=late["n_idx"], idx=fin["idx"],
+                               gids=fin["gids"], removed=fin["removed"]),)
+    return out + (report,)
 
 
-def _ids(gids):
-    *ranks, n_ids = s.rank_ids(gids)
-    return ranks, n_ids
+def _split(records, faces, *, plan: TilingPlan, cfg: MergeConfig):
+    moves, stats = p.split_parts(records, faces, n_blocks=plan.n_blocks, min_area=cfg.split_min_area)
+    return moves, stats
 
 
-def _relabel(index, slot, late, final, ranks, *, plan: TilingPlan):
+def _ids(gids, moves=None):
+    """Ranks 1..N of every block's merged ids (and, after a split, of its moved parts' ids: 0 stays 0)."""
+    if moves is None:
+        *ranks, n_ids = s.rank_ids(gids)
+        return ranks, n_ids
+    both = [unique(np.concatenate([u, m[1]]), return_inverse=True) for (u, _), m in zip(gids, moves)]
+    nonzero = [(cu[cu > 0], np.arange(np.count_nonzero(cu > 0))) for cu, _ in both]
+    *ranks, n_ids = s.rank_ids(nonzero)
+    out = []
+    for r, (cu, c_inv), (u, g_inv) in zip(ranks, both, gids):
+        per_id = np.concatenate([np.zeros(cu.size - r.size, np.uint32), r])  # a 0 sorts first
+        ranked = per_id[c_inv]
+        out.append((ranked[: u.size][g_inv], ranked[u.size :]))
+    return out, n_ids
+
+
+def _relabel(index, slot, late, final, ranks, moves=None, *, plan: TilingPlan):
     index = tuple(index)
     if not late["present"].size:  # no label in the core (nodata, nothing found): the chunk is not read
         return np.zeros(plan.core_window(index).shape, np.uint32)
+    label_ranks, move_ranks = ranks if moves is not None else (ranks, None)
     lut = np.zeros(late["n_idx"], np.uint32)
-    lut[final["idx"]] = ranks
-    return b.apply_table(b.load_slot(slot), late["vbits"], final["removed"], lut, plan=plan, index=index)
+    lut[final["idx"]] = label_ranks
+    parts = (moves[0], move_ranks) if moves is not None and moves[0].size else None
+    return b.apply_table(b.load_slot(slot), late["vbits"], final["removed"], lut, plan=plan, index=index,
+                         parts=parts)
 
 
-def _diagnostics(index, slot, late, final, pieces=None, *, plan: TilingPlan):
+def _diagnostics(index, slot, late, final, *rest, plan: TilingPlan, merged: bool):
+    pieces = rest[0] if merged else None
+    moves = rest[-1] if len(rest) > int(merged) else None
     codes = b.codes_table(late, pieces[1] if pieces is not None else None)
+    parts = (moves[0], np.full(moves[0].size, 5, np.uint8)) if moves is not None and moves[0].size else None
     return b.apply_table(b.load_slot(slot), late["vbits"], final["removed"], codes, plan=plan, index=tuple(index),
-                    diagnostics=True)
+                         diagnostics=True, parts=parts)
 
 
 # ---------------------------------------------------------------------------
@@ -214,21 +245,34 @@ def merge_phases(plan: TilingPlan, cfg: MergeConfig, *, valid: bool = False, fac
                      part(_reads_neighbours, plan=plan, offsets=offsets, with_islands=islands_first), ("faces",)),
                    P("solve", part(_solve, plan=plan, cfg=cfg, faces_path=faces_path),
                      part(_reads_all, name="faces"), ("pieces",), per_block=False, report=True)]
-    phases += [P("final", part(_final, cfg=cfg, merged=merged),
-                 part(_reads_final, merged=merged, islands=islands_first), ("final", "gids"), report=True),
-               P("ids", _ids, part(_reads_all, name="gids"), ("ranks",), per_block=False, report=True),
-               P("relabel", part(_relabel, plan=plan), part(_reads_relabel, extra=("ranks",)), terminal=True)]
+    splits = cfg.splits
+    phases.append(P("final", part(_final, cfg=cfg, merged=merged),
+                    part(_reads_final, merged=merged, islands=islands_first),
+                    ("final", "gids", "parts") if splits else ("final", "gids"), report=True))
+    if splits:
+        phases.append(P("split", part(_split, plan=plan, cfg=cfg), _reads_split, ("moves",), per_block=False,
+                        report=True))
+    phases += [P("ids", _ids, part(_reads_all, name=("gids", "moves") if splits else "gids"), ("ranks",),
+                 per_block=False, report=True),
+               P("relabel", part(_relabel, plan=plan),
+                 part(_reads_relabel, extra=("ranks", "moves") if splits else ("ranks",)), terminal=True)]
     if diagnostics:
-        phases.append(P("diagnostics", part(_diagnostics, plan=plan),
-                        part(_reads_relabel, extra=("pieces",) if merged else ()), terminal=True))
+        extra = (("pieces",) if merged else ()) + (("moves",) if splits else ())
+        phases.append(P("diagnostics", part(_diagnostics, plan=plan, merged=merged),
+                        part(_reads_relabel, extra=extra), terminal=True))
     return phases
 
 
-def merge_statistics(solve, finals, n_ids: int, *, cfg: MergeConfig, faces_path: str | None = None) -> dict:
-    """The merge's statistics from the reports of the solve (None without one), the finals and the ids."""
+def merge_statistics(solve, finals, n_ids: int, *, cfg: MergeConfig, faces_path: str | None = None,
+                     split: dict | None = None) -> dict:
+    """The merge's statistics from the reports of the solve (None without one), the finals, the ids and
+    the split (None without one)."""
     if solve is None:
         solve = {"face_totals": s.face_totals([])} if faces_path is not None else {"faces": []}
-    return s.collect_stats(solve, finals, int(n_ids), strategy=cfg.strategy)
+    stats = s.collect_stats(solve, finals, int(n_ids), strategy=cfg.strategy)
+    if split is not None:
+        stats["totals"].update(split)
+    return stats
 
 
 def check_inputs(staged, plan, config, valid):

@@ -21,7 +21,7 @@ _LOCAL_MASK = np.uint64((1 << LOCAL_BITS) - 1)
 # ---------------------------------------------------------------------------
 # island rule and union-find
 # ---------------------------------------------------------------------------
-def _split_by_block(gids: np.ndarray, n_blocks: int, *arrays):
+def split_by_block(gids: np.ndarray, n_blocks: int, *arrays):
     """Split rows sorted by gid into one piece per block (local ids + arrays)."""
     bounds = np.searchsorted(
         gids, np.array([block_label_offset(i) for i in range(n_blocks + 1)], dtype=np.uint64)
@@ -34,11 +34,16 @@ def _split_by_block(gids: np.ndarray, n_blocks: int, *arrays):
 
 
 def _union(nodes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return union_nodes(nodes.size, np.searchsorted(nodes, a), np.searchsorted(nodes, b))
+
+
+def union_nodes(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each of nodes ``0..n-1``'s root after the union of the edges ``(a[k], b[k])`` (node indices)."""
     from .. import _merge_nb as nb
 
-    parent = np.arange(nodes.size, dtype=np.int64)
+    parent = np.arange(n, dtype=np.int64)
     if a.size:
-        nb.union_find(np.searchsorted(nodes, a).astype(np.int64), np.searchsorted(nodes, b).astype(np.int64), parent)
+        nb.union_find(a.astype(np.int64), b.astype(np.int64), parent)
     return parent
 
 
@@ -53,7 +58,7 @@ def _islands_of(comp_pairs, seam_nodes, *, n_blocks: int, min_area: int):
     parent = _union(nodes, a, b)
     total = np.bincount(parent, weights=sizes, minlength=nodes.size)
     removed = total[parent] < min_area
-    return tuple(_split_by_block(nodes, n_blocks, removed))
+    return tuple(split_by_block(nodes, n_blocks, removed))
 
 
 def solve_islands(faces, *, n_blocks: int, min_area: int):
@@ -100,7 +105,7 @@ def _solve_merge(links, cands, adj, *, n_blocks: int, cfg: MergeConfig, union=No
     last[:-1] = allg[1:] != allg[:-1]
     allg, allf, allc = allg[last], allf[last], allc[last]
     stats = {"fragments_linked": int(nodes.size), "objects_absorbed": n_absorbed}
-    return tuple(_split_by_block(allg, n_blocks, allf, allc)) + (stats,)
+    return tuple(split_by_block(allg, n_blocks, allf, allc)) + (stats,)
 
 
 def _absorb_enclosed(nodes, parent, root_gid, cands, adj, *, cfg: MergeConfig):

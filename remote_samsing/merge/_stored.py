@@ -335,6 +335,7 @@ def merge_stored(
         raise RemoteSamsingError(f"the merge relabelled {sum(done)} of {plan.n_blocks} blocks")
     shutil.rmtree(root, ignore_errors=True)
     solve = out["solve"][0] if "solve" in out else None
-    stats = merge_statistics(solve, out["final"], out["ids"][0], cfg=config, faces_path=faces_file)
+    split = out["split"][0] if "split" in out else None
+    stats = merge_statistics(solve, out["final"], out["ids"][0], cfg=config, faces_path=faces_file, split=split)
     stats["phase_seconds"] = {name[len("merge-"):]: round(seconds.get(name, 0.0), 3) for name, *_ in tasks}
     return stats
