@@ -20,6 +20,7 @@ __all__ = [
     "part_stats",
     "part_pairs",
     "apply_parts",
+    "label_runs",
     "NEIGHBOUR_BORDER",
     "NEIGHBOUR_SEAM",
 ]
@@ -268,3 +269,58 @@ def apply_parts(parts, table, out):
             v = table[parts[y, x]]
             if v >= 0:
                 out[y, x] = v
+
+
+@njit(cache=True, nogil=True)
+def label_runs(labels, parts, parent):
+    """4-connected runs of one nonzero label, numbered 1..n in raster order of their first pixel.
+
+    Two passes (union-find over provisional ids, then sequential ids), as
+    scikit-image's ``label`` does, but joining only equal labels. ``parts``
+    receives the ids (0 on label 0); ``parent`` is scratch of at least
+    ``labels.size + 1`` entries. Returns n.
+    """
+    h, w = labels.shape
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            v = labels[y, x]
+            if v == 0:
+                parts[y, x] = 0
+                continue
+            left = parts[y, x - 1] if x > 0 and labels[y, x - 1] == v else 0
+            up = parts[y - 1, x] if y > 0 and labels[y - 1, x] == v else 0
+            if left == 0 and up == 0:
+                n += 1
+                parent[n] = n
+                parts[y, x] = n
+            elif up == 0 or left == up:
+                parts[y, x] = left if left != 0 else up
+            elif left == 0:
+                parts[y, x] = up
+            else:
+                parts[y, x] = left
+                ra = _find(parent, left)
+                rb = _find(parent, up)
+                # the smaller provisional id (created first, in raster order) stays the root
+                if ra < rb:
+                    parent[rb] = ra
+                elif rb < ra:
+                    parent[ra] = rb
+    # sequential ids: a root is the smallest provisional id of its run, so roots come in raster order
+    for i in range(1, n + 1):
+        parent[i] = _find(parent, i)
+    k = 0
+    for i in range(1, n + 1):
+        r = parent[i]
+        if r == i:
+            k += 1
+            parent[i] = -k
+        else:  # r < i: already numbered
+            parent[i] = parent[r]
+    for y in range(h):
+        for x in range(w):
+            p = parts[y, x]
+            if p != 0:
+                parts[y, x] = -parent[p]
+    return k

@@ -78,7 +78,7 @@ def cli(debug: bool) -> None:
 @click.argument("outdir", type=click.Path(path_type=Path))
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="YAML file whose keys are these options (underscored); flags given here win.")
-@click.option("--segmenter", help="Segmenter: felzenszwalb, slic or sam2. [default: felzenszwalb]")
+@click.option("--segmenter", help="Segmenter: sam2, or the classical baselines felzenszwalb and slic. [default: sam2]")
 @click.option("--segmenter-param", "segmenter_param", multiple=True, metavar="KEY=VALUE",
               help="Segmenter parameter, repeatable (e.g. scale=200, points_per_side=32).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="SAM2 checkpoint (.pt) for --segmenter sam2.")
@@ -204,8 +204,9 @@ def evaluate_cmd(labels, ground_truth, classes, out, image, paper_asa, min_pixel
 
 @cli.command("fetch-model")
 @click.argument("name")
-@click.option("--dest", type=click.Path(path_type=Path), default=Path("checkpoints"), show_default=True,
-              help="Directory for the checkpoint.")
+@click.option("--dest", type=click.Path(path_type=Path),
+              help="Directory for the checkpoint. [default: the models directory, $REMOTE_SAMSING_MODELS or a "
+                   "per-user data directory; `segment` looks there]")
 @_handle_errors
 def fetch_model_cmd(name, dest):
     """Download an official SAM2 checkpoint NAME (e.g. sam2.1_hiera_large)."""
@@ -216,12 +217,12 @@ def fetch_model_cmd(name, dest):
 
 
 @cli.command("info")
-@click.option("--checkpoint", type=click.Path(path_type=Path), envvar="REMOTE_SAMSING_CHECKPOINT",
-              help="Checkpoint to check (or $REMOTE_SAMSING_CHECKPOINT).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint to check.")
 @_handle_errors
 def info_cmd(checkpoint):
-    """Print versions, GPUs seen, and whether a SAM2 checkpoint is configured."""
+    """Print versions, GPUs seen, and the SAM2 checkpoint `segment` would use."""
     from .pipeline import library_versions
+    from .segmenters.sam2 import find_checkpoint, models_dir
 
     for k, v in library_versions().items():
         click.echo(f"{k:16s} {v or '-'}")
@@ -233,11 +234,14 @@ def info_cmd(checkpoint):
         gpus = []
         click.echo(f"gpu detection   unavailable ({exc})")
     click.echo(f"{'gpus':16s} {len(gpus)}" + (": " + ", ".join(str(g) for g in gpus) if gpus else ""))
-    if checkpoint:
-        state = "found" if Path(checkpoint).is_file() else "MISSING"
-        click.echo(f"{'checkpoint':16s} {checkpoint} ({state})")
-    else:
-        click.echo(f"{'checkpoint':16s} none configured (see `remote-samsing fetch-model --help`)")
+    click.echo(f"{'models dir':16s} {models_dir()}")
+    try:
+        path, how = find_checkpoint(checkpoint)
+    except RemoteSamsingError as exc:
+        click.echo(f"{'checkpoint':16s} none: {Exception.__str__(exc)}")
+        return
+    state = "found" if path.is_file() else "MISSING"
+    click.echo(f"{'checkpoint':16s} {path} ({state}, from {how})")
 
 
 def main(argv=None) -> None:

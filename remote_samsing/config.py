@@ -29,7 +29,10 @@ class RunConfig:
     Parameters
     ----------
     segmenter : str
-        Registered segmenter: ``felzenszwalb``, ``slic`` or ``sam2``.
+        Registered segmenter: ``sam2`` (the default; its checkpoint comes
+        from ``segmenter_params["checkpoint"]``, ``$REMOTE_SAMSING_CHECKPOINT``
+        or the models directory ``fetch-model`` writes to), or the classical
+        baselines ``felzenszwalb`` and ``slic``.
     segmenter_params : dict
         Keyword arguments of the segmenter (e.g. ``{"scale": 200}``; for
         ``sam2``: ``checkpoint``, ``model_cfg``, ``points_per_side``, ...).
@@ -66,7 +69,7 @@ class RunConfig:
         Show progress bars.
     """
 
-    segmenter: str = "felzenszwalb"
+    segmenter: str = "sam2"
     segmenter_params: dict = field(default_factory=dict)
     tile_size: int = 1000
     padding: int = 50

@@ -165,7 +165,7 @@ def _wrap_labels(data: da.Array, like: xr.DataArray) -> xr.DataArray:
 def build_graph(
     image,
     *,
-    segmenter: Any = "felzenszwalb",
+    segmenter: Any = "sam2",
     segmenter_params: dict | None = None,
     tile_size: int = 1000,
     padding: int = 50,
@@ -216,7 +216,7 @@ def build_graph(
 def segment(
     image,
     *,
-    segmenter: Any = "felzenszwalb",
+    segmenter: Any = "sam2",
     tile_size: int = 1000,
     padding: int = 50,
     merge: str = "overlap",
@@ -237,8 +237,10 @@ def segment(
     image : path, DataArray (band, y, x), or numpy/dask array (y, x) or (y, x, band)
         The mosaic.
     segmenter : str or object
-        A registry name (``"felzenszwalb"``, ``"slic"``, ``"sam2"``) or any
-        object with ``segment(block, *, block_info)``.
+        A registry name (``"sam2"``, the default, or the classical baselines
+        ``"felzenszwalb"`` and ``"slic"``) or any object with
+        ``segment(block, *, block_info)``. SAM2 finds its checkpoint as
+        :func:`remote_samsing.segmenters.sam2.find_checkpoint` says.
     tile_size, padding : int
         Core tile size T and context P (``map_overlap`` depth).
     merge : str
@@ -486,7 +488,8 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     seg = resolve_segmenter(cfg.segmenter, _segmenter_params(cfg))
     mcfg = _merge_config(cfg.merge, cfg.merge_params)
     plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=cfg.tile_size, padding=cfg.padding)
-    ckpt = cfg.segmenter_params.get("checkpoint")
+    # the file the segmenter found (parameter, environment or models directory), not only a given one
+    ckpt = getattr(seg, "checkpoint", None)
     ckpt_hash = _file_sha256(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
     identity = _input_identity(image)
     fingerprint = _fingerprint(cfg, identity, plan, ckpt_hash)
@@ -514,6 +517,8 @@ def _start_record(job: _Job) -> None:
         "crs": str(crs) if crs is not None else None,
         "parameters": job.cfg.to_dict(),
         "segmenter_config": _segmenter_description(job.seg),
+        "checkpoint": str(job.seg.checkpoint) if getattr(job.seg, "checkpoint", None) else None,
+        "checkpoint_source": getattr(job.seg, "checkpoint_source", None),
         "checkpoint_sha256": job.ckpt_hash,
         "tiling": {
             "chunks": [list(c) for c in job.plan.chunks],

@@ -20,6 +20,14 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(autouse=True)
+def _no_user_checkpoint(tmp_path_factory, monkeypatch):
+    """SAM2 finds no checkpoint of the machine's user: an empty models directory, no environment
+    variable (tests that want one set them; CLI subprocesses inherit these)."""
+    monkeypatch.setenv("REMOTE_SAMSING_MODELS", str(tmp_path_factory.mktemp("models")))
+    monkeypatch.delenv("REMOTE_SAMSING_CHECKPOINT", raising=False)
+
+
 def blob_image(shape, *, n=20, max_size=6, seed=0, dtype=np.uint8):
     """Grey image with bright rectangles no larger than ``max_size`` on dark ground."""
     rng = np.random.default_rng(seed)

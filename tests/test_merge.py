@@ -1216,3 +1216,17 @@ def test_the_split_is_the_documented_rule_applied_after_the_merge(tmp_path, seed
     merge_stored(write_store(staged, plan, tmp_path / "staged.zarr"), plan=plan, config=MergeConfig(**cfg),
                  workdir=tmp_path / "spill", sink=sink)
     np.testing.assert_array_equal(sink.out, got)
+
+
+def test_label_runs_kernel_numbers_runs_like_scikit_image():
+    """The part kernel: 4-connected runs of equal labels, numbered in raster order, exactly as
+    skimage.measure.label(connectivity=1) numbers them."""
+    from skimage.measure import label
+
+    from remote_samsing.merge._parts import part_map
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        h, w = rng.integers(1, 30, 2)
+        a = rng.integers(0, rng.integers(1, 5), (h, w)).astype(np.uint32)
+        np.testing.assert_array_equal(part_map(a), label(a, background=0, connectivity=1))

@@ -143,7 +143,13 @@ def test_bad_inputs_raise_before_any_work(tmp_path, write_geotiff, monkeypatch):
     (tmp_path / "o4").mkdir()
     (tmp_path / "o4" / "something.txt").write_text("x")
     with pytest.raises(OutputExistsError):
-        run(one, tmp_path / "o4", config=RunConfig(tile_size=8, padding=2))
+        run(one, tmp_path / "o4", config=RunConfig(segmenter="felzenszwalb", tile_size=8, padding=2))
+    # SAM2 is the default: with no checkpoint anywhere it stops here too
+    from remote_samsing.exceptions import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no SAM2 checkpoint"):
+        run(one, tmp_path / "o5", config=RunConfig(tile_size=8, padding=2))
+    assert not (tmp_path / "o5").exists()
 
 
 def test_run_writes_outputs_and_resume_and_fingerprint(tmp_path, data_dir, client):

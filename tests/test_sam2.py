@@ -90,7 +90,7 @@ def test_unreadable_checkpoint(tmp_path):
 def test_missing_checkpoint_and_unknown_config(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         SAM2Segmenter(checkpoint=tmp_path / "sam2.1_hiera_tiny.pt")
-    with pytest.raises(CheckpointError, match="needs a checkpoint"):
+    with pytest.raises(CheckpointError, match="no SAM2 checkpoint"):
         SAM2Segmenter()
     other = tmp_path / "weights.pt"
     other.write_bytes(b"x")
@@ -198,3 +198,45 @@ def test_fetch_model_unreachable_server(tmp_path, monkeypatch):
 def test_fetch_model_unknown_name(tmp_path):
     with pytest.raises(ConfigError, match="unknown SAM2 model"):
         fetch_model("gigantic", dest=tmp_path)
+
+
+def test_the_checkpoint_is_found_in_order(tmp_path, monkeypatch):
+    from remote_samsing.segmenters.sam2 import CHECKPOINT_ENV, MODELS_ENV, find_checkpoint
+
+    models = tmp_path / "models"
+    monkeypatch.setenv(MODELS_ENV, str(models))
+    with pytest.raises(CheckpointError) as err:
+        find_checkpoint()
+    assert "--checkpoint" in str(err.value) and CHECKPOINT_ENV in str(err.value) and str(models) in str(err.value)
+    assert "fetch-model" in err.value.hint and "--segmenter felzenszwalb" in err.value.hint
+    models.mkdir()
+    for name in ("sam2_hiera_large.pt", "sam2.1_hiera_tiny.pt", "sam2.1_hiera_base_plus.pt", "other.pt"):
+        (models / name).write_bytes(b"x")
+    # SAM2.1 before SAM2, larger first
+    assert find_checkpoint() == ((models / "sam2.1_hiera_base_plus.pt").absolute(), "models directory")
+    monkeypatch.setenv(CHECKPOINT_ENV, str(tmp_path / "env.pt"))
+    assert find_checkpoint() == (tmp_path / "env.pt", f"${CHECKPOINT_ENV}")
+    assert find_checkpoint(tmp_path / "given.pt") == (tmp_path / "given.pt", "parameter")
+
+
+def test_the_models_directory_is_per_user_and_fetch_model_writes_there(tmp_path, monkeypatch):
+    from remote_samsing.segmenters.sam2 import MODELS_ENV, models_dir
+
+    monkeypatch.delenv(MODELS_ENV)
+    default = models_dir()
+    assert default.is_absolute() and "remote-samsing" in default.parts and Path.cwd() not in default.parents
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackendUnavailableError) as err:  # where it would write: the models directory
+        fetch_model("tiny")
+    assert str(tmp_path / "sam2.1_hiera_tiny.pt") in err.value.hint
+
+
+def test_the_segmenter_uses_the_found_checkpoint(tiny_ckpt, monkeypatch):
+    from remote_samsing.segmenters.sam2 import CHECKPOINT_ENV
+
+    monkeypatch.setenv(CHECKPOINT_ENV, str(tiny_ckpt))
+    seg = SAM2Segmenter(device="cpu", verify_checkpoint=False)
+    assert seg.checkpoint == tiny_ckpt.absolute() and seg.checkpoint_source == f"${CHECKPOINT_ENV}"
+    assert seg.describe()["checkpoint_source"] == f"${CHECKPOINT_ENV}"
+    assert SAM2Segmenter(checkpoint=tiny_ckpt, verify_checkpoint=False).checkpoint_source == "parameter"

@@ -42,9 +42,11 @@ _NO_PARTS = {"local": _NONE, "label": _NONE, "area": _NONE, "first": _NONE, "com
 
 def part_map(idx: np.ndarray) -> np.ndarray:
     """The 4-connected runs of one label in a block's core, numbered 1..n in raster order (int32)."""
-    from skimage.measure import label
+    from .. import _merge_nb as nb
 
-    return label(idx, background=0, connectivity=1).astype(np.int32, copy=False)
+    parts = np.empty(idx.shape, np.int32)
+    nb.label_runs(idx, parts, np.empty(idx.size + 1, np.int64))
+    return parts
 
 
 def _interesting(idx, p_label, n_idx: int, *, plan: TilingPlan, index, sides, cand_idx):

@@ -25,8 +25,11 @@ Checkpoints
 -----------
 Official checkpoints come from Meta's download server (the URLs in
 :data:`CHECKPOINT_URLS`, the same as sam2's ``checkpoints/download_ckpts.sh``).
-:func:`fetch_model` downloads one; offline, put the ``.pt`` file anywhere and
-pass its path as ``checkpoint``. The model config is inferred from the file
+:func:`fetch_model` downloads one into :func:`models_dir` (a per-user data
+directory, or ``$REMOTE_SAMSING_MODELS``). Without a ``checkpoint``
+parameter the segmenter uses ``$REMOTE_SAMSING_CHECKPOINT``, else the best
+file in that directory (:func:`find_checkpoint`); offline, put the ``.pt``
+file in either place or pass its path. The model config is inferred from the file
 name (``sam2.1_hiera_tiny.pt`` → ``configs/sam2.1/sam2.1_hiera_t.yaml``) or
 given as ``model_cfg``.
 
@@ -57,7 +60,15 @@ from ._base import DEVICES, GPU_RESOURCES
 from ..exceptions import BackendUnavailableError, CheckpointError, ConfigError, InputError
 from ..multipass import MultipassConfig, MultipassResult, run_multipass
 
-__all__ = ["SAM2Segmenter", "fetch_model", "resolve_model_cfg", "write_random_checkpoint", "CHECKPOINT_URLS"]
+__all__ = [
+    "SAM2Segmenter", "fetch_model", "find_checkpoint", "models_dir", "resolve_model_cfg", "write_random_checkpoint",
+    "CHECKPOINT_URLS", "CHECKPOINT_ENV", "MODELS_ENV",
+]
+
+#: Environment variable naming the checkpoint file to use when none is given.
+CHECKPOINT_ENV = "REMOTE_SAMSING_CHECKPOINT"
+#: Environment variable overriding the directory ``fetch-model`` writes to and ``segment`` looks in.
+MODELS_ENV = "REMOTE_SAMSING_MODELS"
 
 _SIZES = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 _SIZE_ALIASES = {
@@ -160,7 +171,65 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def fetch_model(name: str, *, dest: str | os.PathLike = ".", timeout: float = 10.0) -> Path:
+def models_dir() -> Path:
+    """The directory :func:`fetch_model` writes to by default and :func:`find_checkpoint` looks in.
+
+    ``$REMOTE_SAMSING_MODELS`` when set, else the per-user data directory
+    (platformdirs: ``~/.local/share/remote-samsing/checkpoints`` on Linux,
+    ``~/Library/Application Support/remote-samsing/checkpoints`` on macOS).
+    """
+    env = os.environ.get(MODELS_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("remote-samsing", appauthor=False)) / "checkpoints"
+
+
+def _preference(path: Path) -> tuple:
+    """Sort key of a checkpoint in the models directory: SAM2.1 before SAM2, larger models first."""
+    parsed = _parse_name(path.stem.lower())
+    if parsed is None:
+        return (2, 0, path.name)
+    order = list(_SIZES)[::-1]  # large, base_plus, small, tiny
+    return (0 if parsed[0] == "sam2.1" else 1, order.index(parsed[1]), path.name)
+
+
+def find_checkpoint(checkpoint: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The SAM2 checkpoint to use and how it was found.
+
+    In order: ``checkpoint`` (``--checkpoint``, ``segmenter_params["checkpoint"]``),
+    then ``$REMOTE_SAMSING_CHECKPOINT``, then the ``.pt`` files in
+    :func:`models_dir` (SAM2.1 before SAM2, larger models first).
+
+    Returns
+    -------
+    (Path, str)
+        The file (not checked to exist when given) and ``"parameter"``,
+        ``"$REMOTE_SAMSING_CHECKPOINT"`` or ``"models directory"``.
+
+    Raises
+    ------
+    CheckpointError
+        When none of the three places names a checkpoint.
+    """
+    if checkpoint is not None and str(checkpoint) != "":
+        return Path(checkpoint).expanduser(), "parameter"
+    env = os.environ.get(CHECKPOINT_ENV, "").strip()
+    if env:
+        return Path(env).expanduser(), f"${CHECKPOINT_ENV}"
+    folder = models_dir()
+    found = sorted((p for p in folder.glob("*.pt") if p.is_file()), key=_preference) if folder.is_dir() else []
+    if found:
+        return found[0].absolute(), "models directory"
+    raise CheckpointError(
+        f"no SAM2 checkpoint: none given (--checkpoint), ${CHECKPOINT_ENV} is not set, and {folder} holds no .pt file",
+        hint="run `remote-samsing fetch-model sam2.1_hiera_large` (it writes to that directory), or use "
+             "--segmenter felzenszwalb for the classical baseline",
+    )
+
+
+def fetch_model(name: str, *, dest: str | os.PathLike | None = None, timeout: float = 10.0) -> Path:
     """Download an official SAM2 / SAM2.1 checkpoint into ``dest``.
 
     Parameters
@@ -168,8 +237,9 @@ def fetch_model(name: str, *, dest: str | os.PathLike = ".", timeout: float = 10
     name : str
         ``tiny``, ``small``, ``base_plus``, ``large`` (SAM2.1) or a full name
         such as ``sam2.1_hiera_large`` or ``sam2_hiera_tiny`` (SAM2).
-    dest : path
-        Directory for the file (created if needed).
+    dest : path, optional
+        Directory for the file (created if needed); default :func:`models_dir`,
+        where ``segment`` finds it.
     timeout : float
         Seconds to wait for the server before failing.
 
@@ -198,7 +268,7 @@ def fetch_model(name: str, *, dest: str | os.PathLike = ".", timeout: float = 10
         )
     filename = f"{parsed[0]}_hiera_{parsed[1]}.pt"
     url = CHECKPOINT_URLS[filename]
-    dest = Path(dest)
+    dest = models_dir() if dest is None else Path(dest)
     target = dest / filename
     if target.is_file() and target.stat().st_size > 0:
         return target
@@ -398,7 +468,9 @@ class SAM2Segmenter:
     Parameters
     ----------
     checkpoint : path, optional
-        SAM2 / SAM2.1 ``.pt`` file (required unless ``random_weights``).
+        SAM2 / SAM2.1 ``.pt`` file; None finds one (:func:`find_checkpoint`:
+        ``$REMOTE_SAMSING_CHECKPOINT``, then the models directory). Not
+        with ``random_weights``.
     model_cfg : str, optional
         Model config (``tiny``/``small``/``base_plus``/``large`` for SAM2.1,
         ``sam2_hiera_l`` etc. for SAM2, or the package path); None infers it
@@ -452,19 +524,15 @@ class SAM2Segmenter:
         self.config = _multipass_config(config, multipass)
         _check_params(random_weights=random_weights, seed=seed, image_size=image_size, device=device,
                       points_per_batch=points_per_batch, box_nms_thresh=box_nms_thresh)
-        if checkpoint is None and not random_weights:
-            raise CheckpointError(
-                "the sam2 segmenter needs a checkpoint",
-                hint="pass --checkpoint FILE (get one with `remote-samsing fetch-model tiny`)",
-            )
-        if checkpoint is not None:
-            if random_weights:
-                raise ConfigError("`random_weights=True` cannot be combined with a `checkpoint`")
-            path = Path(checkpoint).expanduser()
+        if checkpoint is not None and random_weights:
+            raise ConfigError("`random_weights=True` cannot be combined with a `checkpoint`")
+        self.checkpoint_source: str | None = None
+        if not random_weights:
+            path, self.checkpoint_source = find_checkpoint(checkpoint)
             if not path.is_file():
                 raise CheckpointError(
-                    f"checkpoint file `{checkpoint}` does not exist",
-                    hint="download one with `remote-samsing fetch-model tiny --dest DIR` or fix the path",
+                    f"checkpoint file `{path}` ({self.checkpoint_source}) does not exist",
+                    hint="fix the path, or download one with `remote-samsing fetch-model sam2.1_hiera_large`",
                 )
             checkpoint = path.absolute()  # not resolve(): a symlink's name may carry the config
         self.checkpoint: Path | None = checkpoint
@@ -513,6 +581,7 @@ class SAM2Segmenter:
 
         return {
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "checkpoint_source": getattr(self, "checkpoint_source", None),
             "model_cfg": self.model_cfg,
             "image_size": self.image_size,
             "device": self.device,

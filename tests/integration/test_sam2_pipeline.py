@@ -71,3 +71,80 @@ def test_sam2_missing_checkpoint_is_a_one_line_error(tmp_path, data_dir):
              "--checkpoint", tmp_path / "nope.pt", timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error:")
     assert "nope.pt" in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# SAM2 by default: one checkpoint resolution for segment, info and the Python API
+# ---------------------------------------------------------------------------
+_TINY = ["--device", "cpu", "--tile-size", "96", "--padding", "8", "--n-workers", "1", "--no-progress",
+         "--no-vectors"] + [a for kv in ("image_size=256", "points_per_side=4", "max_passes=1", "iou_start=0.0",
+                                         "iou_end=0.0", "stability_start=0.0", "stability_end=0.0")
+                            for a in ("--segmenter-param", kv)]
+
+
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory, data_dir):
+    """A 96 x 96 crop of a bundled GeoTIFF: one block."""
+    import rasterio
+    from rasterio.windows import Window
+
+    path = tmp_path_factory.mktemp("scene") / "small.tif"
+    with rasterio.open(data_dir / "kampala_crop_3857.tif") as src:
+        w = Window(0, 0, 96, 96)
+        profile = src.profile | {"width": 96, "height": 96, "transform": src.window_transform(w)}
+        profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(src.read(window=w))
+    return path
+
+
+def _info_checkpoint_line():
+    r = _cli("info", timeout=120)
+    assert r.returncode == 0, r.stderr
+    return next(line for line in r.stdout.splitlines() if line.startswith("checkpoint"))
+
+
+def test_no_checkpoint_anywhere_stops_before_any_cluster(tmp_path, small_scene):
+    import time
+
+    t0 = time.perf_counter()
+    r = _cli("segment", small_scene, tmp_path / "out", timeout=60)
+    assert time.perf_counter() - t0 < 10
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("error: no SAM2 checkpoint") and "REMOTE_SAMSING_CHECKPOINT" in first
+    assert "fetch-model" in r.stderr and "--segmenter felzenszwalb" in r.stderr
+    assert "dashboard" not in r.stderr and not (tmp_path / "out").exists()
+    assert "none" in _info_checkpoint_line()
+
+
+@pytest.mark.timeout(300)
+def test_sam2_runs_by_default_with_the_environment_checkpoint(tmp_path, small_scene, random_checkpoint,
+                                                             monkeypatch):
+    monkeypatch.setenv("REMOTE_SAMSING_CHECKPOINT", str(random_checkpoint))
+    r = _cli("segment", small_scene, tmp_path / "out", *_TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert rec["segmenter_config"]["class"].endswith("SAM2Segmenter")
+    assert rec["checkpoint"] == str(random_checkpoint.absolute())
+    assert rec["checkpoint_source"] == "$REMOTE_SAMSING_CHECKPOINT"
+    assert rec["checkpoint_sha256"] == hashlib.sha256(random_checkpoint.read_bytes()).hexdigest()
+    line = _info_checkpoint_line()
+    assert str(random_checkpoint) in line and "from $REMOTE_SAMSING_CHECKPOINT" in line
+
+
+@pytest.mark.timeout(300)
+def test_sam2_finds_the_checkpoint_in_the_models_directory(tmp_path, small_scene, random_checkpoint, monkeypatch):
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(random_checkpoint, models / random_checkpoint.name)
+    monkeypatch.setenv("REMOTE_SAMSING_MODELS", str(models))
+    r = _cli("segment", small_scene, tmp_path / "out", *_TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert rec["checkpoint"] == str(models / random_checkpoint.name)
+    assert rec["checkpoint_source"] == "models directory"
+    line = _info_checkpoint_line()
+    assert str(models / random_checkpoint.name) in line and "from models directory" in line
