@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 from .segmenters import DEVICES
-from .exceptions import ConfigError, RemoteSamsingError
+from .exceptions import ConfigError, RemoteSamsingError, RemoteSamsingWarning
 from .merge import STRATEGIES
 
 __all__ = ["main", "cli"]
@@ -133,6 +134,10 @@ def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoi
         data["merge_params"] = mp
     cfg = RunConfig.from_mapping(data)
     record = run(input, outdir, config=cfg, log=lambda m: click.echo(m, err=True))
+    if record.get("up_to_date"):
+        click.echo(f"up to date: {outdir} already holds this complete run ({record['n_segments']} segments); "
+                   "nothing recomputed")
+        return
     click.echo(
         f"done: {record['n_segments']} segments in {record['timings']['total_s']:.1f} s "
         f"({record['blocks_segmented_this_run']} block(s) segmented this run) -> {outdir}"
@@ -182,22 +187,12 @@ def vectorize_cmd(labels, out, simplify, layer):
 @_handle_errors
 def evaluate_cmd(labels, ground_truth, classes, out, image, paper_asa, min_pixels):
     """Score LABELS against GROUND_TRUTH (vectors, label/class raster, or boxes)."""
-    import warnings
-
     from .exceptions import InputNotFoundError
-    from .metrics import GroundTruthOutsideWarning, evaluate, write_report
+    from .metrics import evaluate, write_report
 
     if image is not None and not image.exists():  # fail before the (long) scoring
         raise InputNotFoundError(f"image `{image}` does not exist", hint="pass the mosaic the labels were made from")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", GroundTruthOutsideWarning)
-        rep = evaluate(labels, ground_truth, classes=classes, paper_asa=paper_asa, min_pixels=min_pixels,
-                       progress=True)
-    for w in caught:
-        if issubclass(w.category, GroundTruthOutsideWarning):
-            click.echo(f"warning: {w.message}", err=True)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    rep = evaluate(labels, ground_truth, classes=classes, paper_asa=paper_asa, min_pixels=min_pixels, progress=True)
     paths = write_report(rep, out, image=image)
     click.echo("wrote " + ", ".join(str(p) for p in paths.values() if p))
 
@@ -244,8 +239,20 @@ def info_cmd(checkpoint):
     click.echo(f"{'checkpoint':16s} {path} ({state}, from {how})")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """The tool's own warnings as one line, as its errors are; any other as Python shows it."""
+    if issubclass(category, RemoteSamsingWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv=None) -> None:
     """Entry point of the ``remote-samsing`` command."""
+    warnings.showwarning = _show_warning  # how warnings print in this process (none is filtered)
     cli.main(args=argv, prog_name="remote-samsing")
 
 

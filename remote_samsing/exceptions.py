@@ -24,7 +24,12 @@ __all__ = [
     "CheckpointError",
     "BlockFailedError",
     "CRSMismatchError",
+    "RemoteSamsingWarning",
 ]
+
+
+class RemoteSamsingWarning(UserWarning):
+    """Base class of the warnings remote_samsing raises on purpose (the CLI prints them as one line)."""
 
 
 class RemoteSamsingError(Exception):

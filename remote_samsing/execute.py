@@ -11,12 +11,12 @@ starts a cluster: :mod:`remote_samsing.cluster` makes the client, and
 from __future__ import annotations
 
 import functools
-import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from ._progress import Progress
 from ._validate import check_int
 from .exceptions import ConfigError
 
@@ -29,20 +29,20 @@ _FOLLOW_UPS_PER_TASK = 8
 # ---------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------
-def compute(x, client, *, progress: bool = False, optimize_graph: bool = True):
+def compute(x, client, *, progress: bool = False, optimize_graph: bool = True, label: str = "compute"):
     """The value of dask collection ``x``, computed on ``client`` (dask's default scheduler when None).
 
     ``optimize_graph=False`` keeps resource annotations (see
-    :mod:`remote_samsing.cluster`); ``progress`` draws distributed's text bar.
+    :mod:`remote_samsing.cluster`); ``progress`` shows when it starts and ends.
     """
     if client is None:
         return x.compute()
     fut = client.compute(x, optimize_graph=optimize_graph)
     if progress:
-        from distributed import progress as _progress
-
-        _progress(fut, notebook=False)
-        print(file=sys.stderr)
+        with Progress(label, 1, unit="result") as bar:
+            result = fut.result()
+            bar.update(1)
+        return result
     return fut.result()
 
 
@@ -99,25 +99,6 @@ def _default_width(threads: int) -> int:
 
 def _groups(items: Sequence, size: int) -> list[tuple]:
     return [tuple(items[i:i + size]) for i in range(0, len(items), size)]
-
-
-class _Progress:
-    """A one-line text bar on stderr (``label [####....] done/total``), redrawn at most 5 times a second."""
-
-    def __init__(self, label: str, total: int, enabled: bool):
-        self.label, self.total, self.enabled = label, total, enabled
-        self._last = 0.0
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (done < self.total and now - self._last < 0.2):
-            return
-        self._last = now
-        width = 30
-        fill = int(width * done / max(self.total, 1))
-        end = "\n" if done >= self.total else ""
-        print(f"\r{self.label:<10} [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total}", end=end,
-              file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -219,7 +200,7 @@ class _WaveRun:
         self.threads, self.results, self.weights, self.grouped = threads, results, weights, grouped
         self.follow_func, self.ready = then if then is not None else (None, None)
         self.token = uuid.uuid4().hex[:12]
-        self.bar = _Progress(name, sum(weights) if weights else len(items), progress)
+        self.bar = Progress(name, sum(weights) if weights else len(items), enabled=progress)
         self.out: list = [None] * len(items)
         self.position: dict = {}  # an item's task key → the item's position
         self.live: dict = {}  # every submitted future not handled yet, by key
@@ -462,7 +443,7 @@ def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool)
     """Results by task key, and when each phase's last task ended (as the client saw it)."""
     from distributed import as_completed
 
-    bars = {k: _Progress(steps[k].name, sum(lens), progress) for k, _, lens in submitted}
+    bars = {k: Progress(steps[k].name, sum(lens), enabled=progress) for k, _, lens in submitted}
     left = {k: len(futs) for k, futs, _ in submitted}
     done = {k: 0 for k in left}
     phase_of = {f.key: (k, n) for k, futs, lens in submitted for f, n in zip(futs, lens)}

@@ -18,6 +18,7 @@ import functools
 import os
 import shutil
 import threading
+import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
 from ._files import replace_path, temporary_name
+from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
     BandSelectionError,
@@ -49,6 +51,8 @@ __all__ = [
     "stretch_limits",
     "WindowReader",
     "window_reader",
+    "read_valid_mask",
+    "quiet_georeferencing",
     "as_band_yx",
     "check_bands",
     "check_percentiles",
@@ -63,6 +67,22 @@ SUPPORTED_DTYPES = (
 )
 
 _MOSAIC_VAR = "mosaic"
+
+
+
+@contextlib.contextmanager
+def quiet_georeferencing():
+    """Filter rasterio's ``NotGeoreferencedWarning`` where a raster is opened or written.
+
+    An image without georeferencing is reported once per run by the tool's
+    own :class:`~remote_samsing.vectorize.NoCRSWarning`, in words a user can
+    act on; rasterio would repeat it at every open, with its source lines.
+    """
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
 
 
 def _is_zarr(path: Path) -> bool:
@@ -144,6 +164,9 @@ def _open_zarr_mosaic(p: Path, nodata, cy, cx):
         ds = xr.open_zarr(p, zarr_format=3, consolidated=False, mask_and_scale=False)
     except Exception as exc:  # noqa: BLE001 - any zarr failure is a bad input
         raise InputNotFoundError(f"cannot read Zarr `{p}`: {exc}") from None
+    if _MOSAIC_VAR not in ds and "labels" in ds:
+        raise InputError(f"Zarr `{p}` holds segment labels (a remote-samsing output), not a mosaic",
+                         hint="open it with remote_samsing.open_labels")
     if _MOSAIC_VAR not in ds:
         raise InputError(f"Zarr `{p}` has no `{_MOSAIC_VAR}` array; was it written by remote-samsing ingest?")
     arr = ds[_MOSAIC_VAR]
@@ -159,8 +182,7 @@ def _open_zarr_mosaic(p: Path, nodata, cy, cx):
 def _open_gdal_mosaic(p: Path, cy, cx):
     """(band, y, x) array and 1-based alpha band (or None) of any GDAL raster."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # NotGeoreferencedWarning for plain JPEG/PNG
+        with quiet_georeferencing():
             arr = rioxarray.open_rasterio(
                 p,
                 chunks={"band": -1, "y": cy or -1, "x": cx or -1},
@@ -176,7 +198,7 @@ def _open_gdal_mosaic(p: Path, cy, cx):
     try:
         import rasterio
 
-        with rasterio.open(p) as src:
+        with quiet_georeferencing(), rasterio.open(p) as src:
             for i, c in enumerate(src.colorinterp, start=1):
                 if c.name == "alpha":
                     alpha_band = i
@@ -288,17 +310,24 @@ def stretch_params(
     return da.from_delayed(d, shape=(data.shape[0], 2), dtype="float64")
 
 
-def _to_rgba_block(block, lohi, *, band_idx, alpha_pos, nodata, passthrough):
-    """(band, y, x) raw block → (y, x, 4) uint8: RGB + validity in channel 3."""
+def _valid_block(block, *, band_idx, alpha_pos, nodata) -> np.ndarray:
+    """(band, y, x) raw block → (y, x) bool: finite, not nodata in every RGB band, alpha > 0."""
     rgb_raw = block[band_idx]
     valid = np.ones(block.shape[1:], dtype=bool)
     if np.issubdtype(block.dtype, np.floating):
-        valid &= np.all(np.isfinite(block[band_idx]), axis=0)
+        valid &= np.all(np.isfinite(rgb_raw), axis=0)
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
         # a pixel is nodata when all its (RGB) bands carry the nodata value
         valid &= ~np.all(rgb_raw == nodata, axis=0)
     if alpha_pos is not None:
         valid &= block[alpha_pos] > 0
+    return valid
+
+
+def _to_rgba_block(block, lohi, *, band_idx, alpha_pos, nodata, passthrough):
+    """(band, y, x) raw block → (y, x, 4) uint8: RGB + validity in channel 3."""
+    rgb_raw = block[band_idx]
+    valid = _valid_block(block, band_idx=band_idx, alpha_pos=alpha_pos, nodata=nodata)
     if passthrough:
         rgb = rgb_raw.astype(np.uint8, copy=False)
     else:
@@ -433,6 +462,11 @@ class WindowReader:
         src = _gdal_dataset(self.path)
         return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
 
+    def read_valid(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        """(y, x) bool of ``window``: the validity channel of :meth:`read_rgba`."""
+        return _valid_block(self.read(window), band_idx=np.asarray(self.band_idx), alpha_pos=self.alpha_pos,
+                            nodata=self.nodata)
+
     def read_rgba(self, window: tuple[int, int, int, int], limits) -> np.ndarray:
         """(y, x, 4) uint8 of ``window``: what :func:`prepare_rgb` holds there."""
         return _to_rgba_block(
@@ -479,7 +513,8 @@ def _gdal_dataset(path: str):
         entry[1].close()
     while len(cache) >= _GDAL_HANDLES_PER_THREAD:
         cache.pop(next(iter(cache)))[1].close()
-    src = rasterio.open(path)
+    with quiet_georeferencing():
+        src = rasterio.open(path)
     cache[path] = (stamp, src)
     return src
 
@@ -522,7 +557,7 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     else:
         import rasterio
 
-        with rasterio.open(p) as ds:
+        with quiet_georeferencing(), rasterio.open(p) as ds:
             shape = (ds.height, ds.width)
     if tuple(shape) != (arr.sizes["y"], arr.sizes["x"]):
         return None
@@ -530,6 +565,18 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     return WindowReader(
         path=str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]), **params
     )
+
+
+def read_valid_mask(reader: WindowReader, *, chunks) -> da.Array:
+    """Lazy (y, x) validity mask of a mosaic file, each chunk read through ``reader`` (by the task that
+    needs it, on the worker)."""
+    shape = (sum(chunks[0]), sum(chunks[1]))
+    return da.zeros(shape, chunks=chunks, dtype=bool).map_blocks(_read_valid_chunk, reader=reader, dtype=bool)
+
+
+def _read_valid_chunk(block, *, reader: WindowReader, block_info=None) -> np.ndarray:
+    (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    return reader.read_valid((y0, y1, x0, x1))
 
 
 def as_band_yx(image: Any) -> xr.DataArray:
@@ -615,13 +662,7 @@ def to_zarr(
     tmp = temporary_name(out)
     try:
         job = ds.to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar():
-                job.compute()
-        else:
-            job.compute()
+        compute_tracked([job], label="zarr", enabled=progress)
         replace_path(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -645,7 +686,8 @@ def open_labels(path: str | os.PathLike) -> xr.DataArray:
             raise InputError(f"Zarr `{p}` has no `labels` array")
         return ds["labels"]
     try:
-        arr = rioxarray.open_rasterio(p, chunks={"band": -1, "y": 1024, "x": 1024}, lock=False)
+        with quiet_georeferencing():
+            arr = rioxarray.open_rasterio(p, chunks={"band": -1, "y": 1024, "x": 1024}, lock=False)
     except Exception as exc:  # noqa: BLE001
         raise InputNotFoundError(f"cannot read label raster `{p}`: {exc}") from None
     if arr.sizes["band"] != 1:

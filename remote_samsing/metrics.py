@@ -76,8 +76,10 @@ import numpy as np
 
 from ._arrays import unique
 from ._files import write_atomic, write_json_atomic
+from ._progress import track
+from .io import quiet_georeferencing
 from ._validate import check_choice, check_int
-from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError
+from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError, RemoteSamsingWarning
 
 __all__ = [
     "GroundTruth",
@@ -113,7 +115,7 @@ class NoOverlapError(CRSMismatchError):
     """No ground-truth object lies on the label raster (all are outside its extent)."""
 
 
-class GroundTruthOutsideWarning(UserWarning):
+class GroundTruthOutsideWarning(RemoteSamsingWarning):
     """Some ground-truth objects lie entirely outside the label raster and were dropped."""
 
 
@@ -522,12 +524,9 @@ def _vectors_to_gt(gdf, *, shape, crs, transform, classes, min_pixels):
 
 def _read_raster_array(path):
     import rasterio
-    import rasterio.errors
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            return src.read()
+    with quiet_georeferencing(), rasterio.open(path) as src:
+        return src.read()
 
 
 def _decode_classes(arr, shape, classes, colour_table, raster_mode):
@@ -858,7 +857,7 @@ def evaluate(
     biou_d : int
         Boundary band width in pixels (paper: 3).
     progress : bool
-        Show a tqdm bar over objects.
+        Show the progress over objects.
 
     Returns
     -------
@@ -907,11 +906,7 @@ def evaluate(
         raise CRSMismatchError(f"ground truth {gt.instances.shape} and labels {lab.shape} differ in shape")
     seg, nseg = _dense(lab)
     score = _box_scorer(seg, nseg, gt) if gt.boxes is not None else _mask_scorer(seg, nseg, gt, biou_d)
-    it = range(1, gt.n_objects + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="objects", unit="obj")
+    it = track(range(1, gt.n_objects + 1), "objects", enabled=progress, unit="objects")
     objects = pd.DataFrame.from_records([score(o) for o in it], columns=_OBJECT_COLUMNS)
 
     if gt.class_raster is not None:
@@ -1178,14 +1173,12 @@ def _figure_image(image, shape: tuple[int, int], step: int) -> np.ndarray:
     hs, ws = -(-h // step), -(-w // step)
     if isinstance(image, (str, os.PathLike)):
         import rasterio
-        import rasterio.errors
         from rasterio.enums import Resampling
 
         p = Path(image)
         if not p.exists():
             raise InputNotFoundError(f"image `{p}` does not exist", hint="pass the mosaic the labels were made from")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with quiet_georeferencing():
             with rasterio.open(p) as src:
                 if (src.height, src.width) != (h, w):
                     raise InputError(

@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from ._files import replace_path, write_atomic
+from .io import quiet_georeferencing
 
 __all__ = ["to_cog", "plan_label_store", "LabelSink", "smallest_uint_dtype", "overview_factors"]
 
@@ -135,7 +136,23 @@ class LabelSink:
         """Move the store into place (call once every block was written)."""
         out = Path(self.out)
         _created_marker(self.store).unlink(missing_ok=True)
+        _consolidate(self.store)
         return replace_path(self.store, out)
+
+
+def _consolidate(store: str) -> None:
+    """Consolidate the store's metadata: ``xarray.open_zarr`` then opens it at once, without its
+    fallback warning. Zarr notes that consolidated metadata is not in the v3 specification yet; our own
+    readers do not need it."""
+    import warnings
+
+    import zarr
+    from zarr.errors import ZarrUserWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
+                                category=ZarrUserWarning)
+        zarr.consolidate_metadata(store)
 
 
 def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None,
@@ -216,7 +233,7 @@ def _write_tif_piece(block, folder: str, profile: dict, block_info=None):
     prof = dict(profile, height=y1 - y0, width=x1 - x0)
     if prof["transform"] is not None:
         prof["transform"] = prof["transform"] * prof["transform"].translation(x0, y0)
-    with rasterio.open(Path(folder) / f"{y0}_{x0}.tif", "w", **prof) as dst:
+    with quiet_georeferencing(), rasterio.open(Path(folder) / f"{y0}_{x0}.tif", "w", **prof) as dst:
         dst.write(np.asarray(block, dtype=prof["dtype"]), 1)
     return np.ones((1, 1), np.int64)
 

@@ -39,6 +39,7 @@ import shutil
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ from .io import (
     open_mosaic,
     passes_through,
     prepare_rgb,
+    read_valid_mask,
     rgb_band_indices,
     stretch_limits,
     window_reader,
@@ -92,6 +94,7 @@ from .staging import (
 )
 from .segmenters import segment_resources
 from .tiling import TilingPlan, validate_tiling
+from .vectorize import NoCRSWarning
 
 __all__ = ["segment", "run", "build_graph", "SegmentGraph", "library_versions"]
 
@@ -340,18 +343,34 @@ def _input_identity(image) -> dict:
     return {"array_token": token}
 
 
-def _fingerprint(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_hash: str | None) -> str:
-    payload = {
-        "config": {k: cfg.to_dict()[k] for k in _RESULT_AFFECTING},
-        "input": identity,
-        "shape": list(plan.shape),
-        "checkpoint_sha256": ckpt_hash,
-    }
+def _fingerprint_payload(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_hash: str | None) -> dict:
+    """What a run's result depends on: the result-affecting parameters, the input and the checkpoint."""
+    params = cfg.to_dict()
+    return {"config": {k: params[k] for k in _RESULT_AFFECTING}, "input": identity, "shape": list(plan.shape),
+            "checkpoint_sha256": ckpt_hash}
+
+
+def _fingerprint(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _prepare_outdir(outdir: Path, fingerprint: str, overwrite: bool) -> dict | None:
-    """Decide fresh / resume / refuse. Returns the previous run.json when resuming."""
+def _differences(prev: dict, payload: dict) -> list[str]:
+    """``name: old -> new`` for each thing a previous run.json holds differently from ``payload``."""
+    def norm(v):
+        return json.loads(json.dumps(v, default=str))
+
+    old_params = prev.get("parameters", {})
+    pairs = [(k, old_params.get(k), v) for k, v in payload["config"].items()]
+    old_input, new_input = prev.get("input", {}), norm(payload["input"])
+    pairs += [(f"input {k}", old_input.get(k), new_input.get(k)) for k in sorted(set(old_input) | set(new_input))]
+    pairs += [("shape", prev.get("shape"), payload["shape"]),
+              ("checkpoint_sha256", prev.get("checkpoint_sha256"), payload["checkpoint_sha256"])]
+    return [f"{name}: {old!r} -> {new!r}" for name, old, new in pairs if norm(old) != norm(new)]
+
+
+def _prepare_outdir(outdir: Path, payload: dict, overwrite: bool) -> dict | None:
+    """Decide fresh / resume / nothing to do / refuse. Returns the previous run.json when there is one
+    for this job (complete or not)."""
     if not outdir.exists():
         return None
     if overwrite:
@@ -363,15 +382,11 @@ def _prepare_outdir(outdir: Path, fingerprint: str, overwrite: bool) -> dict | N
             prev = json.loads(run_json.read_text())
         except json.JSONDecodeError:
             prev = {}
-        if prev.get("fingerprint") != fingerprint:
+        if prev.get("fingerprint") != _fingerprint(payload):
+            diff = _differences(prev, payload) or ["run.json cannot be compared (damaged or from another version)"]
             raise FingerprintMismatchError(
-                f"`{outdir}` holds a run with a different configuration or input",
+                f"`{outdir}` holds a run with a different configuration or input: " + "; ".join(diff),
                 hint="use another output directory, or --overwrite to start fresh",
-            )
-        if prev.get("complete"):
-            raise OutputExistsError(
-                f"`{outdir}` already holds a complete run of this job",
-                hint="use --overwrite to recompute, or another output directory",
             )
         return prev
     if any(outdir.iterdir()):
@@ -458,6 +473,10 @@ def run(
     t_start = time.perf_counter()
     # -- 1. validate everything cheap, before any cluster or model starts
     job = _open_job(image, Path(os.fspath(outdir)), cfg, log or (lambda msg: None))
+    if job.prev is not None and job.prev.get("complete") and _products_present(job):
+        # the same job, finished: nothing to do (Make/Snakemake-style reruns)
+        job.log(f"{job.outdir} already holds this complete run: nothing to do")
+        return {**job.prev, "blocks_segmented_this_run": 0, "up_to_date": True}
     # -- 2. the run record, "complete": false until the very end
     _start_record(job)
     # block tasks read their windows from the file itself when there is one
@@ -485,6 +504,9 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     """Step 1: open and check the input and every parameter; decide fresh / resume / refuse."""
     arr = _open_input(image, bands=cfg.bands, nodata=cfg.nodata, tile_size=cfg.tile_size)
     rgb_band_indices(arr)
+    if arr.rio.crs is None:  # said once here; the vectors step does not repeat it
+        warnings.warn(f"input `{image}` has no CRS: labels.tif and the polygons are in pixel coordinates "
+                      "(x = column, y = row) with no CRS", NoCRSWarning, stacklevel=3)
     seg = resolve_segmenter(cfg.segmenter, _segmenter_params(cfg))
     mcfg = _merge_config(cfg.merge, cfg.merge_params)
     plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=cfg.tile_size, padding=cfg.padding)
@@ -492,10 +514,18 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     ckpt = getattr(seg, "checkpoint", None)
     ckpt_hash = _file_sha256(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
     identity = _input_identity(image)
-    fingerprint = _fingerprint(cfg, identity, plan, ckpt_hash)
-    prev = _prepare_outdir(outdir, fingerprint, cfg.overwrite)
+    payload = _fingerprint_payload(cfg, identity, plan, ckpt_hash)
+    fingerprint = _fingerprint(payload)
+    prev = _prepare_outdir(outdir, payload, cfg.overwrite)
     return _Job(cfg=cfg, image=image, arr=arr, seg=seg, mcfg=mcfg, plan=plan, outdir=outdir, log=log,
                 identity=identity, ckpt_hash=ckpt_hash, fingerprint=fingerprint, prev=prev)
+
+
+def _products_present(job: _Job) -> bool:
+    """The products this configuration asks for exist (a complete run without vectors is not up to
+    date for a rerun that asks for them)."""
+    names = ["labels.zarr", "labels.tif"] + (["segments.parquet"] if job.cfg.vectors else [])
+    return all((job.outdir / n).exists() for n in names)
 
 
 def _start_record(job: _Job) -> None:
@@ -572,7 +602,7 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
         rgba = prepare_rgb(job.arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         done = map_padded_blocks(segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,
                                  token="remote-samsing-segment-stage", **kwargs)
-        compute(done, client, progress=cfg.progress, optimize_graph=False)
+        compute(done, client, progress=cfg.progress, optimize_graph=False, label="segment-stage")
         return
     # through a partial: `client.map` keeps keywords such as `retries` for itself;
     # in bounded waves, so the scheduler never holds a task per block
@@ -652,11 +682,19 @@ def _outputs_step(job: _Job, written: xr.DataArray, max_label: int) -> tuple[Pat
     vectors_path = None
     if job.cfg.vectors:
         job.log("vectorizing")
-        valid = prepare_rgb(job.arr, chunks=job.plan.chunks, percentiles=job.cfg.percentiles)[..., 3] > 0
+        valid = _valid_mask(job)
         attributes = segment_attributes(job.staging, job.plan, written)
         vectors_path = _write_vectors(job.outdir, written, valid=valid, progress=job.cfg.progress,
                                       attributes=attributes)
     return vectors_path, time.perf_counter() - t0
+
+
+def _valid_mask(job: _Job) -> da.Array:
+    """The mosaic's validity, read window by window from the file when there is one."""
+    reader = window_reader(job.arr) if isinstance(job.image, (str, os.PathLike)) else None
+    if reader is not None:
+        return read_valid_mask(reader, chunks=job.plan.chunks)
+    return prepare_rgb(job.arr, chunks=job.plan.chunks, percentiles=job.cfg.percentiles)[..., 3] > 0
 
 
 def _finish_record(job: _Job, *, blocks, merge_stats, n_labels, vectors_path, timings) -> dict:
@@ -743,5 +781,7 @@ def _write_vectors(outdir: Path, labels: xr.DataArray, *, valid=None, progress: 
     from .vectorize import to_polygons
 
     out = outdir / "segments.parquet"
-    to_polygons(labels, out=out, valid=valid, progress=progress, attributes=attributes)  # written atomically
+    with warnings.catch_warnings():  # the run said it once, when it opened the input
+        warnings.simplefilter("ignore", NoCRSWarning)
+        to_polygons(labels, out=out, valid=valid, progress=progress, attributes=attributes)  # written atomically
     return out

@@ -64,8 +64,9 @@ import numpy as np
 
 from ._arrays import unique
 from ._files import write_atomic
+from ._progress import compute_tracked
 from ._validate import check_int, check_number
-from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError
+from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError, RemoteSamsingWarning
 
 __all__ = [
     "NoCRSWarning",
@@ -89,7 +90,7 @@ VECTOR_DRIVERS = {
 _DEFAULT_CHUNK = 2048
 
 
-class NoCRSWarning(UserWarning):
+class NoCRSWarning(RemoteSamsingWarning):
     """The label raster has no CRS: polygons are in pixel coordinates, CRS unset."""
 
 
@@ -512,7 +513,7 @@ def to_polygons(
     layer : str
         Layer name for GeoPackage output.
     progress : bool
-        Show progress bars (dask's for the blocks, tqdm for the dissolve).
+        Show the progress of the blocks and of the dissolve.
 
     Returns
     -------
@@ -619,13 +620,7 @@ def _polygonize_blocks(data, halos, connectivity: int, progress: bool):
         for ix in range(blocks.shape[1]):
             vh = halos[iy, ix] if halos is not None else None
             tasks.append(poly(blocks[iy, ix], vh, int(y_off[iy]), int(x_off[ix]), height, width, connectivity))
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            results = dask.compute(*tasks)
-    else:
-        results = dask.compute(*tasks)
+    results = compute_tracked(tasks, label="polygonize", enabled=progress)
     if not results:  # pragma: no cover - dask arrays always have a block
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0, bool), np.zeros(0, bool)
     return tuple(np.concatenate([r[k] for r in results]) for k in range(5))
@@ -664,14 +659,7 @@ def _union_groups(groups: list, progress: bool, batch: int = 256) -> list:
     import dask
 
     jobs = [dask.delayed(_union_batch, pure=True)(groups[k : k + batch]) for k in range(0, len(groups), batch)]
-    if not progress:
-        return [g for part in dask.compute(*jobs) for g in part]
-    from tqdm.auto import tqdm
-
-    merged = []
-    for j in tqdm(jobs, desc="dissolve", unit="batch"):
-        merged.extend(j.compute())
-    return merged
+    return [g for part in compute_tracked(jobs, label="dissolve", enabled=progress) for g in part]
 
 
 def _tolerance_px(simplify_tolerance, crs, transform, height: int, width: int) -> float:

@@ -33,11 +33,14 @@ def test_to_cog_pieces_mosaic_exactly(tmp_path, max_label):
     arr = arr.rio.write_crs("EPSG:32611").rio.write_transform(t)
     out = to_cog(arr, tmp_path / "l.tif", max_label=max_label, blocksize=256)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tif"]  # no pieces or partial files left
+    from rio_cogeo.cogeo import cog_validate
+
+    valid, errors, warnings_ = cog_validate(str(out), quiet=True)  # the COG layout, overviews included
+    assert valid and not errors and not warnings_
     with rasterio.open(out) as dst:
         np.testing.assert_array_equal(dst.read(1), lab)
         assert dst.crs.to_epsg() == 32611 and dst.transform.almost_equals(t)
         assert dst.nodata == 0 and dst.dtypes[0] == ("uint8" if max_label < 256 else "uint16")
-        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert dst.block_shapes == [(256, 256)]
         assert dst.overviews(1) == [2, 4]  # 700 -> 350 -> 175: until a level fits one 256-px tile
     # the overviews are labels sampled by nearest (never a blend of two ids),

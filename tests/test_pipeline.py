@@ -172,14 +172,49 @@ def test_run_writes_outputs_and_resume_and_fingerprint(tmp_path, data_dir, clien
     z = open_labels(out / "labels.zarr")
     np.testing.assert_array_equal(z.values, tif)
     assert z.rio.crs == rasterio.open(data_dir / "kampala_crop_3857.tif").crs
-    # complete run refuses; other config refuses; overwrite works
-    with pytest.raises(OutputExistsError):
-        run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client)
-    with pytest.raises(FingerprintMismatchError):
-        run(data_dir / "kampala_crop_3857.tif", out, config=cfg.replace(tile_size=64), client=client)
+    _assert_outputs_open_cleanly(out, tif, data_dir / "kampala_crop_3857.tif")
+    # the same job again: nothing to do, nothing written; another configuration is refused, naming
+    # each difference; overwrite starts afresh
+    before = (out / "run.json").read_bytes()
+    again = run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client)
+    assert again["up_to_date"] and again["blocks_segmented_this_run"] == 0 and again["run_id"] == saved["run_id"]
+    assert (out / "run.json").read_bytes() == before
+    other = cfg.replace(tile_size=64, segmenter_params={"scale": 60})
+    with pytest.raises(FingerprintMismatchError) as err:
+        run(data_dir / "kampala_crop_3857.tif", out, config=other, client=client)
+    assert "tile_size: 128 -> 64" in str(err.value) and "segmenter_params: {'scale': 50} -> {'scale': 60}" in str(
+        err.value)
+    assert "padding" not in str(err.value)
     rec2 = run(data_dir / "kampala_crop_3857.tif", out, config=cfg.replace(overwrite=True), client=client)
     assert rec2["complete"]
     np.testing.assert_array_equal(open_labels(out / "labels.zarr").values, tif)
+
+
+def _assert_outputs_open_cleanly(out, tif, source):
+    """labels.zarr opens in plain xarray (and rioxarray) without a warning, with the source's CRS and
+    transform; labels.tif is a valid COG for rio-cogeo; open_mosaic points to open_labels."""
+    import warnings
+
+    import xarray as xr
+    from rio_cogeo.cogeo import cog_validate
+
+    import remote_samsing as rs
+    from remote_samsing.exceptions import InputError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = xr.open_zarr(out / "labels.zarr")["labels"]
+        crs = labels.rio.crs
+        values = labels.values
+    with rasterio.open(source) as src:
+        assert crs == src.crs and labels.rio.transform().almost_equals(src.transform)
+    np.testing.assert_array_equal(values, tif)
+    valid, errors, _ = cog_validate(str(out / "labels.tif"), quiet=True)
+    assert valid and not errors
+    assert rs.open_labels is open_labels
+    with pytest.raises(InputError, match="segment labels") as err:
+        rs.open_mosaic(out / "labels.zarr")
+    assert "open_labels" in err.value.hint
 
 
 def test_cog_with_overviews_on_landsat(tmp_path, data_dir, client):
@@ -194,6 +229,7 @@ def test_cog_with_overviews_on_landsat(tmp_path, data_dir, client):
         lab = dst.read(1)
         nodata_px = (src.read() == 0).all(axis=0)
     assert (lab[nodata_px] == 0).all()
+    _assert_outputs_open_cleanly(out, lab, data_dir / "landsat_rgb.tif")
 
 
 def test_failing_block_is_retried_then_reported(tmp_path, data_dir, client):

@@ -42,12 +42,14 @@ to every component anyway. ``crop_n_layers`` is 0, as in the paper.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -350,13 +352,22 @@ def _load_state_dict(model, checkpoint: Path, cfg: str) -> None:
     model.load_state_dict(sd, strict=True)
 
 
+@contextlib.contextmanager
+def _quiet_torch_deprecations():
+    """sam2 builds its image transforms with ``torch.jit.script``, which torch now deprecates: a
+    FutureWarning per worker that its user cannot act on, filtered where sam2 raises it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        yield
+
+
 def _build(cfg: str, *, checkpoint: Path | None, image_size: int | None, device: str, seed: int):
     """Build a SAM2 model on ``device`` (random init is seeded; weights from ``checkpoint``)."""
     import torch
     from sam2.build_sam import build_sam2
 
     overrides = [f"++model.image_size={image_size}"] if image_size else []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_torch_deprecations():
         torch.manual_seed(seed)
         model = build_sam2(cfg, ckpt_path=None, device="cpu", hydra_overrides_extra=overrides)
     if checkpoint is not None:
@@ -377,16 +388,17 @@ class _SAM2MaskGenerator:
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
         self.device = device
-        self.amg = SAM2AutomaticMaskGenerator(
-            model,
-            points_per_side=None,
-            point_grids=[np.zeros((1, 2))],
-            points_per_batch=points_per_batch,
-            box_nms_thresh=box_nms_thresh,
-            crop_n_layers=0,
-            min_mask_region_area=0,
-            output_mode="binary_mask",
-        )
+        with _quiet_torch_deprecations():
+            self.amg = SAM2AutomaticMaskGenerator(
+                model,
+                points_per_side=None,
+                point_grids=[np.zeros((1, 2))],
+                points_per_batch=points_per_batch,
+                box_nms_thresh=box_nms_thresh,
+                crop_n_layers=0,
+                min_mask_region_area=0,
+                output_mode="binary_mask",
+            )
         if image_size:
             s = int(image_size)
             # SAM2ImagePredictor hard-codes the 1024-input feature sizes (stack.md §2)

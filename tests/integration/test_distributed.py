@@ -425,12 +425,13 @@ def _snapshot(outdir: Path) -> dict[str, float]:
 
 
 @pytest.mark.timeout(120)
-def test_rerun_of_complete_run_refuses(reference, finished_copy, tmp_path):
+def test_rerun_of_a_complete_run_is_a_no_op(reference, finished_copy, tmp_path):
     before = _snapshot(finished_copy)
     rc, out = _run(_segment_cmd(reference["image"], finished_copy, "--n-workers", "1"), tmp_path / "r.log")
-    assert rc == 2, out
-    assert "error:" in out and "already holds a complete run" in out and "--overwrite" in out
-    assert _snapshot(finished_copy) == before  # nothing touched
+    assert rc == 0, out
+    assert "up to date" in out and "nothing recomputed" in out and "error" not in out
+    assert "dashboard" not in out  # no cluster started
+    assert _snapshot(finished_copy) == before  # nothing written
 
 
 @pytest.mark.timeout(120)
@@ -446,6 +447,7 @@ def test_other_tile_size_refuses_even_when_interrupted(reference, finished_copy,
     rc, out = _run(cmd, tmp_path / "r.log")
     assert rc == 2, out
     assert "error:" in out and "different configuration or input" in out and "--overwrite" in out
+    assert "tile_size: 64 -> 32" in out  # each difference named, old and new
     assert _snapshot(finished_copy) == before
 
 
@@ -455,7 +457,7 @@ def test_other_input_refuses(reference, finished_copy, tmp_path):
     shutil.copy(reference["image"], other)  # same pixels, another file: another input
     rc, out = _run(_segment_cmd(other, finished_copy, "--n-workers", "1"), tmp_path / "r.log")
     assert rc == 2, out
-    assert "different configuration or input" in out
+    assert "different configuration or input" in out and "input path:" in out and "other.tif" in out
 
 
 @pytest.mark.timeout(240)

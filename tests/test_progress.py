@@ -1,0 +1,88 @@
+"""Progress that fits where it is shown: lines in a log file, a redrawn bar on a terminal."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from remote_samsing import _progress
+from remote_samsing._progress import LOG_INTERVAL_S, Progress, compute_tracked, track
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = _Clock()
+    monkeypatch.setattr(_progress.time, "monotonic", c)
+    return c
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_log_file_gets_a_start_line_a_line_per_interval_and_one_final_line(clock):
+    out = io.StringIO()
+    bar = Progress("segment", 100, stream=out)
+    assert out.getvalue() == ""  # nothing before the stage's first update
+    for done in range(0, 101):
+        clock.now += 1.0  # a block a second: 100 s in all
+        bar.update(done)
+        bar.update(done)  # repeated states print nothing
+    bar.update(100)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "segment: started, 100 blocks"
+    assert lines[-1] == "segment: 100/100 blocks done in 100.0 s"
+    middle = lines[1:-1]
+    assert len(middle) == 100 // int(LOG_INTERVAL_S)  # one line every 30 s
+    assert middle[0] == "segment: 30/100 blocks (1.00/s)"
+    assert "\r" not in out.getvalue()
+
+
+def test_a_stage_that_stops_early_says_where(clock):
+    out = io.StringIO()
+    with pytest.raises(RuntimeError):
+        with Progress("merge-faces", 8, stream=out, unit="blocks") as bar:
+            bar.update(3)
+            raise RuntimeError("a block failed")
+    assert out.getvalue().splitlines() == ["merge-faces: started, 8 blocks", "merge-faces: stopped at 3/8 blocks"]
+
+
+def test_a_terminal_gets_one_bar_redrawn_in_place(clock):
+    out = _Terminal()
+    bar = Progress("segment", 4, stream=out)
+    for done in range(5):
+        clock.now += 1.0
+        bar.update(done)
+    bar.update(4)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("4/4\n") and text.count("\r") == 5
+
+
+def test_disabled_shows_nothing_and_track_yields_every_item(clock):
+    out = io.StringIO()
+    bar = Progress("x", 3, enabled=False, stream=out)
+    bar.update(3)
+    bar.close()
+    assert out.getvalue() == ""
+    assert list(track(range(5), "objects", enabled=False)) == list(range(5))
+
+
+def test_compute_tracked_returns_results_in_order_without_a_client(capsys):
+    import dask
+
+    tasks = [dask.delayed(lambda i: i * i)(i) for i in range(6)]
+    assert compute_tracked(tasks, label="squares") == [i * i for i in range(6)]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("squares: started") and err[-1].startswith("squares: ") and "done in" in err[-1]
+    assert len(err) == 2
