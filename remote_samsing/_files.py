@@ -22,9 +22,10 @@ __all__ = ["temporary_name", "write_atomic", "write_json_atomic", "replace_path"
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
-    """A unique sibling of ``path`` to write to before renaming (``<name>.<8 hex>.partial``)."""
+    """A unique sibling of ``path`` to write to before renaming (``<stem>.<8 hex>.partial<suffix>``: the
+    suffix stays last, since some writers, such as GDAL's GeoPackage driver, check it)."""
     p = Path(os.fspath(path))
-    return p.with_name(f"{p.name}.{uuid.uuid4().hex[:8]}.partial")
+    return p.with_name(f"{p.stem}.{uuid.uuid4().hex[:8]}.partial{p.suffix}")
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:

@@ -93,6 +93,9 @@ def cli(debug: bool) -> None:
 @click.option("--merge-param", "merge_param", multiple=True, metavar="KEY=VALUE",
               help="Merge parameter, repeatable (e.g. min_contact_pixels=5).")
 @click.option("--retries", type=int, help="Extra attempts for a failing block. [default: 2]")
+@click.option("--skip-failed-blocks", "skip_failed_blocks", is_flag=True, default=None,
+              help="Leave blocks that still fail after their retries unsegmented; the run completes as partial "
+                   "and lists them in run.json. The same command again retries only those blocks.")
 @click.option("--vectors/--no-vectors", default=None, help="Also write segments.parquet. [default: on]")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace OUTDIR instead of resuming/refusing.")
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://... or tls://...).")
@@ -102,8 +105,8 @@ def cli(debug: bool) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bars. [default: on]")
 @_handle_errors
 def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoint, model_cfg, tile_size,
-                padding, bands, nodata, merge, merge_param, retries, vectors, overwrite, scheduler, device, gpus,
-                n_workers, progress):
+                padding, bands, nodata, merge, merge_param, retries, skip_failed_blocks, vectors, overwrite, scheduler,
+                device, gpus, n_workers, progress):
     """Segment INPUT (GeoTIFF/COG/JPEG/PNG/Zarr) into OUTDIR.
 
     Writes labels.zarr, labels.tif (COG), segments.parquet and run.json.
@@ -114,7 +117,8 @@ def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoi
 
     given = {
         "segmenter": segmenter, "tile_size": tile_size, "padding": padding, "bands": _int_list(bands, "bands"),
-        "nodata": nodata, "merge": merge, "retries": retries, "vectors": vectors, "overwrite": overwrite,
+        "nodata": nodata, "merge": merge, "retries": retries, "skip_failed_blocks": skip_failed_blocks,
+        "vectors": vectors, "overwrite": overwrite,
         "scheduler": scheduler, "device": device, "gpus": _int_list(gpus, "gpus"), "n_workers": n_workers,
         "progress": progress,
     }
@@ -138,9 +142,12 @@ def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoi
         click.echo(f"up to date: {outdir} already holds this complete run ({record['n_segments']} segments); "
                    "nothing recomputed")
         return
+    failed = record.get("failed_blocks") or []
+    partial = (f"; PARTIAL: {len(failed)} block(s) failed and were left unsegmented (run.json `failed_blocks`), "
+               "rerun the same command to retry them") if failed else ""
     click.echo(
         f"done: {record['n_segments']} segments in {record['timings']['total_s']:.1f} s "
-        f"({record['blocks_segmented_this_run']} block(s) segmented this run) -> {outdir}"
+        f"({record['blocks_segmented_this_run']} block(s) segmented this run) -> {outdir}{partial}"
     )
 
 

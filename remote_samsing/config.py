@@ -52,7 +52,13 @@ class RunConfig:
     merge_params : dict
         Extra merge options (``min_contact_pixels``, ``min_mask_area``, ...).
     retries : int
-        Extra attempts for a block whose segmenter raises.
+        Extra attempts for a block whose segmenter raises or whose window
+        cannot be read.
+    skip_failed_blocks : bool
+        Leave a block that still fails after its retries unsegmented (0)
+        instead of stopping the run: the run completes, says it is partial
+        and lists the blocks in ``run.json`` (``failed_blocks``); the same
+        command run again tries only those blocks.
     vectors : bool
         Also write polygons (``segments.parquet``).
     overwrite : bool
@@ -79,6 +85,7 @@ class RunConfig:
     merge: str = "overlap"
     merge_params: dict = field(default_factory=dict)
     retries: int = 2
+    skip_failed_blocks: bool = False
     vectors: bool = True
     overwrite: bool = False
     scheduler: str | None = None
@@ -102,7 +109,7 @@ class RunConfig:
         check_choice("merge", self.merge, STRATEGIES, what="merge strategy")
         check_type("merge_params", self.merge_params, (dict,))
         check_int("retries", self.retries, minimum=0)
-        for name in ("vectors", "overwrite", "progress"):
+        for name in ("vectors", "overwrite", "progress", "skip_failed_blocks"):
             check_bool(name, getattr(self, name))
         check_type("scheduler", self.scheduler, (str,), optional=True)
         check_type("device", self.device, (str,))

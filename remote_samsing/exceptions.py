@@ -23,6 +23,7 @@ __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
     "BlockFailedError",
+    "WindowReadError",
     "CRSMismatchError",
     "RemoteSamsingWarning",
 ]
@@ -90,6 +91,16 @@ class CheckpointError(RemoteSamsingError, ValueError):
 
 class BlockFailedError(RemoteSamsingError, RuntimeError):
     """A block's segmenter kept failing after all retries."""
+
+
+class WindowReadError(BlockFailedError):
+    """A window of the input could not be read (a truncated or damaged file, a store error).
+
+    ``block`` and ``window`` (``(y0, y1, x0, x1)`` in pixels) say where.
+    """
+
+    block: tuple | None = None
+    window: tuple | None = None
 
 
 class CRSMismatchError(RemoteSamsingError, ValueError):

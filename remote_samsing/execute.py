@@ -14,13 +14,14 @@ import functools
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ._progress import Progress
 from ._validate import check_int
 from .exceptions import ConfigError
 
-__all__ = ["compute", "run_in_phases", "run_in_waves", "scheduler_workers", "threads_of"]
+__all__ = ["compute", "errors_as_values", "run_in_phases", "run_in_waves", "scheduler_workers", "threads_of"]
 
 #: follow-ups (``run_in_waves(then=...)``) per task while items still wait to run
 _FOLLOW_UPS_PER_TASK = 8
@@ -29,6 +30,36 @@ _FOLLOW_UPS_PER_TASK = 8
 # ---------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _TaskError:
+    """An expected failure of a task, returned as its value (see :func:`errors_as_values`)."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class _ReturningErrors:
+    func: Callable
+    errors: tuple
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.func(*args, **kwargs)
+        except self.errors as exc:
+            return _TaskError(exc)
+
+
+def errors_as_values(func: Callable, errors: tuple) -> Callable:
+    """``func`` for :func:`run_in_waves`, with the exceptions ``errors`` returned instead of raised;
+    ``run_in_waves`` raises them on the client as the task's error.
+
+    A worker logs every exception a task raises as a crash, with its
+    traceback; a failure the caller reports itself (a block whose window
+    cannot be read) then reaches the user once, as one line.
+    """
+    return _ReturningErrors(func, tuple(errors))
+
+
 def compute(x, client, *, progress: bool = False, optimize_graph: bool = True, label: str = "compute"):
     """The value of dask collection ``x``, computed on ``client`` (dask's default scheduler when None).
 
@@ -251,18 +282,20 @@ class _WaveRun:
 
     def _handle(self, finished: list) -> list:
         """Record a batch of finished futures (raising a task's error); returns the caller's items among them."""
-        wanted = [f for f in finished if self.results and f.key in self.position]
+        wanted = [f for f in finished if f.key in self.position and f.status == "finished"]
         values = dict(zip([f.key for f in wanted], self.client.gather(wanted))) if wanted else {}
         newly: list = []
         for fut in finished:
             if fut.key not in values and fut.status != "finished":
                 fut.result()  # raises the task's error
+            if isinstance(values.get(fut.key), _TaskError):
+                raise values[fut.key].error
             i = self.position.pop(fut.key, None)
             fut.release()
             del self.live[fut.key]
             if i is None:  # a follow-up: its result is not wanted
                 continue
-            self.out[i] = values.get(fut.key)
+            self.out[i] = values.get(fut.key) if self.results else None
             self.done += self.weights[i] if self.weights else 1
             self.in_flight -= 1
             newly.extend(self.items[i] if self.grouped else (self.items[i],))

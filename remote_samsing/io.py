@@ -40,6 +40,7 @@ from .exceptions import (
     InputError,
     InputNotFoundError,
     UnsupportedDtypeError,
+    WindowReadError,
 )
 
 __all__ = [
@@ -438,6 +439,10 @@ class WindowReader:
         1-based bands of the file, in the mosaic's band order.
     band_idx, alpha_pos, nodata, passthrough
         The RGB conversion (see :func:`prepare_rgb`).
+    transform : tuple of 6 float, optional
+        The affine transform (a, b, c, d, e, f), to name a window in map
+        coordinates.
+    crs : str, optional
     """
 
     path: str
@@ -447,6 +452,39 @@ class WindowReader:
     alpha_pos: int | None
     nodata: float | None
     passthrough: bool
+    transform: tuple | None = None
+    crs: str | None = None
+
+    def where(self, window: tuple[int, int, int, int]) -> str:
+        """``window`` in pixels and, with a transform, in map coordinates."""
+        y0, y1, x0, x1 = (int(v) for v in window)
+        text = f"rows {y0}:{y1}, columns {x0}:{x1}"
+        if self.transform is not None:
+            from affine import Affine
+
+            t = Affine(*self.transform)
+            (ax, ay), (bx, by) = t * (x0, y0), t * (x1, y1)
+            text += (f" (x {min(ax, bx):.6g} to {max(ax, bx):.6g}, y {min(ay, by):.6g} to {max(ay, by):.6g}"
+                     + (f" in {self.crs})" if self.crs else ")"))
+        return text
+
+    def checked_read(self, window: tuple[int, int, int, int], limits, *, block=None) -> np.ndarray:
+        """:meth:`read_rgba`, any failure to read turned into a :class:`WindowReadError` naming the file
+        and the window."""
+        try:
+            return self.read_rgba(window, limits)
+        except Exception as exc:  # noqa: BLE001 - GDAL, zarr and store errors come in many types
+            cause = _error_chain(exc)
+        # raised outside the handler: no chained library exception to pickle back to the client
+        err = WindowReadError(
+            f"cannot read `{self.path}` at {self.where(window)}"
+            + (f" (block {tuple(block)})" if block is not None else "") + f": {cause}",
+            hint="the file may be truncated or damaged (an interrupted download?): check it (e.g. `gdalinfo "
+                 "-checksum`), repair or fetch it again and rerun the same command to resume; or pass "
+                 "--skip-failed-blocks to finish without these blocks",
+        )
+        err.block, err.window = (tuple(block) if block is not None else None), tuple(window)
+        raise err
 
     def read(self, window: tuple[int, int, int, int]) -> np.ndarray:
         """Raw (band, y, x) values of ``window = (y0, y1, x0, x1)``."""
@@ -562,9 +600,24 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     if tuple(shape) != (arr.sizes["y"], arr.sizes["x"]):
         return None
     params = _rgba_params(arr)
+    crs = arr.rio.crs
+    transform = tuple(arr.rio.transform())[:6] if crs is not None else None
     return WindowReader(
-        path=str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]), **params
+        path=str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]),
+        transform=transform, crs=crs.to_string() if crs is not None else None, **params
     )
+
+
+def _error_chain(exc: BaseException) -> str:
+    """``Type: first line`` of an exception and of what caused it (rasterio's "Read failed" names GDAL's
+    reason only in its cause)."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen and len(parts) < 3:
+        seen.add(id(exc))
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        parts.append(f"{type(exc).__name__}: {text}")
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
 
 
 def read_valid_mask(reader: WindowReader, *, chunks) -> da.Array:

@@ -60,7 +60,7 @@ from .exceptions import (
     FingerprintMismatchError,
     OutputExistsError,
 )
-from .execute import compute, run_in_phases, run_in_waves, scheduler_workers, threads_of
+from .execute import compute, errors_as_values, run_in_phases, run_in_waves, scheduler_workers, threads_of
 from .io import (
     as_band_yx,
     check_bands,
@@ -329,18 +329,22 @@ def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _input_identity(image) -> dict:
+def _input_identity(image, arr: xr.DataArray) -> dict:
+    """Which mosaic a run segments: a file by its path and raster structure (bands, size, dtype, CRS,
+    transform), an array by its dask token.
+
+    Not by the file's bytes or time: a damaged input repaired in place (an
+    interrupted download fetched again) must let the same command resume.
+    A different mosaic saved under the same path with the same structure
+    is not noticed; ``--overwrite`` starts such a job afresh.
+    """
     if isinstance(image, (str, os.PathLike)):
-        p = Path(os.fspath(image)).resolve()
-        if p.is_dir():
-            files = sorted(q for q in p.rglob("*") if q.is_file())
-            size = sum(q.stat().st_size for q in files)
-            mtime = max((q.stat().st_mtime_ns for q in files), default=0)
-        else:
-            size, mtime = p.stat().st_size, p.stat().st_mtime_ns
-        return {"path": str(p), "bytes": size, "mtime_ns": mtime}
-    token = dask.base.tokenize(image)
-    return {"array_token": token}
+        crs = arr.rio.crs
+        return {"path": str(Path(os.fspath(image)).resolve()), "bands": int(arr.sizes["band"]),
+                "size": [int(arr.sizes["y"]), int(arr.sizes["x"])], "dtype": str(arr.dtype),
+                "crs": crs.to_string() if crs is not None else None,
+                "transform": [round(v, 12) for v in tuple(arr.rio.transform())[:6]]}
+    return {"array_token": dask.base.tokenize(image)}
 
 
 def _fingerprint_payload(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_hash: str | None) -> dict:
@@ -473,7 +477,8 @@ def run(
     t_start = time.perf_counter()
     # -- 1. validate everything cheap, before any cluster or model starts
     job = _open_job(image, Path(os.fspath(outdir)), cfg, log or (lambda msg: None))
-    if job.prev is not None and job.prev.get("complete") and _products_present(job):
+    if job.prev is not None and job.prev.get("complete") and not job.prev.get("failed_blocks") \
+            and _products_present(job):
         # the same job, finished: nothing to do (Make/Snakemake-style reruns)
         job.log(f"{job.outdir} already holds this complete run: nothing to do")
         return {**job.prev, "blocks_segmented_this_run": 0, "up_to_date": True}
@@ -513,7 +518,7 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     # the file the segmenter found (parameter, environment or models directory), not only a given one
     ckpt = getattr(seg, "checkpoint", None)
     ckpt_hash = _file_sha256(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
-    identity = _input_identity(image)
+    identity = _input_identity(image, arr)
     payload = _fingerprint_payload(cfg, identity, plan, ckpt_hash)
     fingerprint = _fingerprint(payload)
     prev = _prepare_outdir(outdir, payload, cfg.overwrite)
@@ -570,7 +575,9 @@ def _segment_step(job: _Job, client, reader, *, res, threads) -> tuple[list, flo
     try:
         _stage_all(job, client, reader, res=res, threads=threads)
     except BlockFailedError as exc:
-        job.record["error"] = {"type": type(exc).__name__, "message": str(exc)}
+        job.record["error"] = {"type": type(exc).__name__, "message": Exception.__str__(exc),
+                               "block": list(exc.block) if getattr(exc, "block", None) else None,
+                               "window": list(exc.window) if getattr(exc, "window", None) else None}
         job.record["blocks"] = collect_block_stats(job.staging, plan)
         job.write_record()
         raise
@@ -597,7 +604,7 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
     # each block's merge summary is written by the task that staged it, from the labels in memory
     summarize = functools.partial(stage_summary, plan=plan, config=job.mcfg, workdir=job.staging / "merge")
     kwargs = dict(plan=plan, segmenter=job.seg, retries=cfg.retries, staging=str(job.staging), run_id=job.run_id,
-                  summarize=summarize)
+                  summarize=summarize, skip_failed=cfg.skip_failed_blocks)
     if reader is None:
         rgba = prepare_rgb(job.arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         done = map_padded_blocks(segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,
@@ -607,6 +614,7 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
     # through a partial: `client.map` keeps keywords such as `retries` for itself;
     # in bounded waves, so the scheduler never holds a task per block
     task = functools.partial(read_segment_and_stage, reader=reader, limits=_stretch_limits(job, client), **kwargs)
+    task = errors_as_values(task, (BlockFailedError,))  # reported once, by the client
     run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress,
                  then=_face_follow_ups(job), threads=threads, results=False)
 
@@ -697,6 +705,11 @@ def _valid_mask(job: _Job) -> da.Array:
     return prepare_rgb(job.arr, chunks=job.plan.chunks, percentiles=job.cfg.percentiles)[..., 3] > 0
 
 
+def _failed_blocks(blocks) -> list[dict]:
+    """The blocks ``skip_failed_blocks`` left unsegmented: block, window and error of each."""
+    return [{"block": s["block"], "window": s["window"], "error": s["error"]} for s in blocks if s and s.get("failed")]
+
+
 def _finish_record(job: _Job, *, blocks, merge_stats, n_labels, vectors_path, timings) -> dict:
     """Step 6: the final run.json, written once more with ``"complete": true``."""
     core_px = sum(
@@ -707,6 +720,8 @@ def _finish_record(job: _Job, *, blocks, merge_stats, n_labels, vectors_path, ti
         blocks=blocks,
         blocks_segmented_this_run=sum(1 for s in blocks if s and s.get("run_id") == job.run_id),
         blocks_skipped_nodata=sum(1 for s in blocks if s and s.get("skipped")),
+        failed_blocks=_failed_blocks(blocks),
+        partial=bool(_failed_blocks(blocks)),
         merge_stats=merge_stats,
         n_segments=n_labels,
         pixels=core_px,

@@ -42,7 +42,7 @@ import numpy as np
 
 from ._arrays import unique, unique_pairs
 from ._files import write_atomic, write_json_atomic
-from .exceptions import BlockFailedError, ConfigError, InputError
+from .exceptions import BlockFailedError, ConfigError, InputError, WindowReadError
 from .segmenters import get_segmenter, validate_segmenter
 from .tiling import TilingPlan
 
@@ -307,26 +307,35 @@ def segment_and_stage(rgba, *, plan, block_info=None, **kwargs):
 def read_segment_and_stage(index, *, reader, limits, plan, **kwargs) -> int:
     """Task: read one padded window from the mosaic file, segment and stage it (one task per block)."""
     window = plan.padded_window(index).as_tuple()
-    return stage_block(index, lambda: reader.read_rgba(window, limits), plan=plan, **kwargs)
+    return stage_block(index, lambda: reader.checked_read(window, limits, block=index), plan=plan, **kwargs)
 
 
 def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retries, staging, run_id,
-                summarize: Callable | None = None) -> int:
+                summarize: Callable | None = None, skip_failed: bool = False) -> int:
     """Segment block ``index`` unless already staged; write its chunk, its summary, then its marker.
 
     ``load()`` gives the padded (y, x, 4) window; it is not called for a
     block an earlier run staged. ``summarize(slot, index=index)``, when
     given, runs while the block's labels are in memory (the merge's block
-    summary), so nothing needs to read the chunk back. Returns 1 if the
-    block was segmented now, 0 if it was staged already.
+    summary), so nothing needs to read the chunk back. A block whose window
+    cannot be read or whose segmenter keeps failing (after ``retries``)
+    raises, or with ``skip_failed`` is staged empty (0) with a marker that
+    says so and why; a later run tries it again. Returns 1 if the block was
+    segmented (or failed) now, 0 if it was staged already.
     """
     import zarr
 
     iy, ix = index
     marker = block_marker(staging, index)
-    if marker.exists():  # staged by an earlier (interrupted) run: never segment twice
+    if marker.exists() and not _failed_before(marker):  # staged by an earlier run: never segment twice
         return 0
-    labels, stats = process_block(load(), (iy, ix), plan=plan, segmenter=segmenter, retries=retries)
+    try:
+        labels, stats = process_block(_load_with_retries(load, retries), (iy, ix), plan=plan, segmenter=segmenter,
+                                      retries=retries)
+    except BlockFailedError as exc:
+        if not skip_failed:
+            raise
+        labels, stats = np.zeros(plan.padded_window(index).shape, STAGED_DTYPE), _failed_stats(index, plan, exc)
     slot = _slot(labels, plan)
     sy, sx = plan.slot_shape
     z = zarr.open_array(Path(staging) / "labels.zarr", mode="r+")
@@ -335,12 +344,37 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
     if summarize is not None:
         summarize(slot, index=(iy, ix))
     attrs = getattr(segmenter, "last_attributes", None)
-    if attrs and not stats.get("skipped"):
+    if attrs and not stats.get("skipped") and not stats.get("failed"):
         # per-label attributes (SAM2: pass, predicted IoU, stability) for the vectors
         _write_attributes(Path(staging) / "attributes" / f"{iy}_{ix}.npz", attrs)
     stats["run_id"] = run_id
     write_json_atomic(marker, stats)
     return 1
+
+
+def _load_with_retries(load: Callable[[], np.ndarray], retries: int) -> np.ndarray:
+    """``load()``, tried ``retries + 1`` times while the window cannot be read (store errors can pass)."""
+    for _ in range(int(retries)):
+        try:
+            return load()
+        except WindowReadError:
+            continue
+    return load()
+
+
+def _failed_stats(index, plan: TilingPlan, exc: BlockFailedError) -> dict:
+    """The marker of a block left empty by ``skip_failed``: where it is and why it failed."""
+    return {"block": list(index), "window": list(plan.padded_window(index).as_tuple()),
+            "core": list(plan.core_window(index).as_tuple()), "skipped": False, "failed": True,
+            "error": f"{type(exc).__name__}: {Exception.__str__(exc)}", "n_labels": 0, "seconds": 0.0}
+
+
+def _failed_before(marker: Path) -> bool:
+    """The marker is a failed block's (``skip_failed``): a new run tries it again."""
+    try:
+        return bool(json.loads(marker.read_text()).get("failed"))
+    except (OSError, ValueError):
+        return False
 
 
 def _write_attributes(path: Path, attrs: Mapping[str, Any]) -> None:

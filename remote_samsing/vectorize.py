@@ -457,7 +457,10 @@ def _write(gdf, out: Path, driver: str, layer: str) -> None:
     if driver.upper() == "GPKG":
         kwargs["layer"] = layer
     # Polygon and MultiPolygon share one layer; GPKG/Shapefile need one type.
-    write_atomic(out, lambda tmp: gdf.to_file(tmp, promote_to_multi=True, geometry_type="MultiPolygon", **kwargs))
+    with warnings.catch_warnings():  # a missing CRS was reported once, as NoCRSWarning
+        warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+        write_atomic(out, lambda tmp: gdf.to_file(tmp, promote_to_multi=True, geometry_type="MultiPolygon",
+                                                  **kwargs))
 
 
 # long only for its docstring: the body calls one function per step of the module docstring

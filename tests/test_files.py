@@ -35,7 +35,7 @@ def test_write_atomic_keeps_the_old_file_when_the_writer_raises(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         write_atomic(p, write)
     assert p.read_text() == "old"
-    assert list(tmp_path.glob("*.partial")) == []
+    assert list(tmp_path.glob("*.partial*")) == []
     assert [q.name for q in tmp_path.iterdir()] == ["state.txt"]
 
 
@@ -74,5 +74,5 @@ def test_temporary_name_is_a_unique_sibling(tmp_path):
     names = {temporary_name(p) for _ in range(100)}
     assert len(names) == 100
     for t in names:
-        assert t.parent == tmp_path and t.name.startswith("labels.zarr.") and t.name.endswith(".partial")
+        assert t.parent == tmp_path and t.name.startswith("labels.") and t.name.endswith(".partial.zarr")
     assert temporary_name(str(p)).parent == tmp_path  # a str path too

@@ -229,8 +229,8 @@ def test_the_two_stage_tasks_stage_the_same_labels(tmp_path):
     rgba = _rgba(blob_image((64, 64), seed=4))
 
     class Reader:
-        def read_rgba(self, window, limits):
-            assert limits == "limits"
+        def checked_read(self, window, limits, *, block):
+            assert limits == "limits" and window == plan.padded_window(block).as_tuple()
             y0, y1, x0, x1 = window
             return rgba[y0:y1, x0:x1]
 

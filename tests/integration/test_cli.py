@@ -218,3 +218,116 @@ def test_evaluate_cli_vectors_without_crs_is_one_line_error(tmp_path, write_geot
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert lines[0] == "error: the ground-truth vectors have no CRS but the label raster is in EPSG:32633"
     assert lines[1].startswith("hint: declare the CRS")
+
+
+def test_progress_in_a_log_file_is_a_start_and_a_final_line_per_stage(tmp_path, data_dir):
+    """stderr to a file (SLURM output, CI, nohup): no bar redraws, one start and one final line per stage."""
+    log = tmp_path / "run.log"
+    with open(log, "w") as fh:
+        r = subprocess.run([sys.executable, "-m", "remote_samsing", "segment", str(data_dir / "kampala_crop_3857.tif"),
+                            str(tmp_path / "out"), "--segmenter", "felzenszwalb", "--tile-size", "128",
+                            "--padding", "16", "--n-workers", "1"], stdout=fh, stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_text()
+    assert r.returncode == 0, text
+    assert "\r" not in text
+    stages = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(": ")
+        if rest.startswith("started,"):
+            stages.setdefault(name, []).append("start")
+        elif " done in " in rest:
+            stages.setdefault(name, []).append("end")
+    assert {"segment-stage", "merge-relabel", "polygonize", "dissolve"} <= set(stages)
+    assert all(events == ["start", "end"] for events in stages.values()), stages
+
+
+def test_an_image_without_georeferencing_warns_once(tmp_path, data_dir):
+    """A PNG through segment and vectorize: the tool's one warning about the missing CRS, as one line, and no
+    source lines of other libraries (rasterio, pyogrio, torch)."""
+    from PIL import Image
+
+    with rasterio.open(data_dir / "kampala_crop_3857.tif") as src:
+        Image.fromarray(np.moveaxis(src.read()[:3], 0, -1)).save(tmp_path / "scene.png")
+    r = _run("segment", tmp_path / "scene.png", tmp_path / "out", "--segmenter", "felzenszwalb", "--tile-size", "128",
+             "--padding", "16", "--n-workers", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("warning: input") and "no CRS" in warned[0]
+    assert "site-packages" not in r.stderr
+    r = _run("vectorize", tmp_path / "out" / "labels.tif", tmp_path / "v.gpkg")
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("warning: label raster has no CRS")
+    assert "site-packages" not in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# a window that cannot be read
+# ---------------------------------------------------------------------------
+def _damaged_copy(tmp_path, data_dir):
+    """A COG copy of a bundled scene (64-px tiles, no compression) and the same file cut short: the header
+    is intact, the last tiles are missing. Returns (good, damaged, blocks whose padded window fails)."""
+    import rasterio.shutil
+    from rasterio.windows import Window
+
+    from remote_samsing.tiling import TilingPlan
+
+    good = tmp_path / "good.tif"
+    rasterio.shutil.copy(data_dir / "kampala_crop_3857.tif", good, driver="COG", blocksize=64, compress="NONE",
+                         overviews="NONE")
+    damaged = tmp_path / "scene.tif"
+    data = good.read_bytes()
+    damaged.write_bytes(data[: int(len(data) * 0.85)])
+    plan = TilingPlan(shape=(256, 256), tile_size=128, padding=16)
+    failing = set()
+    with rasterio.open(damaged) as src:
+        for b in plan.block_ids():
+            y0, y1, x0, x1 = plan.padded_window(b).as_tuple()
+            try:
+                src.read(window=Window(x0, y0, x1 - x0, y1 - y0))
+            except rasterio.errors.RasterioIOError:
+                failing.add(b)
+    assert 0 < len(failing) < plan.n_blocks  # some blocks read, a later one fails
+    return good, damaged, failing
+
+
+@pytest.mark.timeout(300)
+def test_a_damaged_input_names_the_window_then_skips_it_then_resumes_once_repaired(tmp_path, data_dir):
+    import shutil
+
+    good, damaged, failing = _damaged_copy(tmp_path, data_dir)
+    out = tmp_path / "out"
+    args = ["segment", damaged, out, "--segmenter", "felzenszwalb", "--tile-size", "128", "--padding", "16",
+            "--n-workers", "1", "--no-progress", "--no-vectors", "--retries", "0"]
+    # default: a typed one-line error naming the file and the window; the run stays incomplete
+    r = _run(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "cannot read" in err[0] and str(damaged) in err[0]
+    assert "rows " in err[0] and "columns " in err[0] and "EPSG:3857" in err[0] and "RasterioIOError" in err[0]
+    assert "--skip-failed-blocks" in r.stderr  # the hint
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["complete"] is False and tuple(rec["error"]["block"]) in failing
+    # --skip-failed-blocks: complete, but partial, listing exactly the failing blocks (left 0)
+    r = _run(*args, "--skip-failed-blocks")
+    assert r.returncode == 0, r.stderr
+    assert "PARTIAL" in r.stdout and f"{len(failing)} block(s) failed" in r.stdout
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["complete"] is True and rec["partial"] is True
+    assert {tuple(b["block"]) for b in rec["failed_blocks"]} == failing
+    assert all("RasterioIOError" in b["error"] for b in rec["failed_blocks"])
+    with rasterio.open(out / "labels.tif") as dst:
+        lab = dst.read(1)
+    for iy, ix in failing:
+        assert not lab[iy * 128 : (iy + 1) * 128, ix * 128 : (ix + 1) * 128].any()
+    # the file repaired: the same command segments only the failed blocks; products equal a clean run's
+    shutil.copy(good, damaged)
+    r = _run(*args, "--skip-failed-blocks")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["blocks_segmented_this_run"] == len(failing)
+    assert rec["partial"] is False and rec["failed_blocks"] == []
+    clean = tmp_path / "clean"
+    assert _run(*([args[0], good, clean] + args[3:])).returncode == 0
+    with rasterio.open(out / "labels.tif") as a, rasterio.open(clean / "labels.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
