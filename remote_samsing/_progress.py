@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 
-__all__ = ["Progress", "track", "compute_tracked", "DaskProgress", "LOG_INTERVAL_S"]
+__all__ = ["Progress", "track", "compute_tracked", "DaskProgress", "in_notebook", "LOG_INTERVAL_S"]
 
 #: Seconds between two progress lines in a log file.
 LOG_INTERVAL_S = 30.0
@@ -21,14 +21,15 @@ LOG_INTERVAL_S = 30.0
 _REDRAW_S = 0.2
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _mode(stream) -> str:
-    if _in_notebook():
+    if in_notebook():
         return "notebook"
     try:
         return "terminal" if stream.isatty() else "log"
@@ -84,7 +85,7 @@ class Progress:
             return
         if not self._started:
             self._started = True
-            self._t0 = self._last = time.monotonic()
+            self._last = time.monotonic()
             self._line(f"{self.label}: started, {self.total} {self.unit}")
         self.done = int(done)
         now = time.monotonic()

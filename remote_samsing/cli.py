@@ -41,13 +41,25 @@ def _kv_pairs(items, name: str) -> dict:
     return out
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """The tool's own warnings as one line, as its errors are; any other as Python shows it."""
+    if issubclass(category, RemoteSamsingWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def _handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
         debug = ctx.find_root().params.get("debug", False)
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # restores how warnings print when the command returns
+                # the tool's own warnings: shown (once each), as one line
+                warnings.simplefilter("default", RemoteSamsingWarning)
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except RemoteSamsingError as exc:
             if debug:
                 raise
@@ -246,20 +258,8 @@ def info_cmd(checkpoint):
     click.echo(f"{'checkpoint':16s} {path} ({state}, from {how})")
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """The tool's own warnings as one line, as its errors are; any other as Python shows it."""
-    if issubclass(category, RemoteSamsingWarning):
-        click.echo(f"warning: {message}", err=True)
-    else:
-        _python_show_warning(message, category, filename, lineno, file, line)
-
-
-_python_show_warning = warnings.showwarning
-
-
 def main(argv=None) -> None:
     """Entry point of the ``remote-samsing`` command."""
-    warnings.showwarning = _show_warning  # how warnings print in this process (none is filtered)
     cli.main(args=argv, prog_name="remote-samsing")
 
 

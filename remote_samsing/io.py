@@ -501,9 +501,18 @@ class WindowReader:
         return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
 
     def read_valid(self, window: tuple[int, int, int, int]) -> np.ndarray:
-        """(y, x) bool of ``window``: the validity channel of :meth:`read_rgba`."""
-        return _valid_block(self.read(window), band_idx=np.asarray(self.band_idx), alpha_pos=self.alpha_pos,
-                            nodata=self.nodata)
+        """(y, x) bool of ``window``: the validity channel of :meth:`read_rgba`.
+
+        A window that cannot be read is all invalid: a run reads the
+        validity only after segmenting, where such a window was already
+        reported (it belongs to a block ``--skip-failed-blocks`` left empty).
+        """
+        try:
+            raw = self.read(window)
+        except Exception:  # noqa: BLE001 - GDAL, zarr and store errors come in many types
+            y0, y1, x0, x1 = (int(v) for v in window)
+            return np.zeros((y1 - y0, x1 - x0), bool)
+        return _valid_block(raw, band_idx=np.asarray(self.band_idx), alpha_pos=self.alpha_pos, nodata=self.nodata)
 
     def read_rgba(self, window: tuple[int, int, int, int], limits) -> np.ndarray:
         """(y, x, 4) uint8 of ``window``: what :func:`prepare_rgb` holds there."""

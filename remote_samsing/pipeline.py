@@ -51,6 +51,7 @@ import numpy as np
 import xarray as xr
 
 from ._files import write_json_atomic
+from ._progress import in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
 from .config import RunConfig
 from .exceptions import (
@@ -59,6 +60,7 @@ from .exceptions import (
     ConfigError,
     FingerprintMismatchError,
     OutputExistsError,
+    WindowReadError,
 )
 from .execute import compute, errors_as_values, run_in_phases, run_in_waves, scheduler_workers, threads_of
 from .io import (
@@ -348,10 +350,16 @@ def _input_identity(image, arr: xr.DataArray) -> dict:
 
 
 def _fingerprint_payload(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_hash: str | None) -> dict:
-    """What a run's result depends on: the result-affecting parameters, the input and the checkpoint."""
+    """What a run's result depends on: the result-affecting parameters, the input and the checkpoint.
+
+    The checkpoint counts by its content (SHA-256), not by the path it was
+    found at: the same file given by ``--checkpoint``, the environment or
+    the models directory is the same job.
+    """
     params = cfg.to_dict()
-    return {"config": {k: params[k] for k in _RESULT_AFFECTING}, "input": identity, "shape": list(plan.shape),
-            "checkpoint_sha256": ckpt_hash}
+    config = {k: params[k] for k in _RESULT_AFFECTING}
+    config["segmenter_params"] = {k: v for k, v in config["segmenter_params"].items() if k != "checkpoint"}
+    return {"config": config, "input": identity, "shape": list(plan.shape), "checkpoint_sha256": ckpt_hash}
 
 
 def _fingerprint(payload: dict) -> str:
@@ -363,7 +371,11 @@ def _differences(prev: dict, payload: dict) -> list[str]:
     def norm(v):
         return json.loads(json.dumps(v, default=str))
 
-    old_params = prev.get("parameters", {})
+    if not prev.get("parameters"):
+        return []  # damaged, or from another version: nothing to compare
+    old_params = {**prev["parameters"]}
+    old_params["segmenter_params"] = {k: v for k, v in (old_params.get("segmenter_params") or {}).items()
+                                      if k != "checkpoint"}
     pairs = [(k, old_params.get(k), v) for k, v in payload["config"].items()]
     old_input, new_input = prev.get("input", {}), norm(payload["input"])
     pairs += [(f"input {k}", old_input.get(k), new_input.get(k)) for k in sorted(set(old_input) | set(new_input))]
@@ -466,7 +478,9 @@ def run(
     client : distributed.Client, optional
         Use this cluster instead of starting one.
     log : callable, optional
-        Receives one-line progress messages (the CLI passes ``click.echo``).
+        Receives one-line progress messages (the CLI passes ``click.echo``);
+        default: none, except in a notebook, where they are printed (the
+        embedded cluster's dashboard link among them).
 
     Returns
     -------
@@ -476,10 +490,8 @@ def run(
     cfg = config or RunConfig()
     t_start = time.perf_counter()
     # -- 1. validate everything cheap, before any cluster or model starts
-    job = _open_job(image, Path(os.fspath(outdir)), cfg, log or (lambda msg: None))
-    if job.prev is not None and job.prev.get("complete") and not job.prev.get("failed_blocks") \
-            and _products_present(job):
-        # the same job, finished: nothing to do (Make/Snakemake-style reruns)
+    job = _open_job(image, Path(os.fspath(outdir)), cfg, log if log is not None else _default_log())
+    if _up_to_date(job):  # the same job, finished: nothing to do (Make/Snakemake-style reruns)
         job.log(f"{job.outdir} already holds this complete run: nothing to do")
         return {**job.prev, "blocks_segmented_this_run": 0, "up_to_date": True}
     # -- 2. the run record, "complete": false until the very end
@@ -524,6 +536,19 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     prev = _prepare_outdir(outdir, payload, cfg.overwrite)
     return _Job(cfg=cfg, image=image, arr=arr, seg=seg, mcfg=mcfg, plan=plan, outdir=outdir, log=log,
                 identity=identity, ckpt_hash=ckpt_hash, fingerprint=fingerprint, prev=prev)
+
+
+def _default_log():
+    """Where ``run``'s one-line messages go without a ``log``: printed in a notebook (the embedded
+    cluster's dashboard link among them), nowhere otherwise."""
+    return print if in_notebook() else (lambda msg: None)
+
+
+def _up_to_date(job: _Job) -> bool:
+    """OUTDIR holds this job complete, with no failed block to retry and every product asked for."""
+    prev = job.prev
+    return prev is not None and bool(prev.get("complete")) and not prev.get("failed_blocks") \
+        and _products_present(job)
 
 
 def _products_present(job: _Job) -> bool:
@@ -624,7 +649,15 @@ def _stretch_limits(job: _Job, client) -> np.ndarray:
     lazy_limits = stretch_limits(job.arr, percentiles=job.cfg.percentiles)
     if passes_through(job.arr):  # no stretch, no pixel read: not worth a round trip to the cluster
         return np.asarray(lazy_limits.compute(scheduler="sync"))
-    return np.asarray(compute(lazy_limits, client, progress=False))
+    try:
+        return np.asarray(compute(lazy_limits, client, progress=False))
+    except Exception as exc:  # noqa: BLE001 - the sampled windows' read errors come in many types
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    # raised outside the handler, so nothing of the library's error is chained to it
+    raise WindowReadError(
+        f"cannot read `{job.image}` to sample its stretch percentiles: {cause}",
+        hint="the file may be truncated or damaged: check it (e.g. `gdalinfo -checksum`), repair or fetch it again "
+             "and rerun the same command; for 8-bit RGB input no stretch (and no sampling) is needed")
 
 
 def _face_follow_ups(job: _Job):

@@ -123,13 +123,14 @@ def split_whole(labels: np.ndarray, min_area: int) -> np.ndarray:
                 small.append(p)
     first = {k + 1: f for k, (_, _, f) in enumerate(info)}
     padded = np.pad(parts, 1)
+    keepers = set(final)  # the parts that keep their pixels; small ones join only these
     for p in small:
         mask = np.pad(parts == p, 1)
         contact = {}
         for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
             nb = np.roll(padded, (-dy, -dx), axis=(0, 1))[mask]
             for q in nb[(nb > 0) & (nb != p)]:
-                if q in final:
+                if q in keepers:
                     contact[q] = contact.get(q, 0) + 1
         best = min(contact, key=lambda q: (-contact[q], first[q])) if contact else None
         final[p] = final[best] if best is not None else 0

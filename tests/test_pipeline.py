@@ -351,3 +351,17 @@ def test_library_versions_are_the_installed_ones():
             assert v == version(name), name
         except PackageNotFoundError:
             assert v is None, name
+
+
+def test_the_checkpoint_counts_by_content_not_by_where_it_was_found(tmp_path):
+    """The same checkpoint file given by --checkpoint or found in the environment is the same job."""
+    from remote_samsing.pipeline import _fingerprint, _fingerprint_payload
+    from remote_samsing.tiling import TilingPlan
+
+    plan = TilingPlan(shape=(64, 64), tile_size=32, padding=4)
+    given = RunConfig(segmenter_params={"checkpoint": str(tmp_path / "a.pt"), "points_per_side": 8})
+    found = RunConfig(segmenter_params={"points_per_side": 8})
+    identity = {"path": "x.tif"}
+    same = [_fingerprint(_fingerprint_payload(c, identity, plan, "abc")) for c in (given, found)]
+    assert same[0] == same[1]
+    assert _fingerprint(_fingerprint_payload(found, identity, plan, "other")) != same[0]

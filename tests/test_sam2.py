@@ -210,7 +210,8 @@ def test_the_checkpoint_is_found_in_order(tmp_path, monkeypatch):
     assert "--checkpoint" in str(err.value) and CHECKPOINT_ENV in str(err.value) and str(models) in str(err.value)
     assert "fetch-model" in err.value.hint and "--segmenter felzenszwalb" in err.value.hint
     models.mkdir()
-    for name in ("sam2_hiera_large.pt", "sam2.1_hiera_tiny.pt", "sam2.1_hiera_base_plus.pt", "other.pt"):
+    for name in ("sam2_hiera_large.pt", "sam2.1_hiera_tiny.pt", "sam2.1_hiera_base_plus.pt", "other.pt",
+                 "sam2.1_hiera_large.0a1b2c3d.partial.pt"):  # the last: a download cut short
         (models / name).write_bytes(b"x")
     # SAM2.1 before SAM2, larger first
     assert find_checkpoint() == ((models / "sam2.1_hiera_base_plus.pt").absolute(), "models directory")

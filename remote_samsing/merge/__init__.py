@@ -87,8 +87,9 @@ measured whole across seams: the largest part keeps the label (equal areas:
 the one whose first pixel comes first in raster order); every other part of
 at least ``min_mask_area`` pixels becomes a label of its own; a smaller part
 joins the label it shares the most border with (pairs of 4-neighbouring
-pixels; ties: the label whose first pixel comes first) among those that keep
-their pixels, or becomes 0 when it touches none. With ``remove_small`` off
+pixels; ties: the one whose part's first pixel comes first) among those
+that keep their pixels, or becomes 0 when it touches none. Statistics:
+``labels_split``, ``parts_relabelled``, ``parts_joined``, ``parts_cleared``. With ``remove_small`` off
 every part becomes a label of its own. So every segment is one polygon. The
 reference's strategies and ``"none"`` are left exactly as they are, so their
 labels can hold several parts.
@@ -116,9 +117,9 @@ caller passes in):
    (``"overlap"``: with the exclusion groups), then the enclosed-object rule;
    the table mapping pre-merge ids to merged ids is split per block, so each block only ever receives its part.
 5. ``final``, per block: surviving merged ids (with ``split_parts``, also the
-   block's parts that can matter: labels with several parts in the block,
-   near a seam or in the enclosed-object rule, and the neighbours of small
-   parts).
+   merged ids of the parts the summary described: those of labels with
+   several parts in the block, near a seam or in the enclosed-object rule,
+   and the neighbours of small parts).
 6. (``split_parts``) ``split``, once: each merged label's 4-connected parts,
    from those records and the faces' contacts across seams; each block gets
    the parts it moves.

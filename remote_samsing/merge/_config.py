@@ -119,7 +119,8 @@ class MergeResult:
         (H, W) uint8: 0 untouched, 1 fragment linked across a seam,
         2 absorbed into its encloser, 3 removed as a small island, 4 a
         fragment whose link was refused by an exclusion (``"overlap"``: the
-        two windows disagreed and the split one of them saw wins).
+        two windows disagreed and the split one of them saw wins), 5 a part
+        the split moved (a label of its own, or joined to a neighbour).
     """
 
     labels: Any

@@ -10,7 +10,7 @@ crops do not touch. Every part of such a label is resolved by one rule:
 * every other part of at least ``min_mask_area`` pixels becomes a label of
   its own;
 * a smaller part joins the label it shares the most border with (pairs of
-  4-neighbouring pixels; ties: the label whose first pixel comes first),
+  4-neighbouring pixels; ties: the one whose part's first pixel comes first),
   among the labels that keep their pixels; a part that touches none of them
   becomes background (0).
 
@@ -29,10 +29,7 @@ from .._arrays import unique, unique_pairs
 from ..tiling import LOCAL_BITS, TilingPlan
 from . import _solve as s
 
-__all__ = ["part_map", "block_parts", "seam_part_pairs", "part_records", "split_parts", "EMPTY_MOVES"]
-
-#: A block's moves when none of its parts moves: (part ids, new merged ids).
-EMPTY_MOVES = (np.empty(0, np.int64), np.empty(0, np.uint64))
+__all__ = ["part_map", "block_parts", "seam_part_pairs", "part_records", "split_parts"]
 
 
 _NONE = np.empty(0, np.int64)
@@ -49,7 +46,7 @@ def part_map(idx: np.ndarray) -> np.ndarray:
     return parts
 
 
-def _interesting(idx, p_label, n_idx: int, *, plan: TilingPlan, index, sides, cand_idx):
+def _interesting(idx, p_label, n_idx: int, *, plan: TilingPlan, sides, cand_idx):
     """Labels whose parts the global step needs: several parts in the block, pixels near a seam
     (they can be linked to other blocks' fragments), or a part in the enclosed-object rule."""
     wanted = np.bincount(p_label[1:], minlength=n_idx) > 1
@@ -79,16 +76,16 @@ def block_parts(idx, comps, *, plan: TilingPlan, index, sides, min_area: int, ca
     p_area = np.zeros(n + 1, np.int64)
     p_first = np.full(n + 1, -1, np.int64)
     nb.part_stats(idx, parts, p_label, p_area, p_first)
-    inter = _interesting(idx, p_label, int(idx.max()) + 1 if idx.size else 1, plan=plan, index=index, sides=sides,
+    inter = _interesting(idx, p_label, int(idx.max()) + 1 if idx.size else 1, plan=plan, sides=sides,
                          cand_idx=cand_idx)[p_label]
     inter[0] = False
     small = inter & (p_area < min_area)
-    out_a = np.empty(2 * parts.size, np.int64)
-    out_b = np.empty(2 * parts.size, np.int64)
+    out_a = np.empty(2 * parts.size, np.int32)  # at most two pairs per pixel; part ids fit 32 bits
+    out_b = np.empty(2 * parts.size, np.int32)
     k = nb.part_pairs(parts, inter, out_a, out_b)
     a, b = np.minimum(out_a[:k], out_b[:k]), np.maximum(out_a[:k], out_b[:k])
     keep = (inter[a] & inter[b]) | small[a] | small[b]
-    a, b, counts = unique_pairs(a[keep], b[keep])
+    a, b, counts = unique_pairs(a[keep].astype(np.int64), b[keep].astype(np.int64))
     described = inter.copy()
     described[a] = True
     described[b] = True

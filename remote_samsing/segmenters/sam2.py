@@ -221,7 +221,9 @@ def find_checkpoint(checkpoint: str | os.PathLike | None = None) -> tuple[Path, 
     if env:
         return Path(env).expanduser(), f"${CHECKPOINT_ENV}"
     folder = models_dir()
-    found = sorted((p for p in folder.glob("*.pt") if p.is_file()), key=_preference) if folder.is_dir() else []
+    # a download cut short leaves its temporary file (``<name>.<hex>.partial.pt``): never use it
+    found = sorted((p for p in folder.glob("*.pt") if p.is_file() and ".partial" not in p.name),
+                   key=_preference) if folder.is_dir() else []
     if found:
         return found[0].absolute(), "models directory"
     raise CheckpointError(
