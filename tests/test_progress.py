@@ -86,3 +86,25 @@ def test_compute_tracked_returns_results_in_order_without_a_client(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("squares: started") and err[-1].startswith("squares: ") and "done in" in err[-1]
     assert len(err) == 2
+
+
+def test_a_notebook_gets_a_notebook_bar_and_run_prints_its_messages(monkeypatch):
+    """Inside a Jupyter kernel (an IPython shell named ZMQInteractiveShell) a stage draws tqdm's notebook
+    bar, and ``run`` prints its one-line messages (the embedded cluster's dashboard link among them)."""
+    import sys
+    import types
+
+    from remote_samsing.pipeline import _default_log
+
+    class ZMQInteractiveShell:
+        pass
+
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: ZMQInteractiveShell()
+    assert _default_log()("x") is None  # outside a notebook: a no-op
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert _progress.in_notebook() and _default_log() is print
+    bar = Progress("segment", 3, stream=io.StringIO())
+    assert bar.mode == "notebook"
+    bar.update(3)
+    assert bar._bar.n == 3
