@@ -54,6 +54,8 @@ __all__ = [
     "window_reader",
     "read_valid_mask",
     "quiet_georeferencing",
+    "is_url",
+    "configure_remote_reads",
     "as_band_yx",
     "check_bands",
     "check_percentiles",
@@ -90,6 +92,44 @@ def _is_zarr(path: Path) -> bool:
     return path.suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists())
 
 
+#: URL schemes of mosaics read through GDAL's virtual file systems (/vsis3/, /vsigs/, /vsiaz/, /vsicurl/).
+REMOTE_SCHEMES = ("s3", "gs", "az", "abfs", "http", "https")
+
+
+def is_url(path) -> bool:
+    """``path`` is a URL (``scheme://...``), not a local path."""
+    return isinstance(path, str) and "://" in path
+
+
+def check_url(url: str) -> str:
+    """``url`` with a scheme GDAL reads, or a typed error naming the schemes that work."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in REMOTE_SCHEMES:
+        raise InputError(f"unsupported URL scheme `{scheme}://` in `{url}`",
+                         hint=f"use a local path or one of {', '.join(s + '://' for s in REMOTE_SCHEMES)}")
+    return url
+
+
+def configure_remote_reads() -> None:
+    """Derive GDAL's S3 settings from the standard AWS variables, once per process.
+
+    A user sets ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for an
+    S3-compatible store; GDAL reads its own ``AWS_S3_ENDPOINT`` (host and
+    port), ``AWS_HTTPS`` and ``AWS_VIRTUAL_HOSTING`` instead. They are set
+    in this process's environment unless the user set them, so every
+    reader of the process (workers call this before their first read) and
+    every process it starts see the same store. Credentials are never
+    touched: GDAL reads ``AWS_ACCESS_KEY_ID`` and the rest itself.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint or "://" not in endpoint:
+        return
+    scheme, rest = endpoint.split("://", 1)
+    os.environ.setdefault("AWS_S3_ENDPOINT", rest.rstrip("/"))
+    os.environ.setdefault("AWS_HTTPS", "YES" if scheme.lower() == "https" else "NO")
+    os.environ.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")  # path-style addressing, as custom stores expect
+
+
 def open_mosaic(
     path: str | os.PathLike,
     *,
@@ -103,7 +143,12 @@ def open_mosaic(
     ----------
     path : str or path-like
         Any GDAL raster (GeoTIFF, COG, JPEG/PNG with or without
-        georeferencing) or a Zarr written by :func:`to_zarr`.
+        georeferencing) or a Zarr written by :func:`to_zarr`; or the URL of
+        a GeoTIFF/COG on a store (``s3://``, ``gs://``, ``az://``,
+        ``abfs://``, ``https://``), read through GDAL's virtual file systems
+        with the credentials and endpoint of the standard variables
+        (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...; see
+        :func:`configure_remote_reads`).
     bands : sequence of int, optional
         1-based band numbers to keep, in order (e.g. ``[4, 3, 2]``).
     nodata : float, optional
@@ -128,14 +173,27 @@ def open_mosaic(
     """
     import rioxarray  # noqa: F401  (registers the .rio accessor)
 
+    cy, cx = (chunks, chunks) if isinstance(chunks, (int, np.integer)) or chunks is None else chunks
+    if is_url(path):
+        p = check_url(path)
+        if p.rstrip("/").endswith(".zarr"):
+            raise InputError(f"`{p}`: Zarr mosaics at a URL are not supported yet",
+                             hint="use a GeoTIFF/COG at the URL, or a local Zarr")
+        configure_remote_reads()
+        arr, alpha_band = _open_gdal_mosaic(p, cy, cx)
+        return _finish_mosaic(arr, p, bands=bands, nodata=nodata, alpha_band=alpha_band)
     p = Path(os.fspath(path))
     if not p.exists():
         raise InputNotFoundError(f"input `{p}` does not exist", hint="check the path")
-    cy, cx = (chunks, chunks) if isinstance(chunks, (int, np.integer)) or chunks is None else chunks
     if _is_zarr(p):
         arr, nodata, alpha_band = _open_zarr_mosaic(p, nodata, cy, cx)
     else:
         arr, alpha_band = _open_gdal_mosaic(p, cy, cx)
+    return _finish_mosaic(arr, p, bands=bands, nodata=nodata, alpha_band=alpha_band)
+
+
+def _finish_mosaic(arr, p, *, bands, nodata, alpha_band) -> xr.DataArray:
+    """Check the dtype, select ``bands``, set nodata and the attributes the readers need."""
     if isinstance(arr, xr.Dataset):  # multi-subdataset files
         raise InputError(f"`{p}` holds several subdatasets; open one of them")
     dtype = np.dtype(arr.dtype)
@@ -560,6 +618,8 @@ def _gdal_dataset(path: str):
         entry[1].close()
     while len(cache) >= _GDAL_HANDLES_PER_THREAD:
         cache.pop(next(iter(cache)))[1].close()
+    if is_url(path):
+        configure_remote_reads()  # a worker's first read of a store: GDAL's settings from the AWS variables
     with quiet_georeferencing():
         src = rasterio.open(path)
     cache[path] = (stamp, src)
@@ -589,8 +649,8 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     src = arr.attrs.get("source")
     if not src or tuple(arr.dims) != ("band", "y", "x"):
         return None
-    p = Path(src)
-    kind = "zarr" if _is_zarr(p) else "gdal"
+    p = src if is_url(src) else Path(src)
+    kind = "gdal" if is_url(src) or not _is_zarr(p) else "zarr"
     if kind == "zarr":
         meta = p / _MOSAIC_VAR / "zarr.json"
         if not meta.exists():
@@ -612,7 +672,7 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     crs = arr.rio.crs
     transform = tuple(arr.rio.transform())[:6] if crs is not None else None
     return WindowReader(
-        path=str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]),
+        path=src if is_url(src) else str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]),
         transform=transform, crs=crs.to_string() if crs is not None else None, **params
     )
 

@@ -66,6 +66,7 @@ from .execute import compute, errors_as_values, run_in_phases, run_in_waves, sch
 from .io import (
     as_band_yx,
     check_bands,
+    is_url,
     open_labels,
     open_mosaic,
     passes_through,
@@ -342,7 +343,8 @@ def _input_identity(image, arr: xr.DataArray) -> dict:
     """
     if isinstance(image, (str, os.PathLike)):
         crs = arr.rio.crs
-        return {"path": str(Path(os.fspath(image)).resolve()), "bands": int(arr.sizes["band"]),
+        path = image if is_url(image) else str(Path(os.fspath(image)).resolve())
+        return {"path": path, "bands": int(arr.sizes["band"]),
                 "size": [int(arr.sizes["y"]), int(arr.sizes["x"])], "dtype": str(arr.dtype),
                 "crs": crs.to_string() if crs is not None else None,
                 "transform": [round(v, 12) for v in tuple(arr.rio.transform())[:6]]}
