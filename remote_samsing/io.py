@@ -176,11 +176,11 @@ def open_mosaic(
     cy, cx = (chunks, chunks) if isinstance(chunks, (int, np.integer)) or chunks is None else chunks
     if is_url(path):
         p = check_url(path)
-        if p.rstrip("/").endswith(".zarr"):
-            raise InputError(f"`{p}`: Zarr mosaics at a URL are not supported yet",
-                             hint="use a GeoTIFF/COG at the URL, or a local Zarr")
         configure_remote_reads()
-        arr, alpha_band = _open_gdal_mosaic(p, cy, cx)
+        if p.rstrip("/").endswith(".zarr"):  # through fsspec (s3fs, gcsfs, adlfs), as zarr opens URLs
+            arr, nodata, alpha_band = _open_zarr_mosaic(p, nodata, cy, cx)
+        else:
+            arr, alpha_band = _open_gdal_mosaic(p, cy, cx)
         return _finish_mosaic(arr, p, bands=bands, nodata=nodata, alpha_band=alpha_band)
     p = Path(os.fspath(path))
     if not p.exists():
@@ -634,7 +634,10 @@ def _zarr_array(path: str, stamp: int):
 
 
 def _zarr_mosaic(path: str):
-    # opened once per process and file version (metadata parsing costs ~1 ms a block)
+    # opened once per process and file version (metadata parsing costs ~1 ms a block); a store's
+    # objects have no cheap version stamp: opened once per process
+    if is_url(path):
+        return _zarr_array(path, 0)
     meta = Path(path) / _MOSAIC_VAR / "zarr.json"
     return _zarr_array(path, meta.stat().st_mtime_ns)
 
@@ -650,10 +653,9 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     if not src or tuple(arr.dims) != ("band", "y", "x"):
         return None
     p = src if is_url(src) else Path(src)
-    kind = "gdal" if is_url(src) or not _is_zarr(p) else "zarr"
+    kind = "zarr" if (src.rstrip("/").endswith(".zarr") if is_url(src) else _is_zarr(p)) else "gdal"
     if kind == "zarr":
-        meta = p / _MOSAIC_VAR / "zarr.json"
-        if not meta.exists():
+        if not is_url(src) and not (p / _MOSAIC_VAR / "zarr.json").exists():
             return None
         dims = _zarr_mosaic(str(p)).metadata.dimension_names
         if dims is not None and tuple(d for d in dims if d != "band") != ("y", "x"):

@@ -172,19 +172,23 @@ def _summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
     if cfg.splits:
         info["part_edges"], info["parts"] = _block_parts(idx, values, info, comps if cfg.islands else None,
                                                          plan=plan, index=index, sides=sides, cfg=cfg, empty=empty)
-    strips = None
-    if cfg.overlapping:
-        pw = plan.padded_window(index)
-        padded = np.asarray(slot)[: pw.shape[0], : pw.shape[1]]
-        strips = {}
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                other = _neighbour(plan, index, (dy, dx)) if (dy, dx) != (0, 0) else None
-                if other is None:
-                    continue
-                shared = _intersect(pw, plan.padded_window(other))
-                strips[(dy, dx)] = _pack(padded[shared.relative_to(pw).slices])
+    strips = _shared_strips(slot, plan=plan, index=index) if cfg.overlapping else None
     return info, strips, vbits
+
+
+def _shared_strips(slot, *, plan: TilingPlan, index) -> dict:
+    """The block's labels in the region its padded window shares with each neighbour's, packed."""
+    pw = plan.padded_window(index)
+    padded = np.asarray(slot)[: pw.shape[0], : pw.shape[1]]
+    strips = {}
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            other = _neighbour(plan, index, (dy, dx)) if (dy, dx) != (0, 0) else None
+            if other is None:
+                continue
+            shared = _intersect(pw, plan.padded_window(other))
+            strips[(dy, dx)] = _pack(padded[shared.relative_to(pw).slices])
+    return strips
 
 
 def _block_parts(idx, values, info, comps, *, plan, index, sides, cfg: MergeConfig, empty: bool):

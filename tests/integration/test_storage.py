@@ -77,3 +77,22 @@ def test_bad_store_inputs_are_one_line_errors_before_any_cluster(tmp_path, aws_e
     for res in (r,):
         assert "Traceback" not in res.stderr and "dashboard" not in res.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_zarr_mosaic_on_s3_segments_as_the_local_one_does(tmp_path, data_dir, store, aws_env):
+    """`ingest` writes a Zarr mosaic; uploaded to the store, it is read window by window through fsspec."""
+    import remote_samsing as rs
+
+    _, s3 = store
+    local = tmp_path / "scene.zarr"
+    rs.to_zarr(rs.open_mosaic(data_dir / "kampala_crop_3857.tif"), local, tile_size=128)
+    for f in local.rglob("*"):
+        if f.is_file():
+            s3.upload_file(str(f), "mosaics", f"scene.zarr/{f.relative_to(local).as_posix()}")
+    r = _segment("s3://mosaics/scene.zarr", tmp_path / "remote", "--no-vectors")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _segment(local, tmp_path / "local", "--no-vectors").returncode == 0
+    with rasterio.open(tmp_path / "remote" / "labels.tif") as a, rasterio.open(tmp_path / "local" / "labels.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+        assert a.crs == b.crs and a.transform == b.transform
