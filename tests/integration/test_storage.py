@@ -96,3 +96,57 @@ def test_a_zarr_mosaic_on_s3_segments_as_the_local_one_does(tmp_path, data_dir, 
     with rasterio.open(tmp_path / "remote" / "labels.tif") as a, rasterio.open(tmp_path / "local" / "labels.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
         assert a.crs == b.crs and a.transform == b.transform
+
+
+class _RangeHandler:
+    """A static file server that answers HTTP range requests, as web servers and CDNs do (GDAL's
+    /vsicurl/ reads a COG by ranges)."""
+
+    @staticmethod
+    def make(root):
+        import http.server
+        import re
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **k):
+                super().__init__(*a, directory=str(root), **k)
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):  # noqa: N802 - the http.server interface
+                m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                path = root / self.path.lstrip("/")
+                if not m or not path.is_file():
+                    return super().do_GET()
+                data = path.read_bytes()
+                start = int(m.group(1))
+                end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.send_header("Content-Length", str(end - start + 1))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                self.wfile.write(data[start : end + 1])
+
+        return Handler
+
+
+@pytest.mark.timeout(300)
+def test_a_cog_on_a_web_server_segments_as_the_local_file_does(tmp_path, data_dir):
+    import http.server
+    import shutil
+    import threading
+
+    shutil.copy(data_dir / "kampala_crop_3857.tif", tmp_path / "scene.tif")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler.make(tmp_path))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/scene.tif"
+        r = _segment(url, tmp_path / "remote", "--no-vectors")
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        server.shutdown()
+    assert _segment(tmp_path / "scene.tif", tmp_path / "local", "--no-vectors").returncode == 0
+    with rasterio.open(tmp_path / "remote" / "labels.tif") as a, rasterio.open(tmp_path / "local" / "labels.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
