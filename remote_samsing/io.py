@@ -251,7 +251,9 @@ def _open_gdal_mosaic(p: Path, cy, cx):
     except Exception as exc:  # noqa: BLE001 - rasterio raises many types
         raise InputNotFoundError(
             f"cannot read raster `{p}`: {exc}",
-            hint="is it a valid GeoTIFF/COG/JPEG/PNG? try `gdalinfo` on it",
+            hint=("check the URL, the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile; the GCS "
+                  "and Azure equivalents) and, for an S3-compatible store, AWS_ENDPOINT_URL"
+                  if is_url(str(p)) else "is it a valid GeoTIFF/COG/JPEG/PNG? try `gdalinfo` on it"),
         ) from None
     alpha_band = None
     try:

@@ -74,9 +74,21 @@ def test_bad_store_inputs_are_one_line_errors_before_any_cluster(tmp_path, aws_e
     assert r.returncode == 2 and r.stderr.startswith("error: unsupported URL scheme `ftp://`")
     r = _segment("s3://mosaics/missing.tif", tmp_path / "b")
     assert r.returncode == 2 and r.stderr.startswith("error: cannot read raster `s3://mosaics/missing.tif`")
-    for res in (r,):
-        assert "Traceback" not in res.stderr and "dashboard" not in res.stderr
+    assert "Traceback" not in r.stderr and "dashboard" not in r.stderr and "AWS_ENDPOINT_URL" in r.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_unreachable_store_or_missing_credentials_is_a_one_line_error(tmp_path, aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    r = _segment("s3://mosaics/scene.tif", tmp_path / "a")
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot read raster") and "connect" in r.stderr
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    r = _segment("s3://mosaics/scene.tif", tmp_path / "b")
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot read raster") and "AWS_SECRET_ACCESS_KEY" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 @pytest.mark.timeout(300)
