@@ -164,15 +164,16 @@ def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoi
 
 
 @cli.command("ingest")
-@click.argument("input", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("input")
+@click.argument("out")
 @click.option("--tile-size", type=int, default=1000, show_default=True, help="Zarr chunk size (use the tile size).")
 @click.option("--bands", help="1-based bands to keep, e.g. 4,3,2.")
 @click.option("--nodata", type=float, help="Nodata value overriding the file's.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_handle_errors
 def ingest_cmd(input, out, tile_size, bands, nodata, overwrite):
-    """Write INPUT as a Zarr v3 mosaic OUT.zarr chunked to the tile size (CRS kept)."""
+    """Write INPUT as a Zarr v3 mosaic OUT.zarr (a path, or a URL such as s3://bucket/m.zarr) chunked to the
+    tile size (CRS kept)."""
     from .io import open_mosaic, to_zarr
 
     arr = open_mosaic(input, bands=_int_list(bands, "bands"), nodata=nodata, chunks=tile_size)

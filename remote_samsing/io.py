@@ -223,6 +223,9 @@ def _open_zarr_mosaic(p: Path, nodata, cy, cx):
         ds = xr.open_zarr(p, zarr_format=3, consolidated=False, mask_and_scale=False)
     except Exception as exc:  # noqa: BLE001 - any zarr failure is a bad input
         raise InputNotFoundError(f"cannot read Zarr `{p}`: {exc}") from None
+    if is_url(str(p)) and not ds.attrs.get(_COMPLETE_ATTR):
+        raise InputError(f"Zarr `{p}` is not a complete mosaic (an ingest that did not finish?)",
+                         hint="run `remote-samsing ingest` again with --overwrite")
     if _MOSAIC_VAR not in ds and "labels" in ds:
         raise InputError(f"Zarr `{p}` holds segment labels (a remote-samsing output), not a mosaic",
                          hint="open it with remote_samsing.open_labels")
@@ -747,7 +750,7 @@ def to_zarr(
     tile_size: int = 1000,
     overwrite: bool = False,
     progress: bool = False,
-) -> Path:
+) -> Path | str:
     """Write a mosaic as a Zarr v3 array chunked to the tile size.
 
     CRS and transform are kept (rioxarray's ``spatial_ref`` convention), so
@@ -759,8 +762,11 @@ def to_zarr(
     ----------
     mosaic : DataArray or path
         (band, y, x) mosaic, or a path for :func:`open_mosaic`.
-    store : path
-        Output ``*.zarr`` directory.
+    store : path or URL
+        Output ``*.zarr`` directory, or a URL on an object store
+        (``s3://bucket/mosaic.zarr``, through fsspec). A store has no atomic
+        rename, so there the mosaic is written in place and marked complete
+        last; :func:`open_mosaic` refuses a store at a URL without that mark.
     tile_size : int
         Spatial chunk size.
     overwrite : bool
@@ -768,12 +774,12 @@ def to_zarr(
     """
     from .exceptions import OutputExistsError
 
+    check_int("tile_size", tile_size, minimum=1)
+    if is_url(os.fspath(store)):
+        check_url(os.fspath(store))
+        configure_remote_reads()
     if isinstance(mosaic, (str, os.PathLike)):
         mosaic = open_mosaic(mosaic, chunks=tile_size)
-    out = Path(os.fspath(store))
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"`{out}` already exists", hint="pass overwrite=True / --overwrite")
-    check_int("tile_size", tile_size, minimum=1)
     arr = mosaic.chunk({"band": -1, "y": tile_size, "x": tile_size})
     # scale/offset/_FillValue attributes would make xarray decode to float on read
     drop = {"source_bands", "scale_factor", "add_offset", "_FillValue", "missing_value"}
@@ -785,15 +791,47 @@ def to_zarr(
     ds = arr.to_dataset(name=_MOSAIC_VAR)
     if nodata is not None:
         ds[_MOSAIC_VAR].attrs["_FillValue_nodata"] = float(nodata)
+    if is_url(os.fspath(store)):
+        return _to_zarr_url(ds, os.fspath(store), overwrite=overwrite, progress=progress)
+    out = Path(os.fspath(store))
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"`{out}` already exists", hint="pass overwrite=True / --overwrite")
     tmp = temporary_name(out)
     try:
-        job = ds.to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
-        compute_tracked([job], label="zarr", enabled=progress)
+        _write_mosaic_store(ds, str(tmp), progress=progress)
         replace_path(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+#: Root attribute written last into a mosaic store: the store is complete.
+_COMPLETE_ATTR = "remote_samsing_complete"
+
+
+def _write_mosaic_store(ds: xr.Dataset, target: str, *, progress: bool) -> None:
+    """Write ``ds`` into the Zarr store ``target``, then mark it complete."""
+    import zarr
+
+    job = ds.to_zarr(target, zarr_format=3, mode="w", consolidated=False, compute=False)
+    compute_tracked([job], label="zarr", enabled=progress)
+    zarr.open_group(target, mode="r+", zarr_format=3).attrs[_COMPLETE_ATTR] = True
+
+
+def _to_zarr_url(ds: xr.Dataset, url: str, *, overwrite: bool, progress: bool) -> str:
+    """:func:`to_zarr` onto an object store: in place (a store has no rename), marked complete last."""
+    import fsspec
+
+    from .exceptions import OutputExistsError
+
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(root):
+        if not overwrite:
+            raise OutputExistsError(f"`{url}` already exists", hint="pass overwrite=True / --overwrite")
+        fs.rm(root, recursive=True)
+    _write_mosaic_store(ds, url, progress=progress)
+    return url
 
 
 def open_labels(path: str | os.PathLike) -> xr.DataArray:

@@ -92,22 +92,38 @@ def test_an_unreachable_store_or_missing_credentials_is_a_one_line_error(tmp_pat
 
 
 @pytest.mark.timeout(300)
-def test_a_zarr_mosaic_on_s3_segments_as_the_local_one_does(tmp_path, data_dir, store, aws_env):
-    """`ingest` writes a Zarr mosaic; uploaded to the store, it is read window by window through fsspec."""
-    import remote_samsing as rs
-
-    _, s3 = store
-    local = tmp_path / "scene.zarr"
-    rs.to_zarr(rs.open_mosaic(data_dir / "kampala_crop_3857.tif"), local, tile_size=128)
-    for f in local.rglob("*"):
-        if f.is_file():
-            s3.upload_file(str(f), "mosaics", f"scene.zarr/{f.relative_to(local).as_posix()}")
+def test_ingest_writes_a_zarr_mosaic_to_s3_that_segments_as_the_local_one(tmp_path, data_dir, store, aws_env):
+    """`ingest` onto the store (in place, marked complete last), then `segment` from it."""
+    scene = data_dir / "kampala_crop_3857.tif"
+    for target in ("s3://mosaics/scene.zarr", tmp_path / "scene.zarr"):
+        r = subprocess.run([sys.executable, "-m", "remote_samsing", "ingest", str(scene), str(target),
+                            "--tile-size", "128"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
     r = _segment("s3://mosaics/scene.zarr", tmp_path / "remote", "--no-vectors")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert _segment(local, tmp_path / "local", "--no-vectors").returncode == 0
+    assert _segment(tmp_path / "scene.zarr", tmp_path / "local", "--no-vectors").returncode == 0
     with rasterio.open(tmp_path / "remote" / "labels.tif") as a, rasterio.open(tmp_path / "local" / "labels.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
         assert a.crs == b.crs and a.transform == b.transform
+    # the store exists now: ingest refuses to replace it unless told to
+    r = subprocess.run([sys.executable, "-m", "remote_samsing", "ingest", str(scene), "s3://mosaics/scene.zarr"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_a_zarr_store_without_the_complete_mark_is_refused(tmp_path, data_dir, store, aws_env):
+    """What an ingest that died half-way leaves on a store (no rename there) is never read as a mosaic."""
+    import remote_samsing as rs
+
+    _, s3 = store
+    arr = rs.open_mosaic(data_dir / "kampala_crop_3857.tif", chunks=128)
+    arr.attrs = {}
+    arr.to_dataset(name="mosaic").to_zarr(tmp_path / "half.zarr", zarr_format=3, consolidated=False)
+    for f in (tmp_path / "half.zarr").rglob("*"):
+        if f.is_file():
+            s3.upload_file(str(f), "mosaics", f"half.zarr/{f.relative_to(tmp_path / 'half.zarr').as_posix()}")
+    r = _segment("s3://mosaics/half.zarr", tmp_path / "out")
+    assert r.returncode == 2 and "is not a complete mosaic" in r.stderr and "Traceback" not in r.stderr
 
 
 class _RangeHandler:
