@@ -245,14 +245,10 @@ def part_pairs(parts, want, out_a, out_b):
             p = parts[y, x]
             if p == 0:
                 continue
-            if x + 1 < w:
-                q = parts[y, x + 1]
-                if q != 0 and q != p and (want[p] or want[q]):
-                    out_a[n] = p
-                    out_b[n] = q
-                    n += 1
-            if y + 1 < h:
-                q = parts[y + 1, x]
+            for yy, xx in ((y, x + 1), (y + 1, x)):  # the right and the lower neighbour
+                if yy >= h or xx >= w:
+                    continue
+                q = parts[yy, xx]
                 if q != 0 and q != p and (want[p] or want[q]):
                     out_a[n] = p
                     out_b[n] = q
@@ -294,12 +290,12 @@ def label_runs(labels, parts, parent):
                 n += 1
                 parent[n] = n
                 parts[y, x] = n
-            elif up == 0 or left == up:
-                parts[y, x] = left if left != 0 else up
             elif left == 0:
                 parts[y, x] = up
             else:
                 parts[y, x] = left
+                if up == 0 or up == left:
+                    continue
                 ra = _find(parent, left)
                 rb = _find(parent, up)
                 # the smaller provisional id (created first, in raster order) stays the root

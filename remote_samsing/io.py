@@ -56,6 +56,7 @@ __all__ = [
     "quiet_georeferencing",
     "is_url",
     "configure_remote_reads",
+    "error_chain",
     "as_band_yx",
     "check_bands",
     "check_percentiles",
@@ -217,7 +218,7 @@ def _finish_mosaic(arr, p, *, bands, nodata, alpha_band) -> xr.DataArray:
     return arr
 
 
-def _open_zarr_mosaic(p: Path, nodata, cy, cx):
+def _open_zarr_mosaic(p: Path | str, nodata, cy, cx):
     """(band, y, x) array, nodata and alpha band of a Zarr written by :func:`to_zarr`."""
     try:
         ds = xr.open_zarr(p, zarr_format=3, consolidated=False, mask_and_scale=False)
@@ -537,7 +538,7 @@ class WindowReader:
         try:
             return self.read_rgba(window, limits)
         except Exception as exc:  # noqa: BLE001 - GDAL, zarr and store errors come in many types
-            cause = _error_chain(exc)
+            cause = error_chain(exc)
         # raised outside the handler: no chained library exception to pickle back to the client
         err = WindowReadError(
             f"cannot read `{self.path}` at {self.where(window)}"
@@ -684,7 +685,7 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     )
 
 
-def _error_chain(exc: BaseException) -> str:
+def error_chain(exc: BaseException) -> str:
     """``Type: first line`` of an exception and of what caused it (rasterio's "Read failed" names GDAL's
     reason only in its cause)."""
     parts, seen = [], set()

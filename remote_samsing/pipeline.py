@@ -66,6 +66,7 @@ from .execute import compute, errors_as_values, run_in_phases, run_in_waves, sch
 from .io import (
     as_band_yx,
     check_bands,
+    error_chain,
     is_url,
     open_labels,
     open_mosaic,
@@ -654,7 +655,7 @@ def _stretch_limits(job: _Job, client) -> np.ndarray:
     try:
         return np.asarray(compute(lazy_limits, client, progress=False))
     except Exception as exc:  # noqa: BLE001 - the sampled windows' read errors come in many types
-        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        cause = error_chain(exc)
     # raised outside the handler, so nothing of the library's error is chained to it
     raise WindowReadError(
         f"cannot read `{job.image}` to sample its stretch percentiles: {cause}",

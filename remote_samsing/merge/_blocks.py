@@ -14,7 +14,7 @@ import numpy as np
 from .._arrays import unique, unique_pairs
 from ..tiling import TilingPlan, Window, block_label_offset
 from ._config import MergeConfig
-from ._parts import block_parts, part_map, seam_part_pairs
+from ._parts import block_parts, part_map
 
 # 4-connectivity, as the reference's post-processing
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
@@ -192,15 +192,17 @@ def _shared_strips(slot, *, plan: TilingPlan, index) -> dict:
 
 
 def _block_parts(idx, values, info, comps, *, plan, index, sides, cfg: MergeConfig, empty: bool):
-    """The block's part records for the split (none for an empty core)."""
+    """The block's part ids along its seam sides and its part records for the split (none for an
+    empty core)."""
     if empty:
         return {s: np.zeros(_edge_line(idx, s).size, np.int32) for s in sides}, None
     cand_idx = None
     if "cand" in info:
         c = info["cand"]
         cand_idx = _to_idx(np.concatenate([c["local"], c["nb_m"]]), values)
-    return block_parts(idx, comps, plan=plan, index=index, sides=sides, min_area=cfg.split_min_area,
-                       cand_idx=cand_idx)
+    parts, records = block_parts(idx, comps, plan=plan, index=index, sides=sides, n_idx=info["n_idx"],
+                                 min_area=cfg.split_min_area, cand_idx=cand_idx)
+    return {s: _edge_line(parts, s) for s in sides}, records
 
 
 def summarize(slot, valid, *, plan: TilingPlan, index, cfg: MergeConfig):
@@ -285,18 +287,23 @@ def _seam_sides(off):
     return ("right", "left") if off == (0, 1) else ("bottom", "top")
 
 
+def _seam_line_pairs(info_a, info_b, key: str, *, off):
+    """Pairs of ids facing each other across one seam line (``info[key]``: per side, the ids along the
+    block's core edge, 0 = none), as gids, with their contact counts."""
+    sa, sb = _seam_sides(off)
+    ea, eb = info_a[key][sa], info_b[key][sb]
+    both = (ea > 0) & (eb > 0)
+    ga = info_a["offset"] | ea[both].astype(np.uint64)
+    return unique_pairs(ga, info_b["offset"] | eb[both].astype(np.uint64))
+
+
 def _face_seam(info_a, info_b, *, off, want_comps: bool, want_adj: bool):
     """Foreground-component links and small-label contacts across one seam line."""
     sa, sb = _seam_sides(off)
     oa, ob = info_a["offset"], info_b["offset"]
     comp_pairs = adj = None
     if want_comps:
-        ca, cb = info_a["comp_edges"][sa], info_b["comp_edges"][sb]
-        both = (ca > 0) & (cb > 0)
-        ga = oa | ca[both].astype(np.uint64)
-        gb = ob | cb[both].astype(np.uint64)
-        ga, gb, _ = unique_pairs(ga, gb)
-        comp_pairs = (ga, gb)
+        comp_pairs = _seam_line_pairs(info_a, info_b, "comp_edges", off=off)[:2]
     if want_adj:
         la, lb = info_a["edges"][sa], info_b["edges"][sb]
         src, dst = [], []
@@ -359,9 +366,8 @@ def _face_overlap(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: f
 
 def _runs(labels: np.ndarray):
     """4-connected runs of equal non-zero labels: each label's pieces as one window sees them."""
-    from skimage.measure import label
-
-    runs, n = label(labels, background=0, connectivity=1, return_num=True)
+    runs = part_map(labels)
+    n = int(runs.max()) if runs.size else 0
     of = np.zeros(n + 1, labels.dtype)
     of[runs.ravel()] = labels.ravel()
     return runs, of, np.bincount(runs.ravel(), minlength=n + 1)
@@ -493,8 +499,7 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
         links_b.append(lb)
         stats.append(st)
         if off in ((0, 1), (1, 0)) and cfg.splits:
-            part_pairs.append(seam_part_pairs(own["part_edges"], other["part_edges"], off=off,
-                                              offset_a=own["offset"], offset_b=other["offset"]))
+            part_pairs.append(_seam_line_pairs(own, other, "part_edges", off=off))
         if off in ((0, 1), (1, 0)) and (cfg.islands or cfg.absorb):
             cp, adj = _face_seam(own, other, off=off, want_comps=cfg.islands, want_adj=cfg.absorb)
             if cp is not None:

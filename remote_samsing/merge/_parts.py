@@ -29,7 +29,7 @@ from .._arrays import unique, unique_pairs
 from ..tiling import LOCAL_BITS, TilingPlan
 from . import _solve as s
 
-__all__ = ["part_map", "block_parts", "seam_part_pairs", "part_records", "split_parts"]
+__all__ = ["part_map", "block_parts", "part_records", "split_parts"]
 
 
 _NONE = np.empty(0, np.int64)
@@ -60,13 +60,13 @@ def _interesting(idx, p_label, n_idx: int, *, plan: TilingPlan, sides, cand_idx)
     return wanted
 
 
-def block_parts(idx, comps, *, plan: TilingPlan, index, sides, min_area: int, cand_idx=None):
-    """One block's part records: ``(early, late)`` for the faces and the final step.
+def block_parts(idx, comps, *, plan: TilingPlan, index, sides, n_idx: int, min_area: int, cand_idx=None):
+    """One block's part map and part records (for the final step).
 
-    ``early`` holds the part ids along each side with a neighbour; ``late``
-    the described parts (local part id, label index, area, first pixel in
-    the mosaic's raster order, foreground component) and their in-block
-    contacts (part pairs and the number of 4-neighbour pixel pairs).
+    The records are the described parts (local part id, label index, area,
+    first pixel in the mosaic's raster order, foreground component) and
+    their in-block contacts (part pairs and the number of 4-neighbour pixel
+    pairs).
     """
     from .. import _merge_nb as nb
 
@@ -76,8 +76,7 @@ def block_parts(idx, comps, *, plan: TilingPlan, index, sides, min_area: int, ca
     p_area = np.zeros(n + 1, np.int64)
     p_first = np.full(n + 1, -1, np.int64)
     nb.part_stats(idx, parts, p_label, p_area, p_first)
-    inter = _interesting(idx, p_label, int(idx.max()) + 1 if idx.size else 1, plan=plan, sides=sides,
-                         cand_idx=cand_idx)[p_label]
+    inter = _interesting(idx, p_label, n_idx, plan=plan, sides=sides, cand_idx=cand_idx)[p_label]
     inter[0] = False
     small = inter & (p_area < min_area)
     out_a = np.empty(2 * parts.size, np.int32)  # at most two pairs per pixel; part ids fit 32 bits
@@ -95,24 +94,9 @@ def block_parts(idx, comps, *, plan: TilingPlan, index, sides, min_area: int, ca
     first = p_first[local]
     first = (core.y0 + first // w) * plan.shape[1] + core.x0 + first % w
     comp = comps.ravel()[p_first[local]] if comps is not None and local.size else np.zeros(local.size, np.int64)
-    early = {side: _edge(parts, side) for side in sides}
     late = {"local": local, "label": p_label[local], "area": p_area[local], "first": first,
             "comp": comp.astype(np.int64), "pairs": (a.astype(np.int64), b.astype(np.int64), counts)}
-    return early, late
-
-
-def _edge(a: np.ndarray, side: str) -> np.ndarray:
-    return {"top": a[0], "bottom": a[-1], "left": a[:, 0], "right": a[:, -1]}[side].copy()
-
-
-def seam_part_pairs(edges_a: dict, edges_b: dict, *, off, offset_a, offset_b):
-    """Part pairs that touch across one seam line and their contact counts (part gids)."""
-    sa, sb = ("right", "left") if off == (0, 1) else ("bottom", "top")
-    pa, pb = edges_a[sa], edges_b[sb]
-    both = (pa > 0) & (pb > 0)
-    ga = offset_a | pa[both].astype(np.uint64)
-    gb = offset_b | pb[both].astype(np.uint64)
-    return unique_pairs(ga, gb)
+    return parts, late
 
 
 def part_records(late_parts: dict, offset, *, n_idx: int, idx, gids, removed):
@@ -167,8 +151,8 @@ def split_parts(records, faces, *, n_blocks: int, min_area: int):
     seam = [f["part_pairs"] for f in faces if "part_pairs" in f]
     part, merged, area, first, parent, (ea, eb, ec) = _clusters(records, seam)
     c_area = np.bincount(parent, weights=area, minlength=part.size).astype(np.int64)
-    c_first = np.full(part.size, np.iinfo(np.int64).max)
-    np.minimum.at(c_first, parent, first)
+    first_node = _first_nodes(parent, first, part.size)  # per cluster root: the node of its first pixel
+    c_first = first[first_node]
     roots = np.flatnonzero(parent == np.arange(part.size))
     # per merged id, its clusters by area (largest first), then first pixel
     order = roots[np.lexsort((c_first[roots], -c_area[roots], merged[roots]))]
@@ -178,7 +162,6 @@ def split_parts(records, faces, *, n_blocks: int, min_area: int):
     final = merged.copy()  # per cluster root: its merged id after the split
     large = split[c_area[split] >= min_area]
     # a new label's id: its first part's gid, moved past every block's own ids
-    first_node = _first_nodes(parent, first, part.size)
     final[large] = part[first_node[large]] + np.uint64(n_blocks << LOCAL_BITS)
     small = split[c_area[split] < min_area]
     final[small] = _targets(small, parent, ea, eb, ec, c_first, final, part.size)
@@ -189,7 +172,7 @@ def split_parts(records, faces, *, n_blocks: int, min_area: int):
     stats = {"labels_split": int(np.count_nonzero(head[:-1] & ~head[1:])),
              "parts_relabelled": int(large.size), "parts_joined": int(np.count_nonzero(final[small])),
              "parts_cleared": int(np.count_nonzero(final[small] == 0))}
-    return [(local, gid) for local, gid in moves], stats
+    return list(moves), stats
 
 
 def _first_nodes(parent, first, n: int) -> np.ndarray:
@@ -214,11 +197,10 @@ def _targets(small, parent, ea, eb, ec, c_first, final, n: int) -> np.ndarray:
     dst = np.concatenate([cb, ca])
     cnt = np.concatenate([ec, ec])
     ok = is_small[src] & ~is_small[dst]
-    src, dst, cnt = src[ok], dst[ok], cnt[ok]
-    key_s, key_d, _ = unique_pairs(src, dst)
-    total = np.zeros(key_s.size, np.int64)
-    pos = np.searchsorted(key_s.astype(np.int64) * n + key_d.astype(np.int64), src.astype(np.int64) * n + dst)
-    np.add.at(total, pos, cnt)
+    # contact summed per (small cluster, neighbour cluster)
+    keys, inverse = unique(src[ok].astype(np.int64) * n + dst[ok], return_inverse=True)
+    total = np.bincount(inverse.ravel(), weights=cnt[ok], minlength=keys.size)
+    key_s, key_d = keys // n, keys % n
     # best per source: most contact, then first pixel first
     best = np.lexsort((c_first[key_d], -total, key_s))
     head = np.ones(best.size, bool)
