@@ -176,6 +176,8 @@ def gridded_blobs(shape, *, cell, seed, density=0.5):
         {"min_contact_pixels": 0},
         {"remove_small": "yes"},
         {"merge_enclosed_max_area": 1.5},
+        {"jitter": -1},
+        {"jitter": 1.5},
     ],
 )
 def test_config_rejects_bad_values(kwargs):
@@ -1064,11 +1066,8 @@ def test_sam_like_disagreement_on_real_buildings(data_dir):
     assert abs(det_drop) <= 1.0 and abs(ss_drop) <= 1.0
 
 
-def test_a_split_both_windows_saw_is_not_undone_by_a_chain_elsewhere():
-    """Block (0, 1) splits a square in two along a diagonal; the other three blocks see it whole.
-    Its two halves each link to the whole square through a different face, but the halves are an
-    exclusion group (the other blocks' pieces overlap both inside (0, 1)'s window): the second
-    link is refused, counted on its face and coded 4 in the diagnostics."""
+def _square_split_by_one_block():
+    """A square over four blocks; block (0, 1) splits it in two along a diagonal, the others see it whole."""
     plan = TilingPlan(shape=(40, 40), tile_size=20, padding=6)
     truth = np.zeros(plan.shape, np.int64)
     truth[8:32, 8:32] = 1
@@ -1081,11 +1080,20 @@ def test_a_split_both_windows_saw_is_not_undone_by_a_chain_elsewhere():
         if (iy, ix) == (0, 1):
             t[(t == 1) & ((yy + xx)[w.slices] >= 37)] = 2
         staged[iy * sy : iy * sy + w.shape[0], ix * sx : ix * sx + w.shape[1]] = t
+    return plan, staged
+
+
+def test_a_split_both_windows_saw_is_not_undone_by_a_chain_elsewhere():
+    """With the disagreement rule out of the way (a jitter tolerance wider than the square), the
+    two halves of block (0, 1) each link to the whole square through a different face, but the
+    halves are an exclusion group (the other blocks' pieces overlap both inside (0, 1)'s window):
+    the second link is refused, counted on its face and coded 4 in the diagnostics."""
+    plan, staged = _square_split_by_one_block()
     res = merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan,
-                       config=MergeConfig(remove_small=False, absorb_enclosed=False, diagnostics=True))
+                       config=MergeConfig(remove_small=False, absorb_enclosed=False, diagnostics=True, jitter=50))
     got, diag, stats = dask.compute(res.labels, res.diagnostics, res.stats, scheduler="sync")
     assert got.max() == 2  # the whole square, and block (0, 1)'s second half
-    assert stats["totals"]["excluded"] == 1
+    assert stats["totals"]["excluded"] == 1 and stats["totals"]["disagreed"] == 0
     assert sum(f["excluded"] for f in stats["faces"]) == 1
     refused = diag == 4
     assert set(np.unique(got[refused]).tolist()) == {1, 2}  # both ends of the refused link
@@ -1093,6 +1101,44 @@ def test_a_split_both_windows_saw_is_not_undone_by_a_chain_elsewhere():
     old, _ = run_merge(da.from_array(staged, chunks=plan.slot_shape), plan, strategy="iou", remove_small=False,
                        absorb_enclosed=False)
     assert old.max() == 1
+
+
+def test_a_link_across_a_disagreement_thicker_than_the_jitter_is_refused():
+    """By default the whole square's pieces hold the other half of block (0, 1)'s split, a region
+    far thicker than boundary jitter: every link of the halves is refused (``disagreed``, code 4),
+    so the halves stay apart and neither joins the square the other blocks see."""
+    plan, staged = _square_split_by_one_block()
+    res = merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan,
+                       config=MergeConfig(remove_small=False, absorb_enclosed=False, diagnostics=True))
+    got, diag, stats = dask.compute(res.labels, res.diagnostics, res.stats, scheduler="sync")
+    assert got.max() == 3
+    block01 = plan.core_window((0, 1)).slices
+    assert np.unique(got[block01][got[block01] > 0]).size == 2
+    assert np.unique(got[got > 0][~np.isin(got[got > 0], np.unique(got[block01]))]).size == 1
+    # the three faces of block (0, 1) each refuse one link for the disagreement
+    assert stats["totals"]["disagreed"] == 3 and stats["totals"]["excluded"] == 0
+    assert sorted(tuple(map(tuple, f["blocks"])) for f in stats["faces"] if f["disagreed"]) == [
+        ((0, 0), (0, 1)), ((0, 1), (1, 0)), ((0, 1), (1, 1))]
+    assert set(np.unique(got[diag == 4]).tolist()) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("parity", [0, 1])
+def test_windows_fusing_pairs_of_unequal_objects_do_not_chain(seed, parity):
+    """Pair-fusing windows over stripes of unequal widths (5 to 12 px, all wider than twice the
+    jitter): where one window fuses two stripes the other keeps apart, in the region both saw, the
+    link is refused, so no output label holds more than the two objects a window fused. Without the
+    disagreement rule (a tolerance wider than the stripes) labels collect three."""
+    plan = TilingPlan(shape=(60, 120), tile_size=20, padding=6)
+    widths = np.random.default_rng(seed).integers(5, 13, 60)
+    stripe = np.searchsorted(np.cumsum(widths), np.arange(plan.shape[1]), side="right") + 1
+    truth = np.broadcast_to(stripe, plan.shape).astype(np.int64)
+    staged = _pair_fusing(truth, plan, parity=parity)
+    got, stats = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
+    assert _most_true_objects(got, truth) <= 2
+    assert stats["totals"]["disagreed"] > 0
+    tolerant, _ = run_merge(staged, plan, remove_small=False, absorb_enclosed=False, jitter=13)
+    assert _most_true_objects(tolerant, truth) == 3
 
 
 def _union_find_mutex_reference(a, b, order, members, groups, n):

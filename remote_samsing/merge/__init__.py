@@ -28,13 +28,35 @@ Strategies (``MergeConfig.strategy``)
       both windows); the splitting side's labels form an *exclusion group*,
       and separate evidence wins: no chain of links, through any face, may
       put two labels of one group into one object.
+    * **disagreements**: a link is refused when either of its pieces holds a
+      region that the other window gives to another of its labels and that is
+      more than boundary jitter: thicker than ``2 * jitter`` px (it holds a
+      ``(2 jitter + 1)``-px square; the region's outer edges do not count as
+      boundaries, since beyond them lies what one window did not see), or the
+      whole of a piece of at least ``(2 jitter + 1)**2`` px (all that window
+      saw of that label there). The two windows then group objects
+      differently where both saw them; joining their labels would add one
+      window's fusion to the other's, so neither is taken across the seam.
+
+    What the evidence can and cannot tell: where the windows agree the result
+    is exact. Where they disagree inside the region both saw, by more than
+    ``jitter``, a label holds no more objects than one window put together
+    (the tests fuse different pairs of stripes in neighbouring windows). Two
+    things no rule that sees only the windows can tell apart: a disagreement
+    thinner than the jitter tolerance from boundary jitter, and a fusion a
+    window makes beyond its neighbour's view from an object that continues
+    there (both windows' pieces coincide, as for an object larger than the
+    padding, which must link to be rebuilt exactly); such fusions are kept,
+    as "the window that saw the connection decides". A window that splits an
+    object its neighbours see whole keeps its parts apart from the whole.
 
     One union-find over all links, strongest (highest IoU) first, refuses
     every link that would join two clusters holding labels of one exclusion
     group (the repulsive edges of the mutex watershed, Wolf et al. 2018,
     https://arxiv.org/abs/1805.12279, kept as groups). Statistics per face:
     ``candidates``, ``links``, ``refused`` (candidates below ``min_iou``),
-    ``excluded`` (links refused by an exclusion), ``split_by_a`` /
+    ``excluded`` (links refused by an exclusion), ``disagreed`` (links
+    refused for a disagreement), ``split_by_a`` /
     ``split_by_b`` (exclusion groups each side's split made). Needs
     ``padding > 0``.
 ``"iou"``

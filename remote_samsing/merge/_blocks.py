@@ -386,7 +386,45 @@ def _exclusions(pieces: np.ndarray, labels: np.ndarray):
     return lu[keep], local.astype(np.int64), int(keep.any() and local.max() + 1)
 
 
-def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: float):
+def _whole_cells(cell, n_cells: int, jitter: int) -> np.ndarray:
+    """Cells (numbered ``0..n_cells - 1`` in ``cell``, -1 elsewhere) that hold a ``(2 jitter + 1)``-px
+    square: thicker than boundary jitter. The region's outer edges extend the cells beyond them, since
+    what lies outside is unseen, not a boundary."""
+    from scipy import ndimage
+
+    size = 2 * jitter + 1
+    lo = ndimage.minimum_filter(cell, size=size, mode="nearest")
+    hi = ndimage.maximum_filter(cell, size=size, mode="nearest")
+    inner = (lo == hi) & (cell >= 0)
+    out = np.zeros(n_cells, bool)
+    out[cell[inner]] = True
+    return out
+
+
+def _against_other_label(piece, other_label, sel, n_pieces: int) -> np.ndarray:
+    """Per pair: its piece also holds a selected cell of a label of the other side other than the pair's."""
+    keys = unique((piece[sel].astype(np.uint64) << np.uint64(32)) | other_label[sel].astype(np.uint64))
+    per_piece = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=n_pieces)
+    own = np.isin((piece.astype(np.uint64) << np.uint64(32)) | other_label.astype(np.uint64), keys)
+    return per_piece[piece] - own > 0
+
+
+def _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, *, jitter: int) -> np.ndarray:
+    """Per piece pair (cell): whether either piece holds a cell that the other side gives to another
+    of its labels and that is more than boundary jitter: thicker than ``2 jitter`` px, or the whole
+    of a piece of at least ``(2 jitter + 1)**2`` px (all that window saw of that label there)."""
+    both = (ra > 0) & (rb > 0)
+    cell = np.full(ra.shape, -1, np.int64)
+    keys = (pa.astype(np.uint64) << np.uint64(32)) | pb.astype(np.uint64)
+    cell[both] = np.searchsorted(keys, (ra[both].astype(np.uint64) << np.uint64(32)) | rb[both].astype(np.uint64))
+    least = (2 * jitter + 1) ** 2
+    whole = ((inter == area_b[pb]) & (area_b[pb] >= least)) | ((inter == area_a[pa]) & (area_a[pa] >= least))
+    evidence = whole | _whole_cells(cell, keys.size, jitter)
+    return (_against_other_label(pa, fb, evidence, area_a.size)
+            | _against_other_label(pb, fa, evidence, area_b.size))
+
+
+def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: float, jitter: int):
     """Links and exclusions from the region both blocks saw, piece by piece.
 
     Each block's labels are cut into their 4-connected pieces inside the
@@ -399,9 +437,10 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     both windows saw: the splitting side's labels become an exclusion group
     that no chain of links may join.
     """
-    stats = _face_stats(a, b, off, split_by_a=0, split_by_b=0)
+    stats = _face_stats(a, b, off, disagreed=0, split_by_a=0, split_by_b=0)
     none = {"links": (np.empty(0, np.uint64), np.empty(0, np.uint64)), "weights": np.empty(0),
-            "groups": (np.empty(0, np.uint64), np.empty(0, np.int64)), "n_groups": 0}
+            "groups": (np.empty(0, np.uint64), np.empty(0, np.int64)), "n_groups": 0,
+            "disputed": np.empty(0, np.uint64)}
     views = _shared_views(strips_a, strips_b, plan=plan, a=a, b=b, off=off)
     if views is None:
         return none, stats
@@ -416,15 +455,18 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     fa, fb = of_a[pa], of_b[pb]
     cand = np.isin(fa, pres_a) & np.isin(fb, pres_b)
     link = cand & (iou > min_iou)
+    disputed = link & _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, jitter=jitter)
+    link &= ~disputed
     oa, ob = _offset(plan, a), _offset(plan, b)
     ma, ga, n_a = _exclusions(pb, fa)  # a piece of B over several labels of A: A's split
     mb, gb, n_b = _exclusions(pa, fb)  # and the other way round
     stats.update(candidates=int(cand.sum()), links=int(link.sum()), refused=int((cand & ~link).sum()),
-                 split_by_a=n_a, split_by_b=n_b)
+                 disagreed=int(disputed.sum()), split_by_a=n_a, split_by_b=n_b)
     return {"links": (oa | fa[link].astype(np.uint64), ob | fb[link].astype(np.uint64)), "weights": iou[link],
             "groups": (np.concatenate([oa | ma.astype(np.uint64), ob | mb.astype(np.uint64)]),
                        np.concatenate([ga, gb + n_a])),
-            "n_groups": n_a + n_b}, stats
+            "n_groups": n_a + n_b,
+            "disputed": np.concatenate([oa | fa[disputed].astype(np.uint64), ob | fb[disputed].astype(np.uint64)])}, stats
 
 
 def _face_reference(info_a, info_b, rem_a, rem_b, *, a, b, off, strategy: str, min_contact: int):
@@ -481,14 +523,15 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
     """Every face a block owns: overlap links (and exclusions), and seam contacts for the post-processing."""
     links_a, links_b, stats, comp_a, comp_b, adj_s, adj_d = [], [], [], [], [], [], []
     weights, faces, g_members, g_index, n_groups = [], [], [], [], 0
-    part_pairs = []
+    part_pairs, disputed = [], []
     for k, (off, other) in enumerate(zip(offsets, others)):
         nb = (index[0] + off[0], index[1] + off[1])
         kw = dict(plan=plan, a=index, b=nb, off=off, min_iou=float(cfg.min_iou))
         if cfg.strategy == "iou":
             (la, lb), st = _face_overlap(own["strips"], other["strips"], **kw)
         else:
-            ev, st = _face_evidence(own["strips"], other["strips"], **kw)
+            ev, st = _face_evidence(own["strips"], other["strips"], jitter=int(cfg.jitter), **kw)
+            disputed.append(ev["disputed"])
             (la, lb), w = ev["links"], ev["weights"]
             weights.append(w)
             faces.append(np.full(w.size, k, np.int64))
@@ -513,6 +556,7 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
         out["weights"] = np.concatenate(weights) if weights else np.empty(0)
         out["faces"] = np.concatenate(faces) if faces else np.empty(0, np.int64)
         out["groups"] = (_cat64(g_members), np.concatenate(g_index) if g_index else np.empty(0, np.int64), n_groups)
+        out["disputed"] = _cat64(disputed)
     if cfg.islands:
         out["comp_pairs"] = (_cat64(comp_a), _cat64(comp_b))
         out["seam_nodes"] = _seam_nodes(own)

@@ -33,6 +33,13 @@ class MergeConfig:
         ``"overlap"`` and ``"iou"``: a candidate pair links when its IoU inside the
         shared region is strictly above this, in [0.5, 1). Values >= 0.5
         guarantee at most one partner per fragment and face.
+    jitter : int
+        ``"overlap"`` only: how far (px) two windows' boundaries of one object
+        may differ and still count as the same boundary. Where a linked piece
+        holds a region that the other window gives to another label and that
+        is thicker than ``2 * jitter`` px (or is all the other window saw of
+        that label there, at least ``(2 * jitter + 1)**2`` px), the windows
+        disagree about which objects belong together, and the link is refused.
     absorb_enclosed : bool
         Absorb small enclosed objects into their encloser (``"overlap"``, ``"iou"``).
     merge_enclosed_max_area : int
@@ -55,6 +62,7 @@ class MergeConfig:
     strategy: str = "overlap"
     min_contact_pixels: int = 20
     min_iou: float = 0.5
+    jitter: int = 2
     absorb_enclosed: bool = True
     merge_enclosed_max_area: int = 500
     remove_small: bool = True
@@ -67,6 +75,7 @@ class MergeConfig:
         check_int("min_contact_pixels", self.min_contact_pixels, minimum=1)
         check_int("merge_enclosed_max_area", self.merge_enclosed_max_area, minimum=0)
         check_int("min_mask_area", self.min_mask_area, minimum=0)
+        check_int("jitter", self.jitter, minimum=0)
         check_number("min_iou", self.min_iou, minimum=0.5, maximum=1, open_max=True,
                      hint="below 0.5 one fragment could link several partners on one face")
         for name in ("absorb_enclosed", "remove_small", "split_parts", "diagnostics"):
@@ -118,8 +127,9 @@ class MergeResult:
     diagnostics : dask.array.Array or None
         (H, W) uint8: 0 untouched, 1 fragment linked across a seam,
         2 absorbed into its encloser, 3 removed as a small island, 4 a
-        fragment whose link was refused by an exclusion (``"overlap"``: the
-        two windows disagreed and the split one of them saw wins), 5 a part
+        fragment whose link was refused by an exclusion or a disagreement
+        (``"overlap"``: the two windows disagreed and the split one of them
+        saw wins, or they grouped objects differently), 5 a part
         the split moved (a label of its own, or joined to a neighbour).
     """
 

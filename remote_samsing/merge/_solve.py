@@ -75,9 +75,9 @@ def _root_of(g: np.ndarray, nodes: np.ndarray, root_gid: np.ndarray) -> np.ndarr
     return np.where(found, root_gid[pos], g)
 
 
-def _solve_merge(links, cands, adj, *, n_blocks: int, cfg: MergeConfig, union=None):
+def _solve_merge(links, cands, adj, *, n_blocks: int, cfg: MergeConfig, union=None, disputed=None):
     """Union-find over the links (``union(nodes, a, b)``, default plain), then the enclosed-object
-    rule; split per block."""
+    rule; split per block. ``disputed``: fragments with a link refused for a disagreement (code 4)."""
     a = np.concatenate([l_[0] for l_ in links]) if links else np.empty(0, np.uint64)
     b = np.concatenate([l_[1] for l_ in links]) if links else np.empty(0, np.uint64)
     nodes = unique(np.concatenate([a, b])).astype(np.uint64)
@@ -87,6 +87,12 @@ def _solve_merge(links, cands, adj, *, n_blocks: int, cfg: MergeConfig, union=No
     if refused is not None:  # a fragment with a link refused by an exclusion
         codes[refused] = 4
     gids, finals, codes = [nodes], [root_gid], [codes]
+    if disputed is not None and disputed.size:
+        codes[0][np.isin(nodes, disputed)] = 4
+        alone = np.setdiff1d(disputed, nodes)  # refused and linked nowhere: its own object
+        gids.append(alone)
+        finals.append(alone)
+        codes.append(np.full(alone.size, 4, np.uint8))
     n_absorbed = 0
     if cfg.absorb and cands:
         absorbed = _absorb_enclosed(nodes, parent, root_gid, cands, adj, cfg=cfg)
@@ -179,7 +185,9 @@ def solve(faces, *, n_blocks: int, cfg: MergeConfig):
     if cfg.strategy == "overlap":
         excluded = np.zeros(len(face_stats), np.int64)
         union = functools.partial(_union_excluding, faces=faces, excluded=excluded)
-    *pieces, stats = _solve_merge(links, cands, adj, n_blocks=n_blocks, cfg=cfg, union=union)
+    disputed = unique(np.concatenate([f["disputed"] for f in faces if "disputed" in f] or [np.empty(0, np.uint64)]))
+    *pieces, stats = _solve_merge(links, cands, adj, n_blocks=n_blocks, cfg=cfg, union=union,
+                                  disputed=disputed.astype(np.uint64))
     if cfg.strategy == "overlap":
         for st, n in zip(face_stats, excluded):
             st["excluded"] = int(n)
@@ -264,7 +272,7 @@ def rank_ids(gids: list, *, owners_per_step: int = 256) -> tuple:
 def face_totals(faces) -> dict:
     """Sums of the per-face statistics (the exclusion counts only where the strategy has them)."""
     keys = ["candidates", "links", "refused"]
-    keys += [k for k in ("excluded", "split_by_a", "split_by_b") if faces and k in faces[0]]
+    keys += [k for k in ("excluded", "disagreed", "split_by_a", "split_by_b") if faces and k in faces[0]]
     return {k: sum(f[k] for f in faces) for k in keys}
 
 
