@@ -9,7 +9,8 @@ mosaic gives):
 * ``threshold/<scene>``: connected components of a real scene's bright
   regions (the scenes in ``tests/data``): agreeing windows on real shapes;
 * ``pair-fusing``: touching stripes; each window fuses a different pair of
-  neighbours (windows that disagree, both parities);
+  neighbours (windows that disagree, both parities); ``pair-fusing-uneven``:
+  the same with stripes 5 to 12 px wide;
 * ``sam-like/<scene>``: :class:`remote_samsing.testing.SAMLikeWindows` on a
   scene with ground-truth buildings from ``../shared/data`` (skipped where
   absent): boundary jitter, misses, splits and Felzenszwalb stuff that
@@ -81,13 +82,16 @@ def case_threshold(name: str, tile: int, padding: int):
     return truth, truth, stage_windows(plan, lambda w: _components(img[w.slices])), plan, img
 
 
-def case_pair_fusing(parity: int):
+def case_pair_fusing(parity: int, *, uneven: bool = False):
     from remote_samsing.testing import stage_windows
     from remote_samsing.tiling import TilingPlan
 
     plan = TilingPlan(shape=(120, 240), tile_size=20, padding=6)
     xx = np.arange(plan.shape[1])[None, :].repeat(plan.shape[0], 0)
     truth = xx // 4 + 1  # touching stripes, numbered left to right
+    if uneven:  # 5 to 12 px wide: thicker than the default jitter tolerance
+        edges = np.cumsum(np.random.default_rng(parity).integers(5, 13, plan.shape[1]))
+        truth = np.searchsorted(edges, xx, side="right") + 1
 
     def fuse(w):
         t = truth[w.slices]
@@ -227,6 +231,8 @@ def cases(quick: bool):
         yield f"threshold/{scene.split('_')[0]}", case_threshold(scene, tile, padding), True
     for parity in (0, 1):
         yield f"pair-fusing/{parity}", case_pair_fusing(parity), True
+    for parity in (0, 1):
+        yield f"pair-fusing-uneven/{parity}", case_pair_fusing(parity, uneven=True), True
     for scene, (image, gt) in SAM_LIKE_SCENES.items():
         if image.exists() and gt.exists() and not (quick and scene != "kampala-b"):
             for seed in range(1 if quick else 5):
