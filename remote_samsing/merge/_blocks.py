@@ -409,16 +409,39 @@ def _against_other_label(piece, other_label, sel, n_pieces: int) -> np.ndarray:
     return per_piece[piece] - own > 0
 
 
-def _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, *, jitter: int) -> np.ndarray:
+def _view_edge(shared: Window, padded: Window, shape) -> np.ndarray:
+    """Pixels of the shared region on the sides where the window ``padded`` ends inside the mosaic."""
+    edge = np.zeros(shared.shape, bool)
+    if shared.y0 == padded.y0 > 0:
+        edge[0] = True
+    if shared.y1 == padded.y1 < shape[0]:
+        edge[-1] = True
+    if shared.x0 == padded.x0 > 0:
+        edge[:, 0] = True
+    if shared.x1 == padded.x1 < shape[1]:
+        edge[:, -1] = True
+    return edge
+
+
+def _cut_by_view(runs, edge: np.ndarray, n: int) -> np.ndarray:
+    """Per piece: it reaches the side where its own window's view ends."""
+    cut = np.zeros(n, bool)
+    cut[runs[edge]] = True
+    return cut
+
+
+def _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, *, jitter: int, cut_a, cut_b) -> np.ndarray:
     """Per piece pair (cell): whether either piece holds a cell that the other side gives to another
-    of its labels and that is more than boundary jitter: thicker than ``2 jitter`` px, or the whole
-    of a piece of at least ``(2 jitter + 1)**2`` px (all that window saw of that label there)."""
+    of its labels and that is more than boundary jitter: thicker than ``2 jitter`` px, or a whole
+    piece of at least ``(2 jitter + 1)**2`` px that its window's view cuts off (all that window saw
+    of that label, so its width says nothing about jitter)."""
     both = (ra > 0) & (rb > 0)
     cell = np.full(ra.shape, -1, np.int64)
     keys = (pa.astype(np.uint64) << np.uint64(32)) | pb.astype(np.uint64)
     cell[both] = np.searchsorted(keys, (ra[both].astype(np.uint64) << np.uint64(32)) | rb[both].astype(np.uint64))
     least = (2 * jitter + 1) ** 2
-    whole = ((inter == area_b[pb]) & (area_b[pb] >= least)) | ((inter == area_a[pa]) & (area_a[pa] >= least))
+    whole = (((inter == area_b[pb]) & (area_b[pb] >= least) & cut_b[pb])
+             | ((inter == area_a[pa]) & (area_a[pa] >= least) & cut_a[pa]))
     evidence = whole | _whole_cells(cell, keys.size, jitter)
     return (_against_other_label(pa, fb, evidence, area_a.size)
             | _against_other_label(pb, fa, evidence, area_b.size))
@@ -455,7 +478,11 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     fa, fb = of_a[pa], of_b[pb]
     cand = np.isin(fa, pres_a) & np.isin(fb, pres_b)
     link = cand & (iou > min_iou)
-    disputed = link & _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, jitter=jitter)
+    shared = _intersect(plan.padded_window(a), plan.padded_window(b))
+    cut_a = _cut_by_view(ra, _view_edge(shared, plan.padded_window(a), plan.shape), area_a.size)
+    cut_b = _cut_by_view(rb, _view_edge(shared, plan.padded_window(b), plan.shape), area_b.size)
+    disputed = link & _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, jitter=jitter,
+                                     cut_a=cut_a, cut_b=cut_b)
     link &= ~disputed
     oa, ob = _offset(plan, a), _offset(plan, b)
     ma, ga, n_a = _exclusions(pb, fa)  # a piece of B over several labels of A: A's split
