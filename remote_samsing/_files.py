@@ -1,9 +1,20 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of one.
+"""Where products and resume state live: local folders or object stores, written so a reader never
+sees half a file.
 
-Every product and every piece of resume state is written under a temporary
-name in the same folder and then renamed (``os.replace`` is atomic on POSIX
-filesystems). The temporary names are unique per writer, so two tasks that
-write the same file (a task run again after a lost worker) never interleave.
+A location is a :class:`pathlib.Path` for a local folder, or a
+:class:`upath.UPath` for a URL (``s3://``, ``gs://``, ``az://``, ...):
+universal-pathlib (https://github.com/fsspec/universal_pathlib) gives both the
+same path API over fsspec's filesystems, so the pipeline joins, lists and
+reads them alike. Writes differ by kind:
+
+* local: written under a temporary name in the same folder and renamed
+  (``os.replace`` is atomic on POSIX filesystems); temporary names are
+  unique per writer, so two tasks writing the same file (a task run again
+  after a lost worker) never interleave;
+* object store: there is no rename; an object is uploaded whole (a single PUT,
+  or a multipart upload that appears only when completed), so a reader sees
+  the old object or the new one. Folders (Zarr stores) are written in place,
+  and ``run.json``'s ``"complete": true`` is what says they are finished.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +30,47 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["temporary_name", "write_atomic", "write_json_atomic", "replace_path"]
+__all__ = ["location", "is_remote", "gdal_path", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
+           "read_bytes", "replace_path", "remove_tree", "store_path"]
+
+
+def location(path) -> Path:
+    """``path`` as a local :class:`~pathlib.Path`, or a :class:`upath.UPath` when it is a URL."""
+    if is_remote(path):
+        return path
+    text = os.fspath(path)
+    if "://" in text:
+        from upath import UPath
+
+        return UPath(text)
+    return Path(text)
+
+
+def is_remote(path) -> bool:
+    """``path`` is a location on an object store (a UPath that is not a local path)."""
+    return hasattr(path, "protocol") and path.protocol not in ("", "file", "local")
+
+
+def store_path(path) -> str:
+    """The string Zarr and GDAL open: a local path, or the URL."""
+    return str(path) if is_remote(path) else os.fspath(path)
+
+
+#: GDAL's virtual file system for each store protocol (https://gdal.org/en/stable/user/virtual_file_systems.html).
+_VSI = {"s3": "/vsis3/", "s3a": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/",
+        "abfss": "/vsiaz/"}
+
+
+def gdal_path(path) -> str:
+    """The name GDAL opens ``path`` by: a local path, or the store object through GDAL's virtual file
+    system (``/vsis3/bucket/key``; GDAL's copy functions take no URL)."""
+    p = location(path)
+    if not is_remote(p):
+        return os.fspath(p)
+    protocol = p.protocol if isinstance(p.protocol, str) else p.protocol[0]
+    if protocol in ("http", "https"):
+        return f"/vsicurl/{p}"
+    return _VSI[protocol] + p.path
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
@@ -28,12 +80,16 @@ def temporary_name(path: str | os.PathLike) -> Path:
     return p.with_name(f"{p.stem}.{uuid.uuid4().hex[:8]}.partial{p.suffix}")
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, then move it onto ``path``.
-
-    The temporary file is removed if ``write`` raises.
-    """
-    p = Path(os.fspath(path))
+def write_atomic(path, write: Callable[[Path], Any]):
+    """Call ``write(tmp)`` on a temporary local file, then move it onto ``path`` (a rename beside it,
+    or one upload to the store). The temporary file is removed if ``write`` raises."""
+    p = location(path)
+    if is_remote(p):
+        with tempfile.TemporaryDirectory(prefix="remote-samsing-") as d:
+            tmp = Path(d) / f"upload{p.suffix}"
+            write(tmp)
+            p.fs.put_file(str(tmp), p.path)
+        return p
     tmp = temporary_name(p)
     try:
         write(tmp)
@@ -42,6 +98,19 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return p
+
+
+def write_bytes(path, data: bytes):
+    """Write ``data`` to ``path`` whole (atomically, as :func:`write_atomic`)."""
+    p = location(path)
+    if is_remote(p):
+        p.fs.pipe_file(p.path, data)
+        return p
+    return write_atomic(p, lambda tmp: tmp.write_bytes(data))
+
+
+def read_bytes(path) -> bytes:
+    return location(path).read_bytes()
 
 
 def _json_default(obj):
@@ -56,14 +125,23 @@ def _json_default(obj):
     return str(obj)
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> Path:
+def write_json_atomic(path, data: Any, *, indent: int | None = 2):
     """Write ``data`` as JSON (numpy scalars and arrays as numbers and lists) atomically."""
-    text = json.dumps(data, indent=indent, default=_json_default)
-    return write_atomic(path, lambda tmp: tmp.write_text(text))
+    return write_bytes(path, json.dumps(data, indent=indent, default=_json_default).encode())
+
+
+def remove_tree(path) -> None:
+    """Remove a folder (or a store prefix) and everything under it; nothing if it is absent."""
+    p = location(path)
+    if is_remote(p):
+        if p.fs.exists(p.path):
+            p.fs.rm(p.path, recursive=True)
+        return
+    shutil.rmtree(p, ignore_errors=True)
 
 
 def replace_path(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Move a finished file or folder ``tmp`` onto ``out``, removing what ``out`` held."""
+    """Move a finished local file or folder ``tmp`` onto ``out``, removing what ``out`` held."""
     out = Path(os.fspath(out))
     if out.is_dir() and not out.is_symlink():
         shutil.rmtree(out)

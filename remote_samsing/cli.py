@@ -88,7 +88,7 @@ def cli(debug: bool) -> None:
 
 @cli.command("segment")
 @click.argument("input")
-@click.argument("outdir", type=click.Path(path_type=Path))
+@click.argument("outdir")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="YAML file whose keys are these options (underscored); flags given here win.")
 @click.option("--segmenter", help="Segmenter: sam2, or the classical baselines felzenszwalb and slic. [default: sam2]")
@@ -119,7 +119,8 @@ def cli(debug: bool) -> None:
 def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoint, model_cfg, tile_size,
                 padding, bands, nodata, merge, merge_param, retries, skip_failed_blocks, vectors, overwrite, scheduler,
                 device, gpus, n_workers, progress):
-    """Segment INPUT (GeoTIFF/COG/JPEG/PNG/Zarr, or a GeoTIFF/COG URL: s3://, gs://, az://, https://) into OUTDIR.
+    """Segment INPUT (GeoTIFF/COG/JPEG/PNG/Zarr, or a GeoTIFF/COG URL: s3://, gs://, az://, https://) into OUTDIR
+    (a folder, or a URL on an object store: s3://, gs://, az://).
 
     Writes labels.zarr, labels.tif (COG), segments.parquet and run.json.
     Rerunning the same command on the same OUTDIR resumes an interrupted run.

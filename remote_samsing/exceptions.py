@@ -19,6 +19,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "BandSelectionError",
     "OutputExistsError",
+    "IncompleteOutputError",
     "FingerprintMismatchError",
     "BackendUnavailableError",
     "CheckpointError",
@@ -75,6 +76,10 @@ class BandSelectionError(InputError):
 
 class OutputExistsError(RemoteSamsingError, FileExistsError):
     """The output directory exists and ``overwrite`` was not requested."""
+
+
+class IncompleteOutputError(RemoteSamsingError):
+    """A product of a run that has not finished (its ``run.json`` does not say complete)."""
 
 
 class FingerprintMismatchError(RemoteSamsingError):

@@ -15,6 +15,7 @@ segmentation graph computes nothing.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import threading
@@ -31,12 +32,13 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import replace_path, temporary_name
+from ._files import location, replace_path, store_path, temporary_name
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
     BandSelectionError,
     ConfigError,
+    IncompleteOutputError,
     InputError,
     InputNotFoundError,
     UnsupportedDtypeError,
@@ -90,7 +92,7 @@ def quiet_georeferencing():
 
 
 def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists())
+    return path.suffix == ".zarr" or (path / "zarr.json").exists()
 
 
 #: URL schemes of mosaics read through GDAL's virtual file systems (/vsis3/, /vsigs/, /vsiaz/, /vsicurl/).
@@ -836,23 +838,50 @@ def _to_zarr_url(ds: xr.Dataset, url: str, *, overwrite: bool, progress: bool) -
 
 
 def open_labels(path: str | os.PathLike) -> xr.DataArray:
-    """Open a label raster written by remote_samsing (``labels.zarr`` or ``.tif``).
+    """Open a label raster written by remote_samsing (``labels.zarr`` or ``.tif``), local or at a URL.
+
+    A product of a run (a ``run.json`` beside it) is opened only once that run
+    is complete: products on a store are written in place, so before then
+    they may be partly written.
 
     Returns a dask-backed (y, x) DataArray with CRS and transform.
     """
-    import rioxarray  # noqa: F401
-
-    p = Path(os.fspath(path))
+    p = location(path)
     if not p.exists():
         raise InputNotFoundError(f"labels `{p}` do not exist")
+    check_run_complete(p)
+    return open_run_labels(p)
+
+
+def check_run_complete(product) -> None:
+    """Raise :class:`IncompleteOutputError` if ``product`` belongs to a run (``run.json`` beside it)
+    that has not finished."""
+    record = location(product).parent / "run.json"
+    if not record.exists():
+        return
+    try:
+        complete = bool(json.loads(record.read_text()).get("complete"))
+    except ValueError:
+        complete = False
+    if not complete:
+        raise IncompleteOutputError(
+            f"`{product}` belongs to a run that has not finished (`{record}` does not say complete)",
+            hint="rerun the same `remote-samsing segment` command: it resumes and completes the outputs")
+
+
+def open_run_labels(path) -> xr.DataArray:
+    """:func:`open_labels` without the completeness check: for the run that is writing them."""
+    import rioxarray  # noqa: F401
+
+    p = location(path)
     if _is_zarr(p):
-        ds = xr.open_zarr(p, zarr_format=3, consolidated=False, mask_and_scale=False)
+        ds = xr.open_zarr(store_path(p), zarr_format=3, consolidated=False, mask_and_scale=False)
         if "labels" not in ds:
             raise InputError(f"Zarr `{p}` has no `labels` array")
         return ds["labels"]
     try:
         with quiet_georeferencing():
-            arr = rioxarray.open_rasterio(p, chunks={"band": -1, "y": 1024, "x": 1024}, lock=False)
+            arr = rioxarray.open_rasterio(store_path(p), chunks={"band": -1, "y": 1024, "x": 1024}, lock=False)
     except Exception as exc:  # noqa: BLE001
         raise InputNotFoundError(f"cannot read label raster `{p}`: {exc}") from None
     if arr.sizes["band"] != 1:

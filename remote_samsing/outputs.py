@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._files import replace_path, write_atomic
-from .io import quiet_georeferencing
+from ._files import gdal_path, is_remote, location, remove_tree, replace_path, store_path, write_atomic, write_bytes
+from .io import configure_remote_reads, quiet_georeferencing
 
 __all__ = ["to_cog", "plan_label_store", "LabelSink", "smallest_uint_dtype", "overview_factors"]
 
@@ -48,8 +47,9 @@ def _plan_label_store(labels, path, cog_pieces, token=None):
     create)``: ``create()`` writes ``<path>.partial`` with the labels'
     metadata and coordinates (no label data yet).
     """
-    out = Path(os.fspath(path))
-    tmp = out.with_name(out.name + ".partial")
+    out = location(path)
+    # on a store (no rename) the store is written in place; run.json says when it is complete
+    tmp = out if is_remote(out) else out.with_name(out.name + ".partial")
     arr = labels.copy()
     if arr.chunks is not None:
         # Zarr needs regular chunks; the plan may have absorbed a thin remainder
@@ -63,18 +63,18 @@ def _plan_label_store(labels, path, cog_pieces, token=None):
     import dask.array as da
 
     template = arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
-    folder = str(Path(os.fspath(cog_pieces))) if cog_pieces is not None else None
+    folder = str(location(cog_pieces)) if cog_pieces is not None else None
     piece_profile = None
     if folder is not None:
         # the dtype is a placeholder: _write_chunk picks each piece's own
         piece_profile = dict(_piece_profile(arr, np.dtype(np.uint32)), folder=folder)
-    create = functools.partial(_create_label_store, template, str(tmp), folder, token)
+    create = functools.partial(_create_label_store, template, store_path(tmp), folder, token)
     return out, tmp, arr, piece_profile, create
 
 
 def _created_marker(tmp: str) -> Path:
     """The file beside a partial store naming the run that created it (inside, Zarr would warn of it)."""
-    return Path(f"{tmp}.created")
+    return location(f"{tmp}.created")
 
 
 def _create_label_store(template, tmp: str, folder: str | None, token: str | None = None) -> None:
@@ -86,17 +86,17 @@ def _create_label_store(template, tmp: str, folder: str | None, token: str | Non
     still waits for it), possibly after blocks were written into it.
     """
     marker = _created_marker(tmp)
-    if token is not None and marker.is_file() and marker.read_text() == token and Path(tmp).is_dir() \
-            and (folder is None or Path(folder).is_dir()):
-        return
-    marker.unlink(missing_ok=True)  # a crashed run's
-    shutil.rmtree(tmp, ignore_errors=True)
+    if token is not None and marker.exists() and marker.read_text() == token and location(tmp).exists():
+        return  # (the pieces folder may hold no file yet: a store has no empty folders)
+    if marker.exists():
+        marker.unlink()  # a crashed run's
+    remove_tree(tmp)
     template.to_dataset(name="labels").to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
     if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
-        Path(folder).mkdir(parents=True)
+        remove_tree(folder)
+        location(folder).mkdir(parents=True, exist_ok=True)
     if token is not None:
-        marker.write_text(token)
+        write_bytes(marker, token.encode())
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,13 @@ class LabelSink:
 
     def commit(self) -> Path:
         """Move the store into place (call once every block was written)."""
-        out = Path(self.out)
-        _created_marker(self.store).unlink(missing_ok=True)
+        out = location(self.out)
+        marker = _created_marker(self.store)
+        if marker.exists():
+            marker.unlink()
         _consolidate(self.store)
+        if is_remote(out):  # written in place
+            return out
         return replace_path(self.store, out)
 
 
@@ -182,7 +186,7 @@ def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_piece
     metadata work (about 30 ms on a 2-core machine) costs no time of its own.
     """
     _, tmp, arr, piece, create = _plan_label_store(labels, path, cog_pieces, token)
-    sink = LabelSink(store=str(tmp), out=str(Path(os.fspath(path))), name="labels",
+    sink = LabelSink(store=store_path(tmp), out=str(location(path)), name="labels",
                      chunks=(int(arr.chunks[0][0]), int(arr.chunks[1][0])), piece=piece)
     return sink, create
 
@@ -233,8 +237,17 @@ def _write_tif_piece(block, folder: str, profile: dict, block_info=None):
     prof = dict(profile, height=y1 - y0, width=x1 - x0)
     if prof["transform"] is not None:
         prof["transform"] = prof["transform"] * prof["transform"].translation(x0, y0)
-    with quiet_georeferencing(), rasterio.open(Path(folder) / f"{y0}_{x0}.tif", "w", **prof) as dst:
-        dst.write(np.asarray(block, dtype=prof["dtype"]), 1)
+    dest = location(folder) / f"{y0}_{x0}.tif"
+    if not is_remote(dest):
+        with quiet_georeferencing(), rasterio.open(dest, "w", **prof) as dst:
+            dst.write(np.asarray(block, dtype=prof["dtype"]), 1)
+        return np.ones((1, 1), np.int64)
+    from rasterio.io import MemoryFile
+
+    with quiet_georeferencing(), MemoryFile() as mem:  # one upload per piece, whole
+        with mem.open(driver=prof.pop("driver", "GTiff"), **prof) as dst:
+            dst.write(np.asarray(block, dtype=prof["dtype"]), 1)
+        write_bytes(dest, mem.read())
     return np.ones((1, 1), np.int64)
 
 
@@ -345,6 +358,13 @@ def _assemble_cog(vrt: Path, dest: Path, *, height: int, width: int, blocksize: 
         base.unlink(missing_ok=True)
 
 
+def _piece_names(folder) -> set:
+    """Names of the COG pieces (``{y0}_{x0}.tif``) in ``folder``."""
+    if not folder.exists():
+        return set()
+    return {p.name for p in folder.iterdir() if p.name.endswith(".tif") and "_" in p.name}
+
+
 def to_cog(
     labels: xr.DataArray,
     path: str | os.PathLike,
@@ -379,7 +399,7 @@ def to_cog(
     import dask.array as da
     import rioxarray  # noqa: F401
 
-    out = Path(os.fspath(path))
+    out = location(path)
     if max_label is None:
         max_label = int(labels.max().compute())
     dtype = smallest_uint_dtype(max_label)
@@ -389,15 +409,15 @@ def to_cog(
     data = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data, chunks=1024)
     if pieces is None:
         pieces_dir = out.with_name(out.name + ".pieces.partial")
-        shutil.rmtree(pieces_dir, ignore_errors=True)
-        pieces_dir.mkdir(parents=True)
+        remove_tree(pieces_dir)
+        pieces_dir.mkdir(parents=True, exist_ok=True)
         job, expected = _per_chunk_job(data, _write_tif_piece, str(pieces_dir), _piece_profile(labels, dtype, bs),
                                        token="rs-write-labels-tif")
         n_written = int(np.sum(dask.compute(job)[0]))
     else:
-        pieces_dir = Path(os.fspath(pieces))
+        pieces_dir = location(pieces)
         expected = int(np.prod([len(c) for c in data.chunks]))
-        n_written = len(list(pieces_dir.glob("*_*.tif")))
+        n_written = len(_piece_names(pieces_dir))
     if n_written != expected:
         from .exceptions import RemoteSamsingError
 
@@ -407,17 +427,21 @@ def to_cog(
     xs = np.cumsum((0,) + data.chunks[1])
     tiles = [(f"{y0}_{x0}.tif", int(y0), int(x0), int(y1 - y0), int(x1 - x0))
              for y0, y1 in zip(ys[:-1], ys[1:]) for x0, x1 in zip(xs[:-1], xs[1:])]
-    missing = [t[0] for t in tiles if not (pieces_dir / t[0]).exists()]
+    present = _piece_names(pieces_dir)  # one listing, also on a store
+    missing = [t[0] for t in tiles if t[0] not in present]
     if missing:
         from .exceptions import RemoteSamsingError
 
         raise RemoteSamsingError(f"COG pieces missing for {len(missing)} chunk(s), e.g. {missing[0]}")
-    vrt = pieces_dir / "mosaic.vrt"
-    vrt.write_text(_vrt_xml(tiles, height=height, width=width, dtype=dtype, crs=crs, transform=transform,
-                            blocksize=bs))
+    vrt = pieces_dir / "mosaic.vrt"  # beside the pieces, which it names relative to itself
+    write_bytes(vrt, _vrt_xml(tiles, height=height, width=width, dtype=dtype, crs=crs, transform=transform,
+                              blocksize=bs).encode())
+
+    if is_remote(vrt):
+        configure_remote_reads()  # GDAL reads the pieces from the store
 
     def assemble(tmp: Path) -> None:
-        _assemble_cog(vrt, tmp, height=height, width=width, blocksize=bs)
-        shutil.rmtree(pieces_dir)
+        _assemble_cog(gdal_path(vrt), tmp, height=height, width=width, blocksize=bs)
+        remove_tree(pieces_dir)
 
     return write_atomic(out, assemble)

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import sys
 import time
 import uuid
@@ -50,7 +49,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._files import write_json_atomic
+from ._files import location, remove_tree, write_json_atomic
 from ._progress import in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
 from .config import RunConfig
@@ -69,6 +68,7 @@ from .io import (
     error_chain,
     is_url,
     open_labels,
+    open_run_labels,
     open_mosaic,
     passes_through,
     prepare_rgb,
@@ -295,7 +295,7 @@ def segment(
     cfg = RunConfig(segmenter=segmenter, percentiles=tuple(percentiles), overwrite=overwrite, vectors=False,
                     progress=False, **common)
     run(image, store, config=cfg, client=client)
-    return open_labels(Path(store) / "labels.zarr")
+    return open_labels(location(store) / "labels.zarr")
 
 
 # ---------------------------------------------------------------------------
@@ -393,7 +393,7 @@ def _prepare_outdir(outdir: Path, payload: dict, overwrite: bool) -> dict | None
     if not outdir.exists():
         return None
     if overwrite:
-        shutil.rmtree(outdir)
+        remove_tree(outdir)
         return None
     run_json = outdir / "run.json"
     if run_json.exists():
@@ -493,7 +493,7 @@ def run(
     cfg = config or RunConfig()
     t_start = time.perf_counter()
     # -- 1. validate everything cheap, before any cluster or model starts
-    job = _open_job(image, Path(os.fspath(outdir)), cfg, log if log is not None else _default_log())
+    job = _open_job(image, location(outdir), cfg, log if log is not None else _default_log())
     if _up_to_date(job):  # the same job, finished: nothing to do (Make/Snakemake-style reruns)
         job.log(f"{job.outdir} already holds this complete run: nothing to do")
         return {**job.prev, "blocks_segmented_this_run": 0, "up_to_date": True}
@@ -703,7 +703,7 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
                                workdir=job.staging / "merge", sink=sink, map_phases=in_phases,
                                faces_path=outdir / "merge_faces.json", prepare_sink=create_store_task)
     sink.commit()
-    written = open_labels(outdir / "labels.zarr")
+    written = open_run_labels(outdir / "labels.zarr")  # complete, though run.json is not yet
     max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
     merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
     merge_stats["faces_file"] = "merge_faces.json"

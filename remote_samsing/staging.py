@@ -31,6 +31,7 @@ are task functions that a caller submits.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -41,7 +42,7 @@ import dask.array as da
 import numpy as np
 
 from ._arrays import unique, unique_pairs
-from ._files import write_atomic, write_json_atomic
+from ._files import location, store_path, write_atomic, write_json_atomic
 from .exceptions import BlockFailedError, ConfigError, InputError, WindowReadError
 from .segmenters import get_segmenter, validate_segmenter
 from .tiling import TilingPlan
@@ -277,11 +278,11 @@ def create_store(staging: str | Path, plan: TilingPlan) -> Path:
     """Create ``staging/blocks/`` and ``staging/labels.zarr`` (one chunk per slot) unless they exist."""
     import zarr
 
-    staging = Path(staging)
+    staging = location(staging)
     (staging / "blocks").mkdir(parents=True, exist_ok=True)
     if not (staging / "labels.zarr").exists():
         zarr.create_array(
-            store=str(staging / "labels.zarr"),
+            store=store_path(staging / "labels.zarr"),
             shape=plan.staging_shape,
             chunks=plan.slot_shape,
             dtype=STAGED_DTYPE,
@@ -294,7 +295,7 @@ def create_store(staging: str | Path, plan: TilingPlan) -> Path:
 def block_marker(staging: str | Path, index: tuple[int, int]) -> Path:
     """The statistics file whose existence marks block ``index`` as staged."""
     iy, ix = index
-    return Path(staging) / "blocks" / f"{iy}_{ix}.json"
+    return location(staging) / "blocks" / f"{iy}_{ix}.json"
 
 
 def segment_and_stage(rgba, *, plan, block_info=None, **kwargs):
@@ -338,7 +339,7 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
         labels, stats = np.zeros(plan.padded_window(index).shape, STAGED_DTYPE), _failed_stats(index, plan, exc)
     slot = _slot(labels, plan)
     sy, sx = plan.slot_shape
-    z = zarr.open_array(Path(staging) / "labels.zarr", mode="r+")
+    z = zarr.open_array(store_path(location(staging) / "labels.zarr"), mode="r+")
     # one Zarr chunk per slot: chunk-aligned writes from different workers never overlap
     z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
     if summarize is not None:
@@ -346,7 +347,7 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
     attrs = getattr(segmenter, "last_attributes", None)
     if attrs and not stats.get("skipped") and not stats.get("failed"):
         # per-label attributes (SAM2: pass, predicted IoU, stability) for the vectors
-        _write_attributes(Path(staging) / "attributes" / f"{iy}_{ix}.npz", attrs)
+        _write_attributes(location(staging) / "attributes" / f"{iy}_{ix}.npz", attrs)
     stats["run_id"] = run_id
     write_json_atomic(marker, stats)
     return 1
@@ -378,7 +379,7 @@ def _failed_before(marker: Path) -> bool:
 
 
 def _write_attributes(path: Path, attrs: Mapping[str, Any]) -> None:
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v) for k, v in attrs.items()}
 
     def write(tmp: Path) -> None:
@@ -390,18 +391,21 @@ def _write_attributes(path: Path, attrs: Mapping[str, Any]) -> None:
 
 def collect_block_stats(staging: str | Path, plan: TilingPlan) -> list:
     """Each block's statistics (its marker's content) in ``plan.block_ids()`` order; None if not staged."""
+    folder = location(staging) / "blocks"
+    present = {p.name for p in folder.iterdir()} if folder.exists() else set()  # one listing on a store
     out = []
     for index in plan.block_ids():
         p = block_marker(staging, index)
-        out.append(json.loads(p.read_text()) if p.exists() else None)
+        out.append(json.loads(p.read_text()) if p.name in present else None)
     return out
 
 
 def _block_attributes(slot, final, attrs_path, core):
     """(final label, pixels, attribute values...) of the largest local fragment per final label."""
-    if not Path(attrs_path).exists():
+    attrs_path = location(attrs_path)
+    if not attrs_path.exists():
         return None
-    attrs = dict(np.load(attrs_path))
+    attrs = dict(np.load(io.BytesIO(attrs_path.read_bytes())))
     local = np.asarray(slot)[core.slices].ravel()
     final = np.asarray(final).ravel()
     keep = (local > 0) & (final > 0)
@@ -428,11 +432,11 @@ def segment_attributes(staging: str | Path, plan: TilingPlan, labels):
     import dask
     import pandas as pd
 
-    staging = Path(staging)
+    staging = location(staging)
     adir = staging / "attributes"
-    if not adir.exists() or not any(adir.glob("*.npz")):
+    if not adir.exists() or not any(p.name.endswith(".npz") for p in adir.iterdir()):
         return None
-    staged = da.from_zarr(str(staging / "labels.zarr")).to_delayed(optimize_graph=False)
+    staged = da.from_zarr(store_path(staging / "labels.zarr")).to_delayed(optimize_graph=False)
     final = labels.data.rechunk(plan.chunks).to_delayed(optimize_graph=False)
     parts = [
         dask.delayed(_block_attributes)(staged[iy, ix], final[iy, ix], str(adir / f"{iy}_{ix}.npz"),

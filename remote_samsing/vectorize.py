@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import unique
-from ._files import write_atomic
+from ._files import location, write_atomic
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError, RemoteSamsingWarning
@@ -115,7 +115,7 @@ def open_label_raster(path: str | os.PathLike, *, chunks: int | None = None):
     xarray.DataArray
         (y, x) dask-backed labels with ``rio`` CRS/transform where known.
     """
-    path = Path(path)
+    path = location(path)
     if not path.exists():
         raise InputNotFoundError(
             f"label raster `{path}` does not exist", hint="pass a GeoTIFF or Zarr written by remote-samsing"
@@ -545,7 +545,7 @@ def to_polygons(
     import shapely
 
     _check_polygon_args(simplify_tolerance, connectivity, chunks)
-    out_path = Path(out) if out is not None else None
+    out_path = location(out) if out is not None else None
     drv = _driver_for(out_path, driver) if out_path is not None else None
     attr_df = _attribute_frame(attributes)
 

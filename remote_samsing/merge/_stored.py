@@ -13,13 +13,12 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-import shutil
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .._files import write_atomic, write_json_atomic
+from .._files import is_remote, location, remove_tree, store_path, write_bytes, write_json_atomic
 from ..exceptions import ConfigError, RemoteSamsingError
 from ..tiling import TilingPlan
 from ._blocks import StoredSlot, owned_faces
@@ -42,22 +41,18 @@ class _Spill:
 
     root: str
 
-    def path(self, kind: str, index=None) -> str:
+    def path(self, kind: str, index=None):
         tail = kind if index is None else f"{kind}_{index[0]}_{index[1]}"
-        return os.path.join(self.root, tail + ".pkl")
+        return location(self.root) / (tail + ".pkl")
 
     def has(self, kind: str, index) -> bool:
-        return os.path.exists(self.path(kind, index))
+        return self.path(kind, index).exists()
 
     def save(self, obj, kind: str, index=None) -> None:
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                pickle.dump(obj, f, protocol=5)
-
-        write_atomic(self.path(kind, index), write)
+        write_bytes(self.path(kind, index), pickle.dumps(obj, protocol=5))
 
     def load(self, kind: str, index=None):
-        with open(self.path(kind, index), "rb") as f:
+        with self.path(kind, index).open("rb") as f:
             return pickle.load(f)
 
 
@@ -109,19 +104,24 @@ def _workdir_token(plan: TilingPlan, cfg: MergeConfig) -> str:
 def prepare_workdir(workdir: str | os.PathLike, *, plan: TilingPlan, config: MergeConfig) -> None:
     """Create the spill folder of :func:`merge_stored`, keeping what it holds if it was made for the
     same plan and configuration (block summaries from :func:`stage_summary`), emptying it otherwise."""
-    root = os.path.abspath(os.fspath(workdir))
-    stamp = os.path.join(root, "config.token")
+    root = _root(workdir)
+    stamp = root / "config.token"
     token = _workdir_token(plan, config)
-    if os.path.isdir(root):
+    if root.exists():
         try:
-            with open(stamp) as f:
-                if f.read() == token:
-                    return
+            if stamp.read_text() == token:
+                return
         except OSError:
             pass
-        shutil.rmtree(root)
-    os.makedirs(root)
-    write_atomic(stamp, lambda tmp: tmp.write_text(token))
+        remove_tree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_bytes(stamp, token.encode())
+
+
+def _root(workdir):
+    """The spill folder: an absolute local path, or a location on a store."""
+    root = location(workdir)
+    return root if is_remote(root) else root.absolute()
 
 
 def _phase(config: MergeConfig, plan: TilingPlan, name: str) -> Phase:
@@ -147,7 +147,7 @@ def stage_summary(slot: np.ndarray, *, plan: TilingPlan, index, config: MergeCon
     workdir : path
     """
     index = tuple(int(i) for i in index)
-    _run(index, phase=_phase(config, plan, "summarize"), spill=_Spill(os.path.abspath(os.fspath(workdir))),
+    _run(index, phase=_phase(config, plan, "summarize"), spill=_Spill(str(_root(workdir))),
          staged="", plan=plan, given={("staged", index): np.asarray(slot)})
 
 
@@ -177,7 +177,7 @@ def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | 
     if _ahead_offsets(config) is None:
         return False
     index = tuple(int(i) for i in index)
-    spill = _Spill(os.path.abspath(os.fspath(workdir)))
+    spill = _Spill(str(_root(workdir)))
     phase = _phase(config, plan, "faces")
     if not all(spill.has(name, where) for name, where in phase.reads(index)):
         return False
@@ -311,13 +311,13 @@ def merge_stored(
         Merge statistics, as ``merge_labels(...).stats`` computes them, and
         ``"phase_seconds"``: wall time of each phase.
     """
-    staged, _ = check_inputs(os.fspath(staged), plan, config, None)
+    staged, _ = check_inputs(store_path(location(staged)), plan, config, None)
     if not callable(sink):
         raise ConfigError(f"`sink` must be callable as sink(labels, window), got {type(sink).__name__}")
-    root = os.path.abspath(os.fspath(workdir))
+    root = _root(workdir)
     prepare_workdir(root, plan=plan, config=config)
-    spill = _Spill(root)
-    faces_file = os.path.abspath(os.fspath(faces_path)) if faces_path is not None else None
+    spill = _Spill(str(root))
+    faces_file = str(_root(faces_path)) if faces_path is not None else None
     if faces_file is not None and config.strategy == "none":
         write_json_atomic(faces_file, [], indent=None)
     phases = merge_phases(plan, config, faces_path=faces_file)
@@ -333,7 +333,7 @@ def merge_stored(
     done = out["relabel"]
     if sum(done) != plan.n_blocks:  # never let a partial product look complete
         raise RemoteSamsingError(f"the merge relabelled {sum(done)} of {plan.n_blocks} blocks")
-    shutil.rmtree(root, ignore_errors=True)
+    remove_tree(root)
     solve = out["solve"][0] if "solve" in out else None
     split = out["split"][0] if "split" in out else None
     stats = merge_statistics(solve, out["final"], out["ids"][0], cfg=config, faces_path=faces_file, split=split)
