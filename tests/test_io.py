@@ -249,3 +249,26 @@ def test_window_reader_path_is_absolute(write_geotiff, monkeypatch):
     assert reader.path == str(p.resolve())
     monkeypatch.chdir(p.parent.parent)  # a worker elsewhere still finds the file
     assert reader.read((0, 8, 0, 8)).shape == (3, 8, 8)
+
+
+def test_products_of_an_unfinished_run_are_refused(tmp_path, data_dir):
+    """Products beside a run.json that does not say complete (a run still writing, or one that died)
+    are refused by every reader: open_labels, the vectorizer and evaluate; complete, they open."""
+    import json
+
+    import remote_samsing as rs
+    from remote_samsing.exceptions import IncompleteOutputError
+    from remote_samsing.vectorize import to_polygons
+
+    out = tmp_path / "run"
+    out.mkdir()
+    labels = rs.open_mosaic(data_dir / "kampala_crop_3857.tif").isel(band=0, drop=True).astype("uint32")
+    labels.rio.to_raster(out / "labels.tif")
+    (out / "run.json").write_text(json.dumps({"complete": False}))
+    for read in (rs.open_labels, lambda p: to_polygons(p), lambda p: rs.evaluate(p, p)):
+        with pytest.raises(IncompleteOutputError, match="has not finished"):
+            read(out / "labels.tif")
+    (out / "run.json").write_text(json.dumps({"complete": True}))
+    assert rs.open_labels(out / "labels.tif").shape == labels.shape
+    (out / "run.json").unlink()  # no run around it: any label raster opens
+    assert rs.open_labels(out / "labels.tif").shape == labels.shape

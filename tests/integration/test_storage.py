@@ -43,10 +43,41 @@ def aws_env(store, monkeypatch):
     return env
 
 
-def _segment(src, out, *extra):
+def _segment(src, out, *extra, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "remote_samsing", "segment", str(src), str(out),
                            "--segmenter", "felzenszwalb", "--tile-size", "128", "--padding", "16",
-                           "--n-workers", "1", "--no-progress", *extra], capture_output=True, text=True, timeout=300)
+                           "--n-workers", "1", "--no-progress", *extra], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=env)
+
+
+def _download(s3, prefix: str, dest):
+    """Every object under ``prefix`` (``bucket/key``) into ``dest``; their keys relative to it."""
+    bucket, _, key = prefix.partition("/")
+    names = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + "/"):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(key) + 1 :]
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(dest / rel))
+            names.append(rel)
+    return sorted(names)
+
+
+def _assert_same_products(got, expected):
+    """labels.zarr, labels.tif (a valid COG, same pixels and georeferencing) and segments.parquet equal."""
+    import geopandas as gpd
+    from rio_cogeo.cogeo import cog_validate
+
+    import remote_samsing as rs
+
+    np.testing.assert_array_equal(rs.open_labels(got / "labels.zarr").values,
+                                  rs.open_labels(expected / "labels.zarr").values)
+    assert cog_validate(str(got / "labels.tif"))[0]
+    with rasterio.open(got / "labels.tif") as a, rasterio.open(expected / "labels.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+        assert a.crs == b.crs and a.transform == b.transform
+    ga, gb = gpd.read_parquet(got / "segments.parquet"), gpd.read_parquet(expected / "segments.parquet")
+    assert ga.geometry.equals(gb.geometry) and ga.crs == gb.crs and len(ga) > 10
 
 
 @pytest.mark.timeout(300)
@@ -190,3 +221,40 @@ def test_a_cog_on_a_web_server_segments_as_the_local_file_does(tmp_path, data_di
     assert _segment(tmp_path / "scene.tif", tmp_path / "local", "--no-vectors").returncode == 0
     with rasterio.open(tmp_path / "remote" / "labels.tif") as a, rasterio.open(tmp_path / "local" / "labels.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("source", ["s3", "local"])
+def test_outputs_on_s3_equal_a_local_run_and_nothing_stays_on_local_disk(tmp_path, data_dir, store, aws_env, source):
+    """OUTDIR on the store: every product equals a local run's, run.json is complete, and the run
+    leaves nothing on local disk (its working directory and its temporary folder stay empty)."""
+    import json
+    import os
+
+    _, s3 = store
+    scene = data_dir / "kampala_crop_3857.tif"
+    s3.upload_file(str(scene), "mosaics", "scene.tif")
+    src = "s3://mosaics/scene.tif" if source == "s3" else scene
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    r = _segment(src, f"s3://mosaics/out-{source}", cwd=cwd, env={**os.environ, "TMPDIR": str(tmp)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    left = [p for p in [*cwd.rglob("*"), *tmp.rglob("*")] if p.is_file()]
+    assert all(p.parent.name == "dask-scratch-space" and p.suffix == ".lock" for p in left), left  # Dask's own
+    assert _segment(scene, tmp_path / "local").returncode == 0
+    names = _download(s3, f"mosaics/out-{source}", tmp_path / "got")
+    assert {"labels.tif", "segments.parquet", "run.json", "merge_faces.json"} <= set(names)
+    assert not any(".partial" in n for n in names)  # the COG's pieces are gone
+    _assert_same_products(tmp_path / "got", tmp_path / "local")
+    rec = json.loads((tmp_path / "got" / "run.json").read_text())
+    assert rec["complete"] and rec["blocks_segmented_this_run"] == rec["tiling"]["n_blocks"]
+    assert not any(SECRET.encode() in (tmp_path / "got" / n).read_bytes() for n in names)
+    assert SECRET not in r.stdout + r.stderr
+    # the same command again: up to date, nothing recomputed; the products read straight from the store
+    again = _segment(src, f"s3://mosaics/out-{source}")
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stderr[-2000:]
+    import remote_samsing as rs
+
+    np.testing.assert_array_equal(rs.open_labels(f"s3://mosaics/out-{source}/labels.zarr").values,
+                                  rs.open_labels(tmp_path / "local" / "labels.zarr").values)
