@@ -258,3 +258,56 @@ def test_outputs_on_s3_equal_a_local_run_and_nothing_stays_on_local_disk(tmp_pat
 
     np.testing.assert_array_equal(rs.open_labels(f"s3://mosaics/out-{source}/labels.zarr").values,
                                   rs.open_labels(tmp_path / "local" / "labels.zarr").values)
+
+
+def _count(s3, prefix: str) -> int:
+    """Objects under ``bucket/prefix``."""
+    bucket, _, key = prefix.partition("/")
+    return sum(len(p.get("Contents", [])) for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                                              Prefix=key))
+
+
+def _record(s3, prefix: str) -> dict:
+    import json
+
+    bucket, _, key = prefix.partition("/")
+    return json.loads(s3.get_object(Bucket=bucket, Key=f"{key}/run.json")["Body"].read())
+
+
+@pytest.mark.timeout(600)
+def test_crash_and_resume_with_the_staging_on_s3(tmp_path, store, aws_env):
+    """The CLI and its workers SIGKILLed once half the blocks are staged on the store; the same
+    command again segments only the missing blocks (run.json and the segmenter's call log agree) and
+    the products equal a local undisturbed run's bit for bit."""
+    import test_distributed as td
+
+    import remote_samsing as rs
+    from remote_samsing.testing import count_calls
+
+    _, s3 = store
+    image = td._write_image(tmp_path / "blobs.tif")
+    rc, out = td._run(td._segment_cmd(image, tmp_path / "local", "--n-workers", "2"), tmp_path / "local.log")
+    assert rc == 0, out
+    calls, half = tmp_path / "calls", td.N_BLOCKS // 2
+    cmd = td._segment_cmd(image, "s3://mosaics/crash", "--n-workers", "2", delay=td.DELAY, log_dir=calls)
+    crashed = td._start(cmd, tmp_path / "crashed.log", hold_after=half)
+    try:
+        td._wait_until(lambda: _count(s3, "mosaics/crash/staging/blocks/") >= half, crashed, 180,
+                       f"{half} blocks staged on the store")
+    finally:
+        td._kill_tree(crashed)
+    assert _record(s3, "mosaics/crash")["complete"] is False
+    staged, calls_before = _count(s3, "mosaics/crash/staging/blocks/"), count_calls(calls)
+    assert half <= staged < td.N_BLOCKS and calls_before >= staged
+
+    rc, out = td._run(cmd, tmp_path / "resumed.log")
+    assert rc == 0, out
+    rec = _record(s3, "mosaics/crash")
+    assert rec["complete"] is True and rec["resumed"] is True
+    assert rec["blocks_segmented_this_run"] == td.N_BLOCKS - staged
+    assert count_calls(calls) - calls_before == td.N_BLOCKS - staged
+    np.testing.assert_array_equal(rs.open_labels("s3://mosaics/crash/labels.zarr").values,
+                                  rs.open_labels(tmp_path / "local" / "labels.zarr").values)
+    _download(s3, "mosaics/crash", tmp_path / "got")
+    with rasterio.open(tmp_path / "got" / "labels.tif") as a, rasterio.open(tmp_path / "local" / "labels.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
