@@ -311,3 +311,98 @@ def test_crash_and_resume_with_the_staging_on_s3(tmp_path, store, aws_env):
     _download(s3, "mosaics/crash", tmp_path / "got")
     with rasterio.open(tmp_path / "got" / "labels.tif") as a, rasterio.open(tmp_path / "local" / "labels.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+@pytest.fixture
+def storeonly_cluster(tmp_path, aws_env):
+    """``dask scheduler`` + two ``dask worker`` processes, each started in its own empty directory
+    (they share no folder with the client or each other); no nanny, so a killed worker stays dead."""
+    import json
+    import os
+    import time
+
+    import test_distributed as td
+
+    dirs = {name: tmp_path / name for name in ("scheduler", "w1", "w2")}
+    for d in dirs.values():
+        d.mkdir()
+    sched_file = dirs["scheduler"] / "scheduler.json"
+
+    def start(cmd, name):
+        log = tmp_path / f"{name}.log"
+        fh = open(log, "ab")  # noqa: SIM115 - closed by td._close_log/_kill_tree
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=dirs[name],
+                                env={**os.environ, "TMPDIR": str(dirs[name])})
+        proc._log_handle, proc._log_path = fh, log
+        return proc
+
+    procs = [start([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                    "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
+                   "scheduler")]
+    try:
+        t0 = time.monotonic()
+        while not sched_file.exists() or not sched_file.read_text().strip():
+            assert procs[0].poll() is None and time.monotonic() - t0 < 60, td._close_log(procs[0])
+            time.sleep(0.05)
+        address = json.loads(sched_file.read_text())["address"]
+        for name in ("w1", "w2"):
+            procs.append(start([sys.executable, "-m", "distributed.cli.dask_worker", address, "--name", name,
+                                "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1",
+                                "--death-timeout", "60", "--local-directory", str(dirs[name])], name))
+        from distributed import Client
+
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield {"address": address, "workers": {"w1": procs[1], "w2": procs[2]}, "dirs": dirs}
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                td._kill_tree(p)
+            else:
+                td._close_log(p)
+
+
+@pytest.mark.timeout(600)
+def test_worker_loss_on_a_cluster_sharing_no_disk(tmp_path, store, aws_env, storeonly_cluster):
+    """Input and output on the store, workers in directories of their own: one worker SIGKILLed
+    mid-run, the run completes on the other with labels equal to a local undisturbed run's, and no
+    worker's directory holds any product or state."""
+    import os
+    import signal
+
+    import test_distributed as td
+
+    import remote_samsing as rs
+
+    _, s3 = store
+    image = td._write_image(tmp_path / "blobs.tif")
+    s3.upload_file(str(image), "mosaics", "blobs.tif")
+    rc, out = td._run(td._segment_cmd(image, tmp_path / "local", "--n-workers", "2"), tmp_path / "local.log")
+    assert rc == 0, out
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    cmd = td._segment_cmd("s3://mosaics/blobs.tif", "s3://mosaics/lost", "--scheduler", storeonly_cluster["address"],
+                          delay=td.DELAY)
+    log = open(tmp_path / "run.log", "ab")  # noqa: SIM115
+    run = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=client_dir,
+                           env={**os.environ, "TMPDIR": str(client_dir)})
+    run._log_handle, run._log_path = log, tmp_path / "run.log"
+    try:
+        td._wait_until(lambda: _count(s3, "mosaics/lost/staging/blocks/") >= 3, run, 120, "3 staged blocks")
+        victim = storeonly_cluster["workers"]["w1"]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=15)
+        assert run.poll() is None, "the run finished before the worker was killed: not a mid-run loss"
+        assert _count(s3, "mosaics/lost/staging/blocks/") < td.N_BLOCKS
+        rc, out = td._finish(run, 240)
+    finally:
+        if run.poll() is None:
+            td._kill_tree(run)
+    assert rc == 0, out
+    assert _record(s3, "mosaics/lost")["complete"] is True
+    np.testing.assert_array_equal(rs.open_labels("s3://mosaics/lost/labels.zarr").values,
+                                  rs.open_labels(tmp_path / "local" / "labels.zarr").values)
+    for d in [client_dir, *storeonly_cluster["dirs"].values()]:
+        files = [p for p in d.rglob("*") if p.is_file()]
+        assert not any(p.suffix in (".zarr", ".tif", ".json", ".pkl", ".parquet", ".npz") and p.name != "scheduler.json"
+                       for p in files), files
