@@ -88,7 +88,8 @@ def write_atomic(path, write: Callable[[Path], Any]):
         with tempfile.TemporaryDirectory(prefix="remote-samsing-") as d:
             tmp = Path(d) / f"upload{p.suffix}"
             write(tmp)
-            p.fs.put_file(str(tmp), p.path)
+            for f in sorted(Path(d).iterdir()):  # with a writer's side files (a Shapefile's .shx, .dbf, ...)
+                p.fs.put_file(str(f), p.with_name(p.stem + f.name[len("upload"):]).path)
         return p
     tmp = temporary_name(p)
     try:

@@ -20,6 +20,7 @@ __all__ = [
     "BandSelectionError",
     "OutputExistsError",
     "IncompleteOutputError",
+    "OutputAccessError",
     "FingerprintMismatchError",
     "BackendUnavailableError",
     "CheckpointError",
@@ -76,6 +77,10 @@ class BandSelectionError(InputError):
 
 class OutputExistsError(RemoteSamsingError, FileExistsError):
     """The output directory exists and ``overwrite`` was not requested."""
+
+
+class OutputAccessError(RemoteSamsingError, PermissionError):
+    """OUTDIR cannot be written: a missing bucket, no permission, no credentials, an unreachable store."""
 
 
 class IncompleteOutputError(RemoteSamsingError):

@@ -49,7 +49,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._files import location, remove_tree, write_json_atomic
+from ._files import is_remote, location, remove_tree, write_bytes, write_json_atomic
 from ._progress import in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
 from .config import RunConfig
@@ -58,6 +58,7 @@ from .exceptions import (
     BlockFailedError,
     ConfigError,
     FingerprintMismatchError,
+    OutputAccessError,
     OutputExistsError,
     WindowReadError,
 )
@@ -536,9 +537,28 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     identity = _input_identity(image, arr)
     payload = _fingerprint_payload(cfg, identity, plan, ckpt_hash)
     fingerprint = _fingerprint(payload)
+    if is_remote(outdir):
+        _check_writable(outdir)
     prev = _prepare_outdir(outdir, payload, cfg.overwrite)
     return _Job(cfg=cfg, image=image, arr=arr, seg=seg, mcfg=mcfg, plan=plan, outdir=outdir, log=log,
                 identity=identity, ckpt_hash=ckpt_hash, fingerprint=fingerprint, prev=prev)
+
+
+def _check_writable(outdir) -> None:
+    """Write and remove one empty object in OUTDIR on a store: a missing bucket, a missing permission,
+    missing credentials or an unreachable endpoint is said here, before any cluster starts."""
+    probe = outdir / ".remote-samsing-write-check"
+    try:
+        write_bytes(probe, b"")
+        probe.unlink()
+    except Exception as exc:  # noqa: BLE001 - fsspec's stores raise many types for the same cause
+        cause = error_chain(exc)
+    else:
+        return
+    raise OutputAccessError(
+        f"cannot write to `{outdir}`: {cause}",
+        hint="check that the bucket exists and these credentials may write there (AWS_ACCESS_KEY_ID, "
+             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE; AWS_ENDPOINT_URL for an S3-compatible store)")
 
 
 def _default_log():

@@ -406,3 +406,25 @@ def test_worker_loss_on_a_cluster_sharing_no_disk(tmp_path, store, aws_env, stor
         files = [p for p in d.rglob("*") if p.is_file()]
         assert not any(p.suffix in (".zarr", ".tif", ".json", ".pkl", ".parquet", ".npz") and p.name != "scheduler.json"
                        for p in files), files
+
+
+@pytest.mark.timeout(300)
+def test_bad_store_outputs_are_one_line_errors_before_any_cluster(tmp_path, data_dir, store, aws_env, monkeypatch):
+    """A missing bucket, an unreachable store and an OUTDIR holding another run are refused with one
+    line before any cluster starts; --overwrite replaces the other run."""
+    _, s3 = store
+    scene = data_dir / "kampala_crop_3857.tif"
+    r = _segment(scene, "s3://no-such-bucket/out")
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot write to `s3://no-such-bucket/out`")
+    assert "bucket" in r.stderr and "Traceback" not in r.stderr and "dashboard" not in r.stderr
+    assert _segment(scene, "s3://mosaics/other", "--no-vectors").returncode == 0
+    r = _segment(scene, "s3://mosaics/other", "--no-vectors", "--tile-size", "96")
+    assert r.returncode == 2 and "holds a run with a different configuration" in r.stderr and "tile_size" in r.stderr
+    assert "dashboard" not in r.stderr
+    r = _segment(scene, "s3://mosaics/other", "--no-vectors", "--tile-size", "96", "--overwrite")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _record(s3, "mosaics/other")["parameters"]["tile_size"] == 96
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    r = _segment(scene, "s3://mosaics/elsewhere")
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot write to `s3://mosaics/elsewhere`")
+    assert "Traceback" not in r.stderr and "dashboard" not in r.stderr
