@@ -435,8 +435,11 @@ def _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, *, jitter: int
     of its labels and that is more than boundary jitter: thicker than ``2 jitter`` px, or a whole
     piece of at least ``(2 jitter + 1)**2`` px that its window's view cuts off (all that window saw
     of that label, so its width says nothing about jitter)."""
+    every = np.ones(pa.size, bool)
+    if not (_against_other_label(pa, fb, every, area_a.size) | _against_other_label(pb, fa, every, area_b.size)).any():
+        return np.zeros(pa.size, bool)  # the windows agree here: nothing to weigh
     both = (ra > 0) & (rb > 0)
-    cell = np.full(ra.shape, -1, np.int64)
+    cell = np.full(ra.shape, -1, np.int32 if pa.size < 2**31 else np.int64)
     keys = (pa.astype(np.uint64) << np.uint64(32)) | pb.astype(np.uint64)
     cell[both] = np.searchsorted(keys, (ra[both].astype(np.uint64) << np.uint64(32)) | rb[both].astype(np.uint64))
     least = (2 * jitter + 1) ** 2
