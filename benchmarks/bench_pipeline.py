@@ -14,6 +14,13 @@ sizes then also carry the heap the earlier jobs left in the same processes
     python -m benchmarks.bench_pipeline            # 100 Mpx and 400 Mpx
     python -m benchmarks.bench_pipeline --quick    # 4 Mpx and 16 Mpx
     python -m benchmarks.bench_pipeline --sides 10000,20000,30000,40000   # 100 Mpx to 1.6 Gpx
+    python -m benchmarks.bench_pipeline --store s3   # local disk vs a loopback S3 server, same mosaics
+
+``--store s3`` runs every size twice, mosaic and OUTDIR on local disk and then
+both on an S3 server on loopback (moto's standalone server, in a process of
+its own, reached through ``AWS_ENDPOINT_URL`` as a real store would be), and
+prints the store's throughput as a ratio of the local one (target >= 0.5) with
+the client's peak RSS for each size (target: independent of the size).
 """
 
 from __future__ import annotations
@@ -66,7 +73,8 @@ def _release_memory(client) -> None:
     _collect_and_trim()
 
 
-def _rows_in_fresh_processes(sizes, *, tile: int, n_workers: int) -> list[dict]:
+def _rows_in_fresh_processes(sizes, *, tile: int, n_workers: int, store: str | None = None,
+                             env: dict | None = None) -> list[dict]:
     """One child process (and cluster) per size: every size starts from the same state."""
     import subprocess
     import sys
@@ -77,21 +85,75 @@ def _rows_in_fresh_processes(sizes, *, tile: int, n_workers: int) -> list[dict]:
             out = Path(d) / f"{side}.json"
             subprocess.run(
                 [sys.executable, "-m", "benchmarks.bench_pipeline", "--one-process", "--sides", str(side),
-                 "--tile", str(tile), "--n-workers", str(n_workers), "--json", str(out), "--child"],
-                check=True, cwd=Path(__file__).resolve().parents[1],
+                 "--tile", str(tile), "--n-workers", str(n_workers), "--json", str(out), "--child",
+                 *(["--store", store] if store else [])],
+                check=True, cwd=Path(__file__).resolve().parents[1], env=env,
             )
             rows += json.loads(out.read_text())["rows"]
     return rows
 
 
+def _loopback_s3():
+    """A moto S3 server in a process of its own and the environment that reaches it, with bucket
+    ``bench``. It is a sibling of the measured job processes, so their RSS never counts the objects
+    the server holds."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    s3 = boto3.client("s3", aws_access_key_id="bench", aws_secret_access_key="bench-secret",
+                      region_name="us-east-1", endpoint_url=env["AWS_ENDPOINT_URL"])
+    for _ in range(200):
+        try:
+            s3.create_bucket(Bucket="bench")
+            break
+        except Exception:  # noqa: BLE001 - the server is still starting
+            time.sleep(0.1)
+    return proc, env
+
+
+def run_store(sizes, *, tile: int, n_workers: int) -> dict:
+    """Every size on local disk, then with mosaic and OUTDIR on a loopback S3 server."""
+    local = _rows_in_fresh_processes(sizes, tile=tile, n_workers=n_workers)
+    server, env = _loopback_s3()
+    try:
+        remote = _rows_in_fresh_processes(sizes, tile=tile, n_workers=n_workers, store="s3", env=env)
+    finally:
+        server.kill()
+    pairs = [{"mpx": a["mpx"], "local_mpx_per_s": a["mpx_per_s"], "s3_mpx_per_s": b["mpx_per_s"],
+              "throughput_ratio_s3_over_local": b["mpx_per_s"] / a["mpx_per_s"],
+              "client_peak_rss_mb_local": a["peak_rss_by_process_mb"]["main"],
+              "client_peak_rss_mb_s3": b["peak_rss_by_process_mb"]["main"]} for a, b in zip(local, remote)]
+    for p in pairs:
+        print(f"{p['mpx']:.0f} Mpx: local {p['local_mpx_per_s']:.1f} Mpx/s, S3 {p['s3_mpx_per_s']:.1f} Mpx/s "
+              f"(ratio {p['throughput_ratio_s3_over_local']:.2f}); client peak RSS local "
+              f"{p['client_peak_rss_mb_local']:.0f} MB, S3 {p['client_peak_rss_mb_s3']:.0f} MB")
+    ratio = pairs[-1]["client_peak_rss_mb_s3"] / pairs[0]["client_peak_rss_mb_s3"]
+    print(f"client peak RSS on S3, largest/smallest mosaic: {ratio:.2f}")
+    return {"name": "pipeline_store", "machine": machine(), "n_workers": n_workers, "store": "moto loopback S3",
+            "pairs": pairs, "rows_local": local, "rows_s3": remote, "client_rss_ratio_large_vs_small_s3": ratio,
+            "target": "throughput ratio >= 0.5; client RSS independent of the mosaic size"}
+
+
 def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2, fresh: bool = True,
-        child: bool = False) -> dict:
+        child: bool = False, store: str | None = None) -> dict:
     sizes = sizes or ([2000, 4000] if quick else [10000, 20000])
     if fresh:
         rows = _rows_in_fresh_processes(sizes, tile=tile, n_workers=n_workers)
     else:
         # a child of _rows_in_fresh_processes (one size) writes its mosaic apart
-        rows = _rows_in_one_process(sizes, tile=tile, n_workers=n_workers, own_writer=child)
+        rows = _rows_in_one_process(sizes, tile=tile, n_workers=n_workers, own_writer=child, store=store)
     result = {
         "name": "pipeline_overhead",
         "machine": machine(),
@@ -117,7 +179,9 @@ def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2
     return result
 
 
-def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool = False) -> list[dict]:
+def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool = False,
+                         store: str | None = None) -> list[dict]:
+    from remote_samsing._files import location, remove_tree
     from remote_samsing.cluster import ClusterConfig, make_client
     from remote_samsing.config import RunConfig
     from remote_samsing.pipeline import run as run_job
@@ -134,7 +198,7 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
             import sys
 
             for side in sizes:
-                written[side] = tmp / f"m{side}.zarr"
+                written[side] = f"s3://bench/m{side}.zarr" if store else tmp / f"m{side}.zarr"
                 subprocess.run([sys.executable, "-m", "benchmarks.bench_pipeline", "--write-mosaic",
                                 str(written[side]), "--sides", str(side), "--tile", str(tile)],
                                check=True, cwd=Path(__file__).resolve().parents[1])
@@ -150,7 +214,7 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
                 # earlier jobs left freed heap: hand it back first, so that the
                 # peak RSS measures this job only
                 _release_memory(c)
-                out = tmp / f"out{side}"
+                out = location(f"s3://bench/out{side}") if store else tmp / f"out{side}"
                 cfg = RunConfig(segmenter="noop", tile_size=tile, padding=50, merge="overlap", vectors=False,
                                 progress=False)
                 with PeakRSS() as rss, timer() as t:
@@ -161,8 +225,8 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
                              "peak_rss_mb": rss.peak_mb, "peak_rss_by_process_mb": rss.peaks_mb(),
                              "stages_s": rec["timings"],
                              "merge_phases_s": rec["merge_stats"].get("phase_seconds")})
-                shutil.rmtree(out, ignore_errors=True)
-                shutil.rmtree(z, ignore_errors=True)
+                remove_tree(out)
+                remove_tree(z)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -180,16 +244,25 @@ if __name__ == "__main__":
     ap.add_argument("--json", help="write the result here too")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one size, for a fresh-process run
     ap.add_argument("--write-mosaic", help=argparse.SUPPRESS)  # only write the synthetic mosaic there
+    ap.add_argument("--store", choices=["s3"], help="also run with mosaic and OUTDIR on a loopback S3 server")
     args = ap.parse_args()
     sides = [int(v) for v in args.sides.split(",")] if args.sides else None
     if args.write_mosaic:
         from remote_samsing.cluster import ClusterConfig, make_client
 
         with make_client(ClusterConfig(n_workers=args.n_workers, dashboard=False), needs_gpu=False):
-            _synthetic_zarr(Path(args.write_mosaic), sides[0], args.tile)
+            target = args.write_mosaic if "://" in args.write_mosaic else Path(args.write_mosaic)
+            _synthetic_zarr(target, sides[0], args.tile)
+        raise SystemExit(0)
+    if args.store and not args.child:
+        result = run_store(sides or ([2000, 4000] if args.quick else [10000, 20000]), tile=args.tile,
+                           n_workers=args.n_workers)
+        text = json.dumps(result, indent=2)
+        if args.json:
+            Path(args.json).write_text(text)
         raise SystemExit(0)
     result = run(args.quick, sizes=sides, tile=args.tile, n_workers=args.n_workers, fresh=not args.one_process,
-                 child=args.child)
+                 child=args.child, store=args.store)
     text = json.dumps(result, indent=2)
     if not args.child:
         print(text)

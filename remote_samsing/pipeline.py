@@ -558,7 +558,8 @@ def _check_writable(outdir) -> None:
     raise OutputAccessError(
         f"cannot write to `{outdir}`: {cause}",
         hint="check that the bucket exists and these credentials may write there (AWS_ACCESS_KEY_ID, "
-             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE; AWS_ENDPOINT_URL for an S3-compatible store)")
+             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE; AWS_ENDPOINT_URL for an S3-compatible store); gs:// and "
+             "az:// need the `gcs` and `azure` extras (pip install \"remote-samsing[gcs]\")")
 
 
 def _default_log():

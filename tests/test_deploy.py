@@ -193,6 +193,33 @@ def test_segment_job_connects_to_the_cluster_and_shares_the_volume():
     assert len(images) == 1
 
 
+def test_object_storage_manifests_share_no_volume():
+    """Input and OUTDIR on the store, credentials from one Secret in every pod, no PersistentVolumeClaim;
+    the checkpoint each SAM2 pod loads is the file its init container copies from the store."""
+    docs = _manifests("object-storage.yaml")
+    assert sorted(d["kind"] for d in docs) == ["DaskCluster", "DaskWorkerGroup", "Job"]
+    cluster, group, job = _one(docs, "DaskCluster"), _one(docs, "DaskWorkerGroup"), _one(docs, "Job")
+    pods = {"cpu": cluster["spec"]["worker"]["spec"], "gpu": group["spec"]["worker"]["spec"],
+            "job": job["spec"]["template"]["spec"]}
+    for pod in pods.values():
+        assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", []))
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["envFrom"] == [{"secretRef": {"name": "remote-samsing-store"}}]
+    args = pods["job"]["containers"][0]["args"]
+    assert args[:2] == ["remote-samsing", "segment"] and args[2].startswith("s3://") and args[3].startswith("s3://")
+    assert _arg_after(args, "--scheduler") == f"tcp://{cluster['metadata']['name']}-scheduler:8786"
+    for name in ("gpu", "job"):
+        (init,) = pods[name]["initContainers"]
+        env = {e["name"]: e["value"] for e in pods[name]["containers"][0]["env"]}
+        assert env["REMOTE_SAMSING_CHECKPOINT"] in init["command"][-1]
+        assert any(m["mountPath"] == "/models" for m in init["volumeMounts"])
+    (gpu,) = pods["gpu"]["containers"]
+    assert _arg_after(gpu["args"], "--resources") == "GPU=1"
+    images = {c["image"] for pod in pods.values() for c in pod["containers"] + pod.get("initContainers", [])}
+    images |= {c["image"] for c in cluster["spec"]["scheduler"]["spec"]["containers"]}
+    assert len(images) == 1
+
+
 # ---------------------------------------------------------------------------
 # Dockerfile
 # ---------------------------------------------------------------------------

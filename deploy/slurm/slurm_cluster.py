@@ -117,7 +117,7 @@ def build_cluster(**options):
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("input", help="mosaic (GeoTIFF/COG/Zarr) on a shared filesystem")
-    ap.add_argument("outdir", help="output directory on a shared filesystem")
+    ap.add_argument("outdir", help="output directory on a shared filesystem, or a URL on an object store (s3://...)")
     ap.add_argument("--config", help="YAML file of remote-samsing options (keys as in `segment --config`)")
     ap.add_argument("--partition", required=True)
     ap.add_argument("--account")
