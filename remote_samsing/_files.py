@@ -111,7 +111,9 @@ def write_bytes(path, data: bytes):
 
 
 def read_bytes(path) -> bytes:
-    return location(path).read_bytes()
+    """The whole file; on a store in one request (no size lookup first)."""
+    p = location(path)
+    return p.fs.cat_file(p.path) if is_remote(p) else p.read_bytes()
 
 
 def _json_default(obj):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._files import is_remote, location, remove_tree, store_path, write_bytes, write_json_atomic
+from .._files import is_remote, location, read_bytes, remove_tree, store_path, write_bytes, write_json_atomic
 from ..exceptions import ConfigError, RemoteSamsingError
 from ..tiling import TilingPlan
 from ._blocks import StoredSlot, owned_faces
@@ -45,15 +45,16 @@ class _Spill:
         tail = kind if index is None else f"{kind}_{index[0]}_{index[1]}"
         return location(self.root) / (tail + ".pkl")
 
-    def has(self, kind: str, index) -> bool:
-        return self.path(kind, index).exists()
+    def names(self) -> set:
+        """The files the folder holds, in one listing (one request on a store, not one per file)."""
+        root = location(self.root)
+        return {p.name for p in root.iterdir()} if root.exists() else set()
 
     def save(self, obj, kind: str, index=None) -> None:
         write_bytes(self.path(kind, index), pickle.dumps(obj, protocol=5))
 
     def load(self, kind: str, index=None):
-        with self.path(kind, index).open("rb") as f:
-            return pickle.load(f)
+        return pickle.loads(read_bytes(self.path(kind, index)))
 
 
 def _resolve(ref, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict):
@@ -92,7 +93,8 @@ def _pending(phase: Phase, plan: TilingPlan, spill: _Spill) -> list:
     items = phase.items(plan)
     if not phase.per_block or phase.report or phase.terminal:
         return items
-    return [i for i in items if not all(spill.has(o, i) for o in phase.outputs)]
+    held = spill.names()
+    return [i for i in items if not all(spill.path(o, i).name in held for o in phase.outputs)]
 
 
 def _workdir_token(plan: TilingPlan, cfg: MergeConfig) -> str:
@@ -179,9 +181,10 @@ def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | 
     index = tuple(int(i) for i in index)
     spill = _Spill(str(_root(workdir)))
     phase = _phase(config, plan, "faces")
-    if not all(spill.has(name, where) for name, where in phase.reads(index)):
+    try:  # no existence check first: on a store that is a request per input
+        _run(index, phase=phase, spill=spill, staged="", plan=plan)
+    except FileNotFoundError:  # a summary is missing: the merge computes these faces itself
         return False
-    _run(index, phase=phase, spill=spill, staged="", plan=plan)
     return True
 
 
