@@ -1116,10 +1116,33 @@ def test_a_link_across_a_disagreement_thicker_than_the_jitter_is_refused():
     assert np.unique(got[block01][got[block01] > 0]).size == 2
     assert np.unique(got[got > 0][~np.isin(got[got > 0], np.unique(got[block01]))]).size == 1
     # the three faces of block (0, 1) each refuse one link for the disagreement
-    assert stats["totals"]["disagreed"] == 3 and stats["totals"]["excluded"] == 0
+    t = stats["totals"]
+    assert t["disagreed"] == 3 and t["excluded"] == 0
+    assert t["candidates"] == t["links"] + t["refused"] + t["disagreed"]
     assert sorted(tuple(map(tuple, f["blocks"])) for f in stats["faces"] if f["disagreed"]) == [
         ((0, 0), (0, 1)), ((0, 1), (1, 0)), ((0, 1), (1, 1))]
     assert set(np.unique(got[diag == 4]).tolist()) == {1, 2, 3}
+
+
+@pytest.mark.parametrize(("x0", "refused"), [(18, False), (14, True)])
+def test_a_thin_whole_piece_is_evidence_only_where_its_window_view_ends(x0, refused):
+    """Two blocks see one object; the right block also labels a 2-px sliver (28 px) inside it. The
+    sliver is thinner than the jitter, so it refuses the link only where it is all that block saw of
+    its label because the block's view ends there (it touches the block's left window edge, x = 14)."""
+    plan = TilingPlan(shape=(20, 40), tile_size=20, padding=6)
+    sy, sx = plan.slot_shape
+    staged = np.zeros(plan.staging_shape, np.uint32)
+    for iy, ix in plan.block_ids():
+        w = plan.padded_window((iy, ix))
+        t = np.ones(w.shape, np.uint32)
+        if ix == 1:
+            t[3:17, x0 - w.x0 : x0 - w.x0 + 2] = 2
+        staged[iy * sy : iy * sy + w.shape[0], ix * sx : ix * sx + w.shape[1]] = t
+    got, stats = run_merge(da.from_array(staged, chunks=plan.slot_shape), plan, remove_small=False,
+                           absorb_enclosed=False, split_parts=False)
+    assert stats["totals"]["disagreed"] == int(refused)
+    assert np.unique(got[:, :20]).size == 1 and np.unique(got[:, 20:]).size == 1
+    assert (got[0, 0] != got[0, 39]) == refused
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -31,10 +31,11 @@ Strategies (``MergeConfig.strategy``)
     * **disagreements**: a link is refused when either of its pieces holds a
       region that the other window gives to another of its labels and that is
       more than boundary jitter: thicker than ``2 * jitter`` px (it holds a
-      ``(2 jitter + 1)``-px square; the region's outer edges do not count as
-      boundaries, since beyond them lies what one window did not see), or the
-      whole of a piece of at least ``(2 jitter + 1)**2`` px (all that window
-      saw of that label there). The two windows then group objects
+      ``(2 jitter + 1)``-px square; the region's sides where a window's view
+      ends do not count as boundaries, since beyond them lies what one window
+      did not see), or the whole of a piece of at least ``(2 jitter + 1)**2``
+      px that reaches the side where its own window's view ends (that window
+      saw no more of it). The two windows then group objects
       differently where both saw them; joining their labels would add one
       window's fusion to the other's, so neither is taken across the seam.
 
@@ -54,7 +55,8 @@ Strategies (``MergeConfig.strategy``)
     every link that would join two clusters holding labels of one exclusion
     group (the repulsive edges of the mutex watershed, Wolf et al. 2018,
     https://arxiv.org/abs/1805.12279, kept as groups). Statistics per face:
-    ``candidates``, ``links``, ``refused`` (candidates below ``min_iou``),
+    ``candidates`` (= links + refused + disagreed), ``links``, ``refused``
+    (candidates at or below ``min_iou``),
     ``excluded`` (links refused by an exclusion), ``disagreed`` (links
     refused for a disagreement), ``split_by_a`` /
     ``split_by_b`` (exclusion groups each side's split made). Needs

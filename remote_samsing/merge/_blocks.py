@@ -386,15 +386,24 @@ def _exclusions(pieces: np.ndarray, labels: np.ndarray):
     return lu[keep], local.astype(np.int64), int(keep.any() and local.max() + 1)
 
 
-def _whole_cells(cell, n_cells: int, jitter: int) -> np.ndarray:
+def _whole_cells(cell, n_cells: int, jitter: int, *, open_sides) -> np.ndarray:
     """Cells (numbered ``0..n_cells - 1`` in ``cell``, -1 elsewhere) that hold a ``(2 jitter + 1)``-px
-    square: thicker than boundary jitter. The region's outer edges extend the cells beyond them, since
-    what lies outside is unseen, not a boundary."""
+    square: thicker than boundary jitter.
+
+    ``open_sides`` (top, bottom, left, right): the region's sides where a window's view ends. Cells
+    extend beyond those, since what lies there is unseen, not a boundary; at the mosaic's border they end.
+    """
     from scipy import ndimage
 
-    size = 2 * jitter + 1
-    lo = ndimage.minimum_filter(cell, size=size, mode="nearest")
-    hi = ndimage.maximum_filter(cell, size=size, mode="nearest")
+    j, (h, w) = jitter, cell.shape
+    grown = np.pad(cell, j, mode="edge")
+    for side, is_open in zip(((slice(0, j), slice(None)), (slice(h + j, None), slice(None)),
+                              (slice(None), slice(0, j)), (slice(None), slice(w + j, None))), open_sides):
+        if not is_open:
+            grown[side] = -2
+    size = 2 * j + 1
+    lo = ndimage.minimum_filter(grown, size=size, mode="constant", cval=-2)[j : j + h, j : j + w]
+    hi = ndimage.maximum_filter(grown, size=size, mode="constant", cval=-2)[j : j + h, j : j + w]
     inner = (lo == hi) & (cell >= 0)
     out = np.zeros(n_cells, bool)
     out[cell[inner]] = True
@@ -430,22 +439,23 @@ def _cut_by_view(runs, edge: np.ndarray, n: int) -> np.ndarray:
     return cut
 
 
-def _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, *, jitter: int, cut_a, cut_b) -> np.ndarray:
+def _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, *, jitter: int, cut_a, cut_b,
+                   open_sides) -> np.ndarray:
     """Per piece pair (cell): whether either piece holds a cell that the other side gives to another
-    of its labels and that is more than boundary jitter: thicker than ``2 jitter`` px, or a whole
-    piece of at least ``(2 jitter + 1)**2`` px that its window's view cuts off (all that window saw
-    of that label, so its width says nothing about jitter)."""
+    of its labels and that is more than boundary jitter: thicker than ``2 jitter`` px, or the whole
+    of a piece of at least ``(2 jitter + 1)**2`` px that reaches the side where its own window's view
+    ends (that window saw no more of it, so its width says nothing about jitter)."""
     every = np.ones(pa.size, bool)
     if not (_against_other_label(pa, fb, every, area_a.size) | _against_other_label(pb, fa, every, area_b.size)).any():
         return np.zeros(pa.size, bool)  # the windows agree here: nothing to weigh
     both = (ra > 0) & (rb > 0)
-    cell = np.full(ra.shape, -1, np.int32 if pa.size < 2**31 else np.int64)
+    cell = np.full(ra.shape, -1, np.int32)  # piece ids come from part_map, int32
     keys = (pa.astype(np.uint64) << np.uint64(32)) | pb.astype(np.uint64)
     cell[both] = np.searchsorted(keys, (ra[both].astype(np.uint64) << np.uint64(32)) | rb[both].astype(np.uint64))
     least = (2 * jitter + 1) ** 2
     whole = (((inter == area_b[pb]) & (area_b[pb] >= least) & cut_b[pb])
              | ((inter == area_a[pa]) & (area_a[pa] >= least) & cut_a[pa]))
-    evidence = whole | _whole_cells(cell, keys.size, jitter)
+    evidence = whole | _whole_cells(cell, keys.size, jitter, open_sides=open_sides)
     return (_against_other_label(pa, fb, evidence, area_a.size)
             | _against_other_label(pb, fa, evidence, area_b.size))
 
@@ -461,7 +471,9 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     B: A saw the connection, outside B's window, that B could not). A piece
     of one side that overlaps two or more labels of the other is a split
     both windows saw: the splitting side's labels become an exclusion group
-    that no chain of links may join.
+    that no chain of links may join. A link whose pieces hold more than
+    boundary jitter that the other window gives to another label is refused
+    (:func:`_disagreements`): the windows group objects differently there.
     """
     stats = _face_stats(a, b, off, disagreed=0, split_by_a=0, split_by_b=0)
     none = {"links": (np.empty(0, np.uint64), np.empty(0, np.uint64)), "weights": np.empty(0),
@@ -480,17 +492,19 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     iou = inter / (area_a[pa] + area_b[pb] - inter)
     fa, fb = of_a[pa], of_b[pb]
     cand = np.isin(fa, pres_a) & np.isin(fb, pres_b)
-    link = cand & (iou > min_iou)
-    shared = _intersect(plan.padded_window(a), plan.padded_window(b))
-    cut_a = _cut_by_view(ra, _view_edge(shared, plan.padded_window(a), plan.shape), area_a.size)
-    cut_b = _cut_by_view(rb, _view_edge(shared, plan.padded_window(b), plan.shape), area_b.size)
-    disputed = link & _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, jitter=jitter,
-                                     cut_a=cut_a, cut_b=cut_b)
-    link &= ~disputed
+    above = cand & (iou > min_iou)
+    pad_a, pad_b = plan.padded_window(a), plan.padded_window(b)
+    shared = _intersect(pad_a, pad_b)
+    (height, width), cut_a = plan.shape, _cut_by_view(ra, _view_edge(shared, pad_a, plan.shape), area_a.size)
+    cut_b = _cut_by_view(rb, _view_edge(shared, pad_b, plan.shape), area_b.size)
+    disputed = above & _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, jitter=jitter, cut_a=cut_a,
+                                      cut_b=cut_b, open_sides=(shared.y0 > 0, shared.y1 < height, shared.x0 > 0,
+                                                               shared.x1 < width))
+    link = above & ~disputed
     oa, ob = _offset(plan, a), _offset(plan, b)
     ma, ga, n_a = _exclusions(pb, fa)  # a piece of B over several labels of A: A's split
     mb, gb, n_b = _exclusions(pa, fb)  # and the other way round
-    stats.update(candidates=int(cand.sum()), links=int(link.sum()), refused=int((cand & ~link).sum()),
+    stats.update(candidates=int(cand.sum()), links=int(link.sum()), refused=int((cand & ~above).sum()),
                  disagreed=int(disputed.sum()), split_by_a=n_a, split_by_b=n_b)
     return {"links": (oa | fa[link].astype(np.uint64), ob | fb[link].astype(np.uint64)), "weights": iou[link],
             "groups": (np.concatenate([oa | ma.astype(np.uint64), ob | mb.astype(np.uint64)]),

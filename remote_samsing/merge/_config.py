@@ -37,8 +37,8 @@ class MergeConfig:
         ``"overlap"`` only: how far (px) two windows' boundaries of one object
         may differ and still count as the same boundary. Where a linked piece
         holds a region that the other window gives to another label and that
-        is thicker than ``2 * jitter`` px (or is all the other window saw of
-        that label there, at least ``(2 * jitter + 1)**2`` px), the windows
+        is thicker than ``2 * jitter`` px (or is a whole piece of at least
+        ``(2 * jitter + 1)**2`` px where that window's view ends), the windows
         disagree about which objects belong together, and the link is refused.
     absorb_enclosed : bool
         Absorb small enclosed objects into their encloser (``"overlap"``, ``"iou"``).
@@ -122,8 +122,8 @@ class MergeResult:
         (H, W) uint32 labels 1..N (0 = none), chunked like ``plan.chunks``.
     stats : dask.delayed.Delayed
         Computes to a dict: ``strategy``, ``faces`` (one entry per face with
-        ``blocks``, ``kind``, ``candidates``, ``links``, ``refused``) and
-        ``totals``.
+        ``blocks``, ``kind``, ``candidates``, ``links``, ``refused``, and the
+        strategy's own counts: see :mod:`remote_samsing.merge`) and ``totals``.
     diagnostics : dask.array.Array or None
         (H, W) uint8: 0 untouched, 1 fragment linked across a seam,
         2 absorbed into its encloser, 3 removed as a small island, 4 a
