@@ -253,8 +253,8 @@ def segment(
         Core tile size T and context P (``map_overlap`` depth).
     merge : str
         Seam merge strategy (see :class:`remote_samsing.merge.MergeConfig`).
-    store : path, optional
-        Output directory. When given, the job runs now (resumably, on
+    store : path or URL, optional
+        Output directory, local or on an object store (``s3://...``). When given, the job runs now (resumably, on
         ``client`` or an embedded cluster) and the written labels are
         returned. When None, the result is lazy.
     client : distributed.Client, optional
@@ -473,10 +473,13 @@ def run(
 
     Parameters
     ----------
-    image : path or array
-        The mosaic (a path for resumable runs).
-    outdir : path
-        Output directory (layout in the module docstring).
+    image : path, URL or array
+        The mosaic (a path or URL for resumable runs).
+    outdir : path or URL
+        Output directory (layout in the module docstring), local or on an
+        object store (``s3://``, ``gs://``, ``az://``): there products are
+        written in place, and ``run.json``'s ``"complete": true`` says they
+        are finished.
     config : RunConfig
         All parameters.
     client : distributed.Client, optional
