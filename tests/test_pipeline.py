@@ -1,5 +1,6 @@
 """The spine: blocks equal direct segmenter calls; lazy graphs; georeferenced outputs."""
 
+import importlib.util
 import json
 import platform
 
@@ -150,6 +151,13 @@ def test_bad_inputs_raise_before_any_work(tmp_path, write_geotiff, monkeypatch):
     with pytest.raises(CheckpointError, match="no SAM2 checkpoint"):
         run(one, tmp_path / "o5", config=RunConfig(tile_size=8, padding=2))
     assert not (tmp_path / "o5").exists()
+    # OUTDIR on a store this installation cannot reach: gs:// without the `gcs` extra
+    if importlib.util.find_spec("gcsfs") is None:
+        from remote_samsing.exceptions import OutputAccessError
+
+        with pytest.raises(OutputAccessError, match=r"cannot write to `gs://bucket/out`.*gcsfs") as err:
+            run(one, "gs://bucket/out", config=RunConfig(segmenter="felzenszwalb", tile_size=8, padding=2))
+        assert "remote-samsing[gcs]" in err.value.hint
 
 
 def test_run_writes_outputs_and_resume_and_fingerprint(tmp_path, data_dir, client):
