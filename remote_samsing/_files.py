@@ -31,12 +31,23 @@ from typing import Any
 import numpy as np
 
 __all__ = ["location", "is_remote", "gdal_path", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
-           "read_bytes", "replace_path", "remove_tree", "store_path"]
+           "read_bytes", "replace_path", "remove_tree", "list_names", "store_path"]
 
 
-def location(path) -> Path:
-    """``path`` as a local :class:`~pathlib.Path`, or a :class:`upath.UPath` when it is a URL."""
+def location(path) -> Path | UPath:  # noqa: F821 - UPath is imported only for URLs
+    """``path`` as a local :class:`~pathlib.Path`, or a :class:`upath.UPath` when it is a URL.
+
+    A UPath carrying its own storage options is refused: workers receive locations as URLs and reach
+    the store through the standard environment variables, so such options would be lost on the way.
+    """
     if is_remote(path):
+        if getattr(path, "storage_options", None):
+            from .exceptions import ConfigError
+
+            raise ConfigError(f"`{path}` carries storage options {sorted(path.storage_options)}",
+                              hint="pass the URL as a string and set the store's credentials and endpoint in "
+                                   "the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...), which every "
+                                   "worker reads")
         return path
     text = os.fspath(path)
     if "://" in text:
@@ -70,6 +81,10 @@ def gdal_path(path) -> str:
     protocol = p.protocol if isinstance(p.protocol, str) else p.protocol[0]
     if protocol in ("http", "https"):
         return f"/vsicurl/{p}"
+    if protocol not in _VSI:
+        from .exceptions import ConfigError
+
+        raise ConfigError(f"GDAL cannot reach `{p}` ({protocol}://)", hint="use s3://, gs://, az:// or a local path")
     return _VSI[protocol] + p.path
 
 
@@ -134,13 +149,27 @@ def write_json_atomic(path, data: Any, *, indent: int | None = 2):
 
 
 def remove_tree(path) -> None:
-    """Remove a folder (or a store prefix) and everything under it; nothing if it is absent."""
+    """Remove a folder (or a store prefix) and everything under it; nothing if it is absent. Any other
+    failure raises: a folder half removed must not be taken for a clean one."""
     p = location(path)
     if is_remote(p):
         if p.fs.exists(p.path):
             p.fs.rm(p.path, recursive=True)
         return
-    shutil.rmtree(p, ignore_errors=True)
+    try:
+        shutil.rmtree(p)
+    except FileNotFoundError:
+        pass
+
+
+def list_names(folder) -> set:
+    """Names of the entries of ``folder`` (empty if absent), in one listing. On a store the listing is
+    asked anew: fsspec caches listings for the process's life, and other processes (the workers, an
+    earlier run) write there."""
+    p = location(folder)
+    if is_remote(p):
+        p.fs.invalidate_cache(p.path)
+    return {c.name for c in p.iterdir()} if p.exists() else set()
 
 
 def replace_path(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:

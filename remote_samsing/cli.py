@@ -183,8 +183,8 @@ def ingest_cmd(input, out, tile_size, bands, nodata, overwrite):
 
 
 @cli.command("vectorize")
-@click.argument("labels", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("labels")  # paths or URLs
+@click.argument("out")
 @click.option("--simplify", type=float, help="Simplification tolerance in metres (shared edges stay shared).")
 @click.option("--layer", default="segments", show_default=True, help="Layer name for GeoPackage output.")
 @_handle_errors
@@ -197,7 +197,7 @@ def vectorize_cmd(labels, out, simplify, layer):
 
 
 @cli.command("evaluate")
-@click.argument("labels", type=click.Path(path_type=Path))
+@click.argument("labels")  # a path or URL
 @click.argument("ground_truth", type=click.Path(path_type=Path))
 @click.option("--classes", help="Class attribute of vector ground truth (nulls become class 'unlabelled').")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="report.json (also .md, .png).")

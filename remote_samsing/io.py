@@ -32,7 +32,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import location, replace_path, store_path, temporary_name
+from ._files import is_remote, location, replace_path, store_path, temporary_name
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -860,10 +860,12 @@ def check_run_complete(product) -> None:
     if not record.exists():
         return
     try:
-        complete = bool(json.loads(record.read_text()).get("complete"))
+        data = json.loads(record.read_text())
     except ValueError:
-        complete = False
-    if not complete:
+        data = {"fingerprint": None}  # a run's record, damaged: not complete
+    if not isinstance(data, dict) or "fingerprint" not in data:
+        return  # some other program's run.json
+    if data.get("complete") is not True:
         raise IncompleteOutputError(
             f"`{product}` belongs to a run that has not finished (`{record}` does not say complete)",
             hint="rerun the same `remote-samsing segment` command: it resumes and completes the outputs")
@@ -879,6 +881,8 @@ def open_run_labels(path) -> xr.DataArray:
         if "labels" not in ds:
             raise InputError(f"Zarr `{p}` has no `labels` array")
         return ds["labels"]
+    if is_remote(p):
+        configure_remote_reads()  # GDAL reads the COG from the store
     try:
         with quiet_georeferencing():
             arr = rioxarray.open_rasterio(store_path(p), chunks={"band": -1, "y": 1024, "x": 1024}, lock=False)

@@ -1,7 +1,10 @@
 """Writers for the final products: ``labels.zarr``, ``labels.tif`` (COG), JSON.
 
-Every product is written under a temporary name and moved into place when
-complete, so a crash never leaves a file that looks finished.
+Locally every product is written under a temporary name and moved into
+place when complete, so a crash never leaves a file that looks finished. On
+an object store (no rename) files are uploaded whole and ``labels.zarr`` is
+written in place; there ``run.json``'s ``"complete": true`` says it is
+finished (see :mod:`remote_samsing._files`).
 
 The COG is made from pieces: every chunk is written in parallel as its own
 small tiled GeoTIFF (by the task that writes it to ``labels.zarr``, or by
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._files import gdal_path, is_remote, location, remove_tree, replace_path, store_path, write_atomic, write_bytes
+from ._files import gdal_path, is_remote, list_names, location, remove_tree, replace_path, store_path, write_atomic, write_bytes
 from .io import configure_remote_reads, quiet_georeferencing
 
 __all__ = ["to_cog", "plan_label_store", "LabelSink", "smallest_uint_dtype", "overview_factors"]
@@ -101,7 +104,7 @@ def _create_label_store(template, tmp: str, folder: str | None, token: str | Non
 
 @dataclass(frozen=True)
 class LabelSink:
-    """Writes merged blocks into a label store being built (``<path>.partial``).
+    """Writes merged blocks into a label store being built (``<path>.partial``; on a store, ``<path>``).
 
     Made by :func:`plan_label_store`; called as ``sink(labels, window)`` by
     the worker that relabelled a block (``merge.merge_stored``): it writes
@@ -133,7 +136,7 @@ class LabelSink:
                 _write_piece(part, self.piece, {0: {"array-location": [(y0, y1), (x0, x1)]}})
 
     def commit(self) -> Path:
-        """Move the store into place (call once every block was written)."""
+        """Move the store into place (call once every block was written); on a store it is in place."""
         out = location(self.out)
         marker = _created_marker(self.store)
         if marker.exists():
@@ -161,7 +164,8 @@ def _consolidate(store: str) -> None:
 
 def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None,
                      token: str | None = None) -> tuple[LabelSink, Callable[[], None]]:
-    """A label store at ``<path>.partial`` for blocks written one by one, not created yet.
+    """A label store at ``<path>.partial`` (on a store, at ``<path>``) for blocks written one by one,
+    not created yet.
 
     Parameters
     ----------
@@ -360,9 +364,7 @@ def _assemble_cog(vrt: Path, dest: Path, *, height: int, width: int, blocksize: 
 
 def _piece_names(folder) -> set:
     """Names of the COG pieces (``{y0}_{x0}.tif``) in ``folder``."""
-    if not folder.exists():
-        return set()
-    return {p.name for p in folder.iterdir() if p.name.endswith(".tif") and "_" in p.name}
+    return {name for name in list_names(folder) if name.endswith(".tif") and "_" in name}
 
 
 def to_cog(

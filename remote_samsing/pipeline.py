@@ -549,9 +549,14 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
 
 def _check_writable(outdir) -> None:
     """Write and remove one empty object in OUTDIR on a store: a missing bucket, a missing permission,
-    missing credentials or an unreachable endpoint is said here, before any cluster starts."""
+    missing credentials or an unreachable endpoint is said here, before any cluster starts. A bucket's
+    root is refused: ``--overwrite`` removes everything under OUTDIR."""
+    if "/" not in outdir.path.strip("/"):
+        root = str(outdir).rstrip("/")
+        raise ConfigError(f"OUTDIR `{root}` is a bucket's root", hint=f"give a prefix in it, e.g. {root}/run")
     probe = outdir / ".remote-samsing-write-check"
     try:
+        outdir.fs.invalidate_cache(outdir.path)  # listings an earlier run in this process cached are stale
         write_bytes(probe, b"")
         probe.unlink()
     except Exception as exc:  # noqa: BLE001 - fsspec's stores raise many types for the same cause

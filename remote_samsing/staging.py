@@ -31,10 +31,10 @@ are task functions that a caller submits.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import time
 from collections.abc import Callable, Mapping
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import dask.array as da
 import numpy as np
 
 from ._arrays import unique, unique_pairs
-from ._files import location, store_path, write_atomic, write_json_atomic
+from ._files import list_names, location, store_path, write_atomic, write_json_atomic
 from .exceptions import BlockFailedError, ConfigError, InputError, WindowReadError
 from .segmenters import get_segmenter, validate_segmenter
 from .tiling import TilingPlan
@@ -391,8 +391,7 @@ def _write_attributes(path: Path, attrs: Mapping[str, Any]) -> None:
 
 def collect_block_stats(staging: str | Path, plan: TilingPlan) -> list:
     """Each block's statistics (its marker's content) in ``plan.block_ids()`` order; None if not staged."""
-    folder = location(staging) / "blocks"
-    present = {p.name for p in folder.iterdir()} if folder.exists() else set()  # one listing on a store
+    present = list_names(location(staging) / "blocks")  # one listing on a store
     out = []
     for index in plan.block_ids():
         p = block_marker(staging, index)
@@ -405,7 +404,7 @@ def _block_attributes(slot, final, attrs_path, core):
     attrs_path = location(attrs_path)
     if not attrs_path.exists():
         return None
-    attrs = dict(np.load(io.BytesIO(attrs_path.read_bytes())))
+    attrs = dict(np.load(BytesIO(attrs_path.read_bytes())))
     local = np.asarray(slot)[core.slices].ravel()
     final = np.asarray(final).ravel()
     keep = (local > 0) & (final > 0)
@@ -434,7 +433,7 @@ def segment_attributes(staging: str | Path, plan: TilingPlan, labels):
 
     staging = location(staging)
     adir = staging / "attributes"
-    if not adir.exists() or not any(p.name.endswith(".npz") for p in adir.iterdir()):
+    if not any(name.endswith(".npz") for name in list_names(adir)):
         return None
     staged = da.from_zarr(store_path(staging / "labels.zarr")).to_delayed(optimize_graph=False)
     final = labels.data.rechunk(plan.chunks).to_delayed(optimize_graph=False)

@@ -741,4 +741,4 @@ def vectorize_labels(
         layer=layer,
         progress=progress,
     )
-    return Path(out_path)
+    return location(out_path)

@@ -264,11 +264,13 @@ def test_products_of_an_unfinished_run_are_refused(tmp_path, data_dir):
     out.mkdir()
     labels = rs.open_mosaic(data_dir / "kampala_crop_3857.tif").isel(band=0, drop=True).astype("uint32")
     labels.rio.to_raster(out / "labels.tif")
-    (out / "run.json").write_text(json.dumps({"complete": False}))
+    (out / "run.json").write_text(json.dumps({"complete": False, "fingerprint": "f"}))
     for read in (rs.open_labels, lambda p: to_polygons(p), lambda p: rs.evaluate(p, p)):
         with pytest.raises(IncompleteOutputError, match="has not finished"):
             read(out / "labels.tif")
-    (out / "run.json").write_text(json.dumps({"complete": True}))
+    (out / "run.json").write_text(json.dumps({"complete": True, "fingerprint": "f"}))
+    assert rs.open_labels(out / "labels.tif").shape == labels.shape
+    (out / "run.json").write_text(json.dumps([{"complete": False}]))  # another program's run.json
     assert rs.open_labels(out / "labels.tif").shape == labels.shape
     (out / "run.json").unlink()  # no run around it: any label raster opens
     assert rs.open_labels(out / "labels.tif").shape == labels.shape

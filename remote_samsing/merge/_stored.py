@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._files import is_remote, location, read_bytes, remove_tree, store_path, write_bytes, write_json_atomic
+from .._files import is_remote, list_names, location, read_bytes, remove_tree, store_path, write_bytes, write_json_atomic
 from ..exceptions import ConfigError, RemoteSamsingError
 from ..tiling import TilingPlan
 from ._blocks import StoredSlot, owned_faces
@@ -47,8 +47,7 @@ class _Spill:
 
     def names(self) -> set:
         """The files the folder holds, in one listing (one request on a store, not one per file)."""
-        root = location(self.root)
-        return {p.name for p in root.iterdir()} if root.exists() else set()
+        return list_names(self.root)
 
     def save(self, obj, kind: str, index=None) -> None:
         write_bytes(self.path(kind, index), pickle.dumps(obj, protocol=5))

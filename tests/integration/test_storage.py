@@ -414,6 +414,8 @@ def test_bad_store_outputs_are_one_line_errors_before_any_cluster(tmp_path, data
     line before any cluster starts; --overwrite replaces the other run."""
     _, s3 = store
     scene = data_dir / "kampala_crop_3857.tif"
+    r = _segment(scene, "s3://mosaics")  # --overwrite would empty the whole bucket
+    assert r.returncode == 2 and r.stderr.startswith("error: OUTDIR `s3://mosaics` is a bucket's root")
     r = _segment(scene, "s3://no-such-bucket/out")
     assert r.returncode == 2 and r.stderr.startswith("error: cannot write to `s3://no-such-bucket/out`")
     assert "bucket" in r.stderr and "Traceback" not in r.stderr and "dashboard" not in r.stderr
@@ -428,3 +430,15 @@ def test_bad_store_outputs_are_one_line_errors_before_any_cluster(tmp_path, data
     r = _segment(scene, "s3://mosaics/elsewhere")
     assert r.returncode == 2 and r.stderr.startswith("error: cannot write to `s3://mosaics/elsewhere`")
     assert "Traceback" not in r.stderr and "dashboard" not in r.stderr
+
+
+def test_listings_on_the_store_are_never_stale(store, aws_env):
+    """fsspec caches listings for a process's life; what other processes (workers, an earlier run)
+    write must show in the next listing (block markers, spill files, COG pieces)."""
+    from remote_samsing._files import list_names
+
+    _, s3 = store
+    s3.put_object(Bucket="mosaics", Key="listing/a", Body=b"")
+    assert list_names("s3://mosaics/listing") == {"a"}
+    s3.put_object(Bucket="mosaics", Key="listing/b", Body=b"")  # written by someone else
+    assert list_names("s3://mosaics/listing") == {"a", "b"}
