@@ -60,6 +60,11 @@ def errors_as_values(func: Callable, errors: tuple) -> Callable:
     return _ReturningErrors(func, tuple(errors))
 
 
+def on_a_worker(client, func: Callable, *args, **kwargs):
+    """``func(*args, **kwargs)`` run once on a worker of ``client``; its result, or its error, here."""
+    return client.submit(functools.partial(func, *args, **kwargs), pure=False).result()
+
+
 def compute(x, client, *, progress: bool = False, optimize_graph: bool = True, label: str = "compute"):
     """The value of dask collection ``x``, computed on ``client`` (dask's default scheduler when None).
 

@@ -62,7 +62,15 @@ from .exceptions import (
     OutputExistsError,
     WindowReadError,
 )
-from .execute import compute, errors_as_values, run_in_phases, run_in_waves, scheduler_workers, threads_of
+from .execute import (
+    compute,
+    errors_as_values,
+    on_a_worker,
+    run_in_phases,
+    run_in_waves,
+    scheduler_workers,
+    threads_of,
+)
 from .io import (
     as_band_yx,
     check_bands,
@@ -516,7 +524,7 @@ def run(
         # -- 4. merge from the staged blocks only, phase by phase
         written, merge_stats, max_label, t_merge = _merge_step(job, c, workers)
         # -- 5. COG and vectors, from the written labels (no recomputation)
-        vectors_path, t_outputs = _outputs_step(job, written, max_label)
+        vectors_path, t_outputs = _outputs_step(job, c, written, max_label)
     # -- 6. finish the record; "complete" is the last thing written
     timings = {"segment_s": t_segment, "merge_and_zarr_s": t_merge, "outputs_s": t_outputs,
                "total_s": time.perf_counter() - t_start}
@@ -745,13 +753,22 @@ def _cog_pieces(outdir: Path) -> Path:
     return outdir / "labels.tif.pieces.partial"
 
 
-def _outputs_step(job: _Job, written: xr.DataArray, max_label: int) -> tuple[Path | None, float]:
-    """Step 5: labels.tif from the pieces written with labels.zarr, then the vectors if asked for."""
+def _outputs_step(job: _Job, client, written: xr.DataArray, max_label: int) -> tuple[Path | None, float]:
+    """Step 5: labels.tif from the pieces written with labels.zarr, then the vectors if asked for.
+
+    On a store a worker assembles labels.tif (GDAL streams the pieces from the store to it), so the
+    driver, often a small pod, needs no temporary space for it.
+    """
     from .outputs import to_cog
 
     t0 = time.perf_counter()
     job.log("writing labels.tif (COG)")
-    to_cog(written, job.outdir / "labels.tif", max_label=max_label, pieces=_cog_pieces(job.outdir))
+    cog = functools.partial(to_cog, written, str(job.outdir / "labels.tif"), max_label=max_label,
+                            pieces=str(_cog_pieces(job.outdir)))
+    if is_remote(job.outdir):
+        on_a_worker(client, cog)
+    else:
+        cog()
     vectors_path = None
     if job.cfg.vectors:
         job.log("vectorizing")

@@ -297,3 +297,16 @@ def test_a_failing_follow_up_leaves_nothing_on_the_scheduler(client, tmp_path):
             break
         time.sleep(0.1)
     assert not left
+
+
+def test_on_a_worker_runs_there_and_returns_or_raises(client):
+    """The driver hands one call to a worker process (labels.tif on a store): its result, or its error."""
+    import os
+
+    from remote_samsing.execute import on_a_worker
+
+    pid = on_a_worker(client, os.getpid)
+    assert pid != os.getpid() and pid in set(client.run(os.getpid).values())
+    assert on_a_worker(client, divmod, 7, 2) == (3, 1)
+    with pytest.raises(ZeroDivisionError):
+        on_a_worker(client, divmod, 1, 0)
