@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .exceptions import ConfigError
+
 __all__ = ["location", "is_remote", "gdal_path", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
            "read_bytes", "replace_path", "remove_tree", "list_names", "store_path"]
 
@@ -42,8 +44,6 @@ def location(path) -> Path | UPath:  # noqa: F821 - UPath is imported only for U
     """
     if is_remote(path):
         if getattr(path, "storage_options", None):
-            from .exceptions import ConfigError
-
             raise ConfigError(f"`{path}` carries storage options {sorted(path.storage_options)}",
                               hint="pass the URL as a string and set the store's credentials and endpoint in "
                                    "the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...), which every "
@@ -82,8 +82,6 @@ def gdal_path(path) -> str:
     if protocol in ("http", "https"):
         return f"/vsicurl/{p}"
     if protocol not in _VSI:
-        from .exceptions import ConfigError
-
         raise ConfigError(f"GDAL cannot reach `{p}` ({protocol}://)", hint="use s3://, gs://, az:// or a local path")
     return _VSI[protocol] + p.path
 

@@ -91,8 +91,7 @@ def _create_label_store(template, tmp: str, folder: str | None, token: str | Non
     marker = _created_marker(tmp)
     if token is not None and marker.exists() and marker.read_text() == token and location(tmp).exists():
         return  # (the pieces folder may hold no file yet: a store has no empty folders)
-    if marker.exists():
-        marker.unlink()  # a crashed run's
+    marker.unlink(missing_ok=True)  # a crashed run's
     remove_tree(tmp)
     template.to_dataset(name="labels").to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
     if folder is not None:
@@ -138,9 +137,7 @@ class LabelSink:
     def commit(self) -> Path:
         """Move the store into place (call once every block was written); on a store it is in place."""
         out = location(self.out)
-        marker = _created_marker(self.store)
-        if marker.exists():
-            marker.unlink()
+        _created_marker(self.store).unlink(missing_ok=True)
         _consolidate(self.store)
         if is_remote(out):  # written in place
             return out
@@ -419,7 +416,9 @@ def to_cog(
     else:
         pieces_dir = location(pieces)
         expected = int(np.prod([len(c) for c in data.chunks]))
-        n_written = len(_piece_names(pieces_dir))
+    present = _piece_names(pieces_dir)  # one listing, also on a store
+    if pieces is not None:
+        n_written = len(present)
     if n_written != expected:
         from .exceptions import RemoteSamsingError
 
@@ -429,7 +428,6 @@ def to_cog(
     xs = np.cumsum((0,) + data.chunks[1])
     tiles = [(f"{y0}_{x0}.tif", int(y0), int(x0), int(y1 - y0), int(x1 - x0))
              for y0, y1 in zip(ys[:-1], ys[1:]) for x0, x1 in zip(xs[:-1], xs[1:])]
-    present = _piece_names(pieces_dir)  # one listing, also on a store
     missing = [t[0] for t in tiles if t[0] not in present]
     if missing:
         from .exceptions import RemoteSamsingError

@@ -42,7 +42,7 @@ import dask.array as da
 import numpy as np
 
 from ._arrays import unique, unique_pairs
-from ._files import list_names, location, store_path, write_atomic, write_json_atomic
+from ._files import list_names, location, read_bytes, store_path, write_atomic, write_json_atomic
 from .exceptions import BlockFailedError, ConfigError, InputError, WindowReadError
 from .segmenters import get_segmenter, validate_segmenter
 from .tiling import TilingPlan
@@ -401,10 +401,10 @@ def collect_block_stats(staging: str | Path, plan: TilingPlan) -> list:
 
 def _block_attributes(slot, final, attrs_path, core):
     """(final label, pixels, attribute values...) of the largest local fragment per final label."""
-    attrs_path = location(attrs_path)
-    if not attrs_path.exists():
+    try:  # one request on a store; a block without attributes has no file
+        attrs = dict(np.load(BytesIO(read_bytes(attrs_path))))
+    except FileNotFoundError:
         return None
-    attrs = dict(np.load(BytesIO(attrs_path.read_bytes())))
     local = np.asarray(slot)[core.slices].ravel()
     final = np.asarray(final).ravel()
     keep = (local > 0) & (final > 0)

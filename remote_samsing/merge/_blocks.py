@@ -410,12 +410,16 @@ def _whole_cells(cell, n_cells: int, jitter: int, *, open_sides) -> np.ndarray:
     return out
 
 
+def _pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One uint64 per ``(a, b)`` pair of ids below 2**32 (piece ids, block-local labels)."""
+    return (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+
+
 def _against_other_label(piece, other_label, sel, n_pieces: int) -> np.ndarray:
     """Per pair: its piece also holds a selected cell of a label of the other side other than the pair's."""
-    keys = unique((piece[sel].astype(np.uint64) << np.uint64(32)) | other_label[sel].astype(np.uint64))
+    keys = unique(_pair_keys(piece[sel], other_label[sel]))
     per_piece = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=n_pieces)
-    own = np.isin((piece.astype(np.uint64) << np.uint64(32)) | other_label.astype(np.uint64), keys)
-    return per_piece[piece] - own > 0
+    return per_piece[piece] - np.isin(_pair_keys(piece, other_label), keys) > 0
 
 
 def _view_edge(shared: Window, padded: Window, shape) -> np.ndarray:
@@ -439,8 +443,8 @@ def _cut_by_view(runs, edge: np.ndarray, n: int) -> np.ndarray:
     return cut
 
 
-def _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, *, jitter: int, cut_a, cut_b,
-                   open_sides) -> np.ndarray:
+def _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, *, jitter: int, plan: TilingPlan, a, b
+                   ) -> np.ndarray:
     """Per piece pair (cell): whether either piece holds a cell that the other side gives to another
     of its labels and that is more than boundary jitter: thicker than ``2 jitter`` px, or the whole
     of a piece of at least ``(2 jitter + 1)**2`` px that reaches the side where its own window's view
@@ -448,10 +452,15 @@ def _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, *, jitter: int
     every = np.ones(pa.size, bool)
     if not (_against_other_label(pa, fb, every, area_a.size) | _against_other_label(pb, fa, every, area_b.size)).any():
         return np.zeros(pa.size, bool)  # the windows agree here: nothing to weigh
+    pad_a, pad_b = plan.padded_window(a), plan.padded_window(b)
+    shared = _intersect(pad_a, pad_b)
+    cut_a = _cut_by_view(ra, _view_edge(shared, pad_a, plan.shape), area_a.size)
+    cut_b = _cut_by_view(rb, _view_edge(shared, pad_b, plan.shape), area_b.size)
+    open_sides = (shared.y0 > 0, shared.y1 < plan.shape[0], shared.x0 > 0, shared.x1 < plan.shape[1])
     both = (ra > 0) & (rb > 0)
     cell = np.full(ra.shape, -1, np.int32)  # piece ids come from part_map, int32
-    keys = (pa.astype(np.uint64) << np.uint64(32)) | pb.astype(np.uint64)
-    cell[both] = np.searchsorted(keys, (ra[both].astype(np.uint64) << np.uint64(32)) | rb[both].astype(np.uint64))
+    keys = _pair_keys(pa, pb)
+    cell[both] = np.searchsorted(keys, _pair_keys(ra[both], rb[both]))
     least = (2 * jitter + 1) ** 2
     whole = (((inter == area_b[pb]) & (area_b[pb] >= least) & cut_b[pb])
              | ((inter == area_a[pa]) & (area_a[pa] >= least) & cut_a[pa]))
@@ -493,13 +502,8 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     fa, fb = of_a[pa], of_b[pb]
     cand = np.isin(fa, pres_a) & np.isin(fb, pres_b)
     above = cand & (iou > min_iou)
-    pad_a, pad_b = plan.padded_window(a), plan.padded_window(b)
-    shared = _intersect(pad_a, pad_b)
-    (height, width), cut_a = plan.shape, _cut_by_view(ra, _view_edge(shared, pad_a, plan.shape), area_a.size)
-    cut_b = _cut_by_view(rb, _view_edge(shared, pad_b, plan.shape), area_b.size)
-    disputed = above & _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, jitter=jitter, cut_a=cut_a,
-                                      cut_b=cut_b, open_sides=(shared.y0 > 0, shared.y1 < height, shared.x0 > 0,
-                                                               shared.x1 < width))
+    disputed = above & _disagreements(ra, rb, pa, pb, fa, fb, inter, area_a, area_b, jitter=jitter, plan=plan,
+                                      a=a, b=b)
     link = above & ~disputed
     oa, ob = _offset(plan, a), _offset(plan, b)
     ma, ga, n_a = _exclusions(pb, fa)  # a piece of B over several labels of A: A's split

@@ -186,8 +186,7 @@ def solve(faces, *, n_blocks: int, cfg: MergeConfig):
         excluded = np.zeros(len(face_stats), np.int64)
         union = functools.partial(_union_excluding, faces=faces, excluded=excluded)
     disputed = unique(np.concatenate([f["disputed"] for f in faces if "disputed" in f] or [np.empty(0, np.uint64)]))
-    *pieces, stats = _solve_merge(links, cands, adj, n_blocks=n_blocks, cfg=cfg, union=union,
-                                  disputed=disputed.astype(np.uint64))
+    *pieces, stats = _solve_merge(links, cands, adj, n_blocks=n_blocks, cfg=cfg, union=union, disputed=disputed)
     if cfg.strategy == "overlap":
         for st, n in zip(face_stats, excluded):
             st["excluded"] = int(n)
