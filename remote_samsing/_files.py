@@ -33,7 +33,7 @@ import numpy as np
 from .exceptions import ConfigError
 
 __all__ = ["location", "is_remote", "gdal_path", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
-           "read_bytes", "replace_path", "remove_tree", "list_names", "store_path"]
+           "read_bytes", "read_many", "replace_path", "remove_tree", "list_names", "store_path", "zarr_options"]
 
 
 def location(path) -> Path | UPath:  # noqa: F821 - UPath is imported only for URLs
@@ -67,6 +67,22 @@ def store_path(path) -> str:
     return str(path) if is_remote(path) else os.fspath(path)
 
 
+def _protocol(p) -> str:
+    return p.protocol if isinstance(p.protocol, str) else p.protocol[0]
+
+
+#: What a whole-object read passes to the store's filesystem, per protocol: s3fs asks an object's size
+#: first (one more request) to split a large object into concurrent ranges unless ``max_concurrency``
+#: is 1, and the objects read whole here (spill files, markers, Zarr chunks) are small.
+_WHOLE_READS = {"s3": {"max_concurrency": 1}, "s3a": {"max_concurrency": 1}}
+
+
+def zarr_options(path) -> dict | None:
+    """The ``storage_options`` Zarr opens ``path`` with: None for a local path."""
+    p = location(path)
+    return dict(_WHOLE_READS.get(_protocol(p), {})) if is_remote(p) else None
+
+
 #: GDAL's virtual file system for each store protocol (https://gdal.org/en/stable/user/virtual_file_systems.html).
 _VSI = {"s3": "/vsis3/", "s3a": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/",
         "abfss": "/vsiaz/"}
@@ -78,7 +94,7 @@ def gdal_path(path) -> str:
     p = location(path)
     if not is_remote(p):
         return os.fspath(p)
-    protocol = p.protocol if isinstance(p.protocol, str) else p.protocol[0]
+    protocol = _protocol(p)
     if protocol in ("http", "https"):
         return f"/vsicurl/{p}"
     if protocol not in _VSI:
@@ -126,7 +142,18 @@ def write_bytes(path, data: bytes):
 def read_bytes(path) -> bytes:
     """The whole file; on a store in one request (no size lookup first)."""
     p = location(path)
-    return p.fs.cat_file(p.path) if is_remote(p) else p.read_bytes()
+    return p.fs.cat_file(p.path, **_WHOLE_READS.get(_protocol(p), {})) if is_remote(p) else p.read_bytes()
+
+
+def read_many(paths) -> list[bytes]:
+    """Whole files, in the order given; on a store concurrently, so a task reading many small objects
+    waits about one request's latency, not one per object. A missing file raises FileNotFoundError."""
+    locs = [location(x) for x in paths]
+    if not locs or not is_remote(locs[0]):
+        return [p.read_bytes() for p in locs]
+    first = locs[0]
+    got = first.fs.cat([p.path for p in locs], on_error="raise", **_WHOLE_READS.get(_protocol(first), {}))
+    return [got[p.path] for p in locs]
 
 
 def _json_default(obj):

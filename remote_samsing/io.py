@@ -32,7 +32,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import is_remote, location, replace_path, store_path, temporary_name
+from ._files import is_remote, location, replace_path, store_path, temporary_name, zarr_options
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -638,7 +638,7 @@ def _gdal_dataset(path: str):
 def _zarr_array(path: str, stamp: int):
     import zarr
 
-    return zarr.open_array(store=path, path=_MOSAIC_VAR, mode="r", zarr_format=3)
+    return zarr.open_array(store=path, path=_MOSAIC_VAR, mode="r", zarr_format=3, storage_options=zarr_options(path))
 
 
 def _zarr_mosaic(path: str):

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._files import gdal_path, is_remote, list_names, location, remove_tree, replace_path, store_path, write_atomic, write_bytes
+from ._files import (gdal_path, is_remote, list_names, location, remove_tree, replace_path, store_path, write_atomic,
+                     write_bytes, zarr_options)
 from .io import configure_remote_reads, quiet_georeferencing
 
 __all__ = ["to_cog", "plan_label_store", "LabelSink", "smallest_uint_dtype", "overview_factors"]
@@ -121,7 +122,8 @@ class LabelSink:
     def __call__(self, labels: np.ndarray, window) -> None:
         import zarr
 
-        target = zarr.open_array(store=self.store, path=self.name, mode="r+")
+        target = zarr.open_array(store=self.store, path=self.name, mode="r+", zarr_format=3,
+                                 storage_options=zarr_options(self.store))
         target[window.y0 : window.y1, window.x0 : window.x1] = labels
         if self.piece is None:
             return

@@ -42,7 +42,7 @@ import dask.array as da
 import numpy as np
 
 from ._arrays import unique, unique_pairs
-from ._files import list_names, location, read_bytes, store_path, write_atomic, write_json_atomic
+from ._files import list_names, location, read_bytes, store_path, write_atomic, write_json_atomic, zarr_options
 from .exceptions import BlockFailedError, ConfigError, InputError, WindowReadError
 from .segmenters import get_segmenter, validate_segmenter
 from .tiling import TilingPlan
@@ -328,7 +328,7 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
 
     iy, ix = index
     marker = block_marker(staging, index)
-    if marker.exists() and not _failed_before(marker):  # staged by an earlier run: never segment twice
+    if _staged_before(marker):  # never segment twice
         return 0
     try:
         labels, stats = process_block(_load_with_retries(load, retries), (iy, ix), plan=plan, segmenter=segmenter,
@@ -339,7 +339,8 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
         labels, stats = np.zeros(plan.padded_window(index).shape, STAGED_DTYPE), _failed_stats(index, plan, exc)
     slot = _slot(labels, plan)
     sy, sx = plan.slot_shape
-    z = zarr.open_array(store_path(location(staging) / "labels.zarr"), mode="r+")
+    store = store_path(location(staging) / "labels.zarr")
+    z = zarr.open_array(store, mode="r+", zarr_format=3, storage_options=zarr_options(store))
     # one Zarr chunk per slot: chunk-aligned writes from different workers never overlap
     z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
     if summarize is not None:
@@ -370,10 +371,11 @@ def _failed_stats(index, plan: TilingPlan, exc: BlockFailedError) -> dict:
             "error": f"{type(exc).__name__}: {Exception.__str__(exc)}", "n_labels": 0, "seconds": 0.0}
 
 
-def _failed_before(marker: Path) -> bool:
-    """The marker is a failed block's (``skip_failed``): a new run tries it again."""
+def _staged_before(marker) -> bool:
+    """An earlier run staged the block: its marker exists and is not a failed block's (``skip_failed``),
+    which a new run tries again. One read, also on a store (no existence check first)."""
     try:
-        return bool(json.loads(marker.read_text()).get("failed"))
+        return not json.loads(read_bytes(marker)).get("failed")
     except (OSError, ValueError):
         return False
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import unique, unique_pairs
+from .._files import zarr_options
 from ..tiling import TilingPlan, Window, block_label_offset
 from ._config import MergeConfig
 from ._parts import block_parts, part_map
@@ -111,7 +112,7 @@ class StoredSlot:
 
         sy, sx = self.slot_shape
         iy, ix = self.index
-        z = zarr.open_array(store=self.path, mode="r")
+        z = zarr.open_array(store=self.path, mode="r", zarr_format=3, storage_options=zarr_options(self.path))
         return z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx]
 
 

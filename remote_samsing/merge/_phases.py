@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._arrays import unique
-from .._files import write_json_atomic
+from .._files import write_json_atomic, zarr_options
 from ..exceptions import ConfigError, InputError
 from ..tiling import TilingPlan
 from . import _blocks as b
@@ -285,7 +285,8 @@ def check_inputs(staged, plan, config, valid):
         import zarr
 
         try:
-            z = zarr.open_array(store=os.fspath(staged), mode="r")
+            z = zarr.open_array(store=os.fspath(staged), mode="r", zarr_format=3,
+                                storage_options=zarr_options(staged))
         except Exception as exc:  # noqa: BLE001 - any zarr failure means a bad staging store
             raise InputError(f"cannot open the staged labels `{os.fspath(staged)}`: {exc}") from None
         if tuple(z.chunks) != tuple(plan.slot_shape):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._files import is_remote, list_names, location, read_bytes, remove_tree, store_path, write_bytes, write_json_atomic
+from .._files import is_remote, list_names, location, read_many, remove_tree, store_path, write_bytes, write_json_atomic
 from ..exceptions import ConfigError, RemoteSamsingError
 from ..tiling import TilingPlan
 from ._blocks import StoredSlot, owned_faces
@@ -52,27 +52,36 @@ class _Spill:
     def save(self, obj, kind: str, index=None) -> None:
         write_bytes(self.path(kind, index), pickle.dumps(obj, protocol=5))
 
-    def load(self, kind: str, index=None):
-        return pickle.loads(read_bytes(self.path(kind, index)))
 
+def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict) -> list:
+    """The values of a task's reads, every spill file among them in one concurrent read."""
 
-def _resolve(ref, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict):
-    name, where = ref
-    if where == ALL:
-        return [spill.load(name, i) for i in plan.block_ids()]
-    where = tuple(where)
-    if (name, where) in given:
-        return given[(name, where)]
-    if name == "staged":  # read by the step itself, only if it needs the pixels
-        return StoredSlot(staged, where, tuple(plan.slot_shape))
-    return spill.load(name, where)
+    def spilled(name, where):  # the spill files a read takes
+        if where == ALL:
+            return [(name, i) for i in plan.block_ids()]
+        where = tuple(where)
+        return [] if (name, where) in given or name == "staged" else [(name, where)]
+
+    keys = dict.fromkeys(k for r in refs for k in spilled(*r))  # in order, each file once
+    loaded = dict(zip(keys, map(pickle.loads, read_many([spill.path(*k) for k in keys]))))
+    values = []
+    for name, where in refs:
+        if where == ALL:
+            values.append([loaded[(name, i)] for i in plan.block_ids()])
+        elif (name, tuple(where)) in given:
+            values.append(given[(name, tuple(where))])
+        elif name == "staged":  # read by the step itself, only if it needs the pixels
+            values.append(StoredSlot(staged, tuple(where), tuple(plan.slot_shape)))
+        else:
+            values.append(loaded[(name, tuple(where))])
+    return values
 
 
 def _run(item, *, phase: Phase, spill: _Spill, staged: str, plan: TilingPlan, sink=None, given=None):
     """One task of ``phase``: read its inputs from the spill folder, run, write its outputs there."""
     per_block = phase.per_block
     index = tuple(int(i) for i in item) if per_block else None
-    values = [_resolve(r, spill=spill, staged=staged, plan=plan, given=given or {}) for r in phase.reads(index)]
+    values = _resolve(phase.reads(index), spill=spill, staged=staged, plan=plan, given=given or {})
     result = phase.func(index, *values) if per_block else phase.func(*values)
     if phase.terminal:
         sink(result, plan.core_window(index))
