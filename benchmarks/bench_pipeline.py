@@ -20,12 +20,16 @@ sizes then also carry the heap the earlier jobs left in the same processes
 both on an S3 server on loopback (moto's standalone server, in a process of
 its own, reached through ``AWS_ENDPOINT_URL`` as a real store would be), and
 prints the store's throughput as a ratio of the local one (target >= 0.5) with
-the client's peak RSS for each size (target: independent of the size).
+the client's peak RSS for each size (target: independent of the size), and
+what the run cost the server: requests per block and the share of the run's
+time its process was busy (moto answers one request at a time in Python, on
+the same 2 cores, so its CPU time bounds how fast any run against it can be).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
@@ -93,6 +97,34 @@ def _rows_in_fresh_processes(sizes, *, tile: int, n_workers: int, store: str | N
     return rows
 
 
+_SERVER_PID, _SERVER_LOG = "RS_BENCH_S3_SERVER_PID", "RS_BENCH_S3_SERVER_LOG"
+
+
+class _ServerCost:
+    """Requests the loopback S3 server answered and CPU seconds it spent while the block runs."""
+
+    def __enter__(self):
+        import os
+
+        import psutil
+
+        self._proc = psutil.Process(int(os.environ[_SERVER_PID]))
+        self._log = Path(os.environ[_SERVER_LOG])
+        self._start = (self._cpu(), self._requests())
+        return self
+
+    def _cpu(self) -> float:
+        t = self._proc.cpu_times()
+        return t.user + t.system
+
+    def _requests(self) -> int:  # one log line per request ("GET /bucket/key HTTP/1.1" 200 -)
+        return self._log.read_text(errors="replace").count(" HTTP/1.1")
+
+    def __exit__(self, *exc):
+        self.cpu_s = self._cpu() - self._start[0]
+        self.requests = self._requests() - self._start[1]
+
+
 def _loopback_s3():
     """A moto S3 server in a process of its own and the environment that reaches it, with bucket
     ``bench``. It is a sibling of the measured job processes, so their RSS never counts the objects
@@ -108,10 +140,13 @@ def _loopback_s3():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    log = tempfile.NamedTemporaryFile(prefix="rs-bench-moto-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=log, stderr=log, start_new_session=True)
+    # the server's process and request log: a child measures what its job cost the server
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           _SERVER_PID: str(proc.pid), _SERVER_LOG: log.name}
     s3 = boto3.client("s3", aws_access_key_id="bench", aws_secret_access_key="bench-secret",
                       region_name="us-east-1", endpoint_url=env["AWS_ENDPOINT_URL"])
     for _ in range(200):
@@ -131,14 +166,20 @@ def run_store(sizes, *, tile: int, n_workers: int) -> dict:
         remote = _rows_in_fresh_processes(sizes, tile=tile, n_workers=n_workers, store="s3", env=env)
     finally:
         server.kill()
+        Path(env[_SERVER_LOG]).unlink(missing_ok=True)
     pairs = [{"mpx": a["mpx"], "local_mpx_per_s": a["mpx_per_s"], "s3_mpx_per_s": b["mpx_per_s"],
               "throughput_ratio_s3_over_local": b["mpx_per_s"] / a["mpx_per_s"],
               "client_peak_rss_mb_local": a["peak_rss_by_process_mb"]["main"],
               "client_peak_rss_mb_s3": b["peak_rss_by_process_mb"]["main"]} for a, b in zip(local, remote)]
+    for p, r in zip(pairs, remote):
+        p.update(server_requests_per_block=r["server"]["requests_per_block"],
+                 server_cpu_share_of_run=r["server"]["cpu_s"] / r["seconds"])
     for p in pairs:
         print(f"{p['mpx']:.0f} Mpx: local {p['local_mpx_per_s']:.1f} Mpx/s, S3 {p['s3_mpx_per_s']:.1f} Mpx/s "
               f"(ratio {p['throughput_ratio_s3_over_local']:.2f}); client peak RSS local "
-              f"{p['client_peak_rss_mb_local']:.0f} MB, S3 {p['client_peak_rss_mb_s3']:.0f} MB")
+              f"{p['client_peak_rss_mb_local']:.0f} MB, S3 {p['client_peak_rss_mb_s3']:.0f} MB; "
+              f"{p['server_requests_per_block']:.1f} requests a block, the S3 server busy "
+              f"{p['server_cpu_share_of_run']:.0%} of the run (one core)")
     ratio = pairs[-1]["client_peak_rss_mb_s3"] / pairs[0]["client_peak_rss_mb_s3"]
     print(f"client peak RSS on S3, largest/smallest mosaic: {ratio:.2f}")
     return {"name": "pipeline_store", "machine": machine(), "n_workers": n_workers, "store": "moto loopback S3",
@@ -217,7 +258,7 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
                 out = location(f"s3://bench/out{side}") if store else tmp / f"out{side}"
                 cfg = RunConfig(segmenter="noop", tile_size=tile, padding=50, merge="overlap", vectors=False,
                                 progress=False)
-                with PeakRSS() as rss, timer() as t:
+                with PeakRSS() as rss, timer() as t, (_ServerCost() if store else contextlib.nullcontext()) as srv:
                     run_job(z, out, config=cfg, client=c)
                 mpx = side * side / 1e6
                 rec = json.loads((out / "run.json").read_text())
@@ -225,6 +266,10 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
                              "peak_rss_mb": rss.peak_mb, "peak_rss_by_process_mb": rss.peaks_mb(),
                              "stages_s": rec["timings"],
                              "merge_phases_s": rec["merge_stats"].get("phase_seconds")})
+                if store:
+                    n_blocks = (-(-side // tile)) ** 2
+                    rows[-1]["server"] = {"requests": srv.requests, "requests_per_block": srv.requests / n_blocks,
+                                          "cpu_s": srv.cpu_s}
                 remove_tree(out)
                 remove_tree(z)
     finally:
