@@ -1,7 +1,8 @@
 """Command line: flags → RunConfig → public functions. No logic lives here.
 
 Every error derived from RemoteSamsingError is printed as one line plus a
-hint; ``--debug`` shows the traceback instead.
+hint (exit status 2), any other failure as one line too (exit status 1);
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ def _handle_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted; rerun the same command to resume", err=True)
             sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - an unforeseen failure is one line too, its traceback on --debug
+            if debug:
+                raise
+            from .io import error_chain
+
+            click.echo(f"error: unexpected failure: {error_chain(exc)}", err=True)
+            click.echo("hint: `remote-samsing --debug ...` shows the traceback; an unfinished run's products are "
+                       "never marked complete (run.json), and the same command resumes", err=True)
+            sys.exit(1)
 
     return wrapper
 

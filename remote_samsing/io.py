@@ -114,23 +114,42 @@ def check_url(url: str) -> str:
 
 
 def configure_remote_reads() -> None:
-    """Derive GDAL's S3 settings from the standard AWS variables, once per process.
+    """Derive GDAL's store settings from the standard variables of each store, once per process.
 
-    A user sets ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for an
-    S3-compatible store; GDAL reads its own ``AWS_S3_ENDPOINT`` (host and
-    port), ``AWS_HTTPS`` and ``AWS_VIRTUAL_HOSTING`` instead. They are set
-    in this process's environment unless the user set them, so every
-    reader of the process (workers call this before their first read) and
-    every process it starts see the same store. Credentials are never
-    touched: GDAL reads ``AWS_ACCESS_KEY_ID`` and the rest itself.
+    GDAL names some settings differently from the cloud SDKs; they are set in
+    this process's environment unless the user set them, so every reader of
+    the process (workers call this before their first read) and every process
+    it starts see the same store:
+
+    * ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for an S3-compatible
+      store → GDAL's ``AWS_S3_ENDPOINT`` (host and port), ``AWS_HTTPS`` and
+      ``AWS_VIRTUAL_HOSTING``;
+    * ``STORAGE_EMULATOR_HOST`` (Google's variable for a local GCS emulator)
+      → ``CPL_GS_ENDPOINT``, with unsigned requests, as emulators take none;
+    * ``AZURE_STORAGE_ACCOUNT_NAME`` and ``AZURE_STORAGE_ACCOUNT_KEY`` (what
+      adlfs reads) → GDAL's ``AZURE_STORAGE_ACCOUNT`` and
+      ``AZURE_STORAGE_ACCESS_KEY``.
+
+    Other credentials are never touched: GDAL reads ``AWS_ACCESS_KEY_ID``,
+    ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_CONNECTION_STRING``
+    and the rest itself.
     """
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if not endpoint or "://" not in endpoint:
-        return
-    scheme, rest = endpoint.split("://", 1)
-    os.environ.setdefault("AWS_S3_ENDPOINT", rest.rstrip("/"))
-    os.environ.setdefault("AWS_HTTPS", "YES" if scheme.lower() == "https" else "NO")
-    os.environ.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")  # path-style addressing, as custom stores expect
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint and "://" in endpoint:
+        scheme, rest = endpoint.split("://", 1)
+        env.setdefault("AWS_S3_ENDPOINT", rest.rstrip("/"))
+        env.setdefault("AWS_HTTPS", "YES" if scheme.lower() == "https" else "NO")
+        env.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")  # path-style addressing, as custom stores expect
+    emulator = env.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        url = emulator if "://" in emulator else f"http://{emulator}"
+        env.setdefault("CPL_GS_ENDPOINT", url.rstrip("/") + "/")
+        env.setdefault("GS_NO_SIGN_REQUEST", "YES")
+    for ours, gdal in (("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"),
+                       ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY")):
+        if env.get(ours):
+            env.setdefault(gdal, env[ours])
 
 
 def open_mosaic(

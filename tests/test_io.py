@@ -274,3 +274,25 @@ def test_products_of_an_unfinished_run_are_refused(tmp_path, data_dir):
     assert rs.open_labels(out / "labels.tif").shape == labels.shape
     (out / "run.json").unlink()  # no run around it: any label raster opens
     assert rs.open_labels(out / "labels.tif").shape == labels.shape
+
+
+def test_gdal_store_settings_come_from_each_stores_standard_variables(monkeypatch):
+    from remote_samsing.io import configure_remote_reads
+
+    derived = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "CPL_GS_ENDPOINT", "GS_NO_SIGN_REQUEST",
+               "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
+    for k in derived:  # recorded, so that what the call sets is undone after the test
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.local:9000/")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "localhost:4443")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")
+    monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "TRUE")  # the user's own setting wins
+    configure_remote_reads()
+    import os
+
+    got = {k: os.environ.get(k) for k in derived}
+    assert got == {"AWS_S3_ENDPOINT": "minio.local:9000", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "TRUE",
+                   "CPL_GS_ENDPOINT": "http://localhost:4443/", "GS_NO_SIGN_REQUEST": "YES",
+                   "AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_ACCESS_KEY": "a2V5", "AWS_ENDPOINT_URL_S3": None}
