@@ -11,6 +11,7 @@ submits work itself.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import pickle
 import time
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._files import is_remote, list_names, location, read_many, remove_tree, store_path, write_bytes, write_json_atomic
+from .._files import (is_remote, list_names, location, read_many, remove_tree, store_path, write_bytes,
+                      write_json_atomic, write_many)
 from ..exceptions import ConfigError, RemoteSamsingError
 from ..tiling import TilingPlan
 from ._blocks import StoredSlot, owned_faces
@@ -49,8 +51,9 @@ class _Spill:
         """The files the folder holds, in one listing (one request on a store, not one per file)."""
         return list_names(self.root)
 
-    def save(self, obj, kind: str, index=None) -> None:
-        write_bytes(self.path(kind, index), pickle.dumps(obj, protocol=5))
+    def save_many(self, outputs) -> None:
+        """Write ``(kind, index, obj)`` outputs, concurrently on a store."""
+        write_many((self.path(kind, index), pickle.dumps(obj, protocol=5)) for kind, index, obj in outputs)
 
 
 def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict) -> list:
@@ -86,13 +89,23 @@ def _run(item, *, phase: Phase, spill: _Spill, staged: str, plan: TilingPlan, si
     if phase.terminal:
         sink(result, plan.core_window(index))
         return 1
-    for name, value in zip(phase.outputs, result):
-        if per_block:
-            spill.save(value, name, index)
-        else:
-            for i, v in zip(plan.block_ids(), value):
-                spill.save(v, name, i)
+    if per_block:
+        spill.save_many((name, index, value) for name, value in zip(phase.outputs, result))
+    else:  # a global step's per-block outputs, a bounded group at a time (their pickles are copies)
+        for name, value in zip(phase.outputs, result):
+            for group in _groups(zip(plan.block_ids(), value), _GROUP):
+                spill.save_many((name, i, v) for i, v in group)
     return result[len(phase.outputs)] if phase.report else None
+
+
+#: Spill files a global step writes in one concurrent call.
+_GROUP = 256
+
+
+def _groups(iterable, n: int):
+    it = iter(iterable)
+    while group := list(itertools.islice(it, n)):
+        yield group
 
 
 def _pending(phase: Phase, plan: TilingPlan, spill: _Spill) -> list:
