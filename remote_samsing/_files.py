@@ -33,7 +33,8 @@ import numpy as np
 from .exceptions import ConfigError
 
 __all__ = ["location", "is_remote", "gdal_path", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
-           "read_bytes", "read_many", "write_many", "replace_path", "remove_tree", "list_names", "store_path", "zarr_options"]
+           "write_many", "read_bytes", "read_many", "replace_path", "remove_tree", "list_names", "store_path",
+           "zarr_options"]
 
 
 def location(path) -> Path | UPath:  # noqa: F821 - UPath is imported only for URLs
@@ -71,9 +72,11 @@ def _protocol(p) -> str:
     return p.protocol if isinstance(p.protocol, str) else p.protocol[0]
 
 
-#: What a whole-object read passes to the store's filesystem, per protocol: s3fs asks an object's size
-#: first (one more request) to split a large object into concurrent ranges unless ``max_concurrency``
-#: is 1, and the objects read whole here (spill files, markers, Zarr chunks) are small.
+#: What a whole-object read passes to an S3 filesystem (``cat_file``) and what Zarr opens it with:
+#: s3fs asks an object's size first (one more request) to split a large object into concurrent
+#: ranges unless ``max_concurrency`` is 1. Objects read whole here (spill files, markers) and Zarr
+#: chunks are small, so nothing is lost; in the Zarr store's filesystem it also makes multipart
+#: uploads serial, which only objects over 100 MB use.
 _WHOLE_READS = {"s3": {"max_concurrency": 1}, "s3a": {"max_concurrency": 1}}
 
 
@@ -141,7 +144,8 @@ def write_bytes(path, data: bytes):
 
 def write_many(items) -> None:
     """Write each ``(path, data)`` whole, as :func:`write_bytes` does; on a store concurrently, so a task
-    writing many small objects waits about one request's latency, not one per object."""
+    writing many small objects waits for a few round trips, not one per object. All paths are on
+    one store (or all local)."""
     items = [(location(path), data) for path, data in items]
     if not items or not is_remote(items[0][0]):
         for path, data in items:
@@ -158,13 +162,15 @@ def read_bytes(path) -> bytes:
 
 def read_many(paths) -> list[bytes]:
     """Whole files, in the order given; on a store concurrently, so a task reading many small objects
-    waits about one request's latency, not one per object. A missing file raises FileNotFoundError."""
+    waits for a few round trips, not one per object. All paths are on one store (or all local); a
+    missing file raises FileNotFoundError."""
     locs = [location(x) for x in paths]
     if not locs or not is_remote(locs[0]):
         return [p.read_bytes() for p in locs]
     first = locs[0]
-    got = first.fs.cat([p.path for p in locs], on_error="raise", **_WHOLE_READS.get(_protocol(first), {}))
-    return [got[p.path] for p in locs]
+    # cat_ranges, not cat: cat would expand "*", "?" and "[" in a key as a glob pattern
+    return first.fs.cat_ranges([p.path for p in locs], None, None, on_error="raise",
+                               **_WHOLE_READS.get(_protocol(first), {}))
 
 
 def _json_default(obj):

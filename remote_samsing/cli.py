@@ -72,14 +72,16 @@ def _handle_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted; rerun the same command to resume", err=True)
             sys.exit(130)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors, exits and aborts it reports itself
         except Exception as exc:  # noqa: BLE001 - an unforeseen failure is one line too, its traceback on --debug
             if debug:
                 raise
             from .io import error_chain
 
             click.echo(f"error: unexpected failure: {error_chain(exc)}", err=True)
-            click.echo("hint: `remote-samsing --debug ...` shows the traceback; an unfinished run's products are "
-                       "never marked complete (run.json), and the same command resumes", err=True)
+            resume = " (run.json stays incomplete; the same command resumes)" if ctx.info_name == "segment" else ""
+            click.echo(f"hint: `remote-samsing --debug {ctx.info_name} ...` shows the traceback{resume}", err=True)
             sys.exit(1)
 
     return wrapper

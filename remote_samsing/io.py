@@ -142,7 +142,7 @@ def configure_remote_reads() -> None:
         env.setdefault("AWS_HTTPS", "YES" if scheme.lower() == "https" else "NO")
         env.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")  # path-style addressing, as custom stores expect
     emulator = env.get("STORAGE_EMULATOR_HOST")
-    if emulator:
+    if emulator and emulator != "default":  # "default": Google's libraries' name for no emulator
         url = emulator if "://" in emulator else f"http://{emulator}"
         env.setdefault("CPL_GS_ENDPOINT", url.rstrip("/") + "/")
         env.setdefault("GS_NO_SIGN_REQUEST", "YES")

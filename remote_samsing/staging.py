@@ -42,7 +42,8 @@ import dask.array as da
 import numpy as np
 
 from ._arrays import unique, unique_pairs
-from ._files import list_names, location, read_bytes, store_path, write_atomic, write_json_atomic, zarr_options
+from ._files import (list_names, location, read_bytes, read_many, store_path, write_atomic, write_json_atomic,
+                     zarr_options)
 from .exceptions import BlockFailedError, ConfigError, InputError, WindowReadError
 from .segmenters import get_segmenter, validate_segmenter
 from .tiling import TilingPlan
@@ -376,7 +377,7 @@ def _staged_before(marker) -> bool:
     which a new run tries again. One read, also on a store (no existence check first)."""
     try:
         return not json.loads(read_bytes(marker)).get("failed")
-    except (OSError, ValueError):
+    except (FileNotFoundError, ValueError):  # absent or not JSON: staged again; any other failure is said
         return False
 
 
@@ -394,11 +395,17 @@ def _write_attributes(path: Path, attrs: Mapping[str, Any]) -> None:
 def collect_block_stats(staging: str | Path, plan: TilingPlan) -> list:
     """Each block's statistics (its marker's content) in ``plan.block_ids()`` order; None if not staged."""
     present = list_names(location(staging) / "blocks")  # one listing on a store
-    out = []
-    for index in plan.block_ids():
-        p = block_marker(staging, index)
-        out.append(json.loads(p.read_text()) if p.name in present else None)
-    return out
+    markers = {index: block_marker(staging, index) for index in plan.block_ids()}
+    staged = [index for index, p in markers.items() if p.name in present]
+    stats = {}
+    for start in range(0, len(staged), _READ_GROUP):  # concurrent reads on a store, a bounded group at a time
+        group = staged[start : start + _READ_GROUP]
+        stats.update(zip(group, map(json.loads, read_many([markers[i] for i in group]))))
+    return [stats.get(index) for index in plan.block_ids()]
+
+
+#: Markers read in one concurrent call.
+_READ_GROUP = 256
 
 
 def _block_attributes(slot, final, attrs_path, core):

@@ -162,18 +162,3 @@ def test_readme_command_block_matches_the_cli():
                     f"README lists {flag} {value}, the CLI accepts {'|'.join(ptype.choices)}"
                 )
 
-
-def test_an_unforeseen_failure_is_one_line_and_its_traceback_is_behind_debug(tmp_path, monkeypatch):
-    import remote_samsing.vectorize as vec
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("Zstd decompression error: invalid input data")
-
-    monkeypatch.setattr(vec, "vectorize_labels", broken)
-    runner = CliRunner()
-    r = runner.invoke(cli, ["vectorize", str(tmp_path / "labels.tif"), str(tmp_path / "out.gpkg")])
-    assert r.exit_code == 1
-    assert r.output.splitlines()[0] == "error: unexpected failure: RuntimeError: Zstd decompression error: invalid input data"
-    assert "Traceback" not in r.output and "--debug" in r.output
-    r = runner.invoke(cli, ["--debug", "vectorize", str(tmp_path / "labels.tif"), str(tmp_path / "out.gpkg")])
-    assert isinstance(r.exception, RuntimeError)

@@ -76,3 +76,32 @@ def test_temporary_name_is_a_unique_sibling(tmp_path):
     for t in names:
         assert t.parent == tmp_path and t.name.startswith("labels.") and t.name.endswith(".partial.zarr")
     assert temporary_name(str(p)).parent == tmp_path  # a str path too
+
+
+@pytest.mark.parametrize("root", ["local", "memory://rs-test-many"])
+def test_read_many_and_write_many_keep_order_and_names_as_written(tmp_path, root):
+    """Order and duplicates kept; "[", "*" and "?" in a name are characters, not a glob pattern; a
+    missing file raises FileNotFoundError; an empty list is nothing."""
+    from remote_samsing._files import location, read_many, remove_tree, write_many
+
+    base = location(tmp_path if root == "local" else root)
+    names = ["b_0_1.pkl", "a[1].pkl", "c*?.pkl"]
+    try:
+        write_many([(base / n, n.encode() * 3) for n in names])
+        got = read_many([base / "c*?.pkl", base / "a[1].pkl", base / "c*?.pkl", base / "b_0_1.pkl"])
+        assert got == [b"c*?.pklc*?.pklc*?.pkl", b"a[1].pkla[1].pkla[1].pkl", b"c*?.pklc*?.pklc*?.pkl",
+                       b"b_0_1.pklb_0_1.pklb_0_1.pkl"]
+        assert read_many([]) == [] and write_many([]) is None
+        with pytest.raises(FileNotFoundError):
+            read_many([base / "b_0_1.pkl", base / "missing.pkl"])
+    finally:
+        if root != "local":
+            remove_tree(base)
+
+
+def test_zarr_opens_a_local_path_without_storage_options_and_s3_with_one_get_reads():
+    from remote_samsing._files import zarr_options
+
+    assert zarr_options("/data/labels.zarr") is None
+    assert zarr_options("s3://bucket/run/labels.zarr") == {"max_concurrency": 1}
+    assert zarr_options("memory://run/labels.zarr") == {}

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import rasterio
@@ -276,23 +278,40 @@ def test_products_of_an_unfinished_run_are_refused(tmp_path, data_dir):
     assert rs.open_labels(out / "labels.tif").shape == labels.shape
 
 
+def _clear_gdal_store_settings(monkeypatch) -> tuple:
+    """Unset what configure_remote_reads reads or sets; recorded, so that what it sets is undone."""
+    names = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "CPL_GS_ENDPOINT", "GS_NO_SIGN_REQUEST",
+             "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL",
+             "STORAGE_EMULATOR_HOST", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY")
+    for k in names:
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
+    return names[:8]
+
+
 def test_gdal_store_settings_come_from_each_stores_standard_variables(monkeypatch):
     from remote_samsing.io import configure_remote_reads
 
-    derived = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "CPL_GS_ENDPOINT", "GS_NO_SIGN_REQUEST",
-               "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
-    for k in derived:  # recorded, so that what the call sets is undone after the test
-        monkeypatch.setenv(k, "")
-        monkeypatch.delenv(k)
+    derived = _clear_gdal_store_settings(monkeypatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.local:9000/")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "localhost:4443")
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")
     monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "TRUE")  # the user's own setting wins
     configure_remote_reads()
-    import os
-
     got = {k: os.environ.get(k) for k in derived}
     assert got == {"AWS_S3_ENDPOINT": "minio.local:9000", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "TRUE",
                    "CPL_GS_ENDPOINT": "http://localhost:4443/", "GS_NO_SIGN_REQUEST": "YES",
                    "AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_ACCESS_KEY": "a2V5", "AWS_ENDPOINT_URL_S3": None}
+
+
+def test_no_emulator_and_the_users_own_gdal_settings_are_left_alone(monkeypatch):
+    from remote_samsing.io import configure_remote_reads
+
+    _clear_gdal_store_settings(monkeypatch)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "default")  # Google's libraries: no emulator
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", "other")
+    configure_remote_reads()
+    assert "CPL_GS_ENDPOINT" not in os.environ and "GS_NO_SIGN_REQUEST" not in os.environ
+    assert os.environ["AZURE_STORAGE_ACCOUNT"] == "other"

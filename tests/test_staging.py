@@ -269,3 +269,27 @@ def test_block_attributes_come_from_the_largest_fragment_of_each_object(tmp_path
     np.testing.assert_allclose(got["score"], [0.3, 0.4])
     assert _block_attributes(local, final, str(tmp_path / "missing.npz"), core) is None
     assert _block_attributes(np.zeros_like(local), final, str(path), core) is None
+
+
+def test_a_marker_that_is_absent_failed_or_not_json_means_stage_again_and_a_read_error_is_said(tmp_path,
+                                                                                                monkeypatch):
+    import remote_samsing.staging as staging_mod
+
+    plan = TilingPlan(shape=(64, 64), tile_size=32, padding=4)
+    rgba = _rgba(blob_image((64, 64), seed=3))
+    staging = create_store(tmp_path / "staging", plan)
+    kw = dict(plan=plan, segmenter=ThresholdSegmenter(), retries=0, staging=str(staging), run_id="r1")
+    marker = block_marker(staging, (0, 1))
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    for content in ('{"failed": true, "error": "x"}', '{"block": [0, 1'):  # a failed block's, then cut short
+        marker.write_text(content)
+        assert stage_block((0, 1), lambda: _window(rgba, plan, (0, 1)), **kw) == 1
+        assert json.loads(marker.read_text())["run_id"] == "r1"
+    assert stage_block((0, 1), lambda: _window(rgba, plan, (0, 1)), **kw) == 0
+
+    def denied(path):
+        raise PermissionError(f"Access Denied: {path}")
+
+    monkeypatch.setattr(staging_mod, "read_bytes", denied)
+    with pytest.raises(PermissionError):  # never taken for "not staged": that would segment it again
+        stage_block((0, 1), lambda: _window(rgba, plan, (0, 1)), **kw)

@@ -65,8 +65,10 @@ def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict)
         where = tuple(where)
         return [] if (name, where) in given or name == "staged" else [(name, where)]
 
-    keys = dict.fromkeys(k for r in refs for k in spilled(*r))  # in order, each file once
-    loaded = dict(zip(keys, map(pickle.loads, read_many([spill.path(*k) for k in keys]))))
+    keys = list(dict.fromkeys(k for r in refs for k in spilled(*r)))  # in order, each file once
+    loaded = {}
+    for group in _groups(keys, _GROUP):  # a bounded group's pickles at a time beside the loaded values
+        loaded.update(zip(group, map(pickle.loads, read_many([spill.path(*k) for k in group]))))
     values = []
     for name, where in refs:
         if where == ALL:
@@ -98,7 +100,7 @@ def _run(item, *, phase: Phase, spill: _Spill, staged: str, plan: TilingPlan, si
     return result[len(phase.outputs)] if phase.report else None
 
 
-#: Spill files a global step writes in one concurrent call.
+#: Spill files read or written in one concurrent call.
 _GROUP = 256
 
 
