@@ -3,6 +3,7 @@ AWS variables only (no mock of any client library)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -203,24 +204,70 @@ class _RangeHandler:
         return Handler
 
 
+def _certificate_for_loopback(folder):
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files; the certificate is its own CA."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "loopback.pem", folder / "loopback.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
 @pytest.mark.timeout(300)
 def test_a_cog_on_a_web_server_segments_as_the_local_file_does(tmp_path, data_dir):
+    """An https:// COG on a loopback server with its own certificate, trusted through GDAL's
+    GDAL_CURL_CA_BUNDLE, read in ranges as from any web server."""
     import http.server
+    import os
     import shutil
+    import ssl
     import threading
 
-    shutil.copy(data_dir / "kampala_crop_3857.tif", tmp_path / "scene.tif")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler.make(tmp_path))
+    pytest.importorskip("cryptography")
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(data_dir / "kampala_crop_3857.tif", site / "scene.tif")
+    cert, key = _certificate_for_loopback(tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler.make(site))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/scene.tif"
-        r = _segment(url, tmp_path / "remote", "--no-vectors")
+        url = f"https://127.0.0.1:{server.server_address[1]}/scene.tif"
+        r = _segment(url, tmp_path / "remote", "--no-vectors", env={**os.environ, "GDAL_CURL_CA_BUNDLE": str(cert)})
         assert r.returncode == 0, r.stderr[-3000:]
+        untrusted = _segment(url, tmp_path / "untrusted", "--no-vectors",
+                             env={k: v for k, v in os.environ.items() if not k.endswith("CURL_CA_BUNDLE")})
     finally:
         server.shutdown()
-    assert _segment(tmp_path / "scene.tif", tmp_path / "local", "--no-vectors").returncode == 0
+    # without the certificate trusted, the input is refused before any cluster, in one line
+    assert untrusted.returncode == 2 and untrusted.stderr.startswith("error: cannot read raster `https://")
+    assert "Traceback" not in untrusted.stderr and not (tmp_path / "untrusted").exists()
+    assert _segment(site / "scene.tif", tmp_path / "local", "--no-vectors").returncode == 0
     with rasterio.open(tmp_path / "remote" / "labels.tif") as a, rasterio.open(tmp_path / "local" / "labels.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+        assert a.crs == b.crs and a.transform == b.transform
+    rec = json.loads((tmp_path / "remote" / "run.json").read_text())
+    assert rec["complete"] and rec["input"]["path"] == url
 
 
 @pytest.mark.timeout(600)
