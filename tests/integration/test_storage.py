@@ -489,3 +489,48 @@ def test_listings_on_the_store_are_never_stale(store, aws_env):
     assert list_names("s3://mosaics/listing") == {"a"}
     s3.put_object(Bucket="mosaics", Key="listing/b", Body=b"")  # written by someone else
     assert list_names("s3://mosaics/listing") == {"a", "b"}
+
+
+@pytest.mark.timeout(300)
+def test_credentials_that_may_not_write_there_are_a_one_line_error_before_any_cluster(tmp_path, data_dir):
+    """A server that checks permissions (moto with IAM enforced after its first four requests, which
+    set up the bucket and a read-only user): writing to OUTDIR is refused before any cluster."""
+    import os
+    import socket
+    import time
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        boot = dict(aws_access_key_id="boot", aws_secret_access_key="boot", region_name="us-east-1",
+                    endpoint_url=endpoint)
+        for _ in range(100):  # the server is starting
+            try:
+                boto3.client("s3", **boot).create_bucket(Bucket="locked")
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                time.sleep(0.1)
+        iam = boto3.client("iam", **boot)
+        iam.create_user(UserName="reader")
+        read_only = {"Version": "2012-10-17",
+                     "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}
+        iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(read_only))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"],
+                   AWS_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
+        r = _segment(data_dir / "kampala_crop_3857.tif", "s3://locked/out", env=env)
+    finally:
+        server.kill()
+        server.wait()
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: cannot write to `s3://locked/out`: PermissionError: Access Denied")
+    assert "may write there" in r.stderr and "Traceback" not in r.stderr and "dashboard" not in r.stderr
+    assert key["SecretAccessKey"] not in r.stderr
