@@ -19,6 +19,7 @@ reads them alike. Writes differ by kind:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ from .exceptions import ConfigError
 
 __all__ = ["location", "is_remote", "gdal_path", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
            "write_many", "read_bytes", "read_many", "replace_path", "remove_tree", "list_names", "store_path",
-           "zarr_options"]
+           "zarr_options", "open_zarr_array"]
 
 
 def location(path) -> Path | UPath:  # noqa: F821 - UPath is imported only for URLs
@@ -84,6 +85,14 @@ def zarr_options(path) -> dict | None:
     """The ``storage_options`` Zarr opens ``path`` with: None for a local path."""
     p = location(path)
     return dict(_WHOLE_READS.get(_protocol(p), {})) if is_remote(p) else None
+
+
+def open_zarr_array(store, *, mode: str, path: str | None = None):
+    """The Zarr v3 array at ``store`` (a local path or a URL; ``path`` inside it), opened with
+    :func:`zarr_options` and without probing for v2 metadata (requests on a store)."""
+    import zarr
+
+    return zarr.open_array(store=store, path=path, mode=mode, zarr_format=3, storage_options=zarr_options(store))
 
 
 #: GDAL's virtual file system for each store protocol (https://gdal.org/en/stable/user/virtual_file_systems.html).
@@ -142,16 +151,27 @@ def write_bytes(path, data: bytes):
     return write_atomic(p, lambda tmp: tmp.write_bytes(data))
 
 
+#: Files one concurrent call reads or writes: bounds the bytes held at once.
+_GROUP = 256
+
+
+def _groups(items, n: int = _GROUP):
+    it = iter(items)
+    while group := list(itertools.islice(it, n)):
+        yield group
+
+
 def write_many(items) -> None:
     """Write each ``(path, data)`` whole, as :func:`write_bytes` does; on a store concurrently, so a task
-    writing many small objects waits for a few round trips, not one per object. All paths are on
-    one store (or all local)."""
-    items = [(location(path), data) for path, data in items]
-    if not items or not is_remote(items[0][0]):
-        for path, data in items:
-            write_bytes(path, data)
-        return
-    items[0][0].fs.pipe({p.path: data for p, data in items})
+    writing many small objects waits for a few round trips, not one per object. ``items`` is taken a
+    group at a time (a generator's data is made as it is written). All paths are on one store (or all
+    local)."""
+    for group in _groups((location(path), data) for path, data in items):
+        if is_remote(group[0][0]):
+            group[0][0].fs.pipe({p.path: data for p, data in group})
+        else:
+            for path, data in group:
+                write_bytes(path, data)
 
 
 def read_bytes(path) -> bytes:
@@ -160,17 +180,21 @@ def read_bytes(path) -> bytes:
     return p.fs.cat_file(p.path, **_WHOLE_READS.get(_protocol(p), {})) if is_remote(p) else p.read_bytes()
 
 
-def read_many(paths) -> list[bytes]:
-    """Whole files, in the order given; on a store concurrently, so a task reading many small objects
-    waits for a few round trips, not one per object. All paths are on one store (or all local); a
-    missing file raises FileNotFoundError."""
-    locs = [location(x) for x in paths]
-    if not locs or not is_remote(locs[0]):
-        return [p.read_bytes() for p in locs]
-    first = locs[0]
-    # cat_ranges, not cat: cat would expand "*", "?" and "[" in a key as a glob pattern
-    return first.fs.cat_ranges([p.path for p in locs], None, None, on_error="raise",
-                               **_WHOLE_READS.get(_protocol(first), {}))
+def read_many(paths, *, decode: Callable[[bytes], Any] | None = None) -> list:
+    """Whole files, in the order given, each through ``decode`` if given; on a store concurrently, so a
+    task reading many small objects waits for a few round trips, not one per object. Files are read
+    and decoded a group at a time, so only one group's raw bytes are held at once. All paths are on
+    one store (or all local); a missing file raises FileNotFoundError."""
+    out = []
+    for group in _groups(location(x) for x in paths):
+        if is_remote(group[0]):
+            # cat_ranges, not cat: cat would expand "*", "?" and "[" in a key as a glob pattern
+            raw = group[0].fs.cat_ranges([p.path for p in group], None, None, on_error="raise",
+                                         **_WHOLE_READS.get(_protocol(group[0]), {}))
+        else:
+            raw = [p.read_bytes() for p in group]
+        out += map(decode, raw) if decode is not None else raw
+    return out
 
 
 def _json_default(obj):

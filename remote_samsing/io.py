@@ -32,7 +32,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import is_remote, location, replace_path, store_path, temporary_name, zarr_options
+from ._files import is_remote, location, replace_path, store_path, temporary_name, open_zarr_array
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -655,9 +655,7 @@ def _gdal_dataset(path: str):
 
 @functools.lru_cache(maxsize=8)
 def _zarr_array(path: str, stamp: int):
-    import zarr
-
-    return zarr.open_array(store=path, path=_MOSAIC_VAR, mode="r", zarr_format=3, storage_options=zarr_options(path))
+    return open_zarr_array(path, path=_MOSAIC_VAR, mode="r")
 
 
 def _zarr_mosaic(path: str):

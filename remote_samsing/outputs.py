@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from ._files import (gdal_path, is_remote, list_names, location, remove_tree, replace_path, store_path, write_atomic,
-                     write_bytes, zarr_options)
+                     write_bytes, open_zarr_array)
 from .io import configure_remote_reads, quiet_georeferencing
 
 __all__ = ["to_cog", "plan_label_store", "LabelSink", "smallest_uint_dtype", "overview_factors"]
@@ -120,10 +120,7 @@ class LabelSink:
     piece: dict | None = None
 
     def __call__(self, labels: np.ndarray, window) -> None:
-        import zarr
-
-        target = zarr.open_array(store=self.store, path=self.name, mode="r+", zarr_format=3,
-                                 storage_options=zarr_options(self.store))
+        target = open_zarr_array(self.store, path=self.name, mode="r+")
         target[window.y0 : window.y1, window.x0 : window.x1] = labels
         if self.piece is None:
             return

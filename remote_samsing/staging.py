@@ -42,8 +42,8 @@ import dask.array as da
 import numpy as np
 
 from ._arrays import unique, unique_pairs
-from ._files import (list_names, location, read_bytes, read_many, store_path, write_atomic, write_json_atomic,
-                     zarr_options)
+from ._files import (list_names, location, open_zarr_array, read_bytes, read_many, store_path, write_atomic,
+                     write_json_atomic)
 from .exceptions import BlockFailedError, ConfigError, InputError, WindowReadError
 from .segmenters import get_segmenter, validate_segmenter
 from .tiling import TilingPlan
@@ -325,8 +325,6 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
     says so and why; a later run tries it again. Returns 1 if the block was
     segmented (or failed) now, 0 if it was staged already.
     """
-    import zarr
-
     iy, ix = index
     marker = block_marker(staging, index)
     if _staged_before(marker):  # never segment twice
@@ -340,8 +338,7 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
         labels, stats = np.zeros(plan.padded_window(index).shape, STAGED_DTYPE), _failed_stats(index, plan, exc)
     slot = _slot(labels, plan)
     sy, sx = plan.slot_shape
-    store = store_path(location(staging) / "labels.zarr")
-    z = zarr.open_array(store, mode="r+", zarr_format=3, storage_options=zarr_options(store))
+    z = open_zarr_array(store_path(location(staging) / "labels.zarr"), mode="r+")
     # one Zarr chunk per slot: chunk-aligned writes from different workers never overlap
     z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
     if summarize is not None:
@@ -397,15 +394,8 @@ def collect_block_stats(staging: str | Path, plan: TilingPlan) -> list:
     present = list_names(location(staging) / "blocks")  # one listing on a store
     markers = {index: block_marker(staging, index) for index in plan.block_ids()}
     staged = [index for index, p in markers.items() if p.name in present]
-    stats = {}
-    for start in range(0, len(staged), _READ_GROUP):  # concurrent reads on a store, a bounded group at a time
-        group = staged[start : start + _READ_GROUP]
-        stats.update(zip(group, map(json.loads, read_many([markers[i] for i in group]))))
+    stats = dict(zip(staged, read_many([markers[i] for i in staged], decode=json.loads)))  # concurrent on a store
     return [stats.get(index) for index in plan.block_ids()]
-
-
-#: Markers read in one concurrent call.
-_READ_GROUP = 256
 
 
 def _block_attributes(slot, final, attrs_path, core):

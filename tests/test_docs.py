@@ -161,4 +161,3 @@ def test_readme_command_block_matches_the_cli():
                 assert set(value.split("|")) == set(ptype.choices), (
                     f"README lists {flag} {value}, the CLI accepts {'|'.join(ptype.choices)}"
                 )
-

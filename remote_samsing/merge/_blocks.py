@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import unique, unique_pairs
-from .._files import zarr_options
+from .._files import open_zarr_array
 from ..tiling import TilingPlan, Window, block_label_offset
 from ._config import MergeConfig
 from ._parts import block_parts, part_map
@@ -108,11 +108,9 @@ class StoredSlot:
     slot_shape: tuple[int, int]
 
     def load(self) -> np.ndarray:
-        import zarr
-
         sy, sx = self.slot_shape
         iy, ix = self.index
-        z = zarr.open_array(store=self.path, mode="r", zarr_format=3, storage_options=zarr_options(self.path))
+        z = open_zarr_array(self.path, mode="r")
         return z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx]
 
 

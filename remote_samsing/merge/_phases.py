@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._arrays import unique
-from .._files import write_json_atomic, zarr_options
+from .._files import open_zarr_array, write_json_atomic
 from ..exceptions import ConfigError, InputError
 from ..tiling import TilingPlan
 from . import _blocks as b
@@ -282,11 +282,8 @@ def check_inputs(staged, plan, config, valid):
     if not isinstance(config, MergeConfig):
         raise ConfigError(f"`config` must be a MergeConfig, got {type(config).__name__}")
     if isinstance(staged, (str, os.PathLike)):
-        import zarr
-
         try:
-            z = zarr.open_array(store=os.fspath(staged), mode="r", zarr_format=3,
-                                storage_options=zarr_options(staged))
+            z = open_zarr_array(os.fspath(staged), mode="r")
         except Exception as exc:  # noqa: BLE001 - any zarr failure means a bad staging store
             raise InputError(f"cannot open the staged labels `{os.fspath(staged)}`: {exc}") from None
         if tuple(z.chunks) != tuple(plan.slot_shape):

@@ -11,7 +11,6 @@ submits work itself.
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import pickle
 import time
@@ -52,33 +51,32 @@ class _Spill:
         return list_names(self.root)
 
     def save_many(self, outputs) -> None:
-        """Write ``(kind, index, obj)`` outputs, concurrently on a store."""
+        """Write ``(kind, index, obj)`` outputs, concurrently on a store; each is pickled as its group
+        is written."""
         write_many((self.path(kind, index), pickle.dumps(obj, protocol=5)) for kind, index, obj in outputs)
 
 
 def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict) -> list:
     """The values of a task's reads, every spill file among them in one concurrent read."""
+    refs = [(name, where if where == ALL else tuple(where)) for name, where in refs]
 
     def spilled(name, where):  # the spill files a read takes
         if where == ALL:
             return [(name, i) for i in plan.block_ids()]
-        where = tuple(where)
         return [] if (name, where) in given or name == "staged" else [(name, where)]
 
     keys = list(dict.fromkeys(k for r in refs for k in spilled(*r)))  # in order, each file once
-    loaded = {}
-    for group in _groups(keys, _GROUP):  # a bounded group's pickles at a time beside the loaded values
-        loaded.update(zip(group, map(pickle.loads, read_many([spill.path(*k) for k in group]))))
+    loaded = dict(zip(keys, read_many([spill.path(*k) for k in keys], decode=pickle.loads)))
     values = []
     for name, where in refs:
         if where == ALL:
             values.append([loaded[(name, i)] for i in plan.block_ids()])
-        elif (name, tuple(where)) in given:
-            values.append(given[(name, tuple(where))])
+        elif (name, where) in given:
+            values.append(given[(name, where)])
         elif name == "staged":  # read by the step itself, only if it needs the pixels
-            values.append(StoredSlot(staged, tuple(where), tuple(plan.slot_shape)))
+            values.append(StoredSlot(staged, where, tuple(plan.slot_shape)))
         else:
-            values.append(loaded[(name, tuple(where))])
+            values.append(loaded[(name, where)])
     return values
 
 
@@ -93,21 +91,10 @@ def _run(item, *, phase: Phase, spill: _Spill, staged: str, plan: TilingPlan, si
         return 1
     if per_block:
         spill.save_many((name, index, value) for name, value in zip(phase.outputs, result))
-    else:  # a global step's per-block outputs, a bounded group at a time (their pickles are copies)
-        for name, value in zip(phase.outputs, result):
-            for group in _groups(zip(plan.block_ids(), value), _GROUP):
-                spill.save_many((name, i, v) for i, v in group)
+    else:  # a global step: each output holds every block's value
+        spill.save_many((name, i, v) for name, value in zip(phase.outputs, result)
+                        for i, v in zip(plan.block_ids(), value))
     return result[len(phase.outputs)] if phase.report else None
-
-
-#: Spill files read or written in one concurrent call.
-_GROUP = 256
-
-
-def _groups(iterable, n: int):
-    it = iter(iterable)
-    while group := list(itertools.islice(it, n)):
-        yield group
 
 
 def _pending(phase: Phase, plan: TilingPlan, spill: _Spill) -> list:
