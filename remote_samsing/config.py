@@ -17,6 +17,7 @@ from .segmenters import DEVICES
 from .exceptions import ConfigError
 from .io import check_percentiles
 from .merge import STRATEGIES
+from .sources import check_resampling, check_resolution
 from .tiling import validate_tiling
 
 __all__ = ["RunConfig", "load_yaml_config"]
@@ -73,6 +74,21 @@ class RunConfig:
         Local worker processes (default: one per core, or per GPU).
     progress : bool
         Show progress bars.
+    recursive : bool
+        A folder input includes the rasters of its subfolders.
+    asset : str, optional
+        The asset of STAC items to read (default: role ``visual``, else the
+        only raster asset).
+    crs : str, optional
+        Target CRS of a mosaic of many files (default: the CRS of the
+        largest share of their pixels).
+    resolution : float or [float, float], optional
+        Target resolution in CRS units (default: the resolution of the
+        largest share of pixels in the target CRS).
+    resampling : str
+        How sources off the target grid are warped onto it: ``bilinear``
+        (default; see :mod:`remote_samsing.sources`), ``nearest``,
+        ``cubic``, ``cubicspline``, ``lanczos``, ``average``, ``mode``.
     """
 
     segmenter: str = "sam2"
@@ -93,6 +109,11 @@ class RunConfig:
     gpus: list | None = None
     n_workers: int | None = None
     progress: bool = True
+    recursive: bool = False
+    asset: str | None = None
+    crs: str | None = None
+    resolution: float | list | None = None
+    resampling: str = "bilinear"
 
     def __post_init__(self) -> None:
         check_type("segmenter", self.segmenter, (str,))
@@ -117,6 +138,11 @@ class RunConfig:
         object.__setattr__(self, "gpus", _int_list("gpus", self.gpus))
         if self.n_workers is not None:
             check_int("n_workers", self.n_workers, minimum=1)
+        check_bool("recursive", self.recursive)
+        check_type("asset", self.asset, (str,), optional=True)
+        check_type("crs", self.crs, (str,), optional=True)
+        object.__setattr__(self, "resolution", check_resolution(self.resolution))
+        check_resampling(self.resampling)
 
     # ------------------------------------------------------------------
     @classmethod
@@ -146,6 +172,8 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["percentiles"] = list(d["percentiles"])
+        if d["resolution"] is not None:
+            d["resolution"] = list(d["resolution"])
         return d
 
     def replace(self, **changes) -> "RunConfig":

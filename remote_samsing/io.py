@@ -47,6 +47,7 @@ from .exceptions import (
 
 __all__ = [
     "open_mosaic",
+    "open_resolved",
     "to_zarr",
     "open_labels",
     "prepare_rgb",
@@ -153,30 +154,43 @@ def configure_remote_reads() -> None:
 
 
 def open_mosaic(
-    path: str | os.PathLike,
+    path,
     *,
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
     chunks: int | tuple[int, int] | None = 1024,
+    recursive: bool = False,
+    asset: str | None = None,
+    crs=None,
+    resolution=None,
+    resampling: str = "bilinear",
 ) -> xr.DataArray:
     """Open a raster mosaic lazily as a (band, y, x) DataArray.
 
     Parameters
     ----------
-    path : str or path-like
+    path : str, path-like, or a sequence of them
         Any GDAL raster (GeoTIFF, COG, JPEG/PNG with or without
-        georeferencing) or a Zarr written by :func:`to_zarr`; or the URL of
-        a GeoTIFF/COG on a store (``s3://``, ``gs://``, ``az://``,
-        ``abfs://``, ``https://``), read through GDAL's virtual file systems
-        with the credentials and endpoint of the standard variables
-        (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...; see
-        :func:`configure_remote_reads`).
+        georeferencing, VRT, GTI tile index) or a Zarr written by
+        :func:`to_zarr`; the URL of one on a store (``s3://``, ``gs://``,
+        ``az://``, ``abfs://``, ``https://``), read through GDAL's virtual
+        file systems with the credentials and endpoint of the standard
+        variables (see :func:`configure_remote_reads`); or many rasters:
+        several of these, a folder, a glob, an ``@FILE`` list or a STAC
+        Item/ItemCollection, mosaicked on one grid as
+        :mod:`remote_samsing.sources` says. A mosaic of many files is read
+        through a tile index kept in the per-user cache folder, which
+        processes of this machine see; :func:`remote_samsing.run` writes it
+        into OUTDIR for a cluster elsewhere.
     bands : sequence of int, optional
         1-based band numbers to keep, in order (e.g. ``[4, 3, 2]``).
     nodata : float, optional
-        Nodata value overriding the file's own.
+        Nodata value overriding the file's.
     chunks : int or (int, int), optional
         Spatial chunk size (all bands in one chunk).
+    recursive, asset, crs, resolution, resampling
+        How many files make one mosaic: see
+        :func:`remote_samsing.sources.resolve_mosaic`.
 
     Returns
     -------
@@ -193,6 +207,29 @@ def open_mosaic(
     BandSelectionError
         A requested band does not exist.
     """
+    from .sources import resolve_mosaic
+
+    mosaic = resolve_mosaic(path, recursive=recursive, asset=asset, crs=crs, resolution=resolution,
+                            resampling=resampling, nodata=nodata)
+    return open_resolved(mosaic, bands=bands, nodata=nodata, chunks=chunks)
+
+
+def open_resolved(mosaic, *, bands=None, nodata=None, chunks=1024, index=None) -> xr.DataArray:
+    """Open a :class:`~remote_samsing.sources.Mosaic`: its one file as it is, or its sources through the
+    tile index at ``index`` (default: the per-user cache's copy)."""
+    from .sources import cached_index
+
+    if mosaic.direct is not None:
+        arr = _open_path(mosaic.direct, nodata=nodata, chunks=chunks, bands=bands)
+    else:
+        arr = _open_path(os.fspath(index) if index is not None else str(cached_index(mosaic)), nodata=nodata,
+                         chunks=chunks, bands=bands)
+        arr.attrs["source_windows"] = [list(w) for w in mosaic.windows]
+    return arr
+
+
+def _open_path(path: str, *, nodata, chunks, bands) -> xr.DataArray:
+    """One raster file, Zarr mosaic or URL of one as a (band, y, x) DataArray."""
     import rioxarray  # noqa: F401  (registers the .rio accessor)
 
     cy, cx = (chunks, chunks) if isinstance(chunks, (int, np.integer)) or chunks is None else chunks
@@ -274,12 +311,7 @@ def _open_gdal_mosaic(p: Path, cy, cx):
                 masked=False,
             )
     except Exception as exc:  # noqa: BLE001 - rasterio raises many types
-        raise InputNotFoundError(
-            f"cannot read raster `{p}`: {exc}",
-            hint=("check the URL, the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile; the GCS "
-                  "and Azure equivalents) and, for an S3-compatible store, AWS_ENDPOINT_URL"
-                  if is_url(str(p)) else "is it a valid GeoTIFF/COG/JPEG/PNG? try `gdalinfo` on it"),
-        ) from None
+        raise unreadable_raster(p, str(exc)) from None
     alpha_band = None
     try:
         import rasterio
@@ -291,6 +323,16 @@ def _open_gdal_mosaic(p: Path, cy, cx):
     except Exception:  # noqa: BLE001 - no colour interpretation: no alpha band
         alpha_band = None
     return arr, alpha_band
+
+
+def unreadable_raster(location, cause: str) -> InputNotFoundError:
+    """The error for a raster GDAL cannot open: names it, says why, and what to check."""
+    return InputNotFoundError(
+        f"cannot read raster `{location}`: {cause}",
+        hint=("check the URL, the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile; the GCS "
+              "and Azure equivalents) and, for an S3-compatible store, AWS_ENDPOINT_URL"
+              if is_url(str(location)) else "is it a valid GeoTIFF/COG/JPEG/PNG? try `gdalinfo` on it"),
+    )
 
 
 def check_bands(bands, nbands: int, path) -> list[int]:
@@ -802,7 +844,7 @@ def to_zarr(
         mosaic = open_mosaic(mosaic, chunks=tile_size)
     arr = mosaic.chunk({"band": -1, "y": tile_size, "x": tile_size})
     # scale/offset/_FillValue attributes would make xarray decode to float on read
-    drop = {"source_bands", "scale_factor", "add_offset", "_FillValue", "missing_value"}
+    drop = {"source_bands", "source_windows", "scale_factor", "add_offset", "_FillValue", "missing_value"}
     attrs = {k: v for k, v in arr.attrs.items() if v is not None and k not in drop}
     arr = arr.copy()
     arr.attrs = attrs

@@ -36,9 +36,11 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,7 @@ from .execute import (
     threads_of,
 )
 from .io import (
+    open_resolved,
     as_band_yx,
     check_bands,
     error_chain,
@@ -104,8 +107,10 @@ from .staging import (
     segment_and_stage,
     segment_attributes,
     stage_blocks,
+    block_marker,
 )
 from .segmenters import segment_resources
+from .sources import TILE_INDEX, resolve_mosaic, write_tile_index
 from .tiling import TilingPlan, validate_tiling
 from .vectorize import NoCRSWarning
 
@@ -113,8 +118,11 @@ __all__ = ["segment", "run", "build_graph", "SegmentGraph", "library_versions"]
 
 _RESULT_AFFECTING = (
     "segmenter", "segmenter_params", "tile_size", "padding", "bands", "nodata", "percentiles",
-    "merge", "merge_params",
+    "merge", "merge_params", "recursive", "asset", "crs", "resolution", "resampling",
 )
+
+#: How many files make one mosaic: the keywords of :func:`~remote_samsing.sources.resolve_mosaic` a run passes on.
+_MOSAIC_OPTIONS = ("recursive", "asset", "crs", "resolution", "resampling")
 
 
 # ---------------------------------------------------------------------------
@@ -133,9 +141,19 @@ class SegmentGraph:
     diagnostics: Any = None
 
 
-def _open_input(image, *, bands, nodata, tile_size) -> xr.DataArray:
+def _is_named(image) -> bool:
+    """``image`` names files (a path, a URL, or a list of them), rather than holding pixels."""
     if isinstance(image, (str, os.PathLike)):
-        return open_mosaic(image, bands=bands, nodata=nodata, chunks=tile_size)
+        return True
+    return isinstance(image, (list, tuple)) and bool(image) and all(isinstance(i, (str, os.PathLike)) for i in image)
+
+
+def _open_input(image, *, bands, nodata, tile_size, mosaic_options=None):
+    """The mosaic as a (band, y, x) DataArray, and the :class:`~remote_samsing.sources.Mosaic` it was read
+    from (None for pixels in memory)."""
+    if _is_named(image):
+        mosaic = resolve_mosaic(image, nodata=nodata, **(mosaic_options or {}))
+        return open_resolved(mosaic, bands=bands, nodata=nodata, chunks=tile_size), mosaic
     arr = as_band_yx(image)
     if bands is not None:
         b = check_bands(bands, arr.sizes["band"], "the array")
@@ -148,7 +166,7 @@ def _open_input(image, *, bands, nodata, tile_size) -> xr.DataArray:
         arr = arr.rio.write_nodata(nodata, encoded=False)
     arr.attrs.setdefault("alpha_band", None)
     arr.attrs.setdefault("source_bands", list(range(1, arr.sizes["band"] + 1)))
-    return arr
+    return arr, None
 
 
 def _merge_config(merge: str, merge_params: dict | None):
@@ -192,15 +210,17 @@ def build_graph(
     percentiles=(2.0, 98.0),
     retries: int = 2,
     staged: da.Array | str | os.PathLike | None = None,
+    **mosaic_options,
 ) -> SegmentGraph:
     """Build (but do not compute) the full segmentation graph.
 
     All validation happens here, before anything runs. ``staged`` replaces the
     segmentation stage with already staged labels (a dask array, or the path
-    of a staging Zarr array such as a run's ``staging/labels.zarr``).
+    of a staging Zarr array such as a run's ``staging/labels.zarr``). ``mosaic_options`` (``recursive``,
+    ``asset``, ``crs``, ``resolution``, ``resampling``) say how many files make one mosaic.
     """
     validate_tiling(tile_size, padding)
-    arr = _open_input(image, bands=bands, nodata=nodata, tile_size=tile_size)
+    arr, _ = _open_input(image, bands=bands, nodata=nodata, tile_size=tile_size, mosaic_options=mosaic_options)
     rgb_band_indices(arr)  # two-band images fail here, before any work
     seg = resolve_segmenter(segmenter, segmenter_params)
     mcfg = _merge_config(merge, merge_params)
@@ -245,13 +265,19 @@ def segment(
     merge_params: dict | None = None,
     retries: int = 2,
     overwrite: bool = False,
+    recursive: bool = False,
+    asset: str | None = None,
+    crs: str | None = None,
+    resolution=None,
+    resampling: str = "bilinear",
 ) -> xr.DataArray:
     """Segment a mosaic block by block; labels 0 = unsegmented.
 
     Parameters
     ----------
-    image : path, DataArray (band, y, x), or numpy/dask array (y, x) or (y, x, band)
-        The mosaic.
+    image : path, list of paths, DataArray (band, y, x), or numpy/dask array (y, x) or (y, x, band)
+        The mosaic: one raster or many (files, folders, globs, ``@FILE``
+        lists, VRT/GTI, STAC; see :func:`remote_samsing.io.open_mosaic`).
     segmenter : str or object
         A registry name (``"sam2"``, the default, or the classical baselines
         ``"felzenszwalb"`` and ``"slic"``) or any object with
@@ -279,6 +305,8 @@ def segment(
         Extra attempts for a failing block.
     overwrite : bool
         With ``store``: replace an existing output directory.
+    recursive, asset, crs, resolution, resampling
+        How many files make one mosaic (:class:`~remote_samsing.config.RunConfig`).
 
     Returns
     -------
@@ -295,7 +323,8 @@ def segment(
     (('y', 'x'), (60, 60))
     """
     common = dict(segmenter_params=segmenter_params, tile_size=tile_size, padding=padding, merge=merge,
-                  merge_params=merge_params, bands=bands, nodata=nodata, retries=retries)
+                  merge_params=merge_params, bands=bands, nodata=nodata, retries=retries, recursive=recursive,
+                  asset=asset, crs=crs, resolution=resolution, resampling=resampling)
     if store is None:
         return build_graph(image, segmenter=segmenter, percentiles=percentiles, **common).labels
     if not isinstance(segmenter, str):
@@ -342,23 +371,23 @@ def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _input_identity(image, arr: xr.DataArray) -> dict:
-    """Which mosaic a run segments: a file by its path and raster structure (bands, size, dtype, CRS,
-    transform), an array by its dask token.
+def _input_identity(image, arr: xr.DataArray, mosaic) -> dict:
+    """Which mosaic a run segments: the inputs as named with the grid's structure (bands, size, dtype,
+    CRS, transform), plus every source read with its stamp and footprint; an array by its dask token.
 
-    Not by the file's bytes or time: a damaged input repaired in place (an
-    interrupted download fetched again) must let the same command resume.
-    A different mosaic saved under the same path with the same structure
-    is not noticed; ``--overwrite`` starts such a job afresh.
+    The run's fingerprint covers all but the sources (:func:`_fingerprint_payload`): sources edited,
+    added or removed on the same grid make a rerun redo the blocks they touch
+    (:func:`_changed_blocks`), while other inputs or another grid are another job.
     """
-    if isinstance(image, (str, os.PathLike)):
-        crs = arr.rio.crs
-        path = image if is_url(image) else str(Path(os.fspath(image)).resolve())
-        return {"path": path, "bands": int(arr.sizes["band"]),
-                "size": [int(arr.sizes["y"]), int(arr.sizes["x"])], "dtype": str(arr.dtype),
-                "crs": crs.to_string() if crs is not None else None,
-                "transform": [round(v, 12) for v in tuple(arr.rio.transform())[:6]]}
-    return {"array_token": dask.base.tokenize(image)}
+    if mosaic is None:
+        return {"array_token": dask.base.tokenize(image)}
+    crs = arr.rio.crs
+    path = mosaic.inputs[0] if len(mosaic.inputs) == 1 else list(mosaic.inputs)
+    return {"path": path, "bands": int(arr.sizes["band"]),
+            "size": [int(arr.sizes["y"]), int(arr.sizes["x"])], "dtype": str(arr.dtype),
+            "crs": crs.to_string() if crs is not None else None,
+            "transform": [round(v, 12) for v in tuple(arr.rio.transform())[:6]],
+            "sources": [{**s.identity(), "window": list(w)} for s, w in zip(mosaic.sources, mosaic.windows)]}
 
 
 def _fingerprint_payload(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_hash: str | None) -> dict:
@@ -371,7 +400,8 @@ def _fingerprint_payload(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_
     params = cfg.to_dict()
     config = {k: params[k] for k in _RESULT_AFFECTING}
     config["segmenter_params"] = {k: v for k, v in config["segmenter_params"].items() if k != "checkpoint"}
-    return {"config": config, "input": identity, "shape": list(plan.shape), "checkpoint_sha256": ckpt_hash}
+    grid = {k: v for k, v in identity.items() if k != "sources"}
+    return {"config": config, "input": grid, "shape": list(plan.shape), "checkpoint_sha256": ckpt_hash}
 
 
 def _fingerprint(payload: dict) -> str:
@@ -389,7 +419,8 @@ def _differences(prev: dict, payload: dict) -> list[str]:
     old_params["segmenter_params"] = {k: v for k, v in (old_params.get("segmenter_params") or {}).items()
                                       if k != "checkpoint"}
     pairs = [(k, old_params.get(k), v) for k, v in payload["config"].items()]
-    old_input, new_input = prev.get("input", {}), norm(payload["input"])
+    old_input = {k: v for k, v in prev.get("input", {}).items() if k != "sources"}
+    new_input = norm(payload["input"])
     pairs += [(f"input {k}", old_input.get(k), new_input.get(k)) for k in sorted(set(old_input) | set(new_input))]
     pairs += [("shape", prev.get("shape"), payload["shape"]),
               ("checkpoint_sha256", prev.get("checkpoint_sha256"), payload["checkpoint_sha256"])]
@@ -458,6 +489,9 @@ class _Job:
     ckpt_hash: str | None
     fingerprint: str
     prev: dict | None
+    mosaic: Any = None
+    changes: list = field(default_factory=list)
+    redo: list = field(default_factory=list)
     run_id: str = ""
     record: dict = field(default_factory=dict)
 
@@ -509,10 +543,12 @@ def run(
     if _up_to_date(job):  # the same job, finished: nothing to do (Make/Snakemake-style reruns)
         job.log(f"{job.outdir} already holds this complete run: nothing to do")
         return {**job.prev, "blocks_segmented_this_run": 0, "up_to_date": True}
-    # -- 2. the run record, "complete": false until the very end
+    # -- 2. the run record, "complete": false until the very end; blocks of changed sources unstaged
+    _forget_changed_blocks(job)
     _start_record(job)
+    _put_tile_index(job)
     # block tasks read their windows from the file itself when there is one
-    reader = window_reader(job.arr) if isinstance(image, (str, os.PathLike)) else None
+    reader = window_reader(job.arr) if job.mosaic is not None else None
     with _client_for(cfg, client, needs_gpu=bool(segment_resources(job.seg)), log=job.log) as c:
         # -- 3. segment and stage every block not staged yet
         res = _check_resources(c, segment_resources(job.seg), device=cfg.device)
@@ -534,7 +570,8 @@ def run(
 
 def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     """Step 1: open and check the input and every parameter; decide fresh / resume / refuse."""
-    arr = _open_input(image, bands=cfg.bands, nodata=cfg.nodata, tile_size=cfg.tile_size)
+    arr, mosaic = _open_input(image, bands=cfg.bands, nodata=cfg.nodata, tile_size=cfg.tile_size,
+                              mosaic_options={k: getattr(cfg, k) for k in _MOSAIC_OPTIONS})
     rgb_band_indices(arr)
     if arr.rio.crs is None:  # said once here; the vectors step does not repeat it
         warnings.warn(f"input `{image}` has no CRS: labels.tif and the polygons are in pixel coordinates "
@@ -545,14 +582,96 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     # the file the segmenter found (parameter, environment or models directory), not only a given one
     ckpt = getattr(seg, "checkpoint", None)
     ckpt_hash = _file_sha256(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
-    identity = _input_identity(image, arr)
+    identity = _input_identity(image, arr, mosaic)
     payload = _fingerprint_payload(cfg, identity, plan, ckpt_hash)
     fingerprint = _fingerprint(payload)
     if is_remote(outdir):
         _check_writable(outdir)
     prev = _prepare_outdir(outdir, payload, cfg.overwrite)
+    changes = _changed_sources(prev, identity)
     return _Job(cfg=cfg, image=image, arr=arr, seg=seg, mcfg=mcfg, plan=plan, outdir=outdir, log=log,
-                identity=identity, ckpt_hash=ckpt_hash, fingerprint=fingerprint, prev=prev)
+                identity=identity, ckpt_hash=ckpt_hash, fingerprint=fingerprint, prev=prev, mosaic=mosaic,
+                changes=changes, redo=_changed_blocks(plan, changes, prev))
+
+
+def _changed_sources(prev: dict | None, identity: dict) -> list[dict]:
+    """The sources edited, added or removed since the run ``prev`` recorded: location, what changed, and
+    their footprints then and now."""
+    if not prev or "sources" not in prev.get("input", {}) or "sources" not in identity:
+        return []  # no earlier run, or one that recorded no sources: nothing to compare
+    old = {e["location"]: json.loads(json.dumps(e, default=str)) for e in prev["input"]["sources"]}
+    new = {e["location"]: json.loads(json.dumps(e, default=str)) for e in identity["sources"]}
+    out = []
+    for loc in list(old) + [n for n in new if n not in old]:
+        if loc not in new:
+            out.append({"location": loc, "change": "removed", "windows": [old[loc]["window"]]})
+        elif loc not in old:
+            out.append({"location": loc, "change": "added", "windows": [new[loc]["window"]]})
+        elif old[loc] != new[loc]:
+            out.append({"location": loc, "change": "edited", "windows": [old[loc]["window"], new[loc]["window"]]})
+    return out
+
+
+def _changed_blocks(plan: TilingPlan, changes: list[dict], prev: dict | None) -> list[tuple[int, int]]:
+    """The blocks whose padded windows touch a changed source's footprint (then or now).
+
+    A source the previous run could not read in some block (a damaged file, now repaired in place) is
+    taken as repaired, not edited: only its failed blocks are segmented again, as a resumed run does,
+    since the blocks read before the failure read its intact part.
+    """
+    failed = _failed_windows(plan, prev)
+    redo = set()
+    for change in changes:
+        windows = [w for w in change["windows"] if w[0] < w[1] and w[2] < w[3]]
+        if change["change"] == "edited" and any(_touches(w, f) for w in windows for f in failed):
+            continue
+        redo.update(b for b in plan.block_ids() if any(_touches(plan.padded_window(b).as_tuple(), w)
+                                                       for w in windows))
+    return sorted(redo)
+
+
+def _failed_windows(plan: TilingPlan, prev: dict | None) -> list[tuple]:
+    """Padded windows of the blocks the previous run failed to read."""
+    if not prev:
+        return []
+    blocks = [tuple(b["block"]) for b in prev.get("failed_blocks") or []]
+    if (prev.get("error") or {}).get("block"):
+        blocks.append(tuple(prev["error"]["block"]))
+    return [plan.padded_window(b).as_tuple() for b in blocks]
+
+
+def _touches(a, b) -> bool:
+    """Two ``(y0, y1, x0, x1)`` windows share a pixel."""
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
+def _forget_changed_blocks(job: _Job) -> None:
+    """Unstage the blocks of changed sources and drop the merge's spill folder, whose per-block
+    summaries and faces may be of the blocks' old labels; the merge runs again from the staged blocks."""
+    if not job.changes:
+        return
+    for index in job.redo:
+        block_marker(job.staging, index).unlink(missing_ok=True)
+    remove_tree(job.staging / "merge")
+    counts = Counter(c["change"] for c in job.changes)
+    job.log(f"sources changed since the last run ({', '.join(f'{n} {k}' for k, n in counts.items())}): "
+            f"segmenting again the {len(job.redo)} block(s) they touch")
+
+
+def _put_tile_index(job: _Job) -> None:
+    """Write the tile index of a mosaic of many files into OUTDIR, where every worker reads it, and read
+    the mosaic through it from now on."""
+    if job.mosaic is None or job.mosaic.direct is not None:
+        return
+    target = job.outdir / TILE_INDEX
+    if is_remote(target):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = write_tile_index(job.mosaic, Path(tmp) / TILE_INDEX)
+            write_bytes(target, local.read_bytes())
+    else:
+        write_tile_index(job.mosaic, target)
+    job.arr = open_resolved(job.mosaic, bands=job.cfg.bands, nodata=job.cfg.nodata, chunks=job.cfg.tile_size,
+                            index=str(target))
 
 
 def _check_writable(outdir) -> None:
@@ -585,10 +704,11 @@ def _default_log():
 
 
 def _up_to_date(job: _Job) -> bool:
-    """OUTDIR holds this job complete, with no failed block to retry and every product asked for."""
+    """OUTDIR holds this job complete, from the same sources, with no failed block to retry and every
+    product asked for."""
     prev = job.prev
     return prev is not None and bool(prev.get("complete")) and not prev.get("failed_blocks") \
-        and _products_present(job)
+        and not job.changes and _products_present(job)
 
 
 def _products_present(job: _Job) -> bool:
@@ -611,6 +731,8 @@ def _start_record(job: _Job) -> None:
         "fingerprint": job.fingerprint,
         "run_id": job.run_id,
         "resumed": job.prev is not None,
+        "sources_changed": [{k: c[k] for k in ("location", "change")} for c in job.changes],
+        "blocks_redone": [list(b) for b in job.redo],
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "input": job.identity,
         "shape": list(job.plan.shape),
@@ -781,7 +903,7 @@ def _outputs_step(job: _Job, client, written: xr.DataArray, max_label: int) -> t
 
 def _valid_mask(job: _Job) -> da.Array:
     """The mosaic's validity, read window by window from the file when there is one."""
-    reader = window_reader(job.arr) if isinstance(job.image, (str, os.PathLike)) else None
+    reader = window_reader(job.arr) if job.mosaic is not None else None
     if reader is not None:
         return read_valid_mask(reader, chunks=job.plan.chunks)
     return prepare_rgb(job.arr, chunks=job.plan.chunks, percentiles=job.cfg.percentiles)[..., 3] > 0

@@ -1,0 +1,724 @@
+"""Sources: what a user points at, turned into the rasters of one mosaic and its target grid.
+
+A mosaic may come as one file, many files, a folder, a glob, an ``@list``
+file, a GDAL VRT or GTI tile index, or a STAC Item/ItemCollection, in one or
+several CRSs and resolutions. :func:`resolve_mosaic` expands those forms into
+sources, reads each source's header (never its pixels), checks that bands and
+dtype agree, chooses one target grid, and describes the sources to GDAL as a
+tile index for its GTI driver (https://gdal.org/en/stable/drivers/raster/gti.html).
+GDAL then mosaics and warps each window read from only the sources the window
+touches, found through the index's R-tree: no mosaic file is written and no
+warping is done here.
+
+* **Target grid.** The CRS with the largest share of the sources' pixels, then
+  the resolution with the largest share among the sources in that CRS, with
+  its pixel edges aligned to the first source on it, so sources that already
+  share a grid keep it pixel for pixel. It covers the union of the footprints;
+  what no source covers is nodata.
+* **Overlaps.** Where footprints overlap, the source listed last wins, as in a
+  VRT (the index's sort field is the source's position).
+* **Resampling** (only where a source is not on the target grid):
+  ``bilinear`` by default. Nearest neighbour turns an upsampled source into
+  blocks of equal pixels whose straight edges a segmenter outlines as objects;
+  bilinear keeps edges where the image has them.
+* **Nodata.** Each source's own nodata and alpha are transparent. The mosaic's
+  nodata is the value most sources declare; when none declares one and the
+  footprints leave gaps, it is 0.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._files import gdal_path
+from .exceptions import ConfigError, InputError, InputNotFoundError
+
+__all__ = [
+    "Source",
+    "Grid",
+    "Mosaic",
+    "resolve_mosaic",
+    "expand_inputs",
+    "describe_sources",
+    "target_grid",
+    "write_tile_index",
+    "cached_index",
+    "TILE_INDEX",
+    "RASTER_SUFFIXES",
+    "RESAMPLINGS",
+    "DEFAULT_RESAMPLING",
+]
+
+#: What a folder's listing keeps (PNG/JPEG only with georeferencing beside them, see _georeferenced).
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".png", ".jpg", ".jpeg")
+#: GDAL's resampling methods the GTI driver takes.
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
+DEFAULT_RESAMPLING = "bilinear"
+
+_SIDECARS = (".aux.xml", ".wld", ".pgw", ".pngw", ".jgw", ".jpgw")
+_INDEX_LAYER = "sources"
+_GTI_SUFFIX = ".gti.gpkg"
+#: The tile index's name in a run's OUTDIR.
+TILE_INDEX = "sources" + _GTI_SUFFIX
+
+
+@dataclass(frozen=True)
+class Source:
+    """One raster of a mosaic, as its header describes it.
+
+    Attributes
+    ----------
+    location : str
+        Absolute path or URL.
+    stamp : dict
+        What changes when the file does: size and modification time, or a
+        store's ETag.
+    crs : str or None
+        The CRS as WKT.
+    transform : tuple of 6 float
+        Affine (a, b, c, d, e, f).
+    shape : (int, int)
+        (height, width).
+    count : int
+    dtype : str
+    nodata : float or None
+    colorinterp : tuple of str
+    """
+
+    location: str
+    stamp: dict
+    crs: str | None
+    transform: tuple
+    shape: tuple
+    count: int
+    dtype: str
+    nodata: float | None
+    colorinterp: tuple = ()
+
+    @property
+    def pixels(self) -> int:
+        return int(self.shape[0]) * int(self.shape[1])
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the source's CRS."""
+        a, _, c, _, e, f = self.transform
+        xs, ys = (c, c + a * self.shape[1]), (f, f + e * self.shape[0])
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def identity(self) -> dict:
+        """The record of this source in ``run.json``: where, its stamp, and its raster structure."""
+        return {"location": self.location, **self.stamp, "bands": self.count, "dtype": self.dtype,
+                "shape": list(self.shape), "crs": _short_crs(self.crs),
+                "transform": [round(v, 12) for v in self.transform], "nodata": self.nodata}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grid:
+    """The pixel grid a mosaic is read on: CRS, transform, size, bands, dtype, nodata, resampling."""
+
+    crs: str | None
+    transform: tuple
+    shape: tuple
+    count: int
+    dtype: str
+    nodata: float | None
+    resampling: str = DEFAULT_RESAMPLING
+    colorinterp: tuple = ()
+
+    def identity(self) -> dict:
+        return {"crs": _short_crs(self.crs), "transform": [round(v, 12) for v in self.transform],
+                "size": list(self.shape), "bands": self.count, "dtype": self.dtype, "nodata": self.nodata,
+                "resampling": self.resampling}
+
+    def window_of(self, source: Source) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)``: the pixels of this grid that ``source``'s footprint covers (clipped)."""
+        from rasterio.warp import transform_bounds
+
+        left, bottom, right, top = source.bounds
+        if source.crs and self.crs and not _same_crs(source.crs, self.crs):
+            left, bottom, right, top = transform_bounds(source.crs, self.crs, left, bottom, right, top,
+                                                        densify_pts=21)
+        a, _, c, _, e, f = self.transform
+        cols = sorted(((left - c) / a, (right - c) / a))
+        rows = sorted(((top - f) / e, (bottom - f) / e))
+        x0, x1 = max(0, math.floor(cols[0] + 1e-6)), min(self.shape[1], math.ceil(cols[1] - 1e-6))
+        y0, y1 = max(0, math.floor(rows[0] + 1e-6)), min(self.shape[0], math.ceil(rows[1] - 1e-6))
+        return (y0, max(y0, y1), x0, max(x0, x1))
+
+
+@dataclass(frozen=True)
+class Mosaic:
+    """The sources of one mosaic, its grid, and what GDAL opens to read it.
+
+    Attributes
+    ----------
+    inputs : tuple of str
+        The inputs as the user named them (absolute): a run's identity.
+    sources : tuple of Source
+        Every raster a run reads, a VRT's or tile index's own sources included.
+    grid : Grid
+    direct : str or None
+        The one file GDAL reads as it is (a single raster, a VRT, a GTI index
+        or a Zarr mosaic); None when a tile index is written for the sources.
+    windows : tuple
+        Each source's footprint on the grid, ``(y0, y1, x0, x1)``.
+    """
+
+    inputs: tuple
+    sources: tuple
+    grid: Grid
+    direct: str | None
+    windows: tuple = field(default=())
+
+    @property
+    def crss(self) -> list[str]:
+        return sorted({_short_crs(s.crs) or "none" for s in self.sources})
+
+    def identity(self) -> dict:
+        """What a run records of its input: the inputs as named, the grid, and every source with its
+        stamp and footprint (the footprints decide which blocks a changed source touches)."""
+        grid = self.grid.identity()
+        path = self.inputs[0] if len(self.inputs) == 1 else list(self.inputs)
+        return {"path": path, "bands": grid["bands"], "size": grid["size"], "dtype": grid["dtype"],
+                "crs": grid["crs"], "transform": grid["transform"], "nodata": grid["nodata"],
+                "resampling": grid["resampling"],
+                "sources": [{**s.identity(), "window": list(w)} for s, w in zip(self.sources, self.windows)]}
+
+    def token(self) -> str:
+        """A digest of what the tile index holds: the file name of a cached index."""
+        text = json.dumps({"grid": self.grid.identity(), "sources": [s.location for s in self.sources]},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _short_crs(crs: str | None) -> str | None:
+    """``EPSG:n`` where the CRS has a code, else its WKT: what run.json and messages show."""
+    if not crs:
+        return None
+    from rasterio.crs import CRS
+
+    c = CRS.from_user_input(crs)
+    epsg = c.to_epsg()
+    return f"EPSG:{epsg}" if epsg else c.to_wkt()
+
+
+def _same_crs(a: str, b: str) -> bool:
+    from rasterio.crs import CRS
+
+    return CRS.from_user_input(a) == CRS.from_user_input(b)
+
+
+# ---------------------------------------------------------------------------
+# the forms of INPUT
+# ---------------------------------------------------------------------------
+def _is_url(text: str) -> bool:
+    return "://" in text
+
+
+def _has_magic(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _is_zarr(text: str) -> bool:
+    stripped = text.rstrip("/")
+    return stripped.endswith(".zarr") or (not _is_url(text) and (Path(text) / "zarr.json").exists())
+
+
+def _georeferenced(path: str) -> bool:
+    """A PNG/JPEG in a folder counts as a raster of the mosaic only with georeferencing beside it."""
+    stem = os.path.splitext(path)[0]
+    return any(os.path.exists(path + s) or os.path.exists(stem + s) for s in _SIDECARS)
+
+
+def _keeps(name: str) -> bool:
+    lower = name.lower()
+    if lower.endswith(_GTI_SUFFIX) or lower.endswith(".gti"):
+        return True
+    if not lower.endswith(RASTER_SUFFIXES) or lower.endswith(".aux.xml"):
+        return False
+    if lower.endswith((".png", ".jpg", ".jpeg")):
+        return _is_url(name) or _georeferenced(name)
+    return True
+
+
+def _fs(url: str):
+    """fsspec's filesystem for ``url`` and the path inside it, with a named error for a missing extra."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        raise InputError(f"cannot list `{url}`: {exc}",
+                         hint="install the store's extra: pip install \"remote-samsing[gcs]\" or \"[azure]\"") from None
+
+
+def _list_folder(folder: str, *, recursive: bool) -> list[str]:
+    """The rasters of ``folder`` (local or on a store), sorted by name."""
+    if _is_url(folder):
+        fs, root = _fs(folder)
+        names = fs.find(root) if recursive else fs.ls(root, detail=False)
+        return sorted(fs.unstrip_protocol(n) for n in names if _keeps(n))
+    pattern = os.path.join(folder, "**", "*") if recursive else os.path.join(folder, "*")
+    return sorted(p for p in _glob.glob(pattern, recursive=recursive) if os.path.isfile(p) and _keeps(p))
+
+
+def _match_glob(pattern: str) -> list[str]:
+    if _is_url(pattern):
+        fs, path = _fs(pattern)
+        return sorted(fs.unstrip_protocol(p) for p in fs.glob(path))
+    return sorted(os.path.abspath(p) for p in _glob.glob(os.path.expanduser(pattern), recursive=True)
+                  if os.path.isfile(p))
+
+
+def _read_text(location: str) -> str:
+    if _is_url(location):
+        fs, path = _fs(location)
+        with fs.open(path, "rb") as f:
+            return f.read().decode("utf-8")
+    return Path(location).read_text(encoding="utf-8")
+
+
+def _join(base: str, ref: str) -> str:
+    """``ref`` (a line of a list, a STAC href) relative to the file ``base`` that names it."""
+    if _is_url(ref) or os.path.isabs(ref):
+        return ref
+    if _is_url(base):
+        from urllib.parse import urljoin
+
+        return urljoin(base, ref)
+    return os.path.normpath(os.path.join(os.path.dirname(base), os.path.expanduser(ref)))
+
+
+def _exists(location: str) -> bool:
+    if not _is_url(location):
+        return os.path.exists(location)
+    try:
+        fs, path = _fs(location)
+        return fs.exists(path)
+    except Exception:  # noqa: BLE001 - a store that cannot be asked: GDAL says why when it reads
+        return True
+
+
+def _from_list(list_file: str, *, recursive: bool, asset: str | None) -> list[str]:
+    """The inputs named in an ``@FILE`` list, one per line (blank lines and ``#`` comments skipped)."""
+    if not _is_url(list_file) and not os.path.isfile(list_file):
+        raise InputNotFoundError(f"list file `{list_file}` does not exist", hint="`@FILE` names a text file with "
+                                 "one path or URL per line")
+    out = []
+    for number, line in enumerate(_read_text(list_file).splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        entry = _join(list_file, text)
+        if not _has_magic(entry) and not _exists(entry):
+            raise InputNotFoundError(f"`{list_file}` line {number}: `{text}` does not exist",
+                                     hint="paths in a list are relative to the list file's folder")
+        out += _expand_one(entry, recursive=recursive, asset=asset, nested=True)
+    if not out:
+        raise InputNotFoundError(f"list file `{list_file}` names no input", hint="write one path or URL per line")
+    return out
+
+
+def _expand_one(item: str, *, recursive: bool, asset: str | None, nested: bool = False) -> list[str]:
+    """One INPUT as the locations of its rasters (or its one Zarr mosaic)."""
+    if item.startswith("@") and not nested:
+        return _from_list(os.path.abspath(os.path.expanduser(item[1:])) if not _is_url(item[1:]) else item[1:],
+                          recursive=recursive, asset=asset)
+    if _has_magic(item):
+        found = [p for p in _match_glob(item) if _keeps(p) or _is_stac_name(p)]
+        if not found:
+            raise InputNotFoundError(f"the pattern `{item}` matches no raster",
+                                     hint="check the pattern; quote it so that the shell passes it on unexpanded")
+        return [loc for p in found for loc in _expand_one(p, recursive=recursive, asset=asset, nested=True)]
+    location = item if _is_url(item) else os.path.abspath(os.path.expanduser(item))
+    if _is_zarr(location):
+        return [location]
+    if _is_stac_name(location):
+        from .stac import asset_hrefs
+
+        return asset_hrefs(location, _read_text(location), asset=asset)
+    if location.endswith("/") or (not _is_url(location) and os.path.isdir(location)):
+        found = _list_folder(location, recursive=recursive)
+        if not found:
+            raise InputNotFoundError(
+                f"folder `{item}` holds no raster ({', '.join(RASTER_SUFFIXES)})",
+                hint="pass --recursive to look in its subfolders" if not recursive else "check the folder")
+        return found
+    if not _is_url(location) and not os.path.exists(location):
+        raise InputNotFoundError(f"input `{item}` does not exist", hint="check the path")
+    return [location]
+
+
+def _is_stac_name(location: str) -> bool:
+    return location.lower().rstrip("/").endswith((".json", ".geojson"))
+
+
+def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None) -> list[str]:
+    """The locations of every raster that ``inputs`` name, in order, each once (its last position).
+
+    Parameters
+    ----------
+    inputs : str, path-like, or a sequence of them
+        Raster files or URLs, folders, globs (local or on a store),
+        ``@FILE`` lists, VRT/GTI files, STAC Item/ItemCollection JSON files.
+    recursive : bool
+        Descend into the subfolders of a folder.
+    asset : str, optional
+        The STAC asset to read (default: see :func:`remote_samsing.stac.asset_hrefs`).
+    """
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not items:
+        raise InputNotFoundError("no input given", hint="name a raster, a folder, a glob, an @list or a STAC file")
+    found = [loc for item in items for loc in _expand_one(os.fspath(item), recursive=recursive, asset=asset)]
+    last = {loc: i for i, loc in enumerate(found)}  # a source named twice is drawn at its last position
+    return [loc for i, loc in enumerate(found) if last[loc] == i]
+
+
+# ---------------------------------------------------------------------------
+# headers and stamps
+# ---------------------------------------------------------------------------
+def _stamp(location: str) -> dict:
+    """Size and modification time of a file, or size and ETag (or generation) of a store object."""
+    if not _is_url(location):
+        st = os.stat(location)
+        return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    try:
+        fs, path = _fs(location)
+        info = fs.info(path)
+    except Exception:  # noqa: BLE001 - a store fsspec cannot ask (no extra): GDAL still reads it
+        return {"size": None, "etag": None}
+    tag = next((info[k] for k in ("ETag", "etag", "generation", "md5Hash", "LastModified", "last_modified",
+                                  "mtime") if info.get(k) is not None), None)
+    return {"size": info.get("size"), "etag": str(tag).strip('"') if tag is not None else None}
+
+
+def _describe(location: str) -> Source:
+    """The header of one source, or a one-line error naming it."""
+    import rasterio
+
+    from .io import configure_remote_reads, quiet_georeferencing, unreadable_raster
+
+    if _is_url(location):
+        configure_remote_reads()
+    try:
+        with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
+            crs = src.crs.to_wkt() if src.crs else None
+            header = dict(crs=crs, transform=tuple(src.transform)[:6], shape=(src.height, src.width),
+                          count=src.count, dtype=src.dtypes[0], nodata=src.nodata,
+                          colorinterp=tuple(c.name for c in src.colorinterp))
+        stamp = _stamp(location)
+    except Exception as exc:  # noqa: BLE001 - GDAL and stores raise many types
+        cause = str(exc)
+    else:
+        return Source(location=location, stamp=stamp, **header)
+    raise unreadable_raster(location, cause)
+
+
+def _gdal_name(location: str) -> str:
+    """What GDAL opens for ``location``: rasterio's own URL handling for ``https://`` (it keeps
+    GDAL's error messages about the URL), GDAL's virtual path for a store's object."""
+    return location if location.lower().startswith(("http://", "https://")) else gdal_path(location)
+
+
+def describe_sources(locations: Sequence[str], *, threads: int = 16) -> list[Source]:
+    """Each location's header, read concurrently (headers on a store are one request each)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(locations)))) as pool:
+        return list(pool.map(_describe, locations))
+
+
+def _check_agree(sources: Sequence[Source]) -> None:
+    """Band count, dtype and georeferencing agree across sources, or a one-line error naming the first odd one."""
+    first = sources[0]
+    for s in sources[1:]:
+        if s.count != first.count or s.dtype != first.dtype:
+            raise InputError(
+                f"`{s.location}` has {s.count} band(s) of {s.dtype}, but `{first.location}` has {first.count} of "
+                f"{first.dtype}", hint="the sources of one mosaic need the same bands and dtype: leave it out or "
+                                       "convert it")
+    for s in sources:
+        if s.crs is None:
+            raise InputError(f"`{s.location}` has no CRS, so it cannot be placed among the other sources",
+                             hint="georeference it (a .aux.xml or world file), or segment it on its own")
+        if s.transform[1] != 0 or s.transform[3] != 0:
+            raise InputError(f"`{s.location}` has a rotated grid", hint="warp it to a north-up grid first")
+
+
+# ---------------------------------------------------------------------------
+# the target grid
+# ---------------------------------------------------------------------------
+def _resolution_of(s: Source) -> tuple[float, float]:
+    return (abs(s.transform[0]), abs(s.transform[4]))
+
+
+def _largest_share(keys, weights):
+    totals: Counter = Counter()
+    for k, w in zip(keys, weights):
+        totals[k] += w
+    best = max(totals.values())
+    return next(k for k in keys if totals[k] == best)  # ties: the first listed
+
+
+def check_resolution(resolution) -> tuple[float, float] | None:
+    """``resolution`` (one positive number, or two: x and y) as an ``(x, y)`` tuple; None stays None."""
+    if resolution is None:
+        return None
+    try:
+        values = [resolution] * 2 if isinstance(resolution, (int, float)) else list(resolution)
+        res = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        res = ()
+    if len(res) != 2 or not all(math.isfinite(v) and v > 0 for v in res):
+        raise ConfigError(f"`resolution` must be one positive number or two (x, y), got {resolution!r}")
+    return res
+
+
+def _check_crs(crs) -> str | None:
+    if crs is None:
+        return None
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_user_input(crs).to_wkt()
+    except CRSError as exc:
+        raise ConfigError(f"`crs` {crs!r} is not a CRS GDAL knows: {exc}", hint="e.g. EPSG:32633") from None
+
+
+def check_resampling(resampling: str) -> str:
+    """``resampling`` if it is one of :data:`RESAMPLINGS`, else a :class:`ConfigError`."""
+    from ._validate import check_choice
+
+    return check_choice("resampling", resampling, RESAMPLINGS)
+
+
+def target_grid(sources: Sequence[Source], *, crs=None, resolution=None, resampling: str = DEFAULT_RESAMPLING,
+                nodata: float | None = None) -> Grid:
+    """The grid a mosaic of ``sources`` is read on (the rules are in the module docstring)."""
+    from rasterio.warp import calculate_default_transform, transform_bounds
+
+    _check_agree(sources)
+    weights = [s.pixels for s in sources]
+    tcrs = _check_crs(crs) or _largest_share([s.crs for s in sources], weights)
+    on_crs = [s for s in sources if _same_crs(s.crs, tcrs)]
+    res = check_resolution(resolution)
+    if res is None and on_crs:
+        res = _largest_share([_resolution_of(s) for s in on_crs], [s.pixels for s in on_crs])
+    if res is None:  # no source in the asked CRS: the largest source's own resolution there
+        big = sources[weights.index(max(weights))]
+        t, _, _ = calculate_default_transform(big.crs, tcrs, big.shape[1], big.shape[0], *big.bounds)
+        res = (abs(t.a), abs(t.e))
+    anchor = next((s for s in on_crs if _resolution_of(s) == res), None)
+    ax, ay = (anchor.transform[2], anchor.transform[5]) if anchor else (0.0, 0.0)
+    boxes = [s.bounds if _same_crs(s.crs, tcrs) else transform_bounds(s.crs, tcrs, *s.bounds, densify_pts=21)
+             for s in sources]
+    left = ax + math.floor((min(b[0] for b in boxes) - ax) / res[0] + 1e-6) * res[0]
+    right = ax + math.ceil((max(b[2] for b in boxes) - ax) / res[0] - 1e-6) * res[0]
+    top = ay - math.floor((ay - max(b[3] for b in boxes)) / res[1] + 1e-6) * res[1]
+    bottom = ay - math.ceil((ay - min(b[1] for b in boxes)) / res[1] - 1e-6) * res[1]
+    shape = (round((top - bottom) / res[1]), round((right - left) / res[0]))
+    grid = Grid(crs=tcrs, transform=(res[0], 0.0, left, 0.0, -res[1], top), shape=shape, count=sources[0].count,
+                dtype=sources[0].dtype, nodata=None, resampling=check_resampling(resampling),
+                colorinterp=sources[0].colorinterp)
+    return _with_nodata(grid, sources, nodata)
+
+
+def _with_nodata(grid: Grid, sources: Sequence[Source], nodata: float | None) -> Grid:
+    """The grid with its nodata: the value given, else the one most sources declare, else 0 where the
+    footprints leave gaps (nothing else marks a gap), else none."""
+    import dataclasses
+
+    if nodata is None:
+        declared = [s.nodata for s in sources if s.nodata is not None]
+        if declared:
+            nodata = Counter(declared).most_common(1)[0][0]
+        elif _has_gaps(grid, sources) or any(not _same_crs(s.crs, grid.crs) for s in sources):
+            nodata = 0.0  # a warped footprint's edges leave gaps too
+    return dataclasses.replace(grid, nodata=nodata)
+
+
+def _has_gaps(grid: Grid, sources: Sequence[Source]) -> bool:
+    import shapely
+
+    boxes = [shapely.box(x0, y0, x1, y1) for y0, y1, x0, x1 in (grid.window_of(s) for s in sources)]
+    return shapely.union_all(boxes).area < grid.shape[0] * grid.shape[1] - 0.5
+
+
+# ---------------------------------------------------------------------------
+# the files a VRT or a GTI index reads
+# ---------------------------------------------------------------------------
+def _is_tile_index(location: str) -> bool:
+    lower = location.lower()
+    return lower.endswith((_GTI_SUFFIX, ".gti", ".gti.fgb")) or lower.startswith("gti:")
+
+
+def _referenced(location: str) -> list[str]:
+    """The rasters a VRT or a GTI tile index reads (the files GDAL lists, or the index's locations)."""
+    import rasterio
+
+    from .io import quiet_georeferencing
+
+    if _is_tile_index(location):
+        return _index_locations(location)
+    with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
+        files = list(src.files)
+    own = os.path.normpath(gdal_path(location)) if not _is_url(location) else gdal_path(location)
+    return [f if f.startswith("/vsi") else os.path.abspath(f) for f in files
+            if (os.path.normpath(f) if not f.startswith("/vsi") else f) != own]
+
+
+def _index_locations(location: str) -> list[str]:
+    """The ``location`` field of a GTI tile index, each made absolute as the GTI driver does."""
+    import pyogrio
+
+    path = location[4:] if location.lower().startswith("gti:") else location
+    meta = pyogrio.read_info(path).get("layer_metadata") or {}
+    field_name = meta.get("LOCATION_FIELD", "location")
+    table = pyogrio.read_dataframe(path, columns=[field_name], read_geometry=False)
+    return [_join(path, str(v)) for v in table[field_name]]
+
+
+def _vsi_to_url(name: str) -> str:
+    """A GDAL virtual path as the URL it names (what run.json records and fsspec stamps)."""
+    for prefix, scheme in (("/vsis3/", "s3://"), ("/vsigs/", "gs://"), ("/vsiaz/", "az://"),
+                           ("/vsicurl/", "")):
+        if name.startswith(prefix):
+            return scheme + name[len(prefix):]
+    return name
+
+
+# ---------------------------------------------------------------------------
+# the mosaic
+# ---------------------------------------------------------------------------
+def resolve_mosaic(inputs, *, recursive: bool = False, asset: str | None = None, crs=None, resolution=None,
+                   resampling: str = DEFAULT_RESAMPLING, nodata: float | None = None) -> Mosaic:
+    """Expand ``inputs``, read every source's header, check them and choose the target grid.
+
+    One raster, VRT, GTI index or Zarr mosaic with no ``crs`` or
+    ``resolution`` asked for is read as it is (:attr:`Mosaic.direct`);
+    anything else through a tile index (:func:`write_tile_index`). Nothing
+    is written here and no pixel is read.
+
+    Raises
+    ------
+    InputNotFoundError
+        An input names nothing (an empty folder, a glob or list matching
+        nothing, a missing path) or a source cannot be read.
+    InputError
+        Sources disagree in bands or dtype, or one cannot be placed.
+    """
+    named = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    as_named = tuple(_named(os.fspath(i)) for i in named)
+    check_resampling(resampling)
+    locations = expand_inputs(named, recursive=recursive, asset=asset)
+    zarrs = [loc for loc in locations if _is_zarr(loc)]
+    if zarrs and len(locations) > 1:
+        raise InputError(f"the Zarr mosaic `{zarrs[0]}` cannot be combined with other sources",
+                         hint="segment it on its own, or pass the rasters it was ingested from")
+    if zarrs and (crs is not None or resolution is not None):
+        raise ConfigError("--crs and --resolution apply to raster sources, not to a Zarr mosaic",
+                          hint="pass the rasters it was ingested from")
+    if len(locations) == 1 and crs is None and resolution is None:
+        return _direct_mosaic(as_named, locations[0], resampling=resampling, nodata=nodata)
+    sources = describe_sources(locations)
+    grid = target_grid(sources, crs=crs, resolution=resolution, resampling=resampling, nodata=nodata)
+    return Mosaic(inputs=as_named, sources=tuple(sources), grid=grid, direct=None,
+                  windows=tuple(grid.window_of(s) for s in sources))
+
+
+def _named(item: str) -> str:
+    """An input as the run records it: absolute, with its ``@`` kept."""
+    if item.startswith("@"):
+        return "@" + _named(item[1:])
+    return item if _is_url(item) else os.path.abspath(os.path.expanduser(item))
+
+
+def _direct_mosaic(inputs: tuple, location: str, *, resampling: str, nodata) -> Mosaic:
+    """A mosaic GDAL (or Zarr) reads as it is: its grid is its own; its sources are itself and, for a
+    VRT or a GTI index, every file it reads."""
+    if _is_zarr(location):
+        return Mosaic(inputs=inputs, sources=(), grid=Grid(crs=None, transform=(1, 0, 0, 0, 1, 0), shape=(0, 0),
+                                                          count=0, dtype="", nodata=nodata),
+                      direct=location)
+    own = _describe(location)
+    grid = Grid(crs=own.crs, transform=own.transform, shape=own.shape, count=own.count, dtype=own.dtype,
+                nodata=own.nodata if nodata is None else nodata, resampling=resampling, colorinterp=own.colorinterp)
+    inner = [_vsi_to_url(f) for f in _referenced(location)] if location.lower().endswith(
+        (".vrt",) + (_GTI_SUFFIX, ".gti", ".gti.fgb")) else []
+    sources = [own] + describe_sources(inner) if inner else [own]
+    windows = [(0, grid.shape[0], 0, grid.shape[1])] + [grid.window_of(s) for s in sources[1:]]
+    return Mosaic(inputs=inputs, sources=tuple(sources), grid=grid, direct=location, windows=tuple(windows))
+
+
+def write_tile_index(mosaic: Mosaic, path: str | os.PathLike) -> Path:
+    """Write the GTI tile index of ``mosaic`` to ``path`` (a local ``*.gti.gpkg``), atomically.
+
+    One feature per source: its location as GDAL opens it, its position (the
+    sort field: the last listed is drawn on top) and its footprint on the
+    grid; the grid itself goes in the layer's metadata, which the GTI driver
+    reads (https://gdal.org/en/stable/drivers/raster/gti.html).
+    """
+    import geopandas as gpd
+    import pyogrio
+    import shapely
+
+    from ._files import replace_path, temporary_name
+
+    g = mosaic.grid
+    a, _, c, _, e, f = g.transform
+    boxes = [shapely.box(c + x0 * a, f + y1 * e, c + x1 * a, f + y0 * e) for y0, y1, x0, x1 in mosaic.windows]
+    table = gpd.GeoDataFrame({"location": [gdal_path(s.location) for s in mosaic.sources],
+                              "position": list(range(len(mosaic.sources)))}, geometry=boxes, crs=g.crs)
+    meta = {"SRS": g.crs, "XSIZE": str(g.shape[1]), "YSIZE": str(g.shape[0]),
+            "GEOTRANSFORM": ",".join(repr(float(v)) for v in (c, a, 0.0, f, 0.0, e)),
+            "BAND_COUNT": str(g.count), "DATA_TYPE": _GDAL_TYPES[g.dtype], "RESAMPLING": g.resampling,
+            "SORT_FIELD": "position", "LOCATION_FIELD": "location"}
+    if g.nodata is not None:
+        meta["NODATA"] = repr(float(g.nodata))
+    if g.colorinterp and "alpha" in g.colorinterp:
+        meta["COLOR_INTERPRETATION"] = ",".join(g.colorinterp)
+    out = Path(os.fspath(path))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(out)
+    try:
+        pyogrio.write_dataframe(table, tmp, layer=_INDEX_LAYER, driver="GPKG", layer_metadata=meta)
+        return replace_path(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+_GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+               "int32": "Int32", "float32": "Float32", "float64": "Float64"}
+
+
+def cached_index(mosaic: Mosaic) -> Path:
+    """The tile index of ``mosaic`` in the per-user cache folder, written once per content.
+
+    What a lazily opened mosaic reads from: every process of this machine
+    (an embedded cluster's workers) sees it; a run on a cluster reads the
+    copy it writes into its OUTDIR instead.
+    """
+    import platformdirs
+
+    folder = Path(platformdirs.user_cache_dir("remote-samsing", appauthor=False)) / "tile-indexes"
+    path = folder / f"{mosaic.token()}{_GTI_SUFFIX}"
+    if not path.exists():
+        try:
+            write_tile_index(mosaic, path)
+        except OSError:  # a read-only home (some containers): the temporary folder instead
+            import tempfile
+
+            path = Path(tempfile.gettempdir()) / "remote-samsing-tile-indexes" / path.name
+            if not path.exists():
+                write_tile_index(mosaic, path)
+    return path

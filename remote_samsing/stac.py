@@ -1,0 +1,80 @@
+"""STAC input: the raster assets of a STAC Item or ItemCollection, one per item, read with pystac.
+
+The asset is ``asset`` when given; otherwise the one whose roles include
+``visual`` (the true-colour image STAC's best practices name), else the only
+raster asset with the ``data`` role or a raster media type, else an error
+listing the assets to choose from.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .exceptions import InputError
+
+__all__ = ["asset_hrefs"]
+
+_RASTER_TYPES = ("image/tiff", "image/jp2", "image/png", "image/jpeg", "image/vnd.stac.geotiff")
+
+
+def _is_raster(asset) -> bool:
+    media = (asset.media_type or "").lower()
+    return any(media.startswith(t) for t in _RASTER_TYPES) or asset.href.lower().endswith(
+        (".tif", ".tiff", ".jp2", ".vrt"))
+
+
+def _choose(item, asset: str | None, location: str) -> str:
+    """The key of the asset to read from ``item``."""
+    assets = item.assets
+    if asset is not None:
+        if asset not in assets:
+            raise InputError(f"STAC item `{item.id}` in `{location}` has no asset `{asset}`",
+                             hint=f"its assets: {', '.join(assets) or 'none'}")
+        return asset
+    visual = [k for k, a in assets.items() if "visual" in (a.roles or [])]
+    if len(visual) == 1:
+        return visual[0]
+    data = [k for k, a in assets.items() if _is_raster(a) and ("data" in (a.roles or []) or not a.roles)]
+    if len(data) == 1:
+        return data[0]
+    raster = [k for k, a in assets.items() if _is_raster(a)]
+    raise InputError(
+        f"STAC item `{item.id}` in `{location}` has no asset with role `visual` and "
+        + ("no raster asset" if not raster else f"{len(data) or len(raster)} candidate raster assets"),
+        hint=f"pick one with --asset NAME; its assets: {', '.join(assets) or 'none'}")
+
+
+def asset_hrefs(location: str, text: str, *, asset: str | None = None) -> list[str]:
+    """The href of the chosen asset of each item in the STAC JSON ``text`` read from ``location``,
+    made absolute against ``location``.
+
+    Raises
+    ------
+    InputError
+        The JSON is not a STAC Item or ItemCollection, or an item has no
+        usable asset.
+    """
+    import pystac
+
+    from .sources import _join
+
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"`{location}` is not JSON: {exc}", hint="pass a STAC Item or ItemCollection") from None
+    kind = data.get("type") if isinstance(data, dict) else None
+    try:
+        if kind == "FeatureCollection":
+            items = list(pystac.ItemCollection.from_dict(data, preserve_dict=False))
+        elif kind == "Feature" and "stac_version" in data:
+            items = [pystac.Item.from_dict(data, preserve_dict=False)]
+        else:
+            items = None
+    except (KeyError, TypeError, ValueError, pystac.STACError) as exc:
+        raise InputError(f"`{location}` is not a valid STAC Item or ItemCollection: {exc!r}") from None
+    if items is None:
+        raise InputError(f"`{location}` is neither a STAC Item nor an ItemCollection (type {kind!r})",
+                         hint="a STAC catalog or collection: pass the items' JSON, or list their assets in an @FILE")
+    if not items:
+        raise InputError(f"the STAC ItemCollection `{location}` holds no item")
+    return [_join(location, item.assets[_choose(item, asset, location)].href) for item in items]
