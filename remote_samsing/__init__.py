@@ -8,7 +8,7 @@ numba seam merge. Importing this package imports neither torch nor sam2.
 from .exceptions import RemoteSamsingError
 from .io import open_labels, open_mosaic, to_zarr
 from .metrics import evaluate, write_report
-from .pipeline import run, segment
+from .pipeline import inspect_mosaic, run, segment
 from .segmenters import available_segmenters, get_segmenter, register_segmenter
 from .tiling import TilingPlan
 from .vectorize import to_polygons, vectorize_labels
@@ -21,6 +21,7 @@ __all__ = [
     "available_segmenters",
     "evaluate",
     "get_segmenter",
+    "inspect_mosaic",
     "open_labels",
     "open_mosaic",
     "register_segmenter",

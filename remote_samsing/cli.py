@@ -17,6 +17,7 @@ import click
 from .segmenters import DEVICES
 from .exceptions import ConfigError, RemoteSamsingError, RemoteSamsingWarning
 from .merge import STRATEGIES
+from .sources import RESAMPLINGS
 
 __all__ = ["main", "cli"]
 
@@ -28,6 +29,43 @@ def _int_list(value: str | None, name: str):
         return [int(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
         raise ConfigError(f"`--{name}` must be comma-separated integers, got {value!r}") from None
+
+
+def _resolution(value: str | None):
+    """``--resolution 0.5`` or ``--resolution 0.5,0.25`` (x, y)."""
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"`--resolution` must be one number or two (x,y), got {value!r}") from None
+    return parts[0] if len(parts) == 1 else parts
+
+
+#: Options saying how many files make one mosaic: segment, ingest and inspect take them.
+_MOSAIC_OPTIONS = (
+    click.option("--recursive", is_flag=True, default=None, help="A folder INPUT includes its subfolders' rasters."),
+    click.option("--asset", help="STAC asset to read. [default: role `visual`, else the only raster asset]"),
+    click.option("--crs", help="Target CRS of a mosaic of many files, e.g. EPSG:32633. [default: the CRS of "
+                               "the largest share of pixels]"),
+    click.option("--resolution", help="Target resolution in CRS units, X or X,Y. [default: that of the largest "
+                                      "share of pixels in the target CRS]"),
+    click.option("--resampling", type=click.Choice(list(RESAMPLINGS)),
+                 help="Warping of sources off the target grid. [default: bilinear]"),
+)
+
+
+def _mosaic_options(fn):
+    for option in reversed(_MOSAIC_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _mosaic_kwargs(recursive, asset, crs, resolution, resampling) -> dict:
+    """The mosaic options given (None: not given)."""
+    given = {"recursive": recursive, "asset": asset, "crs": crs, "resolution": _resolution(resolution),
+             "resampling": resampling}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _kv_pairs(items, name: str) -> dict:
@@ -99,8 +137,8 @@ def cli(debug: bool) -> None:
 
 
 @cli.command("segment")
-@click.argument("input")
-@click.argument("outdir")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT... OUTDIR")
+@click.argument("outdir", metavar="")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="YAML file whose keys are these options (underscored); flags given here win.")
 @click.option("--segmenter", help="Segmenter: sam2, or the classical baselines felzenszwalb and slic. [default: sam2]")
@@ -127,15 +165,21 @@ def cli(debug: bool) -> None:
 @click.option("--gpus", help="GPU indices for local CUDA workers, e.g. 0,1.")
 @click.option("--n-workers", type=int, help="Local worker processes. [default: one per core or GPU]")
 @click.option("--progress/--no-progress", default=None, help="Progress bars. [default: on]")
+@_mosaic_options
 @_handle_errors
-def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoint, model_cfg, tile_size,
+def segment_cmd(inputs, outdir, config_file, segmenter, segmenter_param, checkpoint, model_cfg, tile_size,
                 padding, bands, nodata, merge, merge_param, retries, skip_failed_blocks, vectors, overwrite, scheduler,
-                device, gpus, n_workers, progress):
-    """Segment INPUT (GeoTIFF/COG/JPEG/PNG/Zarr, or a GeoTIFF/COG URL: s3://, gs://, az://, https://) into OUTDIR
-    (a folder, or a URL on an object store: s3://, gs://, az://).
+                device, gpus, n_workers, progress, recursive, asset, crs, resolution, resampling):
+    """Segment the mosaic of INPUT... into OUTDIR (a folder, or a URL on an object store: s3://, gs://, az://).
+
+    Each INPUT is a raster (GeoTIFF/COG/JP2/JPEG/PNG, VRT, GTI index, Zarr) or
+    its URL (s3://, gs://, az://, https://), a folder of rasters, a quoted
+    glob ('tiles/*.tif'), @FILE (one path or URL per line) or a STAC Item or
+    ItemCollection; all of them make one mosaic. The last argument is OUTDIR.
 
     Writes labels.zarr, labels.tif (COG), segments.parquet and run.json.
-    Rerunning the same command on the same OUTDIR resumes an interrupted run.
+    Rerunning the same command on the same OUTDIR resumes an interrupted run,
+    and after sources changed redoes only the blocks they touch.
     """
     from .config import RunConfig, load_yaml_config
     from .pipeline import run
@@ -145,7 +189,7 @@ def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoi
         "nodata": nodata, "merge": merge, "retries": retries, "skip_failed_blocks": skip_failed_blocks,
         "vectors": vectors, "overwrite": overwrite,
         "scheduler": scheduler, "device": device, "gpus": _int_list(gpus, "gpus"), "n_workers": n_workers,
-        "progress": progress,
+        "progress": progress, **_mosaic_kwargs(recursive, asset, crs, resolution, resampling),
     }
     data = load_yaml_config(config_file) if config_file else {}
     data.update({k: v for k, v in given.items() if v is not None})
@@ -162,7 +206,7 @@ def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoi
     if mp:
         data["merge_params"] = mp
     cfg = RunConfig.from_mapping(data)
-    record = run(input, outdir, config=cfg, log=lambda m: click.echo(m, err=True))
+    record = run(list(inputs), outdir, config=cfg, log=lambda m: click.echo(m, err=True))
     if record.get("up_to_date"):
         click.echo(f"up to date: {outdir} already holds this complete run ({record['n_segments']} segments); "
                    "nothing recomputed")
@@ -177,21 +221,61 @@ def segment_cmd(input, outdir, config_file, segmenter, segmenter_param, checkpoi
 
 
 @cli.command("ingest")
-@click.argument("input")
-@click.argument("out")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT... OUT")
+@click.argument("out", metavar="")
 @click.option("--tile-size", type=int, default=1000, show_default=True, help="Zarr chunk size (use the tile size).")
 @click.option("--bands", help="1-based bands to keep, e.g. 4,3,2.")
 @click.option("--nodata", type=float, help="Nodata value overriding the file's.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@_mosaic_options
 @_handle_errors
-def ingest_cmd(input, out, tile_size, bands, nodata, overwrite):
-    """Write INPUT as a Zarr v3 mosaic OUT.zarr (a path, or a URL such as s3://bucket/m.zarr) chunked to the
-    tile size (CRS kept)."""
+def ingest_cmd(inputs, out, tile_size, bands, nodata, overwrite, recursive, asset, crs, resolution, resampling):
+    """Write the mosaic of INPUT... (the forms `segment` takes) as one Zarr v3 mosaic OUT.zarr (a path, or a
+    URL such as s3://bucket/m.zarr) chunked to the tile size (CRS kept)."""
     from .io import open_mosaic, to_zarr
 
-    arr = open_mosaic(input, bands=_int_list(bands, "bands"), nodata=nodata, chunks=tile_size)
+    arr = open_mosaic(list(inputs), bands=_int_list(bands, "bands"), nodata=nodata, chunks=tile_size,
+                      **_mosaic_kwargs(recursive, asset, crs, resolution, resampling))
     to_zarr(arr, out, tile_size=tile_size, overwrite=overwrite, progress=True)
     click.echo(f"wrote {out} ({arr.sizes['band']} band(s), {arr.sizes['y']}x{arr.sizes['x']})")
+
+
+@cli.command("inspect")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--tile-size", type=int, default=1000, show_default=True, help="Core tile size T in pixels.")
+@click.option("--padding", type=int, default=50, show_default=True, help="Context padding P per side.")
+@click.option("--bands", help="1-based bands as RGB, e.g. 4,3,2.")
+@click.option("--nodata", type=float, help="Nodata value overriding the files'.")
+@_mosaic_options
+@_handle_errors
+def inspect_cmd(inputs, tile_size, padding, bands, nodata, recursive, asset, crs, resolution, resampling):
+    """Print what a run on INPUT... would see (sources, CRSs, grid, blocks, output size), segmenting nothing."""
+    from .pipeline import inspect_mosaic
+
+    facts = inspect_mosaic(list(inputs), tile_size=tile_size, padding=padding, bands=_int_list(bands, "bands"),
+                           nodata=nodata, **_mosaic_kwargs(recursive, asset, crs, resolution, resampling))
+    for line in _inspect_lines(facts):
+        click.echo(line)
+
+
+def _inspect_lines(facts: dict) -> list[str]:
+    g, b, size = facts["grid"], facts["blocks"], facts["output_bytes"]
+    res = ", ".join(f"{x:g} x {y:g}" for x, y in facts["resolutions"]) or "-"
+    bounds = ", ".join(f"{v:.10g}" for v in g["bounds"]) if g["bounds"] else "- (no CRS)"
+    return [
+        f"{'sources':12s} {facts['sources']}",
+        f"{'crs':12s} {', '.join(facts['crs'])}",
+        f"{'resolutions':12s} {res}",
+        f"{'target grid':12s} {g['crs'] or 'no CRS'}, {g['resolution'][0]:g} x {g['resolution'][1]:g} per pixel, "
+        f"resampling {g['resampling']}",
+        f"{'bounds':12s} {bounds} (left, bottom, right, top)",
+        f"{'size':12s} {g['size'][1]} x {g['size'][0]} px (width x height), {g['size'][0] * g['size'][1] / 1e6:.3g} Mpx",
+        f"{'bands':12s} {g['bands']} of {g['dtype']}, nodata {g['nodata']}",
+        f"{'blocks':12s} {b['count']} ({b['grid'][0]} x {b['grid'][1]}) at tile size {b['tile_size']}, padding "
+        f"{b['padding']}",
+        f"{'output':12s} at most {size['total'] / 1e9:.3g} GB (staging {size['staging'] / 1e9:.3g}, labels.zarr and "
+        f"labels.tif {size['labels_zarr'] / 1e9:.3g} each, uncompressed; vectors on top)",
+    ]
 
 
 @cli.command("vectorize")

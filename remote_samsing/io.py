@@ -384,8 +384,9 @@ def rgb_band_indices(arr: xr.DataArray) -> list[int]:
 # radiometry
 # ---------------------------------------------------------------------------
 def _sample_percentiles(blocks, nodata, lo_pct, hi_pct):
-    """Per-band (lo, hi) percentiles over the valid pixels of sampled blocks."""
-    stacked = np.concatenate([b.reshape(b.shape[0], -1) for b in blocks], axis=1).astype("float64")
+    """Per-band (lo, hi) percentiles over the valid pixels of sampled blocks (arrays, or lists of them)."""
+    flat = [b for item in blocks for b in (item if isinstance(item, list) else [item])]
+    stacked = np.concatenate([b.reshape(b.shape[0], -1) for b in flat], axis=1).astype("float64")
     out = np.zeros((stacked.shape[0], 2), dtype="float64")
     for i, band in enumerate(stacked):
         keep = np.isfinite(band)
@@ -433,9 +434,36 @@ def stretch_params(
             npx = b.shape[1] * b.shape[2]
             stride = max(1, int(np.sqrt(npx / sample_pixels_per_block)))
             blocks.append(b[:, ::stride, ::stride])
+    blocks += _source_samples(arr, max_sample_blocks * sample_pixels_per_block)
     nodata = arr.rio.nodata
     d = dask.delayed(_sample_percentiles, pure=True)(blocks, nodata, lo_pct, hi_pct)
     return da.from_delayed(d, shape=(data.shape[0], 2), dtype="float64")
+
+
+def _source_samples(arr: xr.DataArray, budget: int, per_task: int = 64) -> list:
+    """Delayed reads of a window at the centre of each source of a mosaic of many files, about
+    ``budget`` pixels in all: the lattice of blocks alone can miss whole sources (a brighter tile), and
+    their radiometry then falls outside the stretch."""
+    windows = arr.attrs.get("source_windows") or []
+    if len(windows) < 2 or not arr.attrs.get("source"):
+        return []
+    half = max(8, int(np.sqrt(budget / len(windows))) // 2)
+    picks = []
+    for y0, y1, x0, x1 in windows:
+        cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+        picks.append((max(y0, cy - half), min(y1, cy + half), max(x0, cx - half), min(x1, cx + half)))
+    read = dask.delayed(_read_windows, pure=True)
+    bands = tuple(arr.attrs["source_bands"])
+    return [read(arr.attrs["source"], bands, picks[i: i + per_task]) for i in range(0, len(picks), per_task)]
+
+
+def _read_windows(path: str, bands: tuple, windows) -> list[np.ndarray]:
+    """(band, y, x) raw values of each ``(y0, y1, x0, x1)`` window of a GDAL raster."""
+    from rasterio.windows import Window as RioWindow
+
+    src = _gdal_dataset(path)
+    return [src.read(indexes=list(bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
+            for y0, y1, x0, x1 in windows if y1 > y0 and x1 > x0]
 
 
 def _valid_block(block, *, band_idx, alpha_pos, nodata) -> np.ndarray:

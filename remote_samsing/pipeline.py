@@ -114,7 +114,7 @@ from .sources import TILE_INDEX, resolve_mosaic, write_tile_index
 from .tiling import TilingPlan, validate_tiling
 from .vectorize import NoCRSWarning
 
-__all__ = ["segment", "run", "build_graph", "SegmentGraph", "library_versions"]
+__all__ = ["segment", "run", "inspect_mosaic", "build_graph", "SegmentGraph", "library_versions"]
 
 _RESULT_AFFECTING = (
     "segmenter", "segmenter_params", "tile_size", "padding", "bands", "nodata", "percentiles",
@@ -336,6 +336,56 @@ def segment(
     return open_labels(location(store) / "labels.zarr")
 
 
+def inspect_mosaic(
+    image,
+    *,
+    tile_size: int = 1000,
+    padding: int = 50,
+    bands=None,
+    nodata=None,
+    recursive: bool = False,
+    asset: str | None = None,
+    crs: str | None = None,
+    resolution=None,
+    resampling: str = "bilinear",
+) -> dict:
+    """What a run on ``image`` would see, without reading a pixel or starting a cluster.
+
+    Returns
+    -------
+    dict
+        ``sources`` (count), ``crs`` and ``resolutions`` of the sources,
+        the target ``grid`` (CRS, resolution, bounds, size in pixels, bands,
+        dtype, nodata, resampling), ``blocks`` at ``tile_size``/``padding``,
+        and ``output_bytes``: an upper bound of what a run writes (its
+        rasters uncompressed, which they never are; vectors come on top).
+    """
+    from .staging import STAGED_DTYPE
+
+    validate_tiling(tile_size, padding)
+    mosaic = resolve_mosaic(image, nodata=nodata, recursive=recursive, asset=asset, crs=crs,
+                            resolution=resolution, resampling=resampling)
+    arr = open_resolved(mosaic, bands=bands, nodata=nodata, chunks=tile_size)
+    rgb_band_indices(arr)
+    plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=tile_size, padding=padding)
+    staged = plan.n_blocks * plan.slot_shape[0] * plan.slot_shape[1] * np.dtype(STAGED_DTYPE).itemsize
+    labels = plan.shape[0] * plan.shape[1] * 4  # uint32 labels.zarr, and the COG at most as wide
+    t = arr.rio.transform()
+    return {
+        "sources": len(mosaic.sources) or 1,
+        "crs": mosaic.crss or [str(arr.rio.crs)],
+        "resolutions": sorted({(abs(s.transform[0]), abs(s.transform[4])) for s in mosaic.sources}),
+        "grid": {"crs": arr.rio.crs.to_string() if arr.rio.crs else None, "resolution": (abs(t.a), abs(t.e)),
+                 "bounds": tuple(arr.rio.bounds()) if arr.rio.crs else None, "size": tuple(plan.shape),
+                 "bands": int(arr.sizes["band"]), "dtype": str(arr.dtype), "nodata": arr.rio.nodata,
+                 "resampling": resampling},
+        "blocks": {"count": plan.n_blocks, "grid": tuple(plan.grid_shape), "tile_size": tile_size,
+                   "padding": padding},
+        "output_bytes": {"staging": staged, "labels_zarr": labels, "labels_tif": labels,
+                         "total": staged + 2 * labels},
+    }
+
+
 # ---------------------------------------------------------------------------
 # resumable run into a directory
 # ---------------------------------------------------------------------------
@@ -539,6 +589,7 @@ def run(
     cfg = config or RunConfig()
     t_start = time.perf_counter()
     # -- 1. validate everything cheap, before any cluster or model starts
+    _check_outdir_is_folder(location(outdir))
     job = _open_job(image, location(outdir), cfg, log if log is not None else _default_log())
     if _up_to_date(job):  # the same job, finished: nothing to do (Make/Snakemake-style reruns)
         job.log(f"{job.outdir} already holds this complete run: nothing to do")
@@ -672,6 +723,15 @@ def _put_tile_index(job: _Job) -> None:
         write_tile_index(job.mosaic, target)
     job.arr = open_resolved(job.mosaic, bands=job.cfg.bands, nodata=job.cfg.nodata, chunks=job.cfg.tile_size,
                             index=str(target))
+
+
+def _check_outdir_is_folder(outdir) -> None:
+    """An OUTDIR that is an existing file (the last of several inputs, taken as OUTDIR) is refused, and
+    never written to or removed."""
+    if not is_remote(outdir) and outdir.exists() and not outdir.is_dir():
+        raise OutputExistsError(f"OUTDIR `{outdir}` is an existing file, not a folder",
+                                hint="the last argument is the output folder: `remote-samsing segment INPUT "
+                                     "[INPUT ...] OUTDIR`")
 
 
 def _check_writable(outdir) -> None:

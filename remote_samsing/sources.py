@@ -517,10 +517,12 @@ def target_grid(sources: Sequence[Source], *, crs=None, resolution=None, resampl
         big = sources[weights.index(max(weights))]
         t, _, _ = calculate_default_transform(big.crs, tcrs, big.shape[1], big.shape[0], *big.bounds)
         res = (abs(t.a), abs(t.e))
-    anchor = next((s for s in on_crs if _resolution_of(s) == res), None)
-    ax, ay = (anchor.transform[2], anchor.transform[5]) if anchor else (0.0, 0.0)
     boxes = [s.bounds if _same_crs(s.crs, tcrs) else transform_bounds(s.crs, tcrs, *s.bounds, densify_pts=21)
              for s in sources]
+    # pixel edges on those of the first source already on the grid, else on the union's top-left corner
+    anchor = next((s for s in on_crs if _resolution_of(s) == res), None)
+    ax, ay = (anchor.transform[2], anchor.transform[5]) if anchor else (min(b[0] for b in boxes),
+                                                                        max(b[3] for b in boxes))
     left = ax + math.floor((min(b[0] for b in boxes) - ax) / res[0] + 1e-6) * res[0]
     right = ax + math.ceil((max(b[2] for b in boxes) - ax) / res[0] - 1e-6) * res[0]
     top = ay - math.floor((ay - max(b[3] for b in boxes)) / res[1] + 1e-6) * res[1]

@@ -57,6 +57,7 @@ __all__ = [
     "assert_equivalent_labels",
     "raise_if_dask_computes",
     "count_calls",
+    "cut_tiles",
 ]
 
 
@@ -367,3 +368,35 @@ def shaped_partition(shape, *, seed):
     from skimage.measure import label
 
     return label(canvas, background=0, connectivity=1).astype(np.int64)
+
+
+def cut_tiles(path, folder, *, rows: int, cols: int, overlap: int = 0, profile: Mapping[str, Any] | None = None
+              ) -> list[Path]:
+    """Cut the raster ``path`` into a ``rows`` x ``cols`` grid of GeoTIFFs in ``folder``, as tiles of a
+    mosaic are delivered: each keeps the georeferencing of its pixels (``tile_<row>_<col>.tif``).
+
+    ``overlap`` pixels are added on the right and bottom of each inner tile; ``profile`` overrides
+    creation options. Returns the paths, row by row.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    with rasterio.open(path) as src:
+        ys = np.linspace(0, src.height, rows + 1).round().astype(int)
+        xs = np.linspace(0, src.width, cols + 1).round().astype(int)
+        for r in range(rows):
+            for c in range(cols):
+                y1, x1 = min(src.height, ys[r + 1] + overlap), min(src.width, xs[c + 1] + overlap)
+                win = Window(int(xs[c]), int(ys[r]), int(x1 - xs[c]), int(y1 - ys[r]))
+                meta = {**src.profile, "width": int(win.width), "height": int(win.height),
+                        "transform": src.window_transform(win), "tiled": False, **(profile or {})}
+                meta.pop("blockxsize", None), meta.pop("blockysize", None)
+                target = folder / f"tile_{r}_{c}.tif"
+                with rasterio.open(target, "w", **meta) as dst:
+                    dst.write(src.read(window=win))
+                    dst.colorinterp = src.colorinterp
+                out.append(target)
+    return out

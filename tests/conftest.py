@@ -25,6 +25,8 @@ def _no_user_checkpoint(tmp_path_factory, monkeypatch):
     """SAM2 finds no checkpoint of the machine's user: an empty models directory, no environment
     variable (tests that want one set them; CLI subprocesses inherit these)."""
     monkeypatch.setenv("REMOTE_SAMSING_MODELS", str(tmp_path_factory.mktemp("models")))
+    # tile indexes of lazily opened mosaics go to the per-user cache: a test's own
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("REMOTE_SAMSING_CHECKPOINT", raising=False)
 
 

@@ -1,0 +1,324 @@
+"""Mosaics of many files: the forms of INPUT, the target grid, overlaps, gaps, bad inputs, reruns."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+import remote_samsing as rs
+from remote_samsing.config import RunConfig
+from remote_samsing.exceptions import ConfigError, InputError, InputNotFoundError
+from remote_samsing.io import open_mosaic
+from remote_samsing.sources import resolve_mosaic, write_tile_index
+from remote_samsing.testing import assert_equivalent_labels, cut_tiles
+
+SEG = dict(segmenter="felzenszwalb", tile_size=128, padding=16, segmenter_params={"scale": 50, "min_size": 10})
+
+
+@pytest.fixture
+def scene(data_dir):
+    return data_dir / "neon_osbs.tif"
+
+
+@pytest.fixture
+def tiles(tmp_path, scene):
+    """The scene cut into 2 rows of 3 GeoTIFFs (rows of 200 px, columns of 133-134)."""
+    return cut_tiles(scene, tmp_path / "tiles", rows=2, cols=3)
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.transform, src.crs, src.nodata
+
+
+def _assert_same_mosaic(arr, scene):
+    pixels, transform, crs, nodata = _read(scene)
+    assert arr.rio.crs == crs and arr.rio.transform() == transform and arr.rio.nodata == nodata
+    np.testing.assert_array_equal(arr.values, pixels)
+
+
+def _vrt(path, tiles, scene):
+    """A VRT of ``tiles`` on the grid of ``scene``, written as gdalbuildvrt would."""
+    with rasterio.open(scene) as src:
+        head = (f'<VRTDataset rasterXSize="{src.width}" rasterYSize="{src.height}"><SRS>{src.crs.to_wkt()}</SRS>'
+                f'<GeoTransform>{", ".join(map(repr, src.transform.to_gdal()))}</GeoTransform>')
+        bands = []
+        for b in range(1, src.count + 1):
+            parts = [f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>{src.nodata}</NoDataValue>']
+            for t in tiles:
+                with rasterio.open(t) as tile:
+                    col, row = ~src.transform * (tile.transform.c, tile.transform.f)
+                    parts.append(
+                        f'<ComplexSource><SourceFilename relativeToVRT="0">{t}</SourceFilename>'
+                        f'<SourceBand>{b}</SourceBand><NODATA>{src.nodata}</NODATA>'
+                        f'<SrcRect xOff="0" yOff="0" xSize="{tile.width}" ySize="{tile.height}"/>'
+                        f'<DstRect xOff="{round(col)}" yOff="{round(row)}" xSize="{tile.width}" '
+                        f'ySize="{tile.height}"/></ComplexSource>')
+            bands.append("".join(parts) + "</VRTRasterBand>")
+    path.write_text(head + "".join(bands) + "</VRTDataset>")
+    return path
+
+
+def _stac(path, tiles, *, roles=("visual",), extra=None):
+    """A STAC ItemCollection with one item per tile (hrefs relative to the JSON file)."""
+    items = []
+    for i, t in enumerate(tiles):
+        with rasterio.open(t) as src:
+            b = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+        assets = {"image": {"href": os.path.relpath(t, path.parent), "type": "image/tiff; application=geotiff",
+                            "roles": list(roles)}, **(extra or {})}
+        items.append({"type": "Feature", "stac_version": "1.0.0", "id": f"tile-{i}", "properties":
+                      {"datetime": "2024-01-01T00:00:00Z"}, "bbox": list(b),
+                      "geometry": {"type": "Polygon", "coordinates": [[[b[0], b[1]], [b[2], b[1]], [b[2], b[3]],
+                                                                        [b[0], b[3]], [b[0], b[1]]]]},
+                      "links": [], "assets": assets})
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    return path
+
+
+# ---------------------------------------------------------------------------
+# every form of INPUT gives the scene's own grid and pixels
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["folder", "glob", "arguments", "list", "vrt", "gti", "stac"])
+def test_every_form_of_input_is_the_single_file_pixel_for_pixel(tmp_path, tiles, scene, form):
+    folder = tiles[0].parent
+    if form == "folder":
+        given = folder
+    elif form == "glob":
+        given = str(folder / "tile_*.tif")
+    elif form == "arguments":
+        given = [str(t) for t in tiles]
+    elif form == "list":
+        listing = tmp_path / "tiles.txt"
+        listing.write_text("# the tiles\n\n" + "\n".join(f"tiles/{t.name}" for t in tiles) + "\n")
+        given = f"@{listing}"
+    elif form == "vrt":
+        given = _vrt(tmp_path / "m.vrt", tiles, scene)
+    elif form == "gti":
+        given = write_tile_index(resolve_mosaic([str(t) for t in tiles]), tmp_path / "m.gti.gpkg")
+    else:
+        given = _stac(tmp_path / "items.json", tiles)
+    arr = open_mosaic(given, chunks=128)
+    _assert_same_mosaic(arr, scene)
+    mosaic = resolve_mosaic(given)
+    assert {s.location for s in mosaic.sources} >= {str(t) for t in tiles}  # a VRT's and an index's too
+
+
+def test_tiles_segment_as_the_single_file(tiles, scene):
+    one = rs.segment(scene, **SEG).compute(scheduler="sync")
+    many = rs.segment(tiles[0].parent, **SEG).compute(scheduler="sync")
+    assert many.rio.transform() == one.rio.transform() and many.rio.crs == one.rio.crs
+    assert_equivalent_labels(many.values, one.values)
+
+
+def test_a_folder_lists_rasters_only_and_descends_when_recursive(tmp_path, tiles, scene):
+    folder = tiles[0].parent
+    (folder / "notes.txt").write_text("not a raster")
+    (folder / "thumb.png").write_bytes(b"not georeferenced")  # a PNG without georeferencing: not a source
+    sub = folder / "more"
+    sub.mkdir()
+    shutil.move(tiles[-1], sub / tiles[-1].name)
+    assert len(resolve_mosaic(folder).sources) == len(tiles) - 1
+    _assert_same_mosaic(open_mosaic(folder, recursive=True), scene)
+
+
+# ---------------------------------------------------------------------------
+# the target grid: mixed CRSs and resolutions, overrides, overlaps, gaps
+# ---------------------------------------------------------------------------
+def _warp(src_path, dst_path, crs, *, scale=1.0):
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(src_path) as src:
+        transform, w, h = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        if scale != 1.0:
+            transform = transform * transform.scale(scale)
+            w, h = round(w / scale), round(h / scale)
+        profile = {**src.profile, "crs": crs, "transform": transform, "width": w, "height": h}
+        with rasterio.open(dst_path, "w", **profile) as dst:
+            for b in range(1, src.count + 1):
+                reproject(rasterio.band(src, b), rasterio.band(dst, b), resampling=Resampling.bilinear)
+    return dst_path
+
+
+def test_mixed_crs_is_warped_onto_the_largest_share(tmp_path, tiles, scene):
+    warped = _warp(tiles[4], tmp_path / "warped.tif", "EPSG:3857")
+    tiles[4].unlink()
+    arr = open_mosaic([*[str(t) for t in tiles if t.exists()], str(warped)])
+    pixels, transform, crs, _ = _read(scene)
+    assert arr.rio.crs == crs and arr.rio.transform() == transform
+    assert arr.shape[1:] == pixels.shape[1:] or abs(arr.shape[1] - pixels.shape[1]) <= 1
+    got = arr.values[:, : pixels.shape[1], : pixels.shape[2]]
+    # the tiles on the grid are copied exactly; the warped one is close (two resamplings)
+    np.testing.assert_array_equal(got[:, :198], pixels[:, :198])  # the warped tile (listed last) may reach row 199
+    region = (slice(None), slice(210, 390), slice(143, 257))
+    assert np.abs(got[region].astype(int) - pixels[region]).mean() < 12
+    assert resolve_mosaic(tiles[0].parent).grid.crs is not None
+
+
+def test_crs_and_resolution_overrides(tiles, scene):
+    folder = tiles[0].parent
+    coarse = open_mosaic(folder, resolution=0.2, resampling="average")
+    assert coarse.rio.resolution() == (0.2, -0.2) and coarse.shape[1:] == (200, 200)
+    merc = open_mosaic(folder, crs="EPSG:3857")
+    assert merc.rio.crs.to_epsg() == 3857
+    with pytest.raises(ConfigError, match="resolution"):
+        open_mosaic(folder, resolution=-1)
+    with pytest.raises(ConfigError, match="not a CRS"):
+        open_mosaic(folder, crs="EPSG:0")
+
+
+def _constant(path, value, x0, y0, *, n=20, nodata=None, count=3, dtype="uint8", crs="EPSG:32617"):
+    profile = dict(driver="GTiff", width=n, height=n, count=count, dtype=dtype, crs=crs,
+                   transform=from_origin(x0, y0, 1, 1), nodata=nodata)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full((count, n, n), value, dtype))
+    return str(path)
+
+
+def test_overlaps_the_last_listed_source_wins(tmp_path):
+    a = _constant(tmp_path / "a.tif", 10, 0, 20)
+    b = _constant(tmp_path / "b.tif", 200, 10, 20)
+    assert open_mosaic([a, b]).values[0, 0, 12] == 200
+    assert open_mosaic([b, a]).values[0, 0, 12] == 10
+
+
+def test_gaps_are_nodata_and_never_segmented(tmp_path, tiles, scene):
+    tiles[1].unlink()  # the top middle tile: the grid stays the scene's
+    arr = open_mosaic(tiles[0].parent)
+    pixels, *_ = _read(scene)
+    assert arr.shape == pixels.shape and arr.rio.nodata == 255
+    assert (arr.values[:, :200, 133:267] == 255).all()
+    labels = rs.segment(tiles[0].parent, **SEG).compute(scheduler="sync").values
+    assert not labels[:200, 133:267].any() and labels[200:].any()
+    # sources that declare no nodata: the gaps get 0
+    a = _constant(tmp_path / "a.tif", 50, 0, 20)
+    b = _constant(tmp_path / "b.tif", 60, 30, 20)
+    gap = open_mosaic([a, b])
+    assert gap.rio.nodata == 0 and gap.shape[1:] == (20, 50) and (gap.values[:, :, 20:30] == 0).all()
+
+
+def test_each_sources_nodata_is_transparent(tmp_path):
+    a = _constant(tmp_path / "a.tif", 10, 0, 20)
+    b = _constant(tmp_path / "b.tif", 7, 0, 20, nodata=7)  # all nodata: a shows through
+    assert (open_mosaic([a, b]).values == 10).all()
+
+
+def test_the_stretch_samples_every_source(tmp_path):
+    # a bright uint16 tile between two dark ones, in a chunk the lattice of sampled blocks misses
+    a = _constant(tmp_path / "a.tif", 100, 0, 20, dtype="uint16", count=1)
+    b = _constant(tmp_path / "b.tif", 5000, 50 * 64, 20, dtype="uint16", count=1)
+    c = _constant(tmp_path / "c.tif", 100, 100 * 64 - 20, 20, dtype="uint16", count=1)
+    arr = open_mosaic([a, b, c], chunks=64)
+    assert arr.data.numblocks[2] == 100 and 50 not in np.linspace(0, 99, 8).round()
+    limits = rs.io.stretch_limits(arr).compute(scheduler="sync")
+    assert limits[0, 0] == 100 and limits[0, 1] == 5000
+
+
+# ---------------------------------------------------------------------------
+# bad input: one line each, before any work
+# ---------------------------------------------------------------------------
+def test_bad_inputs_are_named(tmp_path, tiles):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputNotFoundError, match="holds no raster"):
+        resolve_mosaic(empty)
+    with pytest.raises(InputNotFoundError, match="matches no raster"):
+        resolve_mosaic(str(tmp_path / "nothing_*.tif"))
+    listing = tmp_path / "l.txt"
+    listing.write_text(f"{tiles[0]}\n\n# comment\nmissing.tif\n")
+    with pytest.raises(InputNotFoundError, match=r"line 4: `missing.tif` does not exist"):
+        resolve_mosaic(f"@{listing}")
+    grey = _constant(tmp_path / "grey.tif", 1, 0, 20, count=1, crs="EPSG:32617")
+    with pytest.raises(InputError, match="grey.tif` has 1 band"):
+        resolve_mosaic([str(tiles[0]), grey])
+    wide = _constant(tmp_path / "wide.tif", 1, 0, 20, dtype="uint16")
+    with pytest.raises(InputError, match="wide.tif` has 3 band.* of uint16"):
+        resolve_mosaic([str(tiles[0]), wide])
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00garbage")
+    with pytest.raises(InputNotFoundError, match="cannot read raster `.*broken.tif`"):
+        resolve_mosaic([str(tiles[0]), str(broken)])
+    with pytest.raises(InputError, match="no asset `nir`"):
+        resolve_mosaic(_stac(tmp_path / "s.json", tiles[:1]), asset="nir")
+    two = _stac(tmp_path / "two.json", tiles[:1], roles=("data",),
+                extra={"other": {"href": "x.tif", "type": "image/tiff", "roles": ["data"]}})
+    with pytest.raises(InputError, match="--asset"):
+        resolve_mosaic(two)
+
+
+def test_an_outdir_that_is_a_file_is_refused_and_kept(tmp_path, tiles):
+    before = tiles[1].read_bytes()
+    with pytest.raises(rs.exceptions.OutputExistsError, match="is an existing file"):
+        rs.run([str(tiles[0])], tiles[1], config=RunConfig(segmenter="felzenszwalb", overwrite=True))
+    assert tiles[1].read_bytes() == before
+
+
+def test_inspect_reports_what_a_run_would_see(tiles):
+    facts = rs.inspect_mosaic(tiles[0].parent, tile_size=128, padding=16)
+    assert facts["sources"] == 6 and facts["crs"] == ["EPSG:32617"] and facts["resolutions"] == [(0.1, 0.1)]
+    assert facts["grid"]["size"] == (400, 400) and facts["grid"]["bands"] == 3 and facts["grid"]["nodata"] == 255
+    assert facts["blocks"]["count"] == 16 and facts["blocks"]["grid"] == (4, 4)
+    assert facts["output_bytes"]["total"] == 16 * 160 * 160 * 4 + 2 * 400 * 400 * 4
+
+
+# ---------------------------------------------------------------------------
+# reruns when sources change
+# ---------------------------------------------------------------------------
+def _blocks_touching(window, plan):
+    y0, y1, x0, x1 = window
+    return {b for b in plan.block_ids() if (w := plan.padded_window(b)).y0 < y1 and y0 < w.y1
+            and w.x0 < x1 and x0 < w.x1}
+
+
+def test_changed_sources_redo_only_their_blocks(tmp_path, tiles, client):
+    folder = tiles[0].parent
+    cfg = RunConfig(**SEG, progress=False)
+    out = tmp_path / "out"
+    first = rs.run(folder, out, config=cfg, client=client)
+    assert first["blocks_segmented_this_run"] == 16 and (out / "sources.gti.gpkg").exists()
+    assert len(first["input"]["sources"]) == 6 and all("mtime_ns" in s for s in first["input"]["sources"])
+    assert rs.run(folder, out, config=cfg, client=client).get("up_to_date")
+    plan = rs.TilingPlan(shape=(400, 400), tile_size=128, padding=16)
+    # edit one tile's pixels: only the blocks its footprint touches are redone
+    with rasterio.open(tiles[0], "r+") as dst:
+        dst.write(255 - dst.read())
+    edited = rs.run(folder, out, config=cfg, client=client)
+    expect = _blocks_touching((0, 200, 0, 133), plan)
+    assert edited["sources_changed"] == [{"location": str(tiles[0]), "change": "edited"}]
+    assert {tuple(b) for b in edited["blocks_redone"]} == expect
+    assert edited["blocks_segmented_this_run"] == len(expect) < 16
+    fresh = rs.run(folder, tmp_path / "fresh", config=cfg, client=client)
+    _assert_same_products(out, tmp_path / "fresh", fresh)
+    # remove a tile, then add it back: each time a rerun, never "up to date"
+    shutil.move(tiles[1], tmp_path / "aside.tif")
+    removed = rs.run(folder, out, config=cfg, client=client)
+    assert removed["sources_changed"] == [{"location": str(tiles[1]), "change": "removed"}]
+    assert {tuple(b) for b in removed["blocks_redone"]} == _blocks_touching((0, 200, 133, 267), plan)
+    shutil.move(tmp_path / "aside.tif", tiles[1])
+    added = rs.run(folder, out, config=cfg, client=client)
+    assert [c["change"] for c in added["sources_changed"]] == ["added"]
+    _assert_same_products(out, tmp_path / "fresh", fresh)
+
+
+def test_a_grown_mosaic_is_refused(tmp_path, tiles, client):
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for t in tiles[3:]:  # the bottom row
+        shutil.move(t, aside / t.name)
+    out = tmp_path / "out"
+    rs.run(tiles[0].parent, out, config=RunConfig(**SEG, progress=False), client=client)
+    for t in tiles[3:]:
+        shutil.move(aside / t.name, t)
+    with pytest.raises(rs.exceptions.FingerprintMismatchError, match=r"input size: \[200, 400\] -> \[400, 400\]"):
+        rs.run(tiles[0].parent, out, config=RunConfig(**SEG, progress=False), client=client)
+
+
+def _assert_same_products(a, b, record):
+    with rasterio.open(a / "labels.tif") as x, rasterio.open(b / "labels.tif") as y:
+        assert x.transform == y.transform and x.crs == y.crs
+        np.testing.assert_array_equal(x.read(1), y.read(1))
+    assert json.loads((a / "run.json").read_text())["n_segments"] == record["n_segments"]
