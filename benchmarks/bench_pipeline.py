@@ -40,6 +40,17 @@ import numpy as np
 from benchmarks._util import PeakRSS, machine, timer
 
 
+#: the synthetic mosaic's georeferencing: 0.5 m pixels in UTM 33N
+_CRS, _TRANSFORM = "EPSG:32633", (0.5, 0, 500000, 0, -0.5, 5000000)
+
+
+def _pattern(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """The synthetic mosaic's pixels in rows ``y0:y1``, columns ``x0:x1``: smooth RGB, (3, y, x) uint8."""
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    v = ((np.sin(yy / 37.0) + np.cos(xx / 53.0)) * 60 + 128).astype(np.uint8)
+    return np.broadcast_to(v, (3,) + v.shape).copy()
+
+
 def _synthetic_zarr(path: Path, side: int, tile: int) -> Path:
     """A smooth RGB uint8 mosaic written lazily, chunk by chunk, to Zarr v3."""
     import dask.array as da
@@ -48,14 +59,12 @@ def _synthetic_zarr(path: Path, side: int, tile: int) -> Path:
 
     def block(b, block_info=None):
         (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        v = ((np.sin(yy / 37.0) + np.cos(xx / 53.0)) * 60 + 128).astype(np.uint8)
-        return np.broadcast_to(v, (3,) + v.shape).copy()
+        return _pattern(y0, y1, x0, x1)
 
     tmpl = da.zeros((3, side, side), dtype=np.uint8, chunks=(3, tile, tile))
     data = tmpl.map_blocks(block, dtype=np.uint8)
     arr = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": [1, 2, 3]})
-    arr = arr.rio.write_crs("EPSG:32633").rio.write_transform(Affine(0.5, 0, 500000, 0, -0.5, 5000000))
+    arr = arr.rio.write_crs(_CRS).rio.write_transform(Affine(*_TRANSFORM))
     arr = arr.assign_coords(
         y=5000000 - 0.25 - 0.5 * np.arange(side), x=500000 + 0.25 + 0.5 * np.arange(side)
     )

@@ -293,9 +293,11 @@ def _join(base: str, ref: str) -> str:
     if _is_url(ref) or os.path.isabs(ref):
         return ref
     if _is_url(base):
-        from urllib.parse import urljoin
+        import posixpath
 
-        return urljoin(base, ref)
+        scheme, rest = base.split("://", 1)
+        bucket, _, key = rest.partition("/")
+        return f"{scheme}://{bucket}/" + posixpath.normpath(posixpath.join(posixpath.dirname(key), ref)).lstrip("/")
     return os.path.normpath(os.path.join(os.path.dirname(base), os.path.expanduser(ref)))
 
 

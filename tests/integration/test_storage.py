@@ -534,3 +534,39 @@ def test_credentials_that_may_not_write_there_are_a_one_line_error_before_any_cl
     assert r.stderr.startswith("error: cannot write to `s3://locked/out`: PermissionError: Access Denied")
     assert "may write there" in r.stderr and "Traceback" not in r.stderr and "dashboard" not in r.stderr
     assert key["SecretAccessKey"] not in r.stderr
+
+
+@pytest.mark.timeout(600)
+def test_tiles_on_s3_by_glob_and_by_list_segment_as_the_single_file(tmp_path, data_dir, store, aws_env):
+    """A 2 x 3 grid of tiles on the store, named by a quoted glob (local OUTDIR) and by an @list that
+    itself lies on the store (OUTDIR on the store, so the tile index goes there too)."""
+    from remote_samsing.testing import cut_tiles
+
+    _, s3 = store
+    scene = data_dir / "neon_osbs.tif"
+    tiles = cut_tiles(scene, tmp_path / "tiles", rows=2, cols=3)
+    for t in tiles:
+        s3.upload_file(str(t), "mosaics", f"tiles/{t.name}")
+    s3.put_object(Bucket="mosaics", Key="tiles.txt", Body="\n".join(f"tiles/{t.name}" for t in tiles).encode())
+    assert _segment(scene, tmp_path / "local").returncode == 0
+    by_glob = _segment("s3://mosaics/tiles/*.tif", tmp_path / "glob")
+    assert by_glob.returncode == 0, by_glob.stderr[-3000:]
+    _assert_same_products(tmp_path / "glob", tmp_path / "local")
+    rec = json.loads((tmp_path / "glob" / "run.json").read_text())
+    assert len(rec["input"]["sources"]) == 6 and all(s["etag"] for s in rec["input"]["sources"])
+    assert rec["input"]["sources"][0]["location"] == "s3://mosaics/tiles/tile_0_0.tif"
+    by_list = _segment("@s3://mosaics/tiles.txt", "s3://mosaics/out-list")
+    assert by_list.returncode == 0, by_list.stderr[-3000:]
+    names = _download(s3, "mosaics/out-list", tmp_path / "list")
+    assert "sources.gti.gpkg" in names
+    _assert_same_products(tmp_path / "list", tmp_path / "local")
+    # a tile replaced on the store: only its blocks are segmented again, and the products equal a fresh run
+    s3.upload_file(str(tiles[1]), "mosaics", "tiles/tile_0_0.tif")
+    again = _segment("s3://mosaics/tiles/*.tif", tmp_path / "glob")
+    assert again.returncode == 0 and "up to date" not in again.stdout, again.stderr[-3000:]
+    rec = json.loads((tmp_path / "glob" / "run.json").read_text())
+    assert [c["change"] for c in rec["sources_changed"]] == ["edited"]
+    assert 0 < rec["blocks_segmented_this_run"] < rec["tiling"]["n_blocks"]
+    fresh = _segment("s3://mosaics/tiles/*.tif", tmp_path / "fresh")
+    assert fresh.returncode == 0
+    _assert_same_products(tmp_path / "glob", tmp_path / "fresh")
