@@ -286,7 +286,195 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
     return rows
 
 
+# ---------------------------------------------------------------------------
+# --sources N: one GeoTIFF against the same mosaic cut into N files, beside plain Dask
+# ---------------------------------------------------------------------------
+def _grid_of(n: int) -> tuple[int, int]:
+    """Rows and columns whose product is closest to ``n``, no side more than twice the other.
+
+    Parameters
+    ----------
+    n : int
+        The number of files asked for.
+
+    Returns
+    -------
+    (int, int)
+        ``(rows, cols)``, the squarest of the closest products.
+    """
+    pairs = [(r, max(1, round(n / r))) for r in range(1, n + 1)]
+    pairs = [(r, c) for r, c in pairs if max(r, c) <= 2 * min(r, c)] or [(1, n)]
+    return min(pairs, key=lambda rc: (abs(rc[0] * rc[1] - n), max(rc) / min(rc)))
+
+
+def _synthetic_geotiff(path: Path, side: int, tile: int) -> Path:
+    """The synthetic mosaic of :func:`_synthetic_zarr` as one GeoTIFF, written window by window.
+
+    Tiled 256² and uncompressed, as :func:`~remote_samsing.testing.cut_tiles` writes its tiles with
+    ``tiled=True``: the single file and the N files then differ in the number of files only.
+    """
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    profile = {"driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8", "crs": _CRS,
+               "transform": Affine(*_TRANSFORM), "tiled": True, "blockxsize": 256, "blockysize": 256}
+    with rasterio.open(path, "w", **profile) as dst:
+        for y0 in range(0, side, tile):
+            for x0 in range(0, side, tile):
+                y1, x1 = min(side, y0 + tile), min(side, x0 + tile)
+                dst.write(_pattern(y0, y1, x0, x1), window=Window(x0, y0, x1 - x0, y1 - y0))
+    return path
+
+
+def _source_mosaics(folder: Path, side: int, tile: int, n: int) -> tuple[Path, Path, tuple[int, int]]:
+    """The synthetic mosaic as one GeoTIFF and cut into about ``n`` GeoTIFFs in a folder of their own.
+
+    Returns
+    -------
+    (Path, Path, (int, int))
+        The single file, the folder of tiles, and the tiles' rows and columns.
+    """
+    from remote_samsing.testing import cut_tiles
+
+    one = _synthetic_geotiff(folder / "one.tif", side, tile)
+    rows, cols = _grid_of(n)
+    cut_tiles(one, folder / "tiles", rows=rows, cols=cols, profile={"tiled": True})
+    return one, folder / "tiles", (rows, cols)
+
+
+def _plain_dask(path: Path, out: Path, tile: int, client) -> None:
+    """The baseline: read the GeoTIFF in ``tile``² chunks, do nothing to them, write them to Zarr."""
+    import dask.array as da
+    import rioxarray
+
+    arr = rioxarray.open_rasterio(path, chunks={"band": -1, "y": tile, "x": tile}, lock=False)
+    stored = da.to_zarr(arr.data.map_blocks(lambda b: b), str(out), compute=False)
+    client.compute(stored, sync=True)
+
+
+def _case(kind: str, path: Path, *, tile: int, n_workers: int) -> dict:
+    """One timed case on a cluster of its own: the no-op job (``one``, ``many``) or plain Dask (``dask``).
+
+    Returns
+    -------
+    dict
+        Seconds, the peak RSS of all processes and of the client and largest worker, and for the job
+        the seconds of its stages.
+    """
+    from remote_samsing.cluster import ClusterConfig, make_client
+    from remote_samsing.config import RunConfig
+    from remote_samsing.pipeline import run as run_job
+    from remote_samsing.testing import register_test_segmenters
+
+    register_test_segmenters()
+    cfg = RunConfig(segmenter="noop", tile_size=tile, padding=50, merge="overlap", vectors=False, progress=False)
+    with tempfile.TemporaryDirectory(prefix=f"rs-bench-sources-{kind}-") as d, \
+            make_client(ClusterConfig(n_workers=n_workers, dashboard=False), needs_gpu=False) as c:
+        out = Path(d) / "out"
+        with PeakRSS() as rss, timer() as t:
+            rec = _plain_dask(path, out, tile, c) if kind == "dask" else run_job(path, out, config=cfg, client=c)
+    row = {"case": kind, "seconds": t["seconds"], "peak_rss_mb": rss.peak_mb, "peak_rss_by_process_mb": rss.peaks_mb()}
+    if rec:  # the job's own record: where its time went
+        row["stages_s"] = rec["timings"]
+    return row
+
+
+def _case_in_fresh_process(kind: str, path: Path, *, tile: int, n_workers: int) -> dict:
+    """:func:`_case` in a child process: every case starts from the same state, as a user's job does."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="rs-bench-sources-row-") as d:
+        out = Path(d) / "row.json"
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_pipeline", "--case", kind, "--input", str(path),
+                        "--tile", str(tile), "--n-workers", str(n_workers), "--json", str(out)],
+                       check=True, cwd=Path(__file__).resolve().parents[1])
+        return json.loads(out.read_text())
+
+
+def _ratios(rows: dict, mpx: float) -> dict:
+    """Throughput of each case and the ratios the targets name, from one repeat's rows."""
+    speed = {k: mpx / r["seconds"] for k, r in rows.items()}
+    return {"mpx_per_s": speed, "many_over_one": speed["many"] / speed["one"],
+            "one_over_dask": speed["one"] / speed["dask"], "many_over_dask": speed["many"] / speed["dask"]}
+
+
+def _print_repeat(rows: dict, ratio: dict, n: int) -> None:
+    for kind, label in (("one", "pipeline, 1 file"), ("many", f"pipeline, {n} files"), ("dask", "plain Dask")):
+        p = rows[kind]["peak_rss_by_process_mb"]
+        print(f"  {label:<20} {rows[kind]['seconds']:6.1f} s = {ratio['mpx_per_s'][kind]:5.1f} Mpx/s, peak RSS "
+              f"{rows[kind]['peak_rss_mb']:.0f} MB (client+scheduler {p['main']:.0f}, largest worker "
+              f"{p['largest_child']:.0f})")
+    print(f"  many/one {ratio['many_over_one']:.2f}; pipeline/plain Dask: 1 file {ratio['one_over_dask']:.2f}, "
+          f"{n} files {ratio['many_over_dask']:.2f}", flush=True)
+
+
+def _median_ratios(repeats: list[dict]) -> dict:
+    """Each ratio's median over the repeats, with the smallest and largest."""
+    keys = ("many_over_one", "one_over_dask", "many_over_dask")
+    return {k: {"median": float(np.median([r[k] for r in repeats])), "min": min(r[k] for r in repeats),
+                "max": max(r[k] for r in repeats)} for k in keys}
+
+
+def run_sources(n: int, *, side: int, tile: int = 1000, n_workers: int = 2, repeats: int = 1) -> dict:
+    """The no-op job on one GeoTIFF and on the same mosaic cut into ``n`` files, beside plain Dask.
+
+    Each repeat runs the three cases one after another (1 file, ``n`` files, plain Dask), each in a
+    fresh process with a cluster of its own, so that the ratios of one repeat share the machine's load.
+
+    Parameters
+    ----------
+    n : int
+        The number of files asked for; the closest rows × columns grid is used (see :func:`_grid_of`).
+    side : int
+        The mosaic's side in pixels.
+    tile, n_workers : int
+        The job's block size (the baseline's chunk size) and the cluster's worker processes.
+    repeats : int
+        Repeats of the three cases; the ratios reported are the medians.
+
+    Returns
+    -------
+    dict
+        The rows of every repeat, the ratios of each and their medians.
+    """
+    mpx = side * side / 1e6
+    with tempfile.TemporaryDirectory(prefix="rs-bench-sources-") as d:
+        one, tiles, (rows, cols) = _source_mosaics(Path(d), side, tile, n)
+        print(f"{mpx:.0f} Mpx, one GeoTIFF vs {rows} x {cols} = {rows * cols} GeoTIFFs "
+              f"({side / cols:.0f} x {side / rows:.0f} px each; asked for {n}), tile {tile}", flush=True)
+        runs = []
+        for rep in range(repeats):
+            print(f"repeat {rep + 1}/{repeats}:", flush=True)
+            cases = {k: _case_in_fresh_process(k, p, tile=tile, n_workers=n_workers)
+                     for k, p in (("one", one), ("many", tiles), ("dask", one))}
+            runs.append({"rows": cases, "ratios": _ratios(cases, mpx)})
+            _print_repeat(cases, runs[-1]["ratios"], rows * cols)
+    med = _median_ratios([r["ratios"] for r in runs])
+    print(f"median of {repeats} [min-max]: many/one {med['many_over_one']['median']:.2f} "
+          f"[{med['many_over_one']['min']:.2f}-{med['many_over_one']['max']:.2f}] (target >= 0.8); "
+          f"pipeline/plain Dask, 1 file {med['one_over_dask']['median']:.2f}, {rows * cols} files "
+          f"{med['many_over_dask']['median']:.2f} (target >= 0.5)")
+    return {"name": "pipeline_sources", "machine": machine(), "n_workers": n_workers, "mpx": mpx, "side": side,
+            "tile": tile, "sources_asked": n, "sources": rows * cols, "grid": [rows, cols], "repeats": repeats,
+            "many_over_one": med["many_over_one"]["median"], "one_over_dask": med["one_over_dask"]["median"],
+            "many_over_dask": med["many_over_dask"]["median"], "ratios": med, "runs": runs,
+            "target": "many/one >= 0.8; pipeline/plain Dask >= 0.5; peak RSS independent of the number of files"}
+
+
+def _default_result_path(n: int) -> Path:
+    """``benchmarks/results/pipeline-sources-<N>-cpu-<cores>core-<date>.json``, as the recorded results are named."""
+    import datetime
+    import os
+
+    name = f"pipeline-sources-{n}-cpu-{os.cpu_count()}core-{datetime.date.today().isoformat()}.json"
+    return Path(__file__).resolve().parent / "results" / name
+
+
 if __name__ == "__main__":
+    import sys
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sides", help="comma-separated mosaic sides in pixels, e.g. 10000,20000,30000 "
@@ -299,8 +487,33 @@ if __name__ == "__main__":
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one size, for a fresh-process run
     ap.add_argument("--write-mosaic", help=argparse.SUPPRESS)  # only write the synthetic mosaic there
     ap.add_argument("--store", choices=["s3"], help="also run with mosaic and OUTDIR on a loopback S3 server")
+    ap.add_argument("--megapixels", help="comma-separated mosaic sizes in Mpx, instead of --sides (e.g. 100,400)")
+    ap.add_argument("--sources", type=int, metavar="N",
+                    help="one GeoTIFF vs the same mosaic cut into N GeoTIFFs, beside plain Dask (one size: "
+                         "--megapixels, default 400; --quick 16)")
+    ap.add_argument("--repeats", type=int, default=1, help="with --sources: repeats of the three cases")
+    ap.add_argument("--case", choices=["one", "many", "dask"], help=argparse.SUPPRESS)  # one --sources case
+    ap.add_argument("--input", help=argparse.SUPPRESS)  # the --case's mosaic
     args = ap.parse_args()
     sides = [int(v) for v in args.sides.split(",")] if args.sides else None
+    if args.megapixels:
+        sides = [round((float(v) * 1e6) ** 0.5) for v in args.megapixels.split(",")]
+    if args.case:
+        row = _case(args.case, Path(args.input), tile=args.tile, n_workers=args.n_workers)
+        Path(args.json).write_text(json.dumps(row, indent=2))
+        raise SystemExit(0)
+    if args.sources:
+        if sides and len(sides) > 1:
+            ap.error("--sources compares one mosaic size: give one --megapixels or --sides")
+        side = sides[0] if sides else (4000 if args.quick else 20000)
+        result = run_sources(args.sources, side=side, tile=args.tile, n_workers=args.n_workers,
+                             repeats=args.repeats)
+        # the command that produced the numbers, as a reader reruns it from the repository root
+        result["command"] = "python -m benchmarks.bench_pipeline " + " ".join(sys.argv[1:])
+        target = Path(args.json) if args.json else _default_result_path(result["sources"])
+        target.write_text(json.dumps(result, indent=2))
+        print(f"wrote {target}")
+        raise SystemExit(0)
     if args.write_mosaic:
         from remote_samsing.cluster import ClusterConfig, make_client
 

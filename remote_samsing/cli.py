@@ -273,9 +273,17 @@ def _inspect_lines(facts: dict) -> list[str]:
         f"{'bands':12s} {g['bands']} of {g['dtype']}, nodata {g['nodata']}",
         f"{'blocks':12s} {b['count']} ({b['grid'][0]} x {b['grid'][1]}) at tile size {b['tile_size']}, padding "
         f"{b['padding']}",
-        f"{'output':12s} at most {size['total'] / 1e9:.3g} GB (staging {size['staging'] / 1e9:.3g}, labels.zarr and "
-        f"labels.tif {size['labels_zarr'] / 1e9:.3g} each, uncompressed; vectors on top)",
+        f"{'output':12s} at most {_size(size['total'])} (staging {_size(size['staging'])}, labels.zarr and "
+        f"labels.tif {_size(size['labels_zarr'])} each, uncompressed; vectors on top)",
     ]
+
+
+def _size(n: int) -> str:
+    """Bytes in decimal units, three significant digits."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
 
 
 @cli.command("vectorize")

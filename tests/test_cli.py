@@ -39,3 +39,58 @@ def test_clicks_own_exceptions_pass_through_as_click_reports_them(monkeypatch, e
     r = CliRunner().invoke(cli, ARGS)
     assert r.exit_code == code and "unexpected failure" not in r.output
     assert says in r.output
+
+
+# ---------------------------------------------------------------------------
+# INPUT... OUTDIR: many inputs, bad ones, inspect
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def tiles(tmp_path, data_dir):
+    from remote_samsing.testing import cut_tiles
+
+    return cut_tiles(data_dir / "neon_osbs.tif", tmp_path / "tiles", rows=2, cols=3)
+
+
+def _one_error(r, says):
+    assert r.exit_code == 2, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("error: ") and says in lines[0], r.output
+    assert len(lines) == 2 and lines[1].startswith("hint: ")
+
+
+def test_bad_inputs_are_one_line_with_a_hint_and_write_nothing(tmp_path, tiles):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "list.txt").write_text(f"{tiles[0]}\nnope.tif\n")
+    grey = tmp_path / "grey.tif"
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(tiles[0]) as src:
+        profile = {**src.profile, "count": 1}
+    with rasterio.open(grey, "w", **profile) as dst:
+        dst.write(np.zeros((1, profile["height"], profile["width"]), np.uint8))
+    out = tmp_path / "out"
+    runner = CliRunner()
+    cases = [
+        ([str(tmp_path / "empty")], "holds no raster"),
+        ([str(tmp_path / "x_*.tif")], "matches no raster"),
+        ([f"@{tmp_path / 'list.txt'}"], "line 2: `nope.tif` does not exist"),
+        ([str(tiles[0]), str(grey)], "grey.tif` has 1 band(s) of uint8"),
+    ]
+    for inputs, says in cases:
+        _one_error(runner.invoke(cli, ["segment", *inputs, str(out), "--segmenter", "felzenszwalb"]), says)
+        assert not out.exists()
+    before = tiles[1].read_bytes()
+    r = runner.invoke(cli, ["segment", str(tiles[0]), str(tiles[1]), "--segmenter", "felzenszwalb", "--overwrite"])
+    _one_error(r, "is an existing file, not a folder")
+    assert tiles[1].read_bytes() == before
+
+
+def test_inspect_prints_what_a_run_would_see(tiles):
+    r = CliRunner().invoke(cli, ["inspect", str(tiles[0].parent), "--tile-size", "128", "--padding", "16"])
+    assert r.exit_code == 0, r.output
+    facts = dict(line.split(None, 1) for line in r.output.replace("target grid", "target_grid").splitlines())
+    assert facts["sources"] == "6" and facts["crs"] == "EPSG:32617" and facts["resolutions"] == "0.1 x 0.1"
+    assert facts["size"].startswith("400 x 400 px") and facts["bands"] == "3 of uint8, nodata 255"
+    assert facts["blocks"].startswith("16 (4 x 4)") and "resampling bilinear" in facts["target_grid"]
+    assert facts["output"].startswith("at most 2.92 MB")

@@ -322,3 +322,29 @@ def _assert_same_products(a, b, record):
         assert x.transform == y.transform and x.crs == y.crs
         np.testing.assert_array_equal(x.read(1), y.read(1))
     assert json.loads((a / "run.json").read_text())["n_segments"] == record["n_segments"]
+
+
+def test_each_sources_alpha_is_honoured(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    def rgba(path, value, x0, opaque_rows):
+        profile = dict(driver="GTiff", width=20, height=20, count=4, dtype="uint8", crs="EPSG:32617",
+                       transform=from_origin(x0, 20, 1, 1))
+        data = np.full((4, 20, 20), value, np.uint8)
+        data[3] = 0
+        data[3, opaque_rows] = 255
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+        return str(path)
+
+    a = rgba(tmp_path / "a.tif", 10, 0, slice(0, 20))
+    b = rgba(tmp_path / "b.tif", 200, 10, slice(0, 10))  # listed last, transparent in its lower half
+    arr = open_mosaic([a, b])
+    assert arr.attrs["alpha_band"] == 4
+    values = arr.values
+    assert values[0, 0, 15] == 200 and values[0, 15, 15] == 10  # a shows through b's transparent half
+    assert values[3, 15, 25] == 0  # neither covers it: not valid
+    reader = rs.io.window_reader(arr)
+    valid = reader.read_valid((0, 20, 0, 30))
+    assert valid[:, :20].all() and valid[:10, 20:].all() and not valid[10:, 20:].any()

@@ -332,3 +332,27 @@ def test_a_damaged_input_names_the_window_then_skips_it_then_resumes_once_repair
     assert _run(*([args[0], good, clean] + args[3:])).returncode == 0
     with rasterio.open(out / "labels.tif") as a, rasterio.open(clean / "labels.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+@pytest.mark.timeout(300)
+def test_many_inputs_then_outdir_segment_and_ingest_as_the_single_file(tmp_path, data_dir):
+    from remote_samsing.testing import assert_equivalent_labels, cut_tiles
+
+    scene = data_dir / "neon_osbs.tif"
+    tiles = cut_tiles(scene, tmp_path / "tiles", rows=2, cols=3)
+    args = ["--segmenter", "felzenszwalb", "--tile-size", "128", "--padding", "16", "--n-workers", "1",
+            "--no-progress", "--no-vectors"]
+    r = _run("segment", *tiles, tmp_path / "many", *args)
+    assert r.returncode == 0, r.stderr
+    assert _run("segment", scene, tmp_path / "one", *args).returncode == 0
+    with rasterio.open(tmp_path / "many" / "labels.tif") as a, rasterio.open(tmp_path / "one" / "labels.tif") as b:
+        assert a.transform == b.transform and a.crs == b.crs
+        assert_equivalent_labels(a.read(1), b.read(1))
+    rec = json.loads((tmp_path / "many" / "run.json").read_text())
+    assert rec["input"]["path"] == [str(t) for t in tiles] and len(rec["input"]["sources"]) == 6
+    r = _run("ingest", tiles[0].parent, tmp_path / "m.zarr", "--tile-size", "128")
+    assert r.returncode == 0, r.stderr
+    import remote_samsing as rs
+
+    with rasterio.open(scene) as src:
+        np.testing.assert_array_equal(rs.open_mosaic(tmp_path / "m.zarr").values, src.read())
