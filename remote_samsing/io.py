@@ -32,7 +32,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import is_remote, location, replace_path, store_path, temporary_name, open_zarr_array
+from ._files import gdal_path, is_remote, location, replace_path, store_path, temporary_name, open_zarr_array
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -225,6 +225,7 @@ def open_resolved(mosaic, *, bands=None, nodata=None, chunks=1024, index=None) -
         arr = _open_path(os.fspath(index) if index is not None else str(cached_index(mosaic)), nodata=nodata,
                          chunks=chunks, bands=bands)
         arr.attrs["source_windows"] = [list(w) for w in mosaic.windows]
+        arr.attrs["source_locations"] = [gdal_path(s.location) for s in mosaic.sources]
     return arr
 
 
@@ -598,6 +599,11 @@ class WindowReader:
         The affine transform (a, b, c, d, e, f), to name a window in map
         coordinates.
     crs : str, optional
+    sources : tuple, optional
+        For a tile index: each source's GDAL name and footprint ``(name, y0,
+        y1, x0, x1)``. GDAL's GTI driver leaves out a source it cannot open
+        (the window reads as nodata, with no error), so a read first opens
+        each source its window touches: a missing one is an error naming it.
     """
 
     path: str
@@ -609,6 +615,7 @@ class WindowReader:
     passthrough: bool
     transform: tuple | None = None
     crs: str | None = None
+    sources: tuple = ()
 
     def where(self, window: tuple[int, int, int, int]) -> str:
         """``window`` in pixels and, with a transform, in map coordinates."""
@@ -652,6 +659,9 @@ class WindowReader:
             return raw[[b - 1 for b in self.bands]]
         from rasterio.windows import Window as RioWindow
 
+        for name, sy0, sy1, sx0, sx1 in self.sources:
+            if sy0 < y1 and y0 < sy1 and sx0 < x1 and x0 < sx1:
+                _gdal_dataset(name)  # raises, naming it, where the GTI driver would skip it
         src = _gdal_dataset(self.path)
         return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
 
@@ -679,7 +689,7 @@ class WindowReader:
 
 #: open GDAL datasets, per thread (a rasterio dataset must not be read from two threads at once)
 _GDAL_HANDLES = threading.local()
-_GDAL_HANDLES_PER_THREAD = 4
+_GDAL_HANDLES_PER_THREAD = 8  # a tile index and the few sources a window touches
 
 
 def _file_stamp(path: str):
@@ -715,7 +725,7 @@ def _gdal_dataset(path: str):
         entry[1].close()
     while len(cache) >= _GDAL_HANDLES_PER_THREAD:
         cache.pop(next(iter(cache)))[1].close()
-    if is_url(path):
+    if is_url(path) or path.startswith("/vsi"):
         configure_remote_reads()  # a worker's first read of a store: GDAL's settings from the AWS variables
     with quiet_georeferencing():
         src = rasterio.open(path)
@@ -768,9 +778,11 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     params = _rgba_params(arr)
     crs = arr.rio.crs
     transform = tuple(arr.rio.transform())[:6] if crs is not None else None
+    sources = tuple((name, *map(int, w)) for name, w in zip(arr.attrs.get("source_locations") or (),
+                                                            arr.attrs.get("source_windows") or ()))
     return WindowReader(
         path=src if is_url(src) else str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]),
-        transform=transform, crs=crs.to_string() if crs is not None else None, **params
+        transform=transform, crs=crs.to_string() if crs is not None else None, sources=sources, **params
     )
 
 
@@ -872,7 +884,7 @@ def to_zarr(
         mosaic = open_mosaic(mosaic, chunks=tile_size)
     arr = mosaic.chunk({"band": -1, "y": tile_size, "x": tile_size})
     # scale/offset/_FillValue attributes would make xarray decode to float on read
-    drop = {"source_bands", "source_windows", "scale_factor", "add_offset", "_FillValue", "missing_value"}
+    drop = {"source_bands", "source_windows", "source_locations", "scale_factor", "add_offset", "_FillValue", "missing_value"}
     attrs = {k: v for k, v in arr.attrs.items() if v is not None and k not in drop}
     arr = arr.copy()
     arr.attrs = attrs

@@ -348,3 +348,27 @@ def test_each_sources_alpha_is_honoured(tmp_path):
     reader = rs.io.window_reader(arr)
     valid = reader.read_valid((0, 20, 0, 30))
     assert valid[:, :20].all() and valid[:10, 20:].all() and not valid[10:, 20:].any()
+
+
+def test_a_block_opens_only_the_sources_its_window_touches(tmp_path, tiles):
+    arr = open_mosaic(tiles[0].parent)
+    reader = rs.io.window_reader(arr)
+    tiles[-1].unlink()  # the bottom right tile is gone: windows away from it still read
+    pixels, *_ = _read(tiles[0])
+    np.testing.assert_array_equal(reader.read((0, 150, 0, 100)), pixels[:, :150, :100])
+    with pytest.raises(rs.exceptions.WindowReadError, match="tile_1_2.tif"):
+        reader.checked_read((300, 400, 300, 400), np.zeros((3, 2)))
+
+
+def test_an_edited_tile_of_a_vrt_redoes_its_blocks(tmp_path, tiles, scene, client):
+    vrt = _vrt(tmp_path / "m.vrt", tiles, scene)
+    cfg = RunConfig(**SEG, progress=False, vectors=False)
+    out = tmp_path / "out"
+    rs.run(vrt, out, config=cfg, client=client)
+    with rasterio.open(tiles[5], "r+") as dst:
+        dst.write(255 - dst.read())
+    again = rs.run(vrt, out, config=cfg, client=client)
+    assert not again.get("up_to_date") and again["sources_changed"] == [{"location": str(tiles[5]),
+                                                                          "change": "edited"}]
+    plan = rs.TilingPlan(shape=(400, 400), tile_size=128, padding=16)
+    assert {tuple(b) for b in again["blocks_redone"]} == _blocks_touching((200, 400, 267, 400), plan)
