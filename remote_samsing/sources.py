@@ -581,12 +581,20 @@ def _referenced(location: str) -> list[str]:
 
 
 def _index_locations(location: str) -> list[str]:
-    """The ``location`` field of a GTI tile index, each made absolute as the GTI driver does."""
+    """The ``location`` field of a GTI tile index (a vector file, or the XML form naming one), each made
+    absolute as the GTI driver does."""
     import pyogrio
 
     path = location[4:] if location.lower().startswith("gti:") else location
+    field_name = None
+    if path.lower().endswith(".gti"):  # <GDALTileIndexDataset><IndexDataset>...</IndexDataset>
+        import xml.etree.ElementTree as ET
+
+        root = ET.fromstring(_read_text(path))
+        field_name = root.findtext("LocationField")
+        path = root.findtext("IndexDataset") or ""  # as GDAL opens it: relative to the working directory
     meta = pyogrio.read_info(path).get("layer_metadata") or {}
-    field_name = meta.get("LOCATION_FIELD", "location")
+    field_name = field_name or meta.get("LOCATION_FIELD", "location")
     table = pyogrio.read_dataframe(path, columns=[field_name], read_geometry=False)
     return [_join(path, str(v)) for v in table[field_name]]
 

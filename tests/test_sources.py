@@ -83,7 +83,7 @@ def _stac(path, tiles, *, roles=("visual",), extra=None):
 # ---------------------------------------------------------------------------
 # every form of INPUT gives the scene's own grid and pixels
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("form", ["folder", "glob", "arguments", "list", "vrt", "gti", "stac"])
+@pytest.mark.parametrize("form", ["folder", "glob", "arguments", "list", "vrt", "gti", "gti-xml", "stac"])
 def test_every_form_of_input_is_the_single_file_pixel_for_pixel(tmp_path, tiles, scene, form):
     folder = tiles[0].parent
     if form == "folder":
@@ -100,6 +100,11 @@ def test_every_form_of_input_is_the_single_file_pixel_for_pixel(tmp_path, tiles,
         given = _vrt(tmp_path / "m.vrt", tiles, scene)
     elif form == "gti":
         given = write_tile_index(resolve_mosaic([str(t) for t in tiles]), tmp_path / "m.gti.gpkg")
+    elif form == "gti-xml":  # the XML form, naming its index
+        index = write_tile_index(resolve_mosaic([str(t) for t in tiles]), tmp_path / "index.gpkg")
+        given = tmp_path / "m.gti"
+        given.write_text(f"<GDALTileIndexDataset><IndexDataset>{index}</IndexDataset>"
+                         "<LocationField>location</LocationField></GDALTileIndexDataset>")
     else:
         given = _stac(tmp_path / "items.json", tiles)
     arr = open_mosaic(given, chunks=128)
