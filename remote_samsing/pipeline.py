@@ -673,11 +673,10 @@ def _changed_blocks(plan: TilingPlan, changes: list[dict], prev: dict | None) ->
     failed = _failed_windows(plan, prev)
     redo = set()
     for change in changes:
-        windows = [w for w in change["windows"] if w[0] < w[1] and w[2] < w[3]]
-        if change["change"] == "edited" and any(_touches(w, f) for w in windows for f in failed):
+        if change["change"] == "edited" and any(_touches(w, f) for w in change["windows"] for f in failed):
             continue
-        redo.update(b for b in plan.block_ids() if any(_touches(plan.padded_window(b).as_tuple(), w)
-                                                       for w in windows))
+        for window in change["windows"]:
+            redo.update(plan.blocks_touching(tuple(window)))
     return sorted(redo)
 
 

@@ -187,6 +187,15 @@ class TilingPlan:
             min(self.shape[1], core.x1 + dx),
         )
 
+    def blocks_touching(self, window: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+        """The blocks whose padded windows share a pixel with ``window = (y0, y1, x0, x1)``."""
+        y0, y1, x0, x1 = window
+        ys, xs = self.starts
+        dy, dx = self.depth[0], self.depth[1]
+        iys = np.flatnonzero((ys[:-1] - dy < y1) & (ys[1:] + dy > y0) & (y0 < y1))
+        ixs = np.flatnonzero((xs[:-1] - dx < x1) & (xs[1:] + dx > x0) & (x0 < x1))
+        return [(int(iy), int(ix)) for iy in iys for ix in ixs]
+
     def core_in_padded(self, index: tuple[int, int]) -> Window:
         """The core of block ``index`` in local coordinates of its padded window."""
         return self.core_window(index).relative_to(self.padded_window(index))

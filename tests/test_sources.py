@@ -274,9 +274,12 @@ def test_inspect_reports_what_a_run_would_see(tiles):
 # reruns when sources change
 # ---------------------------------------------------------------------------
 def _blocks_touching(window, plan):
+    """By hand, block by block (``TilingPlan.blocks_touching`` does it by ranges)."""
     y0, y1, x0, x1 = window
-    return {b for b in plan.block_ids() if (w := plan.padded_window(b)).y0 < y1 and y0 < w.y1
-            and w.x0 < x1 and x0 < w.x1}
+    expect = {b for b in plan.block_ids() if (w := plan.padded_window(b)).y0 < y1 and y0 < w.y1
+              and w.x0 < x1 and x0 < w.x1}
+    assert set(plan.blocks_touching(window)) == expect
+    return expect
 
 
 def test_changed_sources_redo_only_their_blocks(tmp_path, tiles, client):

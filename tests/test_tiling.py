@@ -56,3 +56,15 @@ def test_plan_tokenizes_deterministically():
     b = TilingPlan(shape=(100, 120), tile_size=32, padding=4)
     assert tokenize(a) == tokenize(b)
     assert tokenize(a) != tokenize(TilingPlan(shape=(100, 120), tile_size=32, padding=5))
+
+
+@pytest.mark.parametrize("shape,T,P", [((400, 400), 128, 16), ((2500, 1700), 1000, 50), ((90, 300), 100, 0)])
+def test_blocks_touching_a_window_are_those_whose_padded_windows_share_a_pixel(shape, T, P):
+    plan = TilingPlan(shape=shape, tile_size=T, padding=P)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        y0, y1 = sorted(rng.integers(0, shape[0] + 1, 2))
+        x0, x1 = sorted(rng.integers(0, shape[1] + 1, 2))
+        expect = [b for b in plan.block_ids() if (w := plan.padded_window(b)).y0 < y1 and y0 < w.y1
+                  and w.x0 < x1 and x0 < w.x1 and y0 < y1 and x0 < x1]  # an empty window touches nothing
+        assert plan.blocks_touching((y0, y1, x0, x1)) == expect
