@@ -15,6 +15,7 @@ sizes then also carry the heap the earlier jobs left in the same processes
     python -m benchmarks.bench_pipeline --quick    # 4 Mpx and 16 Mpx
     python -m benchmarks.bench_pipeline --sides 10000,20000,30000,40000   # 100 Mpx to 1.6 Gpx
     python -m benchmarks.bench_pipeline --store s3   # local disk vs a loopback S3 server, same mosaics
+    python -m benchmarks.bench_pipeline --megapixels 400 --sources 400 --repeats 3   # 1 file vs 400 files
 
 ``--store s3`` runs every size twice, mosaic and OUTDIR on local disk and then
 both on an S3 server on loopback (moto's standalone server, in a process of
@@ -24,6 +25,22 @@ the client's peak RSS for each size (target: independent of the size), and
 what the run cost the server: requests per block and the share of the run's
 time its process was busy (moto answers one request at a time in Python, on
 the same 2 cores, so its CPU time bounds how fast any run against it can be).
+
+``--sources N`` writes the synthetic mosaic (one size, ``--megapixels``,
+default 400) as one GeoTIFF and cuts it into the rows x columns of GeoTIFFs
+closest to N (``remote_samsing.testing.cut_tiles``; both tiled 256² and
+uncompressed, so they differ in the number of files only). It runs the no-op
+job on the one file and on the folder of N files, and a plain-Dask baseline on
+the one file (``rioxarray.open_rasterio`` in tile² chunks, an identity
+``map_blocks``, ``dask.array.to_zarr``) on the same kind of cluster, each in a
+fresh process with a cluster of its own. It prints each one's Mpx/s, CPU
+seconds and peak RSS (client and largest worker), the throughput ratio many
+files / one file (target >= 0.8), the job's throughput over the baseline's for
+both (target >= 0.5), the same ratios in CPU seconds (they move less when other
+processes share the cores), and with ``--repeats`` their medians; peak RSS
+should not depend on N. It writes
+``benchmarks/results/pipeline-sources-<N>-cpu-<cores>core-<date>.json``
+(``--json`` elsewhere) with the command and the commit measured.
 """
 
 from __future__ import annotations
@@ -31,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -353,14 +371,29 @@ def _plain_dask(path: Path, out: Path, tile: int, client) -> None:
     client.compute(stored, sync=True)
 
 
+def _tree_cpu_s() -> float:
+    """CPU seconds (user + system) this process and its live children (the workers) have spent so far."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def _case(kind: str, path: Path, *, tile: int, n_workers: int) -> dict:
     """One timed case on a cluster of its own: the no-op job (``one``, ``many``) or plain Dask (``dask``).
 
     Returns
     -------
     dict
-        Seconds, the peak RSS of all processes and of the client and largest worker, and for the job
-        the seconds of its stages.
+        Seconds, CPU seconds of all processes, the 1-minute load average at the end, the peak RSS of
+        all processes and of the client and largest worker, and for the job the seconds of its stages.
     """
     from remote_samsing.cluster import ClusterConfig, make_client
     from remote_samsing.config import RunConfig
@@ -372,9 +405,13 @@ def _case(kind: str, path: Path, *, tile: int, n_workers: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"rs-bench-sources-{kind}-") as d, \
             make_client(ClusterConfig(n_workers=n_workers, dashboard=False), needs_gpu=False) as c:
         out = Path(d) / "out"
+        cpu = _tree_cpu_s()
         with PeakRSS() as rss, timer() as t:
             rec = _plain_dask(path, out, tile, c) if kind == "dask" else run_job(path, out, config=cfg, client=c)
-    row = {"case": kind, "seconds": t["seconds"], "peak_rss_mb": rss.peak_mb, "peak_rss_by_process_mb": rss.peaks_mb()}
+        # CPU seconds move less than wall seconds when other processes share the cores
+        cpu = _tree_cpu_s() - cpu
+    row = {"case": kind, "seconds": t["seconds"], "cpu_s": cpu, "load_1min": os.getloadavg()[0],
+           "peak_rss_mb": rss.peak_mb, "peak_rss_by_process_mb": rss.peaks_mb()}
     if rec:  # the job's own record: where its time went
         row["stages_s"] = rec["timings"]
     return row
@@ -396,23 +433,29 @@ def _case_in_fresh_process(kind: str, path: Path, *, tile: int, n_workers: int) 
 def _ratios(rows: dict, mpx: float) -> dict:
     """Throughput of each case and the ratios the targets name, from one repeat's rows."""
     speed = {k: mpx / r["seconds"] for k, r in rows.items()}
+    cpu = {k: r["cpu_s"] for k, r in rows.items()}
     return {"mpx_per_s": speed, "many_over_one": speed["many"] / speed["one"],
-            "one_over_dask": speed["one"] / speed["dask"], "many_over_dask": speed["many"] / speed["dask"]}
+            "one_over_dask": speed["one"] / speed["dask"], "many_over_dask": speed["many"] / speed["dask"],
+            "cpu_many_over_one": cpu["one"] / cpu["many"], "cpu_one_over_dask": cpu["dask"] / cpu["one"],
+            "cpu_many_over_dask": cpu["dask"] / cpu["many"]}
 
 
 def _print_repeat(rows: dict, ratio: dict, n: int) -> None:
     for kind, label in (("one", "pipeline, 1 file"), ("many", f"pipeline, {n} files"), ("dask", "plain Dask")):
         p = rows[kind]["peak_rss_by_process_mb"]
-        print(f"  {label:<20} {rows[kind]['seconds']:6.1f} s = {ratio['mpx_per_s'][kind]:5.1f} Mpx/s, peak RSS "
-              f"{rows[kind]['peak_rss_mb']:.0f} MB (client+scheduler {p['main']:.0f}, largest worker "
-              f"{p['largest_child']:.0f})")
+        r = rows[kind]
+        print(f"  {label:<20} {r['seconds']:6.1f} s = {ratio['mpx_per_s'][kind]:5.1f} Mpx/s ({r['cpu_s']:.1f} CPU s, "
+              f"load {r['load_1min']:.1f}), peak RSS {r['peak_rss_mb']:.0f} MB (client+scheduler {p['main']:.0f}, "
+              f"largest worker {p['largest_child']:.0f})")
     print(f"  many/one {ratio['many_over_one']:.2f}; pipeline/plain Dask: 1 file {ratio['one_over_dask']:.2f}, "
-          f"{n} files {ratio['many_over_dask']:.2f}", flush=True)
+          f"{n} files {ratio['many_over_dask']:.2f}; the same in CPU seconds: {ratio['cpu_many_over_one']:.2f}; "
+          f"{ratio['cpu_one_over_dask']:.2f}, {ratio['cpu_many_over_dask']:.2f}", flush=True)
 
 
 def _median_ratios(repeats: list[dict]) -> dict:
     """Each ratio's median over the repeats, with the smallest and largest."""
-    keys = ("many_over_one", "one_over_dask", "many_over_dask")
+    keys = ("many_over_one", "one_over_dask", "many_over_dask", "cpu_many_over_one", "cpu_one_over_dask",
+            "cpu_many_over_dask")
     return {k: {"median": float(np.median([r[k] for r in repeats])), "min": min(r[k] for r in repeats),
                 "max": max(r[k] for r in repeats)} for k in keys}
 
@@ -447,15 +490,19 @@ def run_sources(n: int, *, side: int, tile: int = 1000, n_workers: int = 2, repe
         runs = []
         for rep in range(repeats):
             print(f"repeat {rep + 1}/{repeats}:", flush=True)
-            cases = {k: _case_in_fresh_process(k, p, tile=tile, n_workers=n_workers)
-                     for k, p in (("one", one), ("many", tiles), ("dask", one))}
+            # the order turns round every repeat: a load that rises or falls during a repeat
+            # favours neither case across repeats
+            order = [("one", one), ("many", tiles), ("dask", one)][::1 if rep % 2 == 0 else -1]
+            cases = {k: _case_in_fresh_process(k, p, tile=tile, n_workers=n_workers) for k, p in order}
             runs.append({"rows": cases, "ratios": _ratios(cases, mpx)})
             _print_repeat(cases, runs[-1]["ratios"], rows * cols)
     med = _median_ratios([r["ratios"] for r in runs])
     print(f"median of {repeats} [min-max]: many/one {med['many_over_one']['median']:.2f} "
           f"[{med['many_over_one']['min']:.2f}-{med['many_over_one']['max']:.2f}] (target >= 0.8); "
           f"pipeline/plain Dask, 1 file {med['one_over_dask']['median']:.2f}, {rows * cols} files "
-          f"{med['many_over_dask']['median']:.2f} (target >= 0.5)")
+          f"{med['many_over_dask']['median']:.2f} (target >= 0.5); in CPU seconds: many/one "
+          f"{med['cpu_many_over_one']['median']:.2f}, pipeline/plain Dask {med['cpu_one_over_dask']['median']:.2f}, "
+          f"{med['cpu_many_over_dask']['median']:.2f}")
     return {"name": "pipeline_sources", "machine": machine(), "n_workers": n_workers, "mpx": mpx, "side": side,
             "tile": tile, "sources_asked": n, "sources": rows * cols, "grid": [rows, cols], "repeats": repeats,
             "many_over_one": med["many_over_one"]["median"], "one_over_dask": med["one_over_dask"]["median"],
@@ -463,10 +510,22 @@ def run_sources(n: int, *, side: int, tile: int = 1000, n_workers: int = 2, repe
             "target": "many/one >= 0.8; pipeline/plain Dask >= 0.5; peak RSS independent of the number of files"}
 
 
+def _code_version() -> dict:
+    """The commit measured, and whether the package's files differed from it (others edit them meanwhile)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "package_changed": bool(git("status", "--porcelain", "--", "remote_samsing"))}
+
+
 def _default_result_path(n: int) -> Path:
     """``benchmarks/results/pipeline-sources-<N>-cpu-<cores>core-<date>.json``, as the recorded results are named."""
     import datetime
-    import os
 
     name = f"pipeline-sources-{n}-cpu-{os.cpu_count()}core-{datetime.date.today().isoformat()}.json"
     return Path(__file__).resolve().parent / "results" / name
@@ -506,10 +565,12 @@ if __name__ == "__main__":
         if sides and len(sides) > 1:
             ap.error("--sources compares one mosaic size: give one --megapixels or --sides")
         side = sides[0] if sides else (4000 if args.quick else 20000)
+        code = _code_version()  # at the start: the package may change while the cases run
         result = run_sources(args.sources, side=side, tile=args.tile, n_workers=args.n_workers,
                              repeats=args.repeats)
         # the command that produced the numbers, as a reader reruns it from the repository root
         result["command"] = "python -m benchmarks.bench_pipeline " + " ".join(sys.argv[1:])
+        result["code"] = code
         target = Path(args.json) if args.json else _default_result_path(result["sources"])
         target.write_text(json.dumps(result, indent=2))
         print(f"wrote {target}")
