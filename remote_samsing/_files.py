@@ -31,11 +31,29 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, InputError
 
-__all__ = ["location", "is_remote", "gdal_path", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
+__all__ = ["REMOTE_SCHEMES", "is_url", "check_url", "location", "is_remote", "gdal_path", "join_location", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
            "write_many", "read_bytes", "read_many", "replace_path", "remove_tree", "list_names", "store_path",
            "zarr_options", "open_zarr_array"]
+
+
+#: URL schemes of mosaics read through GDAL's virtual file systems (/vsis3/, /vsigs/, /vsiaz/, /vsicurl/).
+REMOTE_SCHEMES = ("s3", "gs", "az", "abfs", "http", "https")
+
+
+def is_url(path) -> bool:
+    """``path`` is a URL (``scheme://...``), not a local path."""
+    return isinstance(path, str) and "://" in path
+
+
+def check_url(url: str) -> str:
+    """``url`` with a scheme GDAL reads, or a typed error naming the schemes that work."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in REMOTE_SCHEMES:
+        raise InputError(f"unsupported URL scheme `{scheme}://` in `{url}`",
+                         hint=f"use a local path or one of {', '.join(s + '://' for s in REMOTE_SCHEMES)}")
+    return url
 
 
 def location(path) -> Path | UPath:  # noqa: F821 - UPath is imported only for URLs
@@ -112,6 +130,19 @@ def gdal_path(path) -> str:
     if protocol not in _VSI:
         raise ConfigError(f"GDAL cannot reach `{p}` ({protocol}://)", hint="use s3://, gs://, az:// or a local path")
     return _VSI[protocol] + p.path
+
+
+def join_location(base: str, ref: str) -> str:
+    """``ref`` (a line of a list, a STAC href) relative to the file ``base`` (a path or URL) that names it."""
+    if "://" in ref or os.path.isabs(ref):
+        return ref
+    if "://" in base:
+        import posixpath
+
+        scheme, rest = base.split("://", 1)
+        bucket, _, key = rest.partition("/")
+        return f"{scheme}://{bucket}/" + posixpath.normpath(posixpath.join(posixpath.dirname(key), ref)).lstrip("/")
+    return os.path.normpath(os.path.join(os.path.dirname(base), os.path.expanduser(ref)))
 
 
 def temporary_name(path: str | os.PathLike) -> Path:

@@ -32,7 +32,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import gdal_path, is_remote, location, replace_path, store_path, temporary_name, open_zarr_array
+from ._files import REMOTE_SCHEMES, check_url, gdal_path, is_remote, is_url, location, replace_path, store_path, temporary_name, open_zarr_array
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -94,24 +94,6 @@ def quiet_georeferencing():
 
 def _is_zarr(path: Path) -> bool:
     return path.suffix == ".zarr" or (path / "zarr.json").exists()
-
-
-#: URL schemes of mosaics read through GDAL's virtual file systems (/vsis3/, /vsigs/, /vsiaz/, /vsicurl/).
-REMOTE_SCHEMES = ("s3", "gs", "az", "abfs", "http", "https")
-
-
-def is_url(path) -> bool:
-    """``path`` is a URL (``scheme://...``), not a local path."""
-    return isinstance(path, str) and "://" in path
-
-
-def check_url(url: str) -> str:
-    """``url`` with a scheme GDAL reads, or a typed error naming the schemes that work."""
-    scheme = url.split("://", 1)[0].lower()
-    if scheme not in REMOTE_SCHEMES:
-        raise InputError(f"unsupported URL scheme `{scheme}://` in `{url}`",
-                         hint=f"use a local path or one of {', '.join(s + '://' for s in REMOTE_SCHEMES)}")
-    return url
 
 
 def configure_remote_reads() -> None:
@@ -224,8 +206,7 @@ def open_resolved(mosaic, *, bands=None, nodata=None, chunks=1024, index=None) -
     else:
         arr = _open_path(os.fspath(index) if index is not None else str(cached_index(mosaic)), nodata=nodata,
                          chunks=chunks, bands=bands)
-        arr.attrs["source_windows"] = [list(w) for w in mosaic.windows]
-        arr.attrs["source_locations"] = [gdal_path(s.location) for s in mosaic.sources]
+        arr.attrs["tile_index"] = True  # ours: it holds each source's footprint in pixels
     return arr
 
 
@@ -408,14 +389,19 @@ def stretch_params(
     arr: xr.DataArray,
     *,
     percentiles: tuple[float, float] = (2.0, 98.0),
-    max_sample_blocks: int = 64,
-    sample_pixels_per_block: int = 65536,
+    lattice: int = 32,
+    window: int = 64,
 ) -> da.Array:
     """Lazy per-band stretch limits, computed once for the whole mosaic.
 
-    Blocks are sampled on a regular lattice over the chunk grid (at most
-    ``max_sample_blocks``) and subsampled with a stride so that each gives
-    about ``sample_pixels_per_block`` pixels.
+    The sample is a ``lattice`` x ``lattice`` grid of ``window``-pixel
+    windows spread evenly over the mosaic (4 Mpx by default), decided by the
+    mosaic's size alone: the same pixels are sampled whether the mosaic is
+    one file, many files on its grid, or an array in memory, so all of them
+    give the same limits; and every source of a mosaic of many files that
+    spans at least 1/32 of it along each axis holds a window. A file is read
+    window by window on the workers (:class:`WindowReader`), 64 windows a
+    task.
 
     Returns
     -------
@@ -423,48 +409,32 @@ def stretch_params(
         Shape (band, 2): lower and upper limits per band.
     """
     lo_pct, hi_pct = percentiles
-    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.data, chunks=(-1, 1024, 1024))
-    ny, nx = data.numblocks[1], data.numblocks[2]
-    per_axis = max(1, int(np.sqrt(max_sample_blocks)))
-    iys = np.unique(np.linspace(0, ny - 1, min(ny, per_axis)).round().astype(int))
-    ixs = np.unique(np.linspace(0, nx - 1, min(nx, per_axis)).round().astype(int))
-    blocks = []
-    for iy in iys:
-        for ix in ixs:
-            b = data.blocks[:, iy, ix]
-            npx = b.shape[1] * b.shape[2]
-            stride = max(1, int(np.sqrt(npx / sample_pixels_per_block)))
-            blocks.append(b[:, ::stride, ::stride])
-    blocks += _source_samples(arr, max_sample_blocks * sample_pixels_per_block)
-    nodata = arr.rio.nodata
-    d = dask.delayed(_sample_percentiles, pure=True)(blocks, nodata, lo_pct, hi_pct)
-    return da.from_delayed(d, shape=(data.shape[0], 2), dtype="float64")
+    windows = _sample_windows(tuple(arr.shape[1:]), lattice=lattice, window=window)
+    reader = window_reader(arr) if arr.attrs.get("source") else None
+    if reader is not None:
+        read = dask.delayed(_read_raw_windows, pure=True)
+        samples = [read(reader, windows[i: i + 64]) for i in range(0, len(windows), 64)]
+    else:
+        data = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.data, chunks=(-1, 1024, 1024))
+        samples = [data[:, y0:y1, x0:x1] for y0, y1, x0, x1 in windows]
+    d = dask.delayed(_sample_percentiles, pure=True)(samples, arr.rio.nodata, lo_pct, hi_pct)
+    return da.from_delayed(d, shape=(arr.shape[0], 2), dtype="float64")
 
 
-def _source_samples(arr: xr.DataArray, budget: int, per_task: int = 64) -> list:
-    """Delayed reads of a window at the centre of each source of a mosaic of many files, about
-    ``budget`` pixels in all: the lattice of blocks alone can miss whole sources (a brighter tile), and
-    their radiometry then falls outside the stretch."""
-    windows = arr.attrs.get("source_windows") or []
-    if len(windows) < 2 or not arr.attrs.get("source"):
-        return []
-    half = max(8, int(np.sqrt(budget / len(windows))) // 2)
-    picks = []
-    for y0, y1, x0, x1 in windows:
-        cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-        picks.append((max(y0, cy - half), min(y1, cy + half), max(x0, cx - half), min(x1, cx + half)))
-    read = dask.delayed(_read_windows, pure=True)
-    bands = tuple(arr.attrs["source_bands"])
-    return [read(arr.attrs["source"], bands, picks[i: i + per_task]) for i in range(0, len(picks), per_task)]
+def _sample_windows(shape: tuple[int, int], *, lattice: int, window: int) -> list[tuple[int, int, int, int]]:
+    """``(y0, y1, x0, x1)`` windows of at most ``window`` pixels a side, centred on a ``lattice`` x
+    ``lattice`` grid over ``shape`` (fewer, without repeats, along a short axis)."""
+    def starts(n: int) -> np.ndarray:
+        centres = (np.arange(lattice) + 0.5) * n / lattice
+        return np.unique(np.clip(np.floor(centres).astype(int) - window // 2, 0, max(0, n - window)))
+
+    ys, xs = starts(shape[0]), starts(shape[1])
+    return [(int(y), int(min(shape[0], y + window)), int(x), int(min(shape[1], x + window))) for y in ys for x in xs]
 
 
-def _read_windows(path: str, bands: tuple, windows) -> list[np.ndarray]:
-    """(band, y, x) raw values of each ``(y0, y1, x0, x1)`` window of a GDAL raster."""
-    from rasterio.windows import Window as RioWindow
-
-    src = _gdal_dataset(path)
-    return [src.read(indexes=list(bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
-            for y0, y1, x0, x1 in windows if y1 > y0 and x1 > x0]
+def _read_raw_windows(reader: "WindowReader", windows) -> list[np.ndarray]:
+    """(band, y, x) raw values of each window, read from the mosaic's file."""
+    return [reader.read(w) for w in windows]
 
 
 def _valid_block(block, *, band_idx, alpha_pos, nodata) -> np.ndarray:
@@ -599,11 +569,12 @@ class WindowReader:
         The affine transform (a, b, c, d, e, f), to name a window in map
         coordinates.
     crs : str, optional
-    sources : tuple, optional
-        For a tile index: each source's GDAL name and footprint ``(name, y0,
-        y1, x0, x1)``. GDAL's GTI driver leaves out a source it cannot open
-        (the window reads as nodata, with no error), so a read first opens
-        each source its window touches: a missing one is an error naming it.
+    tile_index : bool
+        ``path`` is a tile index written by
+        :func:`remote_samsing.sources.write_tile_index`. GDAL's GTI driver
+        leaves out a source it cannot open (the window reads as nodata, with
+        no error), so a read first opens each source its window touches, found
+        in the index: a missing one is an error naming it.
     """
 
     path: str
@@ -615,7 +586,7 @@ class WindowReader:
     passthrough: bool
     transform: tuple | None = None
     crs: str | None = None
-    sources: tuple = ()
+    tile_index: bool = False
 
     def where(self, window: tuple[int, int, int, int]) -> str:
         """``window`` in pixels and, with a transform, in map coordinates."""
@@ -659,9 +630,11 @@ class WindowReader:
             return raw[[b - 1 for b in self.bands]]
         from rasterio.windows import Window as RioWindow
 
-        for name, sy0, sy1, sx0, sx1 in self.sources:
-            if sy0 < y1 and y0 < sy1 and sx0 < x1 and x0 < sx1:
-                _gdal_dataset(name)  # raises, naming it, where the GTI driver would skip it
+        if self.tile_index:
+            names, spans = _index_sources(self.path)
+            touched = (spans[:, 0] < y1) & (y0 < spans[:, 1]) & (spans[:, 2] < x1) & (x0 < spans[:, 3])
+            for i in np.flatnonzero(touched):
+                _check_source(names[i])  # raises, naming it, where the GTI driver would skip it
         src = _gdal_dataset(self.path)
         return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
 
@@ -689,7 +662,7 @@ class WindowReader:
 
 #: open GDAL datasets, per thread (a rasterio dataset must not be read from two threads at once)
 _GDAL_HANDLES = threading.local()
-_GDAL_HANDLES_PER_THREAD = 8  # a tile index and the few sources a window touches
+_GDAL_HANDLES_PER_THREAD = 8
 
 
 def _file_stamp(path: str):
@@ -698,6 +671,26 @@ def _file_stamp(path: str):
     except OSError:  # a GDAL virtual path (/vsis3/..., a URL): nothing to compare
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+#: (source, file stamp) of each tile-index source this process opened once
+_SOURCES_SEEN: set = set()
+
+
+def _check_source(path: str) -> None:
+    """Open a tile index's source once per process and file version, so that a missing or damaged one
+    raises, naming it; a handle is not kept (the GTI driver keeps its own), so 400 sources cost 400
+    opens, not one per window and source."""
+    key = (path, _file_stamp(path))
+    if key in _SOURCES_SEEN:
+        return
+    import rasterio
+
+    if is_url(path) or path.startswith("/vsi"):
+        configure_remote_reads()
+    with quiet_georeferencing(), rasterio.open(path):
+        pass
+    _SOURCES_SEEN.add(key)
 
 
 def _gdal_dataset(path: str):
@@ -731,6 +724,18 @@ def _gdal_dataset(path: str):
         src = rasterio.open(path)
     cache[path] = (stamp, src)
     return src
+
+
+@functools.lru_cache(maxsize=8)
+def _index_table(path: str, stamp):
+    from .sources import index_sources
+
+    return index_sources(gdal_path(path) if is_url(path) else path)
+
+
+def _index_sources(path: str):
+    """The sources of a tile index and their pixel footprints, read once per process and index version."""
+    return _index_table(path, _file_stamp(path))
 
 
 @functools.lru_cache(maxsize=8)
@@ -778,11 +783,10 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     params = _rgba_params(arr)
     crs = arr.rio.crs
     transform = tuple(arr.rio.transform())[:6] if crs is not None else None
-    sources = tuple((name, *map(int, w)) for name, w in zip(arr.attrs.get("source_locations") or (),
-                                                            arr.attrs.get("source_windows") or ()))
     return WindowReader(
         path=src if is_url(src) else str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]),
-        transform=transform, crs=crs.to_string() if crs is not None else None, sources=sources, **params
+        transform=transform, crs=crs.to_string() if crs is not None else None,
+        tile_index=bool(arr.attrs.get("tile_index")), **params
     )
 
 
@@ -884,7 +888,7 @@ def to_zarr(
         mosaic = open_mosaic(mosaic, chunks=tile_size)
     arr = mosaic.chunk({"band": -1, "y": tile_size, "x": tile_size})
     # scale/offset/_FillValue attributes would make xarray decode to float on read
-    drop = {"source_bands", "source_windows", "source_locations", "scale_factor", "add_offset", "_FillValue", "missing_value"}
+    drop = {"source_bands", "tile_index", "scale_factor", "add_offset", "_FillValue", "missing_value"}
     attrs = {k: v for k, v in arr.attrs.items() if v is not None and k not in drop}
     arr = arr.copy()
     arr.attrs = attrs

@@ -107,7 +107,7 @@ from .staging import (
     segment_and_stage,
     segment_attributes,
     stage_blocks,
-    block_marker,
+    unstage,
 )
 from .segmenters import segment_resources
 from .sources import TILE_INDEX, resolve_mosaic, write_tile_index
@@ -120,6 +120,9 @@ _RESULT_AFFECTING = (
     "segmenter", "segmenter_params", "tile_size", "padding", "bands", "nodata", "percentiles",
     "merge", "merge_params", "recursive", "asset", "crs", "resolution", "resampling",
 )
+
+#: What of the input may change between runs into one OUTDIR: a rerun redoes the blocks it touches.
+_RERUN_KEYS = ("sources", "nodata")
 
 #: How many files make one mosaic: the keywords of :func:`~remote_samsing.sources.resolve_mosaic` a run passes on.
 _MOSAIC_OPTIONS = ("recursive", "asset", "crs", "resolution", "resampling")
@@ -437,6 +440,7 @@ def _input_identity(image, arr: xr.DataArray, mosaic) -> dict:
             "size": [int(arr.sizes["y"]), int(arr.sizes["x"])], "dtype": str(arr.dtype),
             "crs": crs.to_string() if crs is not None else None,
             "transform": [round(v, 12) for v in tuple(arr.rio.transform())[:6]],
+            "nodata": arr.rio.nodata,
             "sources": [{**s.identity(), "window": list(w)} for s, w in zip(mosaic.sources, mosaic.windows)]}
 
 
@@ -450,7 +454,7 @@ def _fingerprint_payload(cfg: RunConfig, identity: dict, plan: TilingPlan, ckpt_
     params = cfg.to_dict()
     config = {k: params[k] for k in _RESULT_AFFECTING}
     config["segmenter_params"] = {k: v for k, v in config["segmenter_params"].items() if k != "checkpoint"}
-    grid = {k: v for k, v in identity.items() if k != "sources"}
+    grid = {k: v for k, v in identity.items() if k not in _RERUN_KEYS}
     return {"config": config, "input": grid, "shape": list(plan.shape), "checkpoint_sha256": ckpt_hash}
 
 
@@ -469,7 +473,7 @@ def _differences(prev: dict, payload: dict) -> list[str]:
     old_params["segmenter_params"] = {k: v for k, v in (old_params.get("segmenter_params") or {}).items()
                                       if k != "checkpoint"}
     pairs = [(k, old_params.get(k), v) for k, v in payload["config"].items()]
-    old_input = {k: v for k, v in prev.get("input", {}).items() if k != "sources"}
+    old_input = {k: v for k, v in prev.get("input", {}).items() if k not in _RERUN_KEYS}
     new_input = norm(payload["input"])
     pairs += [(f"input {k}", old_input.get(k), new_input.get(k)) for k in sorted(set(old_input) | set(new_input))]
     pairs += [("shape", prev.get("shape"), payload["shape"]),
@@ -621,8 +625,10 @@ def run(
 
 def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     """Step 1: open and check the input and every parameter; decide fresh / resume / refuse."""
+    options = {k: getattr(cfg, k) for k in _MOSAIC_OPTIONS}
     arr, mosaic = _open_input(image, bands=cfg.bands, nodata=cfg.nodata, tile_size=cfg.tile_size,
-                              mosaic_options={k: getattr(cfg, k) for k in _MOSAIC_OPTIONS})
+                              mosaic_options={**options, "exclude": None if is_remote(outdir) else outdir})
+    _check_inputs_outside(mosaic, outdir)
     rgb_band_indices(arr)
     if arr.rio.crs is None:  # said once here; the vectors step does not repeat it
         warnings.warn(f"input `{image}` has no CRS: labels.tif and the polygons are in pixel coordinates "
@@ -660,39 +666,36 @@ def _changed_sources(prev: dict | None, identity: dict) -> list[dict]:
             out.append({"location": loc, "change": "added", "windows": [new[loc]["window"]]})
         elif old[loc] != new[loc]:
             out.append({"location": loc, "change": "edited", "windows": [old[loc]["window"], new[loc]["window"]]})
+    if prev["input"].get("nodata", identity.get("nodata")) != identity.get("nodata"):
+        # a gap opened or closed where no source declares nodata: every block may read it differently
+        out.append({"location": "(the mosaic's nodata)", "change": f"{prev['input'].get('nodata')} -> "
+                    f"{identity.get('nodata')}", "windows": [[0, identity["size"][0], 0, identity["size"][1]]]})
     return out
 
 
 def _changed_blocks(plan: TilingPlan, changes: list[dict], prev: dict | None) -> list[tuple[int, int]]:
     """The blocks whose padded windows touch a changed source's footprint (then or now).
 
-    A source the previous run could not read in some block (a damaged file, now repaired in place) is
-    taken as repaired, not edited: only its failed blocks are segmented again, as a resumed run does,
-    since the blocks read before the failure read its intact part.
+    A source the previous run named in a read error (a damaged file, now repaired in place) is taken
+    as repaired, not edited: only its failed blocks are segmented again, as a resumed run does, since
+    the blocks read before the failure read its intact part.
     """
-    failed = _failed_windows(plan, prev)
+    failed = _read_errors(prev)
     redo = set()
     for change in changes:
-        if change["change"] == "edited" and any(_touches(w, f) for w in change["windows"] for f in failed):
+        if change["change"] == "edited" and any(change["location"] in text for text in failed):
             continue
         for window in change["windows"]:
             redo.update(plan.blocks_touching(tuple(window)))
     return sorted(redo)
 
 
-def _failed_windows(plan: TilingPlan, prev: dict | None) -> list[tuple]:
-    """Padded windows of the blocks the previous run failed to read."""
+def _read_errors(prev: dict | None) -> list[str]:
+    """The messages of the previous run's failed blocks and of the error that stopped it."""
     if not prev:
         return []
-    blocks = [tuple(b["block"]) for b in prev.get("failed_blocks") or []]
-    if (prev.get("error") or {}).get("block"):
-        blocks.append(tuple(prev["error"]["block"]))
-    return [plan.padded_window(b).as_tuple() for b in blocks]
-
-
-def _touches(a, b) -> bool:
-    """Two ``(y0, y1, x0, x1)`` windows share a pixel."""
-    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+    texts = [str(b.get("error", "")) for b in prev.get("failed_blocks") or []]
+    return texts + [str((prev.get("error") or {}).get("message", ""))]
 
 
 def _forget_changed_blocks(job: _Job) -> None:
@@ -701,7 +704,7 @@ def _forget_changed_blocks(job: _Job) -> None:
     if not job.changes:
         return
     for index in job.redo:
-        block_marker(job.staging, index).unlink(missing_ok=True)
+        unstage(job.staging, index)
     remove_tree(job.staging / "merge")
     counts = Counter(c["change"] for c in job.changes)
     job.log(f"sources changed since the last run ({', '.join(f'{n} {k}' for k, n in counts.items())}): "
@@ -727,10 +730,26 @@ def _put_tile_index(job: _Job) -> None:
 def _check_outdir_is_folder(outdir) -> None:
     """An OUTDIR that is an existing file (the last of several inputs, taken as OUTDIR) is refused, and
     never written to or removed."""
-    if not is_remote(outdir) and outdir.exists() and not outdir.is_dir():
+    try:
+        is_file = outdir.is_file()  # on a store: an object at OUTDIR's own key (one request)
+    except Exception:  # noqa: BLE001 - a store this installation cannot reach: _check_writable says why
+        is_file = False
+    if is_file:
         raise OutputExistsError(f"OUTDIR `{outdir}` is an existing file, not a folder",
                                 hint="the last argument is the output folder: `remote-samsing segment INPUT "
                                      "[INPUT ...] OUTDIR`")
+
+
+def _check_inputs_outside(mosaic, outdir) -> None:
+    """No input lies in OUTDIR: ``--overwrite`` empties it, and a rerun would read the run's own products."""
+    if mosaic is None or is_remote(outdir):
+        return
+    inside = os.path.join(os.path.abspath(outdir), "")
+    named = [n.lstrip("@") for n in mosaic.inputs] + [s.location for s in mosaic.sources]
+    for path in named:
+        if "://" not in path and os.path.join(os.path.abspath(path), "").startswith(inside):
+            raise ConfigError(f"input `{path}` lies in OUTDIR `{outdir}`",
+                              hint="write the run's outputs to a folder that holds none of its inputs")
 
 
 def _check_writable(outdir) -> None:
@@ -859,7 +878,9 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
         return
     # through a partial: `client.map` keeps keywords such as `retries` for itself;
     # in bounded waves, so the scheduler never holds a task per block
-    task = functools.partial(read_segment_and_stage, reader=reader, limits=_stretch_limits(job, client), **kwargs)
+    limits = _stretch_limits(job, client)
+    _forget_if_stretch_changed(job, limits)
+    task = functools.partial(read_segment_and_stage, reader=reader, limits=limits, **kwargs)
     task = errors_as_values(task, (BlockFailedError,))  # reported once, by the client
     run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress,
                  then=_face_follow_ups(job), threads=threads, results=False)
@@ -879,6 +900,22 @@ def _stretch_limits(job: _Job, client) -> np.ndarray:
         f"cannot read `{job.image}` to sample its stretch percentiles: {cause}",
         hint="the file may be truncated or damaged: check it (e.g. `gdalinfo -checksum`), repair or fetch it again "
              "and rerun the same command; for 8-bit RGB input no stretch (and no sampling) is needed")
+
+
+def _forget_if_stretch_changed(job: _Job, limits: np.ndarray) -> None:
+    """Record the stretch; when sources changed it (a non-8-bit mosaic's percentiles), every block is
+    segmented again, since each block's RGB depends on it."""
+    before = (job.prev or {}).get("stretch_limits")
+    job.record["stretch_limits"] = np.asarray(limits).tolist()
+    if before is not None and not passes_through(job.arr) and not np.array_equal(np.asarray(before), limits):
+        job.log("the sources changed the mosaic's stretch: segmenting every block again")
+        job.redo = list(job.plan.block_ids())
+        for index in job.redo:
+            unstage(job.staging, index)
+        remove_tree(job.staging / "merge")
+        prepare_workdir(job.staging / "merge", plan=job.plan, config=job.mcfg)
+        job.record["blocks_redone"] = [list(b) for b in job.redo]
+    job.write_record()
 
 
 def _face_follow_ups(job: _Job):

@@ -33,14 +33,16 @@ import hashlib
 import json
 import math
 import os
+import uuid
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._files import gdal_path
-from .exceptions import ConfigError, InputError, InputNotFoundError
+from ._files import check_url, gdal_path, is_url, join_location
+from .exceptions import ConfigError, InputError, InputNotFoundError, RemoteSamsingWarning, UnsupportedDtypeError
 
 __all__ = [
     "Source",
@@ -53,6 +55,8 @@ __all__ = [
     "write_tile_index",
     "cached_index",
     "TILE_INDEX",
+    "WINDOW_FIELDS",
+    "index_sources",
     "RASTER_SUFFIXES",
     "RESAMPLINGS",
     "DEFAULT_RESAMPLING",
@@ -67,11 +71,15 @@ DEFAULT_RESAMPLING = "bilinear"
 _SIDECARS = (".aux.xml", ".wld", ".pgw", ".pngw", ".jgw", ".jpgw")
 _INDEX_LAYER = "sources"
 _GTI_SUFFIX = ".gti.gpkg"
+#: Names GDAL's GTI driver recognises as a tile index.
+_GTI_SUFFIXES = (_GTI_SUFFIX, ".gti.fgb", ".gti")
+#: The fields of a tile index's features holding each source's footprint in pixels of the grid.
+WINDOW_FIELDS = ("row_start", "row_stop", "col_start", "col_stop")
 #: The tile index's name in a run's OUTDIR.
 TILE_INDEX = "sources" + _GTI_SUFFIX
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Source:
     """One raster of a mosaic, as its header describes it.
 
@@ -156,7 +164,7 @@ class Grid:
         return (y0, max(y0, y1), x0, max(x0, x1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Mosaic:
     """The sources of one mosaic, its grid, and what GDAL opens to read it.
 
@@ -184,19 +192,10 @@ class Mosaic:
     def crss(self) -> list[str]:
         return sorted({_short_crs(s.crs) or "none" for s in self.sources})
 
-    def identity(self) -> dict:
-        """What a run records of its input: the inputs as named, the grid, and every source with its
-        stamp and footprint (the footprints decide which blocks a changed source touches)."""
-        grid = self.grid.identity()
-        path = self.inputs[0] if len(self.inputs) == 1 else list(self.inputs)
-        return {"path": path, "bands": grid["bands"], "size": grid["size"], "dtype": grid["dtype"],
-                "crs": grid["crs"], "transform": grid["transform"], "nodata": grid["nodata"],
-                "resampling": grid["resampling"],
-                "sources": [{**s.identity(), "window": list(w)} for s, w in zip(self.sources, self.windows)]}
-
     def token(self) -> str:
-        """A digest of what the tile index holds: the file name of a cached index."""
-        text = json.dumps({"grid": self.grid.identity(), "sources": [s.location for s in self.sources]},
+        """A digest of everything the tile index holds: the file name of a cached index."""
+        text = json.dumps({"grid": self.grid.identity(), "colorinterp": self.grid.colorinterp,
+                           "sources": [[s.identity(), w] for s, w in zip(self.sources, self.windows)]},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -221,17 +220,13 @@ def _same_crs(a: str, b: str) -> bool:
 # ---------------------------------------------------------------------------
 # the forms of INPUT
 # ---------------------------------------------------------------------------
-def _is_url(text: str) -> bool:
-    return "://" in text
-
-
 def _has_magic(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
 def _is_zarr(text: str) -> bool:
     stripped = text.rstrip("/")
-    return stripped.endswith(".zarr") or (not _is_url(text) and (Path(text) / "zarr.json").exists())
+    return stripped.endswith(".zarr") or (not is_url(text) and (Path(text) / "zarr.json").exists())
 
 
 def _georeferenced(path: str) -> bool:
@@ -242,12 +237,12 @@ def _georeferenced(path: str) -> bool:
 
 def _keeps(name: str) -> bool:
     lower = name.lower()
-    if lower.endswith(_GTI_SUFFIX) or lower.endswith(".gti"):
+    if lower.endswith(_GTI_SUFFIXES):
         return True
     if not lower.endswith(RASTER_SUFFIXES) or lower.endswith(".aux.xml"):
         return False
     if lower.endswith((".png", ".jpg", ".jpeg")):
-        return _is_url(name) or _georeferenced(name)
+        return is_url(name) or _georeferenced(name)
     return True
 
 
@@ -264,16 +259,16 @@ def _fs(url: str):
 
 def _list_folder(folder: str, *, recursive: bool) -> list[str]:
     """The rasters of ``folder`` (local or on a store), sorted by name."""
-    if _is_url(folder):
+    if is_url(folder):
         fs, root = _fs(folder)
         names = fs.find(root) if recursive else fs.ls(root, detail=False)
-        return sorted(fs.unstrip_protocol(n) for n in names if _keeps(n))
+        return sorted(u for u in (fs.unstrip_protocol(n) for n in names) if _keeps(u))
     pattern = os.path.join(folder, "**", "*") if recursive else os.path.join(folder, "*")
     return sorted(p for p in _glob.glob(pattern, recursive=recursive) if os.path.isfile(p) and _keeps(p))
 
 
 def _match_glob(pattern: str) -> list[str]:
-    if _is_url(pattern):
+    if is_url(pattern):
         fs, path = _fs(pattern)
         return sorted(fs.unstrip_protocol(p) for p in fs.glob(path))
     return sorted(os.path.abspath(p) for p in _glob.glob(os.path.expanduser(pattern), recursive=True)
@@ -281,39 +276,43 @@ def _match_glob(pattern: str) -> list[str]:
 
 
 def _read_text(location: str) -> str:
-    if _is_url(location):
+    if is_url(location):
         fs, path = _fs(location)
         with fs.open(path, "rb") as f:
             return f.read().decode("utf-8")
     return Path(location).read_text(encoding="utf-8")
 
 
-def _join(base: str, ref: str) -> str:
-    """``ref`` (a line of a list, a STAC href) relative to the file ``base`` that names it."""
-    if _is_url(ref) or os.path.isabs(ref):
-        return ref
-    if _is_url(base):
-        import posixpath
-
-        scheme, rest = base.split("://", 1)
-        bucket, _, key = rest.partition("/")
-        return f"{scheme}://{bucket}/" + posixpath.normpath(posixpath.join(posixpath.dirname(key), ref)).lstrip("/")
-    return os.path.normpath(os.path.join(os.path.dirname(base), os.path.expanduser(ref)))
-
-
-def _exists(location: str) -> bool:
-    if not _is_url(location):
-        return os.path.exists(location)
+def _is_folder(location: str) -> bool:
+    """A local folder, or a prefix on a store (a URL ending in ``/``, or one that names no object)."""
+    if not is_url(location):
+        return os.path.isdir(location)
+    if location.endswith("/"):
+        return True
+    if location.lower().startswith(("http://", "https://")) or location.lower().endswith(RASTER_SUFFIXES):
+        return False
     try:
         fs, path = _fs(location)
-        return fs.exists(path)
-    except Exception:  # noqa: BLE001 - a store that cannot be asked: GDAL says why when it reads
-        return True
+        return fs.isdir(path)
+    except Exception:  # noqa: BLE001 - a store that cannot be asked: read as a raster, GDAL says why
+        return False
+
+
+def _is_pattern(item: str) -> bool:
+    """``item`` is a glob: it has ``*?[`` and is not an existing file's name (``odd[1].tif``) or an
+    http(s) URL (whose ``?`` starts a query, e.g. a signed URL)."""
+    if not _has_magic(item) or item.lower().startswith(("http://", "https://")):
+        return False
+    return is_url(item) or not os.path.exists(os.path.expanduser(item))
 
 
 def _from_list(list_file: str, *, recursive: bool, asset: str | None) -> list[str]:
-    """The inputs named in an ``@FILE`` list, one per line (blank lines and ``#`` comments skipped)."""
-    if not _is_url(list_file) and not os.path.isfile(list_file):
+    """The inputs named in an ``@FILE`` list, one per line (blank lines and ``#`` comments skipped).
+
+    Local entries are checked here, so a missing one is named with its line number; an entry on a
+    store is checked when its header is read (one request, not two).
+    """
+    if not is_url(list_file) and not os.path.isfile(list_file):
         raise InputNotFoundError(f"list file `{list_file}` does not exist", hint="`@FILE` names a text file with "
                                  "one path or URL per line")
     out = []
@@ -321,8 +320,8 @@ def _from_list(list_file: str, *, recursive: bool, asset: str | None) -> list[st
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        entry = _join(list_file, text)
-        if not _has_magic(entry) and not _exists(entry):
+        entry = join_location(list_file, text)
+        if not is_url(entry) and not _is_pattern(entry) and not os.path.exists(entry):
             raise InputNotFoundError(f"`{list_file}` line {number}: `{text}` does not exist",
                                      hint="paths in a list are relative to the list file's folder")
         out += _expand_one(entry, recursive=recursive, asset=asset, nested=True)
@@ -331,32 +330,39 @@ def _from_list(list_file: str, *, recursive: bool, asset: str | None) -> list[st
     return out
 
 
-def _expand_one(item: str, *, recursive: bool, asset: str | None, nested: bool = False) -> list[str]:
-    """One INPUT as the locations of its rasters (or its one Zarr mosaic)."""
+def _expand_one(item: str, *, recursive: bool, asset: str | None, nested: bool = False,
+                literal: bool = False) -> list[str]:
+    """One INPUT as the locations of its rasters (or its one Zarr mosaic); ``literal``: a name a
+    listing returned, never a pattern."""
     if item.startswith("@") and not nested:
-        return _from_list(os.path.abspath(os.path.expanduser(item[1:])) if not _is_url(item[1:]) else item[1:],
+        return _from_list(check_url(item[1:]) if is_url(item[1:]) else os.path.abspath(os.path.expanduser(item[1:])),
                           recursive=recursive, asset=asset)
-    if _has_magic(item):
+    if item.lower().startswith("gti:"):  # GDAL's own prefix for a tile index
+        return [item]
+    if is_url(item):
+        check_url(item)
+    if not literal and _is_pattern(item):
         found = [p for p in _match_glob(item) if _keeps(p) or _is_stac_name(p)]
         if not found:
             raise InputNotFoundError(f"the pattern `{item}` matches no raster",
                                      hint="check the pattern; quote it so that the shell passes it on unexpanded")
-        return [loc for p in found for loc in _expand_one(p, recursive=recursive, asset=asset, nested=True)]
-    location = item if _is_url(item) else os.path.abspath(os.path.expanduser(item))
+        return [loc for p in found for loc in _expand_one(p, recursive=recursive, asset=asset, nested=True,
+                                                          literal=True)]
+    location = item if is_url(item) else os.path.abspath(os.path.expanduser(item))
     if _is_zarr(location):
         return [location]
     if _is_stac_name(location):
         from .stac import asset_hrefs
 
         return asset_hrefs(location, _read_text(location), asset=asset)
-    if location.endswith("/") or (not _is_url(location) and os.path.isdir(location)):
+    if _is_folder(location):
         found = _list_folder(location, recursive=recursive)
         if not found:
             raise InputNotFoundError(
                 f"folder `{item}` holds no raster ({', '.join(RASTER_SUFFIXES)})",
                 hint="pass --recursive to look in its subfolders" if not recursive else "check the folder")
         return found
-    if not _is_url(location) and not os.path.exists(location):
+    if not is_url(location) and not os.path.exists(location):
         raise InputNotFoundError(f"input `{item}` does not exist", hint="check the path")
     return [location]
 
@@ -365,7 +371,7 @@ def _is_stac_name(location: str) -> bool:
     return location.lower().rstrip("/").endswith((".json", ".geojson"))
 
 
-def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None) -> list[str]:
+def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None, exclude=None) -> list[str]:
     """The locations of every raster that ``inputs`` name, in order, each once (its last position).
 
     Parameters
@@ -377,11 +383,16 @@ def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None) 
         Descend into the subfolders of a folder.
     asset : str, optional
         The STAC asset to read (default: see :func:`remote_samsing.stac.asset_hrefs`).
+    exclude : path, optional
+        A local folder whose files are left out of folder and glob listings (a run's OUTDIR).
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
         raise InputNotFoundError("no input given", hint="name a raster, a folder, a glob, an @list or a STAC file")
     found = [loc for item in items for loc in _expand_one(os.fspath(item), recursive=recursive, asset=asset)]
+    if exclude is not None:  # a run's own OUTDIR inside an input folder: its products are no sources
+        inside = os.path.join(os.path.abspath(os.fspath(exclude)), "")
+        found = [loc for loc in found if is_url(loc) or not loc.startswith(inside)]
     last = {loc: i for i, loc in enumerate(found)}  # a source named twice is drawn at its last position
     return [loc for i, loc in enumerate(found) if last[loc] == i]
 
@@ -391,29 +402,34 @@ def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None) 
 # ---------------------------------------------------------------------------
 def _stamp(location: str) -> dict:
     """Size and modification time of a file, or size and ETag (or generation) of a store object."""
-    if not _is_url(location):
+    if not is_url(location):
         st = os.stat(location)
         return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
     try:
         fs, path = _fs(location)
         info = fs.info(path)
     except Exception:  # noqa: BLE001 - a store fsspec cannot ask (no extra): GDAL still reads it
-        return {"size": None, "etag": None}
+        info = {}
     tag = next((info[k] for k in ("ETag", "etag", "generation", "md5Hash", "LastModified", "last_modified",
                                   "mtime") if info.get(k) is not None), None)
-    return {"size": info.get("size"), "etag": str(tag).strip('"') if tag is not None else None}
+    if tag is None:  # nothing tells an edit apart: the source counts as changed at every rerun
+        warnings.warn(f"cannot tell whether `{location}` changes (no size and ETag from the store; is the "
+                      "store's extra installed?): a rerun segments its blocks again", RemoteSamsingWarning,
+                      stacklevel=2)
+        return {"size": info.get("size"), "etag": None, "unknown": uuid.uuid4().hex}
+    return {"size": info.get("size"), "etag": str(tag).strip('"')}
 
 
 def _describe(location: str) -> Source:
     """The header of one source, or a one-line error naming it."""
     import rasterio
 
-    from .io import configure_remote_reads, quiet_georeferencing, unreadable_raster
+    from .io import configure_remote_reads, unreadable_raster
 
-    if _is_url(location):
+    if is_url(location):
         configure_remote_reads()
     try:
-        with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
+        with rasterio.open(_gdal_name(location)) as src:
             crs = src.crs.to_wkt() if src.crs else None
             header = dict(crs=crs, transform=tuple(src.transform)[:6], shape=(src.height, src.width),
                           count=src.count, dtype=src.dtypes[0], nodata=src.nodata,
@@ -434,13 +450,20 @@ def _gdal_name(location: str) -> str:
 
 def describe_sources(locations: Sequence[str], *, threads: int = 16) -> list[Source]:
     """Each location's header, read concurrently (headers on a store are one request each)."""
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(locations)))) as pool:
+    from .io import quiet_georeferencing
+
+    with quiet_georeferencing(), ThreadPoolExecutor(max_workers=max(1, min(threads, len(locations)))) as pool:
         return list(pool.map(_describe, locations))
 
 
 def _check_agree(sources: Sequence[Source]) -> None:
     """Band count, dtype and georeferencing agree across sources, or a one-line error naming the first odd one."""
+    from .io import SUPPORTED_DTYPES
+
     first = sources[0]
+    if first.dtype not in SUPPORTED_DTYPES:
+        raise UnsupportedDtypeError(f"`{first.location}` has dtype {first.dtype}, which cannot be converted to "
+                                    "8-bit RGB", hint=f"supported dtypes: {', '.join(SUPPORTED_DTYPES)}")
     for s in sources[1:]:
         if s.count != first.count or s.dtype != first.dtype:
             raise InputError(
@@ -451,8 +474,9 @@ def _check_agree(sources: Sequence[Source]) -> None:
         if s.crs is None:
             raise InputError(f"`{s.location}` has no CRS, so it cannot be placed among the other sources",
                              hint="georeference it (a .aux.xml or world file), or segment it on its own")
-        if s.transform[1] != 0 or s.transform[3] != 0:
-            raise InputError(f"`{s.location}` has a rotated grid", hint="warp it to a north-up grid first")
+        if s.transform[1] != 0 or s.transform[3] != 0 or s.transform[0] <= 0 or s.transform[4] >= 0:
+            raise InputError(f"`{s.location}` is not on a north-up grid (transform {s.transform})",
+                             hint="warp it to a north-up grid first (e.g. gdalwarp, or rasterio.warp)")
 
 
 # ---------------------------------------------------------------------------
@@ -561,23 +585,31 @@ def _has_gaps(grid: Grid, sources: Sequence[Source]) -> bool:
 # the files a VRT or a GTI index reads
 # ---------------------------------------------------------------------------
 def _is_tile_index(location: str) -> bool:
-    lower = location.lower()
-    return lower.endswith((_GTI_SUFFIX, ".gti", ".gti.fgb")) or lower.startswith("gti:")
+    return location.lower().endswith(_GTI_SUFFIXES) or location.lower().startswith("gti:")
 
 
-def _referenced(location: str) -> list[str]:
-    """The rasters a VRT or a GTI tile index reads (the files GDAL lists, or the index's locations)."""
+def _reads_others(location: str) -> bool:
+    return location.lower().endswith(".vrt") or _is_tile_index(location)
+
+
+def _referenced(location: str, depth: int = 0) -> list[str]:
+    """The rasters a VRT or a GTI tile index reads, and theirs in turn (a VRT of VRTs), as URLs or
+    absolute paths."""
     import rasterio
 
     from .io import quiet_georeferencing
 
     if _is_tile_index(location):
-        return _index_locations(location)
-    with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
-        files = list(src.files)
-    own = os.path.normpath(gdal_path(location)) if not _is_url(location) else gdal_path(location)
-    return [f if f.startswith("/vsi") else os.path.abspath(f) for f in files
-            if (os.path.normpath(f) if not f.startswith("/vsi") else f) != own]
+        found = _index_locations(location)
+    else:
+        with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
+            files = list(src.files)
+        own = os.path.normpath(gdal_path(location)) if not is_url(location) else gdal_path(location)
+        found = [_vsi_to_url(f) if f.startswith("/vsi") else os.path.abspath(f) for f in files
+                 if (os.path.normpath(f) if not f.startswith("/vsi") else f) != own]
+    if depth < 8:
+        found = [inner for f in found for inner in [f, *(_referenced(f, depth + 1) if _reads_others(f) else [])]]
+    return found
 
 
 def _index_locations(location: str) -> list[str]:
@@ -596,7 +628,7 @@ def _index_locations(location: str) -> list[str]:
     meta = pyogrio.read_info(path).get("layer_metadata") or {}
     field_name = field_name or meta.get("LOCATION_FIELD", "location")
     table = pyogrio.read_dataframe(path, columns=[field_name], read_geometry=False)
-    return [_join(path, str(v)) for v in table[field_name]]
+    return [_vsi_to_url(v) if v.startswith("/vsi") else join_location(path, v) for v in map(str, table[field_name])]
 
 
 def _vsi_to_url(name: str) -> str:
@@ -612,13 +644,16 @@ def _vsi_to_url(name: str) -> str:
 # the mosaic
 # ---------------------------------------------------------------------------
 def resolve_mosaic(inputs, *, recursive: bool = False, asset: str | None = None, crs=None, resolution=None,
-                   resampling: str = DEFAULT_RESAMPLING, nodata: float | None = None) -> Mosaic:
+                   resampling: str = DEFAULT_RESAMPLING, nodata: float | None = None, exclude=None) -> Mosaic:
     """Expand ``inputs``, read every source's header, check them and choose the target grid.
 
     One raster, VRT, GTI index or Zarr mosaic with no ``crs`` or
     ``resolution`` asked for is read as it is (:attr:`Mosaic.direct`);
     anything else through a tile index (:func:`write_tile_index`). Nothing
     is written here and no pixel is read.
+
+    ``exclude`` is a local folder (a run's OUTDIR) whose files folder and
+    glob listings leave out.
 
     Raises
     ------
@@ -631,7 +666,7 @@ def resolve_mosaic(inputs, *, recursive: bool = False, asset: str | None = None,
     named = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     as_named = tuple(_named(os.fspath(i)) for i in named)
     check_resampling(resampling)
-    locations = expand_inputs(named, recursive=recursive, asset=asset)
+    locations = expand_inputs(named, recursive=recursive, asset=asset, exclude=exclude)
     zarrs = [loc for loc in locations if _is_zarr(loc)]
     if zarrs and len(locations) > 1:
         raise InputError(f"the Zarr mosaic `{zarrs[0]}` cannot be combined with other sources",
@@ -651,7 +686,9 @@ def _named(item: str) -> str:
     """An input as the run records it: absolute, with its ``@`` kept."""
     if item.startswith("@"):
         return "@" + _named(item[1:])
-    return item if _is_url(item) else os.path.abspath(os.path.expanduser(item))
+    if item.lower().startswith("gti:"):
+        return item
+    return item if is_url(item) else os.path.abspath(os.path.expanduser(item))
 
 
 def _direct_mosaic(inputs: tuple, location: str, *, resampling: str, nodata) -> Mosaic:
@@ -664,8 +701,7 @@ def _direct_mosaic(inputs: tuple, location: str, *, resampling: str, nodata) -> 
     own = _describe(location)
     grid = Grid(crs=own.crs, transform=own.transform, shape=own.shape, count=own.count, dtype=own.dtype,
                 nodata=own.nodata if nodata is None else nodata, resampling=resampling, colorinterp=own.colorinterp)
-    inner = [_vsi_to_url(f) for f in _referenced(location)] if location.lower().endswith(
-        (".vrt",) + (_GTI_SUFFIX, ".gti", ".gti.fgb")) else []
+    inner = _referenced(location) if _reads_others(location) else []
     sources = [own] + describe_sources(inner) if inner else [own]
     windows = [(0, grid.shape[0], 0, grid.shape[1])] + [grid.window_of(s) for s in sources[1:]]
     return Mosaic(inputs=inputs, sources=tuple(sources), grid=grid, direct=location, windows=tuple(windows))
@@ -675,11 +711,13 @@ def write_tile_index(mosaic: Mosaic, path: str | os.PathLike) -> Path:
     """Write the GTI tile index of ``mosaic`` to ``path`` (a local ``*.gti.gpkg``), atomically.
 
     One feature per source: its location as GDAL opens it, its position (the
-    sort field: the last listed is drawn on top) and its footprint on the
-    grid; the grid itself goes in the layer's metadata, which the GTI driver
+    sort field: the last listed is drawn on top), its footprint on the grid
+    (as a polygon, and in pixels: :data:`WINDOW_FIELDS`); the grid itself
+    goes in the layer's metadata, which the GTI driver
     reads (https://gdal.org/en/stable/drivers/raster/gti.html).
     """
     import geopandas as gpd
+    import numpy as np
     import pyogrio
     import shapely
 
@@ -688,8 +726,10 @@ def write_tile_index(mosaic: Mosaic, path: str | os.PathLike) -> Path:
     g = mosaic.grid
     a, _, c, _, e, f = g.transform
     boxes = [shapely.box(c + x0 * a, f + y1 * e, c + x1 * a, f + y0 * e) for y0, y1, x0, x1 in mosaic.windows]
+    windows = np.asarray(mosaic.windows, dtype=np.int64).reshape(-1, 4)
     table = gpd.GeoDataFrame({"location": [gdal_path(s.location) for s in mosaic.sources],
-                              "position": list(range(len(mosaic.sources)))}, geometry=boxes, crs=g.crs)
+                              "position": list(range(len(mosaic.sources))),
+                              **{k: windows[:, i] for i, k in enumerate(WINDOW_FIELDS)}}, geometry=boxes, crs=g.crs)
     meta = {"SRS": g.crs, "XSIZE": str(g.shape[1]), "YSIZE": str(g.shape[0]),
             "GEOTRANSFORM": ",".join(repr(float(v)) for v in (c, a, 0.0, f, 0.0, e)),
             "BAND_COUNT": str(g.count), "DATA_TYPE": _GDAL_TYPES[g.dtype], "RESAMPLING": g.resampling,
@@ -734,3 +774,13 @@ def cached_index(mosaic: Mosaic) -> Path:
             if not path.exists():
                 write_tile_index(mosaic, path)
     return path
+
+
+def index_sources(path: str) -> tuple[list[str], "np.ndarray"]:
+    """The GDAL names and pixel footprints (``(n, 4)``: y0, y1, x0, x1) of a tile index written by
+    :func:`write_tile_index`, read with pyogrio."""
+    import numpy as np
+    import pyogrio
+
+    table = pyogrio.read_dataframe(path, columns=["location", *WINDOW_FIELDS], read_geometry=False)
+    return list(map(str, table["location"])), np.asarray(table[list(WINDOW_FIELDS)], dtype=np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from ._files import join_location
 from .exceptions import InputError
 
 __all__ = ["asset_hrefs"]
@@ -56,8 +57,6 @@ def asset_hrefs(location: str, text: str, *, asset: str | None = None) -> list[s
     """
     import pystac
 
-    from .sources import _join
-
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -77,4 +76,8 @@ def asset_hrefs(location: str, text: str, *, asset: str | None = None) -> list[s
                          hint="a STAC catalog or collection: pass the items' JSON, or list their assets in an @FILE")
     if not items:
         raise InputError(f"the STAC ItemCollection `{location}` holds no item")
-    return [_join(location, item.assets[_choose(item, asset, location)].href) for item in items]
+    if any(link.get("rel") == "next" for link in data.get("links") or [] if isinstance(link, dict)):
+        raise InputError(f"the STAC ItemCollection `{location}` is one page of several (it links to a `next` page)",
+                         hint="save all pages' items into one ItemCollection (e.g. pystac-client's "
+                              "`item_collection()`), or list their assets in an @FILE")
+    return [join_location(location, item.assets[_choose(item, asset, location)].href) for item in items]

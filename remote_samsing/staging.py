@@ -51,6 +51,8 @@ from .tiling import TilingPlan
 __all__ = [
     "STAGED_DTYPE",
     "block_marker",
+    "block_attributes",
+    "unstage",
     "collect_block_stats",
     "create_store",
     "map_padded_blocks",
@@ -299,6 +301,18 @@ def block_marker(staging: str | Path, index: tuple[int, int]) -> Path:
     return location(staging) / "blocks" / f"{iy}_{ix}.json"
 
 
+def block_attributes(staging: str | Path, index: tuple[int, int]) -> Path:
+    """The file of block ``index``'s per-label segmenter attributes (absent when it has none)."""
+    iy, ix = index
+    return location(staging) / "attributes" / f"{iy}_{ix}.npz"
+
+
+def unstage(staging: str | Path, index: tuple[int, int]) -> None:
+    """Forget that block ``index`` is staged (its marker and attributes go), so a run segments it again."""
+    block_marker(staging, index).unlink(missing_ok=True)
+    block_attributes(staging, index).unlink(missing_ok=True)
+
+
 def segment_and_stage(rgba, *, plan, block_info=None, **kwargs):
     """``map_overlap`` task: segment one block unless already staged (see :func:`stage_block`)."""
     iy, ix = block_info[None]["chunk-location"][:2]
@@ -346,7 +360,7 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
     attrs = getattr(segmenter, "last_attributes", None)
     if attrs and not stats.get("skipped") and not stats.get("failed"):
         # per-label attributes (SAM2: pass, predicted IoU, stability) for the vectors
-        _write_attributes(location(staging) / "attributes" / f"{iy}_{ix}.npz", attrs)
+        _write_attributes(block_attributes(staging, (iy, ix)), attrs)
     stats["run_id"] = run_id
     write_json_atomic(marker, stats)
     return 1
@@ -437,7 +451,7 @@ def segment_attributes(staging: str | Path, plan: TilingPlan, labels):
     staged = da.from_zarr(store_path(staging / "labels.zarr")).to_delayed(optimize_graph=False)
     final = labels.data.rechunk(plan.chunks).to_delayed(optimize_graph=False)
     parts = [
-        dask.delayed(_block_attributes)(staged[iy, ix], final[iy, ix], str(adir / f"{iy}_{ix}.npz"),
+        dask.delayed(_block_attributes)(staged[iy, ix], final[iy, ix], str(block_attributes(staging, (iy, ix))),
                                         plan.core_in_padded((iy, ix)))
         for iy, ix in plan.block_ids()
     ]

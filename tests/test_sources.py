@@ -212,15 +212,23 @@ def test_each_sources_nodata_is_transparent(tmp_path):
     assert (open_mosaic([a, b]).values == 10).all()
 
 
-def test_the_stretch_samples_every_source(tmp_path):
-    # a bright uint16 tile between two dark ones, in a chunk the lattice of sampled blocks misses
-    a = _constant(tmp_path / "a.tif", 100, 0, 20, dtype="uint16", count=1)
-    b = _constant(tmp_path / "b.tif", 5000, 50 * 64, 20, dtype="uint16", count=1)
-    c = _constant(tmp_path / "c.tif", 100, 100 * 64 - 20, 20, dtype="uint16", count=1)
-    arr = open_mosaic([a, b, c], chunks=64)
-    assert arr.data.numblocks[2] == 100 and 50 not in np.linspace(0, 99, 8).round()
+def test_the_stretch_samples_every_source_and_equals_the_single_files(tmp_path):
+    # a row of 20 uint16 tiles, one bright: a lattice of 8 sampled blocks of 64 px would miss it
+    tiles = [_constant(tmp_path / f"t{i:02d}.tif", 5000 if i == 1 else 100 + i, 64 * i, 20, n=64, dtype="uint16",
+                       count=1) for i in range(20)]
+    arr = open_mosaic(tiles, chunks=64)
+    assert arr.data.numblocks[2] == 20 and 1 not in np.linspace(0, 19, 8).round()
     limits = rs.io.stretch_limits(arr).compute(scheduler="sync")
-    assert limits[0, 0] == 100 and limits[0, 1] == 5000
+    assert limits[0, 1] == 5000 and 100 <= limits[0, 0] < 120
+    # the same pixels as one file, and as an array in memory: the same limits
+    one = tmp_path / "one.tif"
+    with rasterio.open(one, "w", **{**rasterio.open(tiles[0]).profile, "width": 64 * 20}) as dst:
+        dst.write(arr.values)
+    single = rs.io.stretch_limits(open_mosaic(one, chunks=64)).compute(scheduler="sync")
+    memory = open_mosaic(one, chunks=64).compute()
+    memory.attrs.pop("source")
+    np.testing.assert_array_equal(single, limits)
+    np.testing.assert_array_equal(rs.io.stretch_limits(memory).compute(scheduler="sync"), limits)
 
 
 # ---------------------------------------------------------------------------
