@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	# sam2 1.1.0 is an sdist: build it pure-Python, against the torch above (no second torch).
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install --no-build-isolation sam2==1.1.0
 	$(BIN)/pip install -e ".[dev]"
+	# pyogrio's GDAL opens GeoParquet (segments.parquet) through the duckdb wheel (remote_samsing/_gdal_parquet.py)
+	$(BIN)/python -m remote_samsing._gdal_parquet
 	touch $(STAMP)
 
 install: $(STAMP)

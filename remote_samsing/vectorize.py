@@ -456,11 +456,23 @@ def _write(gdf, out: Path, driver: str, layer: str) -> None:
     kwargs: dict[str, Any] = {"engine": "pyogrio", "driver": driver}
     if driver.upper() == "GPKG":
         kwargs["layer"] = layer
-    # Polygon and MultiPolygon share one layer; GPKG/Shapefile need one type.
+    kwargs.update(_layer_geometry_type(gdf))
     with warnings.catch_warnings():  # a missing CRS was reported once, as NoCRSWarning
         warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
-        write_atomic(out, lambda tmp: gdf.to_file(tmp, promote_to_multi=True, geometry_type="MultiPolygon",
-                                                  **kwargs))
+        write_atomic(out, lambda tmp: gdf.to_file(tmp, **kwargs))
+
+
+def _layer_geometry_type(gdf) -> dict[str, Any]:
+    """The layer's declared geometry type: what its rows hold.
+
+    GPKG and Shapefile layers declare one type, which GIS software reads as
+    the layer's type. After the ``overlap``/``iou`` merges every label is one
+    4-connected region, so the layer is ``Polygon``; a label in several parts
+    (other merges) makes it ``MultiPolygon``, every row promoted.
+    """
+    if len(gdf) and (gdf.geometry.geom_type == "MultiPolygon").any():
+        return {"geometry_type": "MultiPolygon", "promote_to_multi": True}
+    return {"geometry_type": "Polygon", "promote_to_multi": False}
 
 
 # long only for its docstring: the body calls one function per step of the module docstring

@@ -303,3 +303,36 @@ def test_every_segment_of_a_bundled_scene_is_one_polygon(data_dir):
     reference = to_polygons(rs.segment(data_dir / "atlanta_crop_32616.tif", merge="best_match", **params)
                             .compute(scheduler="threads"))
     assert (reference.geometry.geom_type == "MultiPolygon").sum() > 10
+
+
+def test_gpkg_layer_is_declared_polygon_when_every_label_is_one_part(tmp_path):
+    import pyogrio
+
+    lab = np.zeros((16, 16), np.uint32)
+    lab[1:9, 1:9] = 1  # across four blocks: dissolved into one Polygon
+    lab[10:15, 2:14] = 2
+    gdf = to_polygons(_georef(lab, chunks=8), out=tmp_path / "one.gpkg")
+    assert gdf.geometry.geom_type.tolist() == ["Polygon", "Polygon"]
+    assert pyogrio.read_info(tmp_path / "one.gpkg", layer="segments")["geometry_type"] == "Polygon"
+    # a label in two parts (merges other than overlap/iou keep such labels) makes the layer MultiPolygon
+    two = np.zeros((8, 8), np.uint32)
+    two[0:2, 0:2] = two[5:7, 5:7] = 1
+    two[3:4, 3:4] = 2
+    to_polygons(_georef(two), out=tmp_path / "two.gpkg")
+    info = pyogrio.read_info(tmp_path / "two.gpkg", layer="segments")
+    assert info["geometry_type"] == "MultiPolygon" and info["features"] == 2
+
+
+def test_segments_parquet_opens_with_the_environments_pyogrio(tmp_path):
+    """pyogrio's GDAL reads GeoParquet through DuckDB once `make install` linked it (_gdal_parquet)."""
+    import pyogrio
+
+    out = tmp_path / "segments.parquet"
+    lab = np.zeros((16, 16), np.uint32)
+    lab[1:9, 1:9] = 1
+    lab[10:15, 2:14] = 2
+    to_polygons(_georef(lab, chunks=8), out=out)
+    info = pyogrio.read_info(out)
+    assert info["features"] == 2 and info["geometry_type"] == "Polygon"
+    assert info["crs"] == "EPSG:32633"
+    assert {"label", "area_m2", "n_pixels"} <= set(info["fields"])
