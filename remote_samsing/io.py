@@ -900,6 +900,7 @@ def to_zarr(
     if is_url(os.fspath(store)):
         return _to_zarr_url(ds, os.fspath(store), overwrite=overwrite, progress=progress)
     out = Path(os.fspath(store))
+    _check_replaceable(out, source=mosaic.attrs.get("source"))
     if out.exists() and not overwrite:
         raise OutputExistsError(f"`{out}` already exists", hint="pass overwrite=True / --overwrite")
     tmp = temporary_name(out)
@@ -910,6 +911,24 @@ def to_zarr(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+#: Files whose presence makes a folder a Zarr store (v3, v2).
+_ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
+
+
+def _check_replaceable(out: Path, *, source: str | None) -> None:
+    """Refuse, whatever ``overwrite`` says, an ``out`` that is the mosaic read, a file, or a folder holding
+    anything but a Zarr store: replacing it would destroy data that is no earlier output."""
+    from .exceptions import OutputExistsError
+
+    hint = "name a new path for the Zarr mosaic, e.g. mosaic.zarr"
+    if source is not None and not is_url(source) and os.path.abspath(source) == os.path.abspath(out):
+        raise OutputExistsError(f"OUT `{out}` is the mosaic being read", hint=hint)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"OUT `{out}` is an existing file, not a Zarr folder", hint=hint)
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in _ZARR_METADATA):
+        raise OutputExistsError(f"OUT `{out}` is a folder holding other files, not a Zarr store", hint=hint)
 
 
 #: Root attribute written last into a mosaic store: the store is complete.

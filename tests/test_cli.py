@@ -94,3 +94,22 @@ def test_inspect_prints_what_a_run_would_see(tiles):
     assert facts["size"].startswith("400 x 400 px") and facts["bands"] == "3 of uint8, nodata 255"
     assert facts["blocks"].startswith("16 (4 x 4)") and "resampling bilinear" in facts["target_grid"]
     assert facts["output"].startswith("at most 2.92 MB")
+
+
+def test_ingest_refuses_an_out_that_is_no_zarr_store_and_keeps_it(tmp_path, tiles):
+    note = tmp_path / "note.txt"
+    note.write_text("keep me")
+    stuff = tmp_path / "stuff"
+    stuff.mkdir()
+    (stuff / "keep.txt").write_text("keep me")
+    before = tiles[1].read_bytes()
+    runner = CliRunner()
+    cases = [(note, "is an existing file, not a Zarr folder"), (tiles[1], "is an existing file, not a Zarr folder"),
+             (stuff, "is a folder holding other files, not a Zarr store"),
+             (tiles[0].parent, "is a folder holding other files, not a Zarr store")]
+    for out, says in cases:
+        for flags in ([], ["--overwrite"]):
+            _one_error(runner.invoke(cli, ["ingest", str(tiles[0]), str(out), "--tile-size", "128", *flags]), says)
+    assert note.read_text() == "keep me" and (stuff / "keep.txt").read_text() == "keep me"
+    assert sorted(p.name for p in stuff.iterdir()) == ["keep.txt"] and tiles[1].read_bytes() == before
+    assert len(list(tiles[0].parent.iterdir())) == len(tiles)

@@ -47,6 +47,9 @@ def test_to_zarr_refuses_existing(tmp_path, data_dir):
     with pytest.raises(OutputExistsError):
         to_zarr(src, tmp_path / "m.zarr", tile_size=128)
     to_zarr(src, tmp_path / "m.zarr", tile_size=128, overwrite=True)
+    with pytest.raises(OutputExistsError, match="is the mosaic being read"):
+        to_zarr(tmp_path / "m.zarr", tmp_path / "m.zarr", tile_size=128, overwrite=True)
+    assert open_mosaic(tmp_path / "m.zarr").shape == src.shape
 
 
 def test_plain_png_without_georeferencing(tmp_path):
