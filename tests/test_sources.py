@@ -11,9 +11,9 @@ from rasterio.transform import from_origin
 
 import remote_samsing as rs
 from remote_samsing.config import RunConfig
-from remote_samsing.exceptions import ConfigError, InputError, InputNotFoundError
+from remote_samsing.exceptions import ConfigError, InputError, InputNotFoundError, UnsupportedDtypeError
 from remote_samsing.io import open_mosaic
-from remote_samsing.sources import resolve_mosaic, write_tile_index
+from remote_samsing.sources import expand_inputs, resolve_mosaic, write_tile_index
 from remote_samsing.testing import assert_equivalent_labels, cut_tiles
 
 SEG = dict(segmenter="felzenszwalb", tile_size=128, padding=16, segmenter_params={"scale": 50, "min_size": 10})
@@ -129,6 +129,28 @@ def test_a_folder_lists_rasters_only_and_descends_when_recursive(tmp_path, tiles
     shutil.move(tiles[-1], sub / tiles[-1].name)
     assert len(resolve_mosaic(folder).sources) == len(tiles) - 1
     _assert_same_mosaic(open_mosaic(folder, recursive=True), scene)
+
+
+def test_a_file_name_with_glob_characters_is_read_as_that_file(tmp_path, tiles, scene):
+    odd = tiles[0].parent / "odd[1].tif"  # as a glob, `[1]` would match `odd1.tif` only
+    shutil.copy(tiles[0], odd)
+    assert expand_inputs(odd) == [str(odd)] and expand_inputs(str(odd)) == [str(odd)]
+    assert str(odd) in expand_inputs(str(tiles[0].parent / "*.tif"))  # a glob's matches are names, not patterns
+    listing = tmp_path / "l.txt"
+    listing.write_text("tiles/odd[1].tif\n")
+    assert expand_inputs(f"@{listing}") == [str(odd)]
+    np.testing.assert_array_equal(open_mosaic(odd).values, _read(tiles[0])[0])
+
+
+def test_a_signed_https_url_is_one_input_not_a_glob(monkeypatch):
+    import remote_samsing.sources as sources
+
+    def no_listing(url):
+        raise AssertionError(f"`{url}` was listed as a glob or folder")
+
+    monkeypatch.setattr(sources, "_fs", no_listing)
+    url = "https://data.example.com/scene[2].tif?X-Amz-Expires=3600&X-Amz-Signature=ab*cd"
+    assert expand_inputs([url]) == [url]
 
 
 # ---------------------------------------------------------------------------
@@ -261,6 +283,47 @@ def test_bad_inputs_are_named(tmp_path, tiles):
                 extra={"other": {"href": "x.tif", "type": "image/tiff", "roles": ["data"]}})
     with pytest.raises(InputError, match="--asset"):
         resolve_mosaic(two)
+
+
+def test_a_south_up_source_is_refused_in_a_mosaic_and_read_as_it_is_alone(tmp_path):
+    north = _constant(tmp_path / "north.tif", 10, 0, 20)
+    south = tmp_path / "south.tif"  # positive y resolution: row 0 is the southern edge
+    profile = dict(driver="GTiff", width=20, height=20, count=3, dtype="uint8", crs="EPSG:32617",
+                   transform=rasterio.Affine(1, 0, 20, 0, 1, 0))
+    with rasterio.open(south, "w", **profile) as dst:
+        dst.write(np.full((3, 20, 20), 20, np.uint8))
+    for given in ([north, str(south)], [str(south), north]):
+        with pytest.raises(InputError, match=r"south.tif` is not on a north-up grid") as err:
+            resolve_mosaic(given)
+        assert "\n" not in str(err.value) and "warp it" in err.value.hint
+    assert open_mosaic(south).rio.transform() == profile["transform"]  # one file: segmented on its own grid
+
+
+def test_an_unsupported_dtype_is_one_line_naming_the_file(tmp_path):
+    ok = _constant(tmp_path / "ok.tif", 10, 0, 20)
+    wide = _constant(tmp_path / "i64.tif", 10, 20, 20, dtype="int64")
+    for given in (wide, [wide, ok]):
+        with pytest.raises(UnsupportedDtypeError, match=r"i64.tif` has dtype int64, which cannot be converted"):
+            resolve_mosaic(given) if isinstance(given, list) else open_mosaic(given)
+    with pytest.raises(InputError, match=r"i64.tif` has 3 band\(s\) of int64, but `.*ok.tif` has 3 of uint8"):
+        resolve_mosaic([ok, wide])
+
+
+def test_a_mixed_band_count_names_the_first_odd_file(tmp_path):
+    rgb = [_constant(tmp_path / f"rgb{i}.tif", 10, 20 * i, 20) for i in range(2)]
+    grey = [_constant(tmp_path / f"grey{i}.tif", 10, 40 + 20 * i, 20, count=1) for i in range(2)]
+    with pytest.raises(InputError, match=r"grey0.tif` has 1 band\(s\) of uint8, but `.*rgb0.tif` has 3"):
+        resolve_mosaic([rgb[0], grey[0], rgb[1], grey[1]])
+
+
+def test_a_stac_page_with_a_next_link_is_refused(tmp_path, tiles):
+    page = _stac(tmp_path / "page.json", tiles[:2])
+    data = json.loads(page.read_text())
+    data["links"] = [{"rel": "next", "href": "https://stac.example.com/search?page=2", "type": "application/geo+json"}]
+    page.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="is one page of several") as err:
+        resolve_mosaic(page)
+    assert "item_collection()" in err.value.hint
 
 
 def test_an_outdir_that_is_a_file_is_refused_and_kept(tmp_path, tiles):
