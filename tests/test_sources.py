@@ -120,6 +120,16 @@ def test_tiles_segment_as_the_single_file(tiles, scene):
     assert_equivalent_labels(many.values, one.values)
 
 
+def test_a_vrt_of_a_vrt_segments_as_the_single_file(tmp_path, tiles, scene):
+    inner = _vrt(tmp_path / "inner.vrt", tiles, scene)
+    outer = _vrt(tmp_path / "outer.vrt", [inner], scene)
+    _assert_same_mosaic(open_mosaic(outer, chunks=128), scene)
+    one = rs.segment(scene, **SEG).compute(scheduler="sync")
+    nested = rs.segment(outer, **SEG).compute(scheduler="sync")
+    assert nested.rio.transform() == one.rio.transform() and nested.rio.crs == one.rio.crs
+    assert_equivalent_labels(nested.values, one.values)
+
+
 def test_a_folder_lists_rasters_only_and_descends_when_recursive(tmp_path, tiles, scene):
     folder = tiles[0].parent
     (folder / "notes.txt").write_text("not a raster")
