@@ -56,7 +56,14 @@ georeferenced raster (or the reverse) raise :class:`CRSMismatchError`;
 ground truth with no object on the raster raises :class:`NoOverlapError`
 (naming both extents in the raster's CRS); objects entirely outside the
 raster are dropped with one :class:`GroundTruthOutsideWarning` giving their
-count. Null class values become the class ``"unlabelled"``.
+count. Null class values and empty strings become the class ``"unlabelled"``.
+
+Reports name what was scored: the labels, the ground truth and, for the
+product of a run, the input and parameters its ``run.json`` records; the
+figure draws on that input when no image is given and it can be read on the
+labels' grid. A global n̄ above :data:`OVERSEGMENTED_N_BAR` is reported as
+over-segmentation: there the greedy oracle builds objects from many small
+segments, so Det@0.5 credits detections no single segment makes.
 
 The paper's evaluation code was never published; the greedy oracle follows
 the paper text and the commit messages quoted in reference.md §2.
@@ -75,7 +82,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import unique
-from ._files import write_atomic, write_json_atomic
+from ._files import gdal_path, is_url, location, write_atomic, write_json_atomic
 from ._progress import track
 from .io import quiet_georeferencing
 from ._validate import check_choice, check_int
@@ -87,6 +94,7 @@ __all__ = [
     "NoOverlapError",
     "GroundTruthOutsideWarning",
     "UNLABELLED",
+    "OVERSEGMENTED_N_BAR",
     "CATEGORY_DEFINITIONS",
     "METRIC_DEFINITIONS",
     "coverage",
@@ -98,6 +106,8 @@ __all__ = [
     "evaluate",
     "write_report",
     "report_markdown",
+    "report_title",
+    "run_provenance",
     "DUBAI_COLOURS",
 ]
 
@@ -119,8 +129,11 @@ class GroundTruthOutsideWarning(RemoteSamsingWarning):
     """Some ground-truth objects lie entirely outside the label raster and were dropped."""
 
 
-#: Class name given to ground-truth objects whose class value is null/NaN.
+#: Class name given to ground-truth objects whose class value is null/NaN or an empty string.
 UNLABELLED = "unlabelled"
+
+#: Above this global n̄ the report says that Det@0.5 reflects over-segmentation.
+OVERSEGMENTED_N_BAR = 5.0
 
 #: Greedy-oracle IoU thresholds of the object categories (see :func:`_category`).
 DETECTED_IOU = 0.5
@@ -134,7 +147,7 @@ CATEGORY_DEFINITIONS: dict[str, str] = {
     "missed": "no segment overlaps the object (IoU 0)",
 }
 
-#: One sentence per metric, as printed at the top of report.md.
+#: One sentence per metric, as printed in report.md after what was scored.
 METRIC_DEFINITIONS: dict[str, str] = {
     "Det@0.5": (
         "the share of ground-truth objects whose greedy-oracle reconstruction (the union of "
@@ -418,7 +431,8 @@ def _check_overlap(on: np.ndarray, *, gt_bounds, raster_bounds, crs, what: str) 
 
 
 def _class_names_of(values) -> np.ndarray:
-    """Class values as strings: nulls -> ``UNLABELLED``, integral floats as integers (1.0 -> "1")."""
+    """Class values as strings: nulls and empty strings -> ``UNLABELLED``, integral floats as integers
+    (1.0 -> "1")."""
     import pandas as pd
 
     vals = np.asarray(values, dtype=object)
@@ -433,6 +447,8 @@ def _class_names_of(values) -> np.ndarray:
             out[i] = v.decode(errors="replace")
         else:
             out[i] = str(v)
+        if not out[i].strip():  # an empty field names no class, as a null does
+            out[i] = UNLABELLED
     return out
 
 
@@ -569,6 +585,8 @@ def _raster_to_gt(arr, *, shape, classes, colour_table, ignore_classes, raster_m
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # (band, y, x) -> (y, x, band)
+    if arr.ndim == 3 and arr.shape[0] == 1 and arr.shape[1:] == tuple(shape):
+        arr = arr[0]  # a single-band raster file, as rasterio reads it
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.shape[:2] != tuple(shape):
@@ -691,8 +709,8 @@ def load_ground_truth(
         The label raster's grid. ``transform`` defaults to the identity.
     classes : str or mapping, optional
         Vectors/CSV boxes: the class field. Single-band rasters: a mapping
-        value -> class name. Null values (None/NaN) become the class
-        ``"unlabelled"`` (:data:`UNLABELLED`); other values are compared as
+        value -> class name. Null values (None/NaN) and empty strings become
+        the class ``"unlabelled"`` (:data:`UNLABELLED`); other values are compared as
         strings, integral floats written as integers (``1``, ``1.0`` and
         ``"1"`` are one class), so mixed-type fields are fine.
     min_pixels : int
@@ -769,16 +787,23 @@ class Report:
         Per-object table: ``object``, ``class``, ``n_pixels``, ``iou``,
         ``ss_iou``, ``biou``, ``n_segments``, ``category``
         (detected ≥ 0.5 > partial ≥ 0.2 > coarse > 0 = missed), bbox.
+    scored : dict
+        What was scored: ``labels`` and ``ground_truth`` (paths, or what
+        was passed), ``classes``, and ``run``: for labels a run wrote, its
+        ``run.json`` with the run's ``input`` (without the per-source list)
+        and ``parameters``, else None.
     """
 
     summary: dict
     rows: list
     objects: Any
+    scored: dict = field(default_factory=dict)
     _labels: np.ndarray | None = field(default=None, repr=False)
     _gt: GroundTruth | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {
+            "scored": self.scored,
             "summary": self.summary,
             "rows": self.rows,
             "objects": json.loads(self.objects.to_json(orient="records")),
@@ -848,8 +873,8 @@ def evaluate(
         raster on the label grid, or boxes; see :func:`load_ground_truth`.
     classes : str or mapping, optional
         Class field of vectors/CSV boxes (or value -> name for class
-        rasters). Null values become the class ``"unlabelled"``; mixed
-        types are compared as strings.
+        rasters); see :func:`load_ground_truth` for nulls, empty strings
+        and mixed types.
     min_pixels, colour_table, ignore_classes, raster_mode, box_format, image_name
         See :func:`load_ground_truth`.
     paper_asa : bool
@@ -922,7 +947,53 @@ def evaluate(
     settings = {"paper_asa": bool(paper_asa), "min_pixels": int(min_pixels), "biou_d": int(biou_d),
                 "crs": None if crs is None else str(crs)}
     summary = _summary(lab, nseg, gt, asa_glob, rows[-1], settings)
-    return Report(summary=summary, rows=rows, objects=objects, _labels=lab, _gt=gt)
+    scored = {"labels": _named(labels), "ground_truth": _named(ground_truth),
+              "classes": classes if isinstance(classes, str) else None, "run": run_provenance(labels)}
+    return Report(summary=summary, rows=rows, objects=objects, scored=scored, _labels=lab, _gt=gt)
+
+
+def _named(obj) -> str:
+    """How the report names an input: a path (absolute when local) or URL, else what kind of object it was."""
+    if isinstance(obj, (str, os.PathLike)):
+        return str(obj) if is_url(str(obj)) else os.path.abspath(os.fspath(obj))
+    shape = getattr(obj, "shape", None)
+    return f"{type(obj).__name__}" + (f" {'x'.join(str(int(n)) for n in shape)}" if shape is not None else "")
+
+
+def run_provenance(labels) -> dict | None:
+    """What the ``run.json`` beside a label raster says about the run that wrote it, or None.
+
+    Parameters
+    ----------
+    labels : path or object
+        A label raster (``labels.tif``, ``labels.zarr``); anything else has
+        no run.
+
+    Returns
+    -------
+    dict or None
+        ``run_json`` (its path), ``run_id``, ``complete``, ``input`` (the
+        mosaic's path(s), size, bands, dtype, CRS, transform and nodata, with
+        ``n_sources`` instead of the per-source list), ``parameters`` and
+        ``checkpoint_sha256``; None when no remote_samsing run.json lies
+        beside ``labels`` or it cannot be read.
+    """
+    if not isinstance(labels, (str, os.PathLike)):
+        return None
+    try:
+        record_path = location(labels).parent / "run.json"
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "fingerprint" not in record:
+        return None  # none, or some other program's run.json
+    run_input = dict(record.get("input") or {})
+    sources = run_input.pop("sources", None)
+    if sources is not None:
+        run_input["n_sources"] = len(sources)
+    return {"run_json": _named(record_path), "run_id": record.get("run_id"), "complete": record.get("complete"),
+            "input": run_input, "parameters": record.get("parameters"),
+            "checkpoint_sha256": record.get("checkpoint_sha256")}
 
 
 def _summary(lab: np.ndarray, nseg: int, gt: GroundTruth, asa_glob: float, glob: dict, settings: dict) -> dict:
@@ -931,6 +1002,7 @@ def _summary(lab: np.ndarray, nseg: int, gt: GroundTruth, asa_glob: float, glob:
         "coverage_pct": coverage(lab),
         "asa": asa_glob,
         **{k: glob[k] for k in ("det50", "ss_det50", "miou", "biou", "n_bar")},
+        "over_segmented": bool(glob["n_bar"] > OVERSEGMENTED_N_BAR),  # NaN (no object) is not
         "n_objects": gt.n_objects,
         "n_objects_skipped": gt.n_skipped,
         "n_objects_outside": gt.n_outside,
@@ -1096,19 +1168,61 @@ def _definition_lines(summary: dict) -> list[str]:
     return lines
 
 
-def report_markdown(report: Report, *, title: str | None = None) -> str:
-    """The report as Markdown: metric definitions, a summary line and the table.
+def report_title(report: Report) -> str:
+    """The default title: which labels were scored against which ground truth.
 
-    The text starts with one sentence defining each metric (after ``title``
-    when given) and the object categories of the figure. The table has one
-    row per class with at least one object (Det in %, IoUs as fractions) and
-    the instance-weighted *Global* row; classes without objects (e.g.
-    "Other") appear only in a note with their ASA.
+    Examples
+    --------
+    >>> report_title(Report(summary={}, rows=[], objects=None,
+    ...                     scored={"labels": "/data/run1/labels.tif", "ground_truth": "/data/gt.geojson"}))
+    'Segmentation report: run1/labels.tif against gt.geojson'
+    """
+    def short(name: str | None, parts: int) -> str:
+        if not name:
+            return "labels"
+        return "/".join(name.replace("\\", "/").rstrip("/").split("/")[-parts:])
+
+    return (f"Segmentation report: {short(report.scored.get('labels'), 2)} against "
+            f"{short(report.scored.get('ground_truth'), 1)}")
+
+
+def _scored_lines(report: Report, figure_note: str | None) -> list[str]:
+    """What was scored, one bullet each; the run's parameters as ``key=value``."""
+    sc = report.scored
+    gt = f"`{sc.get('ground_truth')}`" + (f", classes from the field `{sc['classes']}`" if sc.get("classes") else "")
+    lines = [f"- **Labels**: `{sc.get('labels')}`", f"- **Ground truth**: {gt}"]
+    run = sc.get("run")
+    if run:
+        path = (run.get("input") or {}).get("path")
+        if isinstance(path, list):
+            named = f"{len(path)} inputs (`{path[0]}`, ...)" if path else "no input"
+        else:
+            named = f"`{path}`" if path else "an array"
+        params = ", ".join(f"`{k}={json.dumps(v, default=str)}`" for k, v in (run.get("parameters") or {}).items())
+        lines += [f"- **Run**: `{run['run_json']}`, input {named}"
+                  f"{'' if run.get('complete') else ' (run not complete)'}",
+                  f"- **Parameters**: {params or '(none recorded)'}"]
+    if figure_note:
+        lines.append(f"- **Figure**: {figure_note}")
+    return lines + [""]
+
+
+def report_markdown(report: Report, *, title: str | None = None, figure_note: str | None = None) -> str:
+    """The report as Markdown: a title, what was scored, metric definitions, a summary line and the table.
+
+    The text opens with ``# title`` (default :func:`report_title`), then
+    names the labels, the ground truth, the run (its ``run.json``, input and
+    parameters) and ``figure_note`` (what the figure is drawn on), then one
+    sentence defining each metric and the object categories of the figure.
+    The table has one row per class with at least one object (Det in %, IoUs
+    as fractions) and the instance-weighted *Global* row; classes without
+    objects (e.g. "Other") appear only in a note with their ASA. Above
+    :data:`OVERSEGMENTED_N_BAR` segments per object a note says the
+    detection rate reflects over-segmentation.
     """
     s = report.summary
-    lines = []
-    if title:
-        lines += [f"## {title}", ""]
+    lines = [f"# {title or report_title(report)}", ""]
+    lines += _scored_lines(report, figure_note)
     lines += _definition_lines(s)
     lines += [
         f"Coverage {s['coverage_pct']:.2f} %, ASA {_fmt(s['asa'])}"
@@ -1116,6 +1230,16 @@ def report_markdown(report: Report, *, title: str | None = None) -> str:
         f"{s['n_segments']} segments, {s['n_objects']} objects "
         f"({s['n_objects_skipped']} under {s['min_pixels']} px skipped).",
         "",
+    ]
+    if s.get("over_segmented"):
+        lines += [
+            f"**Over-segmentation:** n̄ = {s['n_bar']:.1f} > {OVERSEGMENTED_N_BAR:g} segments per object, so "
+            f"Det@0.5 ({_fmt(s['det50'], True)} %) reflects over-segmentation: the greedy oracle assembles "
+            f"objects from many small segments. SS-Det@0.5 ({_fmt(s['ss_det50'], True)} %) counts objects one "
+            "segment finds.",
+            "",
+        ]
+    lines += [
         "| class | objects | Det@0.5 % | SS-Det@0.5 % | mIoU | BIoU | n̄ | ASA |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -1167,25 +1291,28 @@ def _stretch(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def _figure_image(image, shape: tuple[int, int], step: int) -> np.ndarray:
-    """The backdrop ``image`` (path or array on the label grid) as (y', x', 3) floats, decimated by ``step``."""
+def _figure_image(image, shape: tuple[int, int], step: int, *, bands: Sequence[int] | None = None) -> np.ndarray:
+    """The backdrop ``image`` (path, URL or array on the label grid) as (y', x', 3) floats, decimated by
+    ``step``; from a raster, its 1-based ``bands`` (default the first three, or the first)."""
     h, w = shape
     hs, ws = -(-h // step), -(-w // step)
     if isinstance(image, (str, os.PathLike)):
         import rasterio
         from rasterio.enums import Resampling
 
-        p = Path(image)
-        if not p.exists():
+        p = str(image) if is_url(str(image)) else Path(image)
+        if isinstance(p, Path) and not p.exists():
             raise InputNotFoundError(f"image `{p}` does not exist", hint="pass the mosaic the labels were made from")
         with quiet_georeferencing():
-            with rasterio.open(p) as src:
+            with rasterio.open(gdal_path(p)) as src:
                 if (src.height, src.width) != (h, w):
                     raise InputError(
                         f"image `{p}` is {src.height}x{src.width} px but the labels are {h}x{w} px",
                         hint="pass the image the labels were segmented from (same grid)",
                     )
-                bands = [1, 2, 3] if src.count >= 3 else [1]
+                bands = list(bands) if bands else ([1, 2, 3] if src.count >= 3 else [1])
+                if max(bands) > src.count:
+                    raise InputError(f"image `{p}` has {src.count} band(s), the figure asks for bands {bands}")
                 arr = src.read(bands, out_shape=(len(bands), hs, ws), resampling=Resampling.nearest)
         arr = np.moveaxis(arr, 0, -1)
     else:
@@ -1288,21 +1415,31 @@ def write_report(
     title : str, optional
         Heading of the Markdown report.
     image : path or array, optional
-        The imagery on the label grid (a raster path, or a (y, x),
-        (y, x, band) or (band, y, x) array). Given, the figure draws the
+        The imagery on the label grid (a raster path or URL, or a (y, x),
+        (y, x, band) or (band, y, x) array). The figure draws the
         ground-truth outlines (coloured by category: detected, partial,
         coarse, missed) and the segment outlines over it, with a legend
-        defining each colour; otherwise they are drawn on a blank canvas.
+        defining each colour. Default: the image the labels' ``run.json``
+        names (its bands as the run used them) when it can be read on the
+        labels' grid, else a blank canvas.
 
     Returns
     -------
     dict
         ``{"json": Path, "markdown": Path, "figure": Path or None}``.
+
+    Notes
+    -----
+    ``report.json`` opens with ``title`` (default :func:`report_title`) and
+    ``scored`` (:attr:`Report.scored`); its ``figure`` entry names the image
+    the figure is drawn on (``image``, null for a blank canvas) and why
+    (``note``), as ``report.md`` does.
     """
     has_figure = figure and report._labels is not None and report._gt is not None
-    backdrop = None
-    if has_figure and image is not None:  # check the image before writing anything
-        backdrop = _figure_image(image, report._labels.shape, _figure_step(report._labels.shape))
+    backdrop, source, note = None, None, None
+    if has_figure:  # an image given is checked before anything is written
+        backdrop, source, note = _backdrop(report, image)
+    title = title or report_title(report)
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
 
@@ -1317,13 +1454,42 @@ def write_report(
             return o.item()
         return o
 
+    png = out_json.with_suffix(".png") if has_figure else None
+    figure_entry = {"path": png.name, "image": source, "note": note} if has_figure else None
     # NaN (a metric with nothing to measure) is null: JSON has no NaN
-    write_json_atomic(out_json, _clean(report.to_dict()))
+    write_json_atomic(out_json, _clean({"title": title, **report.to_dict(), "figure": figure_entry}))
     md = out_json.with_suffix(".md")
-    text = report_markdown(report, title=title)
+    text = report_markdown(report, title=title, figure_note=note)
     write_atomic(md, lambda tmp: tmp.write_text(text))
-    png = None
     if has_figure:
-        png = out_json.with_suffix(".png")
         _figure(report, png, image=backdrop)
     return {"json": out_json, "markdown": md, "figure": png}
+
+
+def _backdrop(report: Report, image) -> tuple[np.ndarray | None, str | None, str]:
+    """The figure's backdrop (decimated floats or None), the image it comes from, and a note saying which.
+
+    An ``image`` given must be readable on the labels' grid (an error
+    otherwise). Without one, the run's input is tried: a run reads what
+    may since have moved, so a failure there only leaves the canvas blank.
+    """
+    shape = report._labels.shape
+    step = _figure_step(shape)
+    if image is not None:
+        named = _named(image) if isinstance(image, (str, os.PathLike)) else None
+        return _figure_image(image, shape, step), named, f"over `{named}`" if named else "over the image array given"
+    run = report.scored.get("run")
+    if not run:
+        return None, None, "on a blank canvas: no image was given and no run.json beside the labels names one"
+    inp = run.get("input") or {}
+    path = inp.get("path")
+    if not isinstance(path, str):
+        why = f"it is {len(path)} files" if isinstance(path, list) else "it is not a file (an array)"
+        return None, None, f"on a blank canvas: the run's input cannot be drawn ({why}; pass `image=`)"
+    bands = (run.get("parameters") or {}).get("bands")
+    import rasterio.errors
+
+    try:
+        return _figure_image(path, shape, step, bands=bands), path, f"over `{path}`, the run's input"
+    except (InputError, OSError, rasterio.errors.RasterioError) as exc:
+        return None, None, f"on a blank canvas: the run's input `{path}` cannot be read on the labels' grid ({exc})"

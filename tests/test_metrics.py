@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -412,9 +413,14 @@ def test_report_markdown_defines_metrics_first_and_drops_empty_rows(tmp_path):
     lines = md.splitlines()
     names = ["Det@0.5", "SS-Det@0.5", "mIoU", "BIoU", "ASA", "n̄", "coverage"]
     assert list(METRIC_DEFINITIONS) == names
-    for line, name in zip(lines[:7], names):  # the report starts with one sentence per metric
+    assert lines[0] == "# Segmentation report: ndarray 4x6 against ndarray 4x6"
+    assert lines[2:5] == ["- **Labels**: `ndarray 4x6`", "- **Ground truth**: `ndarray 4x6`",
+                          "- **Figure**: on a blank canvas: no image was given and no run.json beside the labels "
+                          "names one"]
+    start = lines.index("") + 5  # after the title and what was scored, one sentence per metric
+    for line, name in zip(lines[start:start + 7], names):
         assert line.startswith(f"- **{name}** is ") and line.endswith(".") and line.replace("et al. ", "").count(". ") == 0
-    assert "3 px" in lines[3] and "never credited" in lines[4]
+    assert "3 px" in lines[start + 3] and "never credited" in lines[start + 4]
     cat_line = next(ln for ln in lines if ln.startswith("Objects (outline colours"))
     for cat, definition in CATEGORY_DEFINITIONS.items():
         assert f"*{cat}* = {definition}" in cat_line
@@ -422,11 +428,18 @@ def test_report_markdown_defines_metrics_first_and_drops_empty_rows(tmp_path):
     assert [ln.split("|")[1].strip() for ln in table[1:]] == ["object", "*Global*"]  # no "Other" row
     assert "Classes without objects (not in the table): Other (ASA" in md
     titled = write_report(rep, tmp_path / "t.json", title="Scene A")["markdown"].read_text().splitlines()
-    assert titled[0] == "## Scene A" and titled[2].startswith("- **Det@0.5** is ")
+    assert titled[0] == "# Scene A" and titled[2].startswith("- **Labels**: ")
+
+
+def _n_colours(png) -> int:
+    """How many distinct colours a figure has: a few hundred on a blank canvas, thousands over a photo."""
+    import matplotlib.image as mpimg
+
+    rgb = (mpimg.imread(png)[..., :3] * 255).astype(np.int64)
+    return len(np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]))
 
 
 def test_report_figure_over_image_with_defining_legend(tmp_path, data_dir):
-    import matplotlib.image as mpimg
     import rasterio
 
     from remote_samsing import metrics
@@ -443,13 +456,9 @@ def test_report_figure_over_image_with_defining_legend(tmp_path, data_dir):
     assert sorted(rep.objects["category"]) == ["missed", "partial"]
     blank = write_report(rep, tmp_path / "blank.json")["figure"]
     over = write_report(rep, tmp_path / "over.json", image=data_dir / "kampala_crop_3857.tif")["figure"]
-    def n_colours(png):
-        rgb = (mpimg.imread(png)[..., :3] * 255).astype(np.int64)
-        return len(np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]))
-
     # the blank figure is white/grey plus outline colours; over the image most colours are the photo's
-    assert n_colours(blank) < 300
-    assert n_colours(over) > 2000
+    assert _n_colours(blank) < 300
+    assert _n_colours(over) > 2000
     # an array (band, y, x) works the same and the legend defines every outline colour
     fig = metrics._figure(rep, tmp_path / "arr.png", image=metrics._figure_image(rgb, lab.shape, 1))
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
@@ -548,3 +557,119 @@ def test_real_scene_felzenszwalb_baseline(tmp_path):
     assert s["det50"] >= s["ss_det50"]  # the oracle can only add segments
     write_report(rep, tmp_path / "report.json")
     assert (tmp_path / "report.png").exists()
+
+
+# what a run's run.json records of its input and parameters (remote_samsing.pipeline writes more)
+_RUN_PARAMETERS = {"segmenter": "felzenszwalb", "tile_size": 128, "bands": [3, 2, 1]}
+
+
+def _run_outdir(tmp_path, data_dir):
+    """A scene, ground truth on its grid, and OUTDIR as a run leaves it: labels.tif and run.json.
+
+    Segment 1 is the top half, 2 the bottom-left quarter; object 1 (90 x 90 px) lies in segment 1
+    (partial), object 2 (110 x 110 px) on unsegmented pixels (missed).
+    """
+    import shutil
+
+    import rasterio
+
+    scene = tmp_path / "scene.tif"
+    shutil.copy(data_dir / "kampala_crop_3857.tif", scene)
+    with rasterio.open(scene) as src:
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, crs=src.crs,
+                       transform=src.transform)
+    lab = np.zeros((256, 256), np.uint8)
+    lab[:128] = 1
+    lab[128:, :128] = 2
+    gt = np.zeros((256, 256), np.uint8)
+    gt[10:100, 10:100] = 1
+    gt[140:250, 140:250] = 2
+    outdir = tmp_path / "run"
+    outdir.mkdir()
+    for path, arr in ((outdir / "labels.tif", lab), (tmp_path / "gt.tif", gt)):
+        with rasterio.open(path, "w", dtype="uint8", **profile) as dst:
+            dst.write(arr, 1)
+    record = {"complete": True, "fingerprint": "f", "run_id": "r1",
+              "input": {"path": str(scene), "size": [256, 256], "sources": [{"location": str(scene)}]},
+              "parameters": _RUN_PARAMETERS, "checkpoint_sha256": None}
+    (outdir / "run.json").write_text(json.dumps(record))
+    return scene, outdir / "labels.tif", tmp_path / "gt.tif"
+
+
+def test_report_names_what_was_scored_and_opens_with_a_title(tmp_path, data_dir):
+    scene, labels, gt = _run_outdir(tmp_path, data_dir)
+    rep = evaluate(labels, gt, raster_mode="instance")
+    paths = write_report(rep, tmp_path / "report.json")
+    data = json.loads(paths["json"].read_text())
+    assert list(data)[:2] == ["title", "scored"]
+    assert data["title"] == "Segmentation report: run/labels.tif against gt.tif"
+    assert data["scored"] == {
+        "labels": str(labels), "ground_truth": str(gt), "classes": None,
+        "run": {"run_json": str(labels.parent / "run.json"), "run_id": "r1", "complete": True,
+                "input": {"path": str(scene), "size": [256, 256], "n_sources": 1},
+                "parameters": _RUN_PARAMETERS, "checkpoint_sha256": None},
+    }
+    md = paths["markdown"].read_text().splitlines()
+    assert md[:7] == [
+        f"# {data['title']}",
+        "",
+        f"- **Labels**: `{labels}`",
+        f"- **Ground truth**: `{gt}`",
+        f"- **Run**: `{labels.parent / 'run.json'}`, input `{scene}`",
+        '- **Parameters**: `segmenter="felzenszwalb"`, `tile_size=128`, `bands=[3, 2, 1]`',
+        f"- **Figure**: over `{scene}`, the run's input",
+    ]
+    # labels no run wrote have no run entry; a title given replaces the default
+    rep2 = evaluate(_utm_labels(np.ones((20, 20), np.int32)), np.ones((20, 20), np.int32), raster_mode="instance")
+    assert rep2.scored["run"] is None and rep2.scored["labels"] == "DataArray 20x20"
+    data2 = json.loads(write_report(rep2, tmp_path / "r2.json", title="Scene A", figure=False)["json"].read_text())
+    assert data2["title"] == "Scene A" and data2["figure"] is None
+
+
+def test_report_figure_without_image_draws_on_the_runs_image(tmp_path, data_dir):
+    scene, labels, gt = _run_outdir(tmp_path, data_dir)
+    rep = evaluate(labels, gt, raster_mode="instance")
+    paths = write_report(rep, tmp_path / "report.json")
+    figure = json.loads(paths["json"].read_text())["figure"]
+    assert figure == {"path": "report.png", "image": str(scene), "note": f"over `{scene}`, the run's input"}
+    assert _n_colours(paths["figure"]) > 2000  # the photo's colours
+    # the image moved away since the run: a blank canvas, and the report says why
+    scene.rename(tmp_path / "moved.tif")
+    paths = write_report(rep, tmp_path / "blank.json")
+    figure = json.loads(paths["json"].read_text())["figure"]
+    assert figure["image"] is None
+    assert figure["note"].startswith(f"on a blank canvas: the run's input `{scene}` cannot be read")
+    assert _n_colours(paths["figure"]) < 300
+
+
+def test_empty_class_string_is_unlabelled():
+    import shapely
+
+    # four 3 x 6 px boxes; segment 1 is the first box exactly, the others lie on unsegmented pixels
+    boxes = [shapely.box(500000 + 4 * i, 4999990, 500003 + 4 * i, 4999996) for i in range(4)]
+    lab = np.zeros((20, 20), np.int32)
+    lab[4:10, 0:3] = 1
+    rep = evaluate(_utm_labels(lab), _utm_boxes_gdf(boxes, kind=["", "roof", "  ", None]), classes="kind")
+    assert rep.objects["class"].tolist() == ["unlabelled", "roof", "unlabelled", "unlabelled"]
+    rows = {r["class"]: r for r in rep.rows}
+    assert rows["unlabelled"]["n_objects"] == 3 and rows["unlabelled"]["det50"] == pytest.approx(1 / 3)
+    assert rows["roof"]["n_objects"] == 1 and rows["roof"]["det50"] == 0.0
+    assert "" not in rows
+
+
+def test_oversegmentation_is_reported_above_five_segments_per_object(tmp_path):
+    gt = np.zeros((8, 8), np.int32)
+    gt[1:7, 1:7] = 1
+    lab = np.zeros((8, 8), np.int32)
+    for i in range(6):  # six 1 x 6 strips: the greedy oracle takes all six, IoU 1; one strip has IoU 1/6
+        lab[1 + i, 1:7] = i + 1
+    rep = evaluate(lab, gt, raster_mode="instance", min_pixels=1)
+    s = rep.summary
+    assert (s["n_bar"], s["det50"], s["ss_det50"], s["over_segmented"]) == (6.0, 1.0, 0.0, True)
+    md = write_report(rep, tmp_path / "six.json", figure=False)["markdown"].read_text()
+    assert ("**Over-segmentation:** n̄ = 6.0 > 5 segments per object, so Det@0.5 (100.0 %) reflects "
+            "over-segmentation") in md
+    lab[6, 1:7] = 5  # five strips: n̄ = 5 is not above 5
+    rep = evaluate(lab, gt, raster_mode="instance", min_pixels=1)
+    assert rep.summary["n_bar"] == 5.0 and not rep.summary["over_segmented"]
+    assert "over-segmentation" not in write_report(rep, tmp_path / "five.json", figure=False)["markdown"].read_text()

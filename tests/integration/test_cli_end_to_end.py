@@ -140,7 +140,7 @@ def test_evaluate_cli_writes_json_markdown_and_figure(tmp_path, data_dir):
     n_out = rep["summary"]["n_objects_outside"]
     assert n_out > 0
     assert f"warning: {n_out} of 22 ground-truth objects lie entirely outside" in res.output
-    assert (tmp_path / "report.md").read_text().startswith("- **Det@0.5** is ")
+    assert (tmp_path / "report.md").read_text().startswith("# Segmentation report: ")
 
 
 def _utm_labels_tif(write_geotiff):
