@@ -1,4 +1,6 @@
-"""Label-store writers for tests, built on the public :mod:`remote_samsing.outputs` API.
+"""Helpers the test modules import: synthetic images, and label-store writers built on the public
+:mod:`remote_samsing.outputs` API (test modules import from here, never from ``conftest``: a plain
+``pytest`` loads two conftest modules, and ``conftest`` names whichever came last).
 
 The pipeline writes its label store block by block through a
 :class:`~remote_samsing.outputs.LabelSink`; these helpers do the same from a
@@ -15,6 +17,17 @@ import xarray as xr
 
 from remote_samsing.outputs import LabelSink, plan_label_store
 from remote_samsing.tiling import Window
+
+
+def blob_image(shape, *, n=20, max_size=6, seed=0, dtype=np.uint8):
+    """Grey image with bright rectangles no larger than ``max_size`` on dark ground."""
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 20, dtype=dtype)
+    for _ in range(n):
+        h, w = rng.integers(1, max_size + 1, size=2)
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        img[y : y + h, x : x + w] = 220
+    return img
 
 
 def open_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None) -> LabelSink:

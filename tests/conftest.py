@@ -30,17 +30,6 @@ def _no_user_checkpoint(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("REMOTE_SAMSING_CHECKPOINT", raising=False)
 
 
-def blob_image(shape, *, n=20, max_size=6, seed=0, dtype=np.uint8):
-    """Grey image with bright rectangles no larger than ``max_size`` on dark ground."""
-    rng = np.random.default_rng(seed)
-    img = np.full(shape, 20, dtype=dtype)
-    for _ in range(n):
-        h, w = rng.integers(1, max_size + 1, size=2)
-        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
-        img[y : y + h, x : x + w] = 220
-    return img
-
-
 @pytest.fixture
 def write_geotiff(tmp_path):
     """Write a (band, y, x) array as a GeoTIFF in tmp_path; returns its path."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import blob_image
+from _helpers import blob_image
 from remote_samsing import segment
 from remote_samsing.config import RunConfig
 from remote_samsing.exceptions import (

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import blob_image
+from _helpers import blob_image
 from remote_samsing.exceptions import BlockFailedError, ConfigError
 from remote_samsing.staging import (
     STAGED_DTYPE,
