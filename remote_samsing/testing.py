@@ -4,9 +4,11 @@ These segmenters are *not* image-understanding methods; they exist to test
 the pipeline exactly (their output on a window is known in advance). They
 are not in the segmenter registry: pass an instance, or call
 :func:`register_test_segmenters` to reach them by name (``threshold``,
-``noop``). That call also sets ``REMOTE_SAMSING_TEST_SEGMENTERS=1`` in the
-environment, so that processes started afterwards (the CLI run in a
-subprocess) find them by name too; ``tests/conftest.py`` makes the call.
+``noop``). That call also lists them, as import paths, in the environment
+variable ``REMOTE_SAMSING_TEST_SEGMENTERS``, so that processes started
+afterwards (the CLI run in a subprocess, spawned workers) find them by name
+too without the registry importing this module; ``tests/conftest.py`` makes
+the call.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ TEST_SEGMENTERS = {
     "threshold": "remote_samsing.testing:ThresholdSegmenter",
     "noop": "remote_samsing.testing:NoopSegmenter",
 }
-_ENV = "REMOTE_SAMSING_TEST_SEGMENTERS"
 #: Environment variable: :class:`ThresholdSegmenter` calls after this many (``log_dir`` counts) wait forever.
 HOLD_AFTER = "REMOTE_SAMSING_TEST_HOLD_AFTER"
 
@@ -40,8 +41,9 @@ HOLD_AFTER = "REMOTE_SAMSING_TEST_HOLD_AFTER"
 def register_test_segmenters() -> None:
     """Register :data:`TEST_SEGMENTERS` here and, through the environment, in child processes."""
     from .segmenters import register_segmenter
+    from .segmenters._base import _ENV_SEGMENTERS
 
-    os.environ[_ENV] = "1"
+    os.environ[_ENV_SEGMENTERS] = ",".join(f"{name}={factory}" for name, factory in TEST_SEGMENTERS.items())
     for name, factory in TEST_SEGMENTERS.items():
         register_segmenter(name, factory)
 

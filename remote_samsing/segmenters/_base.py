@@ -56,13 +56,20 @@ _REGISTRY: dict[str, str | Callable[..., Segmenter]] = {
 }
 
 
-def _registry() -> dict[str, str | Callable[..., Segmenter]]:
-    # a process started by a test (the CLI in a subprocess) finds the test
-    # segmenters through the environment: see remote_samsing.testing
-    if os.environ.get("REMOTE_SAMSING_TEST_SEGMENTERS") == "1" and "threshold" not in _REGISTRY:
-        from ..testing import register_test_segmenters
+#: Environment variable of ``name=module:Factory`` entries, comma-separated, that every
+#: process adds to its registry: how a process started by a test (the CLI in a subprocess,
+#: a spawned worker) finds the test segmenters by name. ``remote_samsing.testing`` sets it;
+#: the entries stay import paths, so this module never imports that one.
+_ENV_SEGMENTERS = "REMOTE_SAMSING_TEST_SEGMENTERS"
 
-        register_test_segmenters()
+
+def _registry() -> dict[str, str | Callable[..., Segmenter]]:
+    value = os.environ.get(_ENV_SEGMENTERS, "")
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        name, sep, factory = entry.partition("=")
+        if not (sep and name and ":" in factory):
+            raise ConfigError(f"`{_ENV_SEGMENTERS}` entry {entry!r} is not `name=module:Factory`")
+        _REGISTRY.setdefault(name, factory)
     return _REGISTRY
 
 
