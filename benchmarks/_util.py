@@ -84,6 +84,22 @@ def timer():
     out["seconds"] = time.perf_counter() - t0
 
 
+#: one current result file per benchmark and machine (a rerun replaces it; git keeps the history)
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def result_path(benchmark: str, machine: str | None = None) -> Path:
+    """``benchmarks/results/<benchmark>-<machine>.json``, the recorded result's stable name.
+
+    ``machine`` defaults to ``cpu-<cores>core``, this machine's; a GPU benchmark passes its GPU
+    (``"h100"``). No date or session in the name: a rerun replaces the file.
+
+    >>> result_path("merge-versus-iou", "cpu-2core").name
+    'merge-versus-iou-cpu-2core.json'
+    """
+    return RESULTS / f"{benchmark}-{machine or f'cpu-{os.cpu_count()}core'}.json"
+
+
 def machine() -> dict:
     import psutil
 

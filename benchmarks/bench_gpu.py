@@ -16,7 +16,7 @@ on CPU workers (use ``--quick``: a small scene and a coarse point grid), to
 check the plumbing on a machine without a GPU.
 
     python -m benchmarks.bench_gpu                                  # every GPU, sam2.1 tiny
-    python -m benchmarks.bench_gpu --model large --json benchmarks/results/gpu-h100-large.json
+    python -m benchmarks.bench_gpu --model large --json benchmarks/results/gpu-large-h100.json
     python -m benchmarks.bench_gpu --device cpu --quick             # plumbing, no GPU
 """
 

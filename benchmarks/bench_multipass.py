@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -194,9 +195,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sam2", action="store_true", help="also time SAM2 passes (minutes on a CPU)")
+    ap.add_argument("--json", help="write the result here too (benchmarks/results/multipass-cpu-2core.json)")
     args = ap.parse_args(argv)
     res = run(quick=args.quick, sam2=True if args.sam2 else None)
-    print(json.dumps(res, indent=2))
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
     print(
         f"acceptance of {res['n_masks']} masks on {res['side']}²: bbox {res['bbox_s'] * 1e3:.1f} ms, "
         f"full window {res['full_window_s'] * 1e3:.1f} ms -> {res['speedup']:.1f}x "

@@ -39,8 +39,9 @@ files / one file (target >= 0.8), the job's throughput over the baseline's for
 both (target >= 0.5), the same ratios in CPU seconds (they move less when other
 processes share the cores), and with ``--repeats`` their medians; peak RSS
 should not depend on N. It writes
-``benchmarks/results/pipeline-sources-<N>-cpu-<cores>core-<date>.json``
-(``--json`` elsewhere) with the command and the commit measured.
+``benchmarks/results/pipeline-sources-<N>-cpu-<cores>core.json``, replacing
+the recorded result (``--json`` elsewhere; ``--quick`` only there), with the
+command and the commit measured.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._util import PeakRSS, machine, timer
+from benchmarks._util import PeakRSS, machine, result_path, timer
 
 
 #: the synthetic mosaic's georeferencing: 0.5 m pixels in UTM 33N
@@ -524,11 +525,8 @@ def _code_version() -> dict:
 
 
 def _default_result_path(n: int) -> Path:
-    """``benchmarks/results/pipeline-sources-<N>-cpu-<cores>core-<date>.json``, as the recorded results are named."""
-    import datetime
-
-    name = f"pipeline-sources-{n}-cpu-{os.cpu_count()}core-{datetime.date.today().isoformat()}.json"
-    return Path(__file__).resolve().parent / "results" / name
+    """``benchmarks/results/pipeline-sources-<N>-cpu-<cores>core.json``: a rerun replaces the recorded result."""
+    return result_path(f"pipeline-sources-{n}")
 
 
 if __name__ == "__main__":
@@ -571,9 +569,11 @@ if __name__ == "__main__":
         # the command that produced the numbers, as a reader reruns it from the repository root
         result["command"] = "python -m benchmarks.bench_pipeline " + " ".join(sys.argv[1:])
         result["code"] = code
-        target = Path(args.json) if args.json else _default_result_path(result["sources"])
-        target.write_text(json.dumps(result, indent=2))
-        print(f"wrote {target}")
+        # a --quick run is a smoke test: it replaces no recorded result unless told where to write
+        target = Path(args.json) if args.json else None if args.quick else _default_result_path(result["sources"])
+        if target is not None:
+            target.write_text(json.dumps(result, indent=2))
+            print(f"wrote {target}")
         raise SystemExit(0)
     if args.write_mosaic:
         from remote_samsing.cluster import ClusterConfig, make_client

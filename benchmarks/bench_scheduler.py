@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from benchmarks._util import machine
 
@@ -50,5 +51,9 @@ def run(quick: bool = False, *, n_workers: int = 2) -> dict:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", help="write the result here too (benchmarks/results/scheduler-cpu-2core.json)")
     args = ap.parse_args()
-    print(json.dumps(run(args.quick), indent=2))
+    text = json.dumps(run(args.quick), indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)

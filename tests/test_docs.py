@@ -161,3 +161,49 @@ def test_readme_command_block_matches_the_cli():
                 assert set(value.split("|")) == set(ptype.choices), (
                     f"README lists {flag} {value}, the CLI accepts {'|'.join(ptype.choices)}"
                 )
+
+
+# ---------------------------------------------------------------------------
+# links and recorded benchmark results
+# ---------------------------------------------------------------------------
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _relative_links(md: Path) -> list[str]:
+    """Targets of the Markdown links in ``md`` that name a path (no URL, no bare anchor), code blocks skipped."""
+    text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
+    targets = (m.group(1) for m in re.finditer(r"\]\(([^)\s]+)\)", text))
+    return [t.split("#")[0] for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:|#", t)]
+
+
+@pytest.mark.parametrize("md", ["README.md", "benchmarks/README.md", "docs/architecture.md",
+                                "docs/configuration.md", "deploy/README.md"])
+def test_every_relative_link_resolves(md):
+    broken = [t for t in _relative_links(ROOT / md) if not (ROOT / md).parent.joinpath(t).exists()]
+    assert broken == [], f"{md} links to missing paths: {broken}"
+
+
+def test_one_current_result_per_benchmark_and_machine_each_linked():
+    """benchmarks/results holds stable names (no date or session tag: a rerun replaces its file),
+    and the README's Results table or benchmarks/README.md links every one of them."""
+    linked = {(md.parent / t).resolve() for md in (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
+              for t in _relative_links(md)}
+    for path in sorted(RESULTS.iterdir()):
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*-(cpu-\d+core|[a-z]\d+[a-z0-9]*)\.(json|md)", path.name), (
+            f"results/{path.name}: name it <benchmark>[-<variant>]-<machine>.json (no date, no session)")
+        assert not re.search(r"-(run\d*|rerun|trim|first)-", path.name), f"results/{path.name}: a session tag"
+        # a Markdown table written beside its JSON (bench_merge_quality --json) goes with it
+        assert path.resolve() in linked or path.with_suffix(".json").resolve() in linked, (
+            f"results/{path.name} is cited nowhere: link it from the README's Results table or remove it")
+
+
+def test_a_plain_pytest_at_the_repository_root_collects():
+    """`pytest` with no arguments collects every test directory (no two test modules share a basename)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "tests/integration/" in res.stdout and "tests/test_cli.py" in res.stdout
