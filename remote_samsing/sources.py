@@ -38,7 +38,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ._files import check_url, gdal_path, is_url, join_location
@@ -89,7 +89,8 @@ class Source:
         Absolute path or URL.
     stamp : dict
         What changes when the file does: size and modification time, or a
-        store's ETag.
+        store's ETag; under ``via``, those of the VRTs and tile indexes it is
+        read through.
     crs : str or None
         The CRS as WKT.
     transform : tuple of 6 float
@@ -173,7 +174,8 @@ class Mosaic:
     inputs : tuple of str
         The inputs as the user named them (absolute): a run's identity.
     sources : tuple of Source
-        Every raster a run reads, a VRT's or tile index's own sources included.
+        Every raster a run reads. A VRT or tile index counts as the rasters
+        it reads; their stamps hold its own.
     grid : Grid
     direct : str or None
         The one file GDAL reads as it is (a single raster, a VRT, a GTI index
@@ -563,15 +565,13 @@ def target_grid(sources: Sequence[Source], *, crs=None, resolution=None, resampl
 def _with_nodata(grid: Grid, sources: Sequence[Source], nodata: float | None) -> Grid:
     """The grid with its nodata: the value given, else the one most sources declare, else 0 where the
     footprints leave gaps (nothing else marks a gap), else none."""
-    import dataclasses
-
     if nodata is None:
         declared = [s.nodata for s in sources if s.nodata is not None]
         if declared:
             nodata = Counter(declared).most_common(1)[0][0]
         elif _has_gaps(grid, sources) or any(not _same_crs(s.crs, grid.crs) for s in sources):
             nodata = 0.0  # a warped footprint's edges leave gaps too
-    return dataclasses.replace(grid, nodata=nodata)
+    return replace(grid, nodata=nodata)
 
 
 def _has_gaps(grid: Grid, sources: Sequence[Source]) -> bool:
@@ -692,8 +692,8 @@ def _named(item: str) -> str:
 
 
 def _direct_mosaic(inputs: tuple, location: str, *, resampling: str, nodata) -> Mosaic:
-    """A mosaic GDAL (or Zarr) reads as it is: its grid is its own; its sources are itself and, for a
-    VRT or a GTI index, every file it reads."""
+    """A mosaic GDAL (or Zarr) reads as it is: its grid is its own; its sources are itself or, for a
+    VRT or a GTI index, the rasters it reads."""
     if _is_zarr(location):
         return Mosaic(inputs=inputs, sources=(), grid=Grid(crs=None, transform=(1, 0, 0, 0, 1, 0), shape=(0, 0),
                                                           count=0, dtype="", nodata=nodata),
@@ -701,10 +701,21 @@ def _direct_mosaic(inputs: tuple, location: str, *, resampling: str, nodata) -> 
     own = _describe(location)
     grid = Grid(crs=own.crs, transform=own.transform, shape=own.shape, count=own.count, dtype=own.dtype,
                 nodata=own.nodata if nodata is None else nodata, resampling=resampling, colorinterp=own.colorinterp)
-    inner = _referenced(location) if _reads_others(location) else []
-    sources = [own] + describe_sources(inner) if inner else [own]
-    windows = [(0, grid.shape[0], 0, grid.shape[1])] + [grid.window_of(s) for s in sources[1:]]
-    return Mosaic(inputs=inputs, sources=tuple(sources), grid=grid, direct=location, windows=tuple(windows))
+    sources = _contained(own) if _reads_others(location) else [own]
+    return Mosaic(inputs=inputs, sources=tuple(sources), grid=grid, direct=location,
+                  windows=tuple(grid.window_of(s) for s in sources))
+
+
+def _contained(container: Source) -> list[Source]:
+    """The rasters a VRT or GTI index reads (through nested ones too), each stamped with the stamps of
+    every container: a container counts as its rasters, and an edit to it as an edit to each of them."""
+    found = list(dict.fromkeys(_referenced(container.location)))
+    rasters = describe_sources([f for f in found if not _reads_others(f)])
+    if not rasters:  # nothing it reads can be listed: the container stands for itself
+        return [container]
+    via = [{"location": container.location, **container.stamp}]
+    via += [{"location": f, **_stamp(f)} for f in found if _reads_others(f)]
+    return [replace(s, stamp={**s.stamp, "via": via}) for s in rasters]
 
 
 def write_tile_index(mosaic: Mosaic, path: str | os.PathLike) -> Path:
