@@ -303,10 +303,12 @@ def vectorize_cmd(labels, out, simplify, layer):
 @cli.command("evaluate")
 @click.argument("labels")  # a path or URL
 @click.argument("ground_truth", type=click.Path(path_type=Path))
-@click.option("--classes", help="Class attribute of vector ground truth (nulls become class 'unlabelled').")
+@click.option("--classes", help="Class attribute of vector ground truth (nulls and empty strings become class "
+                                 "'unlabelled').")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="report.json (also .md, .png).")
 @click.option("--image", type=click.Path(path_type=Path),
-              help="Imagery on the label grid: the figure draws the outlines over it.")
+              help="Imagery on the label grid: the figure draws the outlines over it. [default: the image the "
+                   "labels' run.json names, when it can be read]")
 @click.option("--paper-asa", is_flag=True, help="ASA as in the paper's scripts (label 0 counted as a segment).")
 @click.option("--min-pixels", type=int, default=10, show_default=True, help="Skip GT objects smaller than this.")
 @_handle_errors

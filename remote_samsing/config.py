@@ -1,8 +1,10 @@
 """Run configuration: one frozen dataclass whose keys are the CLI flags.
 
 ``remote-samsing segment --tile-size 500`` , ``segment(..., tile_size=500)``
-and a YAML file with ``tile_size: 500`` are the same setting. Unknown keys
-and wrong types are errors, never ignored.
+and a YAML file with ``tile_size: 500`` are the same setting. The two flags
+that set one segmenter parameter, ``--checkpoint`` and ``--model-cfg``, are
+mapping keys too (:data:`SEGMENTER_PARAM_KEYS`), moved into
+``segmenter_params``. Unknown keys and wrong types are errors, never ignored.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from .merge import STRATEGIES
 from .sources import check_resampling, check_resolution
 from .tiling import validate_tiling
 
-__all__ = ["RunConfig", "load_yaml_config"]
+__all__ = ["RunConfig", "load_yaml_config", "SEGMENTER_PARAM_KEYS"]
+
+#: Keys of a configuration mapping (and CLI flags) that set the segmenter parameter of the same name.
+SEGMENTER_PARAM_KEYS = ("checkpoint", "model_cfg")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +42,8 @@ class RunConfig:
     segmenter_params : dict
         Keyword arguments of the segmenter (e.g. ``{"scale": 200}``; for
         ``sam2``: ``checkpoint``, ``model_cfg``, ``points_per_side``, ...).
+        In a YAML file ``checkpoint:`` and ``model_cfg:`` may also stand at
+        the top level, as the flags ``--checkpoint`` and ``--model-cfg`` do.
     tile_size : int
         Core tile size T in pixels.
     padding : int
@@ -48,8 +55,9 @@ class RunConfig:
     percentiles : (float, float)
         Global stretch percentiles for non-uint8 input.
     merge : str
-        Seam merge strategy: ``overlap`` (default), ``best_match``,
-        ``mutual_best``, ``min_contact`` or ``none``.
+        Seam merge strategy (the merge's ``strategy``): ``overlap``
+        (default), ``iou``, ``best_match``, ``mutual_best``, ``min_contact``
+        or ``none``.
     merge_params : dict
         Extra merge options (``min_contact_pixels``, ``min_mask_area``, ...).
     retries : int
@@ -151,14 +159,13 @@ class RunConfig:
 
     @classmethod
     def from_mapping(cls, mapping: dict) -> "RunConfig":
-        """Build from a mapping, rejecting unknown keys."""
-        if not isinstance(mapping, dict):
-            raise ConfigError(f"configuration must be a mapping of keys to values, got {type(mapping).__name__}")
+        """Build from a mapping, rejecting unknown keys; :data:`SEGMENTER_PARAM_KEYS` go into ``segmenter_params``."""
+        mapping = fold_segmenter_param_keys(mapping)
         unknown = sorted(set(mapping) - set(cls.keys()))
         if unknown:
             raise ConfigError(
                 f"unknown configuration key(s): {', '.join(unknown)}",
-                hint=f"valid keys: {', '.join(cls.keys())}",
+                hint=f"valid keys: {', '.join([*cls.keys(), *SEGMENTER_PARAM_KEYS])}",
             )
         return cls(**mapping)
 
@@ -190,8 +197,34 @@ def _int_list(name: str, values) -> list | None:
     return list(values)
 
 
+def fold_segmenter_param_keys(mapping: dict) -> dict:
+    """``mapping`` with its :data:`SEGMENTER_PARAM_KEYS` moved into ``segmenter_params``.
+
+    Examples
+    --------
+    >>> fold_segmenter_param_keys({"checkpoint": "m.pt", "tile_size": 500})
+    {'tile_size': 500, 'segmenter_params': {'checkpoint': 'm.pt'}}
+    """
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"configuration must be a mapping of keys to values, got {type(mapping).__name__}")
+    given = {k: mapping[k] for k in SEGMENTER_PARAM_KEYS if k in mapping}
+    if not given:
+        return mapping
+    folded = {k: v for k, v in mapping.items() if k not in given}
+    params = folded.get("segmenter_params") or {}
+    check_type("segmenter_params", params, (dict,))
+    twice = [k for k in given if k in params and params[k] != given[k]]
+    if twice:
+        raise ConfigError(f"`{twice[0]}` is given twice: {given[twice[0]]!r} and segmenter_params "
+                          f"{params[twice[0]]!r}", hint="keep one of them")
+    folded["segmenter_params"] = {**params, **{k: os.fspath(v) if isinstance(v, os.PathLike) else v
+                                               for k, v in given.items()}}
+    return folded
+
+
 def load_yaml_config(path: str | os.PathLike) -> dict:
-    """Read a YAML configuration file into a dict (keys checked by RunConfig)."""
+    """Read a YAML configuration file into a dict (keys checked by RunConfig; ``checkpoint:`` and
+    ``model_cfg:`` moved into ``segmenter_params``)."""
     import yaml
 
     p = Path(os.fspath(path))
@@ -203,4 +236,4 @@ def load_yaml_config(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file `{p}` is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file `{p}` must hold a mapping of keys to values")
-    return data
+    return fold_segmenter_param_keys(data)

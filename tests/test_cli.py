@@ -113,3 +113,25 @@ def test_ingest_refuses_an_out_that_is_no_zarr_store_and_keeps_it(tmp_path, tile
     assert note.read_text() == "keep me" and (stuff / "keep.txt").read_text() == "keep me"
     assert sorted(p.name for p in stuff.iterdir()) == ["keep.txt"] and tiles[1].read_bytes() == before
     assert len(list(tiles[0].parent.iterdir())) == len(tiles)
+
+
+def test_an_unknown_segmenter_param_lists_the_valid_ones(tmp_path, tiles):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["segment", str(tiles[0]), str(out), "--segmenter", "felzenszwalb",
+                                 "--segmenter-param", "scal=200"])
+    _one_error(r, "unknown parameter(s) for segmenter `felzenszwalb`: scal")
+    assert r.output.splitlines()[1] == "hint: valid parameters: min_size, scale, sigma"
+    assert not out.exists()
+
+
+def test_checkpoint_is_a_yaml_key_as_it_is_a_flag(tmp_path, tiles):
+    """`checkpoint:` in --config reaches the segmenter as --checkpoint does; the flag wins over the file."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"checkpoint: {tmp_path / 'from-yaml.pt'}\ntile_size: 128\npadding: 16\n")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["segment", str(tiles[0]), str(tmp_path / "out"), "--config", str(config)])
+    assert r.exit_code == 2 and "unknown configuration key" not in r.output, r.output
+    assert "from-yaml.pt" in r.output.splitlines()[0]  # the missing checkpoint, named
+    r = runner.invoke(cli, ["segment", str(tiles[0]), str(tmp_path / "out"), "--config", str(config),
+                            "--checkpoint", str(tmp_path / "from-flag.pt")])
+    assert r.exit_code == 2 and "from-flag.pt" in r.output.splitlines()[0], r.output

@@ -241,3 +241,10 @@ def test_the_segmenter_uses_the_found_checkpoint(tiny_ckpt, monkeypatch):
     assert seg.checkpoint == tiny_ckpt.absolute() and seg.checkpoint_source == f"${CHECKPOINT_ENV}"
     assert seg.describe()["checkpoint_source"] == f"${CHECKPOINT_ENV}"
     assert SAM2Segmenter(checkpoint=tiny_ckpt, verify_checkpoint=False).checkpoint_source == "parameter"
+
+
+def test_an_unknown_parameter_names_every_valid_one():
+    with pytest.raises(ConfigError, match="unknown parameter.*: pointz") as exc:
+        SAM2Segmenter(pointz=3, random_weights=True)
+    for name in ("checkpoint", "model_cfg", "image_size", "device", "points_per_side", "max_passes"):
+        assert name in exc.value.hint

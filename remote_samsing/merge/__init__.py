@@ -163,12 +163,20 @@ links only and the table shipped per block.
 
 from __future__ import annotations
 
-from ._config import OVERLAP_STRATEGIES, REFERENCE_STRATEGIES, STRATEGIES, MergeConfig, MergeResult
+from ._config import (
+    DIAGNOSTIC_CODES,
+    OVERLAP_STRATEGIES,
+    REFERENCE_STRATEGIES,
+    STRATEGIES,
+    MergeConfig,
+    MergeResult,
+)
 from ._lazy import merge_labels
 from ._phases import Phase, merge_phases
 from ._stored import face_schedule, merge_stored, prepare_workdir, stage_faces, stage_summary, thread_map
 
 __all__ = [
+    "DIAGNOSTIC_CODES",
     "MergeConfig",
     "MergeResult",
     "OVERLAP_STRATEGIES",

@@ -7,7 +7,8 @@ from typing import Any
 
 from .._validate import check_bool, check_choice, check_int, check_number
 
-__all__ = ["MergeConfig", "MergeResult", "STRATEGIES", "OVERLAP_STRATEGIES", "REFERENCE_STRATEGIES"]
+__all__ = ["MergeConfig", "MergeResult", "STRATEGIES", "OVERLAP_STRATEGIES", "REFERENCE_STRATEGIES",
+           "DIAGNOSTIC_CODES"]
 
 #: Accepted values of ``MergeConfig.strategy``.
 STRATEGIES = ("overlap", "iou", "best_match", "mutual_best", "min_contact", "none")
@@ -15,6 +16,14 @@ STRATEGIES = ("overlap", "iou", "best_match", "mutual_best", "min_contact", "non
 OVERLAP_STRATEGIES = ("overlap", "iou")
 #: The strategies that reproduce osmarluiz/sam-mosaic's seam merge exactly.
 REFERENCE_STRATEGIES = ("best_match", "mutual_best", "min_contact")
+#: What each nonzero code of the seam-diagnostics raster (``MergeResult.diagnostics``) marks; 0 is untouched.
+DIAGNOSTIC_CODES = {
+    1: "fragment linked across a seam",
+    2: "absorbed into its encloser",
+    3: "removed as a small island",
+    4: "link refused (exclusion or disagreement)",
+    5: "part moved by the split",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,12 +134,11 @@ class MergeResult:
         ``blocks``, ``kind``, ``candidates``, ``links``, ``refused``, and the
         strategy's own counts: see :mod:`remote_samsing.merge`) and ``totals``.
     diagnostics : dask.array.Array or None
-        (H, W) uint8: 0 untouched, 1 fragment linked across a seam,
-        2 absorbed into its encloser, 3 removed as a small island, 4 a
-        fragment whose link was refused by an exclusion or a disagreement
-        (``"overlap"``: the two windows disagreed and the split one of them
-        saw wins, or they grouped objects differently), 5 a part
-        the split moved (a label of its own, or joined to a neighbour).
+        (H, W) uint8 codes, 0 untouched, the others named in
+        :data:`DIAGNOSTIC_CODES`. A link is refused (4) by an exclusion or,
+        with ``"overlap"``, when the two windows disagreed (the split one of
+        them saw wins) or grouped objects differently; a part the split
+        moved (5) became a label of its own or joined a neighbour.
     """
 
     labels: Any

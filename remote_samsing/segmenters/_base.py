@@ -131,10 +131,29 @@ def get_segmenter(name: str, **params: Any) -> Segmenter:
     'FelzenszwalbSegmenter'
     """
     factory = _resolve(name)
+    _check_keywords(name, factory, params)
     try:
         return factory(**params)
-    except TypeError as exc:  # unknown keyword for that segmenter
+    except TypeError as exc:  # a keyword the signature check cannot see (a factory taking **kwargs)
         raise ConfigError(f"bad parameters for segmenter `{name}`: {exc}") from None
+
+
+def _check_keywords(name: str, factory: Callable[..., Segmenter], params: dict) -> None:
+    """Refuse keywords ``factory`` does not take, naming those it does; one taking ``**kwargs`` checks its own."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    valid = sorted(n for n, p in signature.parameters.items() if p.kind in kinds)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) for segmenter `{name}`: {', '.join(unknown)}",
+                          hint=f"valid parameters: {', '.join(valid) or '(none)'}")
 
 
 def validate_segmenter(obj: Any) -> Segmenter:

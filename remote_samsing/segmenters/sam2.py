@@ -454,9 +454,12 @@ def _multipass_config(config: MultipassConfig | None, multipass: dict[str, Any])
         fields = set(MultipassConfig.__dataclass_fields__)
         unknown = sorted(set(multipass) - fields)
         if unknown:
+            import inspect
+
+            own = {n for n, p in inspect.signature(SAM2Segmenter).parameters.items() if p.kind is p.KEYWORD_ONLY}
             raise ConfigError(
                 f"unknown parameter(s) for the sam2 segmenter: {', '.join(unknown)}",
-                hint=f"multi-pass parameters are {', '.join(sorted(fields))}",
+                hint=f"valid parameters: {', '.join(sorted(own))}; multi-pass: {', '.join(sorted(fields))}",
             )
         return MultipassConfig(**multipass)
     if not isinstance(config, MultipassConfig):

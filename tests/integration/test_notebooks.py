@@ -71,3 +71,15 @@ def test_notebook_runs(name, venv_kernel):
     assert not errors
     # the kernel really was this interpreter, so the notebook tested this environment
     assert executed[-1].outputs[0]["text"].strip() == sys.executable
+
+
+def test_seams_legend_draws_every_diagnostics_code():
+    """The seams notebook colours and names every code of the diagnostics raster, so none is drawn as
+    another (a colour map clipped at 4 would draw code 5 as "link refused")."""
+    from remote_samsing.merge import DIAGNOSTIC_CODES
+
+    book = nbformat.read(NOTEBOOKS / "seams.ipynb", as_version=4)
+    cell = next(c.source for c in book.cells if c.cell_type == "code" and "ListedColormap(colours)" in c.source)
+    assert "DIAGNOSTIC_CODES.items()" in cell and "vmax=len(colours) - 1" in cell
+    colours = eval(next(ln for ln in cell.splitlines() if ln.startswith("colours = ")).split("=", 1)[1])
+    assert len(colours) == max(DIAGNOSTIC_CODES) + 1 == 6
