@@ -340,11 +340,15 @@ def fetch_model_cmd(name, dest):
 
 @cli.command("info")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint to check.")
+@click.option("--model-cfg", help="SAM2 model config of the checkpoint (default: inferred from its name).")
 @_handle_errors
-def info_cmd(checkpoint):
-    """Print versions, GPUs seen, and the SAM2 checkpoint `segment` would use."""
+def info_cmd(checkpoint, model_cfg):
+    """Print versions, GPUs seen, and the SAM2 checkpoint `segment` would use, checked on the CPU.
+
+    Exits with status 2 when that checkpoint is missing, unreadable or not of its model config.
+    """
     from .pipeline import library_versions
-    from .segmenters.sam2 import find_checkpoint, models_dir
+    from .segmenters.sam2 import models_dir
 
     for k, v in library_versions().items():
         click.echo(f"{k:16s} {v or '-'}")
@@ -357,13 +361,30 @@ def info_cmd(checkpoint):
         click.echo(f"gpu detection   unavailable ({exc})")
     click.echo(f"{'gpus':16s} {len(gpus)}" + (": " + ", ".join(str(g) for g in gpus) if gpus else ""))
     click.echo(f"{'models dir':16s} {models_dir()}")
+    _echo_checkpoint(checkpoint, model_cfg)
+
+
+def _echo_checkpoint(checkpoint, model_cfg) -> None:
+    """The checkpoint `segment` would use and its config, after the checks `segment` makes (their
+    errors raised as there); no checkpoint at all is no error: the classical segmenters need none."""
+    from .exceptions import BackendUnavailableError, CheckpointError
+    from .segmenters.sam2 import check_checkpoint, find_checkpoint
+
     try:
         path, how = find_checkpoint(checkpoint)
-    except RemoteSamsingError as exc:
+    except CheckpointError as exc:
         click.echo(f"{'checkpoint':16s} none: {Exception.__str__(exc)}")
         return
-    state = "found" if path.is_file() else "MISSING"
-    click.echo(f"{'checkpoint':16s} {path} ({state}, from {how})")
+    click.echo(f"{'checkpoint':16s} {path} (from {how})")
+    try:
+        facts = check_checkpoint(checkpoint, model_cfg=model_cfg)
+    except BackendUnavailableError as exc:
+        click.echo(f"{'checked':16s} no: {Exception.__str__(exc)}")
+        return
+    how_cfg = "inferred from the file name" if facts["inferred"] else "given"
+    click.echo(f"{'model config':16s} {facts['model_cfg']} ({how_cfg})")
+    click.echo(f"{'checked':16s} ok on the CPU: {facts['tensors']} tensors, {facts['parameters'] / 1e6:.1f} M "
+               f"parameters, {_size(facts['bytes'])}; every shape matches the config")
 
 
 def main(argv=None) -> None:

@@ -135,3 +135,64 @@ def test_checkpoint_is_a_yaml_key_as_it_is_a_flag(tmp_path, tiles):
     r = runner.invoke(cli, ["segment", str(tiles[0]), str(tmp_path / "out"), "--config", str(config),
                             "--checkpoint", str(tmp_path / "from-flag.pt")])
     assert r.exit_code == 2 and "from-flag.pt" in r.output.splitlines()[0], r.output
+
+
+# ---------------------------------------------------------------------------
+# checkpoints: segment refuses a bad one in one line; info checks the one segment would use
+# ---------------------------------------------------------------------------
+def _bad_checkpoints(folder):
+    """(file, what the error says) for each way a checkpoint is unusable; each named like a real one."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sam2")
+    folder.mkdir()
+    text = folder / "text" / "sam2.1_hiera_tiny.pt"
+    text.parent.mkdir()
+    text.write_text("these are not the weights\n")
+    whole, cut = folder / "whole.pt", folder / "cut" / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": {"w": torch.zeros(4096)}}, whole)
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[:9000])
+    shapes = folder / "shapes" / "sam2.1_hiera_tiny.pt"
+    shapes.parent.mkdir()
+    torch.save({"model": {"image_encoder.trunk.pos_embed": torch.zeros(1)}}, shapes)
+    return [(text, "is a text file"), (cut, "is truncated or damaged"),
+            (shapes, "does not match the model config"), (folder / "missing" / "sam2.1_hiera_tiny.pt", "does not exist")]
+
+
+def test_segment_refuses_each_bad_checkpoint_in_one_line(tmp_path, tiles):
+    for ckpt, says in _bad_checkpoints(tmp_path / "ckpts"):
+        out = tmp_path / "out"
+        r = CliRunner().invoke(cli, ["segment", str(tiles[0]), str(out), "--checkpoint", str(ckpt), "--device", "cpu"])
+        _one_error(r, says)
+        assert f"`{ckpt}`" in r.output and "Traceback" not in r.output and not out.exists()
+
+
+def test_info_exits_2_when_the_checkpoint_segment_would_use_is_bad(tmp_path, monkeypatch):
+    for ckpt, says in _bad_checkpoints(tmp_path / "ckpts"):
+        monkeypatch.setenv("REMOTE_SAMSING_CHECKPOINT", str(ckpt))
+        r = CliRunner().invoke(cli, ["info"])
+        assert r.exit_code == 2, r.output
+        assert f"{ckpt} (from $REMOTE_SAMSING_CHECKPOINT)" in r.output and "found" not in r.output
+        error = [line for line in r.output.splitlines() if line.startswith("error: ")]
+        assert len(error) == 1 and says in error[0] and "Traceback" not in r.output
+
+
+def test_info_checks_a_good_checkpoint_and_prints_its_config(tmp_path, monkeypatch):
+    pytest.importorskip("sam2")
+    from remote_samsing.segmenters.sam2 import write_random_checkpoint
+
+    ckpt = write_random_checkpoint(tmp_path / "sam2.1_hiera_tiny.pt", model_cfg="tiny")
+    monkeypatch.setenv("REMOTE_SAMSING_CHECKPOINT", str(ckpt))
+    r = CliRunner().invoke(cli, ["info"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert f"checkpoint       {ckpt} (from $REMOTE_SAMSING_CHECKPOINT)" in lines
+    assert "model config     configs/sam2.1/sam2.1_hiera_t.yaml (inferred from the file name)" in lines
+    assert any(line.startswith("checked          ok on the CPU: ") for line in lines)
+    # the same weights under a SAM2 (not 2.1) name: not the config the name says
+    renamed = tmp_path / "sam2_hiera_tiny.pt"
+    renamed.symlink_to(ckpt)
+    r = CliRunner().invoke(cli, ["info", "--checkpoint", str(renamed)])
+    assert r.exit_code == 2 and "does not match the model config `configs/sam2/sam2_hiera_t.yaml`" in r.output
+    r = CliRunner().invoke(cli, ["info", "--checkpoint", str(renamed), "--model-cfg", "tiny"])
+    assert r.exit_code == 0 and "configs/sam2.1/sam2.1_hiera_t.yaml (given)" in r.output, r.output

@@ -83,7 +83,7 @@ def test_unreadable_checkpoint(tmp_path):
     pytest.importorskip("sam2")
     bad = tmp_path / "sam2.1_hiera_tiny.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="is a text file"):
         SAM2Segmenter(checkpoint=bad)
 
 
@@ -93,7 +93,7 @@ def test_missing_checkpoint_and_unknown_config(tmp_path):
     with pytest.raises(CheckpointError, match="no SAM2 checkpoint"):
         SAM2Segmenter()
     other = tmp_path / "weights.pt"
-    other.write_bytes(b"x")
+    other.write_bytes(b"\x80\x02")  # a pickle's head: the name, not the content, is the problem here
     with pytest.raises(ConfigError, match="cannot infer"):
         SAM2Segmenter(checkpoint=other)
     with pytest.raises(ConfigError, match="unknown SAM2 model config"):
@@ -248,3 +248,72 @@ def test_an_unknown_parameter_names_every_valid_one():
         SAM2Segmenter(pointz=3, random_weights=True)
     for name in ("checkpoint", "model_cfg", "image_size", "device", "points_per_side", "max_passes"):
         assert name in exc.value.hint
+
+
+# ---------------------------------------------------------------------------
+# unreadable checkpoints: one CheckpointError each, naming the file and what is wrong
+# ---------------------------------------------------------------------------
+def _one_line(err, path):
+    text = Exception.__str__(err.value)
+    assert "\n" not in text and f"`{path}`" in text and err.value.hint
+    return text
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"hello world\n", "is a text file, not a PyTorch checkpoint (it begins 'hello world')"),
+    (b"<!DOCTYPE html><html><body>403 Forbidden</body></html>", "is an HTML page"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n", "is a Git LFS pointer"),
+    (b"", "is empty (0 bytes)"),
+    (bytes(range(256)) * 4, "is not a PyTorch checkpoint (neither a zip archive nor a pickle"),
+])
+def test_a_file_that_is_no_checkpoint_is_named_with_what_it_is(tmp_path, content, says):
+    bad = tmp_path / "sam2.1_hiera_tiny.pt"
+    bad.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        SAM2Segmenter(checkpoint=bad, verify_checkpoint=False)  # told before any torch.load
+    assert says in _one_line(err, bad)
+
+
+def test_a_truncated_checkpoint_says_so(tiny_ckpt, tmp_path):
+    cut = tmp_path / "sam2.1_hiera_tiny.pt"
+    cut.write_bytes(tiny_ckpt.read_bytes()[:5_000_000])
+    with pytest.raises(CheckpointError) as err:
+        SAM2Segmenter(checkpoint=cut)
+    assert "is truncated or damaged" in _one_line(err, cut) and "5,000,000 bytes" in str(err.value)
+
+
+def test_what_torch_load_refuses_is_one_whole_sentence(tmp_path):
+    torch = pytest.importorskip("torch")
+    pickled_model = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled_model)  # a whole module, not a state dict
+    with pytest.raises(CheckpointError) as err:
+        sam2_mod.check_checkpoint(pickled_model)
+    text = _one_line(err, pickled_model)
+    assert "cannot be read by torch.load: UnpicklingError: the weights-only unpickler refused it" in text
+    assert text.endswith("was not an allowed global by default.")  # a sentence, not a cut
+    listed = tmp_path / "sam2_hiera_tiny.pt"
+    torch.save([1, 2], listed)
+    with pytest.raises(CheckpointError, match="holds no SAM2 state dict .*found list"):
+        sam2_mod.check_checkpoint(listed)
+
+
+def test_a_state_dict_of_other_shapes_is_refused(tiny_ckpt, tmp_path):
+    torch = pytest.importorskip("torch")
+    names = list(torch.load(tiny_ckpt, map_location="cpu", weights_only=True, mmap=True)["model"])
+    other = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": {k: torch.zeros(1, 1, 1, 1, 1) for k in names}}, other)  # every name right, every shape wrong
+    with pytest.raises(CheckpointError) as err:
+        sam2_mod.check_checkpoint(other)
+    text = _one_line(err, other)
+    assert "does not match the model config `configs/sam2.1/sam2.1_hiera_t.yaml`" in text
+    assert f"{len(names)} tensors of another shape" in text
+
+
+def test_check_checkpoint_reports_what_it_checked(tiny_ckpt, tmp_path, monkeypatch):
+    facts = sam2_mod.check_checkpoint(tiny_ckpt)
+    assert facts["model_cfg"] == "configs/sam2.1/sam2.1_hiera_t.yaml" and facts["inferred"]
+    assert facts["tensors"] > 400 and 38e6 < facts["parameters"] < 40e6 and facts["bytes"] == tiny_ckpt.stat().st_size
+    monkeypatch.setenv(sam2_mod.CHECKPOINT_ENV, str(tmp_path / "gone.pt"))
+    with pytest.raises(CheckpointError) as err:
+        sam2_mod.check_checkpoint()
+    assert "(from $REMOTE_SAMSING_CHECKPOINT) does not exist" in _one_line(err, tmp_path / "gone.pt")

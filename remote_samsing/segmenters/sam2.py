@@ -50,6 +50,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ from ..exceptions import BackendUnavailableError, CheckpointError, ConfigError, 
 from ..multipass import MultipassConfig, MultipassResult, run_multipass
 
 __all__ = [
-    "SAM2Segmenter", "fetch_model", "find_checkpoint", "models_dir", "resolve_model_cfg", "write_random_checkpoint",
+    "SAM2Segmenter", "check_checkpoint", "fetch_model", "find_checkpoint", "models_dir", "resolve_model_cfg", "write_random_checkpoint",
     "CHECKPOINT_URLS", "CHECKPOINT_ENV", "MODELS_ENV",
 ]
 
@@ -309,29 +310,94 @@ def write_random_checkpoint(path: str | os.PathLike, *, model_cfg: str = "tiny",
     return path
 
 
-def _load_state_dict(model, checkpoint: Path, cfg: str) -> None:
-    """Load ``checkpoint`` into ``model`` strictly; a mismatch is a CheckpointError."""
-    import pickle
+_ZIP_MAGIC = b"PK\x03\x04"
+_CHECKPOINT_HINT = "pass a SAM2 .pt file as downloaded by `remote-samsing fetch-model`"
 
+
+def _looks_like_text(head: bytes) -> str | None:
+    """``head`` decoded when it is (nearly all) printable text: a web page, a pointer file, a note."""
+    text = head.decode("utf-8", errors="replace")
+    # a multi-byte character cut at the end of ``head`` leaves one replacement character
+    printable = sum(c != "\ufffd" and (c.isprintable() or c in "\r\n\t") for c in text)
+    return text if text and printable >= 0.95 * len(text) else None
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """What makes ``path`` unusable as a checkpoint, told by its first bytes; None when it may be one.
+
+    A look at the head (and at a zip archive's end record) names the common
+    cases that ``torch.load`` reports as unrelated internal errors: a text or
+    HTML file saved as ``.pt``, a Git LFS pointer, a download cut short.
+    """
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return "is a directory, not a .pt file"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError as exc:
+        return f"cannot be opened: {exc.strerror or exc}"
+    if size == 0:
+        return "is empty (0 bytes)"
+    if head.startswith(_ZIP_MAGIC):
+        if zipfile.is_zipfile(path):
+            return None
+        return f"is truncated or damaged: a zip archive without its end ({size:,} bytes); download it again"
+    if head.startswith(b"\x80"):  # torch's legacy format starts with a pickle
+        return None
+    text = _looks_like_text(head)
+    if text is None:
+        return f"is not a PyTorch checkpoint (neither a zip archive nor a pickle; it begins {head[:8]!r})"
+    if text.startswith("version https://git-lfs"):
+        return "is a Git LFS pointer, not the weights (fetch them with `git lfs pull`)"
+    kind = "an HTML page" if text.lstrip().lower().startswith(("<!doctype html", "<html")) else "a text file"
+    return f"is {kind}, not a PyTorch checkpoint (it begins {' '.join(text.split())[:40]!r})"
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What ``torch.load`` said, as one whole sentence: its messages are paragraphs of advice."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)  # the C++ source line is no help
+    refused = re.search(r"WeightsUnpickler error:\s*(.*)", text)
+    if refused:  # the useful part sits after a paragraph about the weights_only default
+        reason = re.sub(r"\s*Check the documentation of torch\.load.*$", "", refused.group(1))
+        text = f"the weights-only unpickler refused it: {reason}"
+    end = text.find(". ")
+    return f"{type(exc).__name__}: {text[: end + 1] if end > 0 else text}"
+
+
+def _read_checkpoint(checkpoint: Path) -> Mapping:
+    """The state dict in ``checkpoint``; every way it can be unusable is one CheckpointError naming it."""
     import torch
 
-    errors = (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError)
+    problem = _checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint `{checkpoint}` {problem}", hint=_CHECKPOINT_HINT)
+    with open(checkpoint, "rb") as fh:
+        is_zip = fh.read(4) == _ZIP_MAGIC
     try:
-        try:
-            obj = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        except errors:  # mmap needs the zip format; legacy files load without it
-            obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except errors as exc:
+        # mmap reads only the tensors' pages that are used; it needs the zip format
+        obj = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as exc:  # noqa: BLE001 - torch.load on damaged bytes raises any type (KeyError, IndexError, ...)
         raise CheckpointError(
-            f"cannot read checkpoint `{checkpoint}`: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-            hint="pass a SAM2 .pt file as downloaded by `remote-samsing fetch-model`",
+            f"checkpoint `{checkpoint}` cannot be read by torch.load: {_load_failure(exc)}",
+            hint=_CHECKPOINT_HINT,
         ) from None
     sd = obj.get("model", obj) if isinstance(obj, Mapping) else None
-    if not isinstance(sd, Mapping) or not all(hasattr(v, "shape") for v in sd.values()):
+    if not isinstance(sd, Mapping) or not sd or not all(hasattr(v, "shape") for v in sd.values()):
         raise CheckpointError(
-            f"checkpoint `{checkpoint}` holds no SAM2 state dict (expected {{'model': state_dict}})",
-            hint="pass a SAM2 .pt file as downloaded by `remote-samsing fetch-model`",
+            f"checkpoint `{checkpoint}` holds no SAM2 state dict (expected {{'model': state_dict}}, "
+            f"found {type(obj).__name__})",
+            hint=_CHECKPOINT_HINT,
         )
+    return sd
+
+
+def _load_state_dict(model, checkpoint: Path, cfg: str) -> None:
+    """Load ``checkpoint`` into ``model`` strictly; a mismatch is a CheckpointError."""
+    sd = _read_checkpoint(checkpoint)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -352,6 +418,52 @@ def _load_state_dict(model, checkpoint: Path, cfg: str) -> None:
             hint="pass the --model-cfg of this checkpoint (tiny/small/base_plus/large; SAM2 vs SAM2.1)",
         )
     model.load_state_dict(sd, strict=True)
+
+
+def _refuse_unusable(path: Path, *, how: str) -> None:
+    """A CheckpointError when the file's first bytes already show it is no checkpoint (cheap, no torch)."""
+    problem = _checkpoint_problem(path)
+    if problem is None:
+        return
+    hint = _CHECKPOINT_HINT
+    if problem == "does not exist":
+        hint = "fix the path, or download one with `remote-samsing fetch-model sam2.1_hiera_large`"
+    raise CheckpointError(f"checkpoint `{path}` (from {how}) {problem}", hint=hint)
+
+
+def check_checkpoint(checkpoint: str | os.PathLike | None = None, *, model_cfg: str | None = None) -> dict[str, Any]:
+    """Check, on the CPU, that a checkpoint is the one ``segment`` would accept.
+
+    Finds the file as :func:`find_checkpoint` does, infers its model config
+    from its name unless ``model_cfg`` is given, reads it and compares every
+    tensor's name and shape with that config's model (built on the CPU with
+    random weights, then dropped): the same checks as
+    ``SAM2Segmenter(verify_checkpoint=True)``.
+
+    Returns
+    -------
+    dict
+        ``checkpoint`` (Path), ``source`` (how it was found), ``model_cfg``,
+        ``inferred`` (the config came from the file name), ``tensors``,
+        ``parameters`` and ``bytes`` (the file's size).
+
+    Raises
+    ------
+    CheckpointError
+        No checkpoint, or one that is missing, unreadable or of another model.
+    ConfigError
+        The config cannot be inferred from the name and none was given.
+    """
+    path, how = find_checkpoint(checkpoint)
+    _refuse_unusable(path, how=how)
+    cfg = resolve_model_cfg(model_cfg, path)
+    _require_sam2()
+    model = _build(cfg, checkpoint=path, image_size=None, device="cpu", seed=0)
+    sd = model.state_dict()
+    return {
+        "checkpoint": path, "source": how, "model_cfg": cfg, "inferred": model_cfg is None, "tensors": len(sd),
+        "parameters": int(sum(p.numel() for p in model.parameters())), "bytes": path.stat().st_size,
+    }
 
 
 @contextlib.contextmanager
@@ -546,11 +658,7 @@ class SAM2Segmenter:
         self.checkpoint_source: str | None = None
         if not random_weights:
             path, self.checkpoint_source = find_checkpoint(checkpoint)
-            if not path.is_file():
-                raise CheckpointError(
-                    f"checkpoint file `{path}` ({self.checkpoint_source}) does not exist",
-                    hint="fix the path, or download one with `remote-samsing fetch-model sam2.1_hiera_large`",
-                )
+            _refuse_unusable(path, how=self.checkpoint_source)
             checkpoint = path.absolute()  # not resolve(): a symlink's name may carry the config
         self.checkpoint: Path | None = checkpoint
         self.model_cfg = resolve_model_cfg(model_cfg, checkpoint)
