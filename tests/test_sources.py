@@ -394,6 +394,36 @@ def test_changed_sources_redo_only_their_blocks(tmp_path, tiles, client):
     _assert_same_products(out, tmp_path / "fresh", fresh)
 
 
+def test_a_changed_nodata_is_never_up_to_date(tmp_path, tiles, client):
+    folder = tiles[0].parent
+    cfg = RunConfig(**{**SEG, "tile_size": 256}, progress=False, vectors=False)
+    out = tmp_path / "out"
+    rs.run(folder, out, config=cfg, client=client)
+    before = (out / "labels.tif").read_bytes()
+    # another nodata is another job: refused, naming the change, with OUTDIR untouched
+    with pytest.raises(rs.exceptions.FingerprintMismatchError, match=r"nodata: None -> 0.0"):
+        rs.run(folder, out, config=cfg.replace(nodata=0.0), client=client)
+    assert (out / "labels.tif").read_bytes() == before
+    redone = rs.run(folder, out, config=cfg.replace(nodata=0.0, overwrite=True), client=client)
+    assert redone["blocks_segmented_this_run"] == 4 and redone["input"]["nodata"] == 0.0
+    fresh = rs.run(folder, tmp_path / "fresh", config=cfg.replace(nodata=0.0), client=client)
+    _assert_same_products(out, tmp_path / "fresh", fresh)
+
+
+def test_a_uint16_mosaic_of_many_files_segments_as_one_file(tmp_path, scene):
+    pixels, transform, crs, _ = _read(scene)
+    one = tmp_path / "one.tif"
+    profile = dict(driver="GTiff", width=pixels.shape[2], height=pixels.shape[1], count=3, dtype="uint16", crs=crs,
+                   transform=transform)
+    with rasterio.open(one, "w", **profile) as dst:
+        dst.write(pixels.astype(np.uint16) * 40 + 300)  # the stretch maps it back: a real uint16 range
+    tiles = cut_tiles(one, tmp_path / "tiles", rows=2, cols=3)
+    single = rs.segment(one, **SEG).compute(scheduler="sync")
+    many = rs.segment(tiles[0].parent, **SEG).compute(scheduler="sync")
+    assert many.rio.transform() == single.rio.transform()
+    assert_equivalent_labels(many.values, single.values)
+
+
 def test_a_grown_mosaic_is_refused(tmp_path, tiles, client):
     aside = tmp_path / "aside"
     aside.mkdir()
