@@ -13,12 +13,21 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 
-__all__ = ["Progress", "track", "compute_tracked", "DaskProgress", "in_notebook", "LOG_INTERVAL_S"]
+__all__ = ["Progress", "track", "compute_tracked", "DaskProgress", "counted", "in_notebook", "LOG_INTERVAL_S"]
 
 #: Seconds between two progress lines in a log file.
 LOG_INTERVAL_S = 30.0
 #: Seconds between two redraws of a terminal bar.
 _REDRAW_S = 0.2
+
+
+def counted(n: int, unit: str) -> str:
+    """``n`` and ``unit`` (a plural ending in "s"), singular for one.
+
+    >>> counted(1, "blocks"), counted(0, "blocks"), counted(48, "blocks")
+    ('1 block', '0 blocks', '48 blocks')
+    """
+    return f"{n} {unit[:-1] if n == 1 and unit.endswith('s') else unit}"
 
 
 def in_notebook() -> bool:
@@ -86,7 +95,7 @@ class Progress:
         if not self._started:
             self._started = True
             self._last = time.monotonic()
-            self._line(f"{self.label}: started, {self.total} {self.unit}")
+            self._line(f"{self.label}: started, {counted(self.total, self.unit)}")
         self.done = int(done)
         now = time.monotonic()
         final = self.done >= self.total
@@ -102,10 +111,10 @@ class Progress:
             if final:
                 self._bar.close()
         elif final:
-            self._line(f"{self.label}: {self.done}/{self.total} {self.unit} done in {now - self._t0:.1f} s")
+            self._line(f"{self.label}: {self.done}/{counted(self.total, self.unit)} done in {now - self._t0:.1f} s")
         elif now - self._last >= LOG_INTERVAL_S:
             rate = self.done / max(now - self._t0, 1e-9)
-            self._line(f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.2f}/s)")
+            self._line(f"{self.label}: {self.done}/{counted(self.total, self.unit)} ({rate:.2f}/s)")
             self._last = now
         self._finished = final
 
@@ -122,7 +131,7 @@ class Progress:
         elif self.mode == "notebook":
             self._bar.close()
         elif self.mode == "log" and self._started:
-            self._line(f"{self.label}: stopped at {self.done}/{self.total} {self.unit}")
+            self._line(f"{self.label}: stopped at {self.done}/{counted(self.total, self.unit)}")
 
 
 def track(items: Iterable, label: str, *, total: int | None = None, enabled: bool = True,

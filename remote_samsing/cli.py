@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from ._progress import counted
 from .segmenters import DEVICES
 from .exceptions import ConfigError, RemoteSamsingError, RemoteSamsingWarning
 from .merge import STRATEGIES
@@ -86,6 +87,25 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         click.echo(f"warning: {message}", err=True)
     else:
         (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+#: The loggers distributed gives a level of their own when it is imported; the others inherit theirs.
+_DASK_LOGGERS = ("distributed", "distributed.client", "distributed.gc")
+
+
+def _quiet_dask() -> None:
+    """Keep Dask's own log records below ERROR off the terminal (``--debug`` shows them).
+
+    Set on this process's loggers, and so on the local cluster's workers too
+    (:func:`remote_samsing.cluster.dask_log_level`): one line per fact, not
+    Dask's warnings on shutdown or Ctrl-C.
+    """
+    import logging
+
+    import distributed  # noqa: F401 - its import sets its loggers' levels: ours must come after
+
+    for name in _DASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _handle_errors(fn):
@@ -184,6 +204,8 @@ def segment_cmd(inputs, outdir, config_file, segmenter, segmenter_param, checkpo
     from .config import RunConfig, load_yaml_config
     from .pipeline import run
 
+    if not click.get_current_context().find_root().params.get("debug"):
+        _quiet_dask()
     given = {
         "segmenter": segmenter, "tile_size": tile_size, "padding": padding, "bands": _int_list(bands, "bands"),
         "nodata": nodata, "merge": merge, "retries": retries, "skip_failed_blocks": skip_failed_blocks,
@@ -216,7 +238,7 @@ def segment_cmd(inputs, outdir, config_file, segmenter, segmenter_param, checkpo
                "rerun the same command to retry them") if failed else ""
     click.echo(
         f"done: {record['n_segments']} segments in {record['timings']['total_s']:.1f} s "
-        f"({record['blocks_segmented_this_run']} block(s) segmented this run) -> {outdir}{partial}"
+        f"({counted(record['blocks_segmented_this_run'], 'blocks')} segmented this run) -> {outdir}{partial}"
     )
 
 

@@ -58,17 +58,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._progress import counted
 from ._validate import check_bool, check_choice, check_int, check_number
 from .exceptions import BackendUnavailableError, ConfigError
 from .segmenters import DEVICES, GPU_RESOURCES
 
 __all__ = [
+    "DASHBOARD_PORT",
     "HOUSEKEEPING_INTERVALS",
     "WORKER_MALLOC_ENV",
     "ClusterConfig",
     "ClusterPlan",
     "GPUInfo",
     "dashboard_link",
+    "dask_log_level",
     "detect_gpus",
     "make_client",
     "malloc_trim",
@@ -84,6 +87,12 @@ logger = logging.getLogger(__name__)
 _SAM2_CPU_WORKER_BYTES = 6 * 2**30
 
 _SCHEMES = ("tcp", "tls", "inproc", "ucx", "ucxx", "ws", "wss")
+
+#: Dask's dashboard port, which a local cluster takes when nothing else listens on it.
+DASHBOARD_PORT = 8787
+
+#: Module that the worker processes of local clusters preload (its ``dask_setup``).
+_WORKER_PRELOAD = "remote_samsing._worker_setup"
 
 
 # ---------------------------------------------------------------------------
@@ -461,8 +470,14 @@ class ClusterPlan:
             memory_limit=self.memory_limit,
             dashboard_address=self.dashboard_address,
         )
+        if self.dashboard_address is None:
+            # the scheduler's HTTP server (health, metrics) runs without a dashboard too, on
+            # Dask's dashboard port unless told otherwise: a free port neither takes it nor warns
+            kw["scheduler_kwargs"] = {"dashboard_address": ":0"}
         if self.worker_resources:
             kw["resources"] = dict(self.worker_resources)
+        if self.kind == "cuda" or self.processes:
+            kw["preload"] = [_WORKER_PRELOAD]
         if self.kind == "cuda":
             kw["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
         else:
@@ -487,6 +502,7 @@ def plan_cluster(
     cpu_count: int = 1,
     memory_bytes: int | None = None,
     have_bokeh: bool = True,
+    dashboard_port_free: bool = True,
     gpu_notes: Sequence[str] = (),
 ) -> ClusterPlan:
     """Decide which cluster to use, from facts passed in (no detection here).
@@ -504,6 +520,9 @@ def plan_cluster(
         Cores and memory of this machine (sizes CPU clusters).
     have_bokeh : bool
         The dashboard can be served.
+    dashboard_port_free : bool
+        Nothing listens on :data:`DASHBOARD_PORT`; else the dashboard takes
+        any free port.
     gpu_notes : sequence of str
         Why detection found nothing (goes into error messages).
 
@@ -528,7 +547,7 @@ def plan_cluster(
             require_gpu_workers=needs_gpu or config.device == "cuda",
         )
     notes: list[str] = []
-    dashboard = _dashboard_address(config, have_bokeh, notes)
+    dashboard = _dashboard_address(config, have_bokeh, notes, port_free=dashboard_port_free)
     # a CPU segmenter on "auto" gets CPU workers, one per core, even where GPUs
     # exist (one worker per GPU would leave most cores idle)
     wants_cuda = config.device == "cuda" or needs_gpu or config.gpus is not None
@@ -571,11 +590,14 @@ def _cuda_plan(config: ClusterConfig, *, needs_gpu: bool, gpus: Sequence[GPUInfo
     )
 
 
-def _dashboard_address(config: ClusterConfig, have_bokeh: bool, notes: list[str]) -> str | None:
+def _dashboard_address(config: ClusterConfig, have_bokeh: bool, notes: list[str], *,
+                       port_free: bool) -> str | None:
     if not config.dashboard:
         return None
     if have_bokeh:
-        return ":8787"
+        # Dask's port when it is free; else any free port, which the dashboard line names
+        # (Dask would warn in four lines, then take one itself)
+        return f":{DASHBOARD_PORT}" if port_free else ":0"
     notes.append("dashboard off: install bokeh to get it")
     return None
 
@@ -680,17 +702,28 @@ def _connect(config: ClusterConfig):
         ) from None
 
 
-def _check_gpu_workers(client, address: str, log: Callable[[str], None]) -> None:
-    from .execute import scheduler_workers
+def _gpu_slots(worker: dict) -> int:
+    return int(float((worker.get("resources") or {}).get("GPU", 0)))
 
-    workers = scheduler_workers(client)
+
+def _describe_workers(address: str, workers: dict) -> str:
+    """One line: what an existing cluster offers, e.g. ``... 2 workers (4 threads), 2 GPUs``."""
+    if not workers:
+        return f"scheduler {address}: no workers connected yet; blocks wait for workers to join"
+    threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+    gpus = sum(_gpu_slots(w) for w in workers.values())
+    return (f"scheduler {address}: {counted(len(workers), 'workers')} ({counted(threads, 'threads')}), "
+            f"{counted(gpus, 'GPUs') if gpus else 'no GPU'}")
+
+
+def _check_gpu_workers(workers: dict, address: str, log: Callable[[str], None]) -> None:
     if not workers:
         log(
             f"no workers are connected to {address} yet; GPU blocks wait for workers "
             "started with --resources GPU=1"
         )
         return
-    if not any(float((w.get("resources") or {}).get("GPU", 0)) >= 1 for w in workers.values()):
+    if not any(_gpu_slots(w) >= 1 for w in workers.values()):
         raise BackendUnavailableError(
             f"the segmenter needs GPU workers, but none of the {len(workers)} worker(s) at {address} "
             "offers the resource GPU (its blocks would wait forever)",
@@ -818,10 +851,22 @@ def _housekeeping_settings() -> dict:
     return out
 
 
+def dask_log_level() -> int:
+    """The level below which the clusters started here drop Dask's log records.
+
+    That of this process's ``distributed`` logger, never below WARNING (the
+    level ``LocalCluster`` keeps by default). It holds for the scheduler and
+    nannies in this process and for the worker processes, which have no
+    terminal of their own: they write to this one. The command line sets the
+    ``distributed`` logger to ERROR unless ``--debug``.
+    """
+    return max(logging.WARNING, logging.getLogger("distributed").getEffectiveLevel())
+
+
 def _start_cluster(plan: ClusterPlan):
     import dask
 
-    kw = plan.cluster_kwargs()
+    kw = {**plan.cluster_kwargs(), "silence_logs": dask_log_level()}
     # the nannies read these when they are created (and hand them to their
     # worker processes, also on restarts); the scheduler and the nannies of a
     # local cluster live in this process and read theirs at creation too
@@ -901,8 +946,29 @@ def resolve_plan(config: ClusterConfig, *, needs_gpu: bool, probe: GPUProbe | No
         cpu_count=cpu_count,
         memory_bytes=memory,
         have_bokeh=importlib.util.find_spec("bokeh") is not None,
+        dashboard_port_free=not (local and config.dashboard) or _port_is_free(DASHBOARD_PORT),
         gpu_notes=notes,
     )
+
+
+def _port_is_free(port: int) -> bool:
+    """Nothing listens on TCP ``port`` of any interface of this machine.
+
+    The probe binds every interface, so a server on any one address of the
+    port counts, and sets ``SO_REUSEADDR`` as tornado does, so a connection
+    of a closed server still in TIME_WAIT does not. Another process may take
+    the port between this probe and the cluster's start: Dask then warns and
+    picks a port itself.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", int(port)))
+        except OSError:
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -942,10 +1008,15 @@ def make_client(
     for note in plan.notes:
         emit(note)
     if plan.kind == "connect":
+        from .execute import scheduler_workers
+
         client = _connect(config)
         try:
+            workers = scheduler_workers(client)
+            if workers or not plan.require_gpu_workers:  # else the GPU check says it, with what to start
+                emit(_describe_workers(plan.address, workers))
             if plan.require_gpu_workers:
-                _check_gpu_workers(client, plan.address, emit)
+                _check_gpu_workers(workers, plan.address, emit)
             yield client
         finally:
             client.close()

@@ -52,7 +52,7 @@ import numpy as np
 import xarray as xr
 
 from ._files import is_remote, location, remove_tree, write_bytes, write_json_atomic
-from ._progress import in_notebook
+from ._progress import counted, in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
 from .config import RunConfig
 from .exceptions import (
@@ -596,7 +596,7 @@ def run(
     _check_outdir_is_folder(location(outdir))
     job = _open_job(image, location(outdir), cfg, log if log is not None else _default_log())
     if _up_to_date(job):  # the same job, finished: nothing to do (Make/Snakemake-style reruns)
-        job.log(f"{job.outdir} already holds this complete run: nothing to do")
+        # no line here: the caller says it once, from the record (the CLI: "up to date: ...")
         return {**job.prev, "blocks_segmented_this_run": 0, "up_to_date": True}
     # -- 2. the run record, "complete": false until the very end; blocks of changed sources unstaged
     _forget_changed_blocks(job)
@@ -836,7 +836,7 @@ def _segment_step(job: _Job, client, reader, *, res, threads) -> tuple[list, flo
     """Step 3: stage every block not staged yet; returns every block's statistics and the seconds."""
     plan = job.plan
     t0 = time.perf_counter()
-    job.log(f"segmenting {plan.n_blocks} block(s) of {job.cfg.tile_size} px (padding {job.cfg.padding})")
+    job.log(_segmenting_line(job))
     try:
         _stage_all(job, client, reader, res=res, threads=threads)
     except BlockFailedError as exc:
@@ -853,6 +853,21 @@ def _segment_step(job: _Job, client, reader, *, res, threads) -> tuple[list, flo
     if missing:
         raise BlockFailedError(f"{len(missing)} block(s) were not staged, e.g. {missing[:3]}")
     return blocks, seconds
+
+
+def _segmenting_line(job: _Job) -> str:
+    """What the segment step has to do, said before it starts: on a resumed run, how many blocks an
+    earlier run staged already (a block that failed under ``skip_failed_blocks`` is tried again)."""
+    plan, cfg = job.plan, job.cfg
+    what = f"of {cfg.tile_size} px (padding {cfg.padding})"
+    staged = 0
+    if job.prev is not None:  # a fresh OUTDIR has no marker to read
+        staged = sum(1 for s in collect_block_stats(job.staging, plan) if s is not None and not s.get("failed"))
+    if not staged:
+        return f"segmenting {counted(plan.n_blocks, 'blocks')} {what}"
+    todo = plan.n_blocks - staged
+    return (f"{staged}/{counted(plan.n_blocks, 'blocks')} staged; "
+            + (f"segmenting {todo} {what}" if todo else "nothing left to segment"))
 
 
 def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import os
 import socket
+import time
 from pathlib import Path
 
 import dask
@@ -240,6 +241,48 @@ def test_dashboard_needs_bokeh():
     assert plan_cluster(ClusterConfig(dashboard=False), needs_gpu=False).dashboard_address is None
 
 
+def test_a_taken_dashboard_port_gives_any_free_port_and_no_dashboard_leaves_it_alone():
+    taken = plan_cluster(ClusterConfig(), needs_gpu=False, have_bokeh=True, dashboard_port_free=False)
+    assert taken.dashboard_address == ":0" and not taken.notes
+    off = plan_cluster(ClusterConfig(dashboard=False), needs_gpu=False)
+    # the scheduler's HTTP server (health, metrics) runs without a dashboard too: never on Dask's port
+    assert off.cluster_kwargs()["scheduler_kwargs"] == {"dashboard_address": ":0"}
+    assert "scheduler_kwargs" not in taken.cluster_kwargs()
+
+
+@contextlib.contextmanager
+def _dashboard_port_taken():
+    """Something listens on Dask's dashboard port (this test, or another job of the machine)."""
+    from remote_samsing.cluster import DASHBOARD_PORT, _port_is_free
+
+    sock = socket.socket()
+    try:
+        try:
+            sock.bind(("127.0.0.1", DASHBOARD_PORT))
+            sock.listen()
+        except OSError:  # another job has it: taken all the same
+            pass
+        assert not _port_is_free(DASHBOARD_PORT)
+        yield DASHBOARD_PORT
+    finally:
+        sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_taken_dashboard_port_is_no_warning_and_the_link_names_the_port_used(recwarn):
+    from urllib.parse import urlparse
+
+    messages = []
+    with _dashboard_port_taken() as port:
+        for dashboard in (True, False):
+            cfg = ClusterConfig(n_workers=1, processes=False, dashboard=dashboard)
+            with make_client(cfg, needs_gpu=False, log=messages.append) as client:
+                assert client.submit(pow, 2, 3).result() == 8
+    assert not [str(w.message) for w in recwarn if "already in use" in str(w.message)]
+    (link,) = [m for m in messages if m.startswith("dashboard: ")]
+    assert urlparse(link.split(" ", 1)[1]).port not in (None, port)
+
+
 def test_describe_is_one_line():
     text = _plan(needs_gpu=True, gpus=TWO_GPUS).describe()
     assert text.startswith("LocalCUDACluster: 2 worker(s) on GPU(s) 0,1") and "GPU=1" in text
@@ -266,6 +309,45 @@ def test_make_client_local_cpu_cluster_works_and_closes():
         assert dask.config.get("optimization.fuse.active") is None
     assert client.status == "closed"
     assert messages and messages[-1].startswith("starting LocalCluster: 1 worker(s)")
+
+
+def _sigint_handler():
+    import signal
+
+    return signal.getsignal(signal.SIGINT)
+
+
+def _log_in_worker():
+    import logging
+
+    logging.getLogger("distributed.worker").warning("a worker's warning")
+    logging.getLogger("distributed.worker").error("a worker's error")
+
+
+@pytest.mark.timeout(90)
+def test_worker_processes_leave_ctrl_c_to_this_process_and_log_at_its_dask_level(capfd):
+    """A terminal's Ctrl-C reaches the worker processes too: they ignore it, the main process closes
+    them. They log at this process's level for Dask (the CLI's ERROR); after the cluster closed, in
+    order, nothing more is said."""
+    import logging
+    import signal
+
+    dask_logger = logging.getLogger("distributed")
+    level = dask_logger.level
+    dask_logger.setLevel(logging.ERROR)
+    try:
+        with make_client(ClusterConfig(n_workers=1, dashboard=False), needs_gpu=False) as client:
+            (handler,) = client.run(_sigint_handler).values()
+            client.run(_log_in_worker)
+        time.sleep(1.5)  # a worker outliving the scheduler would fail its heartbeat (every ~0.5 s) here
+    finally:
+        dask_logger.setLevel(level)
+    assert handler == signal.SIG_IGN
+    assert _sigint_handler() is signal.default_int_handler  # this process keeps its own
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if "distributed." in line or "Traceback" in line] == [
+        line for line in err.splitlines() if line.endswith("distributed.worker - ERROR - a worker's error")]
+    assert "a worker's error" in err and "a worker's warning" not in err
 
 
 @pytest.mark.timeout(90)
@@ -390,12 +472,27 @@ def test_connect_to_existing_scheduler_and_gpu_worker_check():
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, processes=False, dashboard_address=None, threads_per_worker=1) as lc:
-        with make_client(ClusterConfig(scheduler=lc.scheduler_address), needs_gpu=False) as client:
+        messages = []
+        with make_client(ClusterConfig(scheduler=lc.scheduler_address), needs_gpu=False,
+                         log=messages.append) as client:
             assert client.submit(lambda: "ok").result() == "ok"
+        assert messages == [f"scheduler {lc.scheduler_address}: 1 worker (1 thread), no GPU"]
         with pytest.raises(BackendUnavailableError, match="none of the 1 worker") as ei:
             with make_client(ClusterConfig(scheduler=lc.scheduler_address), needs_gpu=True):
                 pytest.fail("must refuse a cluster without GPU workers")  # pragma: no cover
         assert "--resources GPU=1" in ei.value.hint
+
+
+@pytest.mark.timeout(60)
+def test_connecting_says_in_one_line_how_many_workers_and_gpus_it_found():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, processes=False, dashboard_address=None, threads_per_worker=2,
+                      resources={"GPU": 1}) as lc:
+        messages = []
+        with make_client(ClusterConfig(scheduler=lc.scheduler_address), needs_gpu=True, log=messages.append):
+            pass
+    assert messages == [f"scheduler {lc.scheduler_address}: 2 workers (4 threads), 2 GPUs"]
 
 
 @pytest.mark.timeout(30)

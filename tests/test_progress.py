@@ -58,6 +58,16 @@ def test_a_stage_that_stops_early_says_where(clock):
     assert out.getvalue().splitlines() == ["merge-faces: started, 8 blocks", "merge-faces: stopped at 3/8 blocks"]
 
 
+def test_one_block_reads_one_block(clock):
+    out = io.StringIO()
+    with Progress("merge-solve", 1, stream=out) as bar:
+        bar.update(1)
+    with Progress("dissolve", 1, stream=out, unit="tasks"):
+        pass
+    assert out.getvalue().splitlines() == ["merge-solve: started, 1 block", "merge-solve: 1/1 block done in 0.0 s"]
+    assert _progress.counted(1, "tasks") == "1 task" and _progress.counted(0, "tasks") == "0 tasks"
+
+
 def test_a_terminal_gets_one_bar_redrawn_in_place(clock):
     out = _Terminal()
     bar = Progress("segment", 4, stream=out)

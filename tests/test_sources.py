@@ -13,7 +13,7 @@ import remote_samsing as rs
 from remote_samsing.config import RunConfig
 from remote_samsing.exceptions import ConfigError, InputError, InputNotFoundError, UnsupportedDtypeError
 from remote_samsing.io import open_mosaic
-from remote_samsing.sources import expand_inputs, resolve_mosaic, write_tile_index
+from remote_samsing.sources import describe_sources, expand_inputs, resolve_mosaic, target_grid, write_tile_index
 from remote_samsing.testing import assert_equivalent_labels, cut_tiles
 
 SEG = dict(segmenter="felzenszwalb", tile_size=128, padding=16, segmenter_params={"scale": 50, "min_size": 10})
@@ -209,12 +209,24 @@ def test_crs_and_resolution_overrides(tiles, scene):
         open_mosaic(folder, crs="EPSG:0")
 
 
-def _constant(path, value, x0, y0, *, n=20, nodata=None, count=3, dtype="uint8", crs="EPSG:32617"):
+def _constant(path, value, x0, y0, *, n=20, nodata=None, count=3, dtype="uint8", crs="EPSG:32617", res=1.0):
     profile = dict(driver="GTiff", width=n, height=n, count=count, dtype=dtype, crs=crs,
-                   transform=from_origin(x0, y0, 1, 1), nodata=nodata)
+                   transform=from_origin(x0, y0, res, res), nodata=nodata)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(np.full((count, n, n), value, dtype))
     return str(path)
+
+
+def test_mixed_resolutions_take_the_resolution_of_the_larger_pixel_share(tmp_path):
+    coarse = _constant(tmp_path / "coarse.tif", 10, 0, 20)  # 400 px of 1 m: 400 m2
+    tiny = _constant(tmp_path / "tiny.tif", 20, 20, 20, n=10, res=0.5)  # 100 px of 0.5 m
+    fine = _constant(tmp_path / "fine.tif", 20, 20, 20, n=30, res=0.5)  # 900 px of 0.5 m: only 225 m2
+    for given in ([coarse, tiny], [tiny, coarse]):
+        assert target_grid(describe_sources(given)).transform[0] == 1.0
+    grid = target_grid(describe_sources([coarse, fine]))  # pixels count, not area
+    assert grid.transform[0] == 0.5 == -grid.transform[4] and grid.shape == (40, 70)  # 35 m x 20 m
+    facts = rs.inspect_mosaic([coarse, fine], tile_size=128, padding=16)
+    assert facts["resolutions"] == [(0.5, 0.5), (1.0, 1.0)] and facts["grid"]["resolution"] == (0.5, 0.5)
 
 
 def test_overlaps_the_last_listed_source_wins(tmp_path):

@@ -353,7 +353,11 @@ def test_crash_and_resume_segments_only_missing_blocks(reference, tmp_path, kill
     assert calls_before >= staged  # the staged blocks were segmented by the crashed run
 
     out = _resume(cmd, tmp_path, outdir, calls, staged=staged, calls_before=calls_before, expected=reference)
-    assert f"({N_BLOCKS - staged} block(s) segmented this run)" in out
+    todo = N_BLOCKS - staged
+    assert f"({todo} block{'s' if todo != 1 else ''} segmented this run)" in out
+    # said up front: what an earlier run staged already
+    rest = f"segmenting {todo} of {TILE} px (padding {PADDING})" if todo else "nothing left to segment"
+    assert f"{staged}/{N_BLOCKS} blocks staged; {rest}" in out
 
 
 # a crash during the seam merge: the merge's phases part done (every block staged, but for
