@@ -436,6 +436,16 @@ def test_a_uint16_mosaic_of_many_files_segments_as_one_file(tmp_path, scene):
     assert_equivalent_labels(many.values, single.values)
 
 
+def test_an_outdir_inside_a_recursive_input_folder_is_not_read_as_sources(tiles, client):
+    folder = tiles[0].parent
+    out = folder / "out"  # its labels.tif and sources.gti.gpkg would be rasters of the folder
+    cfg = RunConfig(**{**SEG, "tile_size": 256}, progress=False, vectors=False, recursive=True)
+    first = rs.run(folder, out, config=cfg, client=client)
+    assert (out / "labels.tif").exists() and len(first["input"]["sources"]) == len(tiles)
+    again = rs.run(folder, out, config=cfg, client=client)
+    assert again.get("up_to_date") and len(again["input"]["sources"]) == len(tiles)
+
+
 def test_a_grown_mosaic_is_refused(tmp_path, tiles, client):
     aside = tmp_path / "aside"
     aside.mkdir()
