@@ -142,7 +142,9 @@ class ClusterConfig:
         Local CPU workers as processes (default) or threads of this process.
         CUDA workers are always processes.
     dashboard : bool
-        Start the dashboard of a local cluster (needs ``bokeh``). Its task
+        Start the dashboard of a local cluster (needs ``bokeh``), on port
+        8787, or on any free port while another job holds that one (the
+        dashboard line printed names the port). Its task
         profile samples every 100 ms and its system plots every 1 s, not
         Dask's 10 ms and 500 ms (``cluster.HOUSEKEEPING_INTERVALS``; a value
         set in Dask's configuration wins).
@@ -872,8 +874,37 @@ def _start_cluster(plan: ClusterPlan):
     # local cluster live in this process and read theirs at creation too
     settings = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
     settings.update(_housekeeping_settings())
-    with _unpoisoned_environ(), dask.config.set(settings):
+    with _unpoisoned_environ(), dask.config.set(settings), _ctrl_c_ignored(plan.kind == "cuda" or plan.processes):
         return _start_cluster_now(plan, kw)
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored(spawns: bool):
+    """Ignore SIGINT in this process while the cluster starts and spawns its worker processes.
+
+    A terminal's Ctrl-C reaches the worker processes too, and one that is
+    still importing dies with a traceback: the preload that makes workers
+    ignore it (``remote_samsing._worker_setup``) has not run yet. A signal
+    ignored at ``exec`` stays ignored in the new process, and Python then
+    installs no handler of its own, so the workers spawned now ignore it
+    from their first instruction. This process is not interrupted half way
+    through the start either, which would leave a cluster that Dask's exit
+    handler fails to close. A Ctrl-C in these seconds is dropped: the next
+    one stops the run. Signal handlers belong to the main thread; elsewhere
+    (or under a handler not set from Python) nothing changes.
+    """
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGINT)
+    if not spawns or previous is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
