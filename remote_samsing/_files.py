@@ -33,7 +33,7 @@ import numpy as np
 
 from .exceptions import ConfigError, InputError
 
-__all__ = ["REMOTE_SCHEMES", "is_url", "check_url", "location", "is_remote", "gdal_path", "join_location", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
+__all__ = ["REMOTE_SCHEMES", "gcs_emulator", "store_variables", "is_url", "check_url", "location", "is_remote", "gdal_path", "join_location", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
            "write_many", "read_bytes", "read_many", "replace_path", "remove_tree", "list_names", "store_path",
            "zarr_options", "open_zarr_array"]
 
@@ -56,6 +56,90 @@ def check_url(url: str) -> str:
     return url
 
 
+def gcs_emulator() -> str | None:
+    """The URL of the GCS emulator named by Google's ``STORAGE_EMULATOR_HOST``, or None (unset, or
+    ``default``, Google's libraries' name for no emulator)."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not host or host == "default":
+        return None
+    return (host if "://" in host else f"http://{host}").rstrip("/")
+
+
+def _prepare_store_client(protocol: str) -> None:
+    """Settings of a store's fsspec library, made before a process's first use of that store (gcsfs and
+    google-auth read theirs once, when imported). Against a GCS emulator, gcsfs (2026.10 on) probes each bucket for
+    hierarchical namespaces over gRPC, which an emulator does not answer (a 60 s hang per process),
+    and google-auth looks for a GCE metadata server (an address off the machine) when no credentials
+    are set; an emulator needs neither. What a user set stays as set."""
+    if protocol in ("gs", "gcs"):
+        # gcsfs logs the traceback of a request that ran out of retries and then raises it, which the
+        # caller reports as one line; with no handler of its own, Python would print that log to
+        # stderr when the application configured none (a handler the user set still gets it)
+        import logging
+
+        gcsfs_log = logging.getLogger("gcsfs")
+        if not gcsfs_log.handlers:
+            gcsfs_log.addHandler(logging.NullHandler())
+        if gcs_emulator():
+            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            os.environ.setdefault("NO_GCE_CHECK", "true")
+    elif protocol in ("az", "abfs", "abfss") and not _AZURE_AT_EXIT:
+        import atexit
+
+        import zarr  # noqa: F401 - Zarr registers its exit hook when imported; this one must come after it
+
+        atexit.register(_close_azure_clients)
+        _AZURE_AT_EXIT.append(True)
+
+
+#: Whether this process registered :func:`_close_azure_clients` (once).
+_AZURE_AT_EXIT: list = []
+
+
+def _close_azure_clients() -> None:
+    """Close the clients of this process's adlfs filesystems while the event loops they use still run.
+
+    adlfs closes each filesystem's client from a ``weakref.finalize`` at interpreter exit, on the loop
+    the filesystem was made on. Zarr makes the filesystems of its stores on its own loop, which Zarr's
+    exit hook closes first, so each of those finalizers printed a traceback ("Loop is not running",
+    https://github.com/fsspec/adlfs/issues/495) after a run had finished. Exit hooks run last
+    registered first: registered after Zarr's, this one runs the finalizers before Zarr's loop stops.
+    """
+    import gc
+    import weakref
+
+    from adlfs import AzureBlobFileSystem
+
+    for fin in [o for o in gc.get_objects() if isinstance(o, weakref.finalize)]:
+        info = fin.peek()
+        if info is not None and isinstance(info[0], AzureBlobFileSystem):
+            try:
+                fin()
+            except Exception:  # noqa: BLE001 - at exit a client that cannot be closed has nothing left to lose
+                pass
+
+
+#: The standard variables that reach each kind of store: what a user sets, and all the package reads.
+_STORE_VARIABLES = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (AWS_ENDPOINT_URL for an S3-compatible "
+          "store)",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS, or the machine's own account (STORAGE_EMULATOR_HOST for an emulator); "
+          "the `gcs` extra (pip install \"remote_samsing[gcs]\")",
+    "az": "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or "
+          "AZURE_STORAGE_SAS_TOKEN; the `azure` extra (pip install \"remote_samsing[azure]\")",
+    "http": "GDAL_CURL_CA_BUNDLE for a server with a private certificate authority",
+}
+_STORE_KIND = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az", "abfss": "az",
+               "http": "http", "https": "http"}
+
+
+def store_variables(url: str) -> str:
+    """What reaches the store of ``url``: the standard variables to check when it cannot be read or
+    written (an empty string for a local path or an unknown scheme)."""
+    scheme = str(url).split("://", 1)[0].lower() if "://" in str(url) else ""
+    return _STORE_VARIABLES.get(_STORE_KIND.get(scheme, ""), "")
+
+
 def location(path) -> Path | UPath:  # noqa: F821 - UPath is imported only for URLs
     """``path`` as a local :class:`~pathlib.Path`, or a :class:`upath.UPath` when it is a URL.
 
@@ -73,6 +157,7 @@ def location(path) -> Path | UPath:  # noqa: F821 - UPath is imported only for U
     if "://" in text:
         from upath import UPath
 
+        _prepare_store_client(text.split("://", 1)[0].lower())
         return UPath(text)
     return Path(text)
 

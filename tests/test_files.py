@@ -1,6 +1,7 @@
 """Atomic writes: a reader sees the old file or the whole new one, and no temporary file stays."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -105,3 +106,36 @@ def test_zarr_opens_a_local_path_without_storage_options_and_s3_with_one_get_rea
     assert zarr_options("/data/labels.zarr") is None
     assert zarr_options("s3://bucket/run/labels.zarr") == {"max_concurrency": 1}
     assert zarr_options("memory://run/labels.zarr") == {}
+
+
+def test_a_gcs_emulator_gets_the_client_settings_it_needs_before_gcsfs_is_imported():
+    """With STORAGE_EMULATOR_HOST set, the first gs:// location of a process turns off gcsfs's HNS probe
+    (a 60 s hang against any emulator) and google-auth's metadata-server lookup (an address off the
+    machine), before either library reads them; a user's own value wins, and without an emulator
+    nothing is set."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from remote_samsing._files import location; location('gs://b/k'); "
+            "print(os.environ.get('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT'), os.environ.get('NO_GCE_CHECK'), "
+            "'gcsfs' in sys.modules)")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "NO_GCE_CHECK")}
+
+    def run(**env):
+        return subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert run(STORAGE_EMULATOR_HOST="127.0.0.1:4443") == ["false", "true", "False"]
+    assert run(STORAGE_EMULATOR_HOST="127.0.0.1:4443", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="true")[0] == "true"
+    assert run(STORAGE_EMULATOR_HOST="default") == ["None", "None", "False"]
+
+
+@pytest.mark.parametrize(("url", "named"), [("s3://b/run", "AWS_SECRET_ACCESS_KEY"),
+                                            ("gs://b/run", "GOOGLE_APPLICATION_CREDENTIALS"),
+                                            ("abfs://c/run", "AZURE_STORAGE_CONNECTION_STRING"),
+                                            ("https://host/a.tif", "GDAL_CURL_CA_BUNDLE"), ("/local/path", "")])
+def test_each_store_names_its_own_variables(url, named):
+    from remote_samsing._files import store_variables
+
+    assert named in store_variables(url) and (named or store_variables(url) == "")
