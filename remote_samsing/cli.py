@@ -18,7 +18,7 @@ from ._progress import counted
 from .segmenters import DEVICES
 from .exceptions import ConfigError, RemoteSamsingError, RemoteSamsingWarning
 from .merge import STRATEGIES
-from .sources import RESAMPLINGS
+from .sources import DEFAULT_RESAMPLING, RESAMPLINGS
 
 __all__ = ["main", "cli"]
 
@@ -43,8 +43,8 @@ def _resolution(value: str | None):
     return parts[0] if len(parts) == 1 else parts
 
 
-#: Options saying how many files make one mosaic: segment, ingest and inspect take them.
-_MOSAIC_OPTIONS = (
+#: Flags saying how many files make one mosaic: segment, ingest and inspect take them.
+_MOSAIC_FLAGS = (
     click.option("--recursive", is_flag=True, default=None, help="A folder INPUT includes its subfolders' rasters."),
     click.option("--asset", help="STAC asset to read. [default: role `visual`, else the only raster asset]"),
     click.option("--crs", help="Target CRS of a mosaic of many files, e.g. EPSG:32633. [default: the CRS of "
@@ -52,12 +52,12 @@ _MOSAIC_OPTIONS = (
     click.option("--resolution", help="Target resolution in CRS units, X or X,Y. [default: that of the largest "
                                       "share of pixels in the target CRS]"),
     click.option("--resampling", type=click.Choice(list(RESAMPLINGS)),
-                 help="Warping of sources off the target grid. [default: bilinear]"),
+                 help=f"Warping of sources off the target grid. [default: {DEFAULT_RESAMPLING}]"),
 )
 
 
 def _mosaic_options(fn):
-    for option in reversed(_MOSAIC_OPTIONS):
+    for option in reversed(_MOSAIC_FLAGS):
         fn = option(fn)
     return fn
 
@@ -146,7 +146,7 @@ def _handle_errors(fn):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors, and Dask's own warnings.")
 @click.version_option(package_name="remote_samsing")
 def cli(debug: bool) -> None:
     """remote-samsing: segment everything in huge remote-sensing mosaics.

@@ -19,7 +19,7 @@ from .segmenters import DEVICES
 from .exceptions import ConfigError
 from .io import check_percentiles
 from .merge import STRATEGIES
-from .sources import check_resampling, check_resolution
+from .sources import DEFAULT_RESAMPLING, check_resampling, check_resolution
 from .tiling import validate_tiling
 
 __all__ = ["RunConfig", "load_yaml_config", "SEGMENTER_PARAM_KEYS"]
@@ -121,7 +121,7 @@ class RunConfig:
     asset: str | None = None
     crs: str | None = None
     resolution: float | list | None = None
-    resampling: str = "bilinear"
+    resampling: str = DEFAULT_RESAMPLING
 
     def __post_init__(self) -> None:
         check_type("segmenter", self.segmenter, (str,))

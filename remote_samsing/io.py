@@ -32,8 +32,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import (REMOTE_SCHEMES, check_url, gcs_emulator, gdal_path, is_remote, is_url, location, replace_path,
-                     store_path, store_variables, temporary_name, open_zarr_array)
+from ._files import REMOTE_SCHEMES, check_url, gdal_path, is_remote, is_url, location, replace_path, store_path, temporary_name, open_zarr_array
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -45,6 +44,7 @@ from .exceptions import (
     UnsupportedDtypeError,
     WindowReadError,
 )
+from .sources import DEFAULT_RESAMPLING
 
 __all__ = [
     "open_mosaic",
@@ -125,9 +125,10 @@ def configure_remote_reads() -> None:
         env.setdefault("AWS_S3_ENDPOINT", rest.rstrip("/"))
         env.setdefault("AWS_HTTPS", "YES" if scheme.lower() == "https" else "NO")
         env.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")  # path-style addressing, as custom stores expect
-    emulator = gcs_emulator()
-    if emulator:
-        env.setdefault("CPL_GS_ENDPOINT", emulator + "/")
+    emulator = env.get("STORAGE_EMULATOR_HOST")
+    if emulator and emulator != "default":  # "default": Google's libraries' name for no emulator
+        url = emulator if "://" in emulator else f"http://{emulator}"
+        env.setdefault("CPL_GS_ENDPOINT", url.rstrip("/") + "/")
         env.setdefault("GS_NO_SIGN_REQUEST", "YES")
     for ours, gdal in (("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"),
                        ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY")):
@@ -145,7 +146,7 @@ def open_mosaic(
     asset: str | None = None,
     crs=None,
     resolution=None,
-    resampling: str = "bilinear",
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> xr.DataArray:
     """Open a raster mosaic lazily as a (band, y, x) DataArray.
 
@@ -311,7 +312,8 @@ def unreadable_raster(location, cause: str) -> InputNotFoundError:
     """The error for a raster GDAL cannot open: names it, says why, and what to check."""
     return InputNotFoundError(
         f"cannot read raster `{location}`: {cause}",
-        hint=(f"check the URL and what reaches its store: {store_variables(str(location))}"
+        hint=("check the URL, the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile; the GCS "
+              "and Azure equivalents) and, for an S3-compatible store, AWS_ENDPOINT_URL"
               if is_url(str(location)) else "is it a valid GeoTIFF/COG/JPEG/PNG? try `gdalinfo` on it"),
     )
 

@@ -51,7 +51,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._files import is_remote, location, remove_tree, store_variables, write_bytes, write_json_atomic
+from ._files import is_remote, location, remove_tree, write_bytes, write_json_atomic
 from ._progress import counted, in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
 from .config import RunConfig
@@ -110,7 +110,7 @@ from .staging import (
     unstage,
 )
 from .segmenters import segment_resources
-from .sources import TILE_INDEX, resolve_mosaic, write_tile_index
+from .sources import DEFAULT_RESAMPLING, TILE_INDEX, resolve_mosaic, write_tile_index
 from .tiling import TilingPlan, validate_tiling
 from .vectorize import NoCRSWarning
 
@@ -272,7 +272,7 @@ def segment(
     asset: str | None = None,
     crs: str | None = None,
     resolution=None,
-    resampling: str = "bilinear",
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> xr.DataArray:
     """Segment a mosaic block by block; labels 0 = unsegmented.
 
@@ -350,7 +350,7 @@ def inspect_mosaic(
     asset: str | None = None,
     crs: str | None = None,
     resolution=None,
-    resampling: str = "bilinear",
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> dict:
     """What a run on ``image`` would see, without reading a pixel or starting a cluster.
 
@@ -770,8 +770,9 @@ def _check_writable(outdir) -> None:
         return
     raise OutputAccessError(
         f"cannot write to `{outdir}`: {cause}",
-        hint=f"check that the bucket exists and that these credentials may write there: "
-             f"{store_variables(str(outdir))}")
+        hint="check that the bucket exists and these credentials may write there (AWS_ACCESS_KEY_ID, "
+             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE; AWS_ENDPOINT_URL for an S3-compatible store); gs:// and "
+             "az:// need the `gcs` and `azure` extras (pip install \"remote-samsing[gcs]\")")
 
 
 def _default_log():

@@ -519,3 +519,18 @@ def test_an_edited_tile_of_a_vrt_redoes_its_blocks(tmp_path, tiles, scene, clien
     rewritten = rs.run(vrt, out, config=cfg, client=client)
     assert sorted(c["location"] for c in rewritten["sources_changed"]) == sorted(map(str, tiles))
     assert rewritten["blocks_segmented_this_run"] == 16
+
+
+def test_every_default_resampling_is_the_one_constant():
+    import inspect
+
+    from click.testing import CliRunner
+
+    from remote_samsing.cli import cli
+    from remote_samsing.sources import DEFAULT_RESAMPLING
+
+    defaults = [inspect.signature(f).parameters["resampling"].default
+                for f in (open_mosaic, rs.segment, rs.inspect_mosaic, resolve_mosaic)]
+    assert defaults + [RunConfig().resampling] == [DEFAULT_RESAMPLING] * 5
+    help_text = " ".join(CliRunner().invoke(cli, ["segment", "--help"]).output.split())
+    assert f"[default: {DEFAULT_RESAMPLING}]" in help_text
