@@ -32,7 +32,8 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import REMOTE_SCHEMES, check_url, gdal_path, is_remote, is_url, location, replace_path, store_path, temporary_name, open_zarr_array
+from ._files import (REMOTE_SCHEMES, check_url, gcs_emulator, gdal_path, is_remote, is_url, location, replace_path,
+                     store_path, store_variables, temporary_name, open_zarr_array)
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -125,10 +126,9 @@ def configure_remote_reads() -> None:
         env.setdefault("AWS_S3_ENDPOINT", rest.rstrip("/"))
         env.setdefault("AWS_HTTPS", "YES" if scheme.lower() == "https" else "NO")
         env.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")  # path-style addressing, as custom stores expect
-    emulator = env.get("STORAGE_EMULATOR_HOST")
-    if emulator and emulator != "default":  # "default": Google's libraries' name for no emulator
-        url = emulator if "://" in emulator else f"http://{emulator}"
-        env.setdefault("CPL_GS_ENDPOINT", url.rstrip("/") + "/")
+    emulator = gcs_emulator()
+    if emulator:
+        env.setdefault("CPL_GS_ENDPOINT", emulator + "/")
         env.setdefault("GS_NO_SIGN_REQUEST", "YES")
     for ours, gdal in (("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"),
                        ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY")):
@@ -312,8 +312,7 @@ def unreadable_raster(location, cause: str) -> InputNotFoundError:
     """The error for a raster GDAL cannot open: names it, says why, and what to check."""
     return InputNotFoundError(
         f"cannot read raster `{location}`: {cause}",
-        hint=("check the URL, the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile; the GCS "
-              "and Azure equivalents) and, for an S3-compatible store, AWS_ENDPOINT_URL"
+        hint=(f"check the URL and what reaches its store: {store_variables(str(location))}"
               if is_url(str(location)) else "is it a valid GeoTIFF/COG/JPEG/PNG? try `gdalinfo` on it"),
     )
 

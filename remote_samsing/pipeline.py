@@ -51,7 +51,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._files import is_remote, location, remove_tree, write_bytes, write_json_atomic
+from ._files import is_remote, location, remove_tree, store_variables, write_bytes, write_json_atomic
 from ._progress import counted, in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
 from .config import RunConfig
@@ -770,9 +770,8 @@ def _check_writable(outdir) -> None:
         return
     raise OutputAccessError(
         f"cannot write to `{outdir}`: {cause}",
-        hint="check that the bucket exists and these credentials may write there (AWS_ACCESS_KEY_ID, "
-             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE; AWS_ENDPOINT_URL for an S3-compatible store); gs:// and "
-             "az:// need the `gcs` and `azure` extras (pip install \"remote-samsing[gcs]\")")
+        hint=f"check that the bucket exists and that these credentials may write there: "
+             f"{store_variables(str(outdir))}")
 
 
 def _default_log():
