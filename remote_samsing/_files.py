@@ -15,6 +15,14 @@ reads them alike. Writes differ by kind:
   or a multipart upload that appears only when completed), so a reader sees
   the old object or the new one. Folders (Zarr stores) are written in place,
   and ``run.json``'s ``"complete": true`` is what says they are finished.
+
+Every product reaches a store by one path, the same for S3, GCS and Azure:
+GDAL (the COG, its pieces, the tile index), pyarrow and the other writers only
+ever write a local file or memory, and fsspec uploads the bytes
+(:func:`write_atomic`, :func:`write_bytes`, :func:`write_many`). So no store
+depends on GDAL's own write support (its plain PUTs, which some servers
+refuse, and whose failures rasterio does not raise), and an upload that fails
+raises: it is never taken for a written product.
 """
 
 from __future__ import annotations

@@ -498,6 +498,33 @@ def test_listings_on_the_store_are_never_stale(any_store):
     assert list_names(folder) == {"a", "b"}
 
 
+def test_a_failed_upload_is_an_error_and_leaves_nothing_locally(any_store, tmp_path, monkeypatch):
+    """Every product reaches the store through fsspec from a local file or memory: an upload the store
+    refuses (here, to a bucket that does not exist) raises, whole files and groups alike, and the local
+    temporary file is gone."""
+    import rasterio
+
+    from remote_samsing._files import write_atomic, write_bytes, write_many
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again
+    missing = any_store.url("no-such-bucket/run")
+
+    def cog(tmp):
+        with rasterio.open(tmp, "w", driver="COG", width=16, height=16, count=1, dtype="uint8") as dst:
+            dst.write(np.ones((1, 16, 16), np.uint8))
+
+    with pytest.raises(Exception):  # noqa: B017, PT011 - each store's library raises its own type
+        write_atomic(f"{missing}/labels.tif", cog)
+    with pytest.raises(Exception):  # noqa: B017, PT011
+        write_bytes(f"{missing}/run.json", b"{}")
+    with pytest.raises(Exception):  # noqa: B017, PT011
+        write_many((f"{missing}/spill/{i}", b"x") for i in range(3))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
 @pytest.mark.timeout(300)
 def test_credentials_that_may_not_write_there_are_a_one_line_error_before_any_cluster(tmp_path, data_dir):
     """A server that checks permissions (moto with IAM enforced after its first four requests, which
