@@ -21,6 +21,8 @@ __all__ = [
     "OutputExistsError",
     "IncompleteOutputError",
     "OutputAccessError",
+    "OutputNotSharedError",
+    "DiskFullError",
     "FingerprintMismatchError",
     "BackendUnavailableError",
     "CheckpointError",
@@ -81,6 +83,14 @@ class OutputExistsError(RemoteSamsingError, FileExistsError):
 
 class OutputAccessError(RemoteSamsingError, PermissionError):
     """OUTDIR cannot be written: a missing bucket, no permission, no credentials, an unreachable store."""
+
+
+class OutputNotSharedError(OutputAccessError):
+    """The cluster's workers do not see the local OUTDIR this machine sees (no shared filesystem)."""
+
+
+class DiskFullError(RemoteSamsingError, OSError):
+    """OUTDIR's filesystem has no room for the run: too little free space before it, or full during it."""
 
 
 class IncompleteOutputError(RemoteSamsingError):

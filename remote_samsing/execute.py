@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ._progress import Progress
+from ._outdir import find_disk_full
+from ._progress import Progress, report_passes
 from ._validate import check_int
 from .exceptions import ConfigError
 
@@ -49,6 +50,29 @@ class _ReturningErrors:
             return _TaskError(exc)
 
 
+@dataclass(frozen=True)
+class _DiskFullAsValue:
+    """A task returning a full disk's ``OSError`` instead of raising it (raised on the client).
+
+    Every task submitted here is one: a full disk is an expected failure,
+    said once by the client in one line, not by each worker with a traceback.
+    """
+
+    func: Callable
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.func(*args, **kwargs)
+        except OSError as exc:
+            if find_disk_full(exc) is None:
+                raise
+            return _TaskError(exc)
+
+
+def _first_error(values) -> _TaskError | None:
+    return next((v for v in values if isinstance(v, _TaskError)), None)
+
+
 def errors_as_values(func: Callable, errors: tuple) -> Callable:
     """``func`` for :func:`run_in_waves`, with the exceptions ``errors`` returned instead of raised;
     ``run_in_waves`` raises them on the client as the task's error.
@@ -62,7 +86,10 @@ def errors_as_values(func: Callable, errors: tuple) -> Callable:
 
 def on_a_worker(client, func: Callable, *args, **kwargs):
     """``func(*args, **kwargs)`` run once on a worker of ``client``; its result, or its error, here."""
-    return client.submit(functools.partial(func, *args, **kwargs), pure=False).result()
+    value = client.submit(_DiskFullAsValue(functools.partial(func, *args, **kwargs)), pure=False).result()
+    if isinstance(value, _TaskError):
+        raise value.error
+    return value
 
 
 def compute(x, client, *, progress: bool = False, optimize_graph: bool = True, label: str = "compute"):
@@ -75,7 +102,8 @@ def compute(x, client, *, progress: bool = False, optimize_graph: bool = True, l
         return x.compute()
     fut = client.compute(x, optimize_graph=optimize_graph)
     if progress:
-        with Progress(label, 1, unit="result") as bar:
+        with Progress(label, 1, unit="result") as bar, \
+                report_passes(client, bar, blocks=getattr(x, "npartitions", 1), workers=_total_threads(client)):
             result = fut.result()
             bar.update(1)
         return result
@@ -104,18 +132,26 @@ def _apply_each(func, group) -> list:
     return [func(item) for item in group]
 
 
-def _after(func, group, *_previous) -> list:
+def _follow_ups(func, group) -> None:
+    """One task of follow-ups (``run_in_waves(then=...)``): ``func`` on each of ``group``, results dropped."""
+    _apply_each(func, group)
+
+
+def _after(func, group, *previous) -> list | _TaskError:
     """One task of a chained phase: ``func`` on each item of ``group``.
 
-    ``_previous`` are the results of the phases it waits for: passed only so
-    that the scheduler starts this task once they exist, never read.
+    ``previous`` are the results of the phases it waits for, passed so that
+    the scheduler starts this task once they exist. They are read only for
+    an expected failure (a full disk) of one of them, which is passed on
+    instead of running on top of a phase that did not finish.
     """
-    return _apply_each(func, group)
+    return _first_error(previous) or _apply_each(func, group)
 
 
-def _barrier(*_previous) -> None:
-    """A task that ends once every task it was given has (see :func:`run_in_phases`)."""
-    return None
+def _barrier(*previous) -> _TaskError | None:
+    """A task that ends once every task it was given has (see :func:`run_in_phases`); it passes on
+    an expected failure of one of them."""
+    return _first_error(previous)
 
 
 def _check_batch(batch) -> None:
@@ -247,6 +283,11 @@ class _WaveRun:
         self.backlog: list = []  # follow-ups made ready, not submitted yet
 
     def run(self) -> list:
+        # a segmenter's passes ride on the bar: a block of SAM2 on a CPU takes minutes
+        with report_passes(self.client, self.bar, blocks=self.bar.total, workers=self.threads):
+            return self._run()
+
+    def _run(self) -> list:
         from distributed import as_completed
 
         pending = as_completed(self._submit(self.width))
@@ -276,7 +317,7 @@ class _WaveRun:
         self.next += len(batch)
         if not batch:
             return []
-        futs = self.client.map(self.func, [self.items[i] for i in batch],
+        futs = self.client.map(_DiskFullAsValue(self.func), [self.items[i] for i in batch],
                                key=[f"rs-{self.name}-{self.token}-{i}" for i in batch], pure=False,
                                resources=self.resources)
         for f, i in zip(futs, batch):
@@ -287,7 +328,8 @@ class _WaveRun:
 
     def _handle(self, finished: list) -> list:
         """Record a batch of finished futures (raising a task's error); returns the caller's items among them."""
-        wanted = [f for f in finished if f.key in self.position and f.status == "finished"]
+        # follow-ups too: their value is None, or their expected failure
+        wanted = [f for f in finished if f.status == "finished"]
         values = dict(zip([f.key for f in wanted], self.client.gather(wanted))) if wanted else {}
         newly: list = []
         for fut in finished:
@@ -321,7 +363,7 @@ class _WaveRun:
         for group in groups:
             self.follows += 1
             # below the items in priority: a follow-up never delays an item
-            fut = self.client.submit(_apply_each, self.follow_func, group,
+            fut = self.client.submit(_DiskFullAsValue(_follow_ups), self.follow_func, group,
                                      key=f"rs-then-{self.name}-{self.token}-{self.follows}", pure=False,
                                      priority=-1)
             self.live[fut.key] = fut
@@ -465,11 +507,13 @@ def _submit_chained(client, steps: list[_Phase], sizes: list[int], slots: list[s
             # many tasks after many: one task waits for those before, the
             # others wait for it (m + n dependencies instead of m * n); not
             # for few, where the extra step would cost more than it saves
-            previous = [client.submit(_barrier, *previous, key=f"rs-{step.name}-{token}-barrier", pure=False)]
+            previous = [client.submit(_DiskFullAsValue(_barrier), *previous, key=f"rs-{step.name}-{token}-barrier",
+                                      pure=False)]
         # a waiting task's preferred worker, not a requirement (allow_other_workers):
         # otherwise the holder of what it waits for would take every one
         pin = bool(previous and slots)
-        futs = [client.submit(_after, step.func, g, *previous, key=f"rs-{step.name}-{token}-{j}", pure=False,
+        futs = [client.submit(_DiskFullAsValue(_after), step.func, g, *previous, key=f"rs-{step.name}-{token}-{j}",
+                              pure=False,
                               workers=[slots[j % len(slots)]] if pin else None, allow_other_workers=pin)
                 for j, g in enumerate(groups)]
         submitted.append((k, futs, [len(g) for g in groups]))
@@ -492,6 +536,8 @@ def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool)
         # results are fetched as tasks finish (raising a task's error), so
         # only the last phase's come after the work
         for fut, value in as_completed(every, with_results=True):
+            if isinstance(value, _TaskError):
+                raise value.error
             values[fut.key] = value
             k, n = phase_of[fut.key]
             done[k] += n

@@ -52,6 +52,7 @@ import numpy as np
 import xarray as xr
 
 from ._files import is_remote, location, remove_tree, store_variables, write_bytes, write_json_atomic
+from ._outdir import absolute, check_room, check_shared, disk_full_error, estimate_bytes, find_disk_full
 from ._progress import counted, in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
 from .config import RunConfig
@@ -62,6 +63,7 @@ from .exceptions import (
     FingerprintMismatchError,
     OutputAccessError,
     OutputExistsError,
+    RemoteSamsingError,
     WindowReadError,
 )
 from .execute import (
@@ -548,6 +550,7 @@ class _Job:
     redo: list = field(default_factory=list)
     run_id: str = ""
     record: dict = field(default_factory=dict)
+    space: dict = field(default_factory=dict)  # the bytes it writes (_outdir.estimate_bytes); local OUTDIR only
 
     @property
     def staging(self) -> Path:
@@ -594,33 +597,78 @@ def run(
     t_start = time.perf_counter()
     # -- 1. validate everything cheap, before any cluster or model starts
     _check_outdir_is_folder(location(outdir))
-    job = _open_job(image, location(outdir), cfg, log if log is not None else _default_log())
+    job = _open_job(image, _outdir_location(outdir), cfg, log if log is not None else _default_log())
     if _up_to_date(job):  # the same job, finished: nothing to do (Make/Snakemake-style reruns)
         # no line here: the caller says it once, from the record (the CLI: "up to date: ...")
         return {**job.prev, "blocks_segmented_this_run": 0, "up_to_date": True}
+    with _disk_full_said(job):
+        with _client_for(cfg, client, needs_gpu=bool(segment_resources(job.seg)), log=job.log) as c:
+            if not is_remote(job.outdir):  # before anything is written there
+                check_shared(job.outdir, c)
+            steps = _run_steps(job, c)
+        # -- 6. finish the record; "complete" is the last thing written
+        steps["timings"]["total_s"] = time.perf_counter() - t_start
+        return _finish_record(job, **steps)
+
+
+def _run_steps(job: _Job, c) -> dict:
+    """Steps 2 to 5 on client ``c``; returns what :func:`_finish_record` takes."""
     # -- 2. the run record, "complete": false until the very end; blocks of changed sources unstaged
     _forget_changed_blocks(job)
     _start_record(job)
     _put_tile_index(job)
     # block tasks read their windows from the file itself when there is one
     reader = window_reader(job.arr) if job.mosaic is not None else None
-    with _client_for(cfg, client, needs_gpu=bool(segment_resources(job.seg)), log=job.log) as c:
-        # -- 3. segment and stage every block not staged yet
-        res = _check_resources(c, segment_resources(job.seg), device=cfg.device)
-        _register_trim(c)
-        # the workers, asked once (a scheduler round trip): their threads size
-        # the waves of every stage, and the merge's chained phases spread over them
-        workers = scheduler_workers(c)
-        blocks, t_segment = _segment_step(job, c, reader, res=res, threads=threads_of(workers))
-        # -- 4. merge from the staged blocks only, phase by phase
-        written, merge_stats, max_label, t_merge = _merge_step(job, c, workers)
-        # -- 5. COG and vectors, from the written labels (no recomputation)
-        vectors_path, t_outputs = _outputs_step(job, c, written, max_label)
-    # -- 6. finish the record; "complete" is the last thing written
-    timings = {"segment_s": t_segment, "merge_and_zarr_s": t_merge, "outputs_s": t_outputs,
-               "total_s": time.perf_counter() - t_start}
-    return _finish_record(job, blocks=blocks, merge_stats=merge_stats, n_labels=max_label,
-                          vectors_path=vectors_path, timings=timings)
+    # -- 3. segment and stage every block not staged yet
+    res = _check_resources(c, segment_resources(job.seg), device=job.cfg.device)
+    _register_trim(c)
+    # the workers, asked once (a scheduler round trip): their threads size
+    # the waves of every stage, and the merge's chained phases spread over them
+    workers = scheduler_workers(c)
+    blocks, t_segment = _segment_step(job, c, reader, res=res, threads=threads_of(workers))
+    # -- 4. merge from the staged blocks only, phase by phase
+    written, merge_stats, max_label, t_merge = _merge_step(job, c, workers)
+    # -- 5. COG and vectors, from the written labels (no recomputation)
+    vectors_path, t_outputs = _outputs_step(job, c, written, max_label)
+    timings = {"segment_s": t_segment, "merge_and_zarr_s": t_merge, "outputs_s": t_outputs}
+    return dict(blocks=blocks, merge_stats=merge_stats, n_labels=max_label, vectors_path=vectors_path,
+                timings=timings)
+
+
+def _outdir_location(outdir):
+    """OUTDIR as the workers are told it: a local path made absolute, since a relative one would name a
+    folder in each worker's own working folder."""
+    loc = location(outdir)
+    return loc if is_remote(loc) else absolute(loc)
+
+
+@contextlib.contextmanager
+def _disk_full_said(job: _Job):
+    """A full disk met in the run, by a task or by this process, raised as one
+    :class:`DiskFullError` naming the device and its free space. Staged blocks
+    stay, so the same command resumes once there is room."""
+    try:
+        yield
+    except RemoteSamsingError:
+        raise
+    except Exception as exc:
+        full = find_disk_full(exc)
+        if full is None:
+            raise
+        error = disk_full_error(full, job.outdir, need=job.space.get("total"))
+    else:
+        return
+    _record_error(job, error)
+    raise error  # outside the handler: nothing of the OSError is chained to it
+
+
+def _record_error(job: _Job, error: Exception) -> None:
+    """Say in run.json why the run stopped, if there is room left for that."""
+    if not job.record:
+        return
+    job.record["error"] = {"type": type(error).__name__, "message": Exception.__str__(error)}
+    with contextlib.suppress(OSError):
+        job.write_record()
 
 
 def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
@@ -642,13 +690,17 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     identity = _input_identity(image, arr, mosaic)
     payload = _fingerprint_payload(cfg, identity, plan, ckpt_hash)
     fingerprint = _fingerprint(payload)
+    space = {}
     if is_remote(outdir):
         _check_writable(outdir)
+    else:  # before --overwrite removes anything: what OUTDIR holds counts as room
+        space = estimate_bytes(plan, vectors=cfg.vectors)
+        check_room(outdir, space)
     prev = _prepare_outdir(outdir, payload, cfg.overwrite)
     changes = _changed_sources(prev, identity)
     return _Job(cfg=cfg, image=image, arr=arr, seg=seg, mcfg=mcfg, plan=plan, outdir=outdir, log=log,
                 identity=identity, ckpt_hash=ckpt_hash, fingerprint=fingerprint, prev=prev, mosaic=mosaic,
-                changes=changes, redo=_changed_blocks(plan, changes, prev))
+                changes=changes, redo=_changed_blocks(plan, changes, prev), space=space)
 
 
 def _changed_sources(prev: dict | None, identity: dict) -> list[dict]:

@@ -1,0 +1,262 @@
+"""A local OUTDIR that the cluster writes: the workers see it, and its filesystem has room.
+
+* **Shared.** The workers write OUTDIR at the path the client gives them,
+  so the path is made absolute here (a relative one means each worker's
+  own working folder), and before any work one task checks that a worker
+  sees the folder the client sees: the client writes a probe holding a
+  random token, the task reads it back and answers with a probe of its
+  own, and the client looks for that answer. A worker on a machine with its
+  own disk at that path finds no probe, and writes nothing.
+* **Room.** :func:`estimate_bytes` says what a run writes (staging,
+  labels.zarr, labels.tif, vectors); :func:`check_room` refuses, before any
+  cluster starts, a filesystem with less free space than the run needs at
+  the least. A disk that fills during the run anyway (``ENOSPC``) is said
+  by :func:`disk_full_error` in one line, naming the device and its free
+  space; staged blocks are kept, so the same command resumes.
+
+Object stores need none of this: they are shared by nature and never full.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from .exceptions import DiskFullError, OutputAccessError, OutputNotSharedError
+
+__all__ = ["absolute", "check_shared", "check_room", "disk_full_error", "estimate_bytes", "find_disk_full",
+           "probe_answer"]
+
+#: Name prefix of the probes :func:`check_shared` writes in OUTDIR (and removes).
+PROBE_PREFIX = ".remote-samsing-probe-"
+
+#: errno values of a full filesystem or quota: expected failures, said in one line.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+#: What labels compress by, typically: zstd on uint32 labels gave 13-90x on the test scenes
+#: (``tests/data``), busy SAM2 labels less; the estimate quoted to the user.
+_TYPICAL_RATIO = 10
+#: What they compress by at best: well above every ratio measured, so the least a run needs is not
+#: overstated and a run that fits is not refused.
+_BEST_RATIO = 256
+#: Polygons per pixel of mosaic: 0.3-1.1 bytes on the test scenes, depending on how busy the labels are.
+_VECTOR_BYTES_PER_PIXEL = 0.5
+
+_HINT_SHARED = ("write to a folder every worker mounts at the same path (a shared filesystem), or to an object "
+                "store (s3://..., gs://..., az://...)")
+
+
+def absolute(outdir: Path) -> Path:
+    """``outdir`` as an absolute path: the workers resolve a relative one in their own working folders."""
+    return Path(os.path.abspath(outdir))
+
+
+# ---------------------------------------------------------------------------
+# the workers see OUTDIR
+# ---------------------------------------------------------------------------
+def check_shared(outdir: Path, client) -> None:
+    """Raise unless a worker of ``client`` sees and writes the folder ``outdir`` this process sees.
+
+    ``outdir`` is created if absent; when the check fails, what it created
+    is removed again, so a refused run leaves nothing behind.
+
+    Raises
+    ------
+    OutputNotSharedError
+        The worker does not see the client's folder at that path.
+    OutputAccessError
+        The worker sees it but cannot write there.
+    """
+    from .execute import on_a_worker
+
+    created = _make_folder(outdir)
+    token = uuid.uuid4().hex
+    asked, answer = outdir / f"{PROBE_PREFIX}{token}", outdir / f"{PROBE_PREFIX}{token}.answer"
+    try:
+        asked.write_text(token)
+        worker, problem = on_a_worker(client, probe_answer, str(outdir), token)
+        if problem is None and not answer.is_file():
+            problem = "its answer never reached this machine's folder"
+    finally:
+        asked.unlink(missing_ok=True)
+        answer.unlink(missing_ok=True)
+    if problem is None:
+        return
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+    if problem.startswith("cannot write"):
+        raise OutputAccessError(f"worker {worker} {problem} in OUTDIR `{outdir}`",
+                                hint="let the workers' user write there, or choose another OUTDIR")
+    raise OutputNotSharedError(f"the cluster's workers do not see OUTDIR `{outdir}` as this machine does: "
+                               f"worker {worker} {problem}", hint=_HINT_SHARED)
+
+
+def probe_answer(outdir: str, token: str) -> tuple[str, str | None]:
+    """Task: read the client's probe in ``outdir`` and answer beside it.
+
+    Returns this worker's name and None, or what went wrong. Nothing is
+    raised (a worker logs a raised error with its traceback) and nothing is
+    written where the client's probe is not found.
+    """
+    worker = _worker_name()
+    asked = Path(outdir) / f"{PROBE_PREFIX}{token}"
+    try:
+        seen = asked.read_text()
+    except OSError:
+        seen = None
+    if seen != token:
+        return worker, "finds nothing there of what this machine wrote"
+    try:
+        asked.with_name(asked.name + ".answer").write_text(worker)
+    except OSError as exc:
+        return worker, f"cannot write ({type(exc).__name__}: {exc.strerror or exc})"
+    return worker, None
+
+
+def _worker_name() -> str:
+    import socket
+
+    try:
+        from distributed import get_worker
+
+        return f"{get_worker().address} (host {socket.gethostname()})"
+    except (ImportError, ValueError):  # not in a worker: a plain call
+        return f"on host {socket.gethostname()}"
+
+
+def _make_folder(outdir: Path) -> Path | None:
+    """Create ``outdir`` (and its parents); returns the topmost folder created, or None if it existed."""
+    missing = [p for p in (outdir, *outdir.parents) if not p.exists()]
+    outdir.mkdir(parents=True, exist_ok=True)
+    return missing[-1] if missing else None
+
+
+# ---------------------------------------------------------------------------
+# room on OUTDIR's filesystem
+# ---------------------------------------------------------------------------
+def estimate_bytes(plan, *, vectors: bool) -> dict[str, int]:
+    """What a run of ``plan`` writes, typically, by product, with ``total`` and ``least``.
+
+    Rasters are uint32 labels compressed about ``_TYPICAL_RATIO`` times;
+    ``least`` is what the run writes at the least: its rasters compressed
+    better than labels were ever seen to compress, and no vectors.
+
+    >>> from remote_samsing.tiling import TilingPlan
+    >>> est = estimate_bytes(TilingPlan(shape=(2000, 2000), tile_size=1000, padding=50), vectors=True)
+    >>> est["labels_zarr"], est["vectors"]
+    (1600000, 2000000)
+    """
+    pixels = int(plan.shape[0]) * int(plan.shape[1])
+    staged = plan.n_blocks * int(plan.slot_shape[0]) * int(plan.slot_shape[1]) * 4
+    rasters = {"staging": staged, "labels_zarr": 4 * pixels, "labels_tif": 4 * pixels}
+    out = {name: n // _TYPICAL_RATIO for name, n in rasters.items()}
+    out["vectors"] = int(_VECTOR_BYTES_PER_PIXEL * pixels) if vectors else 0
+    out["total"] = sum(out.values())
+    out["least"] = sum(rasters.values()) // _BEST_RATIO
+    return out
+
+
+def check_room(outdir: Path, estimate: dict[str, int]) -> None:
+    """Raise when ``outdir``'s filesystem has less free space than the run needs at the least.
+
+    What ``outdir`` already holds (a resumed run's staged blocks) counts as
+    written. Only a clear shortfall is refused: the estimate is rough.
+
+    Raises
+    ------
+    DiskFullError
+    """
+    place = _existing(outdir)
+    free = shutil.disk_usage(place).free
+    if free >= estimate["least"]:
+        return
+    held = _bytes_under(outdir)
+    if free + held >= estimate["least"]:
+        return
+    parts = ", ".join(f"{name.replace('_', '.')} {_size(estimate[name])}"
+                      for name in ("staging", "labels_zarr", "labels_tif", "vectors") if estimate[name])
+    raise DiskFullError(
+        f"OUTDIR `{outdir}` is on {describe_device(place)} with {_size(free)} free; this run needs about "
+        f"{_size(estimate['total'])} ({parts}) and at least {_size(estimate['least'])}",
+        hint="free space there, or choose an OUTDIR on a larger filesystem or an object store (s3://..., gs://..., "
+             "az://...)")
+
+
+def find_disk_full(exc: BaseException) -> OSError | None:
+    """The full-disk ``OSError`` (``ENOSPC``, ``EDQUOT``) that ``exc`` is or was caused by, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_full_error(exc: OSError, outdir: Path, *, need: int | None = None) -> DiskFullError:
+    """One line for a full disk met during a run: the device, its free space, the file being written."""
+    path = Path(exc.filename) if exc.filename else outdir
+    place = _existing(path)
+    free = shutil.disk_usage(place).free
+    what = os.strerror(exc.errno).lower()
+    writing = f", writing `{path}`" if exc.filename else ""
+    more = f" (this run needs about {_size(need)} in all)" if need else ""
+    return DiskFullError(
+        f"{what} on {describe_device(place)}: {_size(free)} free{writing}",
+        hint=f"free space there{more} and rerun the same command: it resumes where it stopped; or choose an "
+             "OUTDIR on a larger filesystem")
+
+
+def describe_device(path: Path) -> str:
+    """The filesystem holding ``path``: its mount point, type and device, e.g. ``/data (ext4 /dev/sdb1)``."""
+    mount = Path(os.path.realpath(path))
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    found = None
+    for source, point, fstype in _mounts():
+        if point == str(mount):
+            found = f"{fstype} {source}"  # the last mount on a point is the one in force
+    return f"{mount} ({found})" if found else str(mount)
+
+
+def _mounts() -> Iterator[tuple[str, str, str]]:
+    """(device, mount point, type) of each mount of this process, where the system lists them."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3:
+            # the kernel writes a space in a name as \040
+            yield fields[0], fields[1].replace("\\040", " "), fields[2]
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent (a fresh OUTDIR does not exist yet)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _bytes_under(folder: Path) -> int:
+    """Bytes the files under ``folder`` take (0 if it is absent)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # removed meanwhile
+                pass
+    return total
+
+
+def _size(n: int) -> str:
+    from dask.utils import format_bytes
+
+    return format_bytes(int(n))
