@@ -5,15 +5,35 @@ bar (tqdm's) is drawn; anywhere else (a SLURM output file, CI, ``nohup``) a
 bar would leave one line per redraw, so the stage prints a line when it
 starts, a line at most every :data:`LOG_INTERVAL_S` seconds with done/total
 and the rate, and one final line.
+
+Progress inside a task
+----------------------
+A block of SAM2 on a CPU takes minutes per pass, so a bar of blocks alone
+would stand still. A segmenter reports each pass with :func:`report_pass`
+where it runs: one line to the ``remote_samsing.progress`` logger and, in a
+Dask worker, one event on :data:`PASS_TOPIC` (``Worker.log_event``). The
+client hears those events while it waits for the blocks
+(:func:`report_passes`): in a log each pass is one line, on a terminal it
+rides on the bar, and after the first pass on a CPU one line estimates the
+whole stage and names faster preview settings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
-__all__ = ["Progress", "track", "compute_tracked", "DaskProgress", "counted", "in_notebook", "LOG_INTERVAL_S"]
+__all__ = ["Progress", "track", "compute_tracked", "DaskProgress", "counted", "in_notebook", "LOG_INTERVAL_S",
+           "PASS_TOPIC", "PassReporter", "format_pass", "report_pass", "report_passes"]
+
+#: Dask event topic of the passes a segmenter reports from a worker (:func:`report_pass`).
+PASS_TOPIC = "remote-samsing-pass"
+#: Logger of the per-pass lines where a segmenter runs (INFO; no handler of its own).
+logger = logging.getLogger("remote_samsing.progress")
 
 #: Seconds between two progress lines in a log file.
 LOG_INTERVAL_S = 30.0
@@ -73,6 +93,7 @@ class Progress:
         self._t0 = self._last = time.monotonic()
         self._finished = self.mode == "off"
         self._bar = None
+        self._note = ""  # a fact about the work in progress, shown on the terminal's bar
         self._started = self.mode != "log"  # the log's start line comes with the first update
         if self.mode == "notebook":
             from tqdm.auto import tqdm
@@ -101,9 +122,7 @@ class Progress:
         final = self.done >= self.total
         if self.mode == "terminal":
             if final or now - self._last >= _REDRAW_S:
-                fill = int(30 * self.done / max(self.total, 1))
-                print(f"\r{self.label:<10} [{'#' * fill}{'.' * (30 - fill)}] {self.done}/{self.total}",
-                      end="\n" if final else "", file=self.stream, flush=True)
+                self._draw(final=final)
                 self._last = now
         elif self.mode == "notebook":
             self._bar.n = self.done
@@ -121,6 +140,39 @@ class Progress:
     def advance(self, n: int = 1) -> None:
         self.update(self.done + n)
 
+    def _draw(self, *, final: bool = False) -> None:
+        fill = int(30 * self.done / max(self.total, 1))
+        note = f"  {self._note}" if self._note and not final else ""
+        clear = "\x1b[K" if self._note else ""  # what a longer note left on the line
+        print(f"\r{self.label:<10} [{'#' * fill}{'.' * (30 - fill)}] {self.done}/{self.total}{note}{clear}",
+              end="\n" if final else "", file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        """A fact about the work in progress: it rides on a terminal's or notebook's bar, and is a line
+        in a log. Called from any thread (Dask calls event handlers on its own); a redraw may interleave."""
+        if self._finished:
+            return
+        if self.mode == "terminal":
+            self._note = text
+            self._draw()
+        elif self.mode == "notebook":
+            self._bar.set_postfix_str(text)
+        elif self.mode == "log":
+            self._line(f"{self.label}: {text}")
+
+    def say(self, text: str) -> None:
+        """One line, shown wherever progress is (above a terminal's bar, which is redrawn under it)."""
+        if self.mode == "off":
+            return
+        if self.mode == "terminal":
+            print(f"\r{text}\x1b[K", file=self.stream, flush=True)
+            if not self._finished:
+                self._draw()
+        elif self.mode == "notebook":
+            self._bar.write(text)
+        else:
+            self._line(text)
+
     def close(self) -> None:
         """End the stage; one that did not reach its total says where it stopped."""
         if self._finished:
@@ -132,6 +184,89 @@ class Progress:
             self._bar.close()
         elif self.mode == "log" and self._started:
             self._line(f"{self.label}: stopped at {self.done}/{counted(self.total, self.unit)}")
+
+
+def format_pass(event: Mapping[str, Any]) -> str:
+    """One pass of a block as one line (``pass`` counts from 1 here, from 0 in run.json).
+
+    >>> format_pass({"block": [0, 1], "pass": 1, "prompts": 256, "accepted": 12, "coverage": 45.04,
+    ...              "seconds": 148.2})
+    'block (0, 1) pass 2: 256 prompts, 12 masks accepted, coverage 45.0 %, 148.2 s'
+    """
+    block = event.get("block")
+    where = f"block ({', '.join(str(v) for v in block)}) " if block is not None else ""
+    return (f"{where}pass {int(event['pass']) + 1}: {event['prompts']} prompts, "
+            f"{counted(int(event['accepted']), 'masks')} accepted, coverage {float(event['coverage']):.1f} %, "
+            f"{float(event['seconds']):.1f} s")
+
+
+def report_pass(event: Mapping[str, Any]) -> None:
+    """Report one pass of a segmenter: a line to :data:`logger` and, in a Dask worker, an event to the
+    client (:func:`report_passes`). ``event``: ``block``, ``pass``, ``prompts``, ``accepted``,
+    ``coverage``, ``seconds``, and optionally ``device`` and ``preview`` (faster settings, as flags)."""
+    logger.info(format_pass(event))
+    worker = _current_worker()
+    if worker is not None:
+        worker.log_event(PASS_TOPIC, dict(event))
+
+
+def _current_worker():
+    """The Dask worker running this task, or None (distributed is not imported for it)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:  # not in a worker's task
+        return None
+
+
+def _duration(seconds: float) -> str:
+    """
+    >>> _duration(95), _duration(3 * 3600 + 600)
+    ('~2 min', '~3.2 h')
+    """
+    return f"~{seconds / 3600:.1f} h" if seconds >= 3600 else f"~{max(1, round(seconds / 60))} min"
+
+
+class PassReporter:
+    """The client's side of :func:`report_pass`: each pass as a note on ``bar``; after the first pass on
+    a CPU, one line estimating the stage (``blocks`` blocks on ``workers`` parallel workers)."""
+
+    def __init__(self, bar: Progress, *, blocks: int, workers: int):
+        self.bar, self.blocks, self.workers = bar, int(blocks), max(1, int(workers))
+        self.estimated = False
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        self.bar.note(format_pass(event))
+        if not self.estimated and event.get("device") == "cpu":
+            self.estimated = True
+            self.bar.say(self.estimate(event))
+
+    def estimate(self, event: Mapping[str, Any]) -> str:
+        """The line after the first pass on a CPU: a lower bound, since a block takes one pass or more."""
+        seconds = float(event["seconds"])
+        total = seconds * self.blocks / self.workers
+        line = (f"SAM2 on CPU: ~{seconds:.0f} s per pass per block -> at least {_duration(total)} for "
+                f"{counted(self.blocks, 'blocks')} on {counted(self.workers, 'workers')} (a block takes one pass "
+                "or more)")
+        preview = event.get("preview")
+        return f"{line}; for a preview try {preview}" if preview else line
+
+
+@contextlib.contextmanager
+def report_passes(client, bar: Progress, *, blocks: int, workers: int) -> Iterator[PassReporter | None]:
+    """While inside, the passes that tasks on ``client`` report (:func:`report_pass`) go to ``bar``."""
+    if client is None or bar.mode == "off":
+        yield None
+        return
+    reporter = PassReporter(bar, blocks=blocks, workers=workers)
+    client.subscribe_topic(PASS_TOPIC, lambda event: reporter(event[1]))  # event: (timestamp, msg)
+    try:
+        yield reporter
+    finally:
+        client.unsubscribe_topic(PASS_TOPIC)
 
 
 def track(items: Iterable, label: str, *, total: int | None = None, enabled: bool = True,

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -536,6 +536,7 @@ def run_multipass(
     config: MultipassConfig | None = None,
     valid: np.ndarray | None = None,
     core: tuple[int, int, int, int] | None = None,
+    on_pass: Callable[[dict[str, Any]], None] | None = None,
 ) -> MultipassResult:
     """Segment one padded window with the multi-pass loop.
 
@@ -551,6 +552,9 @@ def run_multipass(
         (y, x) valid pixels; default all valid.
     core : (y0, y1, x0, x1), optional
         The core window in local pixels; default the whole window.
+    on_pass : callable, optional
+        Called with each pass's ``pass_stats`` entry as soon as the pass is
+        done: a pass of SAM2 on a CPU takes minutes, and the caller reports it.
 
     Returns
     -------
@@ -611,6 +615,8 @@ def run_multipass(
         stagnated = len(records) == 0 or next_label == first or coverages[0] - prev_cov < cfg.stagnation_gain
         stats.append(_pass_stats(pass_idx, len(prompts), taus, len(records), counts, coverages,
                                  coverages[0] - prev_cov, stagnated, seconds, generator))
+        if on_pass is not None:
+            on_pass(dict(stats[-1]))
         if coverages[0] >= cfg.target_coverage:
             return finish("target_coverage")
         if stagnated:

@@ -168,6 +168,22 @@ def test_max_passes_is_respected():
     assert len(gen.calls) == 2 and res.stop_reason == "max_passes" and res.n_labels == 2
 
 
+def test_each_pass_is_reported_as_soon_as_it_is_done():
+    shape = (100, 100)
+    script = [[mask(shape, (10 * i, 10 * i + 10, 0, 100))] for i in range(10)]
+    gen = ScriptedGenerator(script)
+    seen = []
+
+    def on_pass(stats):
+        seen.append((stats, len(gen.calls)))  # called before the next pass generates
+
+    res = run_multipass(img(shape), generator=gen, on_pass=on_pass,
+                        config=MultipassConfig(points_per_side=8, max_passes=3, min_mask_area=1))
+    assert [calls for _, calls in seen] == [1, 2, 3]
+    assert [s for s, _ in seen] == res.pass_stats  # the same entries as the result's (copies)
+    assert [s["coverage"] for s, _ in seen] == [10.0, 20.0, 30.0] and seen[0][0]["n_prompts"] == 64
+
+
 # ------------------------------------------------------------------ acceptance
 
 

@@ -118,3 +118,74 @@ def test_a_notebook_gets_a_notebook_bar_and_run_prints_its_messages(monkeypatch)
     assert bar.mode == "notebook"
     bar.update(3)
     assert bar._bar.n == 3
+
+
+# ---------------------------------------------------------------------------
+# passes inside a block: a line each in a log, on the bar on a terminal, one estimate on a CPU
+# ---------------------------------------------------------------------------
+def _pass(block=(0, 1), n=0, seconds=148.2, device="cuda", preview=""):
+    return {"block": list(block), "pass": n, "prompts": 4096, "accepted": 12, "coverage": 45.04,
+            "seconds": seconds, "device": device, "preview": preview}
+
+
+def test_a_pass_is_a_line_in_a_log_and_rides_on_a_terminal_bar(clock):
+    out = io.StringIO()
+    bar = Progress("segment-stage", 4, stream=out)
+    bar.update(0)
+    reporter = _progress.PassReporter(bar, blocks=4, workers=2)
+    reporter(_pass(n=0))
+    reporter(_pass(n=1))
+    assert out.getvalue().splitlines()[1:] == [
+        "segment-stage: block (0, 1) pass 1: 4096 prompts, 12 masks accepted, coverage 45.0 %, 148.2 s",
+        "segment-stage: block (0, 1) pass 2: 4096 prompts, 12 masks accepted, coverage 45.0 %, 148.2 s",
+    ]  # no estimate off the CPU
+    term = _Terminal()
+    bar = Progress("segment-stage", 4, stream=term)
+    bar.update(0)
+    _progress.PassReporter(bar, blocks=4, workers=2)(_pass(n=2))
+    assert term.getvalue().endswith("0/4  block (0, 1) pass 3: 4096 prompts, 12 masks accepted, coverage 45.0 %, "
+                                    "148.2 s\x1b[K") and "\n" not in term.getvalue()
+    bar.update(4)
+    assert term.getvalue().endswith("4/4\x1b[K\n")  # the final bar drops the note
+
+
+def test_the_first_pass_on_a_cpu_estimates_the_stage_once(clock):
+    out = io.StringIO()
+    bar = Progress("segment-stage", 96, stream=out)
+    bar.update(0)
+    reporter = _progress.PassReporter(bar, blocks=96, workers=2)
+    preview = "--segmenter-param image_size=256 --segmenter-param points_per_side=16"
+    reporter(_pass(seconds=150.0, device="cpu", preview=preview))
+    reporter(_pass(n=1, seconds=90.0, device="cpu", preview=preview))
+    lines = out.getvalue().splitlines()
+    assert lines[2] == ("SAM2 on CPU: ~150 s per pass per block -> at least ~2.0 h for 96 blocks on 2 workers "
+                        f"(a block takes one pass or more); for a preview try {preview}")
+    assert len(lines) == 4 and sum("SAM2 on CPU" in line for line in lines) == 1
+    term = _Terminal()
+    bar = Progress("segment-stage", 1, stream=term)
+    bar.update(0)
+    _progress.PassReporter(bar, blocks=1, workers=1)(_pass(seconds=61.0, device="cpu"))
+    assert "\rSAM2 on CPU: ~61 s per pass per block -> at least ~1 min for 1 block on 1 worker " \
+           "(a block takes one pass or more)\x1b[K\n\r" in term.getvalue()  # a line above, the bar redrawn
+
+
+def _reports_a_pass(i):
+    import time
+
+    _progress.report_pass(_pass(block=(i, 0), device="cpu"))
+    time.sleep(0.3)  # a block's work goes on after a pass; the event is not raced against the result
+    return i
+
+
+def test_passes_reported_on_workers_reach_the_client(client, capsys, caplog):
+    """A pass reported in a worker process (Worker.log_event) comes out on the client, in run_in_waves."""
+    from remote_samsing.execute import run_in_waves
+
+    assert run_in_waves(client, _reports_a_pass, [0, 1], name="segment-stage", progress=True) == [0, 1]
+    err = capsys.readouterr().err.splitlines()
+    assert sum(line.startswith("segment-stage: block (") and " pass 1: 4096 prompts" in line for line in err) == 2
+    assert sum(line.startswith("SAM2 on CPU: ~148 s per pass per block") for line in err) == 1, err
+    # in the client's own process the same call is a line to the progress logger
+    with caplog.at_level("INFO", logger="remote_samsing.progress"):
+        _progress.report_pass(_pass(block=(3, 4)))
+    assert caplog.messages == ["block (3, 4) pass 1: 4096 prompts, 12 masks accepted, coverage 45.0 %, 148.2 s"]

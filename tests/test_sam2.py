@@ -317,3 +317,50 @@ def test_check_checkpoint_reports_what_it_checked(tiny_ckpt, tmp_path, monkeypat
     with pytest.raises(CheckpointError) as err:
         sam2_mod.check_checkpoint()
     assert "(from $REMOTE_SAMSING_CHECKPOINT) does not exist" in _one_line(err, tmp_path / "gone.pt")
+
+
+# ---------------------------------------------------------------------------
+# progress inside a block: a line per pass, and on a CPU an estimate naming the preview settings
+# ---------------------------------------------------------------------------
+def test_each_pass_of_a_block_is_one_line(crop, caplog):
+    pytest.importorskip("sam2")
+    seg = SAM2Segmenter(random_weights=True, seed=0, **FAST)
+    blk = {**info(crop.shape[:2], offset=(0, 256)), "block_id": (0, 1)}
+    with caplog.at_level("INFO", logger="remote_samsing.progress"):
+        seg.segment(crop, block_info=blk)
+    stats = seg.last_stats["pass_stats"]
+    assert len(caplog.messages) == len(stats) == 2
+    for i, (line, s) in enumerate(zip(caplog.messages, stats)):
+        assert line.startswith(f"block (0, 1) pass {i + 1}: {s['n_prompts']} prompts, {s['accepted']} mask")
+        assert f"coverage {s['coverage']:.1f} %" in line and line.endswith(" s")
+
+
+def test_the_preview_settings_are_named_where_they_are_faster():
+    pytest.importorskip("sam2")
+    flags = SAM2Segmenter(random_weights=True, model_cfg="tiny", device="cpu")._preview_flags()
+    assert flags == "--segmenter-param image_size=256 --segmenter-param points_per_side=16"
+    assert set(sam2_mod.PREVIEW_PARAMS) <= set(SAM2Segmenter.__init__.__code__.co_varnames) | set(
+        sam2_mod.MultipassConfig.__dataclass_fields__)  # real parameter names
+    assert SAM2Segmenter(random_weights=True, model_cfg="tiny", image_size=512,
+                         points_per_side=16)._preview_flags() == "--segmenter-param image_size=256"
+    assert SAM2Segmenter(random_weights=True, model_cfg="tiny", image_size=256, points_per_side=8)._preview_flags() == ""
+
+
+@pytest.mark.slow  # a model per worker process: ~20 s on 2 cores
+def test_a_run_on_cpu_workers_shows_each_pass_and_one_estimate(tmp_path, client, capsys):
+    """Through the pipeline on a cluster of worker processes: the passes come to the client's log."""
+    pytest.importorskip("sam2")
+    pytest.importorskip("rasterio")
+    from remote_samsing.config import RunConfig
+    from remote_samsing.pipeline import run
+
+    params = {k: v for k, v in FAST.items() if k != "device"} | {"random_weights": True, "max_passes": 1}
+    cfg = RunConfig(segmenter_params=params, tile_size=200, padding=16, device="cpu", vectors=False)
+    run(str(DATA / "neon_osbs.tif"), tmp_path / "out", config=cfg, client=client)
+    err = capsys.readouterr().err.splitlines()
+    passes = [line for line in err if line.startswith("segment-stage: block (")]
+    assert sorted(line.split(" pass ")[0] for line in passes) == [
+        f"segment-stage: block ({y}, {x})" for y in (0, 1) for x in (0, 1)], err
+    estimate = [line for line in err if line.startswith("SAM2 on CPU: ~")]
+    assert len(estimate) == 1 and "for 4 blocks on 2 workers" in estimate[0]
+    assert "preview" not in estimate[0]  # 256 px and 4 x 4 prompts are lighter than the preview

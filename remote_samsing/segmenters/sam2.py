@@ -61,11 +61,12 @@ from .._files import write_atomic
 from .._validate import check_bool, check_int, check_number
 from ._base import DEVICES, GPU_RESOURCES
 from ..exceptions import BackendUnavailableError, CheckpointError, ConfigError, InputError
+from .._progress import report_pass
 from ..multipass import MultipassConfig, MultipassResult, run_multipass
 
 __all__ = [
     "SAM2Segmenter", "check_checkpoint", "fetch_model", "find_checkpoint", "models_dir", "resolve_model_cfg", "write_random_checkpoint",
-    "CHECKPOINT_URLS", "CHECKPOINT_ENV", "MODELS_ENV",
+    "CHECKPOINT_URLS", "CHECKPOINT_ENV", "MODELS_ENV", "PREVIEW_PARAMS",
 ]
 
 #: Environment variable naming the checkpoint file to use when none is given.
@@ -97,6 +98,9 @@ CHECKPOINT_URLS = {
     },
 }
 _IMAGE_SIZES = (256, 512, 1024)
+#: Settings for a quick look on a CPU (its seconds per block are measured in the README): the coarsest
+#: input size and a 16 x 16 prompt grid. Named in the estimate after the first pass on a CPU.
+PREVIEW_PARAMS = {"image_size": 256, "points_per_side": 16}
 _NAME_RE = re.compile(
     r"(?:^|[^a-z0-9])(sam2(?:\.1|p1|_1)?)[_-]hiera[_-](tiny|small|base[_-]plus|b\+|large|t|s|l)(?![a-z0-9])"
 )
@@ -791,12 +795,33 @@ class SAM2Segmenter:
             wy0, _, wx0, _ = (int(v) for v in window)
             cy0, cy1, cx0, cx1 = (int(v) for v in block_info["core"])
             core = (cy0 - wy0, cy1 - wy0, cx0 - wx0, cx1 - wx0)
-        result = run_multipass(block, valid=valid, core=core, generator=self._generator(), config=self.config)
+        result = run_multipass(block, valid=valid, core=core, generator=self._generator(), config=self.config,
+                               on_pass=self._pass_reporter(block_info))
         stats = result.summary()
         stats.update(model_cfg=self.model_cfg, image_size=self.image_size or 1024, device=self._model_key()[3])
         self._local.stats = stats
         self._local.attributes = result.attributes
         return result
+
+    def _pass_reporter(self, block_info: Mapping[str, Any]):
+        """The ``on_pass`` of one block: each pass reported (:func:`remote_samsing._progress.report_pass`),
+        on a CPU with the preview settings that would be faster than these."""
+        block = block_info.get("block_id")
+        device = self._model_key()[3]
+        base = {"block": [int(v) for v in block] if block is not None else None, "device": device,
+                "preview": self._preview_flags() if device == "cpu" else ""}
+
+        def on_pass(stats: Mapping[str, Any]) -> None:
+            report_pass({**base, "pass": int(stats["pass"]), "prompts": int(stats["n_prompts"]),
+                         "accepted": int(stats["accepted"]), "coverage": float(stats["coverage"]),
+                         "seconds": float(stats["generate_s"] + stats["accept_s"])})
+
+        return on_pass
+
+    def _preview_flags(self) -> str:
+        """``--segmenter-param`` flags for :data:`PREVIEW_PARAMS` where this segmenter is slower; "" if none."""
+        current = {"image_size": self.image_size or 1024, "points_per_side": self.config.points_per_side}
+        return " ".join(f"--segmenter-param {k}={v}" for k, v in PREVIEW_PARAMS.items() if current[k] > v)
 
     def segment(self, block: np.ndarray, *, block_info: Mapping[str, Any]) -> np.ndarray:
         """Segment one padded block; returns (y, x) uint32 labels, 0 = none.
