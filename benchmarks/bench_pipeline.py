@@ -15,16 +15,23 @@ sizes then also carry the heap the earlier jobs left in the same processes
     python -m benchmarks.bench_pipeline --quick    # 4 Mpx and 16 Mpx
     python -m benchmarks.bench_pipeline --sides 10000,20000,30000,40000   # 100 Mpx to 1.6 Gpx
     python -m benchmarks.bench_pipeline --store s3   # local disk vs a loopback S3 server, same mosaics
+    python -m benchmarks.bench_pipeline --store s3,gs,az --server seaweedfs --sides 4000,8000   # every store
     python -m benchmarks.bench_pipeline --megapixels 400 --sources 400 --repeats 3   # 1 file vs 400 files
 
 ``--store s3`` runs every size twice, mosaic and OUTDIR on local disk and then
-both on an S3 server on loopback (moto's standalone server, in a process of
-its own, reached through ``AWS_ENDPOINT_URL`` as a real store would be), and
-prints the store's throughput as a ratio of the local one (target >= 0.5) with
-the client's peak RSS for each size (target: independent of the size), and
-what the run cost the server: requests per block and the share of the run's
-time its process was busy (moto answers one request at a time in Python, on
-the same 2 cores, so its CPU time bounds how fast any run against it can be).
+both on an S3 server on loopback (``--server moto``, moto's standalone server,
+the default; or ``--server seaweedfs``, SeaweedFS's ``weed mini``), in a
+process of its own, reached through ``AWS_ENDPOINT_URL`` as a real store would
+be. ``--store gs`` and ``--store az`` do the same on fake-gcs-server
+(``STORAGE_EMULATOR_HOST``) and Azurite (``AZURE_STORAGE_CONNECTION_STRING``);
+``--store s3,gs,az`` runs each store after the one local run. It prints each
+store's throughput as a ratio of the local one (target >= 0.5) with the
+client's peak RSS for each size (target: independent of the size), and what
+the run cost the server: requests per block and the share of the run's time
+its process was busy (moto answers one request at a time in Python, on the
+same 2 cores, so its CPU time bounds how fast any run against it can be).
+It writes ``benchmarks/results/pipeline-store-<stores>-cpu-<cores>core.json``
+(``--json`` elsewhere; ``--quick`` only there).
 
 ``--sources N`` writes the synthetic mosaic (one size, ``--megapixels``,
 default 400) as one GeoTIFF and cuts it into the rows x columns of GeoTIFFs
@@ -125,11 +132,13 @@ def _rows_in_fresh_processes(sizes, *, tile: int, n_workers: int, store: str | N
     return rows
 
 
-_SERVER_PID, _SERVER_LOG = "RS_BENCH_S3_SERVER_PID", "RS_BENCH_S3_SERVER_LOG"
+_SERVER_PID, _SERVER_LOG, _SERVER_METRICS = "RS_BENCH_SERVER_PID", "RS_BENCH_SERVER_LOG", "RS_BENCH_SERVER_METRICS"
 
 
 class _ServerCost:
-    """Requests the loopback S3 server answered and CPU seconds it spent while the block runs."""
+    """Requests the loopback server answered and CPU seconds it spent while the block runs: requests
+    from its request log (one `` HTTP/1.1`` line each: moto, fake-gcs-server, Azurite) or its
+    Prometheus counters (SeaweedFS)."""
 
     def __enter__(self):
         import os
@@ -137,15 +146,24 @@ class _ServerCost:
         import psutil
 
         self._proc = psutil.Process(int(os.environ[_SERVER_PID]))
-        self._log = Path(os.environ[_SERVER_LOG])
+        self._log = Path(os.environ[_SERVER_LOG]) if os.environ.get(_SERVER_LOG) else None
+        self._metrics = os.environ.get(_SERVER_METRICS)
         self._start = (self._cpu(), self._requests())
         return self
 
     def _cpu(self) -> float:
-        t = self._proc.cpu_times()
-        return t.user + t.system
+        # the server and any process it started (weed mini runs its parts as threads; node may fork)
+        procs = [self._proc] + self._proc.children(recursive=True)
+        return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
 
-    def _requests(self) -> int:  # one log line per request ("GET /bucket/key HTTP/1.1" 200 -)
+    def _requests(self) -> int:
+        if self._metrics:
+            import urllib.request
+
+            with urllib.request.urlopen(self._metrics, timeout=10) as r:
+                lines = r.read().decode().splitlines()
+            return int(sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                           if line.startswith("SeaweedFS_s3_request_total{")))
         return self._log.read_text(errors="replace").count(" HTTP/1.1")
 
     def __exit__(self, *exc):
@@ -153,7 +171,7 @@ class _ServerCost:
         self.requests = self._requests() - self._start[1]
 
 
-def _loopback_s3():
+def _loopback_moto():
     """A moto S3 server in a process of its own and the environment that reaches it, with bucket
     ``bench``. It is a sibling of the measured job processes, so their RSS never counts the objects
     the server holds."""
@@ -183,36 +201,72 @@ def _loopback_s3():
             break
         except Exception:  # noqa: BLE001 - the server is still starting
             time.sleep(0.1)
-    return proc, env
+
+    def stop():
+        proc.kill()
+        proc.wait()
+        Path(log.name).unlink(missing_ok=True)
+
+    return stop, env
 
 
-def run_store(sizes, *, tile: int, n_workers: int) -> dict:
-    """Every size on local disk, then with mosaic and OUTDIR on a loopback S3 server."""
+@contextlib.contextmanager
+def _loopback_server(store: str, server: str):
+    """``(name, environment)`` of a loopback server for ``store`` with bucket ``bench``, stopped on exit:
+    the environment holds only the store's standard variables, plus where a child measures the server.
+    fake-gcs-server, Azurite and SeaweedFS start as the storage tests start them
+    (tests/integration/loopback_stores.py), moto as its own process here."""
+    import os
+    import sys
+
+    if store == "s3" and server == "moto":
+        stop, env = _loopback_moto()
+        try:
+            yield "moto", env
+        finally:
+            stop()
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+    from loopback_stores import STORE_VARIABLES, start_store
+
+    with tempfile.TemporaryDirectory(prefix=f"rs-bench-{store}-server-") as d:
+        log = Path(d) / "requests.log"
+        srv = start_store(store, Path(d), server=server if store == "s3" else None, log=log)
+        try:
+            srv.make_bucket("bench")
+            env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}
+            env.update(srv.env, **{_SERVER_PID: str(srv.pid)})
+            env.update({_SERVER_METRICS: srv.metrics_url} if srv.metrics_url else {_SERVER_LOG: str(srv.log)})
+            yield {"s3": server, "gs": "fake-gcs-server", "az": "azurite"}[store], env
+        finally:
+            srv.stop()
+
+
+def run_store(sizes, *, stores, server: str, tile: int, n_workers: int) -> dict:
+    """Every size on local disk, then with mosaic and OUTDIR on each loopback store in turn."""
     local = _rows_in_fresh_processes(sizes, tile=tile, n_workers=n_workers)
-    server, env = _loopback_s3()
-    try:
-        remote = _rows_in_fresh_processes(sizes, tile=tile, n_workers=n_workers, store="s3", env=env)
-    finally:
-        server.kill()
-        Path(env[_SERVER_LOG]).unlink(missing_ok=True)
-    pairs = [{"mpx": a["mpx"], "local_mpx_per_s": a["mpx_per_s"], "s3_mpx_per_s": b["mpx_per_s"],
-              "throughput_ratio_s3_over_local": b["mpx_per_s"] / a["mpx_per_s"],
-              "client_peak_rss_mb_local": a["peak_rss_by_process_mb"]["main"],
-              "client_peak_rss_mb_s3": b["peak_rss_by_process_mb"]["main"]} for a, b in zip(local, remote)]
-    for p, r in zip(pairs, remote):
-        p.update(server_requests_per_block=r["server"]["requests_per_block"],
-                 server_cpu_share_of_run=r["server"]["cpu_s"] / r["seconds"])
-    for p in pairs:
-        print(f"{p['mpx']:.0f} Mpx: local {p['local_mpx_per_s']:.1f} Mpx/s, S3 {p['s3_mpx_per_s']:.1f} Mpx/s "
-              f"(ratio {p['throughput_ratio_s3_over_local']:.2f}); client peak RSS local "
-              f"{p['client_peak_rss_mb_local']:.0f} MB, S3 {p['client_peak_rss_mb_s3']:.0f} MB; "
-              f"{p['server_requests_per_block']:.1f} requests a block, the S3 server busy "
-              f"{p['server_cpu_share_of_run']:.0%} of the run (one core)")
-    ratio = pairs[-1]["client_peak_rss_mb_s3"] / pairs[0]["client_peak_rss_mb_s3"]
-    print(f"client peak RSS on S3, largest/smallest mosaic: {ratio:.2f}")
-    return {"name": "pipeline_store", "machine": machine(), "n_workers": n_workers, "store": "moto loopback S3",
-            "pairs": pairs, "rows_local": local, "rows_s3": remote, "client_rss_ratio_large_vs_small_s3": ratio,
-            "target": "throughput ratio >= 0.5; client RSS independent of the mosaic size"}
+    result = {"name": "pipeline_store", "machine": machine(), "n_workers": n_workers, "rows_local": local,
+              "stores": {}, "target": "throughput ratio >= 0.5; client RSS independent of the mosaic size"}
+    for store in stores:
+        with _loopback_server(store, server) as (name, env):
+            remote = _rows_in_fresh_processes(sizes, tile=tile, n_workers=n_workers, store=store, env=env)
+        pairs = [{"mpx": a["mpx"], "local_mpx_per_s": a["mpx_per_s"], "store_mpx_per_s": b["mpx_per_s"],
+                  "throughput_ratio_store_over_local": b["mpx_per_s"] / a["mpx_per_s"],
+                  "client_peak_rss_mb_local": a["peak_rss_by_process_mb"]["main"],
+                  "client_peak_rss_mb_store": b["peak_rss_by_process_mb"]["main"],
+                  "server_requests_per_block": b["server"]["requests_per_block"],
+                  "server_cpu_share_of_run": b["server"]["cpu_s"] / b["seconds"]} for a, b in zip(local, remote)]
+        for p in pairs:
+            print(f"{store} ({name}) {p['mpx']:.0f} Mpx: local {p['local_mpx_per_s']:.1f} Mpx/s, store "
+                  f"{p['store_mpx_per_s']:.1f} Mpx/s (ratio {p['throughput_ratio_store_over_local']:.2f}); client "
+                  f"peak RSS local {p['client_peak_rss_mb_local']:.0f} MB, store {p['client_peak_rss_mb_store']:.0f} "
+                  f"MB; {p['server_requests_per_block']:.1f} requests a block, the server busy "
+                  f"{p['server_cpu_share_of_run']:.0%} of the run (one core)")
+        ratio = pairs[-1]["client_peak_rss_mb_store"] / pairs[0]["client_peak_rss_mb_store"]
+        print(f"{store} ({name}): client peak RSS, largest/smallest mosaic: {ratio:.2f}")
+        result["stores"][store] = {"server": name, "pairs": pairs, "rows": remote,
+                                   "client_rss_ratio_large_vs_small": ratio}
+    return result
 
 
 def run(quick: bool = False, *, sizes=None, tile: int = 1000, n_workers: int = 2, fresh: bool = True,
@@ -267,7 +321,7 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
             import sys
 
             for side in sizes:
-                written[side] = f"s3://bench/m{side}.zarr" if store else tmp / f"m{side}.zarr"
+                written[side] = f"{store}://bench/m{side}.zarr" if store else tmp / f"m{side}.zarr"
                 subprocess.run([sys.executable, "-m", "benchmarks.bench_pipeline", "--write-mosaic",
                                 str(written[side]), "--sides", str(side), "--tile", str(tile)],
                                check=True, cwd=Path(__file__).resolve().parents[1])
@@ -283,7 +337,7 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
                 # earlier jobs left freed heap: hand it back first, so that the
                 # peak RSS measures this job only
                 _release_memory(c)
-                out = location(f"s3://bench/out{side}") if store else tmp / f"out{side}"
+                out = location(f"{store}://bench/out{side}") if store else tmp / f"out{side}"
                 cfg = RunConfig(segmenter="noop", tile_size=tile, padding=50, merge="overlap", vectors=False,
                                 progress=False)
                 with PeakRSS() as rss, timer() as t, (_ServerCost() if store else contextlib.nullcontext()) as srv:
@@ -543,7 +597,9 @@ if __name__ == "__main__":
     ap.add_argument("--json", help="write the result here too")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one size, for a fresh-process run
     ap.add_argument("--write-mosaic", help=argparse.SUPPRESS)  # only write the synthetic mosaic there
-    ap.add_argument("--store", choices=["s3"], help="also run with mosaic and OUTDIR on a loopback S3 server")
+    ap.add_argument("--store", help="also run with mosaic and OUTDIR on loopback stores: s3, gs, az or a "
+                                    "comma-separated list of them")
+    ap.add_argument("--server", choices=["moto", "seaweedfs"], default="moto", help="the S3 server of --store s3")
     ap.add_argument("--megapixels", help="comma-separated mosaic sizes in Mpx, instead of --sides (e.g. 100,400)")
     ap.add_argument("--sources", type=int, metavar="N",
                     help="one GeoTIFF vs the same mosaic cut into N GeoTIFFs, beside plain Dask (one size: "
@@ -583,11 +639,20 @@ if __name__ == "__main__":
             _synthetic_zarr(target, sides[0], args.tile)
         raise SystemExit(0)
     if args.store and not args.child:
-        result = run_store(sides or ([2000, 4000] if args.quick else [10000, 20000]), tile=args.tile,
-                           n_workers=args.n_workers)
-        text = json.dumps(result, indent=2)
-        if args.json:
-            Path(args.json).write_text(text)
+        stores = args.store.split(",")
+        if not set(stores) <= {"s3", "gs", "az"}:
+            ap.error(f"--store takes s3, gs, az or a list of them, not {args.store!r}")
+        code = _code_version()
+        result = run_store(sides or ([2000, 4000] if args.quick else [10000, 20000]), stores=stores,
+                           server=args.server, tile=args.tile, n_workers=args.n_workers)
+        result["command"] = "python -m benchmarks.bench_pipeline " + " ".join(sys.argv[1:])
+        result["code"] = code
+        # the recorded result of these stores (and S3 server); a --quick run replaces none
+        variant = "-".join(s + ("-seaweedfs" if s == "s3" and args.server == "seaweedfs" else "") for s in stores)
+        target = Path(args.json) if args.json else None if args.quick else result_path(f"pipeline-store-{variant}")
+        if target is not None:
+            target.write_text(json.dumps(result, indent=2))
+            print(f"wrote {target}")
         raise SystemExit(0)
     result = run(args.quick, sizes=sides, tile=args.tile, n_workers=args.n_workers, fresh=not args.one_process,
                  child=args.child, store=args.store)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -224,10 +225,12 @@ def _current_worker():
 
 def _duration(seconds: float) -> str:
     """
-    >>> _duration(95), _duration(3 * 3600 + 600)
-    ('~2 min', '~3.2 h')
+    >>> _duration(23), _duration(95), _duration(3 * 3600 + 600)
+    ('~23 s', '~2 min', '~3.2 h')
     """
-    return f"~{seconds / 3600:.1f} h" if seconds >= 3600 else f"~{max(1, round(seconds / 60))} min"
+    if seconds < 60:
+        return f"~{seconds:.0f} s"
+    return f"~{seconds / 3600:.1f} h" if seconds >= 3600 else f"~{round(seconds / 60)} min"
 
 
 class PassReporter:
@@ -247,7 +250,7 @@ class PassReporter:
     def estimate(self, event: Mapping[str, Any]) -> str:
         """The line after the first pass on a CPU: a lower bound, since a block takes one pass or more."""
         seconds = float(event["seconds"])
-        total = seconds * self.blocks / self.workers
+        total = seconds * math.ceil(self.blocks / self.workers)  # blocks run in rounds of `workers`
         line = (f"SAM2 on CPU: ~{seconds:.0f} s per pass per block -> at least {_duration(total)} for "
                 f"{counted(self.blocks, 'blocks')} on {counted(self.workers, 'workers')} (a block takes one pass "
                 "or more)")

@@ -397,7 +397,7 @@ def _crs_name(crs) -> str:
 def _raster_bounds(shape, transform) -> tuple[float, float, float, float]:
     """(xmin, ymin, xmax, ymax) of a (height, width) grid under ``transform``."""
     h, w = shape
-    xs, ys = zip(*(transform * (c, r) for c, r in ((0, 0), (w, 0), (0, h), (w, h))))
+    xs, ys = zip(*(transform @ (c, r) for c, r in ((0, 0), (w, 0), (0, h), (w, h))))
     return float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))
 
 

@@ -236,7 +236,7 @@ def _write_tif_piece(block, folder: str, profile: dict, block_info=None):
     (y0, y1), (x0, x1) = block_info[0]["array-location"]
     prof = dict(profile, height=y1 - y0, width=x1 - x0)
     if prof["transform"] is not None:
-        prof["transform"] = prof["transform"] * prof["transform"].translation(x0, y0)
+        prof["transform"] = prof["transform"] @ prof["transform"].translation(x0, y0)
     dest = location(folder) / f"{y0}_{x0}.tif"
     if not is_remote(dest):
         with quiet_georeferencing(), rasterio.open(dest, "w", **prof) as dst:

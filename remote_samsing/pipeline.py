@@ -679,7 +679,8 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     _check_inputs_outside(mosaic, outdir)
     rgb_band_indices(arr)
     if arr.rio.crs is None:  # said once here; the vectors step does not repeat it
-        warnings.warn(f"input `{image}` has no CRS: labels.tif and the polygons are in pixel coordinates "
+        name = mosaic.inputs[0] if mosaic is not None and len(mosaic.inputs) == 1 else image
+        warnings.warn(f"input `{name}` has no CRS: labels.tif and the polygons are in pixel coordinates "
                       "(x = column, y = row) with no CRS", NoCRSWarning, stacklevel=3)
     seg = resolve_segmenter(cfg.segmenter, _segmenter_params(cfg))
     mcfg = _merge_config(cfg.merge, cfg.merge_params)

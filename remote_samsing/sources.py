@@ -426,12 +426,12 @@ def _describe(location: str) -> Source:
     """The header of one source, or a one-line error naming it."""
     import rasterio
 
-    from .io import configure_remote_reads, unreadable_raster
+    from .io import configure_remote_reads, quiet_georeferencing, unreadable_raster
 
     if is_url(location):
         configure_remote_reads()
     try:
-        with rasterio.open(_gdal_name(location)) as src:
+        with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
             crs = src.crs.to_wkt() if src.crs else None
             header = dict(crs=crs, transform=tuple(src.transform)[:6], shape=(src.height, src.width),
                           count=src.count, dtype=src.dtypes[0], nodata=src.nodata,

@@ -254,6 +254,7 @@ def test_an_image_without_georeferencing_warns_once(tmp_path, data_dir):
     assert r.returncode == 0, r.stderr
     warned = [line for line in r.stderr.splitlines() if "warning" in line.lower()]
     assert len(warned) == 1 and warned[0].startswith("warning: input") and "no CRS" in warned[0]
+    assert f"`{tmp_path / 'scene.png'}`" in warned[0]
     assert "site-packages" not in r.stderr
     r = _run("vectorize", tmp_path / "out" / "labels.tif", tmp_path / "v.gpkg")
     assert r.returncode == 0, r.stderr
