@@ -35,6 +35,14 @@ BIoU (Cheng et al. 2021, d = 3 px)
     counting as background; ``BIoU_o = |band(R) ∩ band(o)| /
     |band(R) ∪ band(o)|`` on the greedy reconstruction ``R``; missed objects
     (``R = ∅``) score 0 and are averaged like mIoU.
+Seam visibility (issue 33)
+    For each seam face of the tiling (the side two neighbouring block cores
+    share) and each line between neighbouring pixel columns (rows) within
+    ``±P`` of the seam: the share of the line's labelled pairs (4-neighbours,
+    at least one > 0) whose labels differ. The face's value is its worst
+    line's share; the total is the faces' mean weighted by their length.
+    Tiled over one window's value on the same seams shows how much the tile
+    grid shows (goal ≤ 1.25).
 Rows
     One row per class and an instance-weighted "Global" row (every object
     counts once).
@@ -87,6 +95,7 @@ from ._progress import track
 from .io import quiet_georeferencing
 from ._validate import check_choice, check_int
 from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError, RemoteSamsingWarning
+from .tiling import TilingPlan
 
 __all__ = [
     "GroundTruth",
@@ -102,6 +111,10 @@ __all__ = [
     "greedy_oracle",
     "boundary_band",
     "boundary_iou",
+    "SeamVisibility",
+    "seam_visibility",
+    "seam_visibility_ratio",
+    "seam_line_shares",
     "load_ground_truth",
     "evaluate",
     "write_report",
@@ -330,6 +343,166 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[2] - b[0]) * (b[3] - b[1])
     return inter / np.maximum(area_a + area_b - inter, 1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Seam visibility
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeamVisibility:
+    """Seam visibility of a label image: one value per seam face and their length-weighted mean.
+
+    Attributes
+    ----------
+    blocks : (n, 2, 2) int array
+        The two blocks ``(iy, ix)`` either side of each face, as ``merge_faces.json`` names them.
+    kind : tuple of str
+        ``"x"`` for a face between a block and its right neighbour (a vertical seam line),
+        ``"y"`` for one between a block and the block below (a horizontal one).
+    lengths : (n,) int array
+        Pixel pairs along each line of the face (the cores' shared side).
+    values : (n,) float array
+        The face's worst line share, NaN where no line has a labelled pair.
+    offsets : (n,) int array
+        Where the worst line lies: ``d`` in ``[-padding, padding]``, the line between
+        ``seam + d - 1`` and ``seam + d`` (0 where the value is NaN).
+    mean : float
+        Length-weighted mean of the values that are not NaN; NaN where none is.
+    """
+
+    blocks: np.ndarray
+    kind: tuple[str, ...]
+    lengths: np.ndarray
+    values: np.ndarray
+    offsets: np.ndarray
+    mean: float
+
+    def to_records(self) -> list[dict]:
+        """One dict per face (``blocks``, ``kind``, ``seam_visibility``, ``seam_offset``), None for NaN."""
+        return [{"blocks": b.tolist(), "kind": k, "seam_visibility": None if v != v else float(v),
+                 "seam_offset": None if v != v else int(o)}
+                for b, k, v, o in zip(self.blocks, self.kind, self.values, self.offsets)]
+
+
+def _seam_faces(plan: TilingPlan):
+    """Each seam face: blocks, kind, seam position, the extent of its cores' shared side, the axis size."""
+    ys, xs = plan.starts
+    for iy, ix in plan.block_ids():
+        if ix + 1 < plan.grid_shape[1]:
+            yield ((iy, ix), (iy, ix + 1)), "x", int(xs[ix + 1]), (int(ys[iy]), int(ys[iy + 1])), plan.shape[1]
+        if iy + 1 < plan.grid_shape[0]:
+            yield ((iy, ix), (iy + 1, ix)), "y", int(ys[iy + 1]), (int(xs[ix]), int(xs[ix + 1])), plan.shape[0]
+
+
+def _read_strip(labels, kind: str, lines: slice, along: tuple[int, int]) -> np.ndarray:
+    """The strip ``labels[along, lines]`` (``"x"``) or its transpose (``"y"``), read alone.
+
+    A dask array or DataArray computes only this strip; a Zarr array reads only the chunks under it.
+    """
+    part = labels[slice(*along), lines] if kind == "x" else labels[lines, slice(*along)]
+    if hasattr(part, "compute"):
+        part = part.compute()
+    part = np.asarray(part)
+    return part if kind == "x" else part.T
+
+
+def seam_line_shares(strip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled pairs and boundary pairs across each line between neighbouring columns of ``strip``.
+
+    A pair counts when at least one of its pixels is labelled (> 0) and carries a boundary when
+    the two labels differ.
+
+    >>> seam_line_shares(np.array([[1, 1, 2], [1, 0, 0], [0, 0, 0]]))
+    (array([2, 1]), array([1, 1]))
+    """
+    left, right = strip[:, :-1], strip[:, 1:]
+    counted = np.count_nonzero((left > 0) | (right > 0), axis=0)
+    boundary = np.count_nonzero(left != right, axis=0)
+    return counted, boundary
+
+
+def _worst_line(counted: np.ndarray, boundary: np.ndarray, d0: int) -> tuple[float, int]:
+    """Largest share over the lines with a labelled pair and its offset (nearest the seam on ties)."""
+    ok = np.flatnonzero(counted > 0)
+    if not ok.size:
+        return float("nan"), 0
+    share = boundary[ok] / counted[ok]
+    d = ok + d0
+    best = np.flatnonzero(share == share.max())
+    j = best[np.argmin(np.abs(d[best]))]
+    return float(share[j]), int(d[j])
+
+
+def seam_visibility(labels, *, tile_size: int, padding: int) -> SeamVisibility:
+    """How visible the tiling's seams are in ``labels``: label boundaries on straight seam lines.
+
+    For each seam face (the side two neighbouring block cores of
+    ``TilingPlan(shape=labels.shape, tile_size=tile_size, padding=padding)`` share),
+    each line between neighbouring pixel columns (rows) within ``±padding`` of the
+    seam gets the share of its labelled pairs that carry a label boundary (see
+    :func:`seam_line_shares`); the face's value is its worst line's share
+    (near 1 where objects end on the seam).
+
+    Parameters
+    ----------
+    labels : (y, x) int array
+        Labels, 0 = background. A dask array, DataArray or Zarr array is read
+        strip by strip (``tile_size × (2·padding + 2)`` pixels at a time).
+    tile_size, padding : int
+        The tiling, as the run used it.
+
+    Returns
+    -------
+    SeamVisibility
+        Per-face values and their mean weighted by face length.
+
+    Examples
+    --------
+    Two labels meeting on the seam of 4-px tiles: the vertical faces score 1
+    (offset 0), the horizontal ones 0.
+
+    >>> lab = np.ones((8, 8), np.uint32); lab[:, 4:] = 2
+    >>> vis = seam_visibility(lab, tile_size=4, padding=1)
+    >>> vis.kind, vis.values.tolist(), vis.mean
+    (('x', 'y', 'y', 'x'), [1.0, 0.0, 0.0, 1.0], 0.5)
+    """
+    shape, dtype = tuple(getattr(labels, "shape", ())), np.dtype(getattr(labels, "dtype", None))
+    if len(shape) != 2 or not np.issubdtype(dtype, np.integer):
+        raise InputError(f"`labels` must be a 2-D integer array, got shape {shape} dtype {dtype}")
+    plan = TilingPlan(shape=shape, tile_size=tile_size, padding=padding)
+    blocks, kinds, lengths, values, offsets = [], [], [], [], []
+    for pair, kind, seam, along, size in _seam_faces(plan):
+        lo, hi = max(-padding, 1 - seam), min(padding, size - 1 - seam)  # lines inside the mosaic
+        strip = _read_strip(labels, kind, slice(seam + lo - 1, seam + hi + 1), along)
+        value, offset = _worst_line(*seam_line_shares(strip), lo)
+        blocks.append(pair), kinds.append(kind), lengths.append(along[1] - along[0])
+        values.append(value), offsets.append(offset)
+    values, lengths = np.asarray(values, np.float64), np.asarray(lengths, np.int64)
+    ok = ~np.isnan(values)
+    mean = float(np.sum(values[ok] * lengths[ok]) / lengths[ok].sum()) if ok.any() else float("nan")
+    return SeamVisibility(blocks=np.asarray(blocks, np.int64).reshape(-1, 2, 2), kind=tuple(kinds),
+                          lengths=lengths, values=values, offsets=np.asarray(offsets, np.int64), mean=mean)
+
+
+def seam_visibility_ratio(labels, reference, *, tile_size: int, padding: int) -> float:
+    """Seam visibility of ``labels`` over that of ``reference`` (one window's labels) on the same seams.
+
+    1 where the seams show no more than in one window; 1 also where neither has a boundary there
+    (inf where only ``labels`` has one, NaN where either has no labelled pair near a seam).
+
+    >>> lab = np.ones((8, 8), np.uint32); lab[:, 4:] = 2
+    >>> seam_visibility_ratio(lab, lab, tile_size=4, padding=1)
+    1.0
+    """
+    a = seam_visibility(labels, tile_size=tile_size, padding=padding).mean
+    b = seam_visibility(reference, tile_size=tile_size, padding=padding).mean
+    if a != a or b != b:
+        return float("nan")
+    if b == 0:
+        return 1.0 if a == 0 else float("inf")
+    return a / b
 
 
 # ---------------------------------------------------------------------------
