@@ -19,7 +19,7 @@ Output directory layout (``run``)::
                            after its chunk (its existence marks the block done)
       staging/merge/       the merge's spill folder (removed when it ends)
       staging/attributes/  per-label segmenter attributes of each block
-      merge_faces.json     per-face merge statistics
+      merge_faces.json     per-face merge statistics and seam visibility
       labels.zarr          final labels (y, x) with CRS
       labels.tif           Cloud-Optimized GeoTIFF, nodata 0
       segments.parquet     polygons (when vectors are on)
@@ -1029,9 +1029,38 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
     merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
     merge_stats["faces_file"] = "merge_faces.json"
+    # read where the labels are: only the strips around the seams, a few chunks at a time
+    merge_stats["seam_visibility"] = on_a_worker(client, _seam_visibility_of_run, str(outdir),
+                                                 tile_size=plan.tile_size, padding=plan.padding)
     seconds = time.perf_counter() - t0
     malloc_trim()  # hand back the heap of the stage just done (its task graph is released)
     return written, merge_stats, max_label, seconds
+
+
+def _seam_visibility_of_run(outdir: str, *, tile_size: int, padding: int) -> float | None:
+    """Seam visibility of a run's ``labels.zarr`` (None where no seam has a labelled pair).
+
+    Each edge face of ``merge_faces.json`` gets its own value (``seam_visibility``, None where
+    its lines have no labelled pair) and the offset of its worst line (``seam_offset``); see
+    :func:`remote_samsing.metrics.seam_visibility`. Strips are read one at a time, so memory
+    does not grow with the mosaic.
+    """
+    from ._files import open_zarr_array, read_bytes, store_path
+    from .metrics import seam_visibility
+
+    root = location(outdir)
+    labels = open_zarr_array(store_path(root / "labels.zarr"), mode="r", path="labels")
+    vis = seam_visibility(labels, tile_size=tile_size, padding=padding)
+    faces_path = root / "merge_faces.json"
+    if faces_path.exists():
+        per_face = {(tuple(r["blocks"][0]), tuple(r["blocks"][1]), r["kind"]): r for r in vis.to_records()}
+        faces = json.loads(read_bytes(faces_path))
+        for face in faces:
+            record = per_face.get((tuple(face["blocks"][0]), tuple(face["blocks"][1]), face["kind"]))
+            if record is not None:  # the corner faces have no seam line
+                face.update(seam_visibility=record["seam_visibility"], seam_offset=record["seam_offset"])
+        write_json_atomic(faces_path, faces, indent=None)
+    return None if np.isnan(vis.mean) else vis.mean
 
 
 def _cog_pieces(outdir: Path) -> Path:

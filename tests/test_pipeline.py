@@ -287,6 +287,30 @@ def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
     assert not (tmp_path / "out" / "staging" / "merge").exists()  # the spill folder is removed
 
 
+def test_run_records_seam_visibility_in_run_json_and_per_face(tmp_path, data_dir, client):
+    """Issue 33's diagnostics: run.json's total and each edge face's value in merge_faces.json
+    equal seam_visibility on the labels read back."""
+    from remote_samsing.metrics import seam_visibility
+
+    out = tmp_path / "out"
+    cfg = RunConfig(segmenter="felzenszwalb", segmenter_params={"scale": 50}, tile_size=96, padding=12,
+                    merge="overlap", vectors=False, progress=False)
+    rec = run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client)
+    want = seam_visibility(open_labels(out / "labels.zarr").values, tile_size=96, padding=12)
+    saved = json.loads((out / "run.json").read_text())
+    assert 0 < want.mean < 1  # Felzenszwalb's windows disagree: some boundaries on the seams, not all
+    np.testing.assert_allclose(saved["merge_stats"]["seam_visibility"], want.mean, rtol=1e-6)
+    assert rec["merge_stats"]["seam_visibility"] == saved["merge_stats"]["seam_visibility"]
+    faces = json.loads((out / "merge_faces.json").read_text())
+    edges = {(tuple(map(tuple, f["blocks"])), f["kind"]): f for f in faces if f["kind"] in ("x", "y")}
+    assert len(edges) == want.values.size == 12  # 256 = 96 + 96 + 64: a 3 x 3 grid
+    for blocks, kind, value, offset in zip(want.blocks, want.kind, want.values, want.offsets):
+        face = edges[(tuple(map(tuple, blocks.tolist())), kind)]
+        np.testing.assert_allclose(face["seam_visibility"], value, rtol=1e-6)
+        assert face["seam_offset"] == offset and "candidates" in face  # the merge's statistics stay
+    assert all("seam_visibility" not in f for f in faces if f["kind"] not in ("x", "y"))  # corners
+
+
 def test_run_registers_the_memory_trim_plugin_on_workers(tmp_path, data_dir, client):
     from remote_samsing.cluster import malloc_trim
 
