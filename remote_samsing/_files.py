@@ -118,7 +118,9 @@ def _close_azure_clients() -> None:
 
     from adlfs import AzureBlobFileSystem
 
-    for fin in [o for o in gc.get_objects() if isinstance(o, weakref.finalize)]:
+    # type(), not isinstance(): isinstance reads ``__class__``, which some live objects answer with a
+    # deprecation warning (torch.distributed.reduce_op)
+    for fin in [o for o in gc.get_objects() if type(o) is weakref.finalize]:
         info = fin.peek()
         if info is not None and isinstance(info[0], AzureBlobFileSystem):
             try:

@@ -396,18 +396,6 @@ def _seam_faces(plan: TilingPlan):
             yield ((iy, ix), (iy + 1, ix)), "y", int(ys[iy + 1]), (int(xs[ix]), int(xs[ix + 1])), plan.shape[0]
 
 
-def _read_strip(labels, kind: str, lines: slice, along: tuple[int, int]) -> np.ndarray:
-    """The strip ``labels[along, lines]`` (``"x"``) or its transpose (``"y"``), read alone.
-
-    A dask array or DataArray computes only this strip; a Zarr array reads only the chunks under it.
-    """
-    part = labels[slice(*along), lines] if kind == "x" else labels[lines, slice(*along)]
-    if hasattr(part, "compute"):
-        part = part.compute()
-    part = np.asarray(part)
-    return part if kind == "x" else part.T
-
-
 def seam_line_shares(strip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labelled pairs and boundary pairs across each line between neighbouring columns of ``strip``.
 
@@ -449,7 +437,7 @@ def seam_visibility(labels, *, tile_size: int, padding: int) -> SeamVisibility:
     ----------
     labels : (y, x) int array
         Labels, 0 = background. A dask array, DataArray or Zarr array is read
-        strip by strip (``tile_size × (2·padding + 2)`` pixels at a time).
+        one block core at a time.
     tile_size, padding : int
         The tiling, as the run used it.
 
@@ -472,11 +460,52 @@ def seam_visibility(labels, *, tile_size: int, padding: int) -> SeamVisibility:
     if len(shape) != 2 or not np.issubdtype(dtype, np.integer):
         raise InputError(f"`labels` must be a 2-D integer array, got shape {shape} dtype {dtype}")
     plan = TilingPlan(shape=shape, tile_size=tile_size, padding=padding)
+    parts = {bid: seam_block_parts(_read_core(labels, plan, bid), padding=padding) for bid in plan.block_ids()}
+    return seam_visibility_from_parts(plan, parts)
+
+
+def _read_core(labels, plan: TilingPlan, block_id) -> np.ndarray:
+    """The core of ``block_id`` in ``labels``, read alone (a dask array computes only it, a Zarr
+    array reads only the chunks under it)."""
+    w = plan.core_window(block_id)
+    part = labels[w.y0:w.y1, w.x0:w.x1]
+    return np.asarray(part.compute() if hasattr(part, "compute") else part)
+
+
+def seam_block_parts(core: np.ndarray, *, padding: int) -> dict:
+    """What one block's core contributes to the seam visibility of its four sides.
+
+    Each block reads its own core once, so a run measures its seams in one parallel pass over
+    the blocks (:func:`seam_visibility_from_parts` combines them).
+
+    Returns
+    -------
+    dict
+        ``"x"``: labelled and boundary pairs of the lines within ``padding`` of the core's left
+        side (offsets 1, 2, ...) and of its right side (offsets ..., -2, -1); ``"y"``: the same
+        for top and bottom; ``"edges"``: the core's first and last column, first and last row,
+        for the line across each seam (offset 0).
+    """
+    def sides(c: np.ndarray) -> tuple:
+        k = min(padding, c.shape[1] - 1)
+        return seam_line_shares(c[:, : k + 1]), seam_line_shares(c[:, c.shape[1] - k - 1:])
+
+    core = np.asarray(core)
+    return {"x": sides(core), "y": sides(core.T),
+            "edges": (core[:, 0].copy(), core[:, -1].copy(), core[0].copy(), core[-1].copy())}
+
+
+def seam_visibility_from_parts(plan: TilingPlan, parts) -> SeamVisibility:
+    """:class:`SeamVisibility` from every block's :func:`seam_block_parts` (a mapping by block id)."""
     blocks, kinds, lengths, values, offsets = [], [], [], [], []
-    for pair, kind, seam, along, size in _seam_faces(plan):
-        lo, hi = max(-padding, 1 - seam), min(padding, size - 1 - seam)  # lines inside the mosaic
-        strip = _read_strip(labels, kind, slice(seam + lo - 1, seam + hi + 1), along)
-        value, offset = _worst_line(*seam_line_shares(strip), lo)
+    for pair, kind, _seam, along, _size in _seam_faces(plan):
+        a, b = parts[pair[0]], parts[pair[1]]
+        edge = 1 if kind == "x" else 3
+        across = seam_line_shares(np.stack([a["edges"][edge], b["edges"][edge - 1]], axis=1))
+        (before_n, before_b), (after_n, after_b) = a[kind][1], b[kind][0]
+        counted = np.concatenate([before_n, across[0], after_n])
+        boundary = np.concatenate([before_b, across[1], after_b])
+        value, offset = _worst_line(counted, boundary, -len(before_n))
         blocks.append(pair), kinds.append(kind), lengths.append(along[1] - along[0])
         values.append(value), offsets.append(offset)
     values, lengths = np.asarray(values, np.float64), np.asarray(lengths, np.int64)

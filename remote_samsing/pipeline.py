@@ -1029,29 +1029,37 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
     merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
     merge_stats["faces_file"] = "merge_faces.json"
-    # read where the labels are: only the strips around the seams, a few chunks at a time
-    merge_stats["seam_visibility"] = on_a_worker(client, _seam_visibility_of_run, str(outdir),
-                                                 tile_size=plan.tile_size, padding=plan.padding)
+    merge_stats["seam_visibility"] = _record_seam_visibility(client, outdir, plan, workers=workers)
     seconds = time.perf_counter() - t0
     malloc_trim()  # hand back the heap of the stage just done (its task graph is released)
     return written, merge_stats, max_label, seconds
 
 
-def _seam_visibility_of_run(outdir: str, *, tile_size: int, padding: int) -> float | None:
-    """Seam visibility of a run's ``labels.zarr`` (None where no seam has a labelled pair).
+def _seam_parts(outdir: str, padding: int, item) -> dict:
+    """Task: one block core, ``item = (block_id, ((y0, y1), (x0, x1)))``, of the run's ``labels.zarr``
+    reduced to its seams' line counts."""
+    from ._files import open_zarr_array, store_path
+    from .metrics import seam_block_parts
 
-    Each edge face of ``merge_faces.json`` gets its own value (``seam_visibility``, None where
-    its lines have no labelled pair) and the offset of its worst line (``seam_offset``); see
-    :func:`remote_samsing.metrics.seam_visibility`. Strips are read one at a time, so memory
-    does not grow with the mosaic.
-    """
-    from ._files import open_zarr_array, read_bytes, store_path
-    from .metrics import seam_visibility
+    labels = open_zarr_array(store_path(location(outdir) / "labels.zarr"), mode="r", path="labels")
+    (y0, y1), (x0, x1) = item[1]
+    return seam_block_parts(labels[y0:y1, x0:x1], padding=padding)
 
-    root = location(outdir)
-    labels = open_zarr_array(store_path(root / "labels.zarr"), mode="r", path="labels")
-    vis = seam_visibility(labels, tile_size=tile_size, padding=padding)
-    faces_path = root / "merge_faces.json"
+
+def _record_seam_visibility(client, outdir: Path, plan: TilingPlan, *, workers) -> float | None:
+    """Seam visibility of the run's labels (None where no seam has a labelled pair), each core read
+    once by a task where the labels are; each edge face of ``merge_faces.json`` gets its value
+    (``seam_visibility``) and the offset of its worst line (``seam_offset``), see
+    :func:`remote_samsing.metrics.seam_visibility`."""
+    from ._files import read_bytes
+    from .metrics import seam_visibility_from_parts
+
+    ids = list(plan.block_ids())
+    cores = [(bid, ((w.y0, w.y1), (w.x0, w.x1))) for bid, w in ((b, plan.core_window(b)) for b in ids)]
+    parts = run_in_waves(client, functools.partial(_seam_parts, str(outdir), plan.padding), cores,
+                         name="seam-visibility", batch="auto", threads=threads_of(workers))
+    vis = seam_visibility_from_parts(plan, dict(zip(ids, parts)))
+    faces_path = outdir / "merge_faces.json"
     if faces_path.exists():
         per_face = {(tuple(r["blocks"][0]), tuple(r["blocks"][1]), r["kind"]): r for r in vis.to_records()}
         faces = json.loads(read_bytes(faces_path))

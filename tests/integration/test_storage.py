@@ -570,6 +570,24 @@ def test_credentials_that_may_not_write_there_are_a_one_line_error_before_any_cl
     assert key["SecretAccessKey"] not in r.stderr
 
 
+@pytest.mark.timeout(300)
+def test_an_azure_sas_that_may_only_read_is_a_one_line_error_before_any_cluster(data_dir, loopback_stores):
+    """Azurite checks a SAS's permissions: with a connection string whose SAS may read and list but not
+    write, writing to OUTDIR is refused before any cluster, the SAS never printed, nothing written."""
+    import os
+
+    store = loopback_stores("az")
+    read_only = store.read_only_connection_string()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
+    env["AZURE_STORAGE_CONNECTION_STRING"] = read_only
+    r = _segment(data_dir / "kampala_crop_3857.tif", f"az://{BUCKET}/sas-read-only", env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith(f"error: cannot write to `az://{BUCKET}/sas-read-only`"), r.stderr[-2000:]
+    assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr and "dashboard" not in r.stderr
+    assert read_only.split("SharedAccessSignature=")[1] not in r.stderr
+    assert not store.keys(f"{BUCKET}/sas-read-only")
+
+
 @pytest.mark.timeout(600)
 def test_tiles_on_s3_by_glob_and_by_list_segment_as_the_single_file(tmp_path, data_dir, s3):
     """A 2 x 3 grid of tiles on the store, named by a quoted glob (local OUTDIR) and by an @list that
