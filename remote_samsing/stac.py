@@ -2,8 +2,9 @@
 
 The asset is ``asset`` when given; otherwise the one whose roles include
 ``visual`` (the true-colour image STAC's best practices name), else the only
-raster asset with the ``data`` role or a raster media type, else an error
-listing the assets to choose from.
+raster asset with the ``data`` role (or no role), else the only raster asset of
+any other role, else an error listing the assets to choose from. Thumbnails,
+overviews and metadata are never chosen unless named.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import json
 
 from ._files import join_location
+from ._progress import counted
 from .exceptions import InputError
 
 __all__ = ["asset_hrefs"]
 
+# previews and side files: never the image to segment unless named with ``asset``
+_PREVIEW_ROLES = frozenset({"thumbnail", "overview", "metadata"})
 _RASTER_TYPES = ("image/tiff", "image/jp2", "image/png", "image/jpeg", "image/vnd.stac.geotiff")
 
 
@@ -24,9 +28,21 @@ def _is_raster(asset) -> bool:
         (".tif", ".tiff", ".jp2", ".vrt"))
 
 
+def _is_usable(asset) -> bool:
+    """A raster asset that is the item's image, not a preview or a side file."""
+    return _is_raster(asset) and not _PREVIEW_ROLES.intersection(asset.roles or [])
+
+
+def _describe(key: str, asset) -> str:
+    """``key (media type; roles)``: what an error lists so the user can choose."""
+    facts = [asset.media_type or "no media type", "roles " + ", ".join(asset.roles) if asset.roles else "no roles"]
+    return f"{key} ({'; '.join(facts)})"
+
+
 def _choose(item, asset: str | None, location: str) -> str:
     """The key of the asset to read from ``item``."""
     assets = item.assets
+    listing = ", ".join(_describe(k, a) for k, a in assets.items()) or "none"
     if asset is not None:
         if asset not in assets:
             raise InputError(f"STAC item `{item.id}` in `{location}` has no asset `{asset}`",
@@ -35,14 +51,17 @@ def _choose(item, asset: str | None, location: str) -> str:
     visual = [k for k, a in assets.items() if "visual" in (a.roles or [])]
     if len(visual) == 1:
         return visual[0]
-    data = [k for k, a in assets.items() if _is_raster(a) and ("data" in (a.roles or []) or not a.roles)]
-    if len(data) == 1:
-        return data[0]
-    raster = [k for k, a in assets.items() if _is_raster(a)]
-    raise InputError(
-        f"STAC item `{item.id}` in `{location}` has no asset with role `visual` and "
-        + ("no raster asset" if not raster else f"{len(data) or len(raster)} candidate raster assets"),
-        hint=f"pick one with --asset NAME; its assets: {', '.join(assets) or 'none'}")
+    usable = [k for k, a in assets.items() if _is_usable(a)]
+    # assets with role `data` (or none) first: other roles (`reflectance`, ...) only when they are alone
+    candidates = [k for k in usable if "data" in (assets[k].roles or []) or not assets[k].roles] or usable
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise InputError(f"STAC item `{item.id}` in `{location}` has no usable raster asset; its assets: {listing}",
+                         hint="pass --asset NAME to read one of them anyway")
+    raise InputError(f"STAC item `{item.id}` in `{location}` has no asset with role `visual` and "
+                     f"{counted(len(candidates), 'candidate raster assets')}: {', '.join(candidates)}",
+                     hint=f"pick one with --asset NAME; its assets: {listing}")
 
 
 def asset_hrefs(location: str, text: str, *, asset: str | None = None) -> list[str]:

@@ -308,6 +308,35 @@ def test_bad_inputs_are_named(tmp_path, tiles):
         resolve_mosaic(two)
 
 
+def test_a_stac_item_with_only_a_thumbnail_has_no_usable_asset(tmp_path, tiles):
+    thumb = {"thumbnail": {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]}}
+    given = _stac(tmp_path / "t.json", tiles[:1], extra=thumb)
+    data = json.loads(given.read_text())
+    del data["features"][0]["assets"]["image"]
+    given.write_text(json.dumps(data))
+    with pytest.raises(InputError) as err:
+        resolve_mosaic(given)
+    assert err.value.args[0].endswith("has no usable raster asset; its assets: thumbnail (image/png; roles thumbnail)")
+    assert "candidate" not in str(err.value) and "--asset NAME" in err.value.hint
+
+
+@pytest.mark.parametrize("roles", [("data",), (), ("reflectance",)])
+def test_without_a_visual_asset_the_only_raster_asset_is_read(tmp_path, tiles, roles):
+    side = {"thumbnail": {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]},
+            "meta": {"href": "meta.xml", "type": "application/xml", "roles": ["metadata"]}}
+    given = _stac(tmp_path / "d.json", tiles[:1], roles=roles, extra=side)
+    assert [s.location for s in resolve_mosaic(given).sources] == [str(tiles[0])]
+
+
+def test_two_candidate_stac_assets_are_counted_and_listed(tmp_path, tiles):
+    two = _stac(tmp_path / "two.json", tiles[:1], roles=("data",),
+                extra={"other": {"href": "x.tif", "type": "image/tiff", "roles": ["data"]}})
+    with pytest.raises(InputError) as err:
+        resolve_mosaic(two)
+    assert err.value.args[0].endswith("no asset with role `visual` and 2 candidate raster assets: image, other")
+    assert "other (image/tiff; roles data)" in err.value.hint
+
+
 def test_a_south_up_source_is_refused_in_a_mosaic_and_read_as_it_is_alone(tmp_path):
     north = _constant(tmp_path / "north.tif", 10, 0, 20)
     south = tmp_path / "south.tif"  # positive y resolution: row 0 is the southern edge
