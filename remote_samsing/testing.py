@@ -47,6 +47,7 @@ def register_test_segmenters() -> None:
     for name, factory in TEST_SEGMENTERS.items():
         register_segmenter(name, factory)
 
+
 __all__ = [
     "SAMLikeWindows",
     "shaped_partition",
