@@ -179,7 +179,7 @@ def cli(debug: bool) -> None:
               help="Leave blocks that still fail after their retries unsegmented; the run completes as partial "
                    "and lists them in run.json. The same command again retries only those blocks.")
 @click.option("--vectors/--no-vectors", default=None, help="Also write segments.parquet. [default: on]")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace OUTDIR instead of resuming/refusing.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace the run in OUTDIR instead of resuming/refusing (never a folder of other files).")
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://... or tls://...).")
 @click.option("--device", type=click.Choice(list(DEVICES)), help="Where segmenters run. [default: auto]")
 @click.option("--gpus", help="GPU indices for local CUDA workers, e.g. 0,1.")

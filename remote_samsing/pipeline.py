@@ -483,12 +483,38 @@ def _differences(prev: dict, payload: dict) -> list[str]:
     return [f"{name}: {old!r} -> {new!r}" for name, old, new in pairs if norm(old) != norm(new)]
 
 
+#: What a run writes at OUTDIR's top level: a folder holding only these is a run's, even before its
+#: run.json exists, and ``--overwrite`` may remove it.
+_RUN_ENTRIES = frozenset({"run.json", "staging", "labels.zarr", "labels.tif", "labels.tif.pieces.partial",
+                          "merge_faces.json", "segments.parquet", TILE_INDEX, ".remote-samsing-write-check"})
+
+
+def _foreign_entries(outdir: Path) -> list[str]:
+    """OUTDIR's top-level names that no run writes; none where it holds a run.json."""
+    names = {p.name for p in outdir.iterdir()}
+    if "run.json" in names:
+        return []
+    return sorted(n for n in names - _RUN_ENTRIES if not n.startswith(".remote-samsing"))
+
+
+def _check_overwritable(outdir: Path) -> None:
+    """``--overwrite`` replaces a run, never a folder of other files (a mistyped OUTDIR, a folder of
+    tiles given as the last argument): those are refused, and nothing is removed."""
+    others = _foreign_entries(outdir)
+    if others:
+        shown = ", ".join(f"`{n}`" for n in others[:3]) + (", ..." if len(others) > 3 else "")
+        raise OutputExistsError(f"output directory `{outdir}` holds files that no run wrote ({shown}); "
+                                "--overwrite replaces only a remote-samsing run",
+                                hint="choose a new directory, or empty this one yourself")
+
+
 def _prepare_outdir(outdir: Path, payload: dict, overwrite: bool) -> dict | None:
     """Decide fresh / resume / nothing to do / refuse. Returns the previous run.json when there is one
     for this job (complete or not)."""
     if not outdir.exists():
         return None
     if overwrite:
+        _check_overwritable(outdir)
         remove_tree(outdir)
         return None
     run_json = outdir / "run.json"
@@ -507,7 +533,7 @@ def _prepare_outdir(outdir: Path, payload: dict, overwrite: bool) -> dict | None
     if any(outdir.iterdir()):
         raise OutputExistsError(
             f"output directory `{outdir}` exists and is not a remote-samsing run",
-            hint="choose a new directory or pass --overwrite",
+            hint="choose a new directory" if _foreign_entries(outdir) else "pass --overwrite to start afresh",
         )
     return None
 

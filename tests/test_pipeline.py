@@ -145,6 +145,10 @@ def test_bad_inputs_raise_before_any_work(tmp_path, write_geotiff, monkeypatch):
     (tmp_path / "o4" / "something.txt").write_text("x")
     with pytest.raises(OutputExistsError):
         run(one, tmp_path / "o4", config=RunConfig(segmenter="felzenszwalb", tile_size=8, padding=2))
+    # --overwrite replaces a run, never a folder of other files
+    with pytest.raises(OutputExistsError, match=r"holds files that no run wrote \(`something.txt`\)"):
+        run(one, tmp_path / "o4", config=RunConfig(segmenter="felzenszwalb", tile_size=8, padding=2, overwrite=True))
+    assert (tmp_path / "o4" / "something.txt").read_text() == "x"
     # SAM2 is the default: with no checkpoint anywhere it stops here too
     from remote_samsing.exceptions import CheckpointError
 
@@ -196,6 +200,11 @@ def test_run_writes_outputs_and_resume_and_fingerprint(tmp_path, data_dir, clien
     rec2 = run(data_dir / "kampala_crop_3857.tif", out, config=cfg.replace(overwrite=True), client=client)
     assert rec2["complete"]
     np.testing.assert_array_equal(open_labels(out / "labels.zarr").values, tif)
+    # a run's own files without its run.json (cut off before it was written): --overwrite replaces them
+    (out / "run.json").unlink()
+    with pytest.raises(OutputExistsError, match="pass --overwrite"):
+        run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client)
+    assert run(data_dir / "kampala_crop_3857.tif", out, config=cfg.replace(overwrite=True), client=client)["complete"]
 
 
 def _assert_outputs_open_cleanly(out, tif, source):
