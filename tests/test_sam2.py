@@ -344,23 +344,3 @@ def test_the_preview_settings_are_named_where_they_are_faster():
     assert SAM2Segmenter(random_weights=True, model_cfg="tiny", image_size=512,
                          points_per_side=16)._preview_flags() == "--segmenter-param image_size=256"
     assert SAM2Segmenter(random_weights=True, model_cfg="tiny", image_size=256, points_per_side=8)._preview_flags() == ""
-
-
-@pytest.mark.slow  # a model per worker process: ~20 s on 2 cores
-def test_a_run_on_cpu_workers_shows_each_pass_and_one_estimate(tmp_path, client, capsys):
-    """Through the pipeline on a cluster of worker processes: the passes come to the client's log."""
-    pytest.importorskip("sam2")
-    pytest.importorskip("rasterio")
-    from remote_samsing.config import RunConfig
-    from remote_samsing.pipeline import run
-
-    params = {k: v for k, v in FAST.items() if k != "device"} | {"random_weights": True, "max_passes": 1}
-    cfg = RunConfig(segmenter_params=params, tile_size=200, padding=16, device="cpu", vectors=False)
-    run(str(DATA / "neon_osbs.tif"), tmp_path / "out", config=cfg, client=client)
-    err = capsys.readouterr().err.splitlines()
-    passes = [line for line in err if line.startswith("segment-stage: block (")]
-    assert sorted(line.split(" pass ")[0] for line in passes) == [
-        f"segment-stage: block ({y}, {x})" for y in (0, 1) for x in (0, 1)], err
-    estimate = [line for line in err if line.startswith("SAM2 on CPU: ~")]
-    assert len(estimate) == 1 and "for 4 blocks on 2 workers" in estimate[0]
-    assert "preview" not in estimate[0]  # 256 px and 4 x 4 prompts are lighter than the preview

@@ -148,3 +148,22 @@ def test_sam2_finds_the_checkpoint_in_the_models_directory(tmp_path, small_scene
     assert rec["checkpoint_source"] == "models directory"
     line = _info_checkpoint_line()
     assert str(models / random_checkpoint.name) in line and "from models directory" in line
+
+
+@pytest.mark.timeout(300)  # a model per worker process: ~20 s on 2 cores
+def test_a_run_on_cpu_workers_shows_each_pass_and_one_estimate(tmp_path, data_dir, client, capsys):
+    """Through the pipeline on a cluster of worker processes: the passes come to the client's log."""
+    from remote_samsing.config import RunConfig
+    from remote_samsing.pipeline import run
+
+    params = dict(model_cfg="tiny", image_size=256, points_per_side=4, max_passes=1, iou_start=0.0, iou_end=0.0,
+                  stability_start=0.0, stability_end=0.0, points_per_batch=16, random_weights=True)
+    cfg = RunConfig(segmenter_params=params, tile_size=200, padding=16, device="cpu", vectors=False)
+    run(str(data_dir / "neon_osbs.tif"), tmp_path / "out", config=cfg, client=client)
+    err = capsys.readouterr().err.splitlines()
+    passes = [line for line in err if line.startswith("segment-stage: block (")]
+    assert sorted(line.split(" pass ")[0] for line in passes) == [
+        f"segment-stage: block ({y}, {x})" for y in (0, 1) for x in (0, 1)], err
+    estimate = [line for line in err if line.startswith("SAM2 on CPU: ~")]
+    assert len(estimate) == 1 and "for 4 blocks on 2 workers" in estimate[0]
+    assert "preview" not in estimate[0]  # 256 px and 4 x 4 prompts are lighter than the preview
