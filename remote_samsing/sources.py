@@ -42,7 +42,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ._files import check_url, gdal_path, is_url, join_location
-from .exceptions import ConfigError, InputError, InputNotFoundError, RemoteSamsingWarning, UnsupportedDtypeError
+from .exceptions import (ConfigError, InputError, InputNotFoundError, RemoteSamsingError, RemoteSamsingWarning,
+                         UnsupportedDtypeError)
 
 __all__ = [
     "Source",
@@ -595,21 +596,30 @@ def _reads_others(location: str) -> bool:
 def _referenced(location: str, depth: int = 0) -> list[str]:
     """The rasters a VRT or a GTI tile index reads, and theirs in turn (a VRT of VRTs), as URLs or
     absolute paths."""
+    try:
+        found = _index_locations(location) if _is_tile_index(location) else _vrt_locations(location)
+    except RemoteSamsingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the XML parser, OGR and GDAL raise many types
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"cannot list the rasters `{location}` reads: {cause}",
+                         hint="is it a valid GDAL VRT or GTI tile index? try `gdalinfo` on it") from None
+    if depth < 8:
+        found = [inner for f in found for inner in [f, *(_referenced(f, depth + 1) if _reads_others(f) else [])]]
+    return found
+
+
+def _vrt_locations(location: str) -> list[str]:
+    """The files a VRT reads, but itself, as GDAL lists them."""
     import rasterio
 
     from .io import quiet_georeferencing
 
-    if _is_tile_index(location):
-        found = _index_locations(location)
-    else:
-        with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
-            files = list(src.files)
-        own = os.path.normpath(gdal_path(location)) if not is_url(location) else gdal_path(location)
-        found = [_vsi_to_url(f) if f.startswith("/vsi") else os.path.abspath(f) for f in files
-                 if (os.path.normpath(f) if not f.startswith("/vsi") else f) != own]
-    if depth < 8:
-        found = [inner for f in found for inner in [f, *(_referenced(f, depth + 1) if _reads_others(f) else [])]]
-    return found
+    with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
+        files = list(src.files)
+    own = os.path.normpath(gdal_path(location)) if not is_url(location) else gdal_path(location)
+    return [_vsi_to_url(f) if f.startswith("/vsi") else os.path.abspath(f) for f in files
+            if (os.path.normpath(f) if not f.startswith("/vsi") else f) != own]
 
 
 def _index_locations(location: str) -> list[str]:

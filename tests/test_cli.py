@@ -86,6 +86,74 @@ def test_bad_inputs_are_one_line_with_a_hint_and_write_nothing(tmp_path, tiles):
     assert tiles[1].read_bytes() == before
 
 
+def _write_like(path, tile, **changes):
+    """A raster on ``tile``'s grid with ``changes`` to its profile (count, dtype), all zeros."""
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(tile) as src:
+        profile = {**src.profile, **changes}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.zeros((profile["count"], profile["height"], profile["width"]), profile["dtype"]))
+    return path
+
+
+def _thumbnail_item(path, tile):
+    """A STAC Item whose only asset is a thumbnail next to ``tile``."""
+    import json
+
+    path.write_text(json.dumps({
+        "type": "Feature", "stac_version": "1.0.0", "id": "thumb-only", "bbox": [0, 0, 1, 1],
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]},
+        "properties": {"datetime": "2024-01-01T00:00:00Z"}, "links": [],
+        "assets": {"thumbnail": {"href": str(tile), "type": "image/png", "roles": ["thumbnail"]}}}))
+    return path
+
+
+def _damaged_index(path, tmp_path, tiles):
+    """A GTI tile index in XML form that GDAL opens but is not well-formed XML (junk after the root)."""
+    from remote_samsing.sources import resolve_mosaic, write_tile_index
+
+    index = write_tile_index(resolve_mosaic([str(t) for t in tiles]), tmp_path / "index.gpkg")
+    path.write_text(f"<GDALTileIndexDataset><IndexDataset>{index}</IndexDataset>"
+                    "<LocationField>location</LocationField></GDALTileIndexDataset><junk/>")
+    return path
+
+
+def _damaged_nested_vrt(path, tmp_path, tile):
+    """A VRT that reads a damaged VRT."""
+    import rasterio
+
+    (tmp_path / "inner.vrt").write_text('<VRTDataset rasterXSize="10"><VRTRaster')
+    with rasterio.open(tile) as src:
+        head = (f'<VRTDataset rasterXSize="{src.width}" rasterYSize="{src.height}"><SRS>{src.crs.to_wkt()}</SRS>'
+                f'<GeoTransform>{", ".join(map(repr, src.transform.to_gdal()))}</GeoTransform>')
+    path.write_text(head + '<VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename relativeToVRT="1">'
+                    "inner.vrt</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>")
+    return path
+
+
+@pytest.mark.parametrize("case", ["mixed-dtypes", "unreadable", "stac-no-asset", "damaged-gti", "damaged-vrt"])
+def test_bad_sources_stop_before_any_cluster_and_write_nothing(tmp_path, tiles, case):
+    if case == "mixed-dtypes":
+        inputs, says = [tiles[0], _write_like(tmp_path / "wide.tif", tiles[1], dtype="uint16")], "wide.tif` has 3"
+    elif case == "unreadable":
+        (tmp_path / "broken.tif").write_bytes(b"II*\x00 these bytes are no TIFF")
+        inputs, says = [tiles[0], tmp_path / "broken.tif"], "cannot read raster `"
+    elif case == "stac-no-asset":
+        inputs, says = [_thumbnail_item(tmp_path / "item.json", tiles[0])], "has no usable raster asset"
+    elif case == "damaged-gti":
+        inputs, says = [_damaged_index(tmp_path / "m.gti", tmp_path, tiles)], "m.gti` reads: junk after document"
+    else:
+        inputs, says = [_damaged_nested_vrt(tmp_path / "outer.vrt", tmp_path, tiles[0])], "inner.vrt` reads: Parse"
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["segment", *map(str, inputs), str(out), "--segmenter", "felzenszwalb"])
+    _one_error(r, says)
+    assert "unexpected failure" not in r.output
+    assert not any(line.startswith(("starting ", "dashboard:")) for line in r.output.splitlines())  # no cluster
+    assert not out.exists()
+
+
 def test_inspect_prints_what_a_run_would_see(tiles):
     r = CliRunner().invoke(cli, ["inspect", str(tiles[0].parent), "--tile-size", "128", "--padding", "16"])
     assert r.exit_code == 0, r.output
