@@ -28,8 +28,8 @@ from pathlib import Path
 
 from .exceptions import DiskFullError, OutputAccessError, OutputNotSharedError
 
-__all__ = ["absolute", "check_shared", "check_room", "disk_full_error", "estimate_bytes", "find_disk_full",
-           "probe_answer"]
+__all__ = ["absolute", "check_shared", "check_room", "describe_estimate", "disk_full_error", "estimate_bytes",
+           "find_disk_full", "format_size", "probe_answer"]
 
 #: Name prefix of the probes :func:`check_shared` writes in OUTDIR (and removes).
 PROBE_PREFIX = ".remote-samsing-probe-"
@@ -160,6 +160,18 @@ def estimate_bytes(plan, *, vectors: bool) -> dict[str, int]:
     return out
 
 
+def describe_estimate(estimate: dict[str, int]) -> str:
+    """:func:`estimate_bytes`'s answer in words: ``about <total> (<each product>) and at least <least>``.
+
+    >>> describe_estimate({"staging": 2**20, "labels_zarr": 2**19, "labels_tif": 2**19, "vectors": 0,
+    ...                    "total": 2**21, "least": 2**18})
+    'about 2.00 MiB (staging 1.00 MiB, labels.zarr 512.00 kiB, labels.tif 512.00 kiB) and at least 256.00 kiB'
+    """
+    parts = ", ".join(f"{name.replace('_', '.')} {format_size(estimate[name])}"
+                      for name in ("staging", "labels_zarr", "labels_tif", "vectors") if estimate[name])
+    return f"about {format_size(estimate['total'])} ({parts}) and at least {format_size(estimate['least'])}"
+
+
 def check_room(outdir: Path, estimate: dict[str, int]) -> None:
     """Raise when ``outdir``'s filesystem has less free space than the run needs at the least.
 
@@ -177,11 +189,9 @@ def check_room(outdir: Path, estimate: dict[str, int]) -> None:
     held = _bytes_under(outdir)
     if free + held >= estimate["least"]:
         return
-    parts = ", ".join(f"{name.replace('_', '.')} {_size(estimate[name])}"
-                      for name in ("staging", "labels_zarr", "labels_tif", "vectors") if estimate[name])
     raise DiskFullError(
-        f"OUTDIR `{outdir}` is on {describe_device(place)} with {_size(free)} free; this run needs about "
-        f"{_size(estimate['total'])} ({parts}) and at least {_size(estimate['least'])}",
+        f"OUTDIR `{outdir}` is on {describe_device(place)} with {format_size(free)} free; this run needs "
+        f"{describe_estimate(estimate)}",
         hint="free space there, or choose an OUTDIR on a larger filesystem or an object store (s3://..., gs://..., "
              "az://...)")
 
@@ -204,9 +214,9 @@ def disk_full_error(exc: OSError, outdir: Path, *, need: int | None = None) -> D
     free = shutil.disk_usage(place).free
     what = os.strerror(exc.errno).lower()
     writing = f", writing `{path}`" if exc.filename else ""
-    more = f" (this run needs about {_size(need)} in all)" if need else ""
+    more = f" (this run needs about {format_size(need)} in all)" if need else ""
     return DiskFullError(
-        f"{what} on {describe_device(place)}: {_size(free)} free{writing}",
+        f"{what} on {describe_device(place)}: {format_size(free)} free{writing}",
         hint=f"free space there{more} and rerun the same command: it resumes where it stopped; or choose an "
              "OUTDIR on a larger filesystem")
 
@@ -256,7 +266,12 @@ def _bytes_under(folder: Path) -> int:
     return total
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
+    """Bytes in binary units, as Dask writes them.
+
+    >>> format_size(3_000_000)
+    '2.86 MiB'
+    """
     from dask.utils import format_bytes
 
     return format_bytes(int(n))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from ._outdir import describe_estimate, format_size
 from ._progress import counted
 from .segmenters import DEVICES
 from .exceptions import ConfigError, RemoteSamsingError, RemoteSamsingWarning
@@ -295,17 +296,8 @@ def _inspect_lines(facts: dict) -> list[str]:
         f"{'bands':12s} {g['bands']} of {g['dtype']}, nodata {g['nodata']}",
         f"{'blocks':12s} {b['count']} ({b['grid'][0]} x {b['grid'][1]}) at tile size {b['tile_size']}, padding "
         f"{b['padding']}",
-        f"{'output':12s} at most {_size(size['total'])} (staging {_size(size['staging'])}, labels.zarr and "
-        f"labels.tif {_size(size['labels_zarr'])} each, uncompressed; vectors on top)",
+        f"{'output':12s} {describe_estimate(size)}",
     ]
-
-
-def _size(n: int) -> str:
-    """Bytes in decimal units, three significant digits."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
 
 
 @cli.command("vectorize")
@@ -406,7 +398,7 @@ def _echo_checkpoint(checkpoint, model_cfg) -> None:
     how_cfg = "inferred from the file name" if facts["inferred"] else "given"
     click.echo(f"{'model config':16s} {facts['model_cfg']} ({how_cfg})")
     click.echo(f"{'checked':16s} ok on the CPU: {facts['tensors']} tensors, {facts['parameters'] / 1e6:.1f} M "
-               f"parameters, {_size(facts['bytes'])}; every shape matches the config")
+               f"parameters, {format_size(facts['bytes'])}; every shape matches the config")
 
 
 def main(argv=None) -> None:

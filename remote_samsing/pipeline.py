@@ -353,6 +353,7 @@ def inspect_mosaic(
     crs: str | None = None,
     resolution=None,
     resampling: str = DEFAULT_RESAMPLING,
+    vectors: bool = True,
 ) -> dict:
     """What a run on ``image`` would see, without reading a pixel or starting a cluster.
 
@@ -362,19 +363,17 @@ def inspect_mosaic(
         ``sources`` (count), ``crs`` and ``resolutions`` of the sources,
         the target ``grid`` (CRS, resolution, bounds, size in pixels, bands,
         dtype, nodata, resampling), ``blocks`` at ``tile_size``/``padding``,
-        and ``output_bytes``: an upper bound of what a run writes (its
-        rasters uncompressed, which they never are; vectors come on top).
+        and ``output_bytes``: what a run writes, by product, with ``total``
+        and ``least``, as the run's own disk-space check estimates it
+        (:func:`remote_samsing._outdir.estimate_bytes`; ``vectors`` as the
+        run's).
     """
-    from .staging import STAGED_DTYPE
-
     validate_tiling(tile_size, padding)
     mosaic = resolve_mosaic(image, nodata=nodata, recursive=recursive, asset=asset, crs=crs,
                             resolution=resolution, resampling=resampling)
     arr = open_resolved(mosaic, bands=bands, nodata=nodata, chunks=tile_size)
     rgb_band_indices(arr)
     plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=tile_size, padding=padding)
-    staged = plan.n_blocks * plan.slot_shape[0] * plan.slot_shape[1] * np.dtype(STAGED_DTYPE).itemsize
-    labels = plan.shape[0] * plan.shape[1] * 4  # uint32 labels.zarr, and the COG at most as wide
     t = arr.rio.transform()
     return {
         "sources": len(mosaic.sources) or 1,
@@ -386,8 +385,7 @@ def inspect_mosaic(
                  "resampling": resampling},
         "blocks": {"count": plan.n_blocks, "grid": tuple(plan.grid_shape), "tile_size": tile_size,
                    "padding": padding},
-        "output_bytes": {"staging": staged, "labels_zarr": labels, "labels_tif": labels,
-                         "total": staged + 2 * labels},
+        "output_bytes": estimate_bytes(plan, vectors=vectors),
     }
 
 

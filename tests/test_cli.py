@@ -154,14 +154,27 @@ def test_bad_sources_stop_before_any_cluster_and_write_nothing(tmp_path, tiles, 
     assert not out.exists()
 
 
-def test_inspect_prints_what_a_run_would_see(tiles):
+def test_inspect_prints_what_a_run_would_see(tiles, data_dir):
+    import rasterio
+
+    from remote_samsing._outdir import estimate_bytes, format_size
+    from remote_samsing.tiling import TilingPlan
+
     r = CliRunner().invoke(cli, ["inspect", str(tiles[0].parent), "--tile-size", "128", "--padding", "16"])
     assert r.exit_code == 0, r.output
     facts = dict(line.split(None, 1) for line in r.output.replace("target grid", "target_grid").splitlines())
     assert facts["sources"] == "6" and facts["crs"] == "EPSG:32617" and facts["resolutions"] == "0.1 x 0.1"
     assert facts["size"].startswith("400 x 400 px") and facts["bands"] == "3 of uint8, nodata 255"
-    assert facts["blocks"].startswith("16 (4 x 4)") and "resampling bilinear" in facts["target_grid"]
-    assert facts["output"].startswith("at most 2.92 MB")
+    assert facts["blocks"].startswith("16 (4 x 4)")
+    assert facts["target_grid"] == "EPSG:32617, 0.1 x 0.1 per pixel, resampling bilinear"
+    with rasterio.open(data_dir / "neon_osbs.tif") as src:  # the tiles' union is the scene
+        left, bottom, right, top = src.bounds
+    assert facts["bounds"] == f"{left:.10g}, {bottom:.10g}, {right:.10g}, {top:.10g} (left, bottom, right, top)"
+    assert facts["bounds"].startswith("404211.9, 3285102.9, 404251.9, 3285142.9")
+    # the disk-space check's own estimate, in its own words
+    est = estimate_bytes(TilingPlan(shape=(400, 400), tile_size=128, padding=16), vectors=True)
+    assert facts["output"].startswith(f"about {format_size(est['total'])} (staging {format_size(est['staging'])}, ")
+    assert facts["output"].endswith(f" and at least {format_size(est['least'])}")
 
 
 def test_ingest_refuses_an_out_that_is_no_zarr_store_and_keeps_it(tmp_path, tiles):

@@ -390,7 +390,10 @@ def test_inspect_reports_what_a_run_would_see(tiles):
     assert facts["sources"] == 6 and facts["crs"] == ["EPSG:32617"] and facts["resolutions"] == [(0.1, 0.1)]
     assert facts["grid"]["size"] == (400, 400) and facts["grid"]["bands"] == 3 and facts["grid"]["nodata"] == 255
     assert facts["blocks"]["count"] == 16 and facts["blocks"]["grid"] == (4, 4)
-    assert facts["output_bytes"]["total"] == 16 * 160 * 160 * 4 + 2 * 400 * 400 * 4
+    plan = rs.tiling.TilingPlan(shape=(400, 400), tile_size=128, padding=16)
+    assert facts["output_bytes"] == rs._outdir.estimate_bytes(plan, vectors=True)  # the disk-space check's
+    bare = rs.inspect_mosaic(tiles[0].parent, tile_size=128, padding=16, vectors=False)["output_bytes"]
+    assert bare == rs._outdir.estimate_bytes(plan, vectors=False) and bare["vectors"] == 0
 
 
 # ---------------------------------------------------------------------------
