@@ -359,9 +359,15 @@ def list_names(folder) -> set:
     asked anew: fsspec caches listings for the process's life, and other processes (the workers, an
     earlier run) write there."""
     p = location(folder)
-    if is_remote(p):
-        p.fs.invalidate_cache(p.path)
-    return {c.name for c in p.iterdir()} if p.exists() else set()
+    if not is_remote(p):
+        return {c.name for c in p.iterdir()} if p.exists() else set()
+    own = p.path.rstrip("/")
+    p.fs.invalidate_cache(own)
+    if not p.exists():
+        return set()
+    # a store may list the folder's own marker object (``folder/``: SeaweedFS keeps one once an object
+    # under it was removed); it is not an entry
+    return {n.rstrip("/").rsplit("/", 1)[-1] for n in p.fs.ls(own, detail=False) if n.rstrip("/") != own}
 
 
 def replace_path(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -32,8 +32,8 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import (REMOTE_SCHEMES, check_url, gcs_emulator, gdal_path, is_remote, is_url, location, replace_path,
-                     store_path, store_variables, temporary_name, open_zarr_array)
+from ._files import (REMOTE_SCHEMES, check_url, gcs_emulator, gdal_path, is_remote, is_url, list_names, location,
+                     replace_path, store_path, store_variables, temporary_name, open_zarr_array)
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -927,7 +927,7 @@ def _check_replaceable(out: Path, *, source: str | None) -> None:
         raise OutputExistsError(f"OUT `{out}` is the mosaic being read", hint=hint)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"OUT `{out}` is an existing file, not a Zarr folder", hint=hint)
-    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in _ZARR_METADATA):
+    if out.is_dir() and list_names(out) and not any((out / m).exists() for m in _ZARR_METADATA):
         raise OutputExistsError(f"OUT `{out}` is a folder holding other files, not a Zarr store", hint=hint)
 
 

@@ -51,7 +51,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._files import is_remote, location, remove_tree, store_variables, write_bytes, write_json_atomic
+from ._files import is_remote, list_names, location, remove_tree, store_variables, write_bytes, write_json_atomic
 from ._outdir import absolute, check_room, check_shared, disk_full_error, estimate_bytes, find_disk_full
 from ._progress import counted, in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
@@ -489,7 +489,7 @@ _RUN_ENTRIES = frozenset({"run.json", "staging", "labels.zarr", "labels.tif", "l
 
 def _foreign_entries(outdir: Path) -> list[str]:
     """OUTDIR's top-level names that no run writes; none where it holds a run.json."""
-    names = {p.name for p in outdir.iterdir()}
+    names = list_names(outdir)
     if "run.json" in names:
         return []
     return sorted(n for n in names - _RUN_ENTRIES if not n.startswith(".remote-samsing"))
@@ -528,7 +528,7 @@ def _prepare_outdir(outdir: Path, payload: dict, overwrite: bool) -> dict | None
                 hint="use another output directory, or --overwrite to start fresh",
             )
         return prev
-    if any(outdir.iterdir()):
+    if list_names(outdir):
         raise OutputExistsError(
             f"output directory `{outdir}` exists and is not a remote-samsing run",
             hint="choose a new directory" if _foreign_entries(outdir) else "pass --overwrite to start afresh",

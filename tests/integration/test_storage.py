@@ -496,6 +496,10 @@ def test_listings_on_the_store_are_never_stale(any_store):
     assert list_names(folder) == {"a"}
     any_store.put(f"{BUCKET}/listing/b", b"")  # written by someone else
     assert list_names(folder) == {"a", "b"}
+    # a folder's own marker object (SeaweedFS keeps one once an object under it is removed) is no entry,
+    # so an OUTDIR holding only its marker counts as empty
+    any_store.put(f"{BUCKET}/marked/", b"")
+    assert list_names(any_store.url(f"{BUCKET}/marked")) == set()
 
 
 def test_a_failed_upload_is_an_error_and_leaves_nothing_locally(any_store, tmp_path, monkeypatch):
