@@ -223,8 +223,15 @@ def test_mixed_resolutions_take_the_resolution_of_the_larger_pixel_share(tmp_pat
     fine = _constant(tmp_path / "fine.tif", 20, 20, 20, n=30, res=0.5)  # 900 px of 0.5 m: only 225 m2
     for given in ([coarse, tiny], [tiny, coarse]):
         assert target_grid(describe_sources(given)).transform[0] == 1.0
+        # x from 0 (coarse's left) to 25 (tiny's right: 20 + 10 px x 0.5 m), y from 20 down to 0: at 1 m
+        assert open_mosaic(given).sizes == {"band": 3, "y": 20, "x": 25}
     grid = target_grid(describe_sources([coarse, fine]))  # pixels count, not area
     assert grid.transform[0] == 0.5 == -grid.transform[4] and grid.shape == (40, 70)  # 35 m x 20 m
+    # x from 0 to 35 (fine's right: 20 + 30 px x 0.5 m), y from 20 to 0: at 0.5 m, 70 x 40 px
+    arr = open_mosaic([coarse, fine])
+    assert arr.sizes["x"] == (35 - 0) / 0.5 == 70 and arr.sizes["y"] == (20 - 0) / 0.5 == 40
+    assert arr.rio.bounds() == (0.0, 0.0, 35.0, 20.0)
+    assert (arr.values[:, :, :40] == 10).all() and (arr.values[:, :30, 40:] == 20).all()  # fine covers y 20..5
     facts = rs.inspect_mosaic([coarse, fine], tile_size=128, padding=16)
     assert facts["resolutions"] == [(0.5, 0.5), (1.0, 1.0)] and facts["grid"]["resolution"] == (0.5, 0.5)
 
@@ -432,6 +439,8 @@ def test_changed_sources_redo_only_their_blocks(tmp_path, tiles, client):
     removed = rs.run(folder, out, config=cfg, client=client)
     assert removed["sources_changed"] == [{"location": str(tiles[1]), "change": "removed"}]
     assert {tuple(b) for b in removed["blocks_redone"]} == _blocks_touching((0, 200, 133, 267), plan)
+    fresh_removed = rs.run(folder, tmp_path / "fresh-removed", config=cfg, client=client)
+    _assert_same_products(out, tmp_path / "fresh-removed", fresh_removed)
     shutil.move(tmp_path / "aside.tif", tiles[1])
     added = rs.run(folder, out, config=cfg, client=client)
     assert [c["change"] for c in added["sources_changed"]] == ["added"]
@@ -546,6 +555,8 @@ def test_an_edited_tile_of_a_vrt_redoes_its_blocks(tmp_path, tiles, scene, clien
                                                                           "change": "edited"}]
     plan = rs.TilingPlan(shape=(400, 400), tile_size=128, padding=16)
     assert {tuple(b) for b in again["blocks_redone"]} == _blocks_touching((200, 400, 267, 400), plan)
+    fresh = rs.run(vrt, tmp_path / "fresh", config=cfg, client=client)
+    _assert_same_products(out, tmp_path / "fresh", fresh)
     # the VRT itself edited: it counts as an edit to each of its tiles
     _vrt(vrt, tiles[::-1], scene)
     rewritten = rs.run(vrt, out, config=cfg, client=client)
