@@ -91,10 +91,11 @@ import numpy as np
 
 from ._arrays import unique
 from ._files import gdal_path, is_url, location, write_atomic, write_json_atomic
-from ._progress import track
+from ._progress import counted, track
 from .io import quiet_georeferencing
 from ._validate import check_choice, check_int
-from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError, RemoteSamsingWarning
+from .exceptions import (ConfigError, CRSMismatchError, InputError, InputNotFoundError, RemoteSamsingError,
+                         RemoteSamsingWarning)
 from .tiling import TilingPlan
 
 __all__ = [
@@ -1672,8 +1673,9 @@ def _backdrop(report: Report, image) -> tuple[np.ndarray | None, str | None, str
     """The figure's backdrop (decimated floats or None), the image it comes from, and a note saying which.
 
     An ``image`` given must be readable on the labels' grid (an error
-    otherwise). Without one, the run's input is tried: a run reads what
-    may since have moved, so a failure there only leaves the canvas blank.
+    otherwise). Without one, the run's input is tried, opened as the run
+    opened it (many files through their tile index): a run reads what may
+    since have moved, so a failure there only leaves the canvas blank.
     """
     shape = report._labels.shape
     step = _figure_step(shape)
@@ -1683,15 +1685,26 @@ def _backdrop(report: Report, image) -> tuple[np.ndarray | None, str | None, str
     run = report.scored.get("run")
     if not run:
         return None, None, "on a blank canvas: no image was given and no run.json beside the labels names one"
-    inp = run.get("input") or {}
-    path = inp.get("path")
-    if not isinstance(path, str):
-        why = f"it is {len(path)} files" if isinstance(path, list) else "it is not a file (an array)"
-        return None, None, f"on a blank canvas: the run's input cannot be drawn ({why}; pass `image=`)"
-    bands = (run.get("parameters") or {}).get("bands")
+    path = (run.get("input") or {}).get("path")
+    if not isinstance(path, (str, list)):
+        return None, None, "on a blank canvas: the run's input cannot be drawn (it is an array; pass `image=`)"
+    params = run.get("parameters") or {}
+    named = path if isinstance(path, str) else (f"{counted(len(path), 'inputs')} ({', '.join(path[:2])}"
+                                                f"{', ...' if len(path) > 2 else ''})")
     import rasterio.errors
 
     try:
-        return _figure_image(path, shape, step, bands=bands), path, f"over `{path}`, the run's input"
-    except (InputError, OSError, rasterio.errors.RasterioError) as exc:
-        return None, None, f"on a blank canvas: the run's input `{path}` cannot be read on the labels' grid ({exc})"
+        backdrop = _figure_image(_run_image(path, params), shape, step, bands=params.get("bands"))
+    except (RemoteSamsingError, OSError, rasterio.errors.RasterioError) as exc:
+        return None, None, f"on a blank canvas: the run's input `{named}` cannot be read on the labels' grid ({exc})"
+    return backdrop, path, f"over `{named}`, the run's input"
+
+
+def _run_image(path: str | list, params: dict) -> str:
+    """What GDAL opens for a run's input, resolved as the run resolved it: the file itself, or the tile
+    index of its sources (a folder, glob, list, STAC input or several of them) on the run's grid."""
+    from .io import open_mosaic
+
+    keys = ("recursive", "asset", "crs", "resolution", "resampling", "nodata")
+    arr = open_mosaic(path, **{k: params[k] for k in keys if params.get(k) is not None})
+    return arr.attrs["source"]

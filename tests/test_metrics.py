@@ -642,6 +642,39 @@ def test_report_figure_without_image_draws_on_the_runs_image(tmp_path, data_dir)
     assert _n_colours(paths["figure"]) < 300
 
 
+@pytest.mark.parametrize("given", ["folder", "arguments"])
+def test_report_figure_of_a_many_file_run_draws_its_mosaic(tmp_path, data_dir, client, given):
+    import rasterio
+
+    import remote_samsing as rs
+    from remote_samsing import metrics
+    from remote_samsing.config import RunConfig
+    from remote_samsing.testing import cut_tiles
+
+    scene = data_dir / "neon_osbs.tif"
+    tiles = cut_tiles(scene, tmp_path / "tiles", rows=2, cols=3)
+    cfg = RunConfig(segmenter="felzenszwalb", tile_size=128, padding=16, progress=False, vectors=False)
+    rs.run(tiles[0].parent if given == "folder" else [str(t) for t in tiles], tmp_path / "many", config=cfg,
+           client=client)
+    rs.run(scene, tmp_path / "one", config=cfg, client=client)
+    with rasterio.open(scene) as src:
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8", crs=src.crs,
+                       transform=src.transform)
+    gt = np.zeros((profile["height"], profile["width"]), np.uint8)
+    gt[50:120, 60:150] = 1
+    with rasterio.open(tmp_path / "gt.tif", "w", **profile) as dst:
+        dst.write(gt, 1)
+    many = evaluate(tmp_path / "many" / "labels.tif", tmp_path / "gt.tif", raster_mode="instance")
+    one = evaluate(tmp_path / "one" / "labels.tif", tmp_path / "gt.tif", raster_mode="instance")
+    backdrop, _, note = metrics._backdrop(many, None)
+    assert backdrop is not None and note.endswith(", the run's input"), note
+    np.testing.assert_array_equal(backdrop, metrics._backdrop(one, None)[0])  # the same pixels as the one file
+    paths = write_report(many, tmp_path / "report.json")
+    assert _n_colours(paths["figure"]) > 2000  # the photo's colours, not a blank canvas
+    figure = json.loads(paths["json"].read_text())["figure"]
+    assert figure["image"] == (str(tiles[0].parent) if given == "folder" else [str(t) for t in tiles])
+
+
 def test_empty_class_string_is_unlabelled():
     import shapely
 
