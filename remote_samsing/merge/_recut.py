@@ -1,0 +1,224 @@
+"""Recut: move the boundary between two disagreeing windows off the seam line.
+
+Where two neighbouring windows segment their shared strip differently and
+their fragments are not linked, the ``overlap`` merge leaves the boundary on
+the straight seam, so the tile grid shows. :func:`recut_staged` rewrites the
+staged views first, face by face (a block and its right neighbour, a block
+and its lower neighbour):
+
+1. the face's links come from the merge's own evidence on the unchanged
+   views (:func:`remote_samsing.merge._blocks._face_evidence`);
+2. in the part of the shared strip that no other face touches (the core
+   rows at least ``padding`` from the cores' ends; the ``2P × 2P`` corner
+   squares stay as they are) a cut runs from the seam back to the seam,
+   moving at most one pixel per row. It is the minimum-error boundary cut of
+   image quilting (Efros & Freeman 2001,
+   https://people.eecs.berkeley.edu/~efros/research/quilting/quilting.pdf):
+   free where the label left of it and the one right of it are linked, cheap
+   where either view has a boundary, dear where it would split a segment;
+3. both slots then hold the same mix there: A's labels before the cut, B's
+   after. A label of the other view is written in the slot's own ids: the
+   slot's label where the two are linked there, else the linked label of
+   largest overlap, else a fresh id (one per label and face).
+
+Where the windows agree every pixel's two labels are linked, so nothing
+changes and the ``overlap`` merge of the result is that of the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._arrays import unique, unique_pairs
+from .._validate import check_int, check_number
+from ..exceptions import InputError
+from ..tiling import TilingPlan, Window
+from ._blocks import _face_evidence, _intersect, _neighbour, _pack, _pair_keys, _runs
+
+__all__ = ["recut_staged"]
+
+#: Cost of a cut between two pixels: linked labels (or none), a boundary of either view, a split segment.
+_FREE, _BOUNDARY, _SPLIT = 0.0, 0.1, 1.0
+_LOCAL = np.uint64(0xFFFFFFFF)
+
+
+def recut_staged(staged: np.ndarray, *, plan: TilingPlan, min_iou: float = 0.5, jitter: int = 2) -> np.ndarray:
+    """Staged labels with each seam's boundary cut along the views' own boundaries.
+
+    Parameters
+    ----------
+    staged : ndarray
+        ``plan.staging_shape`` non-negative integer labels, one ``plan.slot_shape``
+        slot per block (its padded window's local labels at the slot's top left).
+    plan : TilingPlan
+    min_iou, jitter : float, int
+        The ``overlap`` merge's link evidence (see :class:`~remote_samsing.merge.MergeConfig`).
+
+    Returns
+    -------
+    ndarray
+        A recut copy, same shape and dtype; equal to ``staged`` where windows agree.
+
+    Examples
+    --------
+    >>> from remote_samsing.testing import stage_windows
+    >>> plan = TilingPlan(shape=(16, 16), tile_size=8, padding=2)
+    >>> staged = stage_windows(plan, lambda w: np.ones(w.shape, int))
+    >>> bool((recut_staged(staged, plan=plan) == staged).all())
+    True
+    """
+    staged = _check_staged(staged, plan)
+    check_number("min_iou", min_iou, minimum=0.5, maximum=1, open_max=True)
+    check_int("jitter", jitter, minimum=0)
+    out = staged.copy()
+    next_id: dict = {}
+    for a in plan.block_ids():
+        for off in ((0, 1), (1, 0)):
+            b = _neighbour(plan, a, off)
+            if b is not None:
+                _recut_face(staged, out, plan=plan, a=a, b=b, off=off, min_iou=float(min_iou), jitter=int(jitter),
+                            next_id=next_id)
+    return out
+
+
+def _check_staged(staged, plan: TilingPlan) -> np.ndarray:
+    if not isinstance(plan, TilingPlan):
+        raise InputError(f"`plan` must be a TilingPlan, got {type(plan).__name__}")
+    staged = np.asarray(staged)
+    if staged.shape != plan.staging_shape:
+        raise InputError(f"`staged` has shape {staged.shape}, the plan's staging shape is {plan.staging_shape}")
+    if staged.dtype.kind not in "ui" or (staged.dtype.kind == "i" and staged.size and staged.min() < 0):
+        raise InputError(f"`staged` must hold non-negative integer labels, got dtype {staged.dtype}")
+    return staged
+
+
+def _padded(arr: np.ndarray, plan: TilingPlan, index) -> np.ndarray:
+    """The padded window of block ``index`` in its slot (a view)."""
+    sy, sx = plan.slot_shape
+    h, w = plan.padded_window(index).shape
+    return arr[index[0] * sy : index[0] * sy + h, index[1] * sx : index[1] * sx + w]
+
+
+def _recut_region(plan: TilingPlan, a, b, off) -> Window | None:
+    """The part of the shared strip of ``a`` and ``b`` that only this face rewrites (None if empty)."""
+    shared = _intersect(plan.padded_window(a), plan.padded_window(b))
+    core, pad = plan.core_window(a), plan.padding
+    if off == (0, 1):
+        y0 = core.y0 + (pad if _neighbour(plan, a, (-1, 0)) else 0)
+        y1 = core.y1 - (pad if _neighbour(plan, a, (1, 0)) else 0)
+        region = Window(y0, y1, shared.x0, shared.x1)
+    else:
+        x0 = core.x0 + (pad if _neighbour(plan, a, (0, -1)) else 0)
+        x1 = core.x1 - (pad if _neighbour(plan, a, (0, 1)) else 0)
+        region = Window(shared.y0, shared.y1, x0, x1)
+    return region if min(region.shape) > 0 else None
+
+
+def _face_links(la: np.ndarray, lb: np.ndarray, *, plan: TilingPlan, a, b, off, min_iou, jitter):
+    """The label pairs ``(a, b)`` this face links, or whose pieces coincide, as pair keys, with their
+    overlap in the shared strip.
+
+    Coinciding pieces count even where the merge does not link them (a label seen only in the other
+    block's core part): the two views agree on those pixels, so the recut keeps them."""
+    ev, _ = _face_evidence({off: _pack(la)}, {(-off[0], -off[1]): _pack(lb)}, plan=plan, a=a, b=b, off=off,
+                           min_iou=min_iou, jitter=jitter)
+    ra, of_a, area_a = _runs(la)
+    rb, of_b, area_b = _runs(lb)
+    both = (ra > 0) & (rb > 0)
+    pa, pb, inter = unique_pairs(ra[both].astype(np.int64), rb[both].astype(np.int64))
+    same = (inter == area_a[pa]) & (inter == area_b[pb])
+    keys = unique(np.concatenate([_pair_keys(ev["links"][0] & _LOCAL, ev["links"][1] & _LOCAL),
+                                  _pair_keys(of_a[pa[same]], of_b[pb[same]])]))
+    both = (la > 0) & (lb > 0)
+    pa, pb, cnt = unique_pairs(la[both].astype(np.uint64), lb[both].astype(np.uint64))
+    pos = np.searchsorted(_pair_keys(pa, pb), keys)  # every pair in ``keys`` overlaps, so it is there
+    return keys, cnt[pos] if keys.size else np.empty(0, np.int64)
+
+
+def _recut_face(staged, out, *, plan: TilingPlan, a, b, off, min_iou, jitter, next_id: dict) -> None:
+    """Cut one face's region and write the mix into both blocks' slots of ``out``."""
+    region = _recut_region(plan, a, b, off)
+    if region is None:
+        return
+    pad_a, pad_b = plan.padded_window(a), plan.padded_window(b)
+    shared = _intersect(pad_a, pad_b)
+    la = _padded(staged, plan, a)[shared.relative_to(pad_a).slices]
+    lb = _padded(staged, plan, b)[shared.relative_to(pad_b).slices]
+    keys, cnt = _face_links(la, lb, plan=plan, a=a, b=b, off=off, min_iou=min_iou, jitter=jitter)
+    src_a = _padded(staged, plan, a)[region.relative_to(pad_a).slices]
+    src_b = _padded(staged, plan, b)[region.relative_to(pad_b).slices]
+    dst_a = _padded(out, plan, a)[region.relative_to(pad_a).slices]
+    dst_b = _padded(out, plan, b)[region.relative_to(pad_b).slices]
+    seam = plan.core_window(a).x1 - region.x0 if off == (0, 1) else plan.core_window(a).y1 - region.y0
+    if off == (1, 0):  # the same cut across columns: work on the transposed views
+        src_a, src_b, dst_a, dst_b = src_a.T, src_b.T, dst_a.T, dst_b.T
+    linked = _linked(src_a, src_b, keys)
+    if linked.all():  # the windows agree here: nothing to move
+        return
+    cut = seam_cut(_cut_costs(src_a, src_b, keys), start=seam)
+    after = np.arange(src_a.shape[1])[None, :] >= cut[:, None]
+    for blk, dst, own, other, fill, flip in ((a, dst_a, src_a, src_b, after, False),
+                                              (b, dst_b, src_b, src_a, ~after, True)):
+        if blk not in next_id:
+            next_id[blk] = int(_padded(staged, plan, blk).max()) + 1
+        need = fill & ~linked
+        dst[need] = _translate(other[need], keys, cnt, flip=flip, next_id=next_id, block=blk).astype(dst.dtype)
+
+
+def _linked(la: np.ndarray, lb: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Per pixel: its two labels are linked, or both are 0."""
+    return np.isin(_pair_keys(la, lb), keys) | ((la == 0) & (lb == 0))
+
+
+def _cut_costs(la: np.ndarray, lb: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Cost of a cut before column ``c`` (``0..width``) of each row: A's pixel at ``c - 1`` meets B's at ``c``."""
+    left, right = la[:, :-1], lb[:, 1:]
+    free = _linked(left, right, keys)
+    boundary = (la[:, :-1] != la[:, 1:]) | (lb[:, :-1] != lb[:, 1:])
+    cost = np.full((la.shape[0], la.shape[1] + 1), _SPLIT)
+    cost[:, 1:-1] = np.where(free, _FREE, np.where(boundary, _BOUNDARY, _SPLIT))
+    return cost
+
+
+def seam_cut(cost: np.ndarray, *, start: int) -> np.ndarray:
+    """Column of the minimum-cost cut per row, from ``start`` back to ``start`` (|step| <= 1).
+
+    Among cuts of equal cost the one nearest ``start`` wins: a penalty of
+    ``|c - start|`` too small to outweigh any real cost difference is added.
+
+    Examples
+    --------
+    >>> cost = np.ones((5, 5)); cost[1:4, 3] = 0
+    >>> seam_cut(cost, start=2).tolist()
+    [2, 3, 3, 3, 2]
+    """
+    from .. import _seam_cut_nb as nb
+
+    cost = np.asarray(cost, np.float64)
+    if cost.ndim != 2 or cost.size == 0:
+        raise InputError(f"`cost` must be a non-empty 2-D array, got shape {cost.shape}")
+    check_int("start", start, minimum=0, maximum=cost.shape[1] - 1)
+    positive = cost[cost > 0]
+    eps = (positive.min() if positive.size else 1.0) / (2.0 * cost.size)
+    cost = cost + eps * np.abs(np.arange(cost.shape[1]) - start)[None, :]
+    out = np.empty(cost.shape[0], np.int64)
+    nb.min_cut_path(cost, int(start), out)
+    return out
+
+
+def _translate(labels: np.ndarray, keys: np.ndarray, cnt: np.ndarray, *, flip: bool, next_id: dict, block):
+    """The other view's ``labels`` in a slot's own ids: the linked label of largest overlap, else a fresh id."""
+    own = (keys >> np.uint64(32)) if not flip else (keys & _LOCAL)
+    other = (keys & _LOCAL) if not flip else (keys >> np.uint64(32))
+    values, inv = np.unique(labels, return_inverse=True)
+    mapped = np.zeros(values.size, np.uint64)
+    for k, v in enumerate(values):
+        if v == 0:
+            continue
+        sel = np.flatnonzero(other == np.uint64(v))
+        if sel.size:
+            mapped[k] = own[sel[np.argmax(cnt[sel])]]
+        else:
+            mapped[k] = next_id[block]
+            next_id[block] += 1
+    return mapped[inv.ravel()]
