@@ -35,7 +35,7 @@ BIoU (Cheng et al. 2021, d = 3 px)
     counting as background; ``BIoU_o = |band(R) ∩ band(o)| /
     |band(R) ∪ band(o)|`` on the greedy reconstruction ``R``; missed objects
     (``R = ∅``) score 0 and are averaged like mIoU.
-Seam visibility (issue 33)
+Seam visibility
     For each seam face of the tiling (the side two neighbouring block cores
     share) and each line between neighbouring pixel columns (rows) within
     ``±P`` of the seam: the share of the line's labelled pairs (4-neighbours,
