@@ -38,7 +38,9 @@ Measures, against the truth (the untiled components, or the ground truth):
   over the one-window result's value on the same seams (issue 33's goal:
   ≤ 1.25; 1 where the tile grid does not show).
 
-Strategies: ``overlap`` (default), ``iou`` (the first-generation overlap
+Strategies: ``overlap`` (default), ``overlap+cut`` (issue 33's prototype:
+:func:`remote_samsing.merge._recut.recut_staged` moves each seam's boundary
+onto the views' own boundaries, then ``overlap``), ``iou`` (the first-generation overlap
 rule), ``best_match`` (the reference's), ``none``, and dask-image's
 ``ndmeasure.label`` where the segmenter is connected components of a
 binary image.
@@ -57,7 +59,7 @@ import numpy as np
 
 from ._util import ROOT
 
-STRATEGIES = ("overlap", "iou", "best_match", "none")
+STRATEGIES = ("overlap", "overlap+cut", "iou", "best_match", "none")
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -257,6 +259,10 @@ def _merged(strategy: str, staged: np.ndarray, plan, img) -> np.ndarray:
         return ndmeasure.label(da.from_array(img, chunks=plan.chunks))[0].compute(scheduler="sync")
     from remote_samsing.merge import MergeConfig, merge_labels
 
+    if strategy == "overlap+cut":  # issue 33's prototype: recut the staged views, then the default merge
+        from remote_samsing.merge._recut import recut_staged
+
+        staged, strategy = recut_staged(staged, plan=plan), "overlap"
     cfg = MergeConfig(strategy=strategy, remove_small=False, absorb_enclosed=False)
     return merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan, config=cfg).labels.compute(
         scheduler="sync")

@@ -115,3 +115,117 @@ def test_recut_staged_validates_its_inputs():
         recut_staged(staged, plan=plan, min_iou=0.2)
     with pytest.raises(InputError, match="plan"):
         recut_staged(staged, plan=None)
+
+
+# ---------------------------------------------------------------------------
+# disagreeing windows: the boundary leaves the seam line
+# ---------------------------------------------------------------------------
+def _voronoi(shape, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(0, 1, (n, 2)) * shape
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+    return d.argmin(-1) + 1
+
+
+def _voronoi_windows(seed: int = 0):
+    """Each window sees its own random Voronoi partition of the whole mosaic."""
+    plan = TilingPlan(shape=(96, 96), tile_size=32, padding=8)
+    parts = {idx: _voronoi(plan.shape, 150, seed=100 * seed + plan.block_id(idx)) for idx in plan.block_ids()}
+
+    def segment(w):
+        return next(parts[idx][w.slices] for idx in plan.block_ids() if plan.padded_window(idx) == w)
+
+    return plan, stage_windows(plan, segment)
+
+
+def _faces(plan):
+    for a in plan.block_ids():
+        for off in ((0, 1), (1, 0)):
+            b = (a[0] + off[0], a[1] + off[1])
+            if b[0] < plan.grid_shape[0] and b[1] < plan.grid_shape[1]:
+                yield a, b, off
+
+
+def _region_views(arr, plan, a, b, off):
+    """Both slots' labels in the face's recut region, the seam across columns (y faces transposed)."""
+    r = _recut_region(plan, a, b, off)
+    va = _padded(arr, plan, a)[r.relative_to(plan.padded_window(a)).slices]
+    vb = _padded(arr, plan, b)[r.relative_to(plan.padded_window(b)).slices]
+    return (va, vb, r) if off == (0, 1) else (va.T, vb.T, r)
+
+
+def _seam_share(out, plan, a, b, off) -> float:
+    """Share of the recut region's rows whose labels differ across the straight seam line."""
+    r = _recut_region(plan, a, b, off)
+    view = out[r.slices] if off == (0, 1) else out[r.slices].T
+    return float(seam_line_shares(view)[1][plan.padding - 1] / view.shape[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_disagreeing_windows_lose_the_straight_seam(seed):
+    plan, staged = _voronoi_windows(seed)
+    recut = recut_staged(staged, plan=plan)
+    for a, b, off in _faces(plan):  # the recut mix has no boundary along a whole seam line
+        mix = _region_views(recut, plan, a, b, off)[0]
+        assert seam_line_shares(mix)[1][plan.padding - 1] < mix.shape[0]
+    before, after = _overlap(staged, plan), _overlap(recut, plan)
+    shares = np.array([[_seam_share(o, plan, *f) for f in _faces(plan)] for o in (before, after)])
+    assert shares[1].mean() < 0.6 * shares[0].mean()  # and the merged seam lines carry far fewer
+
+
+@pytest.mark.xfail(strict=True, reason="the overlap merge refuses some fresh ids' links: their pieces end where "
+                   "the unchanged corner squares begin while the other view's continue (IoU <= min_iou)")
+def test_merged_disagreeing_windows_have_no_straight_seam_line():
+    plan, staged = _voronoi_windows(0)
+    after = _overlap(recut_staged(staged, plan=plan), plan)
+    assert all(_seam_share(after, plan, *f) < 1 for f in _faces(plan))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_pixel_of_the_strip_takes_its_side_of_the_cut(seed):
+    from remote_samsing.merge._blocks import _intersect
+    from remote_samsing.merge._recut import _cut_costs, _face_links
+
+    plan, staged = _voronoi_windows(seed)
+    recut = recut_staged(staged, plan=plan)
+    for a, b, off in _faces(plan):
+        shared = _intersect(plan.padded_window(a), plan.padded_window(b))
+        la = _padded(staged, plan, a)[shared.relative_to(plan.padded_window(a)).slices]
+        lb = _padded(staged, plan, b)[shared.relative_to(plan.padded_window(b)).slices]
+        keys, _ = _face_links(la, lb, plan=plan, a=a, b=b, off=off, min_iou=0.5, jitter=2)
+        oa, ob, _ = _region_views(staged, plan, a, b, off)
+        ra, rb, _ = _region_views(recut, plan, a, b, off)
+        cut = seam_cut(_cut_costs(oa, ob, keys), start=plan.padding)
+        after = np.arange(oa.shape[1])[None, :] >= cut[:, None]
+        np.testing.assert_array_equal(ra[~after], oa[~after])  # A's side: A's labels
+        np.testing.assert_array_equal(rb[after], ob[after])  # B's side: B's labels
+        assert_equivalent_labels(ra, rb)  # both slots hold the same mix
+
+
+def _pair_fusing(parity: int, uneven: bool):
+    """Touching stripes; each window fuses a different pair of neighbours (as the quality benchmark)."""
+    plan = TilingPlan(shape=(120, 240), tile_size=20, padding=6)
+    xx = np.arange(plan.shape[1])[None, :].repeat(plan.shape[0], 0)
+    truth = xx // 4 + 1
+    if uneven:
+        edges = np.cumsum(np.random.default_rng(parity).integers(5, 13, plan.shape[1]))
+        truth = np.searchsorted(edges, xx, side="right") + 1
+
+    def fuse(w):
+        t = truth[w.slices]
+        iy, ix = (w.y0 + plan.padding) // 20, (w.x0 + plan.padding) // 20
+        return np.where((t - 1) % 2 == (iy + ix + parity) % 2, t + 1, t)
+
+    return truth, plan, stage_windows(plan, fuse)
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+@pytest.mark.parametrize("uneven", [False, True])
+def test_pair_fusing_windows_hold_at_most_two_objects_per_label(parity, uneven):
+    from remote_samsing._arrays import unique_pairs
+
+    truth, plan, staged = _pair_fusing(parity, uneven)
+    out = _overlap(recut_staged(staged, plan=plan), plan)
+    _, o, _ = unique_pairs(truth.ravel().astype(np.int64), out.ravel().astype(np.int64))
+    assert np.bincount(o).max() <= 2  # true objects touching one label, as the benchmark counts them
