@@ -23,6 +23,13 @@ and its lower neighbour):
 
 Where the windows agree every pixel's two labels are linked, so nothing
 changes and the ``overlap`` merge of the result is that of the input.
+
+Limits: the merge links a fresh id to its label only where their pieces
+coincide over the whole shared strip; a piece that runs on into a corner
+square, where the views still disagree, can fall to IoU <= ``min_iou`` and
+leave that stretch of the boundary on the seam. A disagreement without
+boundaries across the strip (stripes parallel to the seam's normal) leaves
+no cheaper cut than the seam itself.
 """
 
 from __future__ import annotations
