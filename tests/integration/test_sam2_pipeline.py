@@ -151,15 +151,21 @@ def test_sam2_finds_the_checkpoint_in_the_models_directory(tmp_path, small_scene
 
 
 @pytest.mark.timeout(300)  # a model per worker process: ~20 s on 2 cores
-def test_a_run_on_cpu_workers_shows_each_pass_and_one_estimate(tmp_path, data_dir, client, capsys):
-    """Through the pipeline on a cluster of worker processes: the passes come to the client's log."""
+def test_a_run_on_cpu_workers_shows_each_pass_and_one_estimate(tmp_path, data_dir, capsys):
+    """Through the pipeline on a cluster of worker processes: the passes come to the client's log. The
+    cluster is the test's own and closes with it (a session-wide default client would serve the later
+    tests' in-process runs, whose store variables its workers never saw)."""
+    from distributed import Client, LocalCluster
+
     from remote_samsing.config import RunConfig
     from remote_samsing.pipeline import run
 
     params = dict(model_cfg="tiny", image_size=256, points_per_side=4, max_passes=1, iou_start=0.0, iou_end=0.0,
                   stability_start=0.0, stability_end=0.0, points_per_batch=16, random_weights=True)
     cfg = RunConfig(segmenter_params=params, tile_size=200, padding=16, device="cpu", vectors=False)
-    run(str(data_dir / "neon_osbs.tif"), tmp_path / "out", config=cfg, client=client)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", processes=True) as lc, \
+            Client(lc) as client:
+        run(str(data_dir / "neon_osbs.tif"), tmp_path / "out", config=cfg, client=client)
     err = capsys.readouterr().err.splitlines()
     passes = [line for line in err if line.startswith("segment-stage: block (")]
     assert sorted(line.split(" pass ")[0] for line in passes) == [
