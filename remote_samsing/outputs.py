@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,9 +109,12 @@ class LabelSink:
 
     Made by :func:`plan_label_store`; called as ``sink(labels, window)`` by
     the worker that relabelled a block (``merge.merge_stored``): it writes
-    the block into the Zarr array and, when asked, each of the store's
-    chunks it covers as a COG piece for :func:`to_cog`.
-    :meth:`commit` moves the finished store into place.
+    the block into the Zarr array, calls ``also(labels, window)`` when
+    given (work that needs each final block while it is in memory) and,
+    when asked, writes each of the store's chunks it covers as a COG piece
+    for :func:`to_cog`. :meth:`commit` moves the finished store into place.
+    ``token`` names the run: a worker keeps the array open between the
+    blocks of one run.
     """
 
     store: str
@@ -118,10 +122,14 @@ class LabelSink:
     name: str
     chunks: tuple[int, int]
     piece: dict | None = None
+    token: str = ""
+    also: Callable | None = None
 
     def __call__(self, labels: np.ndarray, window) -> None:
-        target = open_zarr_array(self.store, path=self.name, mode="r+")
+        target = _open_target(self.store, self.name, self.token)
         target[window.y0 : window.y1, window.x0 : window.x1] = labels
+        if self.also is not None:
+            self.also(labels, window)
         if self.piece is None:
             return
         cy, cx = self.chunks
@@ -143,6 +151,20 @@ class LabelSink:
         return replace_path(self.store, out)
 
 
+#: The label array this process writes into, open between the blocks of one run: opening it reads its
+#: metadata, one or more requests on a store, for every block otherwise.
+_OPEN_TARGET: dict = {}
+
+
+def _open_target(store: str, name: str, token: str):
+    key = (store, name, token)
+    target = _OPEN_TARGET.get(key)
+    if target is None:
+        _OPEN_TARGET.clear()  # another run's array: never written again by this run
+        target = _OPEN_TARGET[key] = open_zarr_array(store, path=name, mode="r+")
+    return target
+
+
 def _consolidate(store: str) -> None:
     """Consolidate the store's metadata: ``xarray.open_zarr`` then opens it at once, without its
     fallback warning. Zarr notes that consolidated metadata is not in the v3 specification yet; our own
@@ -159,7 +181,7 @@ def _consolidate(store: str) -> None:
 
 
 def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None,
-                     token: str | None = None) -> tuple[LabelSink, Callable[[], None]]:
+                     token: str | None = None, also: Callable | None = None) -> tuple[LabelSink, Callable[[], None]]:
     """A label store at ``<path>.partial`` (on a store, at ``<path>``) for blocks written one by one,
     not created yet.
 
@@ -176,6 +198,9 @@ def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_piece
         Names this run: ``create`` called again with it (a task run again
         after a lost worker) keeps what was written since; a store left by
         another run, or any store without a token, is made anew.
+    also : callable, optional
+        Called as ``also(labels, window)`` with each final block, in the task
+        that writes it (picklable).
 
     Returns
     -------
@@ -187,7 +212,8 @@ def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_piece
     """
     _, tmp, arr, piece, create = _plan_label_store(labels, path, cog_pieces, token)
     sink = LabelSink(store=store_path(tmp), out=str(location(path)), name="labels",
-                     chunks=(int(arr.chunks[0][0]), int(arr.chunks[1][0])), piece=piece)
+                     chunks=(int(arr.chunks[0][0]), int(arr.chunks[1][0])), piece=piece,
+                     token=token or uuid.uuid4().hex, also=also)
     return sink, create
 
 

@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import platform
 import sys
 import tempfile
@@ -1038,8 +1039,13 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), job.arr)
     # the tasks writing labels.zarr also write the COG's pieces (no second pass);
     # the store is created by a task beside the merge's global steps
+    # each final block also leaves its seams' line counts, measured while it is in memory
+    seams = job.staging / "seams"
+    if not is_remote(seams):  # a store has no folders to make
+        seams.mkdir(parents=True, exist_ok=True)
     sink, create_store_task = plan_label_store(template, outdir / "labels.zarr", cog_pieces=_cog_pieces(outdir),
-                                               token=job.run_id)
+                                               token=job.run_id,
+                                               also=functools.partial(_write_seam_parts, str(seams), plan.padding))
     # the merge's per-block phases are light: several blocks per task; small
     # enough, its phases follow each other on the scheduler (run_in_phases)
     in_phases = functools.partial(run_in_phases, client, progress=job.cfg.progress, batch="auto", workers=workers)
@@ -1053,35 +1059,32 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
     merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
     merge_stats["faces_file"] = "merge_faces.json"
-    merge_stats["seam_visibility"] = _record_seam_visibility(client, outdir, plan, workers=workers)
+    merge_stats["seam_visibility"] = _record_seam_visibility(outdir, plan, seams)
     seconds = time.perf_counter() - t0
     malloc_trim()  # hand back the heap of the stage just done (its task graph is released)
     return written, merge_stats, max_label, seconds
 
 
-def _seam_parts(outdir: str, padding: int, item) -> dict:
-    """Task: one block core, ``item = (block_id, ((y0, y1), (x0, x1)))``, of the run's ``labels.zarr``
-    reduced to its seams' line counts."""
-    from ._files import open_zarr_array, store_path
+def _write_seam_parts(folder: str, padding: int, labels: np.ndarray, window) -> None:
+    """Sink hook: one final block reduced to its seams' line counts, for :func:`_record_seam_visibility`."""
     from .metrics import seam_block_parts
 
-    labels = open_zarr_array(store_path(location(outdir) / "labels.zarr"), mode="r", path="labels")
-    (y0, y1), (x0, x1) = item[1]
-    return seam_block_parts(labels[y0:y1, x0:x1], padding=padding)
+    parts = seam_block_parts(labels, padding=padding)
+    write_bytes(location(folder) / f"{window.y0}_{window.x0}.pkl", pickle.dumps(parts, protocol=5))
 
 
-def _record_seam_visibility(client, outdir: Path, plan: TilingPlan, *, workers) -> float | None:
-    """Seam visibility of the run's labels (None where no seam has a labelled pair), each core read
-    once by a task where the labels are; each edge face of ``merge_faces.json`` gets its value
-    (``seam_visibility``) and the offset of its worst line (``seam_offset``), see
-    :func:`remote_samsing.metrics.seam_visibility`."""
-    from ._files import read_bytes
+def _record_seam_visibility(outdir: Path, plan: TilingPlan, folder: Path) -> float | None:
+    """Seam visibility of the run's labels (None where no seam has a labelled pair), from the line
+    counts each block left in ``folder`` as it was written (read here in one concurrent read, then
+    removed); each edge face of ``merge_faces.json`` gets its value (``seam_visibility``) and the
+    offset of its worst line (``seam_offset``), see :func:`remote_samsing.metrics.seam_visibility`."""
+    from ._files import read_bytes, read_many
     from .metrics import seam_visibility_from_parts
 
     ids = list(plan.block_ids())
-    cores = [(bid, ((w.y0, w.y1), (w.x0, w.x1))) for bid, w in ((b, plan.core_window(b)) for b in ids)]
-    parts = run_in_waves(client, functools.partial(_seam_parts, str(outdir), plan.padding), cores,
-                         name="seam-visibility", batch="auto", threads=threads_of(workers))
+    windows = [plan.core_window(b) for b in ids]
+    parts = read_many([folder / f"{w.y0}_{w.x0}.pkl" for w in windows], decode=pickle.loads)
+    remove_tree(folder)
     vis = seam_visibility_from_parts(plan, dict(zip(ids, parts)))
     faces_path = outdir / "merge_faces.json"
     if faces_path.exists():
