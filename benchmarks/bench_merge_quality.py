@@ -40,8 +40,9 @@ Measures, against the truth (the untiled components, or the ground truth):
 
 Strategies: ``overlap`` (default), ``overlap+cut`` (issue 33's prototype:
 :func:`remote_samsing.merge._recut.recut_staged` moves each seam's boundary
-onto the views' own boundaries, then ``overlap``), ``iou`` (the first-generation overlap
-rule), ``best_match`` (the reference's), ``none``, and dask-image's
+onto the views' own boundaries, with a first ``overlap`` merge's objects as
+links, then ``overlap``), ``iou`` (the first-generation overlap rule),
+``best_match`` (the reference's), ``none``, and dask-image's
 ``ndmeasure.label`` where the segmenter is connected components of a
 binary image.
 
@@ -262,7 +263,9 @@ def _merged(strategy: str, staged: np.ndarray, plan, img) -> np.ndarray:
     if strategy == "overlap+cut":  # issue 33's prototype: recut the staged views, then the default merge
         from remote_samsing.merge._recut import recut_staged
 
-        staged, strategy = recut_staged(staged, plan=plan), "overlap"
+        # the first merge's objects link labels that meet only through other faces
+        first = _merged("overlap", staged, plan, img)
+        staged, strategy = recut_staged(staged, plan=plan, merged=first), "overlap"
     cfg = MergeConfig(strategy=strategy, remove_small=False, absorb_enclosed=False)
     return merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan, config=cfg).labels.compute(
         scheduler="sync")

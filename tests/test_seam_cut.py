@@ -229,3 +229,42 @@ def test_pair_fusing_windows_hold_at_most_two_objects_per_label(parity, uneven):
     out = _overlap(recut_staged(staged, plan=plan), plan)
     _, o, _ = unique_pairs(truth.ravel().astype(np.int64), out.ravel().astype(np.int64))
     assert np.bincount(o).max() <= 2  # true objects touching one label, as the benchmark counts them
+
+
+# ---------------------------------------------------------------------------
+# labels the merge joins through other faces
+# ---------------------------------------------------------------------------
+def _stuff_with_one_seen_object():
+    """One label over the whole mosaic in every window; only the top right window also sees a small object
+    on the top seam. The top face disputes the big label's link (the object's pixels are more than jitter);
+    the other three faces link it, so the merge joins it all the same."""
+    plan = TilingPlan(shape=(64, 64), tile_size=32, padding=8)
+    square = np.zeros(plan.shape, bool)
+    square[12:18, 29:35] = True
+
+    def segment(w):
+        out = np.ones(w.shape, np.int64)
+        if w == plan.padded_window((0, 1)):
+            out[square[w.slices]] = 2
+        return out
+
+    return plan, square, stage_windows(plan, segment)
+
+
+def test_labels_the_merge_joins_elsewhere_are_not_cut_apart():
+    plan, square, staged = _stuff_with_one_seen_object()
+    first = _overlap(staged, plan)
+    recut = recut_staged(staged, plan=plan, merged=first)
+    changed = np.zeros(plan.shape, bool)  # mosaic pixels whose label changed in some slot
+    for idx in plan.block_ids():
+        pad = plan.padded_window(idx)
+        changed[pad.slices] |= _padded(recut, plan, idx) != _padded(staged, plan, idx)
+    assert not changed[~square].any()  # the big label stays one, so only the object's pixels may move
+    top = _seam_share(_overlap(recut, plan), plan, (0, 0), (0, 1), (0, 1))
+    assert top <= _seam_share(first, plan, (0, 0), (0, 1), (0, 1))
+
+
+def test_merged_must_have_the_mosaic_shape():
+    plan, _, staged = _stuff_with_one_seen_object()
+    with pytest.raises(InputError, match="merged"):
+        recut_staged(staged, plan=plan, merged=np.ones((3, 3), np.int64))

@@ -21,6 +21,13 @@ and its lower neighbour):
    slot's label where the two are linked there, else the linked label of
    largest overlap, else a fresh id (one per label and face).
 
+A face's links alone miss objects that the merge joins through a chain of
+other faces: two labels that end up in one merged object but whose pieces do
+not match at this face would get a cut (and fresh ids) between them, which
+puts the boundary back on the seam. Given ``merged``, the labels of a first
+``overlap`` merge of the same views, a pair also counts as linked when both
+labels' core pixels lie mostly in one merged object.
+
 Where the windows agree every pixel's two labels are linked, so nothing
 changes and the ``overlap`` merge of the result is that of the input.
 
@@ -49,7 +56,8 @@ _FREE, _BOUNDARY, _SPLIT = 0.0, 0.1, 1.0
 _LOCAL = np.uint64(0xFFFFFFFF)
 
 
-def recut_staged(staged: np.ndarray, *, plan: TilingPlan, min_iou: float = 0.5, jitter: int = 2) -> np.ndarray:
+def recut_staged(staged: np.ndarray, *, plan: TilingPlan, min_iou: float = 0.5, jitter: int = 2,
+                 merged: np.ndarray | None = None) -> np.ndarray:
     """Staged labels with each seam's boundary cut along the views' own boundaries.
 
     Parameters
@@ -60,6 +68,9 @@ def recut_staged(staged: np.ndarray, *, plan: TilingPlan, min_iou: float = 0.5, 
     plan : TilingPlan
     min_iou, jitter : float, int
         The ``overlap`` merge's link evidence (see :class:`~remote_samsing.merge.MergeConfig`).
+    merged : ndarray, optional
+        ``plan.shape`` labels of an ``overlap`` merge of ``staged``: two labels whose core
+        pixels lie mostly in one merged object count as linked on every face.
 
     Returns
     -------
@@ -77,6 +88,7 @@ def recut_staged(staged: np.ndarray, *, plan: TilingPlan, min_iou: float = 0.5, 
     staged = _check_staged(staged, plan)
     check_number("min_iou", min_iou, minimum=0.5, maximum=1, open_max=True)
     check_int("jitter", jitter, minimum=0)
+    ids = _merged_ids(staged, merged, plan) if merged is not None else None
     out = staged.copy()
     next_id: dict = {}
     for a in plan.block_ids():
@@ -84,8 +96,34 @@ def recut_staged(staged: np.ndarray, *, plan: TilingPlan, min_iou: float = 0.5, 
             b = _neighbour(plan, a, off)
             if b is not None:
                 _recut_face(staged, out, plan=plan, a=a, b=b, off=off, min_iou=float(min_iou), jitter=int(jitter),
-                            next_id=next_id)
+                            next_id=next_id, ids=ids)
     return out
+
+
+def _merged_ids(staged: np.ndarray, merged, plan: TilingPlan) -> dict:
+    """Per block: its labels with core pixels (sorted) and the merged id most of those pixels hold."""
+    merged = np.asarray(merged)
+    if merged.shape != plan.shape:
+        raise InputError(f"`merged` has shape {merged.shape}, the plan's shape is {plan.shape}")
+    ids = {}
+    for idx in plan.block_ids():
+        core = plan.core_window(idx)
+        own = _padded(staged, plan, idx)[core.relative_to(plan.padded_window(idx)).slices].ravel()
+        lab, mid, cnt = unique_pairs(own.astype(np.int64), merged[core.slices].ravel().astype(np.int64))
+        order = np.lexsort((-cnt, lab))  # per label, its most common merged id first
+        lab, mid = lab[order], mid[order]
+        first = np.r_[True, lab[1:] != lab[:-1]] if lab.size else np.zeros(0, bool)
+        ids[idx] = (lab[first], mid[first])
+    return ids
+
+
+def _lookup(table, labels: np.ndarray) -> np.ndarray:
+    """Merged id of each of ``labels`` in a block's ``table``; -1 where the label has no core pixel."""
+    lab, mid = table
+    if lab.size == 0:
+        return np.full(labels.shape, -1, np.int64)
+    pos = np.minimum(np.searchsorted(lab, labels), lab.size - 1)
+    return np.where(lab[pos] == labels, mid[pos], -1)
 
 
 def _check_staged(staged, plan: TilingPlan) -> np.ndarray:
@@ -121,12 +159,13 @@ def _recut_region(plan: TilingPlan, a, b, off) -> Window | None:
     return region if min(region.shape) > 0 else None
 
 
-def _face_links(la: np.ndarray, lb: np.ndarray, *, plan: TilingPlan, a, b, off, min_iou, jitter):
+def _face_links(la: np.ndarray, lb: np.ndarray, *, plan: TilingPlan, a, b, off, min_iou, jitter, ids=None):
     """The label pairs ``(a, b)`` this face links, or whose pieces coincide, as pair keys, with their
     overlap in the shared strip.
 
     Coinciding pieces count even where the merge does not link them (a label seen only in the other
-    block's core part): the two views agree on those pixels, so the recut keeps them."""
+    block's core part): the two views agree on those pixels, so the recut keeps them. With ``ids``
+    (:func:`_merged_ids`) pairs in one merged object count too."""
     ev, _ = _face_evidence({off: _pack(la)}, {(-off[0], -off[1]): _pack(lb)}, plan=plan, a=a, b=b, off=off,
                            min_iou=min_iou, jitter=jitter)
     ra, of_a, area_a = _runs(la)
@@ -138,11 +177,15 @@ def _face_links(la: np.ndarray, lb: np.ndarray, *, plan: TilingPlan, a, b, off, 
                                   _pair_keys(of_a[pa[same]], of_b[pb[same]])]))
     both = (la > 0) & (lb > 0)
     pa, pb, cnt = unique_pairs(la[both].astype(np.uint64), lb[both].astype(np.uint64))
+    if ids is not None:
+        ma, mb = _lookup(ids[a], pa.astype(np.int64)), _lookup(ids[b], pb.astype(np.int64))
+        joined = (ma == mb) & (ma > 0)  # -1: no core pixel; 0: the merge left it background
+        keys = unique(np.concatenate([keys, _pair_keys(pa[joined], pb[joined])]))
     pos = np.searchsorted(_pair_keys(pa, pb), keys)  # every pair in ``keys`` overlaps, so it is there
     return keys, cnt[pos] if keys.size else np.empty(0, np.int64)
 
 
-def _recut_face(staged, out, *, plan: TilingPlan, a, b, off, min_iou, jitter, next_id: dict) -> None:
+def _recut_face(staged, out, *, plan: TilingPlan, a, b, off, min_iou, jitter, next_id: dict, ids=None) -> None:
     """Cut one face's region and write the mix into both blocks' slots of ``out``."""
     region = _recut_region(plan, a, b, off)
     if region is None:
@@ -151,7 +194,7 @@ def _recut_face(staged, out, *, plan: TilingPlan, a, b, off, min_iou, jitter, ne
     shared = _intersect(pad_a, pad_b)
     la = _padded(staged, plan, a)[shared.relative_to(pad_a).slices]
     lb = _padded(staged, plan, b)[shared.relative_to(pad_b).slices]
-    keys, cnt = _face_links(la, lb, plan=plan, a=a, b=b, off=off, min_iou=min_iou, jitter=jitter)
+    keys, cnt = _face_links(la, lb, plan=plan, a=a, b=b, off=off, min_iou=min_iou, jitter=jitter, ids=ids)
     src_a = _padded(staged, plan, a)[region.relative_to(pad_a).slices]
     src_b = _padded(staged, plan, b)[region.relative_to(pad_b).slices]
     dst_a = _padded(out, plan, a)[region.relative_to(pad_a).slices]
