@@ -84,7 +84,7 @@ def timer():
     out["seconds"] = time.perf_counter() - t0
 
 
-#: one current result file per benchmark and machine (a rerun replaces it; git keeps the history)
+#: the current result of each benchmark on each machine, one file each
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -92,7 +92,8 @@ def result_path(benchmark: str, machine: str | None = None) -> Path:
     """``benchmarks/results/<benchmark>-<machine>.json``, the recorded result's stable name.
 
     ``machine`` defaults to ``cpu-<cores>core``, this machine's; a GPU benchmark passes its GPU
-    (``"h100"``). No date or session in the name: a rerun replaces the file.
+    (``"h100"``). The name says only what was measured and where, so the README's table links the
+    current result of each benchmark.
 
     >>> result_path("merge-versus-iou", "cpu-2core").name
     'merge-versus-iou-cpu-2core.json'

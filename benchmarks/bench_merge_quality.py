@@ -17,7 +17,7 @@ mosaic gives):
   depend on the window. A stand-in, **not SAM2**;
 * ``felzenszwalb/<scene>``: the package's Felzenszwalb segmenter (default
   parameters) on the real scenes of ``tests/data`` (and ``../shared/data``
-  where present) with tile 256 and padding 32 (issue 33's example); windows
+  where present) with tile 256 and padding 32; windows
   disagree, and the truth is the one-window Felzenszwalb result.
 
 Measures, against the truth (the untiled components, or the ground truth):
@@ -35,10 +35,10 @@ Measures, against the truth (the untiled components, or the ground truth):
   labelled 4-neighbour pairs (at least one pixel > 0) across a straight line
   that carry a label boundary, at the worst line within ``±padding`` of the
   seam, averaged over faces weighted by length; ``seam_vis_ratio``: the same
-  over the one-window result's value on the same seams (issue 33's goal:
-  ≤ 1.25; 1 where the tile grid does not show).
+  over the one-window result's value on the same seams (goal ≤ 1.25;
+  1 where the tile grid does not show).
 
-Strategies: ``overlap`` (default), ``overlap+cut`` (issue 33's prototype:
+Strategies: ``overlap`` (default), ``overlap+cut`` (a prototype:
 :func:`remote_samsing.merge._recut.recut_staged` moves each seam's boundary
 onto the views' own boundaries, with a first ``overlap`` merge's objects as
 links, then ``overlap``), ``iou`` (the first-generation overlap rule),
@@ -260,7 +260,7 @@ def _merged(strategy: str, staged: np.ndarray, plan, img) -> np.ndarray:
         return ndmeasure.label(da.from_array(img, chunks=plan.chunks))[0].compute(scheduler="sync")
     from remote_samsing.merge import MergeConfig, merge_labels
 
-    if strategy == "overlap+cut":  # issue 33's prototype: recut the staged views, then the default merge
+    if strategy == "overlap+cut":  # recut the staged views, then the default merge
         from remote_samsing.merge._recut import recut_staged
 
         # the first merge's objects link labels that meet only through other faces
@@ -271,25 +271,20 @@ def _merged(strategy: str, staged: np.ndarray, plan, img) -> np.ndarray:
         scheduler="sync")
 
 
-def _seam_vis(out: np.ndarray, plan, one_vis: float | None = None) -> dict:
-    """``seam_vis`` of ``out`` and its ratio over the one window's ``one_vis``."""
-    from remote_samsing.metrics import seam_visibility
+def _seam_vis(out: np.ndarray, one: np.ndarray, plan) -> dict:
+    """``seam_vis`` of ``out`` and its ratio over the one window's on the same seams."""
+    from remote_samsing.metrics import seam_visibility, seam_visibility_ratio
 
     vis = seam_visibility(out, tile_size=plan.tile_size, padding=plan.padding).mean
-    one_vis = vis if one_vis is None else one_vis
-    if np.isnan(vis) or np.isnan(one_vis):  # no labelled pair near any seam
-        ratio = float("nan")
-    else:
-        ratio = vis / one_vis if one_vis > 0 else (1.0 if vis == 0 else float("inf"))
+    ratio = seam_visibility_ratio(out, one, tile_size=plan.tile_size, padding=plan.padding)
     return {"seam_vis": round(vis, 4), "seam_vis_ratio": round(ratio, 3)}
 
 
 def measure(name: str, truth, one, staged, plan, img, *, exact: bool) -> list[dict]:
     seam = _seam_objects(truth, plan)
     det_one, ss_one = _det(one, truth, seam)
-    one_vis = _seam_vis(one, plan)
     rows = [{"case": name, "strategy": "one window", **_merges(one, truth, exact=exact), "det_drop": 0.0,
-             "ss_det_drop": 0.0, **one_vis, "seam_objects": int(seam.size), "seconds": 0.0}]
+             "ss_det_drop": 0.0, **_seam_vis(one, one, plan), "seam_objects": int(seam.size), "seconds": 0.0}]
     for strategy in STRATEGIES + (("ndmeasure.label",) if img is not None else ()):
         t0 = time.perf_counter()
         out = _merged(strategy, staged, plan, img)
@@ -297,7 +292,8 @@ def measure(name: str, truth, one, staged, plan, img, *, exact: bool) -> list[di
         det, ss = _det(out, truth, seam)
         rows.append({"case": name, "strategy": strategy, **_merges(out, truth, exact=exact),
                      "det_drop": round(det_one - det, 2), "ss_det_drop": round(ss_one - ss, 2),
-                     **_seam_vis(out, plan, one_vis["seam_vis"]), "seam_objects": int(seam.size), "seconds": round(seconds, 3)})
+                     **_seam_vis(out, one, plan), "seam_objects": int(seam.size),
+                     "seconds": round(seconds, 3)})
     return rows
 
 
@@ -335,7 +331,7 @@ def summary(rows: list[dict]) -> dict:
         out["overlap_sam_like_det_drop_pp"] = sum(r["det_drop"] * r["seam_objects"] for r in sam) / n
         out["overlap_sam_like_ss_det_drop_pp"] = sum(r["ss_det_drop"] * r["seam_objects"] for r in sam) / n
     felz = [r["seam_vis_ratio"] for r in ov if r["case"].startswith("felzenszwalb")]
-    if felz:  # issue 33's goal: <= 1.25 on every scene
+    if felz:  # the goal: <= 1.25 on every scene
         out["overlap_felzenszwalb_seam_vis_ratio_max"] = max(felz)
     return out
 

@@ -30,7 +30,7 @@ client's peak RSS for each size (target: independent of the size), and what
 the run cost the server: requests per block and the share of the run's time
 its process was busy (moto answers one request at a time in Python, on the
 same 2 cores, so its CPU time bounds how fast any run against it can be).
-It writes ``benchmarks/results/pipeline-store-<stores>-cpu-<cores>core.json``
+It writes ``benchmarks/results/pipeline-store-cpu-<cores>core.json``
 (``--json`` elsewhere; ``--quick`` only there).
 
 ``--sources N`` writes the synthetic mosaic (one size, ``--megapixels``,
@@ -579,7 +579,7 @@ def _code_version() -> dict:
 
 
 def _default_result_path(n: int) -> Path:
-    """``benchmarks/results/pipeline-sources-<N>-cpu-<cores>core.json``: a rerun replaces the recorded result."""
+    """``benchmarks/results/pipeline-sources-<N>-cpu-<cores>core.json``, the recorded result."""
     return result_path(f"pipeline-sources-{n}")
 
 
@@ -647,9 +647,8 @@ if __name__ == "__main__":
                            server=args.server, tile=args.tile, n_workers=args.n_workers)
         result["command"] = "python -m benchmarks.bench_pipeline " + " ".join(sys.argv[1:])
         result["code"] = code
-        # the recorded result of these stores (and S3 server); a --quick run replaces none
-        variant = "-".join(s + ("-seaweedfs" if s == "s3" and args.server == "seaweedfs" else "") for s in stores)
-        target = Path(args.json) if args.json else None if args.quick else result_path(f"pipeline-store-{variant}")
+        # the recorded result (the stores and server it ran on are in it); a --quick run replaces none
+        target = Path(args.json) if args.json else None if args.quick else result_path("pipeline-store")
         if target is not None:
             target.write_text(json.dumps(result, indent=2))
             print(f"wrote {target}")

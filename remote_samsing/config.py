@@ -71,7 +71,8 @@ class RunConfig:
     vectors : bool
         Also write polygons (``segments.parquet``).
     overwrite : bool
-        Replace the run in the output directory instead of resuming/refusing (a folder holding files no run wrote is refused, nothing removed).
+        Replace the run in the output directory instead of resuming/refusing; a folder
+        holding files no run wrote is refused, and nothing in it removed.
     scheduler : str, optional
         Address of an existing Dask scheduler (``tcp://`` or ``tls://``).
     device : str

@@ -388,13 +388,13 @@ class SeamVisibility:
 
 
 def _seam_faces(plan: TilingPlan):
-    """Each seam face: blocks, kind, seam position, the extent of its cores' shared side, the axis size."""
+    """Each seam face: its two blocks, its kind and the length of its cores' shared side."""
     ys, xs = plan.starts
     for iy, ix in plan.block_ids():
         if ix + 1 < plan.grid_shape[1]:
-            yield ((iy, ix), (iy, ix + 1)), "x", int(xs[ix + 1]), (int(ys[iy]), int(ys[iy + 1])), plan.shape[1]
+            yield ((iy, ix), (iy, ix + 1)), "x", int(ys[iy + 1] - ys[iy])
         if iy + 1 < plan.grid_shape[0]:
-            yield ((iy, ix), (iy + 1, ix)), "y", int(ys[iy + 1]), (int(xs[ix]), int(xs[ix + 1])), plan.shape[0]
+            yield ((iy, ix), (iy + 1, ix)), "y", int(xs[ix + 1] - xs[ix])
 
 
 def seam_line_shares(strip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -476,8 +476,8 @@ def _read_core(labels, plan: TilingPlan, block_id) -> np.ndarray:
 def seam_block_parts(core: np.ndarray, *, padding: int) -> dict:
     """What one block's core contributes to the seam visibility of its four sides.
 
-    Each block reads its own core once, so a run measures its seams in one parallel pass over
-    the blocks (:func:`seam_visibility_from_parts` combines them).
+    A block is measured alone, where its labels are (a run: in the task that writes it), and
+    :func:`seam_visibility_from_parts` combines the blocks.
 
     Returns
     -------
@@ -499,7 +499,7 @@ def seam_block_parts(core: np.ndarray, *, padding: int) -> dict:
 def seam_visibility_from_parts(plan: TilingPlan, parts) -> SeamVisibility:
     """:class:`SeamVisibility` from every block's :func:`seam_block_parts` (a mapping by block id)."""
     blocks, kinds, lengths, values, offsets = [], [], [], [], []
-    for pair, kind, _seam, along, _size in _seam_faces(plan):
+    for pair, kind, length in _seam_faces(plan):
         a, b = parts[pair[0]], parts[pair[1]]
         edge = 1 if kind == "x" else 3
         across = seam_line_shares(np.stack([a["edges"][edge], b["edges"][edge - 1]], axis=1))
@@ -507,7 +507,7 @@ def seam_visibility_from_parts(plan: TilingPlan, parts) -> SeamVisibility:
         counted = np.concatenate([before_n, across[0], after_n])
         boundary = np.concatenate([before_b, across[1], after_b])
         value, offset = _worst_line(counted, boundary, -len(before_n))
-        blocks.append(pair), kinds.append(kind), lengths.append(along[1] - along[0])
+        blocks.append(pair), kinds.append(kind), lengths.append(length)
         values.append(value), offsets.append(offset)
     values, lengths = np.asarray(values, np.float64), np.asarray(lengths, np.int64)
     ok = ~np.isnan(values)
@@ -1704,7 +1704,8 @@ def _run_image(path: str | list, params: dict) -> str:
     """What GDAL opens for a run's input, resolved as the run resolved it: the file itself, or the tile
     index of its sources (a folder, glob, list, STAC input or several of them) on the run's grid."""
     from .io import open_mosaic
+    from .pipeline import _MOSAIC_OPTIONS
 
-    keys = ("recursive", "asset", "crs", "resolution", "resampling", "nodata")
+    keys = (*_MOSAIC_OPTIONS, "nodata")
     arr = open_mosaic(path, **{k: params[k] for k in keys if params.get(k) is not None})
     return arr.attrs["source"]

@@ -485,12 +485,12 @@ def _differences(prev: dict, payload: dict) -> list[str]:
 #: What a run writes at OUTDIR's top level: a folder holding only these is a run's, even before its
 #: run.json exists, and ``--overwrite`` may remove it.
 _RUN_ENTRIES = frozenset({"run.json", "staging", "labels.zarr", "labels.tif", "labels.tif.pieces.partial",
-                          "merge_faces.json", "segments.parquet", TILE_INDEX, ".remote-samsing-write-check"})
+                          "merge_faces.json", "segments.parquet", TILE_INDEX})
 
 
-def _foreign_entries(outdir: Path) -> list[str]:
-    """OUTDIR's top-level names that no run writes; none where it holds a run.json."""
-    names = list_names(outdir)
+def _foreign_entries(names: set) -> list[str]:
+    """Of OUTDIR's top-level ``names``, those no run writes (its probes start with ``.remote-samsing``);
+    none where it holds a run.json."""
     if "run.json" in names:
         return []
     return sorted(n for n in names - _RUN_ENTRIES if not n.startswith(".remote-samsing"))
@@ -499,7 +499,7 @@ def _foreign_entries(outdir: Path) -> list[str]:
 def _check_overwritable(outdir: Path) -> None:
     """``--overwrite`` replaces a run, never a folder of other files (a mistyped OUTDIR, a folder of
     tiles given as the last argument): those are refused, and nothing is removed."""
-    others = _foreign_entries(outdir)
+    others = _foreign_entries(list_names(outdir))
     if others:
         shown = ", ".join(f"`{n}`" for n in others[:3]) + (", ..." if len(others) > 3 else "")
         raise OutputExistsError(f"output directory `{outdir}` holds files that no run wrote ({shown}); "
@@ -529,10 +529,11 @@ def _prepare_outdir(outdir: Path, payload: dict, overwrite: bool) -> dict | None
                 hint="use another output directory, or --overwrite to start fresh",
             )
         return prev
-    if list_names(outdir):
+    names = list_names(outdir)
+    if names:
         raise OutputExistsError(
             f"output directory `{outdir}` exists and is not a remote-samsing run",
-            hint="choose a new directory" if _foreign_entries(outdir) else "pass --overwrite to start afresh",
+            hint="choose a new directory" if _foreign_entries(names) else "pass --overwrite to start afresh",
         )
     return None
 

@@ -297,7 +297,7 @@ def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
 
 
 def test_run_records_seam_visibility_in_run_json_and_per_face(tmp_path, data_dir, client):
-    """Issue 33's diagnostics: run.json's total and each edge face's value in merge_faces.json
+    """Seam-visibility diagnostics: run.json's total and each edge face's value in merge_faces.json
     equal seam_visibility on the labels read back."""
     from remote_samsing.metrics import seam_visibility
 

@@ -1,4 +1,4 @@
-"""Tests for remote_samsing.metrics.seam_visibility: hand-computed shares on tiny label images (issue 33)."""
+"""Tests for remote_samsing.metrics.seam_visibility: hand-computed shares on tiny label images."""
 
 from __future__ import annotations
 
