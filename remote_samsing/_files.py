@@ -205,7 +205,31 @@ def open_zarr_array(store, *, mode: str, path: str | None = None):
     :func:`zarr_options` and without probing for v2 metadata (requests on a store)."""
     import zarr
 
-    return zarr.open_array(store=store, path=path, mode=mode, zarr_format=3, storage_options=zarr_options(store))
+    arr = zarr.open_array(store=store, path=path, mode=mode, zarr_format=3, storage_options=zarr_options(store))
+    # Zarr compares every chunk written with the fill value to skip empty ones: a full pass over the
+    # chunk that costs more than compressing an empty chunk, and labels are rarely all 0
+    return arr if mode == "r" else arr.with_config({"write_empty_chunks": True})
+
+
+#: Zarr arrays this process keeps open between the blocks of one run, by (store, path, mode, token): opening
+#: one reads its metadata, one or more requests on a store, for every block otherwise.
+_OPEN_ARRAYS: dict = {}
+_OPEN_ARRAYS_MAX = 4
+
+
+def open_zarr_kept(store, *, mode: str, token: str, path: str | None = None):
+    """:func:`open_zarr_array`, kept open in this process for later calls with the same ``token``.
+
+    ``token`` names the run that owns the array (its metadata does not
+    change during the run); another token opens it afresh.
+    """
+    key = (str(store), path, mode, token)
+    arr = _OPEN_ARRAYS.get(key)
+    if arr is None:
+        if len(_OPEN_ARRAYS) >= _OPEN_ARRAYS_MAX:  # another run's arrays: never used again by this run
+            _OPEN_ARRAYS.clear()
+        arr = _OPEN_ARRAYS[key] = open_zarr_array(store, mode=mode, path=path)
+    return arr
 
 
 #: GDAL's virtual file system for each store protocol (https://gdal.org/en/stable/user/virtual_file_systems.html).

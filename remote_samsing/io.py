@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import threading
 import contextlib
 import warnings
@@ -453,22 +454,24 @@ def _valid_block(block, *, band_idx, alpha_pos, nodata) -> np.ndarray:
 
 def _to_rgba_block(block, lohi, *, band_idx, alpha_pos, nodata, passthrough):
     """(band, y, x) raw block → (y, x, 4) uint8: RGB + validity in channel 3."""
-    rgb_raw = block[band_idx]
+    from . import _rgba_nb
+
     valid = _valid_block(block, band_idx=band_idx, alpha_pos=alpha_pos, nodata=nodata)
     if passthrough:
-        rgb = rgb_raw.astype(np.uint8, copy=False)
+        rgb = [block[i].astype(np.uint8, copy=False) for i in band_idx]
     else:
         lo = lohi[band_idx, 0][:, None, None]
         hi = lohi[band_idx, 1][:, None, None]
-        scaled = (rgb_raw.astype("float64") - lo) * (255.0 / (hi - lo))
+        scaled = (block[band_idx].astype("float64") - lo) * (255.0 / (hi - lo))
         scaled = np.nan_to_num(scaled, nan=0.0)
-        rgb = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        rgb = list(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
     out = np.empty(block.shape[1:] + (4,), dtype=np.uint8)
-    out[..., :3] = np.moveaxis(rgb, 0, -1)
-    if not valid.all():
-        out[..., :3][~valid] = 0
-    out[..., 3] = valid
+    _rgba_nb.pack_rgba(*rgb, valid, _BYTE_SHIFTS, out.view(np.uint32)[..., 0])
     return out
+
+
+#: The bit offset of each byte of an RGBA pixel in a 32-bit word, in this machine's byte order.
+_BYTE_SHIFTS = np.array([0, 8, 16, 24] if sys.byteorder == "little" else [24, 16, 8, 0], np.int64)
 
 
 def _rgba_params(arr: xr.DataArray) -> dict:
@@ -631,10 +634,11 @@ class WindowReader:
         from rasterio.windows import Window as RioWindow
 
         if self.tile_index:
-            names, spans = _index_sources(self.path)
+            names, spans, stamps = _index_sources(self.path)
             touched = (spans[:, 0] < y1) & (y0 < spans[:, 1]) & (spans[:, 2] < x1) & (x0 < spans[:, 3])
             for i in np.flatnonzero(touched):
-                _check_source(names[i])  # raises, naming it, where the GTI driver would skip it
+                # raises, naming it, where the GTI driver would skip it
+                _check_source(names[i], None if stamps is None else tuple(stamps[i]))
         src = _gdal_dataset(self.path)
         return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
 
@@ -677,11 +681,16 @@ def _file_stamp(path: str):
 _SOURCES_SEEN: set = set()
 
 
-def _check_source(path: str) -> None:
+def _check_source(path: str, header_stamp: tuple | None = None) -> None:
     """Open a tile index's source once per process and file version, so that a missing or damaged one
     raises, naming it; a handle is not kept (the GTI driver keeps its own), so 400 sources cost 400
-    opens, not one per window and source."""
-    key = (path, _file_stamp(path))
+    opens, not one per window and source. A local file whose size and modification time are still
+    ``header_stamp`` (the index's :data:`~remote_samsing.sources.STAMP_FIELDS`, from the run's own read
+    of its header) is not opened: that read showed it opens."""
+    stamp = _file_stamp(path)
+    if stamp is not None and header_stamp is not None and (stamp[1], stamp[0]) == tuple(header_stamp):
+        return
+    key = (path, stamp)
     if key in _SOURCES_SEEN:
         return
     import rasterio

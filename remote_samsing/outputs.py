@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from ._files import (gdal_path, is_remote, list_names, location, remove_tree, replace_path, store_path, write_atomic,
-                     write_bytes, open_zarr_array)
+                     write_bytes, open_zarr_kept)
 from .io import configure_remote_reads, quiet_georeferencing
 
 __all__ = ["to_cog", "plan_label_store", "LabelSink", "smallest_uint_dtype", "overview_factors"]
@@ -126,7 +126,7 @@ class LabelSink:
     also: Callable | None = None
 
     def __call__(self, labels: np.ndarray, window) -> None:
-        target = _open_target(self.store, self.name, self.token)
+        target = open_zarr_kept(self.store, path=self.name, mode="r+", token=self.token)
         target[window.y0 : window.y1, window.x0 : window.x1] = labels
         if self.also is not None:
             self.also(labels, window)
@@ -149,20 +149,6 @@ class LabelSink:
         if is_remote(out):  # written in place
             return out
         return replace_path(self.store, out)
-
-
-#: The label array this process writes into, open between the blocks of one run: opening it reads its
-#: metadata, one or more requests on a store, for every block otherwise.
-_OPEN_TARGET: dict = {}
-
-
-def _open_target(store: str, name: str, token: str):
-    key = (store, name, token)
-    target = _OPEN_TARGET.get(key)
-    if target is None:
-        _OPEN_TARGET.clear()  # another run's array: never written again by this run
-        target = _OPEN_TARGET[key] = open_zarr_array(store, path=name, mode="r+")
-    return target
 
 
 def _consolidate(store: str) -> None:

@@ -76,6 +76,9 @@ _GTI_SUFFIX = ".gti.gpkg"
 _GTI_SUFFIXES = (_GTI_SUFFIX, ".gti.fgb", ".gti")
 #: The fields of a tile index's features holding each source's footprint in pixels of the grid.
 WINDOW_FIELDS = ("row_start", "row_stop", "col_start", "col_stop")
+#: Each local source's size and modification time when its header was read (-1 for a store's object): a
+#: worker that finds them unchanged knows the source opens without opening it.
+STAMP_FIELDS = ("source_size", "source_mtime_ns")
 #: The tile index's name in a run's OUTDIR.
 TILE_INDEX = "sources" + _GTI_SUFFIX
 
@@ -750,7 +753,8 @@ def write_tile_index(mosaic: Mosaic, path: str | os.PathLike) -> Path:
     windows = np.asarray(mosaic.windows, dtype=np.int64).reshape(-1, 4)
     table = gpd.GeoDataFrame({"location": [gdal_path(s.location) for s in mosaic.sources],
                               "position": list(range(len(mosaic.sources))),
-                              **{k: windows[:, i] for i, k in enumerate(WINDOW_FIELDS)}}, geometry=boxes, crs=g.crs)
+                              **{k: windows[:, i] for i, k in enumerate(WINDOW_FIELDS)},
+                              **dict(zip(STAMP_FIELDS, _local_stamps(mosaic.sources).T))}, geometry=boxes, crs=g.crs)
     meta = {"SRS": g.crs, "XSIZE": str(g.shape[1]), "YSIZE": str(g.shape[0]),
             "GEOTRANSFORM": ",".join(repr(float(v)) for v in (c, a, 0.0, f, 0.0, e)),
             "BAND_COUNT": str(g.count), "DATA_TYPE": _GDAL_TYPES[g.dtype], "RESAMPLING": g.resampling,
@@ -768,6 +772,14 @@ def write_tile_index(mosaic: Mosaic, path: str | os.PathLike) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _local_stamps(sources) -> "np.ndarray":
+    """(n, 2) int64: each source's :data:`STAMP_FIELDS`, -1 where it is not a local file."""
+    import numpy as np
+
+    return np.array([[s.stamp.get("size", -1), s.stamp.get("mtime_ns", -1)] if "mtime_ns" in s.stamp else [-1, -1]
+                     for s in sources], dtype=np.int64).reshape(-1, 2)
 
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
@@ -797,11 +809,14 @@ def cached_index(mosaic: Mosaic) -> Path:
     return path
 
 
-def index_sources(path: str) -> tuple[list[str], "np.ndarray"]:
-    """The GDAL names and pixel footprints (``(n, 4)``: y0, y1, x0, x1) of a tile index written by
-    :func:`write_tile_index`, read with pyogrio."""
+def index_sources(path: str) -> tuple[list[str], "np.ndarray", "np.ndarray | None"]:
+    """The GDAL names, pixel footprints (``(n, 4)``: y0, y1, x0, x1) and :data:`STAMP_FIELDS` (``(n, 2)``,
+    None in an index without them) of a tile index written by :func:`write_tile_index`, read with pyogrio."""
     import numpy as np
     import pyogrio
 
-    table = pyogrio.read_dataframe(path, columns=["location", *WINDOW_FIELDS], read_geometry=False)
-    return list(map(str, table["location"])), np.asarray(table[list(WINDOW_FIELDS)], dtype=np.int64)
+    stamped = set(STAMP_FIELDS) <= set(pyogrio.read_info(path)["fields"])
+    columns = ["location", *WINDOW_FIELDS, *(STAMP_FIELDS if stamped else ())]
+    table = pyogrio.read_dataframe(path, columns=columns, read_geometry=False)
+    stamps = np.asarray(table[list(STAMP_FIELDS)], dtype=np.int64) if stamped else None
+    return list(map(str, table["location"])), np.asarray(table[list(WINDOW_FIELDS)], dtype=np.int64), stamps

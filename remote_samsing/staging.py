@@ -42,7 +42,7 @@ import dask.array as da
 import numpy as np
 
 from ._arrays import unique, unique_pairs
-from ._files import (list_names, location, open_zarr_array, read_bytes, read_many, store_path, write_atomic,
+from ._files import (list_names, location, open_zarr_kept, read_bytes, read_many, store_path, write_atomic,
                      write_json_atomic)
 from .exceptions import BlockFailedError, ConfigError, InputError, WindowReadError
 from .segmenters import get_segmenter, validate_segmenter
@@ -352,7 +352,7 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
         labels, stats = np.zeros(plan.padded_window(index).shape, STAGED_DTYPE), _failed_stats(index, plan, exc)
     slot = _slot(labels, plan)
     sy, sx = plan.slot_shape
-    z = open_zarr_array(store_path(location(staging) / "labels.zarr"), mode="r+")
+    z = open_zarr_kept(store_path(location(staging) / "labels.zarr"), mode="r+", token=str(run_id))
     # one Zarr chunk per slot: chunk-aligned writes from different workers never overlap
     z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
     if summarize is not None:

@@ -318,3 +318,25 @@ def test_no_emulator_and_the_users_own_gdal_settings_are_left_alone(monkeypatch)
     configure_remote_reads()
     assert "CPL_GS_ENDPOINT" not in os.environ and "GS_NO_SIGN_REQUEST" not in os.environ
     assert os.environ["AZURE_STORAGE_ACCOUNT"] == "other"
+
+
+@pytest.mark.parametrize("passthrough", [True, False])
+def test_rgba_block_interleaves_bands_and_zeroes_invalid_pixels(passthrough):
+    from remote_samsing.io import _to_rgba_block
+
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 255, (4, 7, 9)).astype(np.uint16)  # bands: B, G, R, alpha
+    block[3] = 255
+    block[3, 2, 3] = 0  # transparent
+    block[:3, 5, 1] = 7  # nodata in every RGB band
+    lohi = np.array([[10.0, 200.0]] * 4)
+    out = _to_rgba_block(block, lohi, band_idx=np.array([2, 1, 0]), alpha_pos=3, nodata=7, passthrough=passthrough)
+    rgb = block[[2, 1, 0]].astype(float)
+    if not passthrough:
+        rgb = np.clip(np.rint((rgb - 10.0) * (255.0 / 190.0)), 0, 255)
+    expected = np.zeros((7, 9, 4), np.uint8)
+    expected[..., :3] = np.moveaxis(rgb.astype(np.uint8), 0, -1)
+    expected[..., 3] = 1
+    expected[2, 3] = expected[5, 1] = 0
+    assert out.dtype == np.uint8 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, expected)

@@ -543,6 +543,14 @@ def test_a_block_opens_only_the_sources_its_window_touches(tmp_path, tiles):
         reader.checked_read((300, 400, 300, 400), np.zeros((3, 2)))
 
 
+def test_a_source_damaged_after_the_header_read_is_named(tmp_path, tiles):
+    arr = open_mosaic(tiles[0].parent)
+    reader = rs.io.window_reader(arr)
+    tiles[-1].write_bytes(tiles[-1].read_bytes()[:200])  # truncated after the run read its header
+    with pytest.raises(rs.exceptions.WindowReadError, match="tile_1_2.tif"):
+        reader.checked_read((300, 400, 300, 400), np.zeros((3, 2)))
+
+
 def test_an_edited_tile_of_a_vrt_redoes_its_blocks(tmp_path, tiles, scene, client):
     vrt = _vrt(tmp_path / "m.vrt", tiles, scene)
     cfg = RunConfig(**SEG, progress=False, vectors=False)

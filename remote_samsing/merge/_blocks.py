@@ -237,8 +237,8 @@ def _unpack(packed) -> np.ndarray:
 def _label_fg(idx: np.ndarray, *, empty: bool = False):
     from scipy import ndimage
 
-    if empty:  # no foreground: no components (np.zeros costs nothing until touched)
-        return np.zeros(idx.shape, np.int32), 0
+    if empty:  # no foreground: no components (a read-only view of one zero, no memory to fill)
+        return np.broadcast_to(np.int32(0), idx.shape), 0
     comps, n = ndimage.label(idx > 0, structure=_CROSS)
     return comps.astype(np.int32, copy=False), int(n)
 
