@@ -29,31 +29,69 @@ from ._phases import ALL, Phase, check_inputs, face_offsets, merge_phases, merge
 __all__ = ["merge_stored", "prepare_workdir", "stage_summary", "stage_faces", "face_schedule", "thread_map"]
 
 
+#: Outputs of one step kept in one file a block (the step writes them together, and most readers of one
+#: read the others too): on a store one object and one request where each output would take its own.
+_BUNDLES = {"early": "summary", "late": "summary", "final": "final", "gids": "final", "parts": "final"}
+#: The blocks (in the plan's order) whose outputs of a global step share one file: the global step writes
+#: a few files, not one per block, and a block's reader reads a file this many blocks long.
+_GROUP_BLOCKS = 64
+
+
 @dataclass(frozen=True)
 class _Spill:
     """The folder where one out-of-core merge keeps its per-block results.
 
-    Files are written atomically: a task that runs again after a lost worker
-    overwrites a whole file, never half of one. No phase removes its inputs
-    (the folder goes once the merge is done): the scheduler runs a task
-    again when a lost worker held its result and a later task still needs
-    it, also after later phases ran, and it must then find its inputs.
+    Each file holds a dict ``{(kind, index): value}``: one block's outputs
+    of a step (:data:`_BUNDLES`), or one output of a global step (``grouped``)
+    for :data:`_GROUP_BLOCKS` blocks. Files are written atomically: a task
+    that runs again after a lost worker overwrites a whole file, never half
+    of one. No phase removes its inputs (the folder goes once the merge is
+    done): the scheduler runs a task again when a lost worker held its
+    result and a later task still needs it, also after later phases ran, and
+    it must then find its inputs.
     """
 
     root: str
+    plan: TilingPlan
+    grouped: frozenset = frozenset()
 
-    def path(self, kind: str, index=None):
-        tail = kind if index is None else f"{kind}_{index[0]}_{index[1]}"
-        return location(self.root) / (tail + ".pkl")
+    def path(self, kind: str, index):
+        if kind in self.grouped:
+            return location(self.root) / f"{kind}_g{self.plan.block_id(index) // _GROUP_BLOCKS}.pkl"
+        return location(self.root) / f"{_BUNDLES.get(kind, kind)}_{index[0]}_{index[1]}.pkl"
 
     def names(self) -> set:
         """The files the folder holds, in one listing (one request on a store, not one per file)."""
         return list_names(self.root)
 
     def save_many(self, outputs) -> None:
-        """Write ``(kind, index, obj)`` outputs, concurrently on a store; each is pickled as its group
-        is written."""
-        write_many((self.path(kind, index), pickle.dumps(obj, protocol=5)) for kind, index, obj in outputs)
+        """Write ``(kind, index, obj)`` outputs, each file's together; concurrently on a store."""
+        files: dict = {}
+        for kind, index, obj in outputs:
+            files.setdefault(self.path(kind, index), {})[(kind, tuple(index))] = obj
+        write_many((path, pickle.dumps(held, protocol=5)) for path, held in files.items())
+
+    def load_many(self, keys) -> dict:
+        """``{(kind, index): value}`` of ``keys``, each file read once, keeping only the values asked for."""
+        keys = {(kind, tuple(index)) for kind, index in keys}
+        paths = list(dict.fromkeys(self.path(*k) for k in keys))
+
+        def decode(data: bytes) -> dict:  # as each file is read: a file holds others' values too
+            return {k: v for k, v in pickle.loads(data).items() if k in keys}
+
+        loaded: dict = {}
+        for held in read_many(paths, decode=decode):
+            loaded.update(held)
+        missing = keys.difference(loaded)
+        if missing:  # a file of another configuration's spill: as absent as a missing file
+            raise FileNotFoundError(f"no spilled {sorted(missing)[0]} in {self.root}")
+        return loaded
+
+
+def _spill(workdir, plan: TilingPlan, config: MergeConfig) -> _Spill:
+    """The spill folder of a merge of ``plan`` with ``config``: which outputs global steps write."""
+    grouped = frozenset(o for p in merge_phases(plan, config) if not p.per_block for o in p.outputs)
+    return _Spill(str(_root(workdir)), plan, grouped)
 
 
 def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict) -> list:
@@ -65,8 +103,7 @@ def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict)
             return [(name, i) for i in plan.block_ids()]
         return [] if (name, where) in given or name == "staged" else [(name, where)]
 
-    keys = list(dict.fromkeys(k for r in refs for k in spilled(*r)))  # in order, each file once
-    loaded = dict(zip(keys, read_many([spill.path(*k) for k in keys], decode=pickle.loads)))
+    loaded = spill.load_many(dict.fromkeys(k for r in refs for k in spilled(*r)))
     values = []
     for name, where in refs:
         if where == ALL:
@@ -159,7 +196,7 @@ def stage_summary(slot: np.ndarray, *, plan: TilingPlan, index, config: MergeCon
     workdir : path
     """
     index = tuple(int(i) for i in index)
-    _run(index, phase=_phase(config, plan, "summarize"), spill=_Spill(str(_root(workdir))),
+    _run(index, phase=_phase(config, plan, "summarize"), spill=_spill(workdir, plan, config),
          staged="", plan=plan, given={("staged", index): np.asarray(slot)})
 
 
@@ -189,7 +226,7 @@ def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | 
     if _ahead_offsets(config) is None:
         return False
     index = tuple(int(i) for i in index)
-    spill = _Spill(str(_root(workdir)))
+    spill = _spill(workdir, plan, config)
     phase = _phase(config, plan, "faces")
     try:  # no existence check first: on a store that is a request per input
         _run(index, phase=phase, spill=spill, staged="", plan=plan)
@@ -329,7 +366,7 @@ def merge_stored(
         raise ConfigError(f"`sink` must be callable as sink(labels, window), got {type(sink).__name__}")
     root = _root(workdir)
     prepare_workdir(root, plan=plan, config=config)
-    spill = _Spill(str(root))
+    spill = _spill(root, plan, config)
     faces_file = str(_root(faces_path)) if faces_path is not None else None
     if faces_file is not None and config.strategy == "none":
         write_json_atomic(faces_file, [], indent=None)
