@@ -637,7 +637,6 @@ class WindowReader:
             names, spans, stamps = _index_sources(self.path)
             touched = (spans[:, 0] < y1) & (y0 < spans[:, 1]) & (spans[:, 2] < x1) & (x0 < spans[:, 3])
             for i in np.flatnonzero(touched):
-                # raises, naming it, where the GTI driver would skip it
                 _check_source(names[i], None if stamps is None else tuple(stamps[i]))
         src = _gdal_dataset(self.path)
         return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
@@ -682,11 +681,14 @@ _SOURCES_SEEN: set = set()
 
 
 def _check_source(path: str, header_stamp: tuple | None = None) -> None:
-    """Open a tile index's source once per process and file version, so that a missing or damaged one
-    raises, naming it; a handle is not kept (the GTI driver keeps its own), so 400 sources cost 400
-    opens, not one per window and source. A local file whose size and modification time are still
-    ``header_stamp`` (the index's :data:`~remote_samsing.sources.STAMP_FIELDS`, from the run's own read
-    of its header) is not opened: that read showed it opens."""
+    """Make a missing or damaged tile-index source raise, naming it, where the GTI driver would skip it.
+
+    A local file whose size and modification time are still ``header_stamp``
+    (the index's :data:`~remote_samsing.sources.STAMP_FIELDS`) opened when the
+    run read its header, so it is not opened again; any other source is
+    opened once per process and file version. No handle is kept (the GTI
+    driver keeps its own).
+    """
     stamp = _file_stamp(path)
     if stamp is not None and header_stamp is not None and (stamp[1], stamp[0]) == tuple(header_stamp):
         return
