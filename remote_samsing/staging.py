@@ -91,7 +91,7 @@ def _check_labels(labels: Any, shape: tuple[int, int], index) -> np.ndarray:
         labels = labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
         raise BlockFailedError(f"segmenter returned {labels.dtype} labels for block {index}; integers expected")
-    if labels.size and labels.min() < 0:
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise BlockFailedError(f"segmenter returned negative labels for block {index}")
     return labels
 
@@ -159,7 +159,8 @@ def process_block(
     labels = _check_labels(labels, pw.shape, index)
     if not all_valid:
         labels = np.where(valid, labels, 0)
-    if labels.size and labels.max() > np.iinfo(STAGED_DTYPE).max:
+    if labels.dtype.itemsize > np.dtype(STAGED_DTYPE).itemsize and labels.size \
+            and labels.max() > np.iinfo(STAGED_DTYPE).max:
         from skimage.segmentation import relabel_sequential
 
         labels = relabel_sequential(labels)[0]
@@ -202,6 +203,8 @@ def _count_labels(labels: np.ndarray) -> int:
 
 
 def _slot(labels: np.ndarray, plan: TilingPlan) -> np.ndarray:
+    if labels.shape == tuple(plan.slot_shape) and labels.dtype == STAGED_DTYPE:  # a full-size window fills it
+        return labels
     out = np.zeros(plan.slot_shape, STAGED_DTYPE)
     out[: labels.shape[0], : labels.shape[1]] = labels
     return out
