@@ -960,7 +960,8 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
     """
     plan, cfg = job.plan, job.cfg
     # each block's merge summary is written by the task that staged it, from the labels in memory
-    summarize = functools.partial(stage_summary, plan=plan, config=job.mcfg, workdir=job.staging / "merge")
+    summarize = functools.partial(stage_summary, plan=plan, config=job.mcfg, workdir=job.staging / "merge",
+                                  token=job.run_id)
     kwargs = dict(plan=plan, segmenter=job.seg, retries=cfg.retries, staging=str(job.staging), run_id=job.run_id,
                   summarize=summarize, skip_failed=cfg.skip_failed_blocks)
     if reader is None:
@@ -1020,7 +1021,7 @@ def _face_follow_ups(job: _Job):
     if ready is None:
         return None
     workdir = str(job.staging / "merge")
-    return functools.partial(stage_faces, plan=job.plan, config=job.mcfg, workdir=workdir), ready
+    return functools.partial(stage_faces, plan=job.plan, config=job.mcfg, workdir=workdir, token=job.run_id), ready
 
 
 def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, float]:
@@ -1054,7 +1055,8 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     # to their own file; only their totals come back and go to run.json
     merge_stats = merge_stored(job.staging / "labels.zarr", plan=plan, config=job.mcfg,
                                workdir=job.staging / "merge", sink=sink, map_phases=in_phases,
-                               faces_path=outdir / "merge_faces.json", prepare_sink=create_store_task)
+                               faces_path=outdir / "merge_faces.json", prepare_sink=create_store_task,
+                               token=job.run_id)
     sink.commit()
     written = open_run_labels(outdir / "labels.zarr")  # complete, though run.json is not yet
     max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N

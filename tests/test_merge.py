@@ -647,6 +647,55 @@ def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, pad
     assert to_file["faces"] is None and to_file["totals"] == expected_stats["totals"]
 
 
+@pytest.mark.parametrize("strategy", ["overlap", "best_match"])
+def test_out_of_core_merge_with_a_token_reads_each_spill_file_once_per_process(tmp_path, monkeypatch, strategy):
+    """With a run token, a process reads back no spill file it wrote or read
+    before (a neighbour's summary, a group file): fewer reads, the very same
+    labels and statistics; another token reads the folder again."""
+    from remote_samsing.merge import _stored, merge_stored
+
+    shape, tile, padding = (90, 70), 25, 5
+    truth = touching_labels(shape, n_seeds=40, seed=5, hole_frac=0.05)
+    plan = TilingPlan(shape=shape, tile_size=tile, padding=padding)
+    path = write_store(stage_from_function(truth, plan, lambda w: w), plan, tmp_path / "staged.zarr")
+    cfg = MergeConfig(strategy=strategy, min_mask_area=5, merge_enclosed_max_area=20, min_contact_pixels=2)
+    read = []
+    real = _stored.read_many
+
+    def counting(paths, **kw):
+        paths = list(paths)
+        read.extend(paths)
+        return real(paths, **kw)
+
+    monkeypatch.setattr(_stored, "read_many", counting)
+    results = {}
+    for token in (None, "run-a", "run-b"):
+        read.clear()
+        sink = _CollectSink(shape)
+        stats = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "spill", sink=sink, token=token)
+        stats.pop("phase_seconds")
+        results[token] = (sink.out, stats, len(read))
+    plain, held, again = results[None], results["run-a"], results["run-b"]
+    for got in (held, again):
+        np.testing.assert_array_equal(got[0], plain[0])
+        assert got[1] == plain[1]
+    assert held[2] < plain[2] and again[2] == held[2]
+
+
+def test_held_spill_files_are_bounded_and_of_one_run():
+    from remote_samsing.merge._stored import _Held
+
+    held = _Held(10)
+    held.put("a", "x", b"1234")
+    held.put("a", "y", b"5678")
+    assert held.get("a", "x") == b"1234"  # now the most recently used
+    held.put("a", "z", b"9abc")  # 12 bytes: the least recently used goes
+    assert held.get("a", "y") is None and held.get("a", "x") == b"1234" and held.get("a", "z") == b"9abc"
+    assert held.get("b", "x") is None  # another run's token sees nothing
+    held.put("b", "w", b"00")
+    assert held.get("a", "x") is None and held.get("b", "w") == b"00" and held.nbytes == 2
+
+
 def _plain_merge(tmp_path, strategy, remove_small, *, seed):
     """A staged 90 x 70 mosaic of touching labels at tile 25 and its phase-by-phase merge (``merge_stored``):
     (shape, plan, staged path, config, the sink holding the merged labels, the statistics)."""

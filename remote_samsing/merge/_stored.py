@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +39,45 @@ _BUNDLES = {"early": "summary", "late": "summary", "final": "final", "gids": "fi
 _GROUP_BLOCKS = 64
 
 
+class _Held:
+    """Spill files this process wrote or read for one run's merge, as bytes, by path.
+
+    Each file is written once per run (a task run again writes the same
+    values), so a later task here that reads it (a neighbour's faces, the
+    next block's share of a group file) needs no request; bytes, not
+    objects, so that every reader decodes its own copy. Another run's token
+    empties it; past ``max_bytes`` the least recently used files go.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.token = None
+        self.files: OrderedDict = OrderedDict()
+        self.nbytes = 0
+        self.lock = threading.Lock()
+
+    def put(self, token: str, path, data: bytes) -> None:
+        with self.lock:
+            if token != self.token:
+                self.token, self.files, self.nbytes = token, OrderedDict(), 0
+            old = self.files.pop(str(path), None)
+            self.nbytes += len(data) - (len(old) if old is not None else 0)
+            self.files[str(path)] = data
+            while self.nbytes > self.max_bytes and len(self.files) > 1:
+                self.nbytes -= len(self.files.popitem(last=False)[1])
+
+    def get(self, token: str, path) -> bytes | None:
+        with self.lock:
+            data = self.files.get(str(path)) if token == self.token else None
+            if data is not None:
+                self.files.move_to_end(str(path))
+            return data
+
+
+#: This process's spill files (a few neighbours' summaries and group files at a time).
+_HELD = _Held(64 << 20)
+
+
 @dataclass(frozen=True)
 class _Spill:
     """The folder where one out-of-core merge keeps its per-block results.
@@ -54,6 +95,8 @@ class _Spill:
     root: str
     plan: TilingPlan
     grouped: frozenset = frozenset()
+    #: the run's token: files are kept in this process for later reads (:data:`_HELD`); None keeps none
+    token: str | None = None
 
     def path(self, kind: str, index):
         if kind in self.grouped:
@@ -69,29 +112,52 @@ class _Spill:
         files: dict = {}
         for kind, index, obj in outputs:
             files.setdefault(self.path(kind, index), {})[(kind, tuple(index))] = obj
-        write_many((path, pickle.dumps(held, protocol=5)) for path, held in files.items())
+        write_many((path, self._pickled(path, held)) for path, held in files.items())
 
-    def load_many(self, keys) -> dict:
-        """``{(kind, index): value}`` of ``keys``, each file read once, keeping only the values asked for."""
+    def _pickled(self, path, held: dict) -> bytes:
+        data = pickle.dumps(held, protocol=5)
+        if self.token is not None:
+            _HELD.put(self.token, path, data)
+        return data
+
+    def load_many(self, keys, *, keep: bool = True) -> dict:
+        """``{(kind, index): value}`` of ``keys``, each file read once (none this process holds).
+
+        ``keep``: with a token, the files read are held for later reads;
+        otherwise only the values asked for are kept, as each file is read.
+        """
         keys = {(kind, tuple(index)) for kind, index in keys}
-        paths = list(dict.fromkeys(self.path(*k) for k in keys))
+        keep = keep and self.token is not None
 
         def decode(data: bytes) -> dict:  # as each file is read: a file holds others' values too
             return {k: v for k, v in pickle.loads(data).items() if k in keys}
 
         loaded: dict = {}
-        for held in read_many(paths, decode=decode):
-            loaded.update(held)
+        paths = []
+        for path in dict.fromkeys(self.path(*k) for k in keys):
+            data = _HELD.get(self.token, path) if self.token is not None else None
+            if data is None:
+                paths.append(path)
+            else:
+                loaded.update(decode(data))
+        if keep:  # whole files, held for later reads
+            for path, data in zip(paths, read_many(paths)):
+                _HELD.put(self.token, path, data)
+                loaded.update(decode(data))
+        else:
+            for held in read_many(paths, decode=decode):
+                loaded.update(held)
         missing = keys.difference(loaded)
         if missing:  # a file of another configuration's spill: as absent as a missing file
             raise FileNotFoundError(f"no spilled {sorted(missing)[0]} in {self.root}")
         return loaded
 
 
-def _spill(workdir, plan: TilingPlan, config: MergeConfig) -> _Spill:
-    """The spill folder of a merge of ``plan`` with ``config``: which outputs global steps write."""
+def _spill(workdir, plan: TilingPlan, config: MergeConfig, token: str | None = None) -> _Spill:
+    """The spill folder of a merge of ``plan`` with ``config`` (which outputs global steps write), its
+    files held in the process for later reads when ``token`` names the run."""
     grouped = frozenset(o for p in merge_phases(plan, config) if not p.per_block for o in p.outputs)
-    return _Spill(str(_root(workdir)), plan, grouped)
+    return _Spill(str(_root(workdir)), plan, grouped, token)
 
 
 def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict) -> list:
@@ -103,7 +169,9 @@ def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict)
             return [(name, i) for i in plan.block_ids()]
         return [] if (name, where) in given or name == "staged" else [(name, where)]
 
-    loaded = spill.load_many(dict.fromkeys(k for r in refs for k in spilled(*r)))
+    # a global step's reads of every block are read once: not held
+    loaded = spill.load_many(dict.fromkeys(k for r in refs for k in spilled(*r)),
+                             keep=all(where != ALL for _, where in refs))
     values = []
     for name, where in refs:
         if where == ALL:
@@ -178,7 +246,7 @@ def _phase(config: MergeConfig, plan: TilingPlan, name: str) -> Phase:
 
 
 def stage_summary(slot: np.ndarray, *, plan: TilingPlan, index, config: MergeConfig,
-                  workdir: str | os.PathLike) -> None:
+                  workdir: str | os.PathLike, token: str | None = None) -> None:
     """Summarize one block's staged labels for :func:`merge_stored` while they are in memory.
 
     The pipeline calls this in the task that segmented the block, right
@@ -194,9 +262,12 @@ def stage_summary(slot: np.ndarray, *, plan: TilingPlan, index, config: MergeCon
     index : (int, int)
     config : MergeConfig
     workdir : path
+    token : str, optional
+        Names the run: the summary stays in this process for the faces that
+        read it (pass the same to :func:`stage_faces` and :func:`merge_stored`).
     """
     index = tuple(int(i) for i in index)
-    _run(index, phase=_phase(config, plan, "summarize"), spill=_spill(workdir, plan, config),
+    _run(index, phase=_phase(config, plan, "summarize"), spill=_spill(workdir, plan, config, token),
          staged="", plan=plan, given={("staged", index): np.asarray(slot)})
 
 
@@ -208,7 +279,8 @@ def _ahead_offsets(cfg: MergeConfig):
     return face_offsets(cfg)
 
 
-def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | os.PathLike) -> bool:
+def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | os.PathLike,
+                token: str | None = None) -> bool:
     """Compute one block's seam faces for :func:`merge_stored` ahead of the merge, if their inputs are there.
 
     The faces a block owns read only its own and its neighbours' summaries
@@ -218,6 +290,8 @@ def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | 
     is missing (the merge computes those faces itself) or when the
     strategy's faces need a global step first (see :func:`face_schedule`).
 
+    ``token``: as for :func:`stage_summary`.
+
     Returns
     -------
     bool
@@ -226,7 +300,7 @@ def stage_faces(index, *, plan: TilingPlan, config: MergeConfig, workdir: str | 
     if _ahead_offsets(config) is None:
         return False
     index = tuple(int(i) for i in index)
-    spill = _spill(workdir, plan, config)
+    spill = _spill(workdir, plan, config, token)
     phase = _phase(config, plan, "faces")
     try:  # no existence check first: on a store that is a request per input
         _run(index, phase=phase, spill=spill, staged="", plan=plan)
@@ -312,6 +386,7 @@ def merge_stored(
     faces_path: str | os.PathLike | None = None,
     map_phases=None,
     prepare_sink=None,
+    token: str | None = None,
 ) -> dict:
     """Merge staged block labels across seams and hand each merged block to ``sink``, out of core.
 
@@ -354,6 +429,10 @@ def merge_stored(
     prepare_sink : callable, optional
         Called once with no argument (picklable) before any block reaches
         ``sink``, beside the global steps when ``map_phases`` chains them.
+    token : str, optional
+        Names the run (unique to it): each process holds the spill files it
+        wrote or read (up to 64 MB) for its later tasks, which then read
+        them without a request. Without it every read goes to the folder.
 
     Returns
     -------
@@ -366,7 +445,7 @@ def merge_stored(
         raise ConfigError(f"`sink` must be callable as sink(labels, window), got {type(sink).__name__}")
     root = _root(workdir)
     prepare_workdir(root, plan=plan, config=config)
-    spill = _spill(root, plan, config)
+    spill = _spill(root, plan, config, token)
     faces_file = str(_root(faces_path)) if faces_path is not None else None
     if faces_file is not None and config.strategy == "none":
         write_json_atomic(faces_file, [], indent=None)
