@@ -226,7 +226,7 @@ def open_zarr_kept(store, *, mode: str, token: str, path: str | None = None):
     key = (str(store), path, mode, token)
     arr = _OPEN_ARRAYS.get(key)
     if arr is None:
-        if len(_OPEN_ARRAYS) >= _OPEN_ARRAYS_MAX:  # another run's arrays: never used again by this run
+        if len(_OPEN_ARRAYS) >= _OPEN_ARRAYS_MAX:  # full: start afresh (a run writes one or two arrays)
             _OPEN_ARRAYS.clear()
         arr = _OPEN_ARRAYS[key] = open_zarr_array(store, mode=mode, path=path)
     return arr

@@ -683,14 +683,15 @@ _SOURCES_SEEN: set = set()
 def _check_source(path: str, header_stamp: tuple | None = None) -> None:
     """Make a missing or damaged tile-index source raise, naming it, where the GTI driver would skip it.
 
-    A local file whose size and modification time are still ``header_stamp``
-    (the index's :data:`~remote_samsing.sources.STAMP_FIELDS`) opened when the
-    run read its header, so it is not opened again; any other source is
-    opened once per process and file version. No handle is kept (the GTI
-    driver keeps its own).
+    A readable local file whose size and modification time are still
+    ``header_stamp`` (the index's :data:`~remote_samsing.sources.STAMP_FIELDS`)
+    is the file the run's header read opens, so it is not opened again; any
+    other source is opened once per process and file version. No handle is
+    kept (the GTI driver keeps its own).
     """
     stamp = _file_stamp(path)
-    if stamp is not None and header_stamp is not None and (stamp[1], stamp[0]) == tuple(header_stamp):
+    if (stamp is not None and header_stamp is not None and (stamp[1], stamp[0]) == tuple(header_stamp)
+            and os.access(path, os.R_OK)):
         return
     key = (path, stamp)
     if key in _SOURCES_SEEN:
@@ -739,13 +740,15 @@ def _gdal_dataset(path: str):
 
 @functools.lru_cache(maxsize=8)
 def _index_table(path: str, stamp):
-    from .sources import index_sources
+    from .sources import index_source_stamps, index_sources
 
-    return index_sources(gdal_path(path) if is_url(path) else path)
+    name = gdal_path(path) if is_url(path) else path
+    return (*index_sources(name), index_source_stamps(name))
 
 
 def _index_sources(path: str):
-    """The sources of a tile index and their pixel footprints, read once per process and index version."""
+    """The sources of a tile index, their pixel footprints and header stamps (or None), read once per
+    process and index version."""
     return _index_table(path, _file_stamp(path))
 
 

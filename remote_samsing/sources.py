@@ -57,6 +57,7 @@ __all__ = [
     "cached_index",
     "TILE_INDEX",
     "WINDOW_FIELDS",
+    "index_source_stamps",
     "index_sources",
     "RASTER_SUFFIXES",
     "RESAMPLINGS",
@@ -76,8 +77,8 @@ _GTI_SUFFIX = ".gti.gpkg"
 _GTI_SUFFIXES = (_GTI_SUFFIX, ".gti.fgb", ".gti")
 #: The fields of a tile index's features holding each source's footprint in pixels of the grid.
 WINDOW_FIELDS = ("row_start", "row_stop", "col_start", "col_stop")
-#: Each local source's size and modification time when its header was read (-1 for a store's object): a
-#: worker that finds them unchanged knows the source opens without opening it.
+#: Each local source's size and modification time as the run's header read finds them (-1 for a store's
+#: object): a worker that finds them unchanged knows the source opens without opening it.
 STAMP_FIELDS = ("source_size", "source_mtime_ns")
 #: The tile index's name in a run's OUTDIR.
 TILE_INDEX = "sources" + _GTI_SUFFIX
@@ -435,12 +436,12 @@ def _describe(location: str) -> Source:
     if is_url(location):
         configure_remote_reads()
     try:
+        stamp = _stamp(location)  # first: a file changed while it is opened counts as changed
         with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
             crs = src.crs.to_wkt() if src.crs else None
             header = dict(crs=crs, transform=tuple(src.transform)[:6], shape=(src.height, src.width),
                           count=src.count, dtype=src.dtypes[0], nodata=src.nodata,
                           colorinterp=tuple(c.name for c in src.colorinterp))
-        stamp = _stamp(location)
     except Exception as exc:  # noqa: BLE001 - GDAL and stores raise many types
         cause = str(exc)
     else:
@@ -809,14 +810,23 @@ def cached_index(mosaic: Mosaic) -> Path:
     return path
 
 
-def index_sources(path: str) -> tuple[list[str], "np.ndarray", "np.ndarray | None"]:
-    """The GDAL names, pixel footprints (``(n, 4)``: y0, y1, x0, x1) and :data:`STAMP_FIELDS` (``(n, 2)``,
-    None in an index without them) of a tile index written by :func:`write_tile_index`, read with pyogrio."""
+def index_sources(path: str) -> tuple[list[str], "np.ndarray"]:
+    """The GDAL names and pixel footprints (``(n, 4)``: y0, y1, x0, x1) of a tile index written by
+    :func:`write_tile_index`, read with pyogrio."""
     import numpy as np
     import pyogrio
 
-    stamped = set(STAMP_FIELDS) <= set(pyogrio.read_info(path)["fields"])
-    columns = ["location", *WINDOW_FIELDS, *(STAMP_FIELDS if stamped else ())]
-    table = pyogrio.read_dataframe(path, columns=columns, read_geometry=False)
-    stamps = np.asarray(table[list(STAMP_FIELDS)], dtype=np.int64) if stamped else None
-    return list(map(str, table["location"])), np.asarray(table[list(WINDOW_FIELDS)], dtype=np.int64), stamps
+    table = pyogrio.read_dataframe(path, columns=["location", *WINDOW_FIELDS], read_geometry=False)
+    return list(map(str, table["location"])), np.asarray(table[list(WINDOW_FIELDS)], dtype=np.int64)
+
+
+def index_source_stamps(path: str) -> "np.ndarray | None":
+    """The :data:`STAMP_FIELDS` (``(n, 2)``, in the order of :func:`index_sources`) of a tile index written
+    by :func:`write_tile_index`; None for an index without them."""
+    import numpy as np
+    import pyogrio
+
+    if not set(STAMP_FIELDS) <= set(pyogrio.read_info(path)["fields"]):
+        return None
+    table = pyogrio.read_dataframe(path, columns=list(STAMP_FIELDS), read_geometry=False)
+    return np.asarray(table[list(STAMP_FIELDS)], dtype=np.int64)

@@ -355,7 +355,10 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
         labels, stats = np.zeros(plan.padded_window(index).shape, STAGED_DTYPE), _failed_stats(index, plan, exc)
     slot = _slot(labels, plan)
     sy, sx = plan.slot_shape
-    z = open_zarr_kept(store_path(location(staging) / "labels.zarr"), mode="r+", token=str(run_id))
+    # kept open for the run's later blocks; the plan's layout in the token: a store made anew for
+    # another plan under the same run id is opened anew
+    z = open_zarr_kept(store_path(location(staging) / "labels.zarr"), mode="r+",
+                       token=f"{run_id}:{plan.staging_shape}:{plan.slot_shape}")
     # one Zarr chunk per slot: chunk-aligned writes from different workers never overlap
     z[iy * sy : (iy + 1) * sy, ix * sx : (ix + 1) * sx] = slot
     if summarize is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import dask
 import dask.array as da
 import numpy as np
@@ -682,13 +684,33 @@ def test_out_of_core_merge_with_a_token_reads_each_spill_file_once_per_process(t
     assert held[2] < plain[2] and again[2] == held[2]
 
 
+def test_out_of_core_merge_empties_a_spill_folder_of_another_layout(tmp_path):
+    """A folder stamped for the same plan and configuration by another spill layout (a resumed run after
+    an upgrade) is emptied, not read: its files would not decode."""
+    from dask.base import tokenize
+
+    from remote_samsing.merge import merge_stored
+
+    shape, plan, path, cfg, plain, expected = _plain_merge(tmp_path, "overlap", False, seed=2)
+    work = tmp_path / "old"
+    work.mkdir()
+    (work / "config.token").write_text(tokenize(plan, cfg))
+    for index in plan.block_ids():
+        (work / f"faces_{index[0]}_{index[1]}.pkl").write_bytes(pickle.dumps({"faces": []}))
+    sink = _CollectSink(shape)
+    got = merge_stored(path, plan=plan, config=cfg, workdir=work, sink=sink)
+    np.testing.assert_array_equal(sink.out, plain.out)
+    got.pop("phase_seconds"), expected.pop("phase_seconds")
+    assert got == expected
+
+
 def test_held_spill_files_are_bounded_and_of_one_run():
     from remote_samsing.merge._stored import _Held
 
     held = _Held(10)
     held.put("a", "x", b"1234")
     held.put("a", "y", b"5678")
-    assert held.get("a", "x") == b"1234"  # now the most recently used
+    assert held.get("a", "x") == b"1234"  # the most recently used from here on
     held.put("a", "z", b"9abc")  # 12 bytes: the least recently used goes
     assert held.get("a", "y") is None and held.get("a", "x") == b"1234" and held.get("a", "z") == b"9abc"
     assert held.get("b", "x") is None  # another run's token sees nothing

@@ -293,3 +293,21 @@ def test_a_marker_that_is_absent_failed_or_not_json_means_stage_again_and_a_read
     monkeypatch.setattr(staging_mod, "read_bytes", denied)
     with pytest.raises(PermissionError):  # never taken for "not staged": that would segment it again
         stage_block((0, 1), lambda: _window(rgba, plan, (0, 1)), **kw)
+
+
+def test_stage_block_into_a_store_made_anew_for_another_plan_under_the_same_run_id(tmp_path):
+    import shutil
+
+    import zarr
+
+    rgba = _rgba(blob_image((64, 64), seed=3))
+    for tile in (32, 16):  # the same folder and run id, the store made anew for each plan
+        plan = TilingPlan(shape=(64, 64), tile_size=tile, padding=4)
+        shutil.rmtree(tmp_path / "staging", ignore_errors=True)
+        staging = create_store(tmp_path / "staging", plan)
+        assert stage_block((1, 1), lambda: _window(rgba, plan, (1, 1)), plan=plan, segmenter=ThresholdSegmenter(),
+                           retries=0, staging=str(staging), run_id="r1") == 1
+        labels, _ = process_block(_window(rgba, plan, (1, 1)), (1, 1), plan=plan, segmenter=ThresholdSegmenter())
+        sy, sx = plan.slot_shape
+        slot = zarr.open_array(staging / "labels.zarr", mode="r")[sy:2 * sy, sx:2 * sx]
+        np.testing.assert_array_equal(slot[:labels.shape[0], :labels.shape[1]], labels)

@@ -43,7 +43,8 @@ class _Held:
     """Spill files this process wrote or read for one run's merge, as bytes, by path.
 
     Each file is written once per run (a task run again writes the same
-    values), so a later task here that reads it (a neighbour's faces, the
+    values: the merge's steps are deterministic, and a block is segmented
+    once, its marker says so), so a later task here that reads it (a neighbour's faces, the
     next block's share of a group file) needs no request; bytes, not
     objects, so that every reader decodes its own copy. Another run's token
     empties it; past ``max_bytes`` the least recently used files go.
@@ -112,13 +113,11 @@ class _Spill:
         files: dict = {}
         for kind, index, obj in outputs:
             files.setdefault(self.path(kind, index), {})[(kind, tuple(index))] = obj
-        write_many((path, self._pickled(path, held)) for path, held in files.items())
-
-    def _pickled(self, path, held: dict) -> bytes:
-        data = pickle.dumps(held, protocol=5)
-        if self.token is not None:
-            _HELD.put(self.token, path, data)
-        return data
+        data = {path: pickle.dumps(held, protocol=5) for path, held in files.items()}
+        write_many(data.items())
+        if self.token is not None:  # held once written: never bytes the folder lacks
+            for path, raw in data.items():
+                _HELD.put(self.token, path, raw)
 
     def load_many(self, keys, *, keep: bool = True) -> dict:
         """``{(kind, index): value}`` of ``keys``, each file read once (none this process holds).
@@ -212,10 +211,15 @@ def _pending(phase: Phase, plan: TilingPlan, spill: _Spill) -> list:
     return [i for i in items if not all(spill.path(o, i).name in held for o in phase.outputs)]
 
 
+#: The layout of the spill files: a folder another layout wrote is emptied, never read (a resumed run
+#: may find one).
+_SPILL_FORMAT = 2
+
+
 def _workdir_token(plan: TilingPlan, cfg: MergeConfig) -> str:
     from dask.base import tokenize
 
-    return tokenize(plan, cfg)
+    return tokenize(plan, cfg, _SPILL_FORMAT)
 
 
 def prepare_workdir(workdir: str | os.PathLike, *, plan: TilingPlan, config: MergeConfig) -> None:
