@@ -31,6 +31,7 @@ Usage::
     python benchmarks/bench_merge.py --megapixels 100,400,2000   # every size and measure in one run
     python benchmarks/bench_merge.py --versus iou --repeats 5      # overlap vs the first-generation rule, 100 Mpx
     python benchmarks/bench_merge.py --versus nosplit --repeats 5  # the cost of one polygon per segment
+    python benchmarks/bench_merge.py --versus recut --repeats 3    # the cost of the seam recut
 """
 
 from __future__ import annotations
@@ -192,7 +193,9 @@ def _run_ours(staged_path: str, out_path: str, shape, graph: bool, q, config: di
     from remote_samsing.tiling import TilingPlan
 
     plan = TilingPlan(shape=tuple(shape), tile_size=TILE, padding=PADDING)
-    cfg = MergeConfig(**{"min_mask_area": MIN_AREA, **(config or {})})
+    config = dict(config or {})
+    recut = config.pop("recut", False)  # a keyword of merge_stored, not of the configuration
+    cfg = MergeConfig(**{"min_mask_area": MIN_AREA, **config})
     _warm_up()
     q.put({"loaded": True})  # imports and jitted kernels in memory: the baseline
     t0 = time.perf_counter()
@@ -209,7 +212,7 @@ def _run_ours(staged_path: str, out_path: str, shape, graph: bool, q, config: di
         zarr.create_array(store=out_path, shape=plan.shape, chunks=(TILE, TILE), dtype=np.uint32, fill_value=0,
                           zarr_format=3)
         stats = merge_stored(staged_path, plan=plan, config=cfg, workdir=out_path + ".spill",
-                             sink=_ZarrSink(out_path), map_blocks=thread_map(2))
+                             sink=_ZarrSink(out_path), map_blocks=thread_map(2), recut=recut)
     q.put({"seconds": time.perf_counter() - t0, "totals": stats["totals"],
            "phase_seconds": stats.get("phase_seconds")})
 
@@ -340,6 +343,7 @@ _VERSUS = {
     "best_match": ({"split_parts": False}, {"strategy": "best_match"}),
     "none": ({}, {"strategy": "none"}),
     "nosplit": ({}, {"split_parts": False}),
+    "recut": ({}, {"recut": True}),
 }
 
 

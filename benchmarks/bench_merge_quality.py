@@ -38,10 +38,11 @@ Measures, against the truth (the untiled components, or the ground truth):
   over the one-window result's value on the same seams (goal ≤ 1.25;
   1 where the tile grid does not show).
 
-Strategies: ``overlap`` (default), ``overlap+cut`` (a prototype:
-:func:`remote_samsing.merge._recut.recut_staged` moves each seam's boundary
-onto the views' own boundaries, with a first ``overlap`` merge's objects as
-links, then ``overlap``), ``iou`` (the first-generation overlap rule),
+Strategies: ``overlap`` (default), ``overlap+cut`` (``merge_stored(recut=True)``,
+opt-in: a first ``overlap`` merge up to its ids says which labels are one
+object, each block's window is recut so that each seam's boundary runs along
+the views' own boundaries, then ``overlap`` merges the recut blocks),
+``iou`` (the first-generation overlap rule),
 ``best_match`` (the reference's), ``none``, and dask-image's
 ``ndmeasure.label`` where the segmenter is connected components of a
 binary image.
@@ -260,15 +261,32 @@ def _merged(strategy: str, staged: np.ndarray, plan, img) -> np.ndarray:
         return ndmeasure.label(da.from_array(img, chunks=plan.chunks))[0].compute(scheduler="sync")
     from remote_samsing.merge import MergeConfig, merge_labels
 
-    if strategy == "overlap+cut":  # recut the staged views, then the default merge
-        from remote_samsing.merge._recut import recut_staged
-
-        # the first merge's objects link labels that meet only through other faces
-        first = _merged("overlap", staged, plan, img)
-        staged, strategy = recut_staged(staged, plan=plan, merged=first), "overlap"
-    cfg = MergeConfig(strategy=strategy, remove_small=False, absorb_enclosed=False)
+    cfg = MergeConfig(strategy=strategy.removesuffix("+cut"), remove_small=False, absorb_enclosed=False)
+    if strategy == "overlap+cut":  # the out-of-core merge with its recut
+        return _stored_recut(staged, plan, cfg)
     return merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan, config=cfg).labels.compute(
         scheduler="sync")
+
+
+def _stored_recut(staged: np.ndarray, plan, cfg) -> np.ndarray:
+    """``merge_stored(recut=True)`` of ``staged`` (written to a temporary Zarr store), as one array."""
+    import tempfile
+
+    import zarr
+
+    from remote_samsing.merge import merge_stored
+
+    out = np.zeros(plan.shape, np.uint32)
+
+    def sink(labels, window):
+        out[window.slices] = labels
+
+    with tempfile.TemporaryDirectory(prefix="rs-bench-recut-") as d:
+        z = zarr.create_array(store=f"{d}/staged.zarr", shape=staged.shape, chunks=plan.slot_shape,
+                              dtype=np.uint32, fill_value=0, zarr_format=3)
+        z[...] = np.asarray(staged, np.uint32)
+        merge_stored(f"{d}/staged.zarr", plan=plan, config=cfg, workdir=f"{d}/spill", sink=sink, recut=True)
+    return out
 
 
 def _seam_vis(out: np.ndarray, one: np.ndarray, plan) -> dict:

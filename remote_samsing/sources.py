@@ -436,12 +436,12 @@ def _describe(location: str) -> Source:
     if is_url(location):
         configure_remote_reads()
     try:
-        stamp = _stamp(location)  # first: a file changed while it is opened counts as changed
         with quiet_georeferencing(), rasterio.open(_gdal_name(location)) as src:
             crs = src.crs.to_wkt() if src.crs else None
             header = dict(crs=crs, transform=tuple(src.transform)[:6], shape=(src.height, src.width),
                           count=src.count, dtype=src.dtypes[0], nodata=src.nodata,
                           colorinterp=tuple(c.name for c in src.colorinterp))
+        stamp = _stamp(location)  # after the open: a source that cannot be read warns of nothing else
     except Exception as exc:  # noqa: BLE001 - GDAL and stores raise many types
         cause = str(exc)
     else:

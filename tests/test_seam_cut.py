@@ -268,3 +268,86 @@ def test_merged_must_have_the_mosaic_shape():
     plan, _, staged = _stuff_with_one_seen_object()
     with pytest.raises(InputError, match="merged"):
         recut_staged(staged, plan=plan, merged=np.ones((3, 3), np.int64))
+
+
+@pytest.mark.parametrize("with_tables", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_block_recut_from_its_five_windows_is_its_slot_of_the_whole_recut(seed, with_tables):
+    """Out of core, a task holds only a block's window and its four edge neighbours' (and, with a first
+    merge, their label tables): its recut equals the block's slot of the whole-mosaic recut, which moves
+    pixels here."""
+    from remote_samsing.merge._recut import _edge_neighbours, _merged_ids, recut_block
+
+    plan, staged = _voronoi_windows(seed)
+    staged = np.asarray(staged)
+    first = _overlap(staged, plan) if with_tables else None
+    whole = recut_staged(staged, plan=plan, merged=first)
+    tables = _merged_ids(staged, first, plan) if with_tables else None
+    assert (whole != staged).any()
+    for idx in plan.block_ids():
+        near = [idx, *_edge_neighbours(plan, idx)]
+        windows = {n: _padded(staged, plan, n).copy() for n in near}
+        got = recut_block(idx, windows, plan=plan, tables={n: tables[n] for n in near} if tables else None)
+        np.testing.assert_array_equal(got, _padded(whole, plan, idx))
+        assert all(np.array_equal(windows[n], _padded(staged, plan, n)) for n in near)  # inputs untouched
+
+
+class _Mosaic:
+    """A sink keeping the merged blocks in one array."""
+
+    def __init__(self, shape):
+        self.out = np.zeros(shape, np.int64)
+
+    def __call__(self, labels, window):
+        self.out[window.slices] = labels
+
+
+def _stored_merge(staged, plan, tmp_path, cfg, **kw):
+    import zarr
+
+    from remote_samsing.merge import merge_stored
+
+    path = tmp_path / "staged.zarr"
+    if not path.exists():
+        z = zarr.create_array(store=str(path), shape=staged.shape, chunks=plan.slot_shape, dtype=np.uint32,
+                              fill_value=0, zarr_format=3)
+        z[...] = np.asarray(staged, np.uint32)
+    sink = _Mosaic(plan.shape)
+    stats = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "spill", sink=sink, **kw)
+    stats.pop("phase_seconds")
+    assert not (tmp_path / "spill").exists()
+    return sink.out, stats
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_stored_merge_with_recut_loses_most_straight_seam_lines(tmp_path, seed):
+    """``merge_stored(recut=True)`` (first merge to its ids, the recut per block, the merge proper) gives
+    labels with far fewer boundaries along the seam lines than the merge alone, each one 4-connected
+    region, numbered 1..N."""
+    plan, staged = _voronoi_windows(seed)
+    cfg = MergeConfig(strategy="overlap", remove_small=False, absorb_enclosed=False)
+    plain, _ = _stored_merge(staged, plan, tmp_path, cfg)
+    cut, stats = _stored_merge(staged, plan, tmp_path, cfg, recut=True)
+    shares = np.array([[_seam_share(o, plan, *f) for f in _faces(plan)] for o in (plain, cut)])
+    assert shares[1].mean() < 0.6 * shares[0].mean()
+    ids = np.unique(cut[cut > 0])
+    assert ids.tolist() == list(range(1, ids.size + 1)) and stats["totals"]["labels_after"] == ids.size
+    assert _components(cut).max() == ids.size  # one 4-connected region per label
+
+
+def test_the_stored_merge_with_recut_leaves_agreeing_windows_as_they_are(tmp_path):
+    truth = shaped_partition((96, 96), seed=3)
+    plan = TilingPlan(shape=(96, 96), tile_size=24, padding=4)
+    staged = stage_windows(plan, lambda w: _components(truth[w.slices]))
+    cfg = MergeConfig(strategy="overlap")
+    plain, plain_stats = _stored_merge(staged, plan, tmp_path, cfg)
+    cut, cut_stats = _stored_merge(staged, plan, tmp_path, cfg, recut=True)
+    np.testing.assert_array_equal(cut, plain)
+    assert cut_stats == plain_stats
+    assert_equivalent_labels(cut, _components(truth))
+
+
+def test_the_stored_merge_recuts_only_for_an_overlap_strategy(tmp_path):
+    plan, staged = _voronoi_windows(0)
+    with pytest.raises(ConfigError, match="recut"):
+        _stored_merge(staged, plan, tmp_path, MergeConfig(strategy="best_match"), recut=True)

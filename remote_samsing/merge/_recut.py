@@ -31,6 +31,11 @@ labels' core pixels lie mostly in one merged object.
 Where the windows agree every pixel's two labels are linked, so nothing
 changes and the ``overlap`` merge of the result is that of the input.
 
+A face's cut depends on its two windows alone, so :func:`recut_block`
+recuts one block from its own and its four edge neighbours' windows (what a
+task per block does out of core); :func:`recut_staged` is that for every
+block.
+
 Limits: the merge links a fresh id to its label only where their pieces
 coincide over the whole shared strip; a piece that runs on into a corner
 square, where the views still disagree, can fall to IoU <= ``min_iou`` and
@@ -41,6 +46,8 @@ no cheaper cut than the seam itself.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .._arrays import unique, unique_pairs
@@ -49,7 +56,7 @@ from ..exceptions import InputError
 from ..tiling import TilingPlan, Window
 from ._blocks import _face_evidence, _intersect, _neighbour, _pack, _pair_keys, _runs
 
-__all__ = ["recut_staged"]
+__all__ = ["recut_block", "recut_phases", "recut_staged"]
 
 #: Cost of a cut between two pixels: linked labels (or none), a boundary of either view, a split segment.
 _FREE, _BOUNDARY, _SPLIT = 0.0, 0.1, 1.0
@@ -86,18 +93,72 @@ def recut_staged(staged: np.ndarray, *, plan: TilingPlan, min_iou: float = 0.5, 
     True
     """
     staged = _check_staged(staged, plan)
-    check_number("min_iou", min_iou, minimum=0.5, maximum=1, open_max=True)
-    check_int("jitter", jitter, minimum=0)
     ids = _merged_ids(staged, merged, plan) if merged is not None else None
     out = staged.copy()
-    next_id: dict = {}
-    for a in plan.block_ids():
-        for off in ((0, 1), (1, 0)):
-            b = _neighbour(plan, a, off)
-            if b is not None:
-                _recut_face(staged, out, plan=plan, a=a, b=b, off=off, min_iou=float(min_iou), jitter=int(jitter),
-                            next_id=next_id, ids=ids)
+    for index in plan.block_ids():
+        windows = {n: _padded(staged, plan, n) for n in [index, *_edge_neighbours(plan, index)]}
+        _padded(out, plan, index)[...] = recut_block(index, windows, plan=plan, min_iou=min_iou, jitter=jitter,
+                                                     tables=ids)
     return out
+
+
+def recut_block(index, windows, *, plan: TilingPlan, min_iou: float = 0.5, jitter: int = 2,
+                tables=None) -> np.ndarray:
+    """Block ``index``'s staged window with its four edge faces recut, from its own and its neighbours' windows.
+
+    What :func:`recut_staged` writes into the block's slot, computed from
+    five windows only, so a task per block can do it out of core: each face's
+    cut depends on the two windows alone, so the block and its neighbour
+    compute the same cut and write the same mix, each in its own ids.
+
+    Parameters
+    ----------
+    index : (int, int)
+    windows : mapping
+        Block index → staged padded window (local labels) for the block and
+        each of its edge neighbours.
+    plan : TilingPlan
+    min_iou, jitter : float, int
+        As for :func:`recut_staged`.
+    tables : mapping, optional
+        Block index → ``(labels with core pixels, sorted; the merged id most of
+        each one's pixels hold)`` for the same blocks: labels of one merged
+        object count as linked on every face (``merged=`` of :func:`recut_staged`).
+
+    Returns
+    -------
+    ndarray
+        A recut copy of the block's own window.
+    """
+    check_number("min_iou", min_iou, minimum=0.5, maximum=1, open_max=True)
+    check_int("jitter", jitter, minimum=0)
+    index = tuple(int(i) for i in index)
+    own = np.asarray(windows[index])
+    out = own.copy()
+    fresh = [int(own.max()) + 1 if own.size else 1]  # ids for labels of the other view with no link here
+    for a, b, off in _faces_of(plan, index):
+        _recut_face(np.asarray(windows[a]), np.asarray(windows[b]), out, plan=plan, a=a, b=b, off=off, own=index,
+                    min_iou=float(min_iou), jitter=int(jitter), fresh=fresh, ids=tables)
+    return out
+
+
+def _edge_neighbours(plan: TilingPlan, index) -> list:
+    return [n for off in ((-1, 0), (0, -1), (0, 1), (1, 0)) if (n := _neighbour(plan, index, off)) is not None]
+
+
+def _faces_of(plan: TilingPlan, index) -> list:
+    """The block's edge faces as ``(a, b, offset of b from a)``, upper and left ones first: the order in which
+    a pass over the blocks in row-major order meets them, so fresh ids come out the same."""
+    faces = []
+    for off in ((1, 0), (0, 1)):  # the faces where the block is the lower or the right one
+        a = _neighbour(plan, index, (-off[0], -off[1]))
+        if a is not None:
+            faces.append((a, index, off))
+    for off in ((0, 1), (1, 0)):
+        b = _neighbour(plan, index, off)
+        if b is not None:
+            faces.append((index, b, off))
+    return faces
 
 
 def _merged_ids(staged: np.ndarray, merged, plan: TilingPlan) -> dict:
@@ -185,34 +246,32 @@ def _face_links(la: np.ndarray, lb: np.ndarray, *, plan: TilingPlan, a, b, off, 
     return keys, cnt[pos] if keys.size else np.empty(0, np.int64)
 
 
-def _recut_face(staged, out, *, plan: TilingPlan, a, b, off, min_iou, jitter, next_id: dict, ids=None) -> None:
-    """Cut one face's region and write the mix into both blocks' slots of ``out``."""
+def _recut_face(win_a, win_b, out, *, plan: TilingPlan, a, b, off, own, min_iou, jitter, fresh: list,
+                ids=None) -> None:
+    """Cut one face's region between the windows of ``a`` and ``b``; write ``own``'s side of the mix into
+    ``out`` (``own``'s window)."""
     region = _recut_region(plan, a, b, off)
     if region is None:
         return
     pad_a, pad_b = plan.padded_window(a), plan.padded_window(b)
     shared = _intersect(pad_a, pad_b)
-    la = _padded(staged, plan, a)[shared.relative_to(pad_a).slices]
-    lb = _padded(staged, plan, b)[shared.relative_to(pad_b).slices]
+    la, lb = win_a[shared.relative_to(pad_a).slices], win_b[shared.relative_to(pad_b).slices]
     keys, cnt = _face_links(la, lb, plan=plan, a=a, b=b, off=off, min_iou=min_iou, jitter=jitter, ids=ids)
-    src_a = _padded(staged, plan, a)[region.relative_to(pad_a).slices]
-    src_b = _padded(staged, plan, b)[region.relative_to(pad_b).slices]
-    dst_a = _padded(out, plan, a)[region.relative_to(pad_a).slices]
-    dst_b = _padded(out, plan, b)[region.relative_to(pad_b).slices]
+    src_a = win_a[region.relative_to(pad_a).slices]
+    src_b = win_b[region.relative_to(pad_b).slices]
+    dst = out[region.relative_to(pad_a if own == a else pad_b).slices]
     seam = plan.core_window(a).x1 - region.x0 if off == (0, 1) else plan.core_window(a).y1 - region.y0
     if off == (1, 0):  # the same cut across columns: work on the transposed views
-        src_a, src_b, dst_a, dst_b = src_a.T, src_b.T, dst_a.T, dst_b.T
+        src_a, src_b, dst = src_a.T, src_b.T, dst.T
     linked = _linked(src_a, src_b, keys)
     if linked.all():  # the windows agree here: nothing to move
         return
     cut = seam_cut(_cut_costs(src_a, src_b, keys), start=seam)
     after = np.arange(src_a.shape[1])[None, :] >= cut[:, None]
-    for blk, dst, own, other, fill, flip in ((a, dst_a, src_a, src_b, after, False),
-                                              (b, dst_b, src_b, src_a, ~after, True)):
-        if blk not in next_id:
-            next_id[blk] = int(_padded(staged, plan, blk).max()) + 1
-        need = fill & ~linked
-        dst[need] = _translate(other[need], keys, cnt, flip=flip, next_id=next_id, block=blk).astype(dst.dtype)
+    # A's labels before the cut, B's after: each block writes the other's part of its own side
+    fill, other, flip = (after, src_b, False) if own == a else (~after, src_a, True)
+    need = fill & ~linked
+    dst[need] = _translate(other[need], keys, cnt, flip=flip, fresh=fresh).astype(dst.dtype)
 
 
 def _linked(la: np.ndarray, lb: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -256,8 +315,9 @@ def seam_cut(cost: np.ndarray, *, start: int) -> np.ndarray:
     return out
 
 
-def _translate(labels: np.ndarray, keys: np.ndarray, cnt: np.ndarray, *, flip: bool, next_id: dict, block):
-    """The other view's ``labels`` in a slot's own ids: the linked label of largest overlap, else a fresh id."""
+def _translate(labels: np.ndarray, keys: np.ndarray, cnt: np.ndarray, *, flip: bool, fresh: list):
+    """The other view's ``labels`` in a slot's own ids: the linked label of largest overlap, else a fresh id
+    (``fresh[0]``, counted on)."""
     own = (keys >> np.uint64(32)) if not flip else (keys & _LOCAL)
     other = (keys & _LOCAL) if not flip else (keys >> np.uint64(32))
     values, inv = np.unique(labels, return_inverse=True)
@@ -269,6 +329,66 @@ def _translate(labels: np.ndarray, keys: np.ndarray, cnt: np.ndarray, *, flip: b
         if sel.size:
             mapped[k] = own[sel[np.argmax(cnt[sel])]]
         else:
-            mapped[k] = next_id[block]
-            next_id[block] += 1
+            mapped[k] = fresh[0]
+            fresh[0] += 1
     return mapped[inv.ravel()]
+
+
+# ---------------------------------------------------------------------------
+# the recut as merge phases, out of core
+# ---------------------------------------------------------------------------
+def recut_phases(plan: TilingPlan, cfg, *, out: str) -> list:
+    """The two phases between a first merge (up to its ids) and the merge of the recut blocks.
+
+    ``tables``: each block's labels with core pixels and the merged id the
+    first merge gives them (the chain-aware "same object" evidence of
+    ``merged=`` in :func:`recut_staged`, without a pixel); ``recut``: each
+    block's window recut from its own and its edge neighbours' windows and
+    tables (:func:`recut_block`), written into its slot of the Zarr array ``out``.
+    """
+    from ._phases import Phase
+
+    extra = ("ranks", "moves") if cfg.splits else ("ranks",)
+    return [Phase("tables", _tables, functools.partial(_reads_tables, extra=extra), ("tables",)),
+            Phase("recut", functools.partial(_recut_step, plan=plan, cfg=cfg, out=out),
+                  functools.partial(_reads_recut, plan=plan), report=True)]
+
+
+def _reads_tables(index, *, extra: tuple):
+    return [("late", index), ("final", index)] + [(e, index) for e in extra]
+
+
+def _tables(index, late, final, ranks, moves=None):
+    """(labels with core pixels, sorted; their merged ids) of one block, from the first merge's outputs."""
+    label_ranks = ranks[0] if moves is not None else ranks  # after a split: (labels' ranks, moved parts' ranks)
+    lut = np.zeros(late["n_idx"], np.int64)
+    lut[final["idx"]] = label_ranks
+    present = late["present"]
+    labels = present if late["values"] is None else late["values"][present]
+    return ((np.asarray(labels, np.int64), lut[present]),)
+
+
+def _reads_recut(index, *, plan: TilingPlan):
+    blocks = [tuple(index), *_edge_neighbours(plan, index)]
+    return [("staged", n) for n in blocks] + [("tables", n) for n in blocks]
+
+
+def _recut_step(index, *values, plan: TilingPlan, cfg, out: str):
+    from .._files import open_zarr_array
+    from ._blocks import load_slot
+
+    index = tuple(index)
+    blocks = [index, *_edge_neighbours(plan, index)]
+    slots, tables = values[: len(blocks)], values[len(blocks):]
+    windows = {}
+    for n, slot in zip(blocks, slots):
+        h, w = plan.padded_window(n).shape
+        windows[n] = np.asarray(load_slot(slot))[:h, :w]
+    recut = recut_block(index, windows, plan=plan, min_iou=cfg.min_iou, jitter=cfg.jitter,
+                        tables=dict(zip(blocks, tables)))
+    sy, sx = plan.slot_shape
+    slot = np.zeros((sy, sx), recut.dtype)
+    slot[: recut.shape[0], : recut.shape[1]] = recut
+    z = open_zarr_array(out, mode="r+")
+    z[index[0] * sy : (index[0] + 1) * sy, index[1] * sx : (index[1] + 1) * sx] = slot
+    return (1,)

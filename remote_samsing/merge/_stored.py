@@ -359,6 +359,25 @@ def thread_map(threads: int):
     return map_blocks
 
 
+def _recut_tasks(staged: str, root, *, plan: TilingPlan, config: MergeConfig, token) -> list:
+    """The first merge's phases up to its ids, then the recut's, as ``map_phases`` tasks; the recut
+    writes into ``root/recut.zarr`` (made here)."""
+    import zarr
+
+    from .._files import zarr_options
+    from ._recut import recut_phases
+
+    out = store_path(root / "recut.zarr")
+    src = zarr.open_array(store=staged, mode="r", zarr_format=3, storage_options=zarr_options(staged))
+    zarr.create_array(store=out, shape=src.shape, chunks=src.chunks, dtype=src.dtype, fill_value=0, zarr_format=3,
+                      overwrite=True, storage_options=zarr_options(out))
+    spill = _spill(root, plan, config, token)
+    phases = merge_phases(plan, config)[:-1] + recut_phases(plan, config, out=out)
+    return [(f"merge-first-{p.name}" if p.name != "recut" else "merge-recut",
+             functools.partial(_run, phase=p, spill=spill, staged=staged, plan=plan), _pending(p, plan, spill))
+            for p in phases]
+
+
 def _call(func, _item):
     """A one-item phase running ``func()``."""
     return func()
@@ -391,6 +410,7 @@ def merge_stored(
     map_phases=None,
     prepare_sink=None,
     token: str | None = None,
+    recut: bool = False,
 ) -> dict:
     """Merge staged block labels across seams and hand each merged block to ``sink``, out of core.
 
@@ -437,6 +457,14 @@ def merge_stored(
         Names the run (unique to it): each process holds the spill files it
         wrote or read (up to 64 MB) for its later tasks, which then read
         them without a request. Without it every read goes to the folder.
+    recut : bool
+        Cut each seam along the views' own boundaries before the merge
+        (``"overlap"`` and ``"iou"``): a first merge's phases up to its ids
+        tell which labels are one object, each block is recut from its own
+        and its edge neighbours' windows (``merge._recut``) into
+        ``workdir/recut.zarr``, and the merge proper runs on the recut blocks
+        (in ``workdir/second``); its phases keep their names, the first
+        merge's are ``first-<name>``.
 
     Returns
     -------
@@ -447,15 +475,21 @@ def merge_stored(
     staged, _ = check_inputs(store_path(location(staged)), plan, config, None)
     if not callable(sink):
         raise ConfigError(f"`sink` must be callable as sink(labels, window), got {type(sink).__name__}")
+    if recut and not config.overlapping:
+        raise ConfigError(f"`recut` needs an overlap strategy (\"overlap\" or \"iou\"), got {config.strategy!r}")
     root = _root(workdir)
     prepare_workdir(root, plan=plan, config=config)
-    spill = _spill(root, plan, config, token)
     faces_file = str(_root(faces_path)) if faces_path is not None else None
     if faces_file is not None and config.strategy == "none":
         write_json_atomic(faces_file, [], indent=None)
+    tasks = _recut_tasks(staged, root, plan=plan, config=config, token=token) if recut else []
+    if recut:  # the merge proper: on the recut blocks, in a spill folder of its own
+        staged, root = store_path(root / "recut.zarr"), root / "second"
+        prepare_workdir(root, plan=plan, config=config)
+    spill = _spill(root, plan, config, token)
     phases = merge_phases(plan, config, faces_path=faces_file)
-    tasks = [(f"merge-{p.name}", functools.partial(_run, phase=p, spill=spill, staged=staged, plan=plan, sink=sink),
-              _pending(p, plan, spill)) for p in phases]
+    tasks += [(f"merge-{p.name}", functools.partial(_run, phase=p, spill=spill, staged=staged, plan=plan, sink=sink),
+               _pending(p, plan, spill)) for p in phases]
     if prepare_sink is not None:
         # waits for nothing: chained, it runs beside the global steps; the relabel waits for it
         relabel = tasks.pop()
@@ -466,7 +500,7 @@ def merge_stored(
     done = out["relabel"]
     if sum(done) != plan.n_blocks:  # never let a partial product look complete
         raise RemoteSamsingError(f"the merge relabelled {sum(done)} of {plan.n_blocks} blocks")
-    remove_tree(root)
+    remove_tree(_root(workdir))
     solve = out["solve"][0] if "solve" in out else None
     split = out["split"][0] if "split" in out else None
     stats = merge_statistics(solve, out["final"], out["ids"][0], cfg=config, faces_path=faces_file, split=split)
