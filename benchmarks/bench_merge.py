@@ -193,9 +193,7 @@ def _run_ours(staged_path: str, out_path: str, shape, graph: bool, q, config: di
     from remote_samsing.tiling import TilingPlan
 
     plan = TilingPlan(shape=tuple(shape), tile_size=TILE, padding=PADDING)
-    config = dict(config or {})
-    recut = config.pop("recut", False)  # a keyword of merge_stored, not of the configuration
-    cfg = MergeConfig(**{"min_mask_area": MIN_AREA, **config})
+    cfg = MergeConfig(**{"min_mask_area": MIN_AREA, **(config or {})})
     _warm_up()
     q.put({"loaded": True})  # imports and jitted kernels in memory: the baseline
     t0 = time.perf_counter()
@@ -212,7 +210,7 @@ def _run_ours(staged_path: str, out_path: str, shape, graph: bool, q, config: di
         zarr.create_array(store=out_path, shape=plan.shape, chunks=(TILE, TILE), dtype=np.uint32, fill_value=0,
                           zarr_format=3)
         stats = merge_stored(staged_path, plan=plan, config=cfg, workdir=out_path + ".spill",
-                             sink=_ZarrSink(out_path), map_blocks=thread_map(2), recut=recut)
+                             sink=_ZarrSink(out_path), map_blocks=thread_map(2))
     q.put({"seconds": time.perf_counter() - t0, "totals": stats["totals"],
            "phase_seconds": stats.get("phase_seconds")})
 
@@ -343,7 +341,7 @@ _VERSUS = {
     "best_match": ({"split_parts": False}, {"strategy": "best_match"}),
     "none": ({}, {"strategy": "none"}),
     "nosplit": ({}, {"split_parts": False}),
-    "recut": ({}, {"recut": True}),
+    "recut": ({}, {"seam_recut": True}),
 }
 
 

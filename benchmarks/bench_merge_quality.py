@@ -38,8 +38,8 @@ Measures, against the truth (the untiled components, or the ground truth):
   over the one-window result's value on the same seams (goal ≤ 1.25;
   1 where the tile grid does not show).
 
-Strategies: ``overlap`` (default), ``overlap+cut`` (``merge_stored(recut=True)``,
-opt-in: a first ``overlap`` merge up to its ids says which labels are one
+Strategies: ``overlap`` (default), ``overlap+cut`` (``seam_recut=True``, the
+out-of-core merge, opt-in: a first ``overlap`` merge up to its ids says which labels are one
 object, each block's window is recut so that each seam's boundary runs along
 the views' own boundaries, then ``overlap`` merges the recut blocks),
 ``iou`` (the first-generation overlap rule),
@@ -261,7 +261,8 @@ def _merged(strategy: str, staged: np.ndarray, plan, img) -> np.ndarray:
         return ndmeasure.label(da.from_array(img, chunks=plan.chunks))[0].compute(scheduler="sync")
     from remote_samsing.merge import MergeConfig, merge_labels
 
-    cfg = MergeConfig(strategy=strategy.removesuffix("+cut"), remove_small=False, absorb_enclosed=False)
+    cfg = MergeConfig(strategy=strategy.removesuffix("+cut"), remove_small=False, absorb_enclosed=False,
+                      seam_recut=strategy == "overlap+cut")
     if strategy == "overlap+cut":  # the out-of-core merge with its recut
         return _stored_recut(staged, plan, cfg)
     return merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan, config=cfg).labels.compute(
@@ -269,7 +270,7 @@ def _merged(strategy: str, staged: np.ndarray, plan, img) -> np.ndarray:
 
 
 def _stored_recut(staged: np.ndarray, plan, cfg) -> np.ndarray:
-    """``merge_stored(recut=True)`` of ``staged`` (written to a temporary Zarr store), as one array."""
+    """``merge_stored`` of ``staged`` (written to a temporary Zarr store), as one array."""
     import tempfile
 
     import zarr
@@ -285,7 +286,7 @@ def _stored_recut(staged: np.ndarray, plan, cfg) -> np.ndarray:
         z = zarr.create_array(store=f"{d}/staged.zarr", shape=staged.shape, chunks=plan.slot_shape,
                               dtype=np.uint32, fill_value=0, zarr_format=3)
         z[...] = np.asarray(staged, np.uint32)
-        merge_stored(f"{d}/staged.zarr", plan=plan, config=cfg, workdir=f"{d}/spill", sink=sink, recut=True)
+        merge_stored(f"{d}/staged.zarr", plan=plan, config=cfg, workdir=f"{d}/spill", sink=sink)
     return out
 
 

@@ -320,6 +320,33 @@ def test_run_records_seam_visibility_in_run_json_and_per_face(tmp_path, data_dir
     assert all("seam_visibility" not in f for f in faces if f["kind"] not in ("x", "y"))  # corners
 
 
+def test_run_with_the_seam_recut_shows_the_tile_grid_less(tmp_path, data_dir, client):
+    """``merge_params={"seam_recut": True}``: the same scene's seams carry fewer label boundaries than
+    without it, the labels are 1..N, one 4-connected region each, the spill folder is gone, and the
+    lazy ``segment()`` refuses the option before computing anything."""
+    from skimage.measure import label
+
+    from remote_samsing.metrics import seam_visibility
+
+    base = dict(segmenter="felzenszwalb", segmenter_params={"scale": 50}, tile_size=96, padding=12,
+                merge="overlap", vectors=False, progress=False)
+    vis = {}
+    for recut in (False, True):
+        out = tmp_path / f"out-{recut}"
+        run(data_dir / "kampala_crop_3857.tif", out, client=client,
+            config=RunConfig(**base, merge_params={"seam_recut": recut}))
+        labels = open_labels(out / "labels.zarr").values
+        vis[recut] = seam_visibility(labels, tile_size=96, padding=12).mean
+        ids = np.unique(labels[labels > 0])
+        assert ids.tolist() == list(range(1, ids.size + 1))
+        assert label(labels, background=0, connectivity=1).max() == ids.size
+        assert not (out / "staging" / "merge").exists()
+    assert vis[True] < vis[False]
+    with pytest.raises(ConfigError, match="seam_recut"):
+        segment(data_dir / "kampala_crop_3857.tif", segmenter="felzenszwalb", tile_size=96, padding=12,
+                merge_params={"seam_recut": True})
+
+
 def test_run_registers_the_memory_trim_plugin_on_workers(tmp_path, data_dir, client):
     from remote_samsing.cluster import malloc_trim
 

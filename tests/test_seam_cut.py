@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import dask.array as da
 import numpy as np
@@ -321,13 +322,13 @@ def _stored_merge(staged, plan, tmp_path, cfg, **kw):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_stored_merge_with_recut_loses_most_straight_seam_lines(tmp_path, seed):
-    """``merge_stored(recut=True)`` (first merge to its ids, the recut per block, the merge proper) gives
+    """``merge_stored`` with ``seam_recut`` (first merge to its ids, the recut per block, the merge proper) gives
     labels with far fewer boundaries along the seam lines than the merge alone, each one 4-connected
     region, numbered 1..N."""
     plan, staged = _voronoi_windows(seed)
     cfg = MergeConfig(strategy="overlap", remove_small=False, absorb_enclosed=False)
     plain, _ = _stored_merge(staged, plan, tmp_path, cfg)
-    cut, stats = _stored_merge(staged, plan, tmp_path, cfg, recut=True)
+    cut, stats = _stored_merge(staged, plan, tmp_path, replace(cfg, seam_recut=True))
     shares = np.array([[_seam_share(o, plan, *f) for f in _faces(plan)] for o in (plain, cut)])
     assert shares[1].mean() < 0.6 * shares[0].mean()
     ids = np.unique(cut[cut > 0])
@@ -341,13 +342,16 @@ def test_the_stored_merge_with_recut_leaves_agreeing_windows_as_they_are(tmp_pat
     staged = stage_windows(plan, lambda w: _components(truth[w.slices]))
     cfg = MergeConfig(strategy="overlap")
     plain, plain_stats = _stored_merge(staged, plan, tmp_path, cfg)
-    cut, cut_stats = _stored_merge(staged, plan, tmp_path, cfg, recut=True)
+    cut, cut_stats = _stored_merge(staged, plan, tmp_path, replace(cfg, seam_recut=True))
     np.testing.assert_array_equal(cut, plain)
     assert cut_stats == plain_stats
     assert_equivalent_labels(cut, _components(truth))
 
 
-def test_the_stored_merge_recuts_only_for_an_overlap_strategy(tmp_path):
+def test_the_seam_recut_needs_an_overlap_strategy_and_the_out_of_core_merge():
+    with pytest.raises(ConfigError, match="seam_recut"):
+        MergeConfig(strategy="best_match", seam_recut=True)
     plan, staged = _voronoi_windows(0)
-    with pytest.raises(ConfigError, match="recut"):
-        _stored_merge(staged, plan, tmp_path, MergeConfig(strategy="best_match"), recut=True)
+    with pytest.raises(ConfigError, match="out-of-core"):
+        merge_labels(da.from_array(np.asarray(staged), chunks=plan.slot_shape), plan=plan,
+                     config=MergeConfig(seam_recut=True))

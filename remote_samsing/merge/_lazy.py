@@ -18,6 +18,7 @@ import uuid
 
 import numpy as np
 
+from ..exceptions import ConfigError
 from ..tiling import TilingPlan
 from ._blocks import StoredSlot
 from ._config import MergeConfig, MergeResult
@@ -117,6 +118,9 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
     from dask.base import tokenize
 
     staged, valid = check_inputs(staged, plan, config, valid)
+    if config.seam_recut:
+        raise ConfigError("seam_recut runs in the out-of-core merge only (`run`, `remote-samsing segment`), not "
+                          "in this lazy graph", hint="use rs.run, or drop seam_recut")
     # a store's path says nothing about its content: such graphs get fresh keys
     fresh = uuid.uuid4().hex if isinstance(staged, (str, os.PathLike)) else None
     token = tokenize(staged, plan, config, valid, reread, fresh)

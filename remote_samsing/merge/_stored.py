@@ -410,7 +410,6 @@ def merge_stored(
     map_phases=None,
     prepare_sink=None,
     token: str | None = None,
-    recut: bool = False,
 ) -> dict:
     """Merge staged block labels across seams and hand each merged block to ``sink``, out of core.
 
@@ -457,26 +456,25 @@ def merge_stored(
         Names the run (unique to it): each process holds the spill files it
         wrote or read (up to 64 MB) for its later tasks, which then read
         them without a request. Without it every read goes to the folder.
-    recut : bool
-        Cut each seam along the views' own boundaries before the merge
-        (``"overlap"`` and ``"iou"``): a first merge's phases up to its ids
-        tell which labels are one object, each block is recut from its own
-        and its edge neighbours' windows (``merge._recut``) into
-        ``workdir/recut.zarr``, and the merge proper runs on the recut blocks
-        (in ``workdir/second``); its phases keep their names, the first
-        merge's are ``first-<name>``.
 
     Returns
     -------
     dict
         Merge statistics, as ``merge_labels(...).stats`` computes them, and
         ``"phase_seconds"``: wall time of each phase.
+
+    Notes
+    -----
+    With ``config.seam_recut`` a first merge's phases up to its ids tell
+    which labels are one object, each block is recut from its own and its
+    edge neighbours' windows (``merge._recut``) into ``workdir/recut.zarr``,
+    and the merge proper runs on the recut blocks (in ``workdir/second``);
+    its phases keep their names, the first merge's are ``first-<name>``.
     """
     staged, _ = check_inputs(store_path(location(staged)), plan, config, None)
+    recut = config.seam_recut
     if not callable(sink):
         raise ConfigError(f"`sink` must be callable as sink(labels, window), got {type(sink).__name__}")
-    if recut and not config.overlapping:
-        raise ConfigError(f"`recut` needs an overlap strategy (\"overlap\" or \"iou\"), got {config.strategy!r}")
     root = _root(workdir)
     prepare_workdir(root, plan=plan, config=config)
     faces_file = str(_root(faces_path)) if faces_path is not None else None
