@@ -779,7 +779,7 @@ def _local_stamps(sources) -> "np.ndarray":
     """(n, 2) int64: each source's :data:`STAMP_FIELDS`, -1 where it is not a local file."""
     import numpy as np
 
-    return np.array([[s.stamp.get("size", -1), s.stamp.get("mtime_ns", -1)] if "mtime_ns" in s.stamp else [-1, -1]
+    return np.array([[s.stamp["size"], s.stamp["mtime_ns"]] if "mtime_ns" in s.stamp else [-1, -1]
                      for s in sources], dtype=np.int64).reshape(-1, 2)
 
 

@@ -337,20 +337,21 @@ def _translate(labels: np.ndarray, keys: np.ndarray, cnt: np.ndarray, *, flip: b
 # ---------------------------------------------------------------------------
 # the recut as merge phases, out of core
 # ---------------------------------------------------------------------------
-def recut_phases(plan: TilingPlan, cfg, *, out: str) -> list:
+def recut_phases(plan: TilingPlan, cfg, *, out: str, token: str) -> list:
     """The two phases between a first merge (up to its ids) and the merge of the recut blocks.
 
     ``tables``: each block's labels with core pixels and the merged id the
     first merge gives them (the chain-aware "same object" evidence of
     ``merged=`` in :func:`recut_staged`, without a pixel); ``recut``: each
     block's window recut from its own and its edge neighbours' windows and
-    tables (:func:`recut_block`), written into its slot of the Zarr array ``out``.
+    tables (:func:`recut_block`), written into its slot of the Zarr array ``out``
+    (kept open in each worker for the tasks with the same ``token``).
     """
     from ._phases import Phase
 
     extra = ("ranks", "moves") if cfg.splits else ("ranks",)
     return [Phase("tables", _tables, functools.partial(_reads_tables, extra=extra), ("tables",)),
-            Phase("recut", functools.partial(_recut_step, plan=plan, cfg=cfg, out=out),
+            Phase("recut", functools.partial(_recut_step, plan=plan, cfg=cfg, out=out, token=token),
                   functools.partial(_reads_recut, plan=plan), report=True)]
 
 
@@ -373,8 +374,8 @@ def _reads_recut(index, *, plan: TilingPlan):
     return [("staged", n) for n in blocks] + [("tables", n) for n in blocks]
 
 
-def _recut_step(index, *values, plan: TilingPlan, cfg, out: str):
-    from .._files import open_zarr_array
+def _recut_step(index, *values, plan: TilingPlan, cfg, out: str, token: str):
+    from .._files import open_zarr_kept
     from ._blocks import load_slot
 
     index = tuple(index)
@@ -389,6 +390,6 @@ def _recut_step(index, *values, plan: TilingPlan, cfg, out: str):
     sy, sx = plan.slot_shape
     slot = np.zeros((sy, sx), recut.dtype)
     slot[: recut.shape[0], : recut.shape[1]] = recut
-    z = open_zarr_array(out, mode="r+")
+    z = open_zarr_kept(out, mode="r+", token=token)
     z[index[0] * sy : (index[0] + 1) * sy, index[1] * sx : (index[1] + 1) * sx] = slot
     return (1,)

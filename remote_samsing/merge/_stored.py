@@ -155,8 +155,15 @@ class _Spill:
 def _spill(workdir, plan: TilingPlan, config: MergeConfig, token: str | None = None) -> _Spill:
     """The spill folder of a merge of ``plan`` with ``config`` (which outputs global steps write), its
     files held in the process for later reads when ``token`` names the run."""
-    grouped = frozenset(o for p in merge_phases(plan, config) if not p.per_block for o in p.outputs)
+    grouped = frozenset(o for p in _phases_of(plan, config) if not p.per_block for o in p.outputs)
     return _Spill(str(_root(workdir)), plan, grouped, token)
+
+
+@functools.lru_cache(maxsize=8)
+def _phases_of(plan: TilingPlan, config: MergeConfig) -> tuple:
+    """The merge's phases for ``plan`` and ``config``, built once per process: every segment task
+    asks for them (its summary, its faces)."""
+    return tuple(merge_phases(plan, config))
 
 
 def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict) -> list:
@@ -246,7 +253,7 @@ def _root(workdir):
 
 
 def _phase(config: MergeConfig, plan: TilingPlan, name: str) -> Phase:
-    return next(p for p in merge_phases(plan, config) if p.name == name)
+    return next(p for p in _phases_of(plan, config) if p.name == name)
 
 
 def stage_summary(slot: np.ndarray, *, plan: TilingPlan, index, config: MergeConfig,
@@ -362,17 +369,20 @@ def thread_map(threads: int):
 def _recut_tasks(staged: str, root, *, plan: TilingPlan, config: MergeConfig, token) -> list:
     """The first merge's phases up to its ids, then the recut's, as ``map_phases`` tasks; the recut
     writes into ``root/recut.zarr`` (made here)."""
+    import uuid
+
     import zarr
 
-    from .._files import zarr_options
+    from .._files import open_zarr_array, zarr_options
     from ._recut import recut_phases
 
     out = store_path(root / "recut.zarr")
-    src = zarr.open_array(store=staged, mode="r", zarr_format=3, storage_options=zarr_options(staged))
-    zarr.create_array(store=out, shape=src.shape, chunks=src.chunks, dtype=src.dtype, fill_value=0, zarr_format=3,
-                      overwrite=True, storage_options=zarr_options(out))
+    zarr.create_array(store=out, shape=plan.staging_shape, chunks=plan.slot_shape,
+                      dtype=open_zarr_array(staged, mode="r").dtype, fill_value=0, zarr_format=3, overwrite=True,
+                      storage_options=zarr_options(out))
     spill = _spill(root, plan, config, token)
-    phases = merge_phases(plan, config)[:-1] + recut_phases(plan, config, out=out)
+    # the array is made anew here: its own token, so that each worker opens it once for this merge
+    phases = merge_phases(plan, config)[:-1] + recut_phases(plan, config, out=out, token=uuid.uuid4().hex)
     return [(f"merge-first-{p.name}" if p.name != "recut" else "merge-recut",
              functools.partial(_run, phase=p, spill=spill, staged=staged, plan=plan), _pending(p, plan, spill))
             for p in phases]
