@@ -341,7 +341,7 @@ _VERSUS = {
     "best_match": ({"split_parts": False}, {"strategy": "best_match"}),
     "none": ({}, {"strategy": "none"}),
     "nosplit": ({}, {"split_parts": False}),
-    "recut": ({}, {"seam_recut": True}),
+    "recut": ({"seam_recut": False}, {}),  # the overlap rule alone against the default, which recuts
 }
 
 

@@ -362,7 +362,8 @@ def shaped_partition(shape, *, seed):
             r = max(2, s // 6)
             canvas[y : y + r, x : x + r] = nxt
             canvas[y : y + r, x + s : x + s + r] = nxt
-            canvas[y + r // 2, x : x + s + r] = nxt
+            if y + r // 2 < h:  # the bridge's row may lie below the mosaic, as the blobs' lower parts
+                canvas[y + r // 2, x : x + s + r] = nxt
         else:  # a big loop: the bridge that closes it lies far from where it is cut
             t = 1
             canvas[y : y + s, x : x + t] = canvas[y : y + s, x + s : x + s + t] = nxt

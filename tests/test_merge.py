@@ -217,17 +217,19 @@ def test_building_the_result_computes_nothing():
     assert calls == []
 
 
-def test_each_relabel_task_gets_only_its_blocks_part_of_the_tables():
+@pytest.mark.parametrize("recut", [False, True])
+def test_each_relabel_task_gets_only_its_blocks_part_of_the_tables(recut):
     """No relabel task depends on a global task's whole output (the solve's
     lookup table, the ranking of merged ids): each gets its block's item."""
     plan = TilingPlan(shape=(60, 70), tile_size=20, padding=5)
     staged = stage_from_function(gridded_blobs(plan.shape, cell=5, seed=1), plan, lambda w: ndimage.label(w)[0])
-    res = merge_labels(staged, plan=plan, config=MergeConfig())
+    cfg = MergeConfig(seam_recut=recut)
+    res = merge_labels(staged, plan=plan, config=cfg)
     from dask.core import get_dependencies
 
     dsk = dict(res.labels.__dask_graph__())
     globals_ = {k for k in dsk if isinstance(k, tuple) and len(k) == 1 and str(k[0]).endswith(("-solve", "-split", "-ids"))}
-    assert len(globals_) == 3
+    assert len(globals_) == (6 if recut else 3)  # with the recut, the first merge's too
     relabel = [k for k in dsk if isinstance(k, tuple) and str(k[0]).startswith("rs-merged-labels-")]
     assert len(relabel) == plan.n_blocks
     for key in relabel:
@@ -418,7 +420,7 @@ def test_overlap_refuses_fragments_whose_views_disagree():
     b = truth[wb.slices].copy()
     b[10:, :] *= 2  # B splits the object into a top and a bottom part
     staged[: wb.shape[0], sx : sx + wb.shape[1]] = _rank(b)
-    got, stats = run_merge(da.from_array(staged, chunks=plan.slot_shape), plan, min_mask_area=0)
+    got, stats = run_merge(da.from_array(staged, chunks=plan.slot_shape), plan, min_mask_area=0, seam_recut=False)
     assert stats["faces"][0]["candidates"] == 2
     assert stats["faces"][0]["links"] == 0 and stats["faces"][0]["refused"] == 2
     assert got.max() == 3
@@ -634,7 +636,7 @@ def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, pad
     np.testing.assert_array_equal(sink.out, expected)  # the same ids, not only the same partition
     timings = stats.pop("phase_seconds")
     assert stats == expected_stats
-    assert {"summarize", "final", "ids", "relabel"} <= set(timings)
+    assert {"final", "ids", "relabel"} <= set(timings) and ("first-summarize" if cfg.recuts else "summarize") in timings
     assert not (tmp_path / "spill").exists()
     if strategy != "none" and plan.n_blocks > 1:
         assert stats["totals"]["links"] > 0
@@ -767,8 +769,10 @@ def test_out_of_core_merge_hands_its_phases_over_at_once(tmp_path, strategy, rem
     if strategy != "none":
         chain += [("merge-faces", n), ("merge-solve", 1)]
     chain += [("merge-final", n)] + ([("merge-split", 1)] if strategy == "overlap" else [])
-    chain += [("merge-ids", 1), ("merge-sink", 1, ()),
-              ("merge-relabel", n, ("merge-ids", "merge-sink"))]
+    chain += [("merge-ids", 1)]
+    if cfg.recuts:  # the first merge to its ids, the recut, then the merge of the recut blocks (summarized)
+        chain = [(f"merge-first-{name[len('merge-'):]}", k) for name, k in chain] + [("merge-recut", n)] + chain[1:]
+    chain += [("merge-sink", 1, ()), ("merge-relabel", n, ("merge-ids", "merge-sink"))]
     assert handed == chain
     assert events == ["prepared"] + ["block"] * n
     np.testing.assert_array_equal(sink.out, plain.out)
@@ -836,7 +840,8 @@ def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
 
     plain = _CollectSink(shape)
     expected = merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "a", sink=plain, map_blocks=counting)
-    assert calls["merge-summarize"] == plan.n_blocks
+    first = "merge-first-" if cfg.recuts else "merge-"  # the recut's first merge summarizes the staged blocks
+    assert calls[f"{first}summarize"] == plan.n_blocks
     with pytest.raises(ConfigError, match="sink"):
         merge_stored(path, plan=plan, config=cfg, workdir=tmp_path / "c", sink="labels.zarr")
     with pytest.raises(InputError, match="cannot open"):
@@ -854,7 +859,7 @@ def test_out_of_core_merge_uses_summaries_written_at_staging(tmp_path):
     calls.clear()
     sink = _CollectSink(shape)
     got = merge_stored(path, plan=plan, config=cfg, workdir=work, sink=sink, map_blocks=counting)
-    assert calls["merge-summarize"] == 2 and calls["merge-relabel"] == plan.n_blocks
+    assert calls[f"{first}summarize"] == 2 and calls["merge-relabel"] == plan.n_blocks
     np.testing.assert_array_equal(sink.out, plain.out)
     got.pop("phase_seconds"), expected.pop("phase_seconds")
     assert got == expected
@@ -914,7 +919,8 @@ def test_out_of_core_merge_uses_faces_computed_ahead(tmp_path, strategy, remove_
     calls.clear()
     sink = _CollectSink(shape)
     got = merge_stored(path, plan=plan, config=cfg, workdir=work, sink=sink, map_blocks=counting)
-    assert calls["merge-summarize"] == 0 and calls["merge-faces"] == 0
+    first = "merge-first-" if cfg.recuts else "merge-"  # the recut's first merge reads them
+    assert calls[f"{first}summarize"] == 0 and calls[f"{first}faces"] == 0
     assert calls["merge-relabel"] == plan.n_blocks
     np.testing.assert_array_equal(sink.out, plain.out)
     got.pop("phase_seconds"), expected.pop("phase_seconds")
@@ -1042,9 +1048,11 @@ def test_windows_fusing_alternating_pairs_do_not_chain(parity, diagonal):
     yy, xx = np.mgrid[: plan.shape[0], : plan.shape[1]]
     truth[:] = ((xx + (yy if diagonal else 0)) // 4) + 1
     staged = _pair_fusing(truth, plan, parity=parity)
-    got, stats = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
+    got, stats = run_merge(staged, plan, remove_small=False, absorb_enclosed=False, seam_recut=False)
     assert _most_true_objects(got, truth) <= 2
     assert stats["totals"]["split_by_a"] + stats["totals"]["split_by_b"] > 0
+    cut, _ = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)  # the recut keeps that bound
+    assert _most_true_objects(cut, truth) <= 2
     # the first-generation rule chains them
     old, _ = run_merge(staged, plan, strategy="iou", remove_small=False, absorb_enclosed=False)
     assert _most_true_objects(old, truth) >= _most_true_objects(got, truth)
@@ -1161,7 +1169,8 @@ def test_a_split_both_windows_saw_is_not_undone_by_a_chain_elsewhere():
     the second link is refused, counted on its face and coded 4 in the diagnostics."""
     plan, staged = _square_split_by_one_block()
     res = merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan,
-                       config=MergeConfig(remove_small=False, absorb_enclosed=False, diagnostics=True, jitter=50))
+                       config=MergeConfig(remove_small=False, absorb_enclosed=False, diagnostics=True, jitter=50,
+                                          seam_recut=False))
     got, diag, stats = dask.compute(res.labels, res.diagnostics, res.stats, scheduler="sync")
     assert got.max() == 2  # the whole square, and block (0, 1)'s second half
     assert stats["totals"]["excluded"] == 1 and stats["totals"]["disagreed"] == 0
@@ -1180,7 +1189,8 @@ def test_a_link_across_a_disagreement_thicker_than_the_jitter_is_refused():
     so the halves stay apart and neither joins the square the other blocks see."""
     plan, staged = _square_split_by_one_block()
     res = merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan,
-                       config=MergeConfig(remove_small=False, absorb_enclosed=False, diagnostics=True))
+                       config=MergeConfig(remove_small=False, absorb_enclosed=False, diagnostics=True,
+                                          seam_recut=False))
     got, diag, stats = dask.compute(res.labels, res.diagnostics, res.stats, scheduler="sync")
     assert got.max() == 3
     block01 = plan.core_window((0, 1)).slices
@@ -1210,7 +1220,7 @@ def test_a_thin_whole_piece_is_evidence_only_where_its_window_view_ends(x0, refu
             t[3:17, x0 - w.x0 : x0 - w.x0 + 2] = 2
         staged[iy * sy : iy * sy + w.shape[0], ix * sx : ix * sx + w.shape[1]] = t
     got, stats = run_merge(da.from_array(staged, chunks=plan.slot_shape), plan, remove_small=False,
-                           absorb_enclosed=False, split_parts=False)
+                           absorb_enclosed=False, split_parts=False, seam_recut=False)
     assert stats["totals"]["disagreed"] == int(refused)
     assert np.unique(got[:, :20]).size == 1 and np.unique(got[:, 20:]).size == 1
     assert (got[0, 0] != got[0, 39]) == refused
@@ -1228,10 +1238,12 @@ def test_windows_fusing_pairs_of_unequal_objects_do_not_chain(seed, parity):
     stripe = np.searchsorted(np.cumsum(widths), np.arange(plan.shape[1]), side="right") + 1
     truth = np.broadcast_to(stripe, plan.shape).astype(np.int64)
     staged = _pair_fusing(truth, plan, parity=parity)
-    got, stats = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)
+    got, stats = run_merge(staged, plan, remove_small=False, absorb_enclosed=False, seam_recut=False)
     assert _most_true_objects(got, truth) <= 2
     assert stats["totals"]["disagreed"] > 0
-    tolerant, _ = run_merge(staged, plan, remove_small=False, absorb_enclosed=False, jitter=13)
+    cut, _ = run_merge(staged, plan, remove_small=False, absorb_enclosed=False)  # the recut keeps that bound
+    assert _most_true_objects(cut, truth) <= 2
+    tolerant, _ = run_merge(staged, plan, remove_small=False, absorb_enclosed=False, jitter=13, seam_recut=False)
     assert _most_true_objects(tolerant, truth) == 3
 
 

@@ -289,7 +289,11 @@ def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
     keys = [str(t["key"]) for t in ts.data]
     assert n_blocks == 4 and len(set(keys)) == len(keys)
     assert sum(k.startswith("rs-then-segment-stage-") for k in keys) >= 1
-    for phase, expected in (("segment-stage", n_blocks), ("merge-summarize", 0), ("merge-faces", 0),
+    # the default merge recuts the seams: a first merge (its summaries and faces from the segment tasks),
+    # the recut, then the merge of the recut blocks (summarized by the recut)
+    first = [("merge-first-summarize", 0), ("merge-first-faces", 0), ("merge-first-solve", 1),
+             ("merge-first-final", n_blocks), ("merge-first-ids", 1), ("merge-recut", n_blocks)]
+    for phase, expected in (("segment-stage", n_blocks), *first, ("merge-summarize", 0), ("merge-faces", n_blocks),
                             ("merge-solve", 1), ("merge-final", n_blocks), ("merge-ids", 1),
                             ("merge-sink", 1), ("merge-relabel", n_blocks)):
         assert sum(k.startswith(f"rs-{phase}-") for k in keys) == expected, phase
@@ -321,9 +325,9 @@ def test_run_records_seam_visibility_in_run_json_and_per_face(tmp_path, data_dir
 
 
 def test_run_with_the_seam_recut_shows_the_tile_grid_less(tmp_path, data_dir, client):
-    """``merge_params={"seam_recut": True}``: the same scene's seams carry fewer label boundaries than
-    without it, the labels are 1..N, one 4-connected region each, the spill folder is gone, and the
-    lazy ``segment()`` refuses the option before computing anything."""
+    """The default merge recuts the seams: the same scene's seams carry fewer label boundaries than
+    with ``merge_params={"seam_recut": False}``, the labels are 1..N, one 4-connected region each, the
+    spill folder is gone, and the lazy ``segment()`` gives the run's labels."""
     from skimage.measure import label
 
     from remote_samsing.metrics import seam_visibility
@@ -334,7 +338,7 @@ def test_run_with_the_seam_recut_shows_the_tile_grid_less(tmp_path, data_dir, cl
     for recut in (False, True):
         out = tmp_path / f"out-{recut}"
         run(data_dir / "kampala_crop_3857.tif", out, client=client,
-            config=RunConfig(**base, merge_params={"seam_recut": recut}))
+            config=RunConfig(**base, merge_params={} if recut else {"seam_recut": False}))
         labels = open_labels(out / "labels.zarr").values
         vis[recut] = seam_visibility(labels, tile_size=96, padding=12).mean
         ids = np.unique(labels[labels > 0])
@@ -342,9 +346,9 @@ def test_run_with_the_seam_recut_shows_the_tile_grid_less(tmp_path, data_dir, cl
         assert label(labels, background=0, connectivity=1).max() == ids.size
         assert not (out / "staging" / "merge").exists()
     assert vis[True] < vis[False]
-    with pytest.raises(ConfigError, match="seam_recut"):
-        segment(data_dir / "kampala_crop_3857.tif", segmenter="felzenszwalb", tile_size=96, padding=12,
-                merge_params={"seam_recut": True})
+    lazy = segment(data_dir / "kampala_crop_3857.tif", segmenter="felzenszwalb", segmenter_params={"scale": 50},
+                   tile_size=96, padding=12)
+    np.testing.assert_array_equal(lazy.values, open_labels(tmp_path / "out-True" / "labels.zarr").values)
 
 
 def test_run_registers_the_memory_trim_plugin_on_workers(tmp_path, data_dir, client):

@@ -363,6 +363,28 @@ def _face_overlap(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: f
     return (oa | pa[link], ob | pb[link]), stats
 
 
+def _face_objects(own, other, *, plan: TilingPlan, a, b, off):
+    """A face beside a recut block, in the merge of the recut blocks: labels that overlap in the shared
+    region link where they stand for one object of the first merge (their summaries' ``objects``), so
+    the recut moves boundaries and never joins what the first merge kept apart."""
+    from ._recut import _lookup
+
+    stats = _face_stats(a, b, off, disagreed=0, split_by_a=0, split_by_b=0)
+    empty = (np.empty(0, np.uint64), np.empty(0, np.uint64))
+    views = _shared_views(own["strips"], other["strips"], plan=plan, a=a, b=b, off=off)
+    if views is None:
+        return empty, stats
+    la, lb, pres_a, pres_b = views
+    both = (la > 0) & (lb > 0)
+    pa, pb, _ = unique_pairs(la[both].astype(np.uint64), lb[both].astype(np.uint64))
+    cand = np.isin(pa, pres_a) & np.isin(pb, pres_b)  # labels in their own core's part, as the evidence's
+    pa, pb = pa[cand], pb[cand]
+    oa, ob = _lookup(own["objects"], pa.astype(np.int64)), _lookup(other["objects"], pb.astype(np.int64))
+    link = (oa == ob) & (oa > 0)
+    stats.update(candidates=int(pa.size), links=int(link.sum()), refused=int((~link).sum()))
+    return (_offset(plan, a) | pa[link], _offset(plan, b) | pb[link]), stats
+
+
 def _runs(labels: np.ndarray):
     """4-connected runs of equal non-zero labels: each label's pieces as one window sees them."""
     runs = part_map(labels)
@@ -510,6 +532,7 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     stats.update(candidates=int(cand.sum()), links=int(link.sum()), refused=int((cand & ~above).sum()),
                  disagreed=int(disputed.sum()), split_by_a=n_a, split_by_b=n_b)
     return {"links": (oa | fa[link].astype(np.uint64), ob | fb[link].astype(np.uint64)), "weights": iou[link],
+            "pieces": (of_a, of_b, area_a, area_b, pa, pb, inter),  # for the recut, never stored
             "groups": (np.concatenate([oa | ma.astype(np.uint64), ob | mb.astype(np.uint64)]),
                        np.concatenate([ga, gb + n_a])),
             "n_groups": n_a + n_b,
@@ -570,11 +593,18 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
     """Every face a block owns: overlap links (and exclusions), and seam contacts for the post-processing."""
     links_a, links_b, stats, comp_a, comp_b, adj_s, adj_d = [], [], [], [], [], [], []
     weights, faces, g_members, g_index, n_groups = [], [], [], [], 0
-    part_pairs, disputed = [], []
+    part_pairs, disputed, recut = [], [], []
     for k, (off, other) in enumerate(zip(offsets, others)):
         nb = (index[0] + off[0], index[1] + off[1])
         kw = dict(plan=plan, a=index, b=nb, off=off, min_iou=float(cfg.min_iou))
-        if cfg.strategy == "iou":
+        ev = None
+        if own.get("recut") or other.get("recut"):  # beside a recut block: the first merge's objects link
+            (la, lb), st = _face_objects(own, other, plan=plan, a=index, b=nb, off=off)
+            if cfg.strategy == "overlap":
+                disputed.append(np.empty(0, np.uint64))
+                weights.append(np.ones(la.size))
+                faces.append(np.full(la.size, k, np.int64))
+        elif cfg.strategy == "iou":
             (la, lb), st = _face_overlap(own["strips"], other["strips"], **kw)
         else:
             ev, st = _face_evidence(own["strips"], other["strips"], jitter=int(cfg.jitter), **kw)
@@ -588,6 +618,8 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
         links_a.append(la)
         links_b.append(lb)
         stats.append(st)
+        if cfg.recuts and off in SEAM_OFFSETS and _disagrees(own, other, ev, cfg=cfg, **kw):
+            recut.append(off)
         if off in ((0, 1), (1, 0)) and cfg.splits:
             part_pairs.append(_seam_line_pairs(own, other, "part_edges", off=off))
         if off in ((0, 1), (1, 0)) and (cfg.islands or cfg.absorb):
@@ -599,6 +631,8 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
                 adj_s.append(adj[0])
                 adj_d.append(adj[1])
     out = {"links": (_cat64(links_a), _cat64(links_b)), "stats": stats}
+    if cfg.recuts:
+        out["recut"] = recut
     if cfg.strategy == "overlap":
         out["weights"] = np.concatenate(weights) if weights else np.empty(0)
         out["faces"] = np.concatenate(faces) if faces else np.empty(0, np.int64)
@@ -614,6 +648,16 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
         out["part_pairs"] = (_cat64([p[0] for p in part_pairs]), _cat64([p[1] for p in part_pairs]),
                              np.concatenate([p[2] for p in part_pairs]) if part_pairs else np.empty(0, np.int64))
     return out
+
+
+def _disagrees(own, other, ev, *, cfg: MergeConfig, plan, a, b, off, min_iou) -> bool:
+    """Whether the seam recut has anything to do on this face (``ev``: its overlap evidence, if computed)."""
+    from ._recut import face_disagrees
+
+    if ev is None:
+        ev, _ = _face_evidence(own["strips"], other["strips"], plan=plan, a=a, b=b, off=off, min_iou=min_iou,
+                               jitter=int(cfg.jitter))
+    return face_disagrees(ev, own["strips"], other["strips"], plan=plan, a=a, b=b, off=off)
 
 
 def faces_comps(own, others, *, offsets):

@@ -67,12 +67,12 @@ class MergeConfig:
         label of its own.
     diagnostics : bool
         Also build the seam-diagnostics raster (``MergeResult.diagnostics``).
-    seam_recut : bool
-        ``"overlap"`` and ``"iou"``, in the out-of-core merge (``run``,
-        ``remote-samsing segment``): where two windows disagree, cut each
+    seam_recut : bool or None
+        ``"overlap"`` and ``"iou"``: where two windows disagree, cut each
         seam along the views' own segment boundaries before merging, so the
-        tile grid does not show; where they agree nothing changes. Off by
-        default while it costs about 3 times the merge's time.
+        tile grid does not show; where they agree nothing changes (and
+        nothing is recomputed). None (default): on for ``"overlap"``, off
+        for the others; True for ``"iou"`` too.
     """
 
     strategy: str = "overlap"
@@ -85,7 +85,7 @@ class MergeConfig:
     min_mask_area: int = 100
     split_parts: bool = True
     diagnostics: bool = False
-    seam_recut: bool = False
+    seam_recut: bool | None = None
 
     def __post_init__(self) -> None:
         check_choice("strategy", self.strategy, STRATEGIES, what="merge strategy")
@@ -95,11 +95,18 @@ class MergeConfig:
         check_int("jitter", self.jitter, minimum=0)
         check_number("min_iou", self.min_iou, minimum=0.5, maximum=1, open_max=True,
                      hint="below 0.5 one fragment could link several partners on one face")
-        for name in ("absorb_enclosed", "remove_small", "split_parts", "diagnostics", "seam_recut"):
+        for name in ("absorb_enclosed", "remove_small", "split_parts", "diagnostics"):
             check_bool(name, getattr(self, name))
+        if self.seam_recut is not None:
+            check_bool("seam_recut", self.seam_recut)
         if self.seam_recut and self.strategy not in OVERLAP_STRATEGIES:
             raise ConfigError(f"seam_recut needs an overlap strategy ({', '.join(OVERLAP_STRATEGIES)}), "
                               f"got {self.strategy!r}", hint="drop seam_recut or choose merge overlap")
+
+    @property
+    def recuts(self) -> bool:
+        """The seams are recut before the merge (``seam_recut``, or by default for ``"overlap"``)."""
+        return self.strategy == "overlap" if self.seam_recut is None else bool(self.seam_recut)
 
     @property
     def islands(self) -> bool:

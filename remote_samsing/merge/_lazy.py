@@ -18,11 +18,11 @@ import uuid
 
 import numpy as np
 
-from ..exceptions import ConfigError
 from ..tiling import TilingPlan
-from ._blocks import StoredSlot
+from ._blocks import StoredSlot, load_slot, summarize
 from ._config import MergeConfig, MergeResult
 from ._phases import ALL, check_inputs, merge_phases, merge_statistics
+from ._recut import RECUT, _edge_neighbours, as_slot, recut_reads, recut_step, second_config
 
 __all__ = ["merge_labels"]
 
@@ -73,9 +73,12 @@ class _Graph:
                 self.keys[(out, i)] = okey
 
 
-def _stats(solve, finals, ids, split=None, *, cfg: MergeConfig):
-    return merge_statistics(None if solve is None else solve[-1], [f[-1] for f in finals], ids[-1], cfg=cfg,
-                            split=None if split is None else split[-1])
+def _stats(solve, finals, ids, split=None, first_solve=None, *, cfg: MergeConfig):
+    stats = merge_statistics(None if solve is None else solve[-1], [f[-1] for f in finals], ids[-1], cfg=cfg,
+                             split=None if split is None else split[-1])
+    if first_solve is not None:  # the blocks the recut took up (its flags)
+        stats["totals"]["recut_blocks"] = sum(f == RECUT for f in first_solve[1])
+    return stats
 
 
 def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, reread: bool = True) -> MergeResult:
@@ -118,22 +121,66 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
     from dask.base import tokenize
 
     staged, valid = check_inputs(staged, plan, config, valid)
-    if config.seam_recut:
-        raise ConfigError("seam_recut runs in the out-of-core merge only (`run`, `remote-samsing segment`), not "
-                          "in this lazy graph", hint="use rs.run, or drop seam_recut")
     # a store's path says nothing about its content: such graphs get fresh keys
     fresh = uuid.uuid4().hex if isinstance(staged, (str, os.PathLike)) else None
     token = tokenize(staged, plan, config, valid, reread, fresh)
     sources, collections = _sources(staged, valid, plan=plan, reread=reread)
     g = _Graph(f"rs-merge-{token}", plan, sources)
     names = {"relabel": f"rs-merged-labels-{token}", "diagnostics": f"rs-merge-diagnostics-{token}"}
-    for phase in merge_phases(plan, config, valid=valid is not None, diagnostics=config.diagnostics):
-        g.add(phase, names)
+    phases = merge_phases(plan, config, valid=valid is not None, diagnostics=config.diagnostics)
+    last = g
+    if config.recuts:  # a first merge up to its ids, the recut, then the merge of the recut blocks
+        for phase in phases[: [p.name for p in phases].index("relabel")]:
+            g.add(phase, names)
+        last = _Graph(f"rs-merge-second-{token}", plan, _recut(g, plan, config, valid=valid is not None,
+                                                              reread=reread))
+        phases = merge_phases(plan, second_config(config), valid=valid is not None,
+                              diagnostics=config.diagnostics)[1:]
+    for phase in phases:
+        last.add(phase, names)
+    if last is not g:
+        g.dsk.update(last.dsk)
     stats_name = f"rs-merge-stats-{token}"
-    finals = [g.items[("final", i)] for i in plan.block_ids()]
-    g.dsk[(stats_name,)] = (functools.partial(_stats, cfg=config), g.items.get(("solve", 0)), finals,
-                            g.items[("ids", 0)], g.items.get(("split", 0)))
+    finals = [last.items[("final", i)] for i in plan.block_ids()]
+    g.dsk[(stats_name,)] = (functools.partial(_stats, cfg=config), last.items.get(("solve", 0)), finals,
+                            last.items[("ids", 0)], last.items.get(("split", 0)),
+                            g.items.get(("solve", 0)) if last is not g else None)
     return _collections(g, names, stats_name, collections, diagnostics=config.diagnostics)
+
+
+def _recut(g: _Graph, plan: TilingPlan, cfg: MergeConfig, *, valid: bool, reread: bool) -> dict:
+    """Add one recut task per block to ``g`` (after its first merge); returns the second merge's sources:
+    each block's recut staged chunk (again for the relabel when ``reread``) and summaries."""
+    run = functools.partial(_recut_block, plan=plan, cfg=cfg, valid=valid)
+    keys = {}
+    for i in plan.block_ids():
+        reads = recut_reads(i, plan=plan, cfg=cfg) + ([("valid", i)] if valid else [])
+        key = keys[i] = (f"{g.prefix}-recut",) + i
+        g.dsk[key] = (run, i, *[g.resolve(r, terminal=False) for r in reads])
+        for k, out in enumerate(("slot", "early", "late")):
+            g.dsk[(f"{g.prefix}-recut-{out}",) + i] = (operator.getitem, key, k)
+        if reread:  # the recut computed again from the re-read chunks: no recut chunk waits for the ids
+            g.dsk[(f"{g.prefix}-recut-again",) + i] = (operator.getitem, (run, i, *[
+                g.resolve(r, terminal=True) for r in reads]), 0)
+    again = "recut-again" if reread else "recut-slot"
+    return {"staged": lambda i: (f"{g.prefix}-recut-slot",) + i, "reread": lambda i: (f"{g.prefix}-{again}",) + i,
+            "early": lambda i: (f"{g.prefix}-recut-early",) + i, "late": lambda i: (f"{g.prefix}-recut-late",) + i}
+
+
+def _recut_block(index, flag, slot, *values, plan: TilingPlan, cfg: MergeConfig, valid: bool):
+    """One block's recut chunk and its summaries (the first merge's where the recut leaves it as it is)."""
+    blocks = 1 + len(_edge_neighbours(plan, index))
+    own_early, own_late = values[0], values[blocks]
+    mask = values[-1] if valid else None
+    step = recut_step(index, flag, slot, *(values[:-1] if valid else values), plan=plan, cfg=cfg)
+    if step is None:
+        return load_slot(slot), own_early, own_late
+    window, extra = step
+    if window is None:  # beside a recut block: as staged, its labels' objects added
+        return load_slot(slot), dict(own_early, **extra), own_late
+    chunk = as_slot(window, plan)
+    early, late = summarize(chunk, mask, plan=plan, index=tuple(index), cfg=second_config(cfg))
+    return chunk, dict(early, **extra), late
 
 
 def _sources(staged, valid, *, plan: TilingPlan, reread: bool):

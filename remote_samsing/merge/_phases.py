@@ -143,6 +143,10 @@ def _solve(faces, *, plan: TilingPlan, cfg: MergeConfig, faces_path: str | None)
         # per-face statistics grow with the mosaic: to a file, not through the client
         write_json_atomic(faces_path, stats["faces"], indent=None)
         stats["face_totals"] = s.face_totals(stats.pop("faces"))
+    if cfg.recuts:  # which blocks the seam recut may change
+        from ._recut import recut_flags
+
+        return pieces, recut_flags(faces, plan), stats
     return pieces, stats
 
 
@@ -244,7 +248,8 @@ def merge_phases(plan: TilingPlan, cfg: MergeConfig, *, valid: bool = False, fac
         phases += [P("faces", part(_faces, plan=plan, cfg=cfg),
                      part(_reads_neighbours, plan=plan, offsets=offsets, with_islands=islands_first), ("faces",)),
                    P("solve", part(_solve, plan=plan, cfg=cfg, faces_path=faces_path),
-                     part(_reads_all, name="faces"), ("pieces",), per_block=False, report=True)]
+                     part(_reads_all, name="faces"), ("pieces", "flags") if cfg.recuts else ("pieces",),
+                     per_block=False, report=True)]
     splits = cfg.splits
     phases.append(P("final", part(_final, cfg=cfg, merged=merged),
                     part(_reads_final, merged=merged, islands=islands_first),

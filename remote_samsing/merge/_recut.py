@@ -46,17 +46,16 @@ no cheaper cut than the seam itself.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from .._arrays import unique, unique_pairs
 from .._validate import check_int, check_number
 from ..exceptions import InputError
 from ..tiling import TilingPlan, Window
-from ._blocks import _face_evidence, _intersect, _neighbour, _pack, _pair_keys, _runs
+from ._blocks import _face_evidence, _intersect, _neighbour, _pack, _pair_keys
 
-__all__ = ["recut_block", "recut_phases", "recut_staged"]
+__all__ = ["recut_block", "recut_window", "recut_staged", "recut_flags", "recut_reads", "recut_step",
+           "face_disagrees", "second_config", "as_slot", "KEPT", "BESIDE", "RECUT"]
 
 #: Cost of a cut between two pixels: linked labels (or none), a boundary of either view, a split segment.
 _FREE, _BOUNDARY, _SPLIT = 0.0, 0.1, 1.0
@@ -133,13 +132,59 @@ def recut_block(index, windows, *, plan: TilingPlan, min_iou: float = 0.5, jitte
     check_number("min_iou", min_iou, minimum=0.5, maximum=1, open_max=True)
     check_int("jitter", jitter, minimum=0)
     index = tuple(int(i) for i in index)
-    own = np.asarray(windows[index])
-    out = own.copy()
-    fresh = [int(own.max()) + 1 if own.size else 1]  # ids for labels of the other view with no link here
+
+    def strip(n, other):  # block n's labels in the region its window shares with block other's
+        shared = _intersect(plan.padded_window(n), plan.padded_window(other))
+        return np.asarray(windows[n])[shared.relative_to(plan.padded_window(n)).slices]
+
+    return _recut(np.asarray(windows[index]), index, strip, plan=plan, min_iou=float(min_iou), jitter=int(jitter),
+                  tables=tables)[0]
+
+
+def recut_window(index, window, strips, *, plan: TilingPlan, cfg, tables):
+    """:func:`recut_block` from the block's window and its edge neighbours' shared strips (their summaries'
+    ``strips``: packed labels of the region each shares with each of its neighbours), as the merge's
+    recut step has them.
+
+    Returns
+    -------
+    window : ndarray
+        The recut window, uint32.
+    objects : (ndarray, ndarray)
+        Its labels (sorted) and the first merge's object each one stands for
+        (a fresh id: that of the other view's label it holds; -1: none).
+    """
+    from ._blocks import _unpack
+
+    index = tuple(int(i) for i in index)
+    window = np.asarray(window)
+
+    def strip(n, other):
+        if n == index:
+            shared = _intersect(plan.padded_window(n), plan.padded_window(other))
+            return window[shared.relative_to(plan.padded_window(n)).slices]
+        return _unpack(strips[n][(other[0] - n[0], other[1] - n[1])])
+
+    return _recut(window, index, strip, plan=plan, min_iou=float(cfg.min_iou), jitter=int(cfg.jitter),
+                  tables=tables)
+
+
+def _recut(own: np.ndarray, index, strip, *, plan: TilingPlan, min_iou: float, jitter: int, tables):
+    """The recut copy of ``own`` (block ``index``'s window), ``strip(n, other)`` giving block ``n``'s labels
+    in the region it shares with ``other``."""
+    out = own.astype(np.uint32)
+    # ids for labels of the other view with no link here, and the first merge's object of each
+    fresh = [int(own.max()) + 1 if own.size else 1, {}]
     for a, b, off in _faces_of(plan, index):
-        _recut_face(np.asarray(windows[a]), np.asarray(windows[b]), out, plan=plan, a=a, b=b, off=off, own=index,
-                    min_iou=float(min_iou), jitter=int(jitter), fresh=fresh, ids=tables)
-    return out
+        _recut_face(strip(a, b), strip(b, a), out, plan=plan, a=a, b=b, off=off, own=index, min_iou=min_iou,
+                    jitter=jitter, fresh=fresh, ids=tables)
+    if tables is None:
+        return out, None
+    labels = unique(out[out > 0]).astype(np.int64)
+    objects = _lookup(tables[index], labels)
+    made = np.isin(labels, list(fresh[1]))
+    objects[made] = [fresh[1][int(v)] for v in labels[made]]
+    return out, (labels, objects)
 
 
 def _edge_neighbours(plan: TilingPlan, index) -> list:
@@ -229,13 +274,7 @@ def _face_links(la: np.ndarray, lb: np.ndarray, *, plan: TilingPlan, a, b, off, 
     (:func:`_merged_ids`) pairs in one merged object count too."""
     ev, _ = _face_evidence({off: _pack(la)}, {(-off[0], -off[1]): _pack(lb)}, plan=plan, a=a, b=b, off=off,
                            min_iou=min_iou, jitter=jitter)
-    ra, of_a, area_a = _runs(la)
-    rb, of_b, area_b = _runs(lb)
-    both = (ra > 0) & (rb > 0)
-    pa, pb, inter = unique_pairs(ra[both].astype(np.int64), rb[both].astype(np.int64))
-    same = (inter == area_a[pa]) & (inter == area_b[pb])
-    keys = unique(np.concatenate([_pair_keys(ev["links"][0] & _LOCAL, ev["links"][1] & _LOCAL),
-                                  _pair_keys(of_a[pa[same]], of_b[pb[same]])]))
+    keys = _link_keys(ev)
     both = (la > 0) & (lb > 0)
     pa, pb, cnt = unique_pairs(la[both].astype(np.uint64), lb[both].astype(np.uint64))
     if ids is not None:
@@ -246,19 +285,75 @@ def _face_links(la: np.ndarray, lb: np.ndarray, *, plan: TilingPlan, a, b, off, 
     return keys, cnt[pos] if keys.size else np.empty(0, np.int64)
 
 
-def _recut_face(win_a, win_b, out, *, plan: TilingPlan, a, b, off, own, min_iou, jitter, fresh: list,
+def _link_keys(ev: dict) -> np.ndarray:
+    """The label pairs a face's evidence ``ev`` links, and those whose pieces coincide, as pair keys."""
+    keys = [_pair_keys(ev["links"][0] & _LOCAL, ev["links"][1] & _LOCAL)]
+    if "pieces" in ev:  # no overlapping pieces, no coinciding ones
+        of_a, of_b, area_a, area_b, pa, pb, inter = ev["pieces"]
+        same = (inter == area_a[pa]) & (inter == area_b[pb])
+        keys.append(_pair_keys(of_a[pa[same]], of_b[pb[same]]))
+    return unique(np.concatenate(keys))
+
+
+def face_disagrees(ev: dict, strips_a: dict, strips_b: dict, *, plan: TilingPlan, a, b, off) -> bool:
+    """Whether the recut changes anything on the face of ``a`` and ``b`` (``b`` at ``off`` from ``a``).
+
+    ``ev``: the face's overlap evidence (``_blocks._face_evidence``) from the
+    two blocks' packed ``strips``. Without the first merge's tables fewer
+    pairs count as linked, so a face that agrees here agrees in the recut
+    too: a block none of whose edge faces disagrees keeps its window.
+    """
+    from ._blocks import _unpack
+
+    region = _recut_region(plan, a, b, off)
+    if region is None:
+        return False
+    sl = region.relative_to(_intersect(plan.padded_window(a), plan.padded_window(b))).slices
+    la, lb = _unpack(strips_a[off])[sl], _unpack(strips_b[(-off[0], -off[1])])[sl]
+    fg = la > 0
+    if (fg != (lb > 0)).any():  # a label against background
+        return True
+    if not fg.any():
+        return False
+    keys = _link_keys(ev)
+    if "pieces" in ev:  # every pixel pair of the strip belongs to one pair of pieces: often all linked
+        of_a, of_b, _, _, pa, pb, _ = ev["pieces"]
+        if np.isin(_pair_keys(of_a[pa], of_b[pb]), keys).all():
+            return False
+    return not _linked(la, lb, keys).all()
+
+
+#: What the recut does to a block (:func:`recut_flags`): nothing; it shares a face with a recut block (its
+#: summary gets its labels' objects); it recuts it (one of its edge faces disagrees).
+KEPT, BESIDE, RECUT = 0, 1, 2
+
+
+def recut_flags(faces: list, plan: TilingPlan) -> list:
+    """Per block (``plan.block_ids()`` order): :data:`RECUT` where one of its edge faces disagrees (its
+    faces' ``"recut"`` offsets, and those of its upper and left neighbours), :data:`BESIDE` where one of
+    its eight neighbours is recut, else :data:`KEPT`."""
+    from scipy import ndimage
+
+    cut = np.zeros(plan.grid_shape, bool)
+    for index, face in zip(plan.block_ids(), faces):
+        for off in face.get("recut", ()):
+            cut[index] = cut[index[0] + off[0], index[1] + off[1]] = True
+    flags = np.where(cut, RECUT, np.where(ndimage.binary_dilation(cut, np.ones((3, 3), bool)), BESIDE, KEPT))
+    return [int(flags[i]) for i in plan.block_ids()]
+
+
+def _recut_face(la, lb, out, *, plan: TilingPlan, a, b, off, own, min_iou, jitter, fresh: list,
                 ids=None) -> None:
-    """Cut one face's region between the windows of ``a`` and ``b``; write ``own``'s side of the mix into
-    ``out`` (``own``'s window)."""
+    """Cut one face's region between ``la`` and ``lb`` (the labels of ``a`` and ``b`` in the region their
+    windows share); write ``own``'s side of the mix into ``out`` (``own``'s window)."""
     region = _recut_region(plan, a, b, off)
     if region is None:
         return
     pad_a, pad_b = plan.padded_window(a), plan.padded_window(b)
     shared = _intersect(pad_a, pad_b)
-    la, lb = win_a[shared.relative_to(pad_a).slices], win_b[shared.relative_to(pad_b).slices]
     keys, cnt = _face_links(la, lb, plan=plan, a=a, b=b, off=off, min_iou=min_iou, jitter=jitter, ids=ids)
-    src_a = win_a[region.relative_to(pad_a).slices]
-    src_b = win_b[region.relative_to(pad_b).slices]
+    src_a = la[region.relative_to(shared).slices]
+    src_b = lb[region.relative_to(shared).slices]
     dst = out[region.relative_to(pad_a if own == a else pad_b).slices]
     seam = plan.core_window(a).x1 - region.x0 if off == (0, 1) else plan.core_window(a).y1 - region.y0
     if off == (1, 0):  # the same cut across columns: work on the transposed views
@@ -271,7 +366,9 @@ def _recut_face(win_a, win_b, out, *, plan: TilingPlan, a, b, off, own, min_iou,
     # A's labels before the cut, B's after: each block writes the other's part of its own side
     fill, other, flip = (after, src_b, False) if own == a else (~after, src_a, True)
     need = fill & ~linked
-    dst[need] = _translate(other[need], keys, cnt, flip=flip, fresh=fresh).astype(dst.dtype)
+    other_block = b if own == a else a
+    objects = (lambda v: int(_lookup(ids[other_block], np.array([v]))[0])) if ids is not None else None
+    dst[need] = _translate(other[need], keys, cnt, flip=flip, fresh=fresh, objects=objects).astype(dst.dtype)
 
 
 def _linked(la: np.ndarray, lb: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -315,9 +412,10 @@ def seam_cut(cost: np.ndarray, *, start: int) -> np.ndarray:
     return out
 
 
-def _translate(labels: np.ndarray, keys: np.ndarray, cnt: np.ndarray, *, flip: bool, fresh: list):
+def _translate(labels: np.ndarray, keys: np.ndarray, cnt: np.ndarray, *, flip: bool, fresh: list, objects=None):
     """The other view's ``labels`` in a slot's own ids: the linked label of largest overlap, else a fresh id
-    (``fresh[0]``, counted on)."""
+    (``fresh[0]``, counted on; ``fresh[1][id]``: ``objects(label)``, the first merge's object of the other
+    view's label, when given)."""
     own = (keys >> np.uint64(32)) if not flip else (keys & _LOCAL)
     other = (keys & _LOCAL) if not flip else (keys >> np.uint64(32))
     values, inv = np.unique(labels, return_inverse=True)
@@ -330,66 +428,75 @@ def _translate(labels: np.ndarray, keys: np.ndarray, cnt: np.ndarray, *, flip: b
             mapped[k] = own[sel[np.argmax(cnt[sel])]]
         else:
             mapped[k] = fresh[0]
+            if objects is not None:
+                fresh[1][fresh[0]] = objects(v)
             fresh[0] += 1
     return mapped[inv.ravel()]
 
 
 # ---------------------------------------------------------------------------
-# the recut as merge phases, out of core
+# the recut as a step between two merges
 # ---------------------------------------------------------------------------
-def recut_phases(plan: TilingPlan, cfg, *, out: str, token: str) -> list:
-    """The two phases between a first merge (up to its ids) and the merge of the recut blocks.
+def second_config(cfg):
+    """The configuration of the merge of the recut blocks: the same rules, no second recut."""
+    import dataclasses
 
-    ``tables``: each block's labels with core pixels and the merged id the
-    first merge gives them (the chain-aware "same object" evidence of
-    ``merged=`` in :func:`recut_staged`, without a pixel); ``recut``: each
-    block's window recut from its own and its edge neighbours' windows and
-    tables (:func:`recut_block`), written into its slot of the Zarr array ``out``
-    (kept open in each worker for the tasks with the same ``token``).
-    """
-    from ._phases import Phase
+    return dataclasses.replace(cfg, seam_recut=False)
 
+
+def recut_reads(index, *, plan: TilingPlan, cfg, flag: int = RECUT) -> list:
+    """What block ``index``'s recut step reads of the first merge: its flag (:func:`recut_flags`), its
+    staged chunk, its own and (for a block to recut) its edge neighbours' summaries (their ``strips``)
+    and what their tables (:func:`_tables`) are made of."""
+    blocks = [tuple(index), *(_edge_neighbours(plan, index) if flag == RECUT else [])]
     extra = ("ranks", "moves") if cfg.splits else ("ranks",)
-    return [Phase("tables", _tables, functools.partial(_reads_tables, extra=extra), ("tables",)),
-            Phase("recut", functools.partial(_recut_step, plan=plan, cfg=cfg, out=out, token=token),
-                  functools.partial(_reads_recut, plan=plan), report=True)]
+    return ([("flags", tuple(index)), ("staged", tuple(index))] + [("early", n) for n in blocks]
+            + [(k, n) for n in blocks for k in ("late", "final", *extra)])
 
 
-def _reads_tables(index, *, extra: tuple):
-    return [("late", index), ("final", index)] + [(e, index) for e in extra]
+def recut_step(index, flag, slot, *values, plan: TilingPlan, cfg):
+    """Block ``index``'s part in the recut, ``values`` as :func:`recut_reads` names them.
+
+    Returns
+    -------
+    (window, extra) or None
+        None for a block the recut leaves alone (:data:`KEPT`). Otherwise its
+        window (uint32; None where ``flag`` is :data:`BESIDE`: as staged) and
+        what its summary for the faces of the merge of the recut blocks adds:
+        ``objects``, its labels and the first merge's object of each, and
+        ``recut``, whether it was recut.
+    """
+    from ._blocks import load_slot
+
+    if flag == KEPT:
+        return None
+    index = tuple(index)
+    k = 4 if cfg.splits else 3  # late, final, ranks (and moves) per block
+    n = len(values) // (1 + k)  # the block alone, or with its edge neighbours
+    early, rest = values[:n], values[n:]
+    if flag == BESIDE:
+        return None, {"objects": _tables(*rest[:k]), "recut": False}
+    blocks = [index, *_edge_neighbours(plan, index)]
+    tables = {b: _tables(*rest[j * k : (j + 1) * k]) for j, b in enumerate(blocks)}
+    h, w = plan.padded_window(index).shape
+    window = np.asarray(load_slot(slot))[:h, :w]
+    strips = {b: e["strips"] for b, e in zip(blocks, early)}
+    window, objects = recut_window(index, window, strips, plan=plan, cfg=cfg, tables=tables)
+    return window, {"objects": objects, "recut": True}
 
 
-def _tables(index, late, final, ranks, moves=None):
+def _tables(late, final, ranks, moves=None):
     """(labels with core pixels, sorted; their merged ids) of one block, from the first merge's outputs."""
     label_ranks = ranks[0] if moves is not None else ranks  # after a split: (labels' ranks, moved parts' ranks)
     lut = np.zeros(late["n_idx"], np.int64)
     lut[final["idx"]] = label_ranks
     present = late["present"]
     labels = present if late["values"] is None else late["values"][present]
-    return ((np.asarray(labels, np.int64), lut[present]),)
+    return np.asarray(labels, np.int64), lut[present]
 
 
-def _reads_recut(index, *, plan: TilingPlan):
-    blocks = [tuple(index), *_edge_neighbours(plan, index)]
-    return [("staged", n) for n in blocks] + [("tables", n) for n in blocks]
-
-
-def _recut_step(index, *values, plan: TilingPlan, cfg, out: str, token: str):
-    from .._files import open_zarr_kept
-    from ._blocks import load_slot
-
-    index = tuple(index)
-    blocks = [index, *_edge_neighbours(plan, index)]
-    slots, tables = values[: len(blocks)], values[len(blocks):]
-    windows = {}
-    for n, slot in zip(blocks, slots):
-        h, w = plan.padded_window(n).shape
-        windows[n] = np.asarray(load_slot(slot))[:h, :w]
-    recut = recut_block(index, windows, plan=plan, min_iou=cfg.min_iou, jitter=cfg.jitter,
-                        tables=dict(zip(blocks, tables)))
-    sy, sx = plan.slot_shape
-    slot = np.zeros((sy, sx), recut.dtype)
-    slot[: recut.shape[0], : recut.shape[1]] = recut
-    z = open_zarr_kept(out, mode="r+", token=token)
-    z[index[0] * sy : (index[0] + 1) * sy, index[1] * sx : (index[1] + 1) * sx] = slot
-    return (1,)
+def as_slot(window: np.ndarray, plan: TilingPlan) -> np.ndarray:
+    """A padded window in a zeroed slot of ``plan.slot_shape`` (what the staging holds per block)."""
+    slot = np.zeros(plan.slot_shape, window.dtype)
+    slot[: window.shape[0], : window.shape[1]] = window
+    return slot

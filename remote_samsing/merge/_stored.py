@@ -10,6 +10,7 @@ submits work itself.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pickle
@@ -27,6 +28,7 @@ from ..tiling import TilingPlan
 from ._blocks import StoredSlot, owned_faces
 from ._config import MergeConfig
 from ._phases import ALL, Phase, check_inputs, face_offsets, merge_phases, merge_statistics
+from ._recut import KEPT, RECUT, second_config
 
 __all__ = ["merge_stored", "prepare_workdir", "stage_summary", "stage_faces", "face_schedule", "thread_map"]
 
@@ -98,11 +100,60 @@ class _Spill:
     grouped: frozenset = frozenset()
     #: the run's token: files are kept in this process for later reads (:data:`_HELD`); None keeps none
     token: str | None = None
+    #: for the merge of the recut blocks, the first merge's folder: what the recut left as it was (the
+    #: summaries of blocks it did not touch, faces none of whose blocks it touched) is read there
+    first: _Spill | None = None
+    #: with ``first``: the first merge's staged labels, read for the blocks the recut did not touch
+    first_staged: str = ""
+    #: with ``first``: the neighbours whose faces a block owns
+    face_offsets: tuple = ()
 
     def path(self, kind: str, index):
+        if self.first is not None and not self.redone(kind, index):
+            return self.first.path(kind, index)
         if kind in self.grouped:
             return location(self.root) / f"{kind}_g{self.plan.block_id(index) // _GROUP_BLOCKS}.pkl"
         return location(self.root) / f"{_BUNDLES.get(kind, kind)}_{index[0]}_{index[1]}.pkl"
+
+    def redone(self, kind: str, index) -> bool:
+        """With ``first``: whether this merge computes ``kind`` of block ``index`` again (its summary where the
+        recut touched the block, its faces where it touched one of their blocks, everything else always)."""
+        if kind in ("early", "late"):
+            return self.first.flag(index) != KEPT
+        if kind == "faces":
+            blocks = [index, *owned_faces(self.plan, index, self.face_offsets)[1]]
+            return any(self.first.flag(n) == RECUT for n in blocks)
+        return True
+
+    def flag(self, index) -> int:
+        """What the recut does to block ``index`` (the first merge's ``flags``: ``_recut.KEPT``, ``BESIDE``
+        or ``RECUT``), read once per file."""
+        path = str(self.path("flags", index))
+        held = self._flags.get(path)
+        if held is None:
+            held = self._flags[path] = self.load_many([("flags", i) for i in self._group_of(index)])
+        return int(held[("flags", tuple(index))])
+
+    def staged_of(self, index, staged: str) -> str:
+        """The staged labels block ``index`` is read from: the recut's (``staged``) where it recut the block."""
+        return staged if self.first is None or self.first.flag(index) == RECUT else self.first_staged
+
+    def _group_of(self, index) -> list:
+        ids = list(self.plan.block_ids())
+        g = self.plan.block_id(index) // _GROUP_BLOCKS
+        return ids[g * _GROUP_BLOCKS : (g + 1) * _GROUP_BLOCKS]
+
+    @functools.cached_property
+    def _flags(self) -> dict:  # group file → its flags, filled as read (never pickled full: see __getstate__)
+        return {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_flags", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     def names(self) -> set:
         """The files the folder holds, in one listing (one request on a store, not one per file)."""
@@ -185,7 +236,7 @@ def _resolve(refs, *, spill: _Spill, staged: str, plan: TilingPlan, given: dict)
         elif (name, where) in given:
             values.append(given[(name, where)])
         elif name == "staged":  # read by the step itself, only if it needs the pixels
-            values.append(StoredSlot(staged, where, tuple(plan.slot_shape)))
+            values.append(StoredSlot(spill.staged_of(where, staged), where, tuple(plan.slot_shape)))
         else:
             values.append(loaded[(name, where)])
     return values
@@ -195,6 +246,9 @@ def _run(item, *, phase: Phase, spill: _Spill, staged: str, plan: TilingPlan, si
     """One task of ``phase``: read its inputs from the spill folder, run, write its outputs there."""
     per_block = phase.per_block
     index = tuple(int(i) for i in item) if per_block else None
+    if per_block and spill.first is not None and phase.outputs \
+            and not any(spill.redone(o, index) for o in phase.outputs):
+        return None  # the recut changed none of its inputs: the first merge's outputs stand
     values = _resolve(phase.reads(index), spill=spill, staged=staged, plan=plan, given=given or {})
     result = phase.func(index, *values) if per_block else phase.func(*values)
     if phase.terminal:
@@ -212,15 +266,15 @@ def _pending(phase: Phase, plan: TilingPlan, spill: _Spill) -> list:
     """A phase's items still to run: per-block steps whose outputs an earlier run or the
     segmentation (:func:`stage_summary`, :func:`stage_faces`) already wrote are skipped."""
     items = phase.items(plan)
-    if not phase.per_block or phase.report or phase.terminal:
-        return items
+    if not phase.per_block or phase.report or phase.terminal or spill.first is not None:
+        return items  # (the merge of the recut blocks learns which it redoes as it runs)
     held = spill.names()
     return [i for i in items if not all(spill.path(o, i).name in held for o in phase.outputs)]
 
 
 #: The layout of the spill files: a folder another layout wrote is emptied, never read (a resumed run
 #: may find one).
-_SPILL_FORMAT = 2
+_SPILL_FORMAT = 3
 
 
 def _workdir_token(plan: TilingPlan, cfg: MergeConfig) -> str:
@@ -366,26 +420,56 @@ def thread_map(threads: int):
     return map_blocks
 
 
-def _recut_tasks(staged: str, root, *, plan: TilingPlan, config: MergeConfig, token) -> list:
-    """The first merge's phases up to its ids, then the recut's, as ``map_phases`` tasks; the recut
-    writes into ``root/recut.zarr`` (made here)."""
+def _recut_tasks(staged: str, root, *, plan: TilingPlan, config: MergeConfig, token) -> tuple[list, _Spill]:
+    """The first merge's phases up to its ids and the recut's task, as ``map_phases`` tasks, and the spill
+    folder of the merge of the recut blocks (``root/second``; the recut writes their summaries there and
+    their windows into ``root/recut.zarr``, made here)."""
     import uuid
 
     import zarr
 
-    from .._files import open_zarr_array, zarr_options
-    from ._recut import recut_phases
+    from .._files import zarr_options
 
     out = store_path(root / "recut.zarr")
-    zarr.create_array(store=out, shape=plan.staging_shape, chunks=plan.slot_shape,
-                      dtype=open_zarr_array(staged, mode="r").dtype, fill_value=0, zarr_format=3, overwrite=True,
-                      storage_options=zarr_options(out))
-    spill = _spill(root, plan, config, token)
+    zarr.create_array(store=out, shape=plan.staging_shape, chunks=plan.slot_shape, dtype=np.uint32, fill_value=0,
+                      zarr_format=3, overwrite=True, storage_options=zarr_options(out))
+    first = _spill(root, plan, config, token)
+    second_cfg = second_config(config)
+    prepare_workdir(root / "second", plan=plan, config=second_cfg)
+    second = dataclasses.replace(_spill(root / "second", plan, second_cfg, token), first=first,
+                                 first_staged=staged, face_offsets=face_offsets(config))
+    tasks = [(f"merge-first-{p.name}", functools.partial(_run, phase=p, spill=first, staged=staged, plan=plan),
+              _pending(p, plan, first)) for p in merge_phases(plan, config)[:-1]]
     # the array is made anew here: its own token, so that each worker opens it once for this merge
-    phases = merge_phases(plan, config)[:-1] + recut_phases(plan, config, out=out, token=uuid.uuid4().hex)
-    return [(f"merge-first-{p.name}" if p.name != "recut" else "merge-recut",
-             functools.partial(_run, phase=p, spill=spill, staged=staged, plan=plan), _pending(p, plan, spill))
-            for p in phases]
+    recut = functools.partial(_recut_block, first=first, second=second, staged=staged, out=out,
+                              token=uuid.uuid4().hex, plan=plan, config=config)
+    return tasks + [("merge-recut", recut, list(plan.block_ids()))], second
+
+
+def _recut_block(item, *, first: _Spill, second: _Spill, staged: str, out: str, token: str, plan: TilingPlan,
+                 config: MergeConfig) -> int:
+    """One block's recut: where its flag says an edge face disagrees, its recut window into ``out`` and
+    the window's summary into ``second``. Returns 1 where it recut the block, else 0."""
+    from .._files import open_zarr_kept
+    from ._recut import as_slot, recut_reads, recut_step
+
+    index = tuple(int(i) for i in item)
+    flag = first.flag(index)
+    if flag == KEPT:
+        return 0
+    reads = recut_reads(index, plan=plan, cfg=config, flag=flag)[1:]
+    slot, *values = _resolve(reads, spill=first, staged=staged, plan=plan, given={})
+    window, extra = recut_step(index, flag, slot, *values, plan=plan, cfg=config)
+    if window is None:  # as staged: the first merge's summary
+        early, late = values[0], values[reads.index(("late", index)) - 1]
+    else:
+        slot = as_slot(window, plan)
+        sy, sx = plan.slot_shape
+        z = open_zarr_kept(out, mode="r+", token=token)
+        z[index[0] * sy : (index[0] + 1) * sy, index[1] * sx : (index[1] + 1) * sx] = slot
+        early, late = _phase(second_config(config), plan, "summarize").func(index, slot)
+    second.save_many([("early", index, dict(early, **extra)), ("late", index, late)])
+    return int(flag == RECUT)
 
 
 def _call(func, _item):
@@ -482,7 +566,7 @@ def merge_stored(
     its phases keep their names, the first merge's are ``first-<name>``.
     """
     staged, _ = check_inputs(store_path(location(staged)), plan, config, None)
-    recut = config.seam_recut
+    recut = config.recuts
     if not callable(sink):
         raise ConfigError(f"`sink` must be callable as sink(labels, window), got {type(sink).__name__}")
     root = _root(workdir)
@@ -490,12 +574,13 @@ def merge_stored(
     faces_file = str(_root(faces_path)) if faces_path is not None else None
     if faces_file is not None and config.strategy == "none":
         write_json_atomic(faces_file, [], indent=None)
-    tasks = _recut_tasks(staged, root, plan=plan, config=config, token=token) if recut else []
-    if recut:  # the merge proper: on the recut blocks, in a spill folder of its own
-        staged, root = store_path(root / "recut.zarr"), root / "second"
-        prepare_workdir(root, plan=plan, config=config)
-    spill = _spill(root, plan, config, token)
-    phases = merge_phases(plan, config, faces_path=faces_file)
+    if recut:  # the merge proper: of the recut blocks (what the recut left as it was is read in the first)
+        tasks, spill = _recut_tasks(staged, root, plan=plan, config=config, token=token)
+        staged = store_path(root / "recut.zarr")
+        phases = merge_phases(plan, second_config(config), faces_path=faces_file)[1:]  # the recut summarized
+    else:
+        tasks, spill = [], _spill(root, plan, config, token)
+        phases = merge_phases(plan, config, faces_path=faces_file)
     tasks += [(f"merge-{p.name}", functools.partial(_run, phase=p, spill=spill, staged=staged, plan=plan, sink=sink),
                _pending(p, plan, spill)) for p in phases]
     if prepare_sink is not None:
@@ -512,5 +597,7 @@ def merge_stored(
     solve = out["solve"][0] if "solve" in out else None
     split = out["split"][0] if "split" in out else None
     stats = merge_statistics(solve, out["final"], out["ids"][0], cfg=config, faces_path=faces_file, split=split)
+    if recut:
+        stats["totals"]["recut_blocks"] = int(sum(out["recut"]))
     stats["phase_seconds"] = {name[len("merge-"):]: round(seconds.get(name, 0.0), 3) for name, *_ in tasks}
     return stats
