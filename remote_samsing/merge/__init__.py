@@ -61,6 +61,20 @@ Strategies (``MergeConfig.strategy``)
     refused for a disagreement), ``split_by_a`` /
     ``split_by_b`` (exclusion groups each side's split made). Needs
     ``padding > 0``.
+
+    **The seam recut** (``seam_recut``, on by default here): where windows
+    disagree and their pieces do not link, the rule above leaves the
+    boundary on the straight seam line. The merge therefore runs twice: the
+    first merge's faces flag every edge face whose strip holds a pixel pair
+    they do not account for; each block by such a face has that face's strip
+    cut along the views' own boundaries (``merge._recut``: A's labels on one
+    side of a minimum-cost cut, B's on the other, both blocks writing the
+    same mix in their own ids, each label tagged with the first merge's
+    object it stands for); the second merge links, on faces by a recut
+    block, pieces that overlap and stand for one first-merge object. The
+    tile grid then does not show where windows disagree, nothing joins that
+    the first merge kept apart, and where windows agree nothing is recut.
+    Statistics are the second merge's, with ``recut_blocks`` in the totals.
 ``"iou"``
     The first-generation overlap rule, kept for comparison: whole fragments
     instead of pieces (A's view of ``a`` against B's view of ``b`` in the
