@@ -77,7 +77,7 @@ def _stats(solve, finals, ids, split=None, first_solve=None, *, cfg: MergeConfig
     stats = merge_statistics(None if solve is None else solve[-1], [f[-1] for f in finals], ids[-1], cfg=cfg,
                              split=None if split is None else split[-1])
     if first_solve is not None:  # the blocks the recut took up (its flags)
-        stats["totals"]["recut_blocks"] = sum(f == RECUT for f in first_solve[1])
+        stats["totals"]["recut_blocks"] = sum(f == RECUT for f, _ in first_solve[1])
     return stats
 
 
@@ -172,7 +172,7 @@ def _recut_block(index, flag, slot, *values, plan: TilingPlan, cfg: MergeConfig,
     blocks = 1 + len(_edge_neighbours(plan, index))
     own_early, own_late = values[0], values[blocks]
     mask = values[-1] if valid else None
-    step = recut_step(index, flag, slot, *(values[:-1] if valid else values), plan=plan, cfg=cfg)
+    step = recut_step(index, flag[0], slot, *(values[:-1] if valid else values), plan=plan, cfg=cfg)
     if step is None:
         return load_slot(slot), own_early, own_late
     window, extra = step

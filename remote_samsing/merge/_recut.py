@@ -331,7 +331,8 @@ KEPT, BESIDE, RECUT = 0, 1, 2
 def recut_flags(faces: list, plan: TilingPlan) -> list:
     """Per block (``plan.block_ids()`` order): :data:`RECUT` where one of its edge faces disagrees (its
     faces' ``"recut"`` offsets, and those of its upper and left neighbours), :data:`BESIDE` where one of
-    its eight neighbours is recut, else :data:`KEPT`."""
+    its eight neighbours is recut, else :data:`KEPT`; with whether any block is recut (then the merge of
+    the recut blocks has nothing to redo)."""
     from scipy import ndimage
 
     cut = np.zeros(plan.grid_shape, bool)
@@ -339,7 +340,8 @@ def recut_flags(faces: list, plan: TilingPlan) -> list:
         for off in face.get("recut", ()):
             cut[index] = cut[index[0] + off[0], index[1] + off[1]] = True
     flags = np.where(cut, RECUT, np.where(ndimage.binary_dilation(cut, np.ones((3, 3), bool)), BESIDE, KEPT))
-    return [int(flags[i]) for i in plan.block_ids()]
+    any_cut = bool(cut.any())
+    return [(int(flags[i]), any_cut) for i in plan.block_ids()]
 
 
 def _recut_face(la, lb, out, *, plan: TilingPlan, a, b, off, own, min_iou, jitter, fresh: list,

@@ -123,16 +123,20 @@ class _Spill:
         if kind == "faces":
             blocks = [index, *owned_faces(self.plan, index, self.face_offsets)[1]]
             return any(self.first.flag(n) == RECUT for n in blocks)
-        return True
+        return self.first.flags(index)[1]  # the global steps and finals: where any block was recut
 
     def flag(self, index) -> int:
-        """What the recut does to block ``index`` (the first merge's ``flags``: ``_recut.KEPT``, ``BESIDE``
-        or ``RECUT``), read once per file."""
+        """What the recut does to block ``index``: ``_recut.KEPT``, ``BESIDE`` or ``RECUT``."""
+        return self.flags(index)[0]
+
+    def flags(self, index) -> tuple:
+        """Block ``index``'s flags of the first merge (:func:`~remote_samsing.merge._recut.recut_flags`),
+        read once per file."""
         path = str(self.path("flags", index))
         held = self._flags.get(path)
         if held is None:
             held = self._flags[path] = self.load_many([("flags", i) for i in self._group_of(index)])
-        return int(held[("flags", tuple(index))])
+        return tuple(held[("flags", tuple(index))])
 
     def staged_of(self, index, staged: str) -> str:
         """The staged labels block ``index`` is read from: the recut's (``staged``) where it recut the block."""
@@ -246,8 +250,8 @@ def _run(item, *, phase: Phase, spill: _Spill, staged: str, plan: TilingPlan, si
     """One task of ``phase``: read its inputs from the spill folder, run, write its outputs there."""
     per_block = phase.per_block
     index = tuple(int(i) for i in item) if per_block else None
-    if per_block and spill.first is not None and phase.outputs \
-            and not any(spill.redone(o, index) for o in phase.outputs):
+    if spill.first is not None and phase.outputs \
+            and not any(spill.redone(o, index or next(iter(plan.block_ids()))) for o in phase.outputs):
         return None  # the recut changed none of its inputs: the first merge's outputs stand
     values = _resolve(phase.reads(index), spill=spill, staged=staged, plan=plan, given=given or {})
     result = phase.func(index, *values) if per_block else phase.func(*values)
@@ -420,7 +424,8 @@ def thread_map(threads: int):
     return map_blocks
 
 
-def _recut_tasks(staged: str, root, *, plan: TilingPlan, config: MergeConfig, token) -> tuple[list, _Spill]:
+def _recut_tasks(staged: str, root, *, plan: TilingPlan, config: MergeConfig, token,
+                 faces_file) -> tuple[list, _Spill]:
     """The first merge's phases up to its ids and the recut's task, as ``map_phases`` tasks, and the spill
     folder of the merge of the recut blocks (``root/second``; the recut writes their summaries there and
     their windows into ``root/recut.zarr``, made here)."""
@@ -438,8 +443,9 @@ def _recut_tasks(staged: str, root, *, plan: TilingPlan, config: MergeConfig, to
     prepare_workdir(root / "second", plan=plan, config=second_cfg)
     second = dataclasses.replace(_spill(root / "second", plan, second_cfg, token), first=first,
                                  first_staged=staged, face_offsets=face_offsets(config))
+    # the first solve writes the per-face statistics too: they stand where the recut changes nothing
     tasks = [(f"merge-first-{p.name}", functools.partial(_run, phase=p, spill=first, staged=staged, plan=plan),
-              _pending(p, plan, first)) for p in merge_phases(plan, config)[:-1]]
+              _pending(p, plan, first)) for p in merge_phases(plan, config, faces_path=faces_file)[:-1]]
     # the array is made anew here: its own token, so that each worker opens it once for this merge
     recut = functools.partial(_recut_block, first=first, second=second, staged=staged, out=out,
                               token=uuid.uuid4().hex, plan=plan, config=config)
@@ -575,7 +581,7 @@ def merge_stored(
     if faces_file is not None and config.strategy == "none":
         write_json_atomic(faces_file, [], indent=None)
     if recut:  # the merge proper: of the recut blocks (what the recut left as it was is read in the first)
-        tasks, spill = _recut_tasks(staged, root, plan=plan, config=config, token=token)
+        tasks, spill = _recut_tasks(staged, root, plan=plan, config=config, token=token, faces_file=faces_file)
         staged = store_path(root / "recut.zarr")
         phases = merge_phases(plan, second_config(config), faces_path=faces_file)[1:]  # the recut summarized
     else:
@@ -590,6 +596,9 @@ def merge_stored(
                   relabel + (("merge-ids", "merge-sink"),)]
     results, seconds = (map_phases or _in_order(map_blocks or thread_map(2)))(tasks)
     out = {name[len("merge-"):]: r for (name, *_), r in zip(tasks, results)}
+    for name in ("solve", "final", "split", "ids") if recut else ():  # where the second merge redid nothing
+        if name in out:
+            out[name] = [r if r is not None else f for r, f in zip(out[name], out[f"first-{name}"])]
     done = out["relabel"]
     if sum(done) != plan.n_blocks:  # never let a partial product look complete
         raise RemoteSamsingError(f"the merge relabelled {sum(done)} of {plan.n_blocks} blocks")
