@@ -177,16 +177,17 @@ def test_disagreeing_windows_lose_the_straight_seam(seed):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_merged_disagreeing_windows_have_no_straight_seam_line(seed):
-    """The default merge (recut, then pieces of one first-merge object linked wherever they overlap, also
-    where a fresh id's piece ends at a corner square) leaves no seam line a boundary along its whole
-    length; without the recut most are."""
+    """The default merge (recut, then pieces of one first-merge object linked wherever they overlap)
+    leaves no seam line a boundary along its whole length, and far fewer boundaries on the seam lines
+    than the overlap rule alone."""
     plan, staged = _voronoi_windows(seed)
     cfg = MergeConfig(strategy="overlap", remove_small=False, absorb_enclosed=False)
     after = merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan, config=cfg).labels.compute(
         scheduler="sync")
-    assert all(_seam_share(after, plan, *f) < 1 for f in _faces(plan))
-    before = _overlap(staged, plan)
-    assert sum(_seam_share(before, plan, *f) == 1 for f in _faces(plan)) >= len(list(_faces(plan))) // 2
+    shares = [_seam_share(after, plan, *f) for f in _faces(plan)]
+    assert max(shares) < 1
+    before = [_seam_share(_overlap(staged, plan), plan, *f) for f in _faces(plan)]
+    assert np.mean(before) > 2 * np.mean(shares) and max(before) == 1
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -205,6 +206,9 @@ def test_each_pixel_of_the_strip_takes_its_side_of_the_cut(seed):
         ra, rb, _ = _region_views(recut, plan, a, b, off)
         cut = seam_cut(_cut_costs(oa, ob, keys), start=plan.padding)
         after = np.arange(oa.shape[1])[None, :] >= cut[:, None]
+        # outside the corner quadrants, which the crossing faces' cuts rewrite too
+        rows = slice(plan.padding, oa.shape[0] - plan.padding)
+        ra, rb, oa, ob, after = ra[rows], rb[rows], oa[rows], ob[rows], after[rows]
         np.testing.assert_array_equal(ra[~after], oa[~after])  # A's side: A's labels
         np.testing.assert_array_equal(rb[after], ob[after])  # B's side: B's labels
         assert_equivalent_labels(ra, rb)  # both slots hold the same mix

@@ -8,18 +8,20 @@ and its lower neighbour):
 
 1. the face's links come from the merge's own evidence on the unchanged
    views (:func:`remote_samsing.merge._blocks._face_evidence`);
-2. in the part of the shared strip that no other face touches (the core
-   rows at least ``padding`` from the cores' ends; the ``2P × 2P`` corner
-   squares stay as they are) a cut runs from the seam back to the seam,
-   moving at most one pixel per row. It is the minimum-error boundary cut of
-   image quilting (Efros & Freeman 2001,
+2. across the shared strip, along the two cores (from one end of the cores
+   to the other, so at a corner where four windows meet each block's
+   quadrant of the ``2P × 2P`` square is cut by both its faces, and the
+   cuts of two faces in line meet on the seam at the corner), a cut runs
+   from the seam back to the seam, moving at most one pixel per row. It is
+   the minimum-error boundary cut of image quilting (Efros & Freeman 2001,
    https://people.eecs.berkeley.edu/~efros/research/quilting/quilting.pdf):
    free where the label left of it and the one right of it are linked, cheap
    where either view has a boundary, dear where it would split a segment;
 3. both slots then hold the same mix there: A's labels before the cut, B's
-   after. A label of the other view is written in the slot's own ids: the
-   slot's label where the two are linked there, else the linked label of
-   largest overlap, else a fresh id (one per label and face).
+   after (in a corner quadrant, the later of the block's two faces there, in
+   :func:`_faces_of`'s fixed order, writes over the earlier). A label of the other view is written in the
+   slot's own ids: the slot's label where the two are linked there, else the
+   linked label of largest overlap, else a fresh id (one per label and face).
 
 A face's links alone miss objects that the merge joins through a chain of
 other faces: two labels that end up in one merged object but whose pieces do
@@ -32,16 +34,17 @@ Where the windows agree every pixel's two labels are linked, so nothing
 changes and the ``overlap`` merge of the result is that of the input.
 
 A face's cut depends on its two windows alone, so :func:`recut_block`
-recuts one block from its own and its four edge neighbours' windows (what a
-task per block does out of core); :func:`recut_staged` is that for every
-block.
+recuts one block from its own and its four edge neighbours' windows, and
+:func:`recut_window` from its own window and their summaries' strips (what
+the merge's recut step does); :func:`recut_staged` is that for every block.
+The merge (``merge_stored``, ``merge_labels``) then merges the recut blocks
+linking, on faces by a recut block, pieces that stand for one object of the
+first merge (:func:`recut_step` tags each label with it).
 
-Limits: the merge links a fresh id to its label only where their pieces
-coincide over the whole shared strip; a piece that runs on into a corner
-square, where the views still disagree, can fall to IoU <= ``min_iou`` and
-leave that stretch of the boundary on the seam. A disagreement without
-boundaries across the strip (stripes parallel to the seam's normal) leaves
-no cheaper cut than the seam itself.
+Limits: two labels that the first merge kept apart and that both fill the
+strip (one "stuff" region that the two windows split differently inside)
+leave no cut cheaper than the seam itself; nor does a disagreement without
+boundaries across the strip (stripes parallel to the seam's normal).
 """
 
 from __future__ import annotations
@@ -251,17 +254,14 @@ def _padded(arr: np.ndarray, plan: TilingPlan, index) -> np.ndarray:
 
 
 def _recut_region(plan: TilingPlan, a, b, off) -> Window | None:
-    """The part of the shared strip of ``a`` and ``b`` that only this face rewrites (None if empty)."""
+    """The part of the shared strip of ``a`` and ``b`` that this face rewrites: across the strip, along the
+    cores (None if empty)."""
     shared = _intersect(plan.padded_window(a), plan.padded_window(b))
-    core, pad = plan.core_window(a), plan.padding
+    core = plan.core_window(a)
     if off == (0, 1):
-        y0 = core.y0 + (pad if _neighbour(plan, a, (-1, 0)) else 0)
-        y1 = core.y1 - (pad if _neighbour(plan, a, (1, 0)) else 0)
-        region = Window(y0, y1, shared.x0, shared.x1)
+        region = Window(core.y0, core.y1, shared.x0, shared.x1)
     else:
-        x0 = core.x0 + (pad if _neighbour(plan, a, (0, -1)) else 0)
-        x1 = core.x1 - (pad if _neighbour(plan, a, (0, 1)) else 0)
-        region = Window(shared.y0, shared.y1, x0, x1)
+        region = Window(shared.y0, shared.y1, core.x0, core.x1)
     return region if min(region.shape) > 0 else None
 
 
