@@ -412,3 +412,21 @@ def test_only_blocks_by_a_disagreeing_face_are_recut_and_the_rest_is_the_first_m
     assert ids.tolist() == list(range(1, ids.size + 1)) and _components(stored).max() == ids.size
     far = (slice(0, 24), slice(0, 24))  # a block no recut window reaches: as without the recut
     np.testing.assert_array_equal(stored[far], _overlap(staged, plan)[far])
+
+
+def test_a_block_without_labels_is_not_recut_nor_filled(tmp_path):
+    """A block whose window holds no label (a failed or skipped block, nodata) stays unlabelled: no face
+    of it is recut, so its neighbours' labels never fill its core, and theirs keep their own."""
+    import dask
+
+    plan, staged = _voronoi_windows(0)
+    staged = np.array(staged)
+    _padded(staged, plan, (1, 1))[...] = 0
+    cfg = MergeConfig(remove_small=False, absorb_enclosed=False)
+    stored, stats = _stored_merge(staged, plan, tmp_path, cfg)
+    assert not stored[plan.core_window((1, 1)).slices].any()
+    assert stats["totals"]["recut_blocks"] > 0  # the other blocks' faces still disagree
+    for n in ((0, 1), (1, 0), (1, 2), (2, 1)):
+        assert stored[plan.core_window(n).slices].all()  # a Voronoi partition: every pixel labelled
+    res = merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan, config=cfg)
+    np.testing.assert_array_equal(dask.compute(res.labels, scheduler="sync")[0], stored)

@@ -306,10 +306,13 @@ def face_disagrees(ev: dict, strips_a: dict, strips_b: dict, *, plan: TilingPlan
     from ._blocks import _unpack
 
     region = _recut_region(plan, a, b, off)
-    if region is None:
+    packed_a, packed_b = strips_a[off], strips_b[(-off[0], -off[1])]
+    if region is None or packed_a[2] is None or packed_b[2] is None:
+        # a window without a label in the whole strip (a failed or skipped block, nodata) gives no view to
+        # cut along, and its pixels must stay unlabelled
         return False
     sl = region.relative_to(_intersect(plan.padded_window(a), plan.padded_window(b))).slices
-    la, lb = _unpack(strips_a[off])[sl], _unpack(strips_b[(-off[0], -off[1])])[sl]
+    la, lb = _unpack(packed_a)[sl], _unpack(packed_b)[sl]
     fg = la > 0
     if (fg != (lb > 0)).any():  # a label against background
         return True
@@ -349,7 +352,7 @@ def _recut_face(la, lb, out, *, plan: TilingPlan, a, b, off, own, min_iou, jitte
     """Cut one face's region between ``la`` and ``lb`` (the labels of ``a`` and ``b`` in the region their
     windows share); write ``own``'s side of the mix into ``out`` (``own``'s window)."""
     region = _recut_region(plan, a, b, off)
-    if region is None:
+    if region is None or not la.any() or not lb.any():  # as face_disagrees: no view to cut along
         return
     pad_a, pad_b = plan.padded_window(a), plan.padded_window(b)
     shared = _intersect(pad_a, pad_b)
