@@ -593,7 +593,7 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
     """Every face a block owns: overlap links (and exclusions), and seam contacts for the post-processing."""
     links_a, links_b, stats, comp_a, comp_b, adj_s, adj_d = [], [], [], [], [], [], []
     weights, faces, g_members, g_index, n_groups = [], [], [], [], 0
-    part_pairs, disputed, recut = [], [], []
+    part_pairs, disputed, recut = [], [], {}
     for k, (off, other) in enumerate(zip(offsets, others)):
         nb = (index[0] + off[0], index[1] + off[1])
         kw = dict(plan=plan, a=index, b=nb, off=off, min_iou=float(cfg.min_iou))
@@ -618,8 +618,10 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
         links_a.append(la)
         links_b.append(lb)
         stats.append(st)
-        if cfg.recuts and off in SEAM_OFFSETS and _disagrees(own, other, ev, cfg=cfg, **kw):
-            recut.append(off)
+        if cfg.recuts and off in SEAM_OFFSETS:
+            keys = _recut_keys(own, other, ev, cfg=cfg, **kw)
+            if keys is not None:  # the face disagrees: the recut reads its keys
+                recut[off] = keys
         if off in ((0, 1), (1, 0)) and cfg.splits:
             part_pairs.append(_seam_line_pairs(own, other, "part_edges", off=off))
         if off in ((0, 1), (1, 0)) and (cfg.islands or cfg.absorb):
@@ -650,14 +652,15 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
     return out
 
 
-def _disagrees(own, other, ev, *, cfg: MergeConfig, plan, a, b, off, min_iou) -> bool:
-    """Whether the seam recut has anything to do on this face (``ev``: its overlap evidence, if computed)."""
-    from ._recut import face_disagrees
+def _recut_keys(own, other, ev, *, cfg: MergeConfig, plan, a, b, off, min_iou):
+    """The face's link keys where the seam recut has something to do on it, else None (``ev``: its overlap
+    evidence, if computed)."""
+    from ._recut import recut_keys
 
     if ev is None:
         ev, _ = _face_evidence(own["strips"], other["strips"], plan=plan, a=a, b=b, off=off, min_iou=min_iou,
                                jitter=int(cfg.jitter))
-    return face_disagrees(ev, own["strips"], other["strips"], plan=plan, a=a, b=b, off=off)
+    return recut_keys(ev, own["strips"], other["strips"], plan=plan, a=a, b=b, off=off)
 
 
 def faces_comps(own, others, *, offsets):

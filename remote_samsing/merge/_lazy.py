@@ -22,7 +22,7 @@ from ..tiling import TilingPlan
 from ._blocks import StoredSlot, load_slot, summarize
 from ._config import MergeConfig, MergeResult
 from ._phases import ALL, check_inputs, merge_phases, merge_statistics
-from ._recut import RECUT, _edge_neighbours, as_slot, recut_reads, recut_step, second_config
+from ._recut import RECUT, as_slot, recut_reads, recut_step, second_config
 
 __all__ = ["merge_labels"]
 
@@ -169,17 +169,20 @@ def _recut(g: _Graph, plan: TilingPlan, cfg: MergeConfig, *, valid: bool, reread
 
 def _recut_block(index, flag, slot, *values, plan: TilingPlan, cfg: MergeConfig, valid: bool):
     """One block's recut chunk and its summaries (the first merge's where the recut leaves it as it is)."""
-    blocks = 1 + len(_edge_neighbours(plan, index))
-    own_early, own_late = values[0], values[blocks]
+    index = tuple(index)
     mask = values[-1] if valid else None
-    step = recut_step(index, flag[0], slot, *(values[:-1] if valid else values), plan=plan, cfg=cfg)
+    # the graph holds a recut block's reads; a block's flag may ask for fewer of them
+    given = dict(zip(recut_reads(index, plan=plan, cfg=cfg)[2:], values[:-1] if valid else values))
+    own_early, own_late = given[("early", index)], given[("late", index)]
+    mine = [given[r] for r in recut_reads(index, plan=plan, cfg=cfg, flag=flag[0])[2:]]
+    step = recut_step(index, flag[0], slot, *mine, plan=plan, cfg=cfg)
     if step is None:
         return load_slot(slot), own_early, own_late
     window, extra = step
     if window is None:  # beside a recut block: as staged, its labels' objects added
         return load_slot(slot), dict(own_early, **extra), own_late
     chunk = as_slot(window, plan)
-    early, late = summarize(chunk, mask, plan=plan, index=tuple(index), cfg=second_config(cfg))
+    early, late = summarize(chunk, mask, plan=plan, index=index, cfg=second_config(cfg))
     return chunk, dict(early, **extra), late
 
 

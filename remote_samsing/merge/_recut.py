@@ -58,7 +58,7 @@ from ..tiling import TilingPlan, Window
 from ._blocks import _face_evidence, _intersect, _neighbour, _pack, _pair_keys
 
 __all__ = ["recut_block", "recut_window", "recut_staged", "recut_flags", "recut_reads", "recut_step",
-           "face_disagrees", "second_config", "as_slot", "KEPT", "BESIDE", "RECUT"]
+           "recut_keys", "second_config", "as_slot", "KEPT", "BESIDE", "RECUT"]
 
 #: Cost of a cut between two pixels: linked labels (or none), a boundary of either view, a split segment.
 _FREE, _BOUNDARY, _SPLIT = 0.0, 0.1, 1.0
@@ -144,7 +144,7 @@ def recut_block(index, windows, *, plan: TilingPlan, min_iou: float = 0.5, jitte
                   tables=tables)[0]
 
 
-def recut_window(index, window, strips, *, plan: TilingPlan, cfg, tables):
+def recut_window(index, window, strips, *, plan: TilingPlan, cfg, tables, face_keys=None):
     """:func:`recut_block` from the block's window and its edge neighbours' shared strips (their summaries'
     ``strips``: packed labels of the region each shares with each of its neighbours), as the merge's
     recut step has them.
@@ -156,6 +156,9 @@ def recut_window(index, window, strips, *, plan: TilingPlan, cfg, tables):
     objects : (ndarray, ndarray)
         Its labels (sorted) and the first merge's object each one stands for
         (a fresh id: that of the other view's label it holds; -1: none).
+
+    ``face_keys``: ``{(a, b): keys}`` of the block's edge faces that disagree
+    (:func:`recut_keys`, from the first merge's faces); the others are left alone.
     """
     from ._blocks import _unpack
 
@@ -169,18 +172,22 @@ def recut_window(index, window, strips, *, plan: TilingPlan, cfg, tables):
         return _unpack(strips[n][(other[0] - n[0], other[1] - n[1])])
 
     return _recut(window, index, strip, plan=plan, min_iou=float(cfg.min_iou), jitter=int(cfg.jitter),
-                  tables=tables)
+                  tables=tables, face_keys=face_keys)
 
 
-def _recut(own: np.ndarray, index, strip, *, plan: TilingPlan, min_iou: float, jitter: int, tables):
+def _recut(own: np.ndarray, index, strip, *, plan: TilingPlan, min_iou: float, jitter: int, tables,
+           face_keys=None):
     """The recut copy of ``own`` (block ``index``'s window), ``strip(n, other)`` giving block ``n``'s labels
-    in the region it shares with ``other``."""
+    in the region it shares with ``other`` (``face_keys``: as for :func:`recut_window`)."""
     out = own.astype(np.uint32)
     # ids for labels of the other view with no link here, and the first merge's object of each
     fresh = [int(own.max()) + 1 if own.size else 1, {}]
     for a, b, off in _faces_of(plan, index):
+        keys = face_keys.get((a, b)) if face_keys is not None else None
+        if face_keys is not None and keys is None:  # the face agrees
+            continue
         _recut_face(strip(a, b), strip(b, a), out, plan=plan, a=a, b=b, off=off, own=index, min_iou=min_iou,
-                    jitter=jitter, fresh=fresh, ids=tables)
+                    jitter=jitter, fresh=fresh, ids=tables, keys=keys)
     if tables is None:
         return out, None
     labels = unique(out[out > 0]).astype(np.int64)
@@ -265,16 +272,19 @@ def _recut_region(plan: TilingPlan, a, b, off) -> Window | None:
     return region if min(region.shape) > 0 else None
 
 
-def _face_links(la: np.ndarray, lb: np.ndarray, *, plan: TilingPlan, a, b, off, min_iou, jitter, ids=None):
+def _face_links(la: np.ndarray, lb: np.ndarray, *, plan: TilingPlan, a, b, off, min_iou, jitter, ids=None,
+                keys=None):
     """The label pairs ``(a, b)`` this face links, or whose pieces coincide, as pair keys, with their
     overlap in the shared strip.
 
     Coinciding pieces count even where the merge does not link them (a label seen only in the other
     block's core part): the two views agree on those pixels, so the recut keeps them. With ``ids``
-    (:func:`_merged_ids`) pairs in one merged object count too."""
-    ev, _ = _face_evidence({off: _pack(la)}, {(-off[0], -off[1]): _pack(lb)}, plan=plan, a=a, b=b, off=off,
-                           min_iou=min_iou, jitter=jitter)
-    keys = _link_keys(ev)
+    (:func:`_merged_ids`) pairs in one merged object count too. ``keys``: those of the face's evidence,
+    if known (:func:`recut_keys`)."""
+    if keys is None:
+        ev, _ = _face_evidence({off: _pack(la)}, {(-off[0], -off[1]): _pack(lb)}, plan=plan, a=a, b=b, off=off,
+                               min_iou=min_iou, jitter=jitter)
+        keys = _link_keys(ev)
     both = (la > 0) & (lb > 0)
     pa, pb, cnt = unique_pairs(la[both].astype(np.uint64), lb[both].astype(np.uint64))
     if ids is not None:
@@ -295,8 +305,9 @@ def _link_keys(ev: dict) -> np.ndarray:
     return unique(np.concatenate(keys))
 
 
-def face_disagrees(ev: dict, strips_a: dict, strips_b: dict, *, plan: TilingPlan, a, b, off) -> bool:
-    """Whether the recut changes anything on the face of ``a`` and ``b`` (``b`` at ``off`` from ``a``).
+def recut_keys(ev: dict, strips_a: dict, strips_b: dict, *, plan: TilingPlan, a, b, off):
+    """The face's link keys (:func:`_link_keys`) where the recut has something to do on the face of ``a``
+    and ``b`` (``b`` at ``off`` from ``a``), else None.
 
     ``ev``: the face's overlap evidence (``_blocks._face_evidence``) from the
     two blocks' packed ``strips``. Without the first merge's tables fewer
@@ -310,20 +321,20 @@ def face_disagrees(ev: dict, strips_a: dict, strips_b: dict, *, plan: TilingPlan
     if region is None or packed_a[2] is None or packed_b[2] is None:
         # a window without a label in the whole strip (a failed or skipped block, nodata) gives no view to
         # cut along, and its pixels must stay unlabelled
-        return False
+        return None
     sl = region.relative_to(_intersect(plan.padded_window(a), plan.padded_window(b))).slices
     la, lb = _unpack(packed_a)[sl], _unpack(packed_b)[sl]
     fg = la > 0
-    if (fg != (lb > 0)).any():  # a label against background
-        return True
-    if not fg.any():
-        return False
     keys = _link_keys(ev)
+    if (fg != (lb > 0)).any():  # a label against background
+        return keys
+    if not fg.any():
+        return None
     if "pieces" in ev:  # every pixel pair of the strip belongs to one pair of pieces: often all linked
         of_a, of_b, _, _, pa, pb, _ = ev["pieces"]
         if np.isin(_pair_keys(of_a[pa], of_b[pb]), keys).all():
-            return False
-    return not _linked(la, lb, keys).all()
+            return None
+    return None if _linked(la, lb, keys).all() else keys
 
 
 #: What the recut does to a block (:func:`recut_flags`): nothing; it shares a face with a recut block (its
@@ -348,15 +359,16 @@ def recut_flags(faces: list, plan: TilingPlan) -> list:
 
 
 def _recut_face(la, lb, out, *, plan: TilingPlan, a, b, off, own, min_iou, jitter, fresh: list,
-                ids=None) -> None:
+                ids=None, keys=None) -> None:
     """Cut one face's region between ``la`` and ``lb`` (the labels of ``a`` and ``b`` in the region their
     windows share); write ``own``'s side of the mix into ``out`` (``own``'s window)."""
     region = _recut_region(plan, a, b, off)
-    if region is None or not la.any() or not lb.any():  # as face_disagrees: no view to cut along
+    if region is None or not la.any() or not lb.any():  # as recut_keys: no view to cut along
         return
     pad_a, pad_b = plan.padded_window(a), plan.padded_window(b)
     shared = _intersect(pad_a, pad_b)
-    keys, cnt = _face_links(la, lb, plan=plan, a=a, b=b, off=off, min_iou=min_iou, jitter=jitter, ids=ids)
+    keys, cnt = _face_links(la, lb, plan=plan, a=a, b=b, off=off, min_iou=min_iou, jitter=jitter, ids=ids,
+                            keys=keys)
     src_a = la[region.relative_to(shared).slices]
     src_b = lb[region.relative_to(shared).slices]
     dst = out[region.relative_to(pad_a if own == a else pad_b).slices]
@@ -453,10 +465,19 @@ def recut_reads(index, *, plan: TilingPlan, cfg, flag: int = RECUT) -> list:
     """What block ``index``'s recut step reads of the first merge: its flag (:func:`recut_flags`), its
     staged chunk, its own and (for a block to recut) its edge neighbours' summaries (their ``strips``)
     and what their tables (:func:`_tables`) are made of."""
-    blocks = [tuple(index), *(_edge_neighbours(plan, index) if flag == RECUT else [])]
+    index = tuple(index)
+    blocks = [index, *(_edge_neighbours(plan, index) if flag == RECUT else [])]
     extra = ("ranks", "moves") if cfg.splits else ("ranks",)
-    return ([("flags", tuple(index)), ("staged", tuple(index))] + [("early", n) for n in blocks]
-            + [(k, n) for n in blocks for k in ("late", "final", *extra)])
+    return ([("flags", index), ("staged", index)] + [("faces", n) for n in _face_owners(plan, index, flag)]
+            + [("early", n) for n in blocks] + [(k, n) for n in blocks for k in ("late", "final", *extra)])
+
+
+def _face_owners(plan: TilingPlan, index, flag) -> list:
+    """The blocks whose faces hold block ``index``'s edge faces' keys (itself, its upper and left
+    neighbours), for a block to recut."""
+    if flag != RECUT:
+        return []
+    return [index] + [n for off in ((-1, 0), (0, -1)) if (n := _neighbour(plan, index, off)) is not None]
 
 
 def recut_step(index, flag, slot, *values, plan: TilingPlan, cfg):
@@ -476,6 +497,8 @@ def recut_step(index, flag, slot, *values, plan: TilingPlan, cfg):
     if flag == KEPT:
         return None
     index = tuple(index)
+    owners = _face_owners(plan, index, flag)
+    faces, values = values[: len(owners)], values[len(owners):]
     k = 4 if cfg.splits else 3  # late, final, ranks (and moves) per block
     n = len(values) // (1 + k)  # the block alone, or with its edge neighbours
     early, rest = values[:n], values[n:]
@@ -486,7 +509,9 @@ def recut_step(index, flag, slot, *values, plan: TilingPlan, cfg):
     h, w = plan.padded_window(index).shape
     window = np.asarray(load_slot(slot))[:h, :w]
     strips = {b: e["strips"] for b, e in zip(blocks, early)}
-    window, objects = recut_window(index, window, strips, plan=plan, cfg=cfg, tables=tables)
+    face_keys = {(o, (o[0] + off[0], o[1] + off[1])): keys for o, face in zip(owners, faces)
+                 for off, keys in face.get("recut", {}).items()}
+    window, objects = recut_window(index, window, strips, plan=plan, cfg=cfg, tables=tables, face_keys=face_keys)
     return window, {"objects": objects, "recut": True}
 
 
