@@ -430,3 +430,31 @@ def test_a_block_without_labels_is_not_recut_nor_filled(tmp_path):
         assert stored[plan.core_window(n).slices].all()  # a Voronoi partition: every pixel labelled
     res = merge_labels(da.from_array(staged, chunks=plan.slot_shape), plan=plan, config=cfg)
     np.testing.assert_array_equal(dask.compute(res.labels, scheduler="sync")[0], stored)
+
+
+@pytest.mark.parametrize("strategy", ["overlap", "iou"])
+def test_a_recut_of_some_blocks_gives_the_strategys_statistics_and_the_lazy_result(tmp_path, strategy):
+    """One block's window disagrees with its neighbours', the others agree: faces beside the recut block
+    carry the strategy's own statistics (the totals sum every face), and the stored merge equals the lazy one."""
+    import dask
+
+    plan = TilingPlan(shape=(120, 120), tile_size=24, padding=6)
+    truth, odd = shaped_partition(plan.shape, seed=5), _voronoi(plan.shape, 60, seed=9)
+    staged = stage_windows(plan, lambda w: _components((odd if w == plan.padded_window((0, 0)) else truth)[w.slices]))
+    cfg = MergeConfig(strategy=strategy, seam_recut=True)
+    stored, stats = _stored_merge(staged, plan, tmp_path, cfg)
+    res = merge_labels(da.from_array(np.asarray(staged), chunks=plan.slot_shape), plan=plan, config=cfg)
+    lazy, lazy_stats = dask.compute(res.labels, res.stats, scheduler="sync")
+    np.testing.assert_array_equal(stored, lazy)
+    assert stats == lazy_stats and 0 < stats["totals"]["recut_blocks"] < plan.n_blocks
+    assert {frozenset(f) for f in stats["faces"]} == {frozenset(stats["faces"][0])}  # the same keys on every face
+
+
+def test_recut_staged_of_a_narrow_dtype_gives_uint32_without_wrapping_fresh_ids():
+    plan, staged = _voronoi_windows(0)
+    staged = np.asarray(staged)
+    top = np.where(staged > 0, staged + (255 - staged.max()), 0)  # labels up to 255: fresh ids go beyond
+    wide = recut_staged(top.astype(np.uint32), plan=plan)
+    narrow = recut_staged(top.astype(np.uint8), plan=plan)
+    assert narrow.dtype == np.uint32 and wide.max() > 255
+    np.testing.assert_array_equal(narrow, wide)

@@ -72,8 +72,10 @@ Strategies (``MergeConfig.strategy``)
     same mix in their own ids, each label tagged with the first merge's
     object it stands for); the second merge links, on faces by a recut
     block, pieces that overlap and stand for one first-merge object. The
-    tile grid then does not show where windows disagree, nothing joins that
-    the first merge kept apart, and where windows agree nothing is recut.
+    tile grid then does not show where windows disagree, no link joins what
+    the first merge kept apart (the split still gives a small part the cut
+    left to the neighbour it borders most), and where windows agree nothing
+    is recut.
     Statistics are the second merge's, with ``recut_blocks`` in the totals.
 ``"iou"``
     The first-generation overlap rule, kept for comparison: whole fragments

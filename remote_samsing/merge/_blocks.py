@@ -363,13 +363,15 @@ def _face_overlap(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: f
     return (oa | pa[link], ob | pb[link]), stats
 
 
-def _face_objects(own, other, *, plan: TilingPlan, a, b, off):
+def _face_objects(own, other, *, plan: TilingPlan, a, b, off, strategy: str):
     """A face beside a recut block, in the merge of the recut blocks: labels that overlap in the shared
     region link where they stand for one object of the first merge (their summaries' ``objects``), so
-    the recut moves boundaries and never joins what the first merge kept apart."""
+    the recut moves boundaries and no link joins what the first merge kept apart."""
     from ._recut import _lookup
 
-    stats = _face_stats(a, b, off, disagreed=0, split_by_a=0, split_by_b=0)
+    # the statistics the strategy's other faces have (every face's the same keys)
+    extra = {"disagreed": 0, "split_by_a": 0, "split_by_b": 0} if strategy == "overlap" else {}
+    stats = _face_stats(a, b, off, **extra)
     empty = (np.empty(0, np.uint64), np.empty(0, np.uint64))
     views = _shared_views(own["strips"], other["strips"], plan=plan, a=a, b=b, off=off)
     if views is None:
@@ -599,7 +601,7 @@ def faces_overlap(own, others, *, plan: TilingPlan, index, offsets, cfg: MergeCo
         kw = dict(plan=plan, a=index, b=nb, off=off, min_iou=float(cfg.min_iou))
         ev = None
         if own.get("recut") or other.get("recut"):  # beside a recut block: the first merge's objects link
-            (la, lb), st = _face_objects(own, other, plan=plan, a=index, b=nb, off=off)
+            (la, lb), st = _face_objects(own, other, plan=plan, a=index, b=nb, off=off, strategy=cfg.strategy)
             if cfg.strategy == "overlap":
                 disputed.append(np.empty(0, np.uint64))
                 weights.append(np.ones(la.size))

@@ -181,7 +181,7 @@ def _recut_block(index, flag, slot, *values, plan: TilingPlan, cfg: MergeConfig,
     window, extra = step
     if window is None:  # beside a recut block: as staged, its labels' objects added
         return load_slot(slot), dict(own_early, **extra), own_late
-    chunk = as_slot(window, plan)
+    chunk = as_slot(window, plan=plan)
     early, late = summarize(chunk, mask, plan=plan, index=index, cfg=second_config(cfg))
     return chunk, dict(early, **extra), late
 

@@ -146,7 +146,7 @@ def _solve(faces, *, plan: TilingPlan, cfg: MergeConfig, faces_path: str | None)
     if cfg.recuts:  # which blocks the seam recut may change
         from ._recut import recut_flags
 
-        return pieces, recut_flags(faces, plan), stats
+        return pieces, recut_flags(faces, plan=plan), stats
     return pieces, stats
 
 

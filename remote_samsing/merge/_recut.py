@@ -84,7 +84,8 @@ def recut_staged(staged: np.ndarray, *, plan: TilingPlan, min_iou: float = 0.5, 
     Returns
     -------
     ndarray
-        A recut copy, same shape and dtype; equal to ``staged`` where windows agree.
+        A recut copy, same shape, uint32 (fresh ids may exceed a narrower input's range); equal to
+        ``staged`` where windows agree.
 
     Examples
     --------
@@ -96,7 +97,7 @@ def recut_staged(staged: np.ndarray, *, plan: TilingPlan, min_iou: float = 0.5, 
     """
     staged = _check_staged(staged, plan)
     ids = _merged_ids(staged, merged, plan) if merged is not None else None
-    out = staged.copy()
+    out = staged.astype(np.uint32)  # fresh ids may exceed a narrower input dtype
     for index in plan.block_ids():
         windows = {n: _padded(staged, plan, n) for n in [index, *_edge_neighbours(plan, index)]}
         _padded(out, plan, index)[...] = recut_block(index, windows, plan=plan, min_iou=min_iou, jitter=jitter,
@@ -342,11 +343,11 @@ def recut_keys(ev: dict, strips_a: dict, strips_b: dict, *, plan: TilingPlan, a,
 KEPT, BESIDE, RECUT = 0, 1, 2
 
 
-def recut_flags(faces: list, plan: TilingPlan) -> list:
+def recut_flags(faces: list, *, plan: TilingPlan) -> list:
     """Per block (``plan.block_ids()`` order): :data:`RECUT` where one of its edge faces disagrees (its
     faces' ``"recut"`` offsets, and those of its upper and left neighbours), :data:`BESIDE` where one of
-    its eight neighbours is recut, else :data:`KEPT`; with whether any block is recut (then the merge of
-    the recut blocks has nothing to redo)."""
+    its eight neighbours is recut, else :data:`KEPT`; with whether any block is recut (where none is, the
+    merge of the recut blocks has nothing to redo)."""
     from scipy import ndimage
 
     cut = np.zeros(plan.grid_shape, bool)
@@ -525,7 +526,7 @@ def _tables(late, final, ranks, moves=None):
     return np.asarray(labels, np.int64), lut[present]
 
 
-def as_slot(window: np.ndarray, plan: TilingPlan) -> np.ndarray:
+def as_slot(window: np.ndarray, *, plan: TilingPlan) -> np.ndarray:
     """A padded window in a zeroed slot of ``plan.slot_shape`` (what the staging holds per block)."""
     slot = np.zeros(plan.slot_shape, window.dtype)
     slot[: window.shape[0], : window.shape[1]] = window

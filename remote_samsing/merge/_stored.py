@@ -143,9 +143,10 @@ class _Spill:
         return staged if self.first is None or self.first.flag(index) == RECUT else self.first_staged
 
     def _group_of(self, index) -> list:
-        ids = list(self.plan.block_ids())
+        """The blocks whose outputs of a global step share ``index``'s file (ids in row-major order)."""
+        ny, nx = self.plan.grid_shape
         g = self.plan.block_id(index) // _GROUP_BLOCKS
-        return ids[g * _GROUP_BLOCKS : (g + 1) * _GROUP_BLOCKS]
+        return [divmod(k, nx) for k in range(g * _GROUP_BLOCKS, min((g + 1) * _GROUP_BLOCKS, ny * nx))]
 
     @functools.cached_property
     def _flags(self) -> dict:  # group file → its flags, filled as read (never pickled full: see __getstate__)
@@ -469,7 +470,7 @@ def _recut_block(item, *, first: _Spill, second: _Spill, staged: str, out: str, 
     if window is None:  # as staged: the first merge's summary
         early, late = values[0], values[reads.index(("late", index)) - 1]
     else:
-        slot = as_slot(window, plan)
+        slot = as_slot(window, plan=plan)
         sy, sx = plan.slot_shape
         z = open_zarr_kept(out, mode="r+", token=token)
         z[index[0] * sy : (index[0] + 1) * sy, index[1] * sx : (index[1] + 1) * sx] = slot
@@ -565,11 +566,13 @@ def merge_stored(
 
     Notes
     -----
-    With ``config.seam_recut`` a first merge's phases up to its ids tell
-    which labels are one object, each block is recut from its own and its
-    edge neighbours' windows (``merge._recut``) into ``workdir/recut.zarr``,
-    and the merge proper runs on the recut blocks (in ``workdir/second``);
-    its phases keep their names, the first merge's are ``first-<name>``.
+    With ``config.recuts`` (the default for ``"overlap"``) a first merge's
+    phases up to its ids flag the blocks by a disagreeing edge face, each of
+    those is recut from its own window and its edge neighbours' summaries
+    (``merge._recut``) into ``workdir/recut.zarr``, and the merge of the
+    recut blocks (in ``workdir/second``) reads what the recut left alone in
+    the first merge's folder; its phases keep their names, the first
+    merge's are ``first-<name>``.
     """
     staged, _ = check_inputs(store_path(location(staged)), plan, config, None)
     recut = config.recuts
