@@ -151,7 +151,9 @@ def merge_labels(staged, *, plan: TilingPlan, config: MergeConfig, valid=None, r
 def _recut(g: _Graph, plan: TilingPlan, cfg: MergeConfig, *, valid: bool, reread: bool) -> dict:
     """Add one recut task per block to ``g`` (after its first merge); returns the second merge's sources:
     each block's recut staged chunk (again for the relabel when ``reread``) and summaries."""
-    run = functools.partial(_recut_block, plan=plan, cfg=cfg, valid=valid)
+    # with ``reread`` the chunk is the relabel's, from a recut of its own: the first recut keeps none
+    run = functools.partial(_recut_block, plan=plan, cfg=cfg, valid=valid, chunk=not reread)
+    again = functools.partial(_recut_block, plan=plan, cfg=cfg, valid=valid, summaries=False)
     keys = {}
     for i in plan.block_ids():
         reads = recut_reads(i, plan=plan, cfg=cfg) + ([("valid", i)] if valid else [])
@@ -160,15 +162,17 @@ def _recut(g: _Graph, plan: TilingPlan, cfg: MergeConfig, *, valid: bool, reread
         for k, out in enumerate(("slot", "early", "late")):
             g.dsk[(f"{g.prefix}-recut-{out}",) + i] = (operator.getitem, key, k)
         if reread:  # the recut computed again from the re-read chunks: no recut chunk waits for the ids
-            g.dsk[(f"{g.prefix}-recut-again",) + i] = (operator.getitem, (run, i, *[
+            g.dsk[(f"{g.prefix}-recut-again",) + i] = (operator.getitem, (again, i, *[
                 g.resolve(r, terminal=True) for r in reads]), 0)
-    again = "recut-again" if reread else "recut-slot"
-    return {"staged": lambda i: (f"{g.prefix}-recut-slot",) + i, "reread": lambda i: (f"{g.prefix}-{again}",) + i,
+    chunks = "recut-again" if reread else "recut-slot"
+    return {"staged": lambda i: (f"{g.prefix}-recut-slot",) + i, "reread": lambda i: (f"{g.prefix}-{chunks}",) + i,
             "early": lambda i: (f"{g.prefix}-recut-early",) + i, "late": lambda i: (f"{g.prefix}-recut-late",) + i}
 
 
-def _recut_block(index, flag, slot, *values, plan: TilingPlan, cfg: MergeConfig, valid: bool):
-    """One block's recut chunk and its summaries (the first merge's where the recut leaves it as it is)."""
+def _recut_block(index, flag, slot, *values, plan: TilingPlan, cfg: MergeConfig, valid: bool, chunk: bool = True,
+                 summaries: bool = True):
+    """One block's recut chunk and its summaries (the first merge's where the recut leaves it as it is);
+    None for what ``chunk`` or ``summaries`` leave out."""
     index = tuple(index)
     mask = values[-1] if valid else None
     # the graph holds a recut block's reads; a block's flag may ask for fewer of them
@@ -176,14 +180,15 @@ def _recut_block(index, flag, slot, *values, plan: TilingPlan, cfg: MergeConfig,
     own_early, own_late = given[("early", index)], given[("late", index)]
     mine = [given[r] for r in recut_reads(index, plan=plan, cfg=cfg, flag=flag[0])[2:]]
     step = recut_step(index, flag[0], slot, *mine, plan=plan, cfg=cfg)
-    if step is None:
-        return load_slot(slot), own_early, own_late
+    if step is None or step[0] is None:  # as staged; beside a recut block its labels' objects added
+        early = own_early if step is None else dict(own_early, **step[1])
+        return load_slot(slot) if chunk else None, early, own_late
     window, extra = step
-    if window is None:  # beside a recut block: as staged, its labels' objects added
-        return load_slot(slot), dict(own_early, **extra), own_late
-    chunk = as_slot(window, plan=plan)
-    early, late = summarize(chunk, mask, plan=plan, index=index, cfg=second_config(cfg))
-    return chunk, dict(early, **extra), late
+    recut = as_slot(window, plan=plan)
+    if not summaries:
+        return recut, None, None
+    early, late = summarize(recut, mask, plan=plan, index=index, cfg=second_config(cfg))
+    return recut if chunk else None, dict(early, **extra), late
 
 
 def _sources(staged, valid, *, plan: TilingPlan, reread: bool):
