@@ -203,11 +203,7 @@ def _count_labels(labels: np.ndarray) -> int:
 
 
 def _slot(labels: np.ndarray, plan: TilingPlan) -> np.ndarray:
-    if labels.shape == tuple(plan.slot_shape) and labels.dtype == STAGED_DTYPE:  # a full-size window fills it
-        return labels
-    out = np.zeros(plan.slot_shape, STAGED_DTYPE)
-    out[: labels.shape[0], : labels.shape[1]] = labels
-    return out
+    return plan.in_slot(labels.astype(STAGED_DTYPE, copy=False))
 
 
 def _segment_chunk(rgba, *, plan, segmenter, retries, block_info=None):

@@ -201,6 +201,15 @@ class TilingPlan:
         return self.core_window(index).relative_to(self.padded_window(index))
 
     # -- staging layout ----------------------------------------------------
+    def in_slot(self, window: np.ndarray) -> np.ndarray:
+        """A block's padded-window array at the top left of a zeroed :attr:`slot_shape` array, as the staging
+        holds it (the array itself where it fills the slot)."""
+        if window.shape == tuple(self.slot_shape):
+            return window
+        slot = np.zeros(self.slot_shape, window.dtype)
+        slot[: window.shape[0], : window.shape[1]] = window
+        return slot
+
     @property
     def slot_shape(self) -> tuple[int, int]:
         """Size of one staging slot: the largest padded window along each axis.

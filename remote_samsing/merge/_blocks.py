@@ -515,6 +515,7 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     if views is None:
         return none, stats
     la, lb, pres_a, pres_b = views
+    none["views"] = (la, lb)  # the unpacked strips, for the recut; never stored
     ra, of_a, area_a = _runs(la)
     rb, of_b, area_b = _runs(lb)
     both = (ra > 0) & (rb > 0)
@@ -534,7 +535,8 @@ def _face_evidence(strips_a, strips_b, *, plan: TilingPlan, a, b, off, min_iou: 
     stats.update(candidates=int(cand.sum()), links=int(link.sum()), refused=int((cand & ~above).sum()),
                  disagreed=int(disputed.sum()), split_by_a=n_a, split_by_b=n_b)
     return {"links": (oa | fa[link].astype(np.uint64), ob | fb[link].astype(np.uint64)), "weights": iou[link],
-            "pieces": (of_a, of_b, area_a, area_b, pa, pb, inter),  # for the recut, never stored
+            # for the recut, never stored
+            "pieces": (of_a, of_b, area_a, area_b, pa, pb, inter), "views": (la, lb),
             "groups": (np.concatenate([oa | ma.astype(np.uint64), ob | mb.astype(np.uint64)]),
                        np.concatenate([ga, gb + n_a])),
             "n_groups": n_a + n_b,

@@ -19,10 +19,10 @@ import uuid
 import numpy as np
 
 from ..tiling import TilingPlan
-from ._blocks import StoredSlot, load_slot, summarize
+from ._blocks import StoredSlot, load_slot
 from ._config import MergeConfig, MergeResult
 from ._phases import ALL, check_inputs, merge_phases, merge_statistics
-from ._recut import RECUT, as_slot, recut_reads, recut_step, second_config
+from ._recut import RECUT, recut_outputs, recut_reads, second_config
 
 __all__ = ["merge_labels"]
 
@@ -154,10 +154,9 @@ def _recut(g: _Graph, plan: TilingPlan, cfg: MergeConfig, *, valid: bool, reread
     # with ``reread`` the chunk is the relabel's, from a recut of its own: the first recut keeps none
     run = functools.partial(_recut_block, plan=plan, cfg=cfg, valid=valid, chunk=not reread)
     again = functools.partial(_recut_block, plan=plan, cfg=cfg, valid=valid, summaries=False)
-    keys = {}
     for i in plan.block_ids():
         reads = recut_reads(i, plan=plan, cfg=cfg) + ([("valid", i)] if valid else [])
-        key = keys[i] = (f"{g.prefix}-recut",) + i
+        key = (f"{g.prefix}-recut",) + i
         g.dsk[key] = (run, i, *[g.resolve(r, terminal=False) for r in reads])
         for k, out in enumerate(("slot", "early", "late")):
             g.dsk[(f"{g.prefix}-recut-{out}",) + i] = (operator.getitem, key, k)
@@ -177,18 +176,12 @@ def _recut_block(index, flag, slot, *values, plan: TilingPlan, cfg: MergeConfig,
     mask = values[-1] if valid else None
     # the graph holds a recut block's reads; a block's flag may ask for fewer of them
     given = dict(zip(recut_reads(index, plan=plan, cfg=cfg)[2:], values[:-1] if valid else values))
-    own_early, own_late = given[("early", index)], given[("late", index)]
     mine = [given[r] for r in recut_reads(index, plan=plan, cfg=cfg, flag=flag[0])[2:]]
-    step = recut_step(index, flag[0], slot, *mine, plan=plan, cfg=cfg)
-    if step is None or step[0] is None:  # as staged; beside a recut block its labels' objects added
-        early = own_early if step is None else dict(own_early, **step[1])
-        return load_slot(slot) if chunk else None, early, own_late
-    window, extra = step
-    recut = as_slot(window, plan=plan)
-    if not summaries:
-        return recut, None, None
-    early, late = summarize(recut, mask, plan=plan, index=index, cfg=second_config(cfg))
-    return recut if chunk else None, dict(early, **extra), late
+    out = recut_outputs(index, flag[0], slot, *mine, plan=plan, cfg=cfg, valid=mask, summaries=summaries)
+    recut, early, late = out if out is not None else (None, given[("early", index)], given[("late", index)])
+    if not chunk:
+        return None, early, late
+    return (recut if recut is not None else load_slot(slot)), early, late
 
 
 def _sources(staged, valid, *, plan: TilingPlan, reread: bool):

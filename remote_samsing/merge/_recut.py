@@ -55,10 +55,10 @@ from .._arrays import unique, unique_pairs
 from .._validate import check_int, check_number
 from ..exceptions import InputError
 from ..tiling import TilingPlan, Window
-from ._blocks import _face_evidence, _intersect, _neighbour, _pack, _pair_keys
+from ._blocks import _face_evidence, _intersect, _neighbour, _pack, _pair_keys, _unpack, load_slot, summarize
 
 __all__ = ["recut_block", "recut_window", "recut_staged", "recut_flags", "recut_reads", "recut_step",
-           "recut_keys", "second_config", "as_slot", "KEPT", "BESIDE", "RECUT"]
+           "recut_outputs", "recut_keys", "second_config", "KEPT", "BESIDE", "RECUT"]
 
 #: Cost of a cut between two pixels: linked labels (or none), a boundary of either view, a split segment.
 _FREE, _BOUNDARY, _SPLIT = 0.0, 0.1, 1.0
@@ -161,8 +161,6 @@ def recut_window(index, window, strips, *, plan: TilingPlan, cfg, tables, face_k
     ``face_keys``: ``{(a, b): keys}`` of the block's edge faces that disagree
     (:func:`recut_keys`, from the first merge's faces); the others are left alone.
     """
-    from ._blocks import _unpack
-
     index = tuple(int(i) for i in index)
     window = np.asarray(window)
 
@@ -315,8 +313,6 @@ def recut_keys(ev: dict, strips_a: dict, strips_b: dict, *, plan: TilingPlan, a,
     pairs count as linked, so a face that agrees here agrees in the recut
     too: a block none of whose edge faces disagrees keeps its window.
     """
-    from ._blocks import _unpack
-
     region = _recut_region(plan, a, b, off)
     packed_a, packed_b = strips_a[off], strips_b[(-off[0], -off[1])]
     if region is None or packed_a[2] is None or packed_b[2] is None:
@@ -324,7 +320,8 @@ def recut_keys(ev: dict, strips_a: dict, strips_b: dict, *, plan: TilingPlan, a,
         # cut along, and its pixels must stay unlabelled
         return None
     sl = region.relative_to(_intersect(plan.padded_window(a), plan.padded_window(b))).slices
-    la, lb = _unpack(packed_a)[sl], _unpack(packed_b)[sl]
+    la, lb = ev["views"] if "views" in ev else (_unpack(packed_a), _unpack(packed_b))
+    la, lb = la[sl], lb[sl]
     fg = la > 0
     keys = _link_keys(ev)
     if (fg != (lb > 0)).any():  # a label against background
@@ -493,8 +490,6 @@ def recut_step(index, flag, slot, *values, plan: TilingPlan, cfg):
         ``objects``, its labels and the first merge's object of each, and
         ``recut``, whether it was recut.
     """
-    from ._blocks import load_slot
-
     if flag == KEPT:
         return None
     index = tuple(index)
@@ -526,8 +521,42 @@ def _tables(late, final, ranks, moves=None):
     return np.asarray(labels, np.int64), lut[present]
 
 
-def as_slot(window: np.ndarray, *, plan: TilingPlan) -> np.ndarray:
-    """A padded window in a zeroed slot of ``plan.slot_shape`` (what the staging holds per block)."""
-    slot = np.zeros(plan.slot_shape, window.dtype)
-    slot[: window.shape[0], : window.shape[1]] = window
-    return slot
+def recut_outputs(index, flag, slot, *values, plan: TilingPlan, cfg, valid=None, summaries: bool = True):
+    """Block ``index``'s recut chunk and the summaries the merge of the recut blocks reads for it.
+
+    Parameters
+    ----------
+    index : (int, int)
+    flag : int
+        The block's :func:`recut_flags` flag.
+    slot : ndarray or StoredSlot
+        Its staged chunk.
+    *values
+        What :func:`recut_reads` names for ``flag`` after the flags and the staged chunk.
+    plan : TilingPlan
+    cfg : MergeConfig
+    valid : ndarray of bool, optional
+        Its validity mask (the lazy graph's).
+    summaries : bool
+        Summarize a recut chunk (else its summaries are None).
+
+    Returns
+    -------
+    (chunk, early, late) or None
+        None where the recut leaves the block alone. ``chunk``: the recut
+        chunk (``plan.slot_shape``, uint32), None where the block keeps its
+        staged one; ``early``, ``late``: its summaries, each label tagged with
+        the first merge's object it stands for.
+    """
+    step = recut_step(index, flag, slot, *values, plan=plan, cfg=cfg)
+    if step is None:
+        return None
+    window, extra = step
+    if window is None:  # beside a recut block: the first merge's summaries, tagged
+        given = dict(zip(recut_reads(index, plan=plan, cfg=cfg, flag=flag)[2:], values))
+        return None, dict(given[("early", tuple(index))], **extra), given[("late", tuple(index))]
+    chunk = plan.in_slot(window)
+    if not summaries:
+        return chunk, None, None
+    early, late = summarize(chunk, valid, plan=plan, index=tuple(index), cfg=second_config(cfg))
+    return chunk, dict(early, **extra), late

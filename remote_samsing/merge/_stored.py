@@ -157,9 +157,6 @@ class _Spill:
         state.pop("_flags", None)
         return state
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-
     def names(self) -> set:
         """The files the folder holds, in one listing (one request on a store, not one per file)."""
         return list_names(self.root)
@@ -455,27 +452,23 @@ def _recut_tasks(staged: str, root, *, plan: TilingPlan, config: MergeConfig, to
 
 def _recut_block(item, *, first: _Spill, second: _Spill, staged: str, out: str, token: str, plan: TilingPlan,
                  config: MergeConfig) -> int:
-    """One block's recut: where its flag says an edge face disagrees, its recut window into ``out`` and
-    the window's summary into ``second``. Returns 1 where it recut the block, else 0."""
+    """One block's recut: where its flag says an edge face disagrees, its recut window into ``out``, and
+    where the recut touches it, its summaries into ``second``. Returns 1 where it recut the block, else 0."""
     from .._files import open_zarr_kept
-    from ._recut import as_slot, recut_reads, recut_step
+    from ._recut import recut_outputs, recut_reads
 
     index = tuple(int(i) for i in item)
     flag = first.flag(index)
     if flag == KEPT:
         return 0
-    reads = recut_reads(index, plan=plan, cfg=config, flag=flag)[1:]
-    slot, *values = _resolve(reads, spill=first, staged=staged, plan=plan, given={})
-    window, extra = recut_step(index, flag, slot, *values, plan=plan, cfg=config)
-    if window is None:  # as staged: the first merge's summary
-        early, late = values[0], values[reads.index(("late", index)) - 1]
-    else:
-        slot = as_slot(window, plan=plan)
+    values = _resolve(recut_reads(index, plan=plan, cfg=config, flag=flag)[1:], spill=first, staged=staged,
+                      plan=plan, given={})
+    chunk, early, late = recut_outputs(index, flag, *values, plan=plan, cfg=config)
+    if chunk is not None:
         sy, sx = plan.slot_shape
         z = open_zarr_kept(out, mode="r+", token=token)
-        z[index[0] * sy : (index[0] + 1) * sy, index[1] * sx : (index[1] + 1) * sx] = slot
-        early, late = _phase(second_config(config), plan, "summarize").func(index, slot)
-    second.save_many([("early", index, dict(early, **extra)), ("late", index, late)])
+        z[index[0] * sy : (index[0] + 1) * sy, index[1] * sx : (index[1] + 1) * sx] = chunk
+    second.save_many([("early", index, early), ("late", index, late)])
     return int(flag == RECUT)
 
 
@@ -605,7 +598,7 @@ def merge_stored(
     done = out["relabel"]
     if sum(done) != plan.n_blocks:  # never let a partial product look complete
         raise RemoteSamsingError(f"the merge relabelled {sum(done)} of {plan.n_blocks} blocks")
-    remove_tree(_root(workdir))
+    remove_tree(root)
     solve = out["solve"][0] if "solve" in out else None
     split = out["split"][0] if "split" in out else None
     stats = merge_statistics(solve, out["final"], out["ids"][0], cfg=config, faces_path=faces_file, split=split)
