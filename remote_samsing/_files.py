@@ -43,7 +43,7 @@ from .exceptions import ConfigError, InputError
 
 __all__ = ["REMOTE_SCHEMES", "gcs_emulator", "store_variables", "is_url", "check_url", "location", "is_remote", "gdal_path", "join_location", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
            "write_many", "read_bytes", "read_many", "replace_path", "remove_tree", "list_names", "store_path",
-           "zarr_options", "open_zarr_array"]
+           "zarr_options", "open_zarr_array", "open_zarr_cached"]
 
 
 #: URL schemes of mosaics read through GDAL's virtual file systems (/vsis3/, /vsigs/, /vsiaz/, /vsicurl/).
@@ -209,6 +209,20 @@ def open_zarr_array(store, *, mode: str, path: str | None = None):
     # Zarr compares every chunk written with the fill value to skip empty ones: a full pass over the
     # chunk that costs more than compressing an empty chunk, and labels are rarely all 0
     return arr if mode == "r" else arr.with_config({"write_empty_chunks": True})
+
+
+def open_zarr_cached(store: str, *, path: str, max_bytes: int):
+    """The read-only Zarr v3 array at URL ``store`` (``path`` inside it), whose objects read are kept in
+    this process's memory, up to ``max_bytes`` (least recently used out first): a block's padded window
+    reads its neighbours' chunks too, and each chunk is then read once by a process, not by every block
+    whose window touches it (zarr's ``CacheStore``)."""
+    import zarr
+    from zarr.experimental.cache_store import CacheStore
+    from zarr.storage import FsspecStore, MemoryStore
+
+    base = FsspecStore.from_url(store, storage_options=zarr_options(store), read_only=True)
+    cached = CacheStore(base, cache_store=MemoryStore(), max_size=int(max_bytes), cache_set_data=False)
+    return zarr.open_array(store=cached, path=path, mode="r", zarr_format=3)
 
 
 #: Zarr arrays this process keeps open between the blocks of one run, by (store, path, mode, token): opening

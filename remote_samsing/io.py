@@ -34,7 +34,8 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
 from ._files import (REMOTE_SCHEMES, check_url, gcs_emulator, gdal_path, is_remote, is_url, list_names, location,
-                     replace_path, store_path, store_variables, temporary_name, open_zarr_array)
+                     replace_path, store_path, store_variables, temporary_name, open_zarr_array,
+                     open_zarr_cached)
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -578,6 +579,9 @@ class WindowReader:
         leaves out a source it cannot open (the window reads as nodata, with
         no error), so a read first opens each source its window touches, found
         in the index: a missing one is an error naming it.
+    run : str, optional
+        The run that reads: a Zarr mosaic on a store then keeps the chunks it reads in each process
+        for the rest of that run (each chunk is read by up to nine blocks' padded windows).
     """
 
     path: str
@@ -590,6 +594,7 @@ class WindowReader:
     transform: tuple | None = None
     crs: str | None = None
     tile_index: bool = False
+    run: str | None = None
 
     def where(self, window: tuple[int, int, int, int]) -> str:
         """``window`` in pixels and, with a transform, in map coordinates."""
@@ -626,7 +631,7 @@ class WindowReader:
         """Raw (band, y, x) values of ``window = (y0, y1, x0, x1)``."""
         y0, y1, x0, x1 = (int(v) for v in window)
         if self.kind == "zarr":
-            z = _zarr_mosaic(self.path)
+            z = _zarr_mosaic(self.path, self.run)
             if z.ndim == 2:
                 return np.asarray(z[y0:y1, x0:x1])[None]
             raw = np.asarray(z[:, y0:y1, x0:x1])
@@ -752,26 +757,39 @@ def _index_sources(path: str):
     return _index_table(path, _file_stamp(path))
 
 
+#: Bytes of a store mosaic's objects a process keeps during one run (:func:`_zarr_cached`): about three
+#: rows of chunks of a 20,000-pixel-wide mosaic, enough for a window's chunks above to be still there
+#: when the blocks below are read.
+MOSAIC_CACHE_BYTES = 192 << 20
+
+
 @functools.lru_cache(maxsize=8)
 def _zarr_array(path: str, stamp: int):
     return open_zarr_array(path, path=_MOSAIC_VAR, mode="r")
 
 
-def _zarr_mosaic(path: str):
+@functools.lru_cache(maxsize=1)
+def _zarr_cached(path: str, run: str):
+    # one run's at a time: its objects are never read by another run, whose mosaic may have changed
+    return open_zarr_cached(path, path=_MOSAIC_VAR, max_bytes=MOSAIC_CACHE_BYTES)
+
+
+def _zarr_mosaic(path: str, run: str | None = None):
     # opened once per process and file version (metadata parsing costs ~1 ms a block); a store's
-    # objects have no cheap version stamp: opened once per process
+    # objects have no cheap version stamp: opened once per process, or once per run with its chunks kept
     if is_url(path):
-        return _zarr_array(path, 0)
+        return _zarr_array(path, 0) if run is None else _zarr_cached(path, run)
     meta = Path(path) / _MOSAIC_VAR / "zarr.json"
     return _zarr_array(path, meta.stat().st_mtime_ns)
 
 
-def window_reader(arr: xr.DataArray) -> WindowReader | None:
+def window_reader(arr: xr.DataArray, *, run: str | None = None) -> WindowReader | None:
     """A :class:`WindowReader` for a mosaic opened by :func:`open_mosaic`, or None.
 
     None when ``arr`` is not a file opened by :func:`open_mosaic` (an array
     in memory, or one changed after opening): such mosaics only exist as a
-    dask graph, and their windows come from ``map_overlap``.
+    dask graph, and their windows come from ``map_overlap``. ``run`` names
+    the run that reads (:attr:`WindowReader.run`).
     """
     src = arr.attrs.get("source")
     if not src or tuple(arr.dims) != ("band", "y", "x"):
@@ -800,7 +818,7 @@ def window_reader(arr: xr.DataArray) -> WindowReader | None:
     return WindowReader(
         path=src if is_url(src) else str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]),
         transform=transform, crs=crs.to_string() if crs is not None else None,
-        tile_index=bool(arr.attrs.get("tile_index")), **params
+        tile_index=bool(arr.attrs.get("tile_index")), run=run, **params
     )
 
 

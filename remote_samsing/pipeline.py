@@ -644,7 +644,7 @@ def _run_steps(job: _Job, c) -> dict:
     _start_record(job)
     _put_tile_index(job)
     # block tasks read their windows from the file itself when there is one
-    reader = window_reader(job.arr) if job.mosaic is not None else None
+    reader = window_reader(job.arr, run=job.run_id) if job.mosaic is not None else None
     # -- 3. segment and stage every block not staged yet
     res = _check_resources(c, segment_resources(job.seg), device=job.cfg.device)
     _register_trim(c)
@@ -963,7 +963,7 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
     summarize = functools.partial(stage_summary, plan=plan, config=job.mcfg, workdir=job.staging / "merge",
                                   token=job.run_id)
     kwargs = dict(plan=plan, segmenter=job.seg, retries=cfg.retries, staging=str(job.staging), run_id=job.run_id,
-                  summarize=summarize, skip_failed=cfg.skip_failed_blocks)
+                  summarize=summarize, skip_failed=cfg.skip_failed_blocks, fresh=job.prev is None)
     if reader is None:
         rgba = prepare_rgb(job.arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         done = map_padded_blocks(segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,

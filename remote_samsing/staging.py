@@ -326,7 +326,7 @@ def read_segment_and_stage(index, *, reader, limits, plan, **kwargs) -> int:
 
 
 def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retries, staging, run_id,
-                summarize: Callable | None = None, skip_failed: bool = False) -> int:
+                summarize: Callable | None = None, skip_failed: bool = False, fresh: bool = False) -> int:
     """Segment block ``index`` unless already staged; write its chunk, its summary, then its marker.
 
     ``load()`` gives the padded (y, x, 4) window; it is not called for a
@@ -335,12 +335,15 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
     summary), so nothing needs to read the chunk back. A block whose window
     cannot be read or whose segmenter keeps failing (after ``retries``)
     raises, or with ``skip_failed`` is staged empty (0) with a marker that
-    says so and why; a later run tries it again. Returns 1 if the block was
-    segmented (or failed) now, 0 if it was staged already.
+    says so and why; a later run tries it again. ``fresh``: the run started
+    in an empty OUTDIR, so no marker is looked for (a request per block on a
+    store); a task the scheduler runs again then segments its block again,
+    writing the same files. Returns 1 if the block was segmented (or failed)
+    now, 0 if it was staged already.
     """
     iy, ix = index
     marker = block_marker(staging, index)
-    if _staged_before(marker):  # never segment twice
+    if not fresh and _staged_before(marker):  # never segment twice
         return 0
     try:
         labels, stats = process_block(_load_with_retries(load, retries), (iy, ix), plan=plan, segmenter=segmenter,

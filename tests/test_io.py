@@ -340,3 +340,23 @@ def test_rgba_block_interleaves_bands_and_zeroes_invalid_pixels(passthrough):
     expected[2, 3] = expected[5, 1] = 0
     assert out.dtype == np.uint8 and out.flags.c_contiguous
     np.testing.assert_array_equal(out, expected)
+
+
+def test_a_store_mosaic_read_for_a_run_keeps_its_chunks_for_that_run_only():
+    """A Zarr mosaic on a store read by a run (``WindowReader.run``) keeps the chunks it read in the
+    process: read again, a chunk changed since is still the run's; another run reads it anew."""
+    import zarr
+
+    from remote_samsing.io import _zarr_mosaic
+
+    url = "memory://rs-test-mosaic-cache/m.zarr"
+    z = zarr.create_array(store=url, name="mosaic", shape=(3, 40, 40), chunks=(3, 20, 20), dtype="uint8",
+                          zarr_format=3, overwrite=True)
+    pixels = np.arange(3 * 40 * 40, dtype=np.uint32).reshape(3, 40, 40).astype(np.uint8)
+    z[:] = pixels
+    assert _zarr_mosaic(url, "r1") is _zarr_mosaic(url, "r1")  # opened once per run
+    np.testing.assert_array_equal(_zarr_mosaic(url, "r1")[:, 5:30, 5:30], pixels[:, 5:30, 5:30])
+    z[:, :20, :20] = 7  # the store changes under the run
+    np.testing.assert_array_equal(_zarr_mosaic(url, "r1")[:, :25, :25], pixels[:, :25, :25])
+    assert (_zarr_mosaic(url, "r2")[:, :20, :20] == 7).all()
+    assert (_zarr_mosaic(url)[:, :20, :20] == 7).all()  # no run: nothing kept
