@@ -22,7 +22,8 @@ from ._progress import Progress, report_passes
 from ._validate import check_int
 from .exceptions import ConfigError
 
-__all__ = ["compute", "errors_as_values", "run_in_phases", "run_in_waves", "scheduler_workers", "threads_of"]
+__all__ = ["compute", "errors_as_values", "on_every_worker", "run_in_phases", "run_in_waves", "scheduler_workers",
+           "threads_of"]
 
 #: follow-ups (``run_in_waves(then=...)``) per task while items still wait to run
 _FOLLOW_UPS_PER_TASK = 8
@@ -90,6 +91,15 @@ def on_a_worker(client, func: Callable, *args, **kwargs):
     if isinstance(value, _TaskError):
         raise value.error
     return value
+
+
+def on_every_worker(client, func: Callable) -> None:
+    """``func()`` run once in every worker process of ``client``; a cluster that refuses it is left as it is
+    (what ``func`` does is housekeeping, never part of a result)."""
+    try:
+        client.run(func)
+    except Exception:  # noqa: BLE001 - a worker gone meanwhile, a scheduler refusing client.run
+        pass
 
 
 def compute(x, client, *, progress: bool = False, optimize_graph: bool = True, label: str = "compute"):

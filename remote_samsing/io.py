@@ -58,6 +58,7 @@ __all__ = [
     "stretch_params",
     "stretch_limits",
     "WindowReader",
+    "release_kept_chunks",
     "window_reader",
     "read_valid_mask",
     "quiet_georeferencing",
@@ -772,6 +773,12 @@ def _zarr_array(path: str, stamp: int):
 def _zarr_cached(path: str, run: str):
     # one run's at a time: its objects are never read by another run, whose mosaic may have changed
     return open_zarr_cached(path, path=_MOSAIC_VAR, max_bytes=MOSAIC_CACHE_BYTES)
+
+
+def release_kept_chunks() -> None:
+    """Drop the store mosaic's chunks this process keeps for a run (:attr:`WindowReader.run`): called on
+    every worker once the run's blocks are read, so the memory is not held through the merge."""
+    _zarr_cached.cache_clear()
 
 
 def _zarr_mosaic(path: str, run: str | None = None):

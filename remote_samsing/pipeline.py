@@ -71,6 +71,7 @@ from .execute import (
     compute,
     errors_as_values,
     on_a_worker,
+    on_every_worker,
     run_in_phases,
     run_in_waves,
     scheduler_workers,
@@ -88,6 +89,7 @@ from .io import (
     passes_through,
     prepare_rgb,
     read_valid_mask,
+    release_kept_chunks,
     rgb_band_indices,
     stretch_limits,
     window_reader,
@@ -976,8 +978,12 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
     _forget_if_stretch_changed(job, limits)
     task = functools.partial(read_segment_and_stage, reader=reader, limits=limits, **kwargs)
     task = errors_as_values(task, (BlockFailedError,))  # reported once, by the client
-    run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res, progress=cfg.progress,
-                 then=_face_follow_ups(job), threads=threads, results=False)
+    try:
+        run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res,
+                     progress=cfg.progress, then=_face_follow_ups(job), threads=threads, results=False)
+    finally:
+        if reader.kind == "zarr" and is_url(reader.path):  # the chunks each worker kept for the blocks' reads
+            on_every_worker(client, release_kept_chunks)
 
 
 def _stretch_limits(job: _Job, client) -> np.ndarray:

@@ -360,3 +360,18 @@ def test_a_store_mosaic_read_for_a_run_keeps_its_chunks_for_that_run_only():
     np.testing.assert_array_equal(_zarr_mosaic(url, "r1")[:, :25, :25], pixels[:, :25, :25])
     assert (_zarr_mosaic(url, "r2")[:, :20, :20] == 7).all()
     assert (_zarr_mosaic(url)[:, :20, :20] == 7).all()  # no run: nothing kept
+
+
+def test_releasing_the_kept_chunks_drops_them():
+    import zarr
+
+    from remote_samsing.io import _zarr_mosaic, release_kept_chunks
+
+    url = "memory://rs-test-mosaic-release/m.zarr"
+    z = zarr.create_array(store=url, name="mosaic", shape=(1, 20, 20), chunks=(1, 10, 10), dtype="uint8",
+                          zarr_format=3, overwrite=True)
+    z[:] = 1
+    assert (_zarr_mosaic(url, "r1")[:] == 1).all()
+    z[:] = 2
+    release_kept_chunks()
+    assert (_zarr_mosaic(url, "r1")[:] == 2).all()  # the same run reads the store again
