@@ -965,7 +965,7 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
     summarize = functools.partial(stage_summary, plan=plan, config=job.mcfg, workdir=job.staging / "merge",
                                   token=job.run_id)
     kwargs = dict(plan=plan, segmenter=job.seg, retries=cfg.retries, staging=str(job.staging), run_id=job.run_id,
-                  summarize=summarize, skip_failed=cfg.skip_failed_blocks, fresh=job.prev is None)
+                  summarize=summarize, skip_failed=cfg.skip_failed_blocks)
     if reader is None:
         rgba = prepare_rgb(job.arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         done = map_padded_blocks(segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,
@@ -976,7 +976,9 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
     # in bounded waves, so the scheduler never holds a task per block
     limits = _stretch_limits(job, client)
     _forget_if_stretch_changed(job, limits)
-    task = functools.partial(read_segment_and_stage, reader=reader, limits=limits, **kwargs)
+    # a run begun in an empty OUTDIR has no marker to look for; and a wave's task, released once it
+    # finished, is never run again (map_overlap's are, after a lost worker: those look for theirs)
+    task = functools.partial(read_segment_and_stage, reader=reader, limits=limits, fresh=job.prev is None, **kwargs)
     task = errors_as_values(task, (BlockFailedError,))  # reported once, by the client
     try:
         run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res,

@@ -335,11 +335,12 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
     summary), so nothing needs to read the chunk back. A block whose window
     cannot be read or whose segmenter keeps failing (after ``retries``)
     raises, or with ``skip_failed`` is staged empty (0) with a marker that
-    says so and why; a later run tries it again. ``fresh``: the run started
-    in an empty OUTDIR, so no marker is looked for (a request per block on a
-    store); a task the scheduler runs again then segments its block again,
-    writing the same files. Returns 1 if the block was segmented (or failed)
-    now, 0 if it was staged already.
+    says so and why; a later run tries it again. ``fresh``: no marker is
+    looked for (a request per block on a store), for a run begun in an empty
+    OUTDIR whose tasks are never run again once finished (a task run again
+    would segment its block again, and other processes may hold its first
+    summary). Returns 1 if the block was segmented (or failed) now, 0 if it
+    was staged already.
     """
     iy, ix = index
     marker = block_marker(staging, index)
