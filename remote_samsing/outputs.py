@@ -110,7 +110,8 @@ class LabelSink:
     Made by :func:`plan_label_store`; called as ``sink(labels, window)`` by
     the worker that relabelled a block (``merge.merge_stored``): it writes
     the block into the Zarr array, calls ``also(labels, window)`` when
-    given (work that needs each final block while it is in memory) and,
+    given (work that needs each final block while it is in memory; what it
+    returns, the call returns, for the merge to hand back) and,
     when asked, writes each of the store's chunks it covers as a COG piece
     for :func:`to_cog`. :meth:`commit` moves the finished store into place.
     ``token`` names the run: a worker keeps the array open between the
@@ -125,13 +126,12 @@ class LabelSink:
     token: str = ""
     also: Callable | None = None
 
-    def __call__(self, labels: np.ndarray, window) -> None:
+    def __call__(self, labels: np.ndarray, window):
         target = open_zarr_kept(self.store, path=self.name, mode="r+", token=self.token)
         target[window.y0 : window.y1, window.x0 : window.x1] = labels
-        if self.also is not None:
-            self.also(labels, window)
+        kept = self.also(labels, window) if self.also is not None else None
         if self.piece is None:
-            return
+            return kept
         cy, cx = self.chunks
         # one piece per store chunk (to_cog names pieces by chunk origin); the
         # plan's last block may hold a thin remainder, i.e. two chunks
@@ -140,6 +140,7 @@ class LabelSink:
                 y1, x1 = min(y0 + cy, window.y1), min(x0 + cx, window.x1)
                 part = labels[y0 - window.y0 : y1 - window.y0, x0 - window.x0 : x1 - window.x0]
                 _write_piece(part, self.piece, {0: {"array-location": [(y0, y1), (x0, x1)]}})
+        return kept
 
     def commit(self) -> Path:
         """Move the store into place (call once every block was written); on a store it is in place."""
@@ -186,7 +187,7 @@ def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_piece
         another run, or any store without a token, is made anew.
     also : callable, optional
         Called as ``also(labels, window)`` with each final block, in the task
-        that writes it (picklable).
+        that writes it (picklable); the sink returns what it returns.
 
     Returns
     -------

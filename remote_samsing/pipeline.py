@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import platform
 import sys
 import tempfile
@@ -1049,13 +1048,10 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), job.arr)
     # the tasks writing labels.zarr also write the COG's pieces (no second pass);
     # the store is created by a task beside the merge's global steps
-    # each final block also leaves its seams' line counts, measured while it is in memory
-    seams = job.staging / "seams"
-    if not is_remote(seams):  # a store has no folders to make
-        seams.mkdir(parents=True, exist_ok=True)
+    # each final block also gives its seams' line counts, measured while it is in memory; they come
+    # back with the relabel's results (no file a block)
     sink, create_store_task = plan_label_store(template, outdir / "labels.zarr", cog_pieces=_cog_pieces(outdir),
-                                               token=job.run_id,
-                                               also=functools.partial(_write_seam_parts, str(seams), plan.padding))
+                                               token=job.run_id, also=functools.partial(_seam_parts, plan.padding))
     # the merge's per-block phases are light: several blocks per task; small
     # enough, its phases follow each other on the scheduler (run_in_phases)
     in_phases = functools.partial(run_in_phases, client, progress=job.cfg.progress, batch="auto", workers=workers)
@@ -1068,6 +1064,7 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     sink.commit()
     written = open_run_labels(outdir / "labels.zarr")  # complete, though run.json is not yet
     max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N
+    seams = merge_stats.pop("sunk")
     merge_stats = {k: v for k, v in merge_stats.items() if k != "faces"}
     merge_stats["faces_file"] = "merge_faces.json"
     merge_stats["seam_visibility"] = _record_seam_visibility(outdir, plan, seams)
@@ -1076,27 +1073,22 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     return written, merge_stats, max_label, seconds
 
 
-def _write_seam_parts(folder: str, padding: int, labels: np.ndarray, window) -> None:
+def _seam_parts(padding: int, labels: np.ndarray, window) -> dict:
     """Sink hook: one final block reduced to its seams' line counts, for :func:`_record_seam_visibility`."""
     from .metrics import seam_block_parts
 
-    parts = seam_block_parts(labels, padding=padding)
-    write_bytes(location(folder) / f"{window.y0}_{window.x0}.pkl", pickle.dumps(parts, protocol=5))
+    return seam_block_parts(labels, padding=padding)
 
 
-def _record_seam_visibility(outdir: Path, plan: TilingPlan, folder: Path) -> float | None:
+def _record_seam_visibility(outdir: Path, plan: TilingPlan, parts: dict) -> float | None:
     """Seam visibility of the run's labels (None where no seam has a labelled pair), from the line
-    counts each block left in ``folder`` as it was written (read here in one concurrent read, then
-    removed); each edge face of ``merge_faces.json`` gets its value (``seam_visibility``) and the
-    offset of its worst line (``seam_offset``), see :func:`remote_samsing.metrics.seam_visibility`."""
-    from ._files import read_bytes, read_many
+    counts of each block (:func:`_seam_parts`, by block index); each edge face of ``merge_faces.json``
+    gets its value (``seam_visibility``) and the offset of its worst line (``seam_offset``), see
+    :func:`remote_samsing.metrics.seam_visibility`."""
+    from ._files import read_bytes
     from .metrics import seam_visibility_from_parts
 
-    ids = list(plan.block_ids())
-    windows = [plan.core_window(b) for b in ids]
-    parts = read_many([folder / f"{w.y0}_{w.x0}.pkl" for w in windows], decode=pickle.loads)
-    remove_tree(folder)
-    vis = seam_visibility_from_parts(plan, dict(zip(ids, parts)))
+    vis = seam_visibility_from_parts(plan, parts)
     faces_path = outdir / "merge_faces.json"
     if faces_path.exists():
         per_face = {(tuple(r["blocks"][0]), tuple(r["blocks"][1]), r["kind"]): r for r in vis.to_records()}

@@ -614,6 +614,28 @@ class _CollectSink:
         self.calls += 1
 
 
+def test_what_the_sink_returns_for_each_block_comes_back_by_block(tmp_path):
+    """``merge_stored``'s ``"sunk"``: each block's sink value, by block index (a run's seam line counts
+    travel this way); a sink returning nothing adds no entry."""
+    from remote_samsing.merge import merge_stored
+
+    plan = TilingPlan(shape=(70, 90), tile_size=25, padding=5)
+    truth = touching_labels((70, 90), n_seeds=30, seed=4, hole_frac=0.05)
+    path = write_store(stage_from_function(truth, plan, lambda w: w), plan, tmp_path / "staged.zarr")
+    out = np.zeros(plan.shape, np.int64)
+
+    def sink(labels, window):
+        out[window.slices] = labels
+        return window.y0, window.x0, int(labels.max())
+
+    stats = merge_stored(path, plan=plan, config=MergeConfig(), workdir=tmp_path / "spill", sink=sink)
+    windows = {b: plan.core_window(b) for b in plan.block_ids()}
+    assert stats["sunk"] == {b: (w.y0, w.x0, int(out[w.slices].max())) for b, w in windows.items()}
+    plain = merge_stored(path, plan=plan, config=MergeConfig(), workdir=tmp_path / "spill2",
+                         sink=_CollectSink(plan.shape))
+    assert "sunk" not in plain
+
+
 @pytest.mark.parametrize("strategy", ["overlap", "best_match", "mutual_best", "min_contact", "none"])
 @pytest.mark.parametrize("shape,tile,padding,seed", [((90, 70), 25, 5, 3), ((61, 130), 30, 7, 8), ((40, 40), 64, 8, 1)])
 def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, padding, seed):

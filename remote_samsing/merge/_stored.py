@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +40,12 @@ _BUNDLES = {"early": "summary", "late": "summary", "final": "final", "gids": "fi
 #: The blocks (in the plan's order) whose outputs of a global step share one file: the global step writes
 #: a few files, not one per block, and a block's reader reads a file this many blocks long.
 _GROUP_BLOCKS = 64
+
+
+class _Sunk(NamedTuple):
+    """A relabelled block's result: what the sink returned for it (None for most sinks)."""
+
+    value: Any
 
 
 class _Held:
@@ -253,9 +260,8 @@ def _run(item, *, phase: Phase, spill: _Spill, staged: str, plan: TilingPlan, si
         return None  # the recut changed none of its inputs: the first merge's outputs stand
     values = _resolve(phase.reads(index), spill=spill, staged=staged, plan=plan, given=given or {})
     result = phase.func(index, *values) if per_block else phase.func(*values)
-    if phase.terminal:
-        sink(result, plan.core_window(index))
-        return 1
+    if phase.terminal:  # the block counted, with what the sink made of it
+        return _Sunk(sink(result, plan.core_window(index)))
     if per_block:
         spill.save_many((name, index, value) for name, value in zip(phase.outputs, result))
     else:  # a global step: each output holds every block's value
@@ -529,7 +535,8 @@ def merge_stored(
     sink : callable
         ``sink(labels, window)`` receives each block's merged (core) labels,
         uint32 1..N, and its :class:`~remote_samsing.tiling.Window`; called
-        where the block was relabelled, so it must be picklable.
+        where the block was relabelled, so it must be picklable. What it
+        returns for a block (keep it small) comes back in ``"sunk"``.
     map_blocks : callable, optional
         ``map_blocks(func, items, name=...)`` → ``[func(i) for i in items]``;
         default :func:`thread_map` with two threads.
@@ -554,8 +561,10 @@ def merge_stored(
     Returns
     -------
     dict
-        Merge statistics, as ``merge_labels(...).stats`` computes them, and
-        ``"phase_seconds"``: wall time of each phase.
+        Merge statistics, as ``merge_labels(...).stats`` computes them,
+        ``"phase_seconds"``: wall time of each phase, and ``"sunk"``: what
+        ``sink`` returned for each block, by block index (only where it
+        returned anything but None).
 
     Notes
     -----
@@ -592,12 +601,13 @@ def merge_stored(
                   relabel + (("merge-ids", "merge-sink"),)]
     results, seconds = (map_phases or _in_order(map_blocks or thread_map(2)))(tasks)
     out = {name[len("merge-"):]: r for (name, *_), r in zip(tasks, results)}
+    relabel_items = next(items for name, _, items, *_ in tasks if name == "merge-relabel")
     for name in ("solve", "final", "split", "ids") if recut else ():  # where the second merge redid nothing
         if name in out:
             out[name] = [r if r is not None else f for r, f in zip(out[name], out[f"first-{name}"])]
-    done = out["relabel"]
-    if sum(done) != plan.n_blocks:  # never let a partial product look complete
-        raise RemoteSamsingError(f"the merge relabelled {sum(done)} of {plan.n_blocks} blocks")
+    done = [d for d in out["relabel"] if isinstance(d, _Sunk)]
+    if len(done) != plan.n_blocks:  # never let a partial product look complete
+        raise RemoteSamsingError(f"the merge relabelled {len(done)} of {plan.n_blocks} blocks")
     remove_tree(root)
     solve = out["solve"][0] if "solve" in out else None
     split = out["split"][0] if "split" in out else None
@@ -605,4 +615,6 @@ def merge_stored(
     if recut:
         stats["totals"]["recut_blocks"] = int(sum(out["recut"]))
     stats["phase_seconds"] = {name[len("merge-"):]: round(seconds.get(name, 0.0), 3) for name, *_ in tasks}
+    if any(d.value is not None for d in done):
+        stats["sunk"] = {tuple(int(i) for i in item): d.value for item, d in zip(relabel_items, done)}
     return stats
