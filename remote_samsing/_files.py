@@ -41,7 +41,7 @@ import numpy as np
 
 from .exceptions import ConfigError, InputError
 
-__all__ = ["REMOTE_SCHEMES", "gcs_emulator", "store_variables", "is_url", "check_url", "location", "is_remote", "gdal_path", "join_location", "temporary_name", "write_atomic", "write_json_atomic", "write_bytes",
+__all__ = ["REMOTE_SCHEMES", "gcs_emulator", "store_variables", "is_url", "check_url", "location", "is_remote", "gdal_path", "join_location", "temporary_name", "write_atomic", "json_encoded", "write_json_atomic", "write_bytes",
            "write_many", "read_bytes", "read_many", "replace_path", "remove_tree", "list_names", "store_path",
            "zarr_options", "open_zarr_array", "open_zarr_cached"]
 
@@ -373,9 +373,14 @@ def _json_default(obj):
     return str(obj)
 
 
+def json_encoded(data: Any, *, indent: int | None = 2) -> bytes:
+    """``data`` as JSON bytes, numpy scalars and arrays as numbers and lists."""
+    return json.dumps(data, indent=indent, default=_json_default).encode()
+
+
 def write_json_atomic(path, data: Any, *, indent: int | None = 2):
     """Write ``data`` as JSON (numpy scalars and arrays as numbers and lists) atomically."""
-    return write_bytes(path, json.dumps(data, indent=indent, default=_json_default).encode())
+    return write_bytes(path, json_encoded(data, indent=indent))
 
 
 def remove_tree(path) -> None:

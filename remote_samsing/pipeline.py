@@ -917,7 +917,7 @@ def _segment_step(job: _Job, client, reader, *, res, threads) -> tuple[list, flo
     t0 = time.perf_counter()
     job.log(_segmenting_line(job))
     try:
-        _stage_all(job, client, reader, res=res, threads=threads)
+        known = _stage_all(job, client, reader, res=res, threads=threads)
     except BlockFailedError as exc:
         job.record["error"] = {"type": type(exc).__name__, "message": Exception.__str__(exc),
                                "block": list(exc.block) if getattr(exc, "block", None) else None,
@@ -927,7 +927,7 @@ def _segment_step(job: _Job, client, reader, *, res, threads) -> tuple[list, flo
         raise
     seconds = time.perf_counter() - t0
     malloc_trim()  # hand back the heap of the stage just done (its task graph is released)
-    blocks = collect_block_stats(job.staging, plan)
+    blocks = collect_block_stats(job.staging, plan, known=known)
     missing = [b for b, s in zip(plan.block_ids(), blocks) if s is None]
     if missing:
         raise BlockFailedError(f"{len(missing)} block(s) were not staged, e.g. {missing[:3]}")
@@ -949,8 +949,9 @@ def _segmenting_line(job: _Job) -> str:
             + (f"segmenting {todo} {what}" if todo else "nothing left to segment"))
 
 
-def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
-    """Segment and stage every block not staged yet.
+def _stage_all(job: _Job, client, reader, *, res, threads=None) -> list | None:
+    """Segment and stage every block not staged yet; returns each block's statistics where its task
+    staged it (None where an earlier run did), or None for ``map_overlap``'s tasks.
 
     A mosaic file is read by the block tasks themselves, each its own padded
     window (:class:`~remote_samsing.io.WindowReader`): one task per block and
@@ -970,7 +971,7 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
         done = map_padded_blocks(segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,
                                  token="remote-samsing-segment-stage", **kwargs)
         compute(done, client, progress=cfg.progress, optimize_graph=False, label="segment-stage")
-        return
+        return None
     # through a partial: `client.map` keeps keywords such as `retries` for itself;
     # in bounded waves, so the scheduler never holds a task per block
     limits = _stretch_limits(job, client)
@@ -980,8 +981,8 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> None:
     task = functools.partial(read_segment_and_stage, reader=reader, limits=limits, fresh=job.prev is None, **kwargs)
     task = errors_as_values(task, (BlockFailedError,))  # reported once, by the client
     try:
-        run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res,
-                     progress=cfg.progress, then=_face_follow_ups(job), threads=threads, results=False)
+        return run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res,
+                            progress=cfg.progress, then=_face_follow_ups(job), threads=threads)
     finally:
         if reader.kind == "zarr" and is_url(reader.path):  # the chunks each worker kept for the blocks' reads
             on_every_worker(client, release_kept_chunks)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,8 @@ import dask.array as da
 import numpy as np
 
 from ._arrays import unique, unique_pairs
-from ._files import (list_names, location, open_zarr_kept, read_bytes, read_many, store_path, write_atomic,
-                     write_json_atomic)
+from ._files import (json_encoded, list_names, location, open_zarr_kept, read_bytes, read_many, store_path,
+                     write_atomic, write_bytes)
 from .exceptions import BlockFailedError, ConfigError, InputError, WindowReadError
 from .segmenters import get_segmenter, validate_segmenter
 from .tiling import TilingPlan
@@ -319,14 +319,15 @@ def segment_and_stage(rgba, *, plan, block_info=None, **kwargs):
     return np.full((1, 1), n, np.int64)
 
 
-def read_segment_and_stage(index, *, reader, limits, plan, **kwargs) -> int:
-    """Task: read one padded window from the mosaic file, segment and stage it (one task per block)."""
+def read_segment_and_stage(index, *, reader, limits, plan, **kwargs) -> dict | None:
+    """Task: read one padded window from the mosaic file, segment and stage it (one task per block).
+    Returns the statistics its marker holds, or None if an earlier run staged it (see :func:`stage_block`):
+    the run learns them without reading the marker back."""
     window = plan.padded_window(index).as_tuple()
-    return stage_block(index, lambda: reader.checked_read(window, limits, block=index), plan=plan, **kwargs)
+    return _stage(index, lambda: reader.checked_read(window, limits, block=index), plan=plan, **kwargs)
 
 
-def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retries, staging, run_id,
-                summarize: Callable | None = None, skip_failed: bool = False, fresh: bool = False) -> int:
+def stage_block(index, load: Callable[[], np.ndarray], *, plan, **kwargs) -> int:
     """Segment block ``index`` unless already staged; write its chunk, its summary, then its marker.
 
     ``load()`` gives the padded (y, x, 4) window; it is not called for a
@@ -342,10 +343,16 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
     summary). Returns 1 if the block was segmented (or failed) now, 0 if it
     was staged already.
     """
+    return 0 if _stage(index, load, plan=plan, **kwargs) is None else 1
+
+
+def _stage(index, load: Callable[[], np.ndarray], *, plan, segmenter, retries, staging, run_id,
+           summarize: Callable | None = None, skip_failed: bool = False, fresh: bool = False) -> dict | None:
+    """:func:`stage_block`, returning the statistics written in the marker (None: staged already)."""
     iy, ix = index
     marker = block_marker(staging, index)
     if not fresh and _staged_before(marker):  # never segment twice
-        return 0
+        return None
     try:
         labels, stats = process_block(_load_with_retries(load, retries), (iy, ix), plan=plan, segmenter=segmenter,
                                       retries=retries)
@@ -368,8 +375,9 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, segmenter, retri
         # per-label attributes (SAM2: pass, predicted IoU, stability) for the vectors
         _write_attributes(block_attributes(staging, (iy, ix)), attrs)
     stats["run_id"] = run_id
-    write_json_atomic(marker, stats)
-    return 1
+    data = json_encoded(stats)
+    write_bytes(marker, data)
+    return json.loads(data)  # as a reader of the marker gets them
 
 
 def _load_with_retries(load: Callable[[], np.ndarray], retries: int) -> np.ndarray:
@@ -409,13 +417,20 @@ def _write_attributes(path: Path, attrs: Mapping[str, Any]) -> None:
     write_atomic(path, write)
 
 
-def collect_block_stats(staging: str | Path, plan: TilingPlan) -> list:
-    """Each block's statistics (its marker's content) in ``plan.block_ids()`` order; None if not staged."""
+def collect_block_stats(staging: str | Path, plan: TilingPlan, *, known: Sequence | None = None) -> list:
+    """Each block's statistics (its marker's content) in ``plan.block_ids()`` order; None if not staged.
+
+    ``known``: the statistics a run already has, in the same order (what its block tasks returned);
+    only the markers of the blocks where it holds None are read.
+    """
+    known = list(known) if known is not None else [None] * plan.n_blocks
+    todo = {index: block_marker(staging, index) for index, k in zip(plan.block_ids(), known) if k is None}
+    if not todo:
+        return known
     present = list_names(location(staging) / "blocks")  # one listing on a store
-    markers = {index: block_marker(staging, index) for index in plan.block_ids()}
-    staged = [index for index, p in markers.items() if p.name in present]
-    stats = dict(zip(staged, read_many([markers[i] for i in staged], decode=json.loads)))  # concurrent on a store
-    return [stats.get(index) for index in plan.block_ids()]
+    staged = [index for index, p in todo.items() if p.name in present]
+    stats = dict(zip(staged, read_many([todo[i] for i in staged], decode=json.loads)))  # concurrent on a store
+    return [k if k is not None else stats.get(index) for index, k in zip(plan.block_ids(), known)]
 
 
 def _block_attributes(slot, final, attrs_path, core):

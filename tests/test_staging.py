@@ -218,6 +218,10 @@ def test_stage_block_writes_chunk_summary_attributes_then_marker_and_never_twice
     assert sorted(p.name for p in (staging / "blocks").iterdir()) == ["1_0.json"]
     got = collect_block_stats(staging, plan)
     assert got[:2] == [None, None] and got[2] == written and got[3] is None  # plan.block_ids() order
+    # what a run's tasks returned is taken as it is; only the other blocks' markers are read
+    assert collect_block_stats(staging, plan, known=[{"mine": 1}, None, None, None]) == [{"mine": 1}, None, written,
+                                                                                          None]
+    assert collect_block_stats(staging, plan, known=[{"a": 1}] * 4) == [{"a": 1}] * 4
 
 
 def test_a_fresh_run_looks_for_no_marker_and_stages_a_block_again_as_it_was(tmp_path, monkeypatch):
@@ -264,8 +268,10 @@ def test_the_two_stage_tasks_stage_the_same_labels(tmp_path):
     for k, task in enumerate(("read", "map")):
         staging = create_store(tmp_path / task, plan)
         kw = dict(plan=plan, segmenter=ThresholdSegmenter(), retries=0, staging=str(staging), run_id=f"r{k}")
-        if task == "read":
-            assert read_segment_and_stage((0, 1), reader=Reader(), limits="limits", **kw) == 1
+        if task == "read":  # the statistics its marker holds, as a reader of the marker gets them
+            stats = read_segment_and_stage((0, 1), reader=Reader(), limits="limits", **kw)
+            assert stats == json.loads(block_marker(staging, (0, 1)).read_text()) and stats["run_id"] == "r0"
+            assert read_segment_and_stage((0, 1), reader=Reader(), limits="limits", **kw) is None  # staged already
         else:
             out = segment_and_stage(_window(rgba, plan, (0, 1)), block_info={None: {"chunk-location": (0, 1)}}, **kw)
             assert out.shape == (1, 1) and out[0, 0] == 1
