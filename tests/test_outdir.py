@@ -163,8 +163,8 @@ def _full_disk(where: str, monkeypatch) -> _FullDisk:
     import remote_samsing.staging as staging
 
     if where == "staging":  # the marker of one block, written by its segment task
-        fake = _FullDisk(staging.write_json_atomic, lambda path, *_: Path(str(path)).name == "0_1.json" and path)
-        monkeypatch.setattr(staging, "write_json_atomic", fake)
+        fake = _FullDisk(staging.write_bytes, lambda path, *_: Path(str(path)).name == "0_1.json" and path)
+        monkeypatch.setattr(staging, "write_bytes", fake)
     else:  # a block of labels.zarr, written by a task of the merge's chained phases
         fake = _FullDisk(outputs.LabelSink.__call__, lambda sink, labels, window: window.y0 > 0 and sink.store)
         monkeypatch.setattr(outputs.LabelSink, "__call__", lambda sink, labels, window: fake(sink, labels, window))
