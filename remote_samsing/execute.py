@@ -97,8 +97,8 @@ def on_every_worker(client, func: Callable) -> None:
     """``func()`` run once in every worker process of ``client``; a cluster that refuses it is left as it is
     (what ``func`` does is housekeeping, never part of a result)."""
     try:
-        client.run(func)
-    except Exception:  # noqa: BLE001 - a worker gone meanwhile, a scheduler refusing client.run
+        client.run(func, on_error="ignore")  # a worker gone meanwhile keeps what it held: nothing to drop
+    except Exception:  # noqa: BLE001 - a scheduler refusing client.run
         pass
 
 

@@ -310,3 +310,15 @@ def test_on_a_worker_runs_there_and_returns_or_raises(client):
     assert on_a_worker(client, divmod, 7, 2) == (3, 1)
     with pytest.raises(ZeroDivisionError):
         on_a_worker(client, divmod, 1, 0)
+
+
+def test_on_every_worker_runs_in_each_worker_process_and_never_raises(client):
+    """Housekeeping on every worker (a store mosaic's kept chunks dropped after the segment step)."""
+    import os
+
+    from remote_samsing.execute import on_every_worker
+
+    client.run(lambda: os.environ.__setitem__("RS_TEST_EVERY_WORKER", "1"))
+    on_every_worker(client, lambda: os.environ.pop("RS_TEST_EVERY_WORKER", None))
+    assert set(client.run(lambda: os.environ.get("RS_TEST_EVERY_WORKER")).values()) == {None}
+    on_every_worker(client, lambda: 1 / 0)  # a worker's failure is not the run's
