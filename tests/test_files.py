@@ -98,6 +98,8 @@ def test_read_many_and_write_many_keep_order_and_names_as_written(tmp_path, root
     finally:
         if root != "local":
             remove_tree(base)
+    if root != "local":  # every object went, also those whose names are glob patterns
+        assert not base.fs.exists(base.path) and not base.fs.find(base.path)
 
 
 def test_zarr_opens_a_local_path_without_storage_options_and_s3_with_one_get_reads():
@@ -139,3 +141,19 @@ def test_each_store_names_its_own_variables(url, named):
     from remote_samsing._files import store_variables
 
     assert named in store_variables(url) and (named or store_variables(url) == "")
+
+
+def test_remove_tree_on_a_store_removes_every_object_of_a_large_folder_and_nothing_beside_it():
+    """A store folder goes a group of objects at a time (bounded requests in flight), nested ones too."""
+    from remote_samsing._files import _GROUP, location, remove_tree, write_many
+
+    base = location("memory://rs-test-remove-tree")
+    names = [f"spill/{k % 7}/f_{k}.pkl" for k in range(2 * _GROUP + 5)]
+    write_many([(base / n, b"x") for n in names] + [(base / "spill2" / "kept.pkl", b"y")])
+    try:
+        remove_tree(base / "spill")
+        assert not base.fs.exists((base / "spill").path)
+        assert [location(f"memory://{p}").name for p in base.fs.find(base.path)] == ["kept.pkl"]
+        remove_tree(base / "absent")  # nothing to remove: nothing happens
+    finally:
+        remove_tree(base)
