@@ -27,6 +27,7 @@ raises: it is never taken for a written product.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import os
@@ -391,8 +392,10 @@ def remove_tree(path) -> None:
         if p.fs.exists(p.path):
             # a group of objects at a time: a client deleting a whole prefix at once holds every
             # request in flight (adlfs: ~70 MB for a 400-block merge's spill folder)
+            # the names listed are literal: adlfs would otherwise look each one up again (a request each)
+            literal = {"expand_path": False} if "expand_path" in inspect.signature(p.fs.rm).parameters else {}
             for group in _groups(p.fs.find(p.path)):
-                p.fs.rm(group)
+                p.fs.rm(group, **literal)
             if p.fs.exists(p.path):  # what a listing of objects leaves: a folder marker
                 p.fs.rm(p.path, recursive=True)
         return
