@@ -976,9 +976,7 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> list | None:
     # in bounded waves, so the scheduler never holds a task per block
     limits = _stretch_limits(job, client)
     _forget_if_stretch_changed(job, limits)
-    # a run begun in an empty OUTDIR has no marker to look for; and a wave's task, released once it
-    # finished, is never run again (map_overlap's are, after a lost worker: those look for theirs)
-    task = functools.partial(read_segment_and_stage, reader=reader, limits=limits, fresh=job.prev is None, **kwargs)
+    task = functools.partial(read_segment_and_stage, reader=reader, limits=limits, **kwargs)
     task = errors_as_values(task, (BlockFailedError,))  # reported once, by the client
     try:
         return run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res,

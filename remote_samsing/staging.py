@@ -336,22 +336,20 @@ def stage_block(index, load: Callable[[], np.ndarray], *, plan, **kwargs) -> int
     summary), so nothing needs to read the chunk back. A block whose window
     cannot be read or whose segmenter keeps failing (after ``retries``)
     raises, or with ``skip_failed`` is staged empty (0) with a marker that
-    says so and why; a later run tries it again. ``fresh``: no marker is
-    looked for (a request per block on a store), for a run begun in an empty
-    OUTDIR whose tasks are never run again once finished (a task run again
-    would segment its block again, and other processes may hold its first
-    summary). Returns 1 if the block was segmented (or failed) now, 0 if it
-    was staged already.
+    says so and why; a later run tries it again. Returns 1 if the block was
+    segmented (or failed) now, 0 if it was staged already.
     """
     return 0 if _stage(index, load, plan=plan, **kwargs) is None else 1
 
 
 def _stage(index, load: Callable[[], np.ndarray], *, plan, segmenter, retries, staging, run_id,
-           summarize: Callable | None = None, skip_failed: bool = False, fresh: bool = False) -> dict | None:
+           summarize: Callable | None = None, skip_failed: bool = False) -> dict | None:
     """:func:`stage_block`, returning the statistics written in the marker (None: staged already)."""
     iy, ix = index
     marker = block_marker(staging, index)
-    if not fresh and _staged_before(marker):  # never segment twice
+    # never segment twice: also not a block whose finished task Dask runs again, its result lost with
+    # its worker before the run took it (a fresh run's too)
+    if _staged_before(marker):
         return None
     try:
         labels, stats = process_block(_load_with_retries(load, retries), (iy, ix), plan=plan, segmenter=segmenter,

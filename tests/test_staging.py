@@ -224,32 +224,6 @@ def test_stage_block_writes_chunk_summary_attributes_then_marker_and_never_twice
     assert collect_block_stats(staging, plan, known=[{"a": 1}] * 4) == [{"a": 1}] * 4
 
 
-def test_a_fresh_run_looks_for_no_marker_and_stages_a_block_again_as_it_was(tmp_path, monkeypatch):
-    """``fresh`` (the run began in an empty OUTDIR): no marker is read, and a task run again (after a
-    lost worker) segments its block again into the same chunk and marker."""
-    import zarr
-
-    from remote_samsing import staging as staging_mod
-
-    plan = TilingPlan(shape=(64, 64), tile_size=32, padding=4)
-    rgba = _rgba(blob_image((64, 64), seed=3))
-    staging = create_store(tmp_path / "staging", plan)
-    looked = []
-    real = staging_mod._staged_before
-    monkeypatch.setattr(staging_mod, "_staged_before", lambda marker: looked.append(marker) or real(marker))
-    kw = dict(plan=plan, segmenter=ThresholdSegmenter(), retries=0, staging=str(staging), run_id="r1")
-    assert stage_block((0, 1), lambda: _window(rgba, plan, (0, 1)), fresh=True, **kw) == 1
-    first = zarr.open_array(staging / "labels.zarr", mode="r")[:]
-    marker = json.loads(block_marker(staging, (0, 1)).read_text())
-    assert stage_block((0, 1), lambda: _window(rgba, plan, (0, 1)), fresh=True, **kw) == 1  # again
-    assert looked == []
-    np.testing.assert_array_equal(zarr.open_array(staging / "labels.zarr", mode="r")[:], first)
-    again = json.loads(block_marker(staging, (0, 1)).read_text())
-    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in marker.items() if k != "seconds"}
-    assert stage_block((0, 1), lambda: _window(rgba, plan, (0, 1)), **kw) == 0  # a resumed run skips it
-    assert looked == [block_marker(staging, (0, 1))]
-
-
 def test_the_two_stage_tasks_stage_the_same_labels(tmp_path):
     """``read_segment_and_stage`` (a block reading its own window) and
     ``segment_and_stage`` (a map_overlap task) stage the same slot."""
