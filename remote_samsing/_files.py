@@ -391,8 +391,8 @@ def remove_tree(path) -> None:
     if is_remote(p):
         if p.fs.exists(p.path):
             # a group of objects at a time: a client deleting a whole prefix at once holds every
-            # request in flight (adlfs: ~70 MB for a 400-block merge's spill folder)
-            # the names listed are literal: adlfs would otherwise look each one up again (a request each)
+            # request in flight (adlfs: ~70 MB for a 400-block merge's spill folder); the names listed
+            # are literal, which adlfs can be told (else it looks each one up again, a request each)
             literal = {"expand_path": False} if "expand_path" in inspect.signature(p.fs.rm).parameters else {}
             for group in _groups(p.fs.find(p.path)):
                 p.fs.rm(group, **literal)

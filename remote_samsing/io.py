@@ -597,6 +597,12 @@ class WindowReader:
     tile_index: bool = False
     run: str | None = None
 
+    @property
+    def keeps_chunks(self) -> bool:
+        """Whether each process keeps the chunks it reads for the run (a Zarr mosaic on a store, read by a
+        run): then :func:`release_kept_chunks` drops them once the run's blocks are read."""
+        return self.kind == "zarr" and self.run is not None and is_url(self.path)
+
     def where(self, window: tuple[int, int, int, int]) -> str:
         """``window`` in pixels and, with a transform, in map coordinates."""
         y0, y1, x0, x1 = (int(v) for v in window)
@@ -632,7 +638,7 @@ class WindowReader:
         """Raw (band, y, x) values of ``window = (y0, y1, x0, x1)``."""
         y0, y1, x0, x1 = (int(v) for v in window)
         if self.kind == "zarr":
-            z = _zarr_mosaic(self.path, self.run)
+            z = _zarr_cached(self.path, self.run) if self.keeps_chunks else _zarr_mosaic(self.path)
             if z.ndim == 2:
                 return np.asarray(z[y0:y1, x0:x1])[None]
             raw = np.asarray(z[:, y0:y1, x0:x1])
@@ -781,11 +787,11 @@ def release_kept_chunks() -> None:
     _zarr_cached.cache_clear()
 
 
-def _zarr_mosaic(path: str, run: str | None = None):
+def _zarr_mosaic(path: str):
     # opened once per process and file version (metadata parsing costs ~1 ms a block); a store's
-    # objects have no cheap version stamp: opened once per process, or once per run with its chunks kept
+    # objects have no cheap version stamp: opened once per process
     if is_url(path):
-        return _zarr_array(path, 0) if run is None else _zarr_cached(path, run)
+        return _zarr_array(path, 0)
     meta = Path(path) / _MOSAIC_VAR / "zarr.json"
     return _zarr_array(path, meta.stat().st_mtime_ns)
 

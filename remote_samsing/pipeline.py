@@ -982,7 +982,7 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> list | None:
         return run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res,
                             progress=cfg.progress, then=_face_follow_ups(job), threads=threads)
     finally:
-        if reader.kind == "zarr" and is_url(reader.path):  # the chunks each worker kept for the blocks' reads
+        if reader.keeps_chunks:  # the chunks each worker kept for the blocks' reads
             on_every_worker(client, release_kept_chunks)
 
 

@@ -342,36 +342,45 @@ def test_rgba_block_interleaves_bands_and_zeroes_invalid_pixels(passthrough):
     np.testing.assert_array_equal(out, expected)
 
 
+def _store_reader(url: str, run: str | None, bands=(1, 2, 3)):
+    """A WindowReader of a Zarr mosaic at ``url`` for ``run`` (raw values passed through)."""
+    from remote_samsing.io import WindowReader
+
+    return WindowReader(path=url, kind="zarr", bands=bands, band_idx=tuple(range(len(bands))), alpha_pos=None,
+                        nodata=None, passthrough=True, run=run)
+
+
 def test_a_store_mosaic_read_for_a_run_keeps_its_chunks_for_that_run_only():
     """A Zarr mosaic on a store read by a run (``WindowReader.run``) keeps the chunks it read in the
     process: read again, a chunk changed since is still the run's; another run reads it anew."""
     import zarr
 
-    from remote_samsing.io import _zarr_mosaic
+    from remote_samsing.io import _zarr_cached
 
     url = "memory://rs-test-mosaic-cache/m.zarr"
     z = zarr.create_array(store=url, name="mosaic", shape=(3, 40, 40), chunks=(3, 20, 20), dtype="uint8",
                           zarr_format=3, overwrite=True)
     pixels = np.arange(3 * 40 * 40, dtype=np.uint32).reshape(3, 40, 40).astype(np.uint8)
     z[:] = pixels
-    assert _zarr_mosaic(url, "r1") is _zarr_mosaic(url, "r1")  # opened once per run
-    np.testing.assert_array_equal(_zarr_mosaic(url, "r1")[:, 5:30, 5:30], pixels[:, 5:30, 5:30])
+    assert _store_reader(url, "r1").keeps_chunks and not _store_reader(url, None).keeps_chunks
+    assert _zarr_cached(url, "r1") is _zarr_cached(url, "r1")  # opened once per run
+    np.testing.assert_array_equal(_store_reader(url, "r1").read((5, 30, 5, 30)), pixels[:, 5:30, 5:30])
     z[:, :20, :20] = 7  # the store changes under the run
-    np.testing.assert_array_equal(_zarr_mosaic(url, "r1")[:, :25, :25], pixels[:, :25, :25])
-    assert (_zarr_mosaic(url, "r2")[:, :20, :20] == 7).all()
-    assert (_zarr_mosaic(url)[:, :20, :20] == 7).all()  # no run: nothing kept
+    np.testing.assert_array_equal(_store_reader(url, "r1").read((0, 25, 0, 25)), pixels[:, :25, :25])
+    assert (_store_reader(url, "r2").read((0, 20, 0, 20)) == 7).all()
+    assert (_store_reader(url, None).read((0, 20, 0, 20)) == 7).all()  # no run: nothing kept
 
 
 def test_releasing_the_kept_chunks_drops_them():
     import zarr
 
-    from remote_samsing.io import _zarr_mosaic, release_kept_chunks
+    from remote_samsing.io import release_kept_chunks
 
     url = "memory://rs-test-mosaic-release/m.zarr"
     z = zarr.create_array(store=url, name="mosaic", shape=(1, 20, 20), chunks=(1, 10, 10), dtype="uint8",
                           zarr_format=3, overwrite=True)
     z[:] = 1
-    assert (_zarr_mosaic(url, "r1")[:] == 1).all()
+    assert (_store_reader(url, "r1", bands=(1,)).read((0, 20, 0, 20)) == 1).all()
     z[:] = 2
     release_kept_chunks()
-    assert (_zarr_mosaic(url, "r1")[:] == 2).all()  # the same run reads the store again
+    assert (_store_reader(url, "r1", bands=(1,)).read((0, 20, 0, 20)) == 2).all()  # the same run reads anew
