@@ -6,10 +6,10 @@ an object store (no rename) files are uploaded whole and ``labels.zarr`` is
 written in place; there ``run.json``'s ``"complete": true`` says it is
 finished (see :mod:`remote_samsing._files`).
 
-The COG is made from pieces: every chunk is written in parallel as its own
-small tiled GeoTIFF (by the task that writes it to ``labels.zarr``, or by
-:func:`to_cog`), a VRT mosaics them, and GDAL assembles the product from the
-VRT (rioxarray cannot write a COG window by window; shared/design/stack.md §7).
+The COG is made from ``labels.zarr``, read a few chunks at a time into a
+tiled GeoTIFF that GDAL turns into the product; labels not stored yet are
+written in parallel as one small GeoTIFF per chunk, mosaicked by a VRT
+(rioxarray cannot write a COG window by window; shared/design/stack.md §7).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._files import (gdal_path, is_remote, list_names, location, remove_tree, replace_path, store_path, write_atomic,
-                     write_bytes, open_zarr_kept)
+from ._files import (gdal_path, is_remote, list_names, location, open_zarr_array, open_zarr_kept, remove_tree,
+                     replace_path, store_path, write_atomic, write_bytes)
 from .io import configure_remote_reads, quiet_georeferencing
 
 __all__ = ["to_cog", "plan_label_store", "LabelSink", "smallest_uint_dtype", "overview_factors"]
@@ -45,12 +45,12 @@ def smallest_uint_dtype(max_label: int) -> np.dtype:
     raise ValueError(f"label {max_label} does not fit uint64")
 
 
-def _plan_label_store(labels, path, cog_pieces, token=None):
+def _plan_label_store(labels, path, token=None):
     """Where and how the label store is made, without making it.
 
-    Returns ``(out, tmp, labels with regular chunks, piece profile or None,
-    create)``: ``create()`` writes ``<path>.partial`` with the labels'
-    metadata and coordinates (no label data yet).
+    Returns ``(out, tmp, labels with regular chunks, create)``: ``create()``
+    writes ``<path>.partial`` with the labels' metadata and coordinates (no
+    label data yet).
     """
     out = location(path)
     # on a store (no rename) the store is written in place; run.json says when it is complete
@@ -68,13 +68,8 @@ def _plan_label_store(labels, path, cog_pieces, token=None):
     import dask.array as da
 
     template = arr.copy(data=da.zeros(arr.shape, dtype=arr.dtype, chunks=arr.data.chunks))
-    folder = str(location(cog_pieces)) if cog_pieces is not None else None
-    piece_profile = None
-    if folder is not None:
-        # the dtype is a placeholder: _write_chunk picks each piece's own
-        piece_profile = dict(_piece_profile(arr, np.dtype(np.uint32)), folder=folder)
-    create = functools.partial(_create_label_store, template, store_path(tmp), folder, token)
-    return out, tmp, arr, piece_profile, create
+    create = functools.partial(_create_label_store, template, store_path(tmp), token)
+    return out, tmp, arr, create
 
 
 def _created_marker(tmp: str) -> Path:
@@ -82,23 +77,20 @@ def _created_marker(tmp: str) -> Path:
     return location(f"{tmp}.created")
 
 
-def _create_label_store(template, tmp: str, folder: str | None, token: str | None = None) -> None:
-    """Write an empty label store (metadata, coordinates) at ``tmp``, and an empty pieces ``folder``.
+def _create_label_store(template, tmp: str, token: str | None = None) -> None:
+    """Write an empty label store (metadata, coordinates) at ``tmp``.
 
-    With ``token``, a second call with the same token leaves the store and
-    its pieces as they are: a task creating the store may run again (the
-    scheduler re-runs it when a lost worker held its result and a block
-    still waits for it), possibly after blocks were written into it.
+    With ``token``, a second call with the same token leaves the store as
+    it is: a task creating the store may run again (the scheduler re-runs
+    it when a lost worker held its result and a block still waits for it),
+    possibly after blocks were written into it.
     """
     marker = _created_marker(tmp)
     if token is not None and marker.exists() and marker.read_text() == token and location(tmp).exists():
-        return  # (the pieces folder may hold no file yet: a store has no empty folders)
+        return
     marker.unlink(missing_ok=True)  # a crashed run's
     remove_tree(tmp)
     template.to_dataset(name="labels").to_zarr(tmp, zarr_format=3, mode="w", consolidated=False, compute=False)
-    if folder is not None:
-        remove_tree(folder)
-        location(folder).mkdir(parents=True, exist_ok=True)
     if token is not None:
         write_bytes(marker, token.encode())
 
@@ -111,9 +103,8 @@ class LabelSink:
     the worker that relabelled a block (``merge.merge_stored``): it writes
     the block into the Zarr array, calls ``also(labels, window)`` when
     given (work that needs each final block while it is in memory; what it
-    returns, the call returns, for the merge to hand back) and,
-    when asked, writes each of the store's chunks it covers as a COG piece
-    for :func:`to_cog`. :meth:`commit` moves the finished store into place.
+    returns, the call returns, for the merge to hand back).
+    :meth:`commit` moves the finished store into place.
     ``token`` names the run: a worker keeps the array open between the
     blocks of one run.
     """
@@ -122,25 +113,13 @@ class LabelSink:
     out: str
     name: str
     chunks: tuple[int, int]
-    piece: dict | None = None
     token: str = ""
     also: Callable | None = None
 
     def __call__(self, labels: np.ndarray, window):
         target = open_zarr_kept(self.store, path=self.name, mode="r+", token=self.token)
         target[window.y0 : window.y1, window.x0 : window.x1] = labels
-        kept = self.also(labels, window) if self.also is not None else None
-        if self.piece is None:
-            return kept
-        cy, cx = self.chunks
-        # one piece per store chunk (to_cog names pieces by chunk origin); the
-        # plan's last block may hold a thin remainder, i.e. two chunks
-        for y0 in range(window.y0, window.y1, cy):
-            for x0 in range(window.x0, window.x1, cx):
-                y1, x1 = min(y0 + cy, window.y1), min(x0 + cx, window.x1)
-                part = labels[y0 - window.y0 : y1 - window.y0, x0 - window.x0 : x1 - window.x0]
-                _write_piece(part, self.piece, {0: {"array-location": [(y0, y1), (x0, x1)]}})
-        return kept
+        return self.also(labels, window) if self.also is not None else None
 
     def commit(self) -> Path:
         """Move the store into place (call once every block was written); on a store it is in place."""
@@ -167,8 +146,8 @@ def _consolidate(store: str) -> None:
         zarr.consolidate_metadata(store)
 
 
-def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None,
-                     token: str | None = None, also: Callable | None = None) -> tuple[LabelSink, Callable[[], None]]:
+def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, token: str | None = None,
+                     also: Callable | None = None) -> tuple[LabelSink, Callable[[], None]]:
     """A label store at ``<path>.partial`` (on a store, at ``<path>``) for blocks written one by one,
     not created yet.
 
@@ -179,8 +158,6 @@ def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_piece
         coordinates (its values are not read).
     path : path
         The final store; :meth:`LabelSink.commit` renames the partial store to it.
-    cog_pieces : path, optional
-        Also write every chunk as a COG piece there, for :func:`to_cog`.
     token : str, optional
         Names this run: ``create`` called again with it (a task run again
         after a lost worker) keeps what was written since; a store left by
@@ -191,16 +168,15 @@ def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_piece
 
     Returns
     -------
-    The sink, and ``create``, a picklable function that creates the store
-    (and empties ``cog_pieces``): call it, anywhere, before the sink's first
-    block. The merge runs it on a worker while its global steps run
+    The sink, and ``create``, a picklable function that creates the store:
+    call it, anywhere, before the sink's first block. The merge runs it on a worker while its global steps run
     (``merge_stored(prepare_sink=...)``), so that its Zarr and xarray
     metadata work (about 30 ms on a 2-core machine) costs no time of its own.
     """
-    _, tmp, arr, piece, create = _plan_label_store(labels, path, cog_pieces, token)
+    _, tmp, arr, create = _plan_label_store(labels, path, token)
     sink = LabelSink(store=store_path(tmp), out=str(location(path)), name="labels",
-                     chunks=(int(arr.chunks[0][0]), int(arr.chunks[1][0])), piece=piece,
-                     token=token or uuid.uuid4().hex, also=also)
+                     chunks=(int(arr.chunks[0][0]), int(arr.chunks[1][0])), token=token or uuid.uuid4().hex,
+                     also=also)
     return sink, create
 
 
@@ -223,14 +199,6 @@ def _per_chunk_job(data, func, *args, token: str):
     job = data.map_blocks(func, *args, chunks=nchunks, dtype=np.int64, meta=np.empty((0,) * data.ndim, np.int64),
                           name=name)
     return job, int(np.prod([len(c) for c in data.chunks]))
-
-
-def _write_piece(block, piece: dict, block_info) -> None:
-    piece = dict(piece)
-    # each piece in the smallest dtype for its own values: the VRT converts
-    # every source to the COG's dtype, and small pieces compress faster
-    piece["dtype"] = smallest_uint_dtype(int(block.max()) if block.size else 0).name
-    _write_tif_piece(block, piece.pop("folder"), piece, block_info=block_info)
 
 
 #: GDAL block cache (MB) for the COG copy in this process: GDAL's default
@@ -329,17 +297,83 @@ def overview_factors(height: int, width: int, blocksize: int) -> list[int]:
     return factors
 
 
-def _assemble_cog(vrt: Path, dest: Path, *, height: int, width: int, blocksize: int) -> None:
-    """The COG from the pieces' VRT, in three passes whose memory does not grow with the raster.
+#: What the COG's first pass writes: a plain tiled GeoTIFF (zstd-1 on all cores: the COG pass reads it once).
+_BASE_OPTIONS = dict(driver="GTiff", tiled=True, compress="zstd", ZSTD_LEVEL=1, BIGTIFF="IF_SAFER",
+                     NUM_THREADS="ALL_CPUS")
+
+
+def _base_from_vrt(vrt: str, *, blocksize: int) -> Callable[[Path], None]:
+    """The first pass from the pieces' VRT: GDAL copies it."""
+
+    def write(base: Path) -> None:
+        import rasterio.shutil
+
+        rasterio.shutil.copy(vrt, base, blockxsize=blocksize, blockysize=blocksize, **_BASE_OPTIONS)
+
+    return write
+
+
+def _base_from_store(store: str, *, dtype: np.dtype, crs, transform, blocksize: int) -> Callable[[Path], None]:
+    """The first pass from a label store: its chunks, read a few ahead, written window by window."""
+
+    def write(base: Path) -> None:
+        import rasterio
+        from rasterio.windows import Window
+
+        z = open_zarr_array(store, path="labels", mode="r")
+        height, width = z.shape
+        profile = dict(_BASE_OPTIONS, height=height, width=width, count=1, dtype=dtype.name, crs=crs,
+                       transform=transform, nodata=0, blockxsize=blocksize, blockysize=blocksize)
+        with quiet_georeferencing(), rasterio.open(base, "w", **profile) as dst:
+            # a chunk's partial tiles wait in GDAL's block cache for the next row of chunks
+            for (y0, y1, x0, x1), chunk in _chunks_ahead(z, dtype):
+                dst.write(chunk, 1, window=Window(x0, y0, x1 - x0, y1 - y0))
+
+    return write
+
+
+#: Chunks of a label store read ahead of the COG's first pass: on an object store that many
+#: requests are in flight at once, and the memory held stays a few chunks.
+_CHUNKS_AHEAD = 8
+
+
+def _chunks_ahead(z, dtype: np.dtype):
+    """Yield ``((y0, y1, x0, x1), chunk as dtype)`` of every chunk of the 2-D Zarr array ``z``, row by row,
+    while up to :data:`_CHUNKS_AHEAD` later chunks are being read."""
+    import collections
+    import itertools
+    from concurrent.futures import ThreadPoolExecutor
+
+    (height, width), (cy, cx) = z.shape, z.chunks
+    windows = ((y0, min(y0 + cy, height), x0, min(x0 + cx, width))
+               for y0 in range(0, height, cy) for x0 in range(0, width, cx))
+
+    def read(w):
+        return np.asarray(z[w[0] : w[1], w[2] : w[3]]).astype(dtype, copy=False)
+
+    with ThreadPoolExecutor(_CHUNKS_AHEAD, thread_name_prefix="rs-cog-read") as pool:
+        pending = collections.deque((w, pool.submit(read, w)) for w in itertools.islice(windows, _CHUNKS_AHEAD))
+        while pending:
+            w, future = pending.popleft()
+            nxt = next(windows, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield w, future.result()
+
+
+def _assemble_cog(write_base: Callable[[Path], None], dest: Path, *, height: int, width: int,
+                  blocksize: int) -> None:
+    """The COG in three passes whose memory does not grow with the raster.
 
     GDAL's COG driver, asked to compute the overviews itself, does so on all
     cores in strips as wide as the raster, so its peak grows with the
     mosaic's width. So:
 
-    1. copy the VRT into a plain tiled GeoTIFF (zstd-1, all cores);
-    2. build its overviews in place (nearest: labels are categories; one
+    1. ``write_base(base)`` writes the labels into a plain tiled GeoTIFF
+       (:data:`_BASE_OPTIONS`);
+    2. its overviews are built in place (nearest: labels are categories; one
        thread, whose strips stay small);
-    3. copy that into the COG, keeping those overviews
+    3. that is copied into the COG, keeping those overviews
        (``OVERVIEWS=FORCE_USE_EXISTING``; deflate, all cores).
     """
     import rasterio
@@ -351,10 +385,7 @@ def _assemble_cog(vrt: Path, dest: Path, *, height: int, width: int, blocksize: 
     env = dict(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_MAX_DATASET_POOL_SIZE=_GDAL_POOL)
     try:
         with rasterio.Env(**env):
-            rasterio.shutil.copy(
-                vrt, base, driver="GTiff", tiled=True, blockxsize=blocksize, blockysize=blocksize,
-                compress="zstd", ZSTD_LEVEL=1, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
-            )
+            write_base(base)
         factors = overview_factors(height, width, blocksize)
         if factors:
             with rasterio.Env(**env, COMPRESS_OVERVIEW="ZSTD", ZSTD_LEVEL_OVERVIEW=1, BIGTIFF_OVERVIEW="IF_SAFER"):
@@ -382,14 +413,16 @@ def to_cog(
     *,
     max_label: int | None = None,
     blocksize: int = 512,
-    pieces: str | os.PathLike | None = None,
+    store: str | os.PathLike | None = None,
 ) -> Path:
     """Write labels as a Cloud-Optimized GeoTIFF (nodata 0, smallest uint dtype).
 
-    Every chunk is written in parallel (no lock) to its own small GeoTIFF; a
-    VRT mosaics them and GDAL assembles the product from it (overviews by
-    nearest, deflate). So the whole raster is never in memory, no task waits
-    for another, and the assembly's memory does not grow with the raster.
+    Labels already in a label store (``store``) are read from it a few
+    chunks at a time into the COG's first pass. Otherwise every chunk is
+    written in parallel (no lock) to its own small GeoTIFF, a VRT mosaics
+    them and GDAL assembles the product from it. Either way the overviews
+    are by nearest, the COG is deflate, the whole raster is never in memory
+    and the assembly's memory does not grow with the raster.
 
     Parameters
     ----------
@@ -401,13 +434,11 @@ def to_cog(
         Largest label (computed if not given) — picks the dtype.
     blocksize : int
         Internal tile size (multiple of 16, at most 512).
-    pieces : path, optional
-        A folder in which a :class:`LabelSink` (``plan_label_store(cog_pieces=)``)
-        already wrote every chunk of ``labels`` as a piece; it is assembled
-        (and removed) instead of writing the pieces again.
+    store : path, optional
+        The label store (``labels.zarr``, from :func:`plan_label_store`)
+        that holds ``labels``: the COG is made from its chunks, and
+        ``labels`` is not computed again.
     """
-    import dask
-    import dask.array as da
     import rioxarray  # noqa: F401
 
     out = location(path)
@@ -417,20 +448,30 @@ def to_cog(
     bs = min(blocksize, 512)
     height, width = labels.shape
     crs, transform = _georef(labels)
+    if store is not None:
+        write_base = _base_from_store(_checked_store(store, labels.shape), dtype=dtype, crs=crs,
+                                      transform=transform, blocksize=bs)
+        return write_atomic(out, functools.partial(_assemble_cog, write_base, height=height, width=width,
+                                                   blocksize=bs))
+    return _cog_via_pieces(labels, out, dtype=dtype, blocksize=bs, crs=crs, transform=transform)
+
+
+def _cog_via_pieces(labels: xr.DataArray, out, *, dtype: np.dtype, blocksize: int, crs, transform) -> Path:
+    """:func:`to_cog` of labels not stored yet: every chunk computed and written as a piece in parallel,
+    a VRT of the pieces, the COG from it; a missing piece is an error, never a COG with a hole."""
+    import dask
+    import dask.array as da
+
+    bs = blocksize
+    height, width = labels.shape
     data = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data, chunks=1024)
-    if pieces is None:
-        pieces_dir = out.with_name(out.name + ".pieces.partial")
-        remove_tree(pieces_dir)
-        pieces_dir.mkdir(parents=True, exist_ok=True)
-        job, expected = _per_chunk_job(data, _write_tif_piece, str(pieces_dir), _piece_profile(labels, dtype, bs),
-                                       token="rs-write-labels-tif")
-        n_written = int(np.sum(dask.compute(job)[0]))
-    else:
-        pieces_dir = location(pieces)
-        expected = int(np.prod([len(c) for c in data.chunks]))
+    pieces_dir = out.with_name(out.name + ".pieces.partial")
+    remove_tree(pieces_dir)
+    pieces_dir.mkdir(parents=True, exist_ok=True)
+    job, expected = _per_chunk_job(data, _write_tif_piece, str(pieces_dir), _piece_profile(labels, dtype, bs),
+                                   token="rs-write-labels-tif")
+    n_written = int(np.sum(dask.compute(job)[0]))
     present = _piece_names(pieces_dir)  # one listing, also on a store
-    if pieces is not None:
-        n_written = len(present)
     if n_written != expected:
         from .exceptions import RemoteSamsingError
 
@@ -453,7 +494,22 @@ def to_cog(
         configure_remote_reads()  # GDAL reads the pieces from the store
 
     def assemble(tmp: Path) -> None:
-        _assemble_cog(gdal_path(vrt), tmp, height=height, width=width, blocksize=bs)
+        _assemble_cog(_base_from_vrt(gdal_path(vrt), blocksize=bs), tmp, height=height, width=width, blocksize=bs)
         remove_tree(pieces_dir)
 
     return write_atomic(out, assemble)
+
+
+def _checked_store(store, shape: tuple) -> str:
+    """``store`` as Zarr opens it, once it is known to hold a ``labels`` array of ``shape``."""
+    from .exceptions import InputError
+
+    path = store_path(store)
+    try:
+        found = tuple(open_zarr_array(path, path="labels", mode="r").shape)
+    except Exception as exc:  # noqa: BLE001 - any zarr failure means no label store there
+        raise InputError(f"no label store at `{path}`: {exc}",
+                         hint="pass the labels.zarr that plan_label_store made") from None
+    if found != tuple(shape):
+        raise InputError(f"the label store `{path}` holds {found} labels, the labels are {tuple(shape)}")
+    return path

@@ -1031,7 +1031,7 @@ def _face_follow_ups(job: _Job):
 
 
 def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, float]:
-    """Step 4: merge the staged blocks into labels.zarr (and the COG's pieces).
+    """Step 4: merge the staged blocks into labels.zarr.
 
     Phase by phase (``merge.merge_stored``), the phases chained on the
     scheduler (``execute.run_in_phases``): every per-block result goes to
@@ -1045,12 +1045,11 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     t0 = time.perf_counter()
     job.log("merging seams and writing labels.zarr")
     template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), job.arr)
-    # the tasks writing labels.zarr also write the COG's pieces (no second pass);
-    # the store is created by a task beside the merge's global steps
-    # each final block also gives its seams' line counts, measured while it is in memory; they come
-    # back with the relabel's results (no file a block)
-    sink, create_store_task = plan_label_store(template, outdir / "labels.zarr", cog_pieces=_cog_pieces(outdir),
-                                               token=job.run_id, also=functools.partial(_seam_parts, plan.padding))
+    # the store is created by a task beside the merge's global steps; each final block also gives its
+    # seams' line counts, measured while it is in memory; they come back with the relabel's results
+    # (no file a block)
+    sink, create_store_task = plan_label_store(template, outdir / "labels.zarr", token=job.run_id,
+                                               also=functools.partial(_seam_parts, plan.padding))
     # the merge's per-block phases are light: several blocks per task; small
     # enough, its phases follow each other on the scheduler (run_in_phases)
     in_phases = functools.partial(run_in_phases, client, progress=job.cfg.progress, batch="auto", workers=workers)
@@ -1100,14 +1099,10 @@ def _record_seam_visibility(outdir: Path, plan: TilingPlan, parts: dict) -> floa
     return None if np.isnan(vis.mean) else vis.mean
 
 
-def _cog_pieces(outdir: Path) -> Path:
-    return outdir / "labels.tif.pieces.partial"
-
-
 def _outputs_step(job: _Job, client, written: xr.DataArray, max_label: int) -> tuple[Path | None, float]:
-    """Step 5: labels.tif from the pieces written with labels.zarr, then the vectors if asked for.
+    """Step 5: labels.tif from labels.zarr's chunks, then the vectors if asked for.
 
-    On a store a worker assembles labels.tif (GDAL streams the pieces from the store to it), so the
+    On a store a worker assembles labels.tif (it reads labels.zarr a few chunks at a time), so the
     driver, often a small pod, needs no temporary space for it.
     """
     from .outputs import to_cog
@@ -1115,7 +1110,7 @@ def _outputs_step(job: _Job, client, written: xr.DataArray, max_label: int) -> t
     t0 = time.perf_counter()
     job.log("writing labels.tif (COG)")
     cog = functools.partial(to_cog, written, str(job.outdir / "labels.tif"), max_label=max_label,
-                            pieces=str(_cog_pieces(job.outdir)))
+                            store=str(job.outdir / "labels.zarr"))
     if is_remote(job.outdir):
         on_a_worker(client, cog)
     else:

@@ -4,7 +4,7 @@
 
 The pipeline writes its label store block by block through a
 :class:`~remote_samsing.outputs.LabelSink`; these helpers do the same from a
-whole (y, x) label array, so tests can make stores and COG pieces directly.
+whole (y, x) label array, so tests can make stores directly.
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ def blob_image(shape, *, n=20, max_size=6, seed=0, dtype=np.uint8):
     return img
 
 
-def open_label_store(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None) -> LabelSink:
+def open_label_store(labels: xr.DataArray, path: str | os.PathLike) -> LabelSink:
     """Create a label store at ``<path>.partial`` (see :func:`plan_label_store`) and return its sink."""
-    sink, create = plan_label_store(labels, path, cog_pieces=cog_pieces)
+    sink, create = plan_label_store(labels, path)
     create()
     return sink
 
 
-def to_label_zarr(labels: xr.DataArray, path: str | os.PathLike, *, cog_pieces=None) -> Path:
-    """Write a chunked (y, x) label DataArray to ``path`` chunk by chunk (and as COG pieces), then commit it."""
-    sink = open_label_store(labels, path, cog_pieces=cog_pieces)
+def to_label_zarr(labels: xr.DataArray, path: str | os.PathLike) -> Path:
+    """Write a chunked (y, x) label DataArray to ``path`` chunk by chunk, then commit it."""
+    sink = open_label_store(labels, path)
     values = np.asarray(labels)
     ys = np.cumsum((0,) + tuple(labels.chunks[0]))
     xs = np.cumsum((0,) + tuple(labels.chunks[1]))

@@ -1,4 +1,4 @@
-"""Label store, COG pieces and overviews: what the pipeline writes its products through."""
+"""Label store, COG and overviews: what the pipeline writes its products through."""
 
 import pickle
 
@@ -78,38 +78,54 @@ def test_overview_factors_as_gdal_cog_driver_picks_them(tmp_path, shape, blocksi
         assert dst.overviews(1) == expected
 
 
-def test_cog_from_pieces_written_with_the_zarr(tmp_path):
-    """labels.zarr's write tasks also write uint32 COG pieces; the COG assembled
-    from them has the smallest dtype and equals the labels; a missing piece is
-    an error, never a COG with a hole."""
+def test_cog_from_a_label_store_equals_its_labels(tmp_path, monkeypatch):
+    """The COG made from labels.zarr (read a few chunks ahead, more chunks than are read ahead, chunks
+    that cut the COG's tiles) has the smallest dtype and equals the labels, with CRS and transform,
+    and leaves nothing but itself beside the store."""
+    import remote_samsing.outputs as outputs
+
+    monkeypatch.setattr(outputs, "_CHUNKS_AHEAD", 3)
     rng = np.random.default_rng(4)
     lab = rng.integers(0, 300, size=(300, 250)).astype(np.uint32)
     t = Affine(2.0, 0, 1000.0, 0, -2.0, 9000.0)
-    arr = xr.DataArray(da.from_array(lab, chunks=(128, 100)), dims=("y", "x"),
+    arr = xr.DataArray(da.from_array(lab, chunks=(64, 50)), dims=("y", "x"),
                        coords={"y": t.f + t.e * (np.arange(300) + 0.5), "x": t.c + t.a * (np.arange(250) + 0.5)})
     arr = arr.rio.write_crs("EPSG:32633").rio.write_transform(t)
-    pieces = tmp_path / "pieces"
-    to_label_zarr(arr, tmp_path / "l.zarr", cog_pieces=pieces)
-    assert len(list(pieces.glob("*.tif"))) == 9
+    to_label_zarr(arr, tmp_path / "l.zarr")
     written = open_labels(tmp_path / "l.zarr")
-    out = to_cog(written, tmp_path / "l.tif", max_label=299, pieces=pieces)
-    assert not pieces.exists()
+    out = to_cog(written, tmp_path / "l.tif", max_label=299, blocksize=96, store=tmp_path / "l.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tif", "l.zarr"]
     with rasterio.open(out) as dst:
         np.testing.assert_array_equal(dst.read(1), lab)
         assert dst.dtypes[0] == "uint16" and dst.crs.to_epsg() == 32633 and dst.transform.almost_equals(t)
-    to_label_zarr(arr, tmp_path / "l2.zarr", cog_pieces=pieces)
-    next(pieces.glob("128_*.tif")).unlink()
-    with pytest.raises(RemoteSamsingError, match="8 COG pieces for 9 chunks"):
-        to_cog(written, tmp_path / "l2.tif", max_label=299, pieces=pieces)
-    assert not (tmp_path / "l2.tif").exists()
+        assert dst.block_shapes == [(96, 96)]
+    from rio_cogeo.cogeo import cog_validate
+
+    valid, errors, _ = cog_validate(str(out), quiet=True)
+    assert valid and not errors
+
+
+def test_cog_from_a_label_store_that_does_not_hold_the_labels_is_refused(tmp_path):
+    """A store of another shape, or no store, is an error before anything is written."""
+    from remote_samsing.exceptions import InputError
+
+    lab = np.arange(1, 101, dtype=np.uint32).reshape(10, 10)
+    arr = xr.DataArray(da.from_array(lab, chunks=5), dims=("y", "x"))
+    to_label_zarr(arr, tmp_path / "l.zarr")
+    other = xr.DataArray(da.zeros((10, 12), np.uint32, chunks=5), dims=("y", "x"))
+    with pytest.raises(InputError, match=r"holds \(10, 10\) labels, the labels are \(10, 12\)"):
+        to_cog(other, tmp_path / "o.tif", max_label=100, store=tmp_path / "l.zarr")
+    with pytest.raises(InputError, match="no label store at"):
+        to_cog(arr, tmp_path / "m.tif", max_label=100, store=tmp_path / "missing.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.zarr"]
 
 
 def test_label_sink_writes_blocks_with_absorbed_remainders(tmp_path):
     """``open_label_store`` + ``LabelSink`` (what the merge's relabel tasks
     write through): blocks of a plan whose last column absorbed a thin
-    remainder (53 px on 50-px chunks) land in labels.zarr and as one COG piece
-    per store chunk; nothing is in place before ``commit``; the COG assembled
-    from the pieces equals the labels, with CRS and transform."""
+    remainder (53 px on 50-px chunks) land in labels.zarr; nothing is in
+    place before ``commit``; the COG made from the store equals the labels,
+    with CRS and transform."""
     plan = TilingPlan(shape=(130, 103), tile_size=50, padding=8)
     assert plan.chunks == ((50, 50, 30), (50, 53))
     t = Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0)
@@ -119,8 +135,7 @@ def test_label_sink_writes_blocks_with_absorbed_remainders(tmp_path):
     template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), like)
     rng = np.random.default_rng(2)
     lab = rng.integers(0, 70000, size=plan.shape).astype(np.uint32)
-    pieces = tmp_path / "pieces"
-    sink = open_label_store(template, tmp_path / "labels.zarr", cog_pieces=pieces)
+    sink = open_label_store(template, tmp_path / "labels.zarr")
     sink = pickle.loads(pickle.dumps(sink))  # shipped to workers
     for index in plan.block_ids():
         w = plan.core_window(index)
@@ -130,8 +145,7 @@ def test_label_sink_writes_blocks_with_absorbed_remainders(tmp_path):
     written = open_labels(tmp_path / "labels.zarr")
     np.testing.assert_array_equal(np.asarray(written), lab)
     assert written.rio.crs.to_epsg() == 32633 and written.rio.transform().almost_equals(t)
-    assert len(list(pieces.glob("*.tif"))) == 3 * 3  # chunks of 50: the 53-px column is two pieces
-    out = to_cog(written, tmp_path / "labels.tif", max_label=int(lab.max()), pieces=pieces)
+    out = to_cog(written, tmp_path / "labels.tif", max_label=int(lab.max()), store=tmp_path / "labels.zarr")
     with rasterio.open(out) as dst:
         np.testing.assert_array_equal(dst.read(1), lab)
         assert dst.dtypes[0] == "uint32" and dst.transform.almost_equals(t)
@@ -140,16 +154,15 @@ def test_label_sink_writes_blocks_with_absorbed_remainders(tmp_path):
 def test_planned_label_store_is_created_once_per_run(tmp_path):
     """``plan_label_store`` creates nothing until ``create()``; called again
     with the run's token (a task re-run after a lost worker), ``create``
-    keeps the blocks and COG pieces written since; another run's token (a
+    keeps the blocks written since; another run's token (a
     crashed run's store) makes the store anew; ``commit`` leaves no marker."""
     plan = TilingPlan(shape=(100, 100), tile_size=50, padding=8)
     like = xr.DataArray(np.zeros((3, 100, 100), np.uint8), dims=("band", "y", "x"))
     template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), like)
     lab = np.random.default_rng(5).integers(1, 500, size=plan.shape).astype(np.uint32)
-    pieces = tmp_path / "pieces"
 
     def plan_for(token):
-        sink, create = plan_label_store(template, tmp_path / "labels.zarr", cog_pieces=pieces, token=token)
+        sink, create = plan_label_store(template, tmp_path / "labels.zarr", token=token)
         return sink, pickle.loads(pickle.dumps(create))  # both shipped to workers
 
     sink, create = plan_for("run-a")
@@ -161,13 +174,11 @@ def test_planned_label_store_is_created_once_per_run(tmp_path):
     create()  # the same run: what was written stays
     partial = zarr.open_array(tmp_path / "labels.zarr.partial", path="labels", mode="r")
     np.testing.assert_array_equal(partial[:50], lab[:50])
-    assert len(list(pieces.glob("*.tif"))) == 2
     other, create_other = plan_for("run-b")
     create_other()  # another run's: made anew
     assert not np.asarray(zarr.open_array(tmp_path / "labels.zarr.partial", path="labels", mode="r")[:]).any()
-    assert list(pieces.glob("*.tif")) == []
     for index in first + second:
         other(lab[plan.core_window(index).slices], plan.core_window(index))
     other.commit()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr", "pieces"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr"]
     np.testing.assert_array_equal(np.asarray(open_labels(tmp_path / "labels.zarr")), lab)
