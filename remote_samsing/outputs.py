@@ -313,10 +313,13 @@ def _base_from_vrt(vrt: str, *, blocksize: int) -> Callable[[Path], None]:
     return write
 
 
-def _base_from_store(store: str, *, dtype: np.dtype, crs, transform, blocksize: int) -> Callable[[Path], None]:
+def _base_from_store(store: str, *, dtype: np.dtype, max_label: int, crs, transform,
+                     blocksize: int) -> Callable[[Path], None]:
     """The first pass from a label store: its chunks, read a few ahead, written window by window."""
 
     def write(base: Path) -> None:
+        import contextlib
+
         import rasterio
         from rasterio.windows import Window
 
@@ -324,22 +327,27 @@ def _base_from_store(store: str, *, dtype: np.dtype, crs, transform, blocksize: 
         height, width = z.shape
         profile = dict(_BASE_OPTIONS, height=height, width=width, count=1, dtype=dtype.name, crs=crs,
                        transform=transform, nodata=0, blockxsize=blocksize, blockysize=blocksize)
-        with quiet_georeferencing(), rasterio.open(base, "w", **profile) as dst:
-            # a chunk's partial tiles wait in GDAL's block cache for the next row of chunks
-            for (y0, y1, x0, x1), chunk in _chunks_ahead(z, dtype):
+        # Where chunks do not end on the tiles' rows, a chunk row leaves a row of tiles half written,
+        # to be finished by the next chunk row; GDAL holds them in its block cache meanwhile. A cache
+        # smaller than two rows of tiles would write them out half empty and rewrite them later.
+        cache_mb = max(_GDAL_CACHE_MB, -(-2 * width * blocksize * dtype.itemsize // 2**20) + 16)
+        with (rasterio.Env(GDAL_CACHEMAX=cache_mb), quiet_georeferencing(), rasterio.open(base, "w", **profile) as dst,
+              contextlib.closing(_chunks_ahead(z, dtype, max_label=max_label)) as chunks):
+            for (y0, y1, x0, x1), chunk in chunks:
                 dst.write(chunk, 1, window=Window(x0, y0, x1 - x0, y1 - y0))
 
     return write
 
 
 #: Chunks of a label store read ahead of the COG's first pass: on an object store that many
-#: requests are in flight at once, and the memory held stays a few chunks.
+#: requests are in flight at once; the memory held is about twice that many chunks (read, converted).
 _CHUNKS_AHEAD = 8
 
 
-def _chunks_ahead(z, dtype: np.dtype):
+def _chunks_ahead(z, dtype: np.dtype, *, max_label: int):
     """Yield ``((y0, y1, x0, x1), chunk as dtype)`` of every chunk of the 2-D Zarr array ``z``, row by row,
-    while up to :data:`_CHUNKS_AHEAD` later chunks are being read."""
+    while up to :data:`_CHUNKS_AHEAD` later chunks are being read. A label above ``max_label`` that
+    ``dtype`` cannot hold is an error, never a label wrapped round."""
     import collections
     import itertools
     from concurrent.futures import ThreadPoolExecutor
@@ -348,8 +356,16 @@ def _chunks_ahead(z, dtype: np.dtype):
     windows = ((y0, min(y0 + cy, height), x0, min(x0 + cx, width))
                for y0 in range(0, height, cy) for x0 in range(0, width, cx))
 
+    narrowing = np.dtype(dtype).itemsize < np.dtype(z.dtype).itemsize
+
     def read(w):
-        return np.asarray(z[w[0] : w[1], w[2] : w[3]]).astype(dtype, copy=False)
+        chunk = np.asarray(z[w[0] : w[1], w[2] : w[3]])
+        if narrowing and chunk.size and int(chunk.max()) > max_label:
+            from .exceptions import InputError
+
+            raise InputError(f"label {int(chunk.max())} in rows {w[0]}:{w[1]}, columns {w[2]}:{w[3]} of the label "
+                             f"store is above max_label {max_label}", hint="pass the store's largest label")
+        return chunk.astype(dtype, copy=False)
 
     with ThreadPoolExecutor(_CHUNKS_AHEAD, thread_name_prefix="rs-cog-read") as pool:
         pending = collections.deque((w, pool.submit(read, w)) for w in itertools.islice(windows, _CHUNKS_AHEAD))
@@ -436,21 +452,22 @@ def to_cog(
         Internal tile size (multiple of 16, at most 512).
     store : path, optional
         The label store (``labels.zarr``, from :func:`plan_label_store`)
-        that holds ``labels``: the COG is made from its chunks, and
-        ``labels`` is not computed again.
+        that holds ``labels``: the COG is made from its chunks instead of
+        writing ``labels`` again, chunk by chunk, as pieces.
     """
     import rioxarray  # noqa: F401
 
     out = location(path)
+    stored = _checked_store(store, labels.shape) if store is not None else None
     if max_label is None:
         max_label = int(labels.max().compute())
     dtype = smallest_uint_dtype(max_label)
     bs = min(blocksize, 512)
     height, width = labels.shape
     crs, transform = _georef(labels)
-    if store is not None:
-        write_base = _base_from_store(_checked_store(store, labels.shape), dtype=dtype, crs=crs,
-                                      transform=transform, blocksize=bs)
+    if stored is not None:
+        write_base = _base_from_store(stored, dtype=dtype, max_label=max_label, crs=crs, transform=transform,
+                                      blocksize=bs)
         return write_atomic(out, functools.partial(_assemble_cog, write_base, height=height, width=width,
                                                    blocksize=bs))
     return _cog_via_pieces(labels, out, dtype=dtype, blocksize=bs, crs=crs, transform=transform)
@@ -505,11 +522,12 @@ def _checked_store(store, shape: tuple) -> str:
     from .exceptions import InputError
 
     path = store_path(store)
-    try:
-        found = tuple(open_zarr_array(path, path="labels", mode="r").shape)
-    except Exception as exc:  # noqa: BLE001 - any zarr failure means no label store there
-        raise InputError(f"no label store at `{path}`: {exc}",
+    try:  # zarr's "no array there" is a FileNotFoundError too; other failures (credentials) pass
+        z = open_zarr_array(path, path="labels", mode="r")
+    except FileNotFoundError:
+        raise InputError(f"no label store at `{path}`",
                          hint="pass the labels.zarr that plan_label_store made") from None
-    if found != tuple(shape):
-        raise InputError(f"the label store `{path}` holds {found} labels, the labels are {tuple(shape)}")
+    if tuple(z.shape) != tuple(shape) or np.dtype(z.dtype).kind != "u":
+        raise InputError(f"the label store `{path}` holds {tuple(z.shape)} {z.dtype} labels, the labels are "
+                         f"{tuple(shape)} unsigned integers")
     return path

@@ -485,8 +485,8 @@ def _differences(prev: dict, payload: dict) -> list[str]:
 
 #: What a run writes at OUTDIR's top level: a folder holding only these is a run's, even before its
 #: run.json exists, and ``--overwrite`` may remove it.
-_RUN_ENTRIES = frozenset({"run.json", "staging", "labels.zarr", "labels.tif", "labels.tif.pieces.partial",
-                          "merge_faces.json", "segments.parquet", TILE_INDEX})
+_RUN_ENTRIES = frozenset({"run.json", "staging", "labels.zarr", "labels.tif", "merge_faces.json", "segments.parquet",
+                          TILE_INDEX})
 
 
 def _foreign_entries(names: set) -> list[str]:

@@ -106,18 +106,27 @@ def test_cog_from_a_label_store_equals_its_labels(tmp_path, monkeypatch):
 
 
 def test_cog_from_a_label_store_that_does_not_hold_the_labels_is_refused(tmp_path):
-    """A store of another shape, or no store, is an error before anything is written."""
+    """A store of another shape or dtype, or no store, is an error before anything is computed or
+    written; a label above ``max_label`` that the COG's dtype cannot hold is an error, never a label
+    wrapped round, and leaves no COG."""
     from remote_samsing.exceptions import InputError
 
     lab = np.arange(1, 101, dtype=np.uint32).reshape(10, 10)
+    lab[7, 8] = 300
     arr = xr.DataArray(da.from_array(lab, chunks=5), dims=("y", "x"))
     to_label_zarr(arr, tmp_path / "l.zarr")
     other = xr.DataArray(da.zeros((10, 12), np.uint32, chunks=5), dims=("y", "x"))
-    with pytest.raises(InputError, match=r"holds \(10, 10\) labels, the labels are \(10, 12\)"):
-        to_cog(other, tmp_path / "o.tif", max_label=100, store=tmp_path / "l.zarr")
+    with pytest.raises(InputError, match=r"holds \(10, 10\) uint32 labels, the labels are \(10, 12\)"):
+        to_cog(other, tmp_path / "o.tif", store=tmp_path / "l.zarr")
+    zarr.create_array(store=tmp_path / "f.zarr", name="labels", shape=(10, 10), chunks=(5, 5), dtype="f4")
+    with pytest.raises(InputError, match=r"holds \(10, 10\) float32 labels"):
+        to_cog(arr, tmp_path / "f.tif", max_label=300, store=tmp_path / "f.zarr")
     with pytest.raises(InputError, match="no label store at"):
-        to_cog(arr, tmp_path / "m.tif", max_label=100, store=tmp_path / "missing.zarr")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.zarr"]
+        to_cog(arr, tmp_path / "m.tif", max_label=300, store=tmp_path / "missing.zarr")
+    with pytest.raises(InputError, match="label 300 in rows 5:10, columns 5:10 of the label store is above "
+                                         "max_label 100"):
+        to_cog(arr, tmp_path / "w.tif", max_label=100, store=tmp_path / "l.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zarr", "l.zarr"]
 
 
 def test_label_sink_writes_blocks_with_absorbed_remainders(tmp_path):

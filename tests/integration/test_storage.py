@@ -286,7 +286,7 @@ def test_outputs_on_a_store_equal_a_local_run_and_nothing_stays_on_local_disk(tm
     assert all(p.parent.name == "dask-scratch-space" and p.suffix == ".lock" for p in left), left  # Dask's own
     names = store.download(f"{BUCKET}/out-{source}", tmp_path / "got")
     assert {"labels.tif", "segments.parquet", "run.json", "merge_faces.json"} <= set(names)
-    assert not any(".partial" in n or "write-check" in n for n in names)  # the COG's pieces are gone
+    assert not any(".partial" in n or "write-check" in n for n in names)  # no partial product or probe left
     _assert_same_products(tmp_path / "got", local_run)
     rec = json.loads((tmp_path / "got" / "run.json").read_text())
     assert rec["complete"] and rec["blocks_segmented_this_run"] == rec["tiling"]["n_blocks"]
@@ -488,7 +488,7 @@ def test_an_outdir_holding_another_run_is_refused_unless_overwritten(tmp_path, d
 
 def test_listings_on_the_store_are_never_stale(any_store):
     """fsspec caches listings for a process's life; what other processes (workers, an earlier run)
-    write must show in the next listing (block markers, spill files, COG pieces)."""
+    write must show in the next listing (block markers, spill files)."""
     from remote_samsing._files import list_names
 
     folder = any_store.url(f"{BUCKET}/listing")
