@@ -268,14 +268,15 @@ class Azurite(LoopbackStore):
         self.env = {"AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
         self.client = BlobServiceClient.from_connection_string(self.connection_string)
 
-    def read_only_connection_string(self) -> str:
-        """A connection string whose SAS may read and list the account's blobs, not write them."""
+    def sas_connection_string(self, **permissions: bool) -> str:
+        """A connection string whose account SAS has only ``permissions`` (``read=True, list=True``: it
+        may read and list the account's blobs, not write them)."""
         import datetime
 
         from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
         sas = generate_account_sas(self.account, self.secret, ResourceTypes(service=True, container=True, object=True),
-                                   AccountSasPermissions(read=True, list=True),
+                                   AccountSasPermissions(**permissions),
                                    expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2))
         return f"BlobEndpoint={self.endpoint};SharedAccessSignature={sas}"
 

@@ -581,7 +581,7 @@ def test_an_azure_sas_that_may_only_read_is_a_one_line_error_before_any_cluster(
     import os
 
     store = loopback_stores("az")
-    read_only = store.read_only_connection_string()
+    read_only = store.sas_connection_string(read=True, list=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
     env["AZURE_STORAGE_CONNECTION_STRING"] = read_only
     r = _segment(data_dir / "kampala_crop_3857.tif", f"az://{BUCKET}/sas-read-only", env=env)
@@ -625,3 +625,43 @@ def test_tiles_on_s3_by_glob_and_by_list_segment_as_the_single_file(tmp_path, da
     fresh = _segment("s3://mosaics/tiles/*.tif", tmp_path / "fresh")
     assert fresh.returncode == 0
     _assert_same_products(tmp_path / "glob", tmp_path / "fresh")
+
+
+def test_remove_tree_removes_a_large_folder_on_every_store_and_nothing_beside_it(any_store):
+    """A nested folder of more objects than one group of deletions (on Azure: one Blob Batch request)
+    goes whole, and an object beside it stays."""
+    from remote_samsing._files import _GROUP, remove_tree, write_many
+
+    folder = any_store.url(f"{BUCKET}/removed/spill")
+    write_many([(f"{folder}/{k % 7}/f_{k}.bin", b"x") for k in range(2 * _GROUP + 5)]
+               + [(any_store.url(f"{BUCKET}/removed/spill2/kept"), b"y")])
+    remove_tree(folder)
+    assert any_store.keys(f"{BUCKET}/removed/") == ["removed/spill2/kept"]
+
+
+@pytest.mark.parametrize("sas", [None, {"read": True, "list": True, "delete": True}])
+def test_an_azure_folder_goes_in_blob_batches_or_blob_by_blob_where_they_are_refused(loopback_stores, monkeypatch,
+                                                                                      sas):
+    """With the account key a group of blobs goes in one Blob Batch request; a SAS that may delete but
+    not write may not send batches (Azurite answers them with a 500), so the blobs go one by one, and
+    the folder goes whole either way."""
+    from adlfs import AzureBlobFileSystem
+
+    from remote_samsing._files import _remove_blob_batch, location, remove_tree
+
+    store = use_store(loopback_stores("az"), monkeypatch)
+    keys = [f"batch/{k % 3}/f_{k}" for k in range(300)]
+    for key in keys:
+        store.put(f"{BUCKET}/{key}", b"x")
+    if sas:
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", store.sas_connection_string(**sas))
+    AzureBlobFileSystem.clear_instance_cache()  # fsspec keeps one per set of arguments, not per variable
+    try:
+        p = location(store.url(f"{BUCKET}/batch"))
+        assert _remove_blob_batch(p.fs, [f"{BUCKET}/{k}" for k in keys[:3]]) is (sas is None)
+        assert len(store.keys(f"{BUCKET}/batch/")) == len(keys) - (3 if sas is None else 0)
+        remove_tree(p)
+        assert store.keys(f"{BUCKET}/batch/") == []
+    finally:
+        AzureBlobFileSystem.clear_instance_cache()
+
