@@ -332,6 +332,8 @@ def test_worker_processes_leave_ctrl_c_to_this_process_and_log_at_its_dask_level
     import logging
     import signal
 
+    import distributed  # noqa: F401 - its import sets its loggers' levels: the test's must come after
+
     dask_logger = logging.getLogger("distributed")
     level = dask_logger.level
     dask_logger.setLevel(logging.ERROR)
