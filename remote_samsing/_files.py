@@ -92,7 +92,7 @@ def _prepare_store_client(protocol: str) -> None:
         if gcs_emulator():
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
             os.environ.setdefault("NO_GCE_CHECK", "true")
-    elif protocol in ("az", "abfs", "abfss") and not _AZURE_AT_EXIT:
+    elif _STORE_KIND.get(protocol) == "az" and not _AZURE_AT_EXIT:
         import atexit
 
         import zarr  # noqa: F401 - Zarr registers its exit hook when imported; this one must come after it
@@ -415,7 +415,7 @@ def _group_remover(p) -> Callable[[list[str]], None]:
     """
     fs = p.fs
     literal = {"expand_path": False} if "expand_path" in inspect.signature(fs.rm).parameters else {}
-    if _protocol(p) not in ("az", "abfs", "abfss"):
+    if _STORE_KIND.get(_protocol(p)) != "az":
         return lambda group: fs.rm(group, **literal)
     batches = True  # until the account refuses one
 
@@ -429,33 +429,30 @@ def _group_remover(p) -> Callable[[list[str]], None]:
 
 
 def _remove_blob_batch(fs, names: list[str]) -> bool:
-    """Delete the blobs ``names`` (at most 256) in one Blob Batch request per container; False where a
-    batch fails as a whole (tried once: what fails it is mostly permanent, and adlfs's deletions that
-    follow retry). A blob already gone counts as deleted; any other refusal of one blob raises, naming
-    it."""
+    """Delete the blobs ``names`` (at most 256, listed under one folder: one container) in one Blob
+    Batch request; False where the batch fails as a whole (tried once: what fails it is mostly
+    permanent, and adlfs's deletions that follow retry). A blob already gone counts as deleted; any
+    other refusal of one blob raises, naming it."""
     from azure.core.exceptions import AzureError
     from fsspec.asyn import sync
 
-    by_container: dict[str, list[str]] = {}
-    for name in names:
-        container, blob, _ = fs.split_path(name)
-        by_container.setdefault(container, []).append(blob)
+    container = fs.split_path(names[0])[0]
+    blobs = [fs.split_path(name)[1] for name in names]
 
-    async def delete(container: str, blobs: list[str]) -> list[int]:
+    async def delete() -> list[int]:
         async with fs.service_client.get_container_client(container) as cc:
             responses = await cc.delete_blobs(*blobs, raise_on_any_failure=False, retry_total=0)
             return [r.status_code async for r in responses]
 
-    for container, blobs in by_container.items():
-        try:
-            codes = sync(fs.loop, delete, container, blobs)
-        except AzureError:
-            return False
-        refused = [(b, c) for b, c in zip(blobs, codes) if c not in (202, 404)]
-        if refused:
-            blob, code = refused[0]
-            raise OSError(f"the store refused to delete {len(refused)} object(s), e.g. `{container}/{blob}` "
-                          f"(HTTP {code})")
+    try:
+        codes = sync(fs.loop, delete)
+    except AzureError:
+        return False
+    refused = [(b, c) for b, c in zip(blobs, codes) if c not in (202, 404)]
+    if refused:
+        blob, code = refused[0]
+        raise OSError(f"the store refused to delete {len(refused)} object(s), e.g. `{container}/{blob}` "
+                      f"(HTTP {code})")
     fs.invalidate_cache()
     return True
 

@@ -664,4 +664,3 @@ def test_an_azure_folder_goes_in_blob_batches_or_blob_by_blob_where_they_are_ref
         assert store.keys(f"{BUCKET}/batch/") == []
     finally:
         AzureBlobFileSystem.clear_instance_cache()
-
