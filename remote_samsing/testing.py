@@ -18,7 +18,6 @@ import functools
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +78,8 @@ class ThresholdSegmenter:
     delay : float
         Seconds to sleep per call (to make runs interruptible in tests).
     log_dir : str, optional
-        If set, every call writes one empty file there (counts calls across
-        worker processes).
+        If set, every call writes one file there, named by its ordinal among
+        all calls (counts calls across worker processes).
     fail_on : list of [iy, ix], optional
         Blocks on which ``segment`` raises (to test retries and failures).
 
@@ -105,11 +104,9 @@ class ThresholdSegmenter:
         from scipy import ndimage
 
         if self.log_dir:
-            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
-            bid = block_info.get("block_id", ("x", "x"))
-            (Path(self.log_dir) / f"{bid[0]}_{bid[1]}_{uuid.uuid4().hex}").touch()
+            ordinal = _log_call(Path(self.log_dir), block_info.get("block_id", ("x", "x")))
             hold = os.environ.get(HOLD_AFTER)
-            if hold is not None and count_calls(self.log_dir) > int(hold):
+            if hold is not None and ordinal > int(hold):
                 threading.Event().wait()  # until the test kills the run
         if self.delay:
             time.sleep(self.delay)
@@ -164,6 +161,24 @@ def raise_if_dask_computes(max_computes: int = 0):
 
     with dask.config.set(scheduler=scheduler):
         yield count
+
+
+def _log_call(log_dir: Path, block_id) -> int:
+    """Leave one file for this call in ``log_dir``, named by the call's ordinal among every process's
+    calls, and return it. The ordinal is claimed by an exclusive create, so two calls starting at once
+    never share one: counting the files after writing one would let both see the other's file, and
+    both would take themselves for the later call."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ordinal = count_calls(log_dir)  # the files are always ordinals 1..n: the next free one is above
+    while True:
+        ordinal += 1
+        try:
+            fd = os.open(log_dir / f"{ordinal:06d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:  # another call took it first
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{block_id[0]}_{block_id[1]}\n")
+        return ordinal
 
 
 def count_calls(log_dir: str | os.PathLike) -> int:

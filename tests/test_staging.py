@@ -84,6 +84,35 @@ def test_process_block_skips_a_block_without_valid_core_pixels(tmp_path):
     assert count_calls(tmp_path) == 0  # the segmenter was never called
 
 
+def test_threshold_segmenter_holds_exactly_the_calls_after_the_nth(tmp_path, monkeypatch):
+    """Calls that start together each take a place of their own: exactly the first n go on, the others
+    wait until the run is killed (the integration tests stop runs at a known point that way)."""
+    import threading
+    import time
+
+    from remote_samsing.testing import HOLD_AFTER
+
+    monkeypatch.setenv(HOLD_AFTER, "5")
+    calls = tmp_path / "calls"
+    seg = ThresholdSegmenter(threshold=0, log_dir=str(calls))
+    together = threading.Barrier(8)
+    finished: list = []
+
+    def call(i):
+        together.wait()
+        seg.segment(np.zeros((8, 8, 3), np.uint8), block_info={"block_id": (0, i)})
+        finished.append(i)
+
+    for i in range(8):  # daemons: the held ones wait for good
+        threading.Thread(target=call, args=(i,), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while (count_calls(calls) < 8 or len(finished) < 5) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # every call logged itself (a held one before it waits) and exactly five went on
+    assert count_calls(calls) == 8 and len(finished) == 5
+    assert sorted(p.name for p in calls.iterdir()) == [f"{k:06d}" for k in range(1, 9)]
+
+
 def test_process_block_retries_then_reports_the_block():
     plan = TilingPlan(shape=(40, 40), tile_size=20, padding=4)
     rgba = _rgba(np.full((40, 40), 100, np.uint8))
