@@ -169,7 +169,8 @@ def _log_call(log_dir: Path, block_id) -> int:
     never share one: counting the files after writing one would let both see the other's file, and
     both would take themselves for the later call."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    ordinal = count_calls(log_dir)  # the files are always ordinals 1..n: the next free one is above
+    # the folder holds only these files, always ordinals 1..n (each claimed above one that exists)
+    ordinal = count_calls(log_dir)
     while True:
         ordinal += 1
         try:
