@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _objects
 from .exceptions import ConfigError, InputError
 
 __all__ = ["REMOTE_SCHEMES", "gcs_emulator", "store_variables", "is_url", "check_url", "location", "is_remote", "gdal_path", "join_location", "temporary_name", "write_atomic", "json_encoded", "write_json_atomic", "write_bytes",
@@ -187,11 +188,15 @@ def _protocol(p) -> str:
     return p.protocol if isinstance(p.protocol, str) else p.protocol[0]
 
 
-#: What a whole-object read passes to an S3 filesystem (``cat_file``) and what Zarr opens it with:
+def _fast(p) -> bool:
+    """Whole objects at ``p`` (a store location) go through :mod:`._objects`, not fsspec."""
+    return _objects.handles(_protocol(p))
+
+
+#: What Zarr opens an S3 array with where s3fs serves it (an array created, or opened as a dataset):
 #: s3fs asks an object's size first (one more request) to split a large object into concurrent
-#: ranges unless ``max_concurrency`` is 1. Objects read whole here (spill files, markers) and Zarr
-#: chunks are small, so nothing is lost; in the Zarr store's filesystem it also makes multipart
-#: uploads serial, which only objects over 100 MB use.
+#: ranges unless ``max_concurrency`` is 1. Zarr chunks are small, so nothing is lost; it also makes
+#: multipart uploads serial, which only objects over 100 MB use.
 _WHOLE_READS = {"s3": {"max_concurrency": 1}, "s3a": {"max_concurrency": 1}}
 
 
@@ -201,12 +206,21 @@ def zarr_options(path) -> dict | None:
     return dict(_WHOLE_READS.get(_protocol(p), {})) if is_remote(p) else None
 
 
+def _zarr_store(store, *, read_only: bool):
+    """What Zarr opens ``store`` (a local path or a URL) with: the URL, or on S3 an obstore store
+    (:mod:`._objects`)."""
+    p = location(store)
+    return _objects.zarr_store(p.path, read_only=read_only) if is_remote(p) and _fast(p) else store_path(p)
+
+
 def open_zarr_array(store, *, mode: str, path: str | None = None):
     """The Zarr v3 array at ``store`` (a local path or a URL; ``path`` inside it), opened with
     :func:`zarr_options` and without probing for v2 metadata (requests on a store)."""
     import zarr
 
-    arr = zarr.open_array(store=store, path=path, mode=mode, zarr_format=3, storage_options=zarr_options(store))
+    opened = _zarr_store(store, read_only=mode == "r")
+    options = zarr_options(store) if isinstance(opened, str) else None
+    arr = zarr.open_array(store=opened, path=path, mode=mode, zarr_format=3, storage_options=options)
     # Zarr compares every chunk written with the fill value to skip empty ones: a full pass over the
     # chunk that costs more than compressing an empty chunk, and labels are rarely all 0
     return arr if mode == "r" else arr.with_config({"write_empty_chunks": True})
@@ -221,7 +235,9 @@ def open_zarr_cached(store: str, *, path: str, max_bytes: int):
     from zarr.experimental.cache_store import CacheStore
     from zarr.storage import FsspecStore, MemoryStore
 
-    base = FsspecStore.from_url(store, storage_options=zarr_options(store), read_only=True)
+    base = _zarr_store(store, read_only=True)
+    if isinstance(base, str):
+        base = FsspecStore.from_url(store, storage_options=zarr_options(store), read_only=True)
     cached = CacheStore(base, cache_store=MemoryStore(), max_size=int(max_bytes), cache_set_data=False)
     return zarr.open_array(store=cached, path=path, mode="r", zarr_format=3)
 
@@ -311,7 +327,7 @@ def write_bytes(path, data: bytes):
     """Write ``data`` to ``path`` whole (atomically, as :func:`write_atomic`)."""
     p = location(path)
     if is_remote(p):
-        p.fs.pipe_file(p.path, data)
+        _objects.put(p.path, data) if _fast(p) else p.fs.pipe_file(p.path, data)
         return p
     return write_atomic(p, lambda tmp: tmp.write_bytes(data))
 
@@ -332,7 +348,9 @@ def write_many(items) -> None:
     group at a time (a generator's data is made as it is written). All paths are on one store (or all
     local)."""
     for group in _groups((location(path), data) for path, data in items):
-        if is_remote(group[0][0]):
+        if is_remote(group[0][0]) and _fast(group[0][0]):
+            _objects.put_many((p.path, data) for p, data in group)
+        elif is_remote(group[0][0]):
             group[0][0].fs.pipe({p.path: data for p, data in group})
         else:
             for path, data in group:
@@ -342,7 +360,9 @@ def write_many(items) -> None:
 def read_bytes(path) -> bytes:
     """The whole file; on a store in one request (no size lookup first)."""
     p = location(path)
-    return p.fs.cat_file(p.path, **_WHOLE_READS.get(_protocol(p), {})) if is_remote(p) else p.read_bytes()
+    if not is_remote(p):
+        return p.read_bytes()
+    return _objects.get(p.path) if _fast(p) else p.fs.cat_file(p.path)
 
 
 def read_many(paths, *, decode: Callable[[bytes], Any] | None = None) -> list:
@@ -352,10 +372,11 @@ def read_many(paths, *, decode: Callable[[bytes], Any] | None = None) -> list:
     one store (or all local); a missing file raises FileNotFoundError."""
     out = []
     for group in _groups(location(x) for x in paths):
-        if is_remote(group[0]):
+        if is_remote(group[0]) and _fast(group[0]):
+            raw = _objects.get_many([p.path for p in group])
+        elif is_remote(group[0]):
             # cat_ranges, not cat: cat would expand "*", "?" and "[" in a key as a glob pattern
-            raw = group[0].fs.cat_ranges([p.path for p in group], None, None, on_error="raise",
-                                         **_WHOLE_READS.get(_protocol(group[0]), {}))
+            raw = group[0].fs.cat_ranges([p.path for p in group], None, None, on_error="raise")
         else:
             raw = [p.read_bytes() for p in group]
         out += map(decode, raw) if decode is not None else raw

@@ -157,3 +157,71 @@ def test_remove_tree_on_a_store_removes_every_object_of_a_large_folder_and_nothi
         remove_tree(base / "absent")  # nothing to remove: nothing happens
     finally:
         remove_tree(base)
+
+
+# ---------------------------------------------------------------------------
+# S3 through obstore (remote_samsing._objects): its settings and its errors, no server needed
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def aws(monkeypatch, tmp_path):
+    """An environment holding only the AWS variables a test sets: no shared files, no instance role."""
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return monkeypatch
+
+
+def test_an_s3_compatible_server_is_reached_at_its_endpoint_with_boto3s_credentials_and_region(aws):
+    """The endpoint, region and credentials are the ones boto3 (and so s3fs) reads; a changed environment
+    is read anew, and without any credentials nothing is asked of the server."""
+    from remote_samsing import _objects
+
+    aws.setenv("AWS_ACCESS_KEY_ID", "key")
+    aws.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    aws.setenv("AWS_REGION", "eu-central-1")
+    aws.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    cfg = _objects._bucket_config("b")
+    assert cfg["config"] == {"region": "eu-central-1", "endpoint": "http://127.0.0.1:9"}
+    assert cfg["client_options"] == {"allow_http": True}
+    assert cfg["credential_provider"]()["secret_access_key"] == "secret"
+    aws.setenv("AWS_ENDPOINT_URL_S3", "https://objects.example.org")  # S3's own endpoint wins
+    cfg = _objects._bucket_config("b")
+    assert cfg["config"]["endpoint"] == "https://objects.example.org" and not cfg["client_options"]["allow_http"]
+    aws.delenv("AWS_ACCESS_KEY_ID")
+    aws.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(PermissionError, match="no AWS credentials"):
+        _objects.get("b/k")
+
+
+def test_on_aws_a_bucket_is_reached_in_its_own_region(aws):
+    """What a bucket's region answer says (also in a refusal), else the session's."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from remote_samsing._objects import _bucket_region
+
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
+    with Stubber(client) as stub:
+        stub.add_response("head_bucket", {"ResponseMetadata": {"HTTPHeaders": {"x-amz-bucket-region": "eu-west-1"}}},
+                          {"Bucket": "b"})
+        stub.add_client_error("head_bucket", "403", http_status_code=403,
+                              response_meta={"HTTPHeaders": {"x-amz-bucket-region": "ap-south-1"}})
+        stub.add_client_error("head_bucket", "404", http_status_code=404)
+        assert [_bucket_region(client, "b") for _ in range(3)] == ["eu-west-1", "ap-south-1", None]
+
+
+def test_obstore_errors_become_the_oserrors_s3fs_raises_with_the_servers_own_words():
+    from obstore.exceptions import GenericError, NotFoundError, PermissionDeniedError
+
+    from remote_samsing._objects import _os_error
+
+    xml = ("Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket"
+           "</Code><Message>The specified bucket does not exist</Message></Error>\n\nDebug source: ...")
+    err = _os_error(NotFoundError(xml), "s3://b/k")
+    assert type(err) is FileNotFoundError and str(err) == "s3://b/k: The specified bucket does not exist"
+    err = _os_error(PermissionDeniedError("403 Forbidden: <Error><Message>Access Denied</Message></Error>"), "s3://b/k")
+    assert type(err) is PermissionError and str(err) == "Access Denied"
+    err = _os_error(GenericError("Error performing PUT http://127.0.0.1:9/b/k: error sending request\nmore"), "s3://b/k")
+    assert type(err) is OSError and str(err) == "s3://b/k: Error performing PUT http://127.0.0.1:9/b/k: error sending request"

@@ -664,3 +664,30 @@ def test_an_azure_folder_goes_in_blob_batches_or_blob_by_blob_where_they_are_ref
         assert store.keys(f"{BUCKET}/batch/") == []
     finally:
         AzureBlobFileSystem.clear_instance_cache()
+
+
+def test_the_blocks_objects_on_s3_go_through_obstore_under_the_names_given(s3):
+    """Whole objects (markers, spill files) and the blocks' Zarr arrays on S3 go through obstore: "[", "*",
+    "?", " " and "%" in a name are characters of the key, the order asked is kept, a missing object is a
+    FileNotFoundError naming it; an array written through obstore reads back through s3fs."""
+    import zarr
+    from zarr.storage import ObjectStore
+
+    from remote_samsing._files import open_zarr_array, read_bytes, read_many, write_bytes, write_many
+
+    names = ["b_0_1.pkl", "a[1].pkl", "c*?.pkl", "d e%20.pkl"]
+    base = s3.url(f"{BUCKET}/obstore")
+    write_many((f"{base}/{n}", n.encode()) for n in names)
+    write_bytes(f"{base}/one.json", b"{}")
+    assert sorted(s3.keys(f"{BUCKET}/obstore")) == sorted(f"obstore/{n}" for n in [*names, "one.json"])
+    assert read_many([f"{base}/{n}" for n in names[::-1]]) == [n.encode() for n in names[::-1]]
+    assert read_bytes(f"{base}/one.json") == b"{}"
+    with pytest.raises(FileNotFoundError, match=f"{base}/missing: "):
+        read_many([f"{base}/a[1].pkl", f"{base}/missing"])
+    zarr.create_array(f"{base}/z.zarr", shape=(4, 6), chunks=(2, 3), dtype="uint16", fill_value=0)
+    z = open_zarr_array(f"{base}/z.zarr", mode="r+")
+    assert isinstance(z.store, ObjectStore)
+    z[2:4, 3:6] = np.arange(6, dtype=np.uint16).reshape(2, 3) + 1
+    expected = np.zeros((4, 6), np.uint16)
+    expected[2:4, 3:6] = np.arange(6).reshape(2, 3) + 1
+    np.testing.assert_array_equal(zarr.open_array(f"{base}/z.zarr", mode="r")[:], expected)
