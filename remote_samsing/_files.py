@@ -207,10 +207,12 @@ def zarr_options(path) -> dict | None:
 
 
 def _zarr_store(store, *, read_only: bool):
-    """What Zarr opens ``store`` (a local path or a URL) with: the URL, or on S3 an obstore store
+    """What Zarr opens ``store`` (a local path or a URL) with: the URL, or on S3 and Azure an obstore store
     (:mod:`._objects`)."""
     p = location(store)
-    return _objects.zarr_store(p.path, read_only=read_only) if is_remote(p) and _fast(p) else store_path(p)
+    if is_remote(p) and _fast(p):
+        return _objects.zarr_store(_protocol(p), p.path, read_only=read_only)
+    return store_path(p)
 
 
 def open_zarr_array(store, *, mode: str, path: str | None = None):
@@ -327,7 +329,7 @@ def write_bytes(path, data: bytes):
     """Write ``data`` to ``path`` whole (atomically, as :func:`write_atomic`)."""
     p = location(path)
     if is_remote(p):
-        _objects.put(p.path, data) if _fast(p) else p.fs.pipe_file(p.path, data)
+        _objects.put(_protocol(p), p.path, data) if _fast(p) else p.fs.pipe_file(p.path, data)
         return p
     return write_atomic(p, lambda tmp: tmp.write_bytes(data))
 
@@ -349,7 +351,7 @@ def write_many(items) -> None:
     local)."""
     for group in _groups((location(path), data) for path, data in items):
         if is_remote(group[0][0]) and _fast(group[0][0]):
-            _objects.put_many((p.path, data) for p, data in group)
+            _objects.put_many(_protocol(group[0][0]), ((p.path, data) for p, data in group))
         elif is_remote(group[0][0]):
             group[0][0].fs.pipe({p.path: data for p, data in group})
         else:
@@ -362,7 +364,7 @@ def read_bytes(path) -> bytes:
     p = location(path)
     if not is_remote(p):
         return p.read_bytes()
-    return _objects.get(p.path) if _fast(p) else p.fs.cat_file(p.path)
+    return _objects.get(_protocol(p), p.path) if _fast(p) else p.fs.cat_file(p.path)
 
 
 def read_many(paths, *, decode: Callable[[bytes], Any] | None = None) -> list:
@@ -373,7 +375,7 @@ def read_many(paths, *, decode: Callable[[bytes], Any] | None = None) -> list:
     out = []
     for group in _groups(location(x) for x in paths):
         if is_remote(group[0]) and _fast(group[0]):
-            raw = _objects.get_many([p.path for p in group])
+            raw = _objects.get_many(_protocol(group[0]), [p.path for p in group])
         elif is_remote(group[0]):
             # cat_ranges, not cat: cat would expand "*", "?" and "[" in a key as a glob pattern
             raw = group[0].fs.cat_ranges([p.path for p in group], None, None, on_error="raise")

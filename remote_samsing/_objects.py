@@ -1,19 +1,28 @@
-"""Whole-object reads and writes on S3 through obstore (https://github.com/developmentseed/obstore).
+"""Whole-object reads and writes on S3 and Azure Blob through obstore (https://github.com/developmentseed/obstore).
 
 A run on a store moves a dozen small objects a block (its staging chunk,
-marker, summary, spill files, label chunk, the mosaic's chunks). s3fs spends
-2-3 ms of CPU on each request (botocore builds, signs and parses it in
-Python), obstore's Rust client about a tenth of that, and on a few cores
-that CPU is the run's. So these objects, and the Zarr arrays the blocks read
-and write, go through obstore; listings, deletions and the products' uploads,
-a few requests a run, stay on s3fs.
+marker, summary, spill files, label chunk, the mosaic's chunks). s3fs and
+adlfs spend 2-3.5 ms of CPU on each request (botocore or the Azure SDK
+builds, signs and parses it in Python), obstore's Rust client about a tenth
+of that, and on a few cores that CPU is the run's. So these objects, and the
+Zarr arrays the blocks read and write, go through obstore; listings,
+deletions and the products' uploads, a few requests a run, stay on fsspec.
+GCS stays on gcsfs, which costs about 0.5 ms a request.
 
-The client is configured as s3fs's is, from boto3's own chain (environment,
-shared files and profiles, SSO, container and instance roles): obstore's
-``Boto3CredentialProvider`` gives it the credentials, the same session the
-endpoint (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3`` or a profile's) and
-the region; on AWS itself the bucket's own region, which s3fs follows by
-redirects. Each process builds its clients once per bucket and environment.
+Each client is configured from what its fsspec library reads:
+
+* S3, from boto3's own chain (environment, shared files and profiles, SSO,
+  container and instance roles): obstore's ``Boto3CredentialProvider`` gives
+  the credentials, the same session the endpoint (``AWS_ENDPOINT_URL``,
+  ``AWS_ENDPOINT_URL_S3`` or a profile's) and the region (``AWS_REGION``
+  where boto3 has none); on AWS itself the bucket's own region, which s3fs
+  follows by redirects.
+* Azure, from ``AZURE_STORAGE_CONNECTION_STRING`` (key or SAS, its endpoint),
+  else from ``AZURE_STORAGE_ACCOUNT_NAME`` with ``AZURE_STORAGE_ACCOUNT_KEY``,
+  ``AZURE_STORAGE_SAS_TOKEN`` or, with neither, azure-identity's
+  ``DefaultAzureCredential`` (managed identity, workload identity, the CLI).
+
+Each process builds its clients once per bucket (container) and environment.
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ from datetime import timedelta
 
 __all__ = ["handles", "get", "get_many", "put", "put_many", "zarr_store"]
 
-#: URL schemes served here.
-SCHEMES = ("s3", "s3a")
+#: URL schemes served here, by kind of store.
+_KIND = {"s3": "s3", "s3a": "s3", "az": "az", "abfs": "az", "abfss": "az"}
+#: The environment variables each kind's settings come from.
+_VARIABLES = {"s3": "AWS_", "az": "AZURE_"}
 #: Requests one call has in flight at once (read_many/write_many groups).
 _CONCURRENCY = 16
 #: Retries of a request that failed for a reason that can pass (a connection error, a 5xx); what a
@@ -41,7 +52,7 @@ _STORES: dict = {}
 
 def handles(protocol: str) -> bool:
     """Objects at URLs of ``protocol`` are read and written here."""
-    return protocol in SCHEMES
+    return protocol in _KIND
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -50,22 +61,19 @@ def _split(path: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _environment() -> tuple:
-    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
-
-
-def _bucket_config(bucket: str) -> dict:
-    """The store settings of ``bucket``, from boto3's chain as this process's environment gives it."""
-    key = (bucket, _environment())
+def _bucket_config(kind: str, bucket: str) -> dict:
+    """The store settings of ``bucket``, from the variables this process's environment holds now."""
+    prefix = _VARIABLES[kind]
+    key = (kind, bucket, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(prefix))))
     cfg = _CONFIGS.get(key)
     if cfg is None:
         if len(_CONFIGS) > 64:
             _CONFIGS.clear()
-        cfg = _CONFIGS[key] = _configure(bucket)
+        cfg = _CONFIGS[key] = {"retry_config": _RETRY, **(_s3_config if kind == "s3" else _azure_config)(bucket)}
     return cfg
 
 
-def _configure(bucket: str) -> dict:
+def _s3_config(bucket: str) -> dict:
     import boto3
     from obstore.auth.boto3 import Boto3CredentialProvider
 
@@ -76,13 +84,17 @@ def _configure(bucket: str) -> dict:
     region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
     client = session.client("s3", region_name=region)
     endpoint = client.meta.endpoint_url
-    cfg = {"credential_provider": Boto3CredentialProvider(session), "retry_config": _RETRY}
-    if endpoint.split("://", 1)[-1].split("/", 1)[0].endswith("amazonaws.com"):
+    cfg = {"credential_provider": Boto3CredentialProvider(session)}
+    if _host(endpoint).endswith("amazonaws.com"):
         cfg["config"] = {"region": _bucket_region(client, bucket) or region}
     else:  # an S3-compatible server: its endpoint as given, path-style
         cfg["config"] = {"region": region, "endpoint": endpoint}
         cfg["client_options"] = {"allow_http": endpoint.startswith("http://")}
     return cfg
+
+
+def _host(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]
 
 
 def _bucket_region(client, bucket: str) -> str | None:
@@ -96,28 +108,68 @@ def _bucket_region(client, bucket: str) -> str | None:
     return meta.get("HTTPHeaders", {}).get("x-amz-bucket-region")
 
 
-def _store(bucket: str, prefix: str = ""):
-    from obstore.store import S3Store
+def _connection_string(text: str) -> dict:
+    """Azure's ``Key=value;...`` connection string as a dict (keys as written; values keep their '=')."""
+    return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
 
-    cfg = _bucket_config(bucket)
-    key = (bucket, prefix, id(cfg))
+
+def _azure_config(container: str) -> dict:
+    env = os.environ
+    if env.get("AZURE_STORAGE_CONNECTION_STRING"):
+        parts = _connection_string(env["AZURE_STORAGE_CONNECTION_STRING"])
+        if parts.get("UseDevelopmentStorage", "").lower() == "true":
+            return {"config": {"use_emulator": True}, "client_options": {"allow_http": True}}
+        config = {"account_name": parts.get("AccountName")}
+        config.update({"account_key": parts["AccountKey"]} if "AccountKey" in parts else
+                      {"sas_key": parts.get("SharedAccessSignature", "").lstrip("?")})
+        endpoint = parts.get("BlobEndpoint")
+        if not config["account_name"] and endpoint:  # a SAS connection string may name only the endpoint
+            config["account_name"] = _host(endpoint).split(".", 1)[0]
+    elif env.get("AZURE_STORAGE_ACCOUNT_NAME"):
+        config = {"account_name": env["AZURE_STORAGE_ACCOUNT_NAME"]}
+        endpoint = None
+        if env.get("AZURE_STORAGE_ACCOUNT_KEY"):
+            config["account_key"] = env["AZURE_STORAGE_ACCOUNT_KEY"]
+        elif env.get("AZURE_STORAGE_SAS_TOKEN"):
+            config["sas_key"] = env["AZURE_STORAGE_SAS_TOKEN"].lstrip("?")
+        else:
+            from obstore.auth.azure import AzureCredentialProvider
+
+            return {"config": config, "credential_provider": AzureCredentialProvider()}
+    else:
+        raise PermissionError("no Azure credentials found (neither a connection string nor an account name)")
+    cfg = {"config": config}
+    if endpoint:
+        cfg["config"]["endpoint"] = endpoint.rstrip("/")
+        cfg["client_options"] = {"allow_http": endpoint.startswith("http://")}
+    return cfg
+
+
+def _store(kind: str, bucket: str, prefix: str = ""):
+    from obstore.store import AzureStore, S3Store
+
+    cfg = _bucket_config(kind, bucket)
+    key = (kind, bucket, prefix, id(cfg))
     st = _STORES.get(key)
     if st is None:
         if len(_STORES) > 64:
             _STORES.clear()
-        st = _STORES[key] = S3Store(bucket, prefix=prefix or None, **cfg)
+        cls = S3Store if kind == "s3" else AzureStore
+        st = _STORES[key] = cls(bucket, prefix=prefix or None, **cfg)
     return st
 
 
 def _message(exc: Exception) -> str:
-    """What the server said (S3's ``<Message>``), else the first line of obstore's report."""
+    """What the server said (S3's and Azure's ``<Message>``), else the first line of obstore's report;
+    never a URL's query (a SAS)."""
     text = str(exc)
     found = re.search(r"<Message>(.*?)</Message>", text, re.S)
-    return found.group(1).strip() if found else text.splitlines()[0] if text else type(exc).__name__
+    line = found.group(1).strip().splitlines()[0] if found else text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r"\?\S*", "", line)
 
 
 def _os_error(exc: Exception, url: str) -> OSError:
-    """obstore's error as the OSError s3fs raises for the same cause."""
+    """obstore's error as the OSError the fsspec libraries raise for the same cause."""
     from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
 
     if isinstance(exc, NotFoundError | FileNotFoundError):
@@ -127,52 +179,52 @@ def _os_error(exc: Exception, url: str) -> OSError:
     return OSError(f"{url}: {_message(exc)}")
 
 
-def get(path: str) -> bytes:
+def get(protocol: str, path: str) -> bytes:
     """The whole object ``bucket/key``, in one request."""
     import obstore
     from obstore.exceptions import BaseError
 
     bucket, key = _split(path)
     try:
-        return bytes(obstore.get(_store(bucket), key).bytes())
+        return bytes(obstore.get(_store(_KIND[protocol], bucket), key).bytes())
     except (BaseError, FileNotFoundError) as exc:  # obstore raises Python's own for a missing object
-        raise _os_error(exc, f"s3://{path}") from exc
+        raise _os_error(exc, f"{protocol}://{path}") from exc
 
 
-def put(path: str, data) -> None:
+def put(protocol: str, path: str, data) -> None:
     """Write ``data`` to ``bucket/key`` whole, in one request."""
     import obstore
     from obstore.exceptions import BaseError
 
     bucket, key = _split(path)
     try:
-        obstore.put(_store(bucket), key, memoryview(data), use_multipart=False)
-    except (BaseError, FileNotFoundError) as exc:  # obstore raises Python's own for a missing object
-        raise _os_error(exc, f"s3://{path}") from exc
+        obstore.put(_store(_KIND[protocol], bucket), key, memoryview(data), use_multipart=False)
+    except (BaseError, FileNotFoundError) as exc:
+        raise _os_error(exc, f"{protocol}://{path}") from exc
 
 
-def get_many(paths: list[str]) -> list[bytes]:
+def get_many(protocol: str, paths: list[str]) -> list[bytes]:
     """Whole objects, in the order given, :data:`_CONCURRENCY` requests at a time."""
     if len(paths) < 2:
-        return [get(p) for p in paths]
+        return [get(protocol, p) for p in paths]
     with ThreadPoolExecutor(min(_CONCURRENCY, len(paths)), thread_name_prefix="rs-get") as pool:
-        return list(pool.map(get, paths))
+        return list(pool.map(lambda p: get(protocol, p), paths))
 
 
-def put_many(items: Iterable[tuple[str, bytes]]) -> None:
+def put_many(protocol: str, items: Iterable[tuple[str, bytes]]) -> None:
     """:func:`put` of each ``(path, data)``, :data:`_CONCURRENCY` requests at a time."""
     items = list(items)
     if len(items) < 2:
         for p, data in items:
-            put(p, data)
+            put(protocol, p, data)
         return
     with ThreadPoolExecutor(min(_CONCURRENCY, len(items)), thread_name_prefix="rs-put") as pool:
-        list(pool.map(lambda item: put(*item), items))
+        list(pool.map(lambda item: put(protocol, *item), items))
 
 
-def zarr_store(path: str, *, read_only: bool):
+def zarr_store(protocol: str, path: str, *, read_only: bool):
     """A Zarr store over the prefix ``bucket/key`` (zarr's own obstore adapter)."""
     from zarr.storage import ObjectStore
 
     bucket, key = _split(path.rstrip("/"))
-    return ObjectStore(_store(bucket, key), read_only=read_only)
+    return ObjectStore(_store(_KIND[protocol], bucket, key), read_only=read_only)

@@ -182,17 +182,17 @@ def test_an_s3_compatible_server_is_reached_at_its_endpoint_with_boto3s_credenti
     aws.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     aws.setenv("AWS_REGION", "eu-central-1")
     aws.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    cfg = _objects._bucket_config("b")
+    cfg = _objects._bucket_config("s3", "b")
     assert cfg["config"] == {"region": "eu-central-1", "endpoint": "http://127.0.0.1:9"}
     assert cfg["client_options"] == {"allow_http": True}
     assert cfg["credential_provider"]()["secret_access_key"] == "secret"
     aws.setenv("AWS_ENDPOINT_URL_S3", "https://objects.example.org")  # S3's own endpoint wins
-    cfg = _objects._bucket_config("b")
+    cfg = _objects._bucket_config("s3", "b")
     assert cfg["config"]["endpoint"] == "https://objects.example.org" and not cfg["client_options"]["allow_http"]
     aws.delenv("AWS_ACCESS_KEY_ID")
     aws.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(PermissionError, match="no AWS credentials"):
-        _objects.get("b/k")
+        _objects.get("s3", "b/k")
 
 
 def test_on_aws_a_bucket_is_reached_in_its_own_region(aws):
@@ -225,3 +225,57 @@ def test_obstore_errors_become_the_oserrors_s3fs_raises_with_the_servers_own_wor
     assert type(err) is PermissionError and str(err) == "Access Denied"
     err = _os_error(GenericError("Error performing PUT http://127.0.0.1:9/b/k: error sending request\nmore"), "s3://b/k")
     assert type(err) is OSError and str(err) == "s3://b/k: Error performing PUT http://127.0.0.1:9/b/k: error sending request"
+
+
+@pytest.fixture
+def azure(monkeypatch):
+    """An environment holding only the Azure variables a test sets."""
+    for k in [k for k in os.environ if k.startswith("AZURE_")]:
+        monkeypatch.delenv(k)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(("env", "config"), [
+    ({"AZURE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=http;AccountName=acc;AccountKey=a2V5==;"
+                                         "BlobEndpoint=http://127.0.0.1:10000/acc/;"},
+     {"account_name": "acc", "account_key": "a2V5==", "endpoint": "http://127.0.0.1:10000/acc"}),
+    ({"AZURE_STORAGE_CONNECTION_STRING": "BlobEndpoint=https://acc.blob.core.windows.net/;"
+                                         "SharedAccessSignature=sv=2024&sp=rl&sig=c2ln%3D"},
+     {"account_name": "acc", "sas_key": "sv=2024&sp=rl&sig=c2ln%3D", "endpoint": "https://acc.blob.core.windows.net"}),
+    ({"AZURE_STORAGE_CONNECTION_STRING": "AccountName=acc;AccountKey=a2V5;EndpointSuffix=core.windows.net"},
+     {"account_name": "acc", "account_key": "a2V5"}),
+    ({"AZURE_STORAGE_ACCOUNT_NAME": "acc", "AZURE_STORAGE_ACCOUNT_KEY": "a2V5"},
+     {"account_name": "acc", "account_key": "a2V5"}),
+    ({"AZURE_STORAGE_ACCOUNT_NAME": "acc", "AZURE_STORAGE_SAS_TOKEN": "?sv=2024&sig=c2ln"},
+     {"account_name": "acc", "sas_key": "sv=2024&sig=c2ln"}),
+])
+def test_azure_is_reached_with_what_the_connection_string_or_the_account_variables_give(azure, env, config):
+    from remote_samsing import _objects
+
+    for k, v in env.items():
+        azure.setenv(k, v)
+    cfg = _objects._bucket_config("az", "container")
+    assert cfg["config"] == config
+    assert cfg.get("client_options", {}).get("allow_http", False) == config.get("endpoint", "").startswith("http:")
+
+
+def test_azure_without_a_key_uses_azure_identity_and_without_an_account_says_so(azure):
+    from obstore.auth.azure import AzureCredentialProvider
+
+    from remote_samsing import _objects
+
+    with pytest.raises(PermissionError, match="no Azure credentials"):
+        _objects.get("az", "container/k")
+    azure.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acc")
+    cfg = _objects._bucket_config("az", "container")
+    assert cfg["config"] == {"account_name": "acc"}
+    assert isinstance(cfg["credential_provider"], AzureCredentialProvider)
+
+
+def test_an_error_names_no_query_string_a_sas_could_be_in():
+    from obstore.exceptions import GenericError
+
+    from remote_samsing._objects import _os_error
+
+    err = _os_error(GenericError("Error performing PUT http://h/acc/c/k?sv=2024&sig=c2VjcmV0 in 3ms\nmore"), "az://c/k")
+    assert str(err) == "az://c/k: Error performing PUT http://h/acc/c/k in 3ms" and "c2VjcmV0" not in str(err)

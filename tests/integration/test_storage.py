@@ -666,20 +666,22 @@ def test_an_azure_folder_goes_in_blob_batches_or_blob_by_blob_where_they_are_ref
         AzureBlobFileSystem.clear_instance_cache()
 
 
-def test_the_blocks_objects_on_s3_go_through_obstore_under_the_names_given(s3):
-    """Whole objects (markers, spill files) and the blocks' Zarr arrays on S3 go through obstore: "[", "*",
-    "?", " " and "%" in a name are characters of the key, the order asked is kept, a missing object is a
-    FileNotFoundError naming it; an array written through obstore reads back through s3fs."""
+@pytest.mark.parametrize("scheme", ["s3", "az"])
+def test_the_blocks_objects_go_through_obstore_under_the_names_given(scheme, loopback_stores, monkeypatch):
+    """Whole objects (markers, spill files) and the blocks' Zarr arrays on S3 and Azure go through obstore:
+    "[", "*", "?", " " and "%" in a name are characters of the key, the order asked is kept, a missing
+    object is a FileNotFoundError naming it; an array written through obstore reads back through fsspec."""
     import zarr
     from zarr.storage import ObjectStore
 
     from remote_samsing._files import open_zarr_array, read_bytes, read_many, write_bytes, write_many
 
+    store = use_store(loopback_stores(scheme), monkeypatch)
     names = ["b_0_1.pkl", "a[1].pkl", "c*?.pkl", "d e%20.pkl"]
-    base = s3.url(f"{BUCKET}/obstore")
+    base = store.url(f"{BUCKET}/obstore")
     write_many((f"{base}/{n}", n.encode()) for n in names)
     write_bytes(f"{base}/one.json", b"{}")
-    assert sorted(s3.keys(f"{BUCKET}/obstore")) == sorted(f"obstore/{n}" for n in [*names, "one.json"])
+    assert sorted(store.keys(f"{BUCKET}/obstore")) == sorted(f"obstore/{n}" for n in [*names, "one.json"])
     assert read_many([f"{base}/{n}" for n in names[::-1]]) == [n.encode() for n in names[::-1]]
     assert read_bytes(f"{base}/one.json") == b"{}"
     with pytest.raises(FileNotFoundError, match=f"{base}/missing: "):
