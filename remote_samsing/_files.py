@@ -18,8 +18,10 @@ reads them alike. Writes differ by kind:
 
 Every product reaches a store by one path, the same for S3, GCS and Azure:
 GDAL (the COG, its pieces, the tile index), pyarrow and the other writers only
-ever write a local file or memory, and fsspec uploads the bytes
-(:func:`write_atomic`, :func:`write_bytes`, :func:`write_many`). So no store
+ever write a local file or memory, and the bytes are uploaded whole
+(:func:`write_atomic`, :func:`write_bytes`, :func:`write_many`): through
+fsspec, and on S3 and Azure the small objects through obstore
+(:mod:`._objects`), which costs the client a tenth of the CPU a request. So no store
 depends on GDAL's own write support (its plain PUTs, which some servers
 refuse, and whose failures rasterio does not raise), and an upload that fails
 raises: it is never taken for a written product.
