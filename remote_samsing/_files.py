@@ -18,10 +18,10 @@ reads them alike. Writes differ by kind:
 
 Every product reaches a store by one path, the same for S3, GCS and Azure:
 GDAL (the COG, its pieces, the tile index), pyarrow and the other writers only
-ever write a local file or memory, and the bytes are uploaded whole
-(:func:`write_atomic`, :func:`write_bytes`, :func:`write_many`): through
-fsspec, and on S3 and Azure the small objects through obstore
-(:mod:`._objects`), which costs the client a tenth of the CPU a request. So no store
+ever write a local file or memory, and the bytes are uploaded whole: a file
+through fsspec (:func:`write_atomic`), bytes in memory (:func:`write_bytes`,
+:func:`write_many`) on S3 and Azure through obstore (:mod:`._objects`), which
+costs the client a tenth of the CPU a request, elsewhere through fsspec. So no store
 depends on GDAL's own write support (its plain PUTs, which some servers
 refuse, and whose failures rasterio does not raise), and an upload that fails
 raises: it is never taken for a written product.
@@ -95,17 +95,38 @@ def _prepare_store_client(protocol: str) -> None:
         if gcs_emulator():
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
             os.environ.setdefault("NO_GCE_CHECK", "true")
-    elif _STORE_KIND.get(protocol) == "az" and not _AZURE_AT_EXIT:
-        import atexit
+    elif _STORE_KIND.get(protocol) == "az":
+        close_azure_clients_at_exit()
 
-        import zarr  # noqa: F401 - Zarr registers its exit hook when imported; this one must come after it
 
-        atexit.register(_close_azure_clients)
-        _AZURE_AT_EXIT.append(True)
+def url_to_fs(url: str):
+    """fsspec's filesystem for ``url`` and the path in it, with the store's client prepared first
+    (:func:`_prepare_store_client`), as :func:`location` prepares it."""
+    import fsspec
+
+    _prepare_store_client(url.split("://", 1)[0].lower())
+    return fsspec.core.url_to_fs(url)
 
 
 #: Whether this process registered :func:`_close_azure_clients` (once).
 _AZURE_AT_EXIT: list = []
+
+
+def close_azure_clients_at_exit() -> None:
+    """Have this process close its adlfs clients at exit (:func:`_close_azure_clients`), once: in any
+    process that may reach Azure through fsspec, its workers too."""
+    if _AZURE_AT_EXIT:
+        return
+    import atexit
+    import weakref
+
+    import zarr  # noqa: F401 - Zarr registers its exit hook when imported; this one must come after it
+
+    # weakref registers its own exit hook, which runs every finalizer left, with the first finalizer made
+    # in the process; made here first, that hook runs after this one, which has run adlfs's before
+    weakref.finalize(close_azure_clients_at_exit, lambda: None)
+    atexit.register(_close_azure_clients)
+    _AZURE_AT_EXIT.append(True)
 
 
 def _close_azure_clients() -> None:
@@ -118,8 +139,11 @@ def _close_azure_clients() -> None:
     registered first: registered after Zarr's, this one runs the finalizers before Zarr's loop stops.
     """
     import gc
+    import sys
     import weakref
 
+    if "adlfs" not in sys.modules:  # no Azure filesystem was made here
+        return
     from adlfs import AzureBlobFileSystem
 
     # type(), not isinstance(): isinstance reads ``__class__``, which some live objects answer with a
@@ -139,8 +163,8 @@ _STORE_VARIABLES = {
           "store)",
     "gs": "GOOGLE_APPLICATION_CREDENTIALS, or the machine's own account (STORAGE_EMULATOR_HOST for an emulator); "
           "the `gcs` extra (pip install \"remote_samsing[gcs]\")",
-    "az": "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or "
-          "AZURE_STORAGE_SAS_TOKEN; the `azure` extra (pip install \"remote_samsing[azure]\")",
+    "az": "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, "
+          "AZURE_STORAGE_SAS_TOKEN or a managed identity; the `azure` extra (pip install \"remote_samsing[azure]\")",
     "http": "GDAL_CURL_CA_BUNDLE for a server with a private certificate authority",
 }
 _STORE_KIND = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az", "abfss": "az",
@@ -191,8 +215,19 @@ def _protocol(p) -> str:
 
 
 def _fast(p) -> bool:
-    """Whole objects at ``p`` (a store location) go through :mod:`._objects`, not fsspec."""
-    return _objects.handles(_protocol(p))
+    """Whole objects at ``p`` (a store location) go through :mod:`._objects`, not fsspec. Not where the
+    URL itself carries settings (``abfs://container@account...``): fsspec and obstore would then reach
+    different accounts."""
+    return _objects.handles(_STORE_KIND.get(_protocol(p), "")) and not p.storage_options
+
+
+def _url(p) -> str:
+    """The URL of store location ``p``, as :mod:`._objects` takes it."""
+    return f"{_protocol(p)}://{p.path}"
+
+
+def _kind(p) -> str:
+    return _STORE_KIND[_protocol(p)]
 
 
 #: What Zarr opens an S3 array with where s3fs serves it (an array created, or opened as a dataset):
@@ -213,13 +248,14 @@ def _zarr_store(store, *, read_only: bool):
     (:mod:`._objects`)."""
     p = location(store)
     if is_remote(p) and _fast(p):
-        return _objects.zarr_store(_protocol(p), p.path, read_only=read_only)
+        return _objects.zarr_store(_kind(p), _url(p), read_only=read_only)
     return store_path(p)
 
 
 def open_zarr_array(store, *, mode: str, path: str | None = None):
-    """The Zarr v3 array at ``store`` (a local path or a URL; ``path`` inside it), opened with
-    :func:`zarr_options` and without probing for v2 metadata (requests on a store)."""
+    """The Zarr v3 array at ``store`` (a local path or a URL; ``path`` inside it), opened without
+    probing for v2 metadata (requests on a store). On S3 and Azure its store holds the credentials:
+    open it in the task that uses it, never pass it in a task graph."""
     import zarr
 
     opened = _zarr_store(store, read_only=mode == "r")
@@ -330,10 +366,22 @@ def write_atomic(path, write: Callable[[Path], Any]):
 def write_bytes(path, data: bytes):
     """Write ``data`` to ``path`` whole (atomically, as :func:`write_atomic`)."""
     p = location(path)
-    if is_remote(p):
-        _objects.put(_protocol(p), p.path, data) if _fast(p) else p.fs.pipe_file(p.path, data)
-        return p
-    return write_atomic(p, lambda tmp: tmp.write_bytes(data))
+    if is_remote(p) and _fast(p):
+        _objects.put(_kind(p), _url(p), data)
+        _forget_listings([p])
+    elif is_remote(p):
+        p.fs.pipe_file(p.path, data)
+    else:
+        write_atomic(p, lambda tmp: tmp.write_bytes(data))
+    return p
+
+
+def _forget_listings(written: list) -> None:
+    """Drop the listings fsspec cached of the folders of objects written past it (obstore): fsspec
+    answers ``exists`` from a cached listing of the folder, which would not show them."""
+    fs = written[0].fs
+    for parent in {p.parent.path for p in written}:
+        fs.invalidate_cache(parent)
 
 
 #: Files one concurrent call reads or writes: bounds the bytes held at once.
@@ -353,7 +401,8 @@ def write_many(items) -> None:
     local)."""
     for group in _groups((location(path), data) for path, data in items):
         if is_remote(group[0][0]) and _fast(group[0][0]):
-            _objects.put_many(_protocol(group[0][0]), ((p.path, data) for p, data in group))
+            _objects.put_many(_kind(group[0][0]), ((_url(p), data) for p, data in group))
+            _forget_listings([p for p, _ in group])
         elif is_remote(group[0][0]):
             group[0][0].fs.pipe({p.path: data for p, data in group})
         else:
@@ -366,7 +415,7 @@ def read_bytes(path) -> bytes:
     p = location(path)
     if not is_remote(p):
         return p.read_bytes()
-    return _objects.get(_protocol(p), p.path) if _fast(p) else p.fs.cat_file(p.path)
+    return _objects.get(_kind(p), _url(p)) if _fast(p) else p.fs.cat_file(p.path)
 
 
 def read_many(paths, *, decode: Callable[[bytes], Any] | None = None) -> list:
@@ -377,7 +426,7 @@ def read_many(paths, *, decode: Callable[[bytes], Any] | None = None) -> list:
     out = []
     for group in _groups(location(x) for x in paths):
         if is_remote(group[0]) and _fast(group[0]):
-            raw = _objects.get_many(_protocol(group[0]), [p.path for p in group])
+            raw = _objects.get_many(_kind(group[0]), [_url(p) for p in group])
         elif is_remote(group[0]):
             # cat_ranges, not cat: cat would expand "*", "?" and "[" in a key as a glob pattern
             raw = group[0].fs.cat_ranges([p.path for p in group], None, None, on_error="raise")

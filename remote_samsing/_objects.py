@@ -4,12 +4,14 @@ A run on a store moves a dozen small objects a block (its staging chunk,
 marker, summary, spill files, label chunk, the mosaic's chunks). s3fs and
 adlfs spend 2-3.5 ms of CPU on each request (botocore or the Azure SDK
 builds, signs and parses it in Python), obstore's Rust client about a tenth
-of that, and on a few cores that CPU is the run's. So these objects, and the
-Zarr arrays the blocks read and write, go through obstore; listings,
-deletions and the products' uploads, a few requests a run, stay on fsspec.
+of that, and on a few cores that CPU is the run's. So whole objects
+(:func:`~._files.write_bytes`, :func:`~._files.read_many`, ...) and the Zarr
+arrays the blocks read and write go through obstore; listings, deletions and
+the upload of files written locally (the COG, the vectors) stay on fsspec.
 GCS stays on gcsfs, which costs about 0.5 ms a request.
 
-Each client is configured from what its fsspec library reads:
+Each client is configured from what its fsspec library reads, so a user sets
+nothing new:
 
 * S3, from boto3's own chain (environment, shared files and profiles, SSO,
   container and instance roles): obstore's ``Boto3CredentialProvider`` gives
@@ -21,59 +23,86 @@ Each client is configured from what its fsspec library reads:
   else from ``AZURE_STORAGE_ACCOUNT_NAME`` with ``AZURE_STORAGE_ACCOUNT_KEY``,
   ``AZURE_STORAGE_SAS_TOKEN`` or, with neither, azure-identity's
   ``DefaultAzureCredential`` (managed identity, workload identity, the CLI).
+  The credential found is the one used (``credential_type``): obstore's own
+  order would prefer, say, a pod's workload identity to the SAS adlfs uses.
 
-Each process builds its clients once per bucket (container) and environment.
+Each process builds a client once per bucket (container) and environment.
+A store holds its credentials: it is never put into a task graph.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from .exceptions import ConfigError
+
 __all__ = ["handles", "get", "get_many", "put", "put_many", "zarr_store"]
 
-#: URL schemes served here, by kind of store.
-_KIND = {"s3": "s3", "s3a": "s3", "az": "az", "abfs": "az", "abfss": "az"}
-#: The environment variables each kind's settings come from.
+#: The kinds of store (``_files._STORE_KIND``) served here, and the variables each is configured from.
 _VARIABLES = {"s3": "AWS_", "az": "AZURE_"}
-#: Requests one call has in flight at once (read_many/write_many groups).
+#: Requests in flight at once for one read_many/write_many group.
 _CONCURRENCY = 16
-#: Retries of a request that failed for a reason that can pass (a connection error, a 5xx); what a
-#: dead endpoint costs before it is said: about 3 s.
+#: Retries of a request that failed for a reason that can pass (a connection error, a 5xx): a refused
+#: connection is said after about 3 s, an endpoint that never answers after six 5 s connect timeouts.
 _RETRY = {"max_retries": 5, "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5),
                                          "base": 2}, "retry_timeout": timedelta(seconds=60)}
+#: obstore's limit on one request (30 s by default), raised to what a large object's upload needs.
+_TIMEOUT = timedelta(minutes=5)
+#: How long boto3's credentials are taken as valid: botocore refreshes temporary ones 15 minutes
+#: before they expire, so asking again every 5 minutes never holds expired ones.
+_CREDENTIALS_TTL = timedelta(minutes=5)
 
-_CONFIGS: dict = {}
+_LOCK = threading.Lock()
 _STORES: dict = {}
+_POOL: list = []
 
 
-def handles(protocol: str) -> bool:
-    """Objects at URLs of ``protocol`` are read and written here."""
-    return protocol in _KIND
+def handles(kind: str) -> bool:
+    """Objects on stores of ``kind`` (``s3``, ``gs``, ``az``, ...) are read and written here."""
+    return kind in _VARIABLES
 
 
-def _split(path: str) -> tuple[str, str]:
-    """``bucket/key`` (a UPath's ``path``) as (bucket, key)."""
-    bucket, _, key = path.partition("/")
+def _split(url: str) -> tuple[str, str]:
+    """``scheme://bucket/key`` as (bucket, key)."""
+    bucket, _, key = url.split("://", 1)[1].partition("/")
     return bucket, key
 
 
-def _bucket_config(kind: str, bucket: str) -> dict:
-    """The store settings of ``bucket``, from the variables this process's environment holds now."""
-    prefix = _VARIABLES[kind]
-    key = (kind, bucket, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(prefix))))
-    cfg = _CONFIGS.get(key)
-    if cfg is None:
-        if len(_CONFIGS) > 64:
-            _CONFIGS.clear()
-        cfg = _CONFIGS[key] = {"retry_config": _RETRY, **(_s3_config if kind == "s3" else _azure_config)(bucket)}
-    return cfg
+def _store(kind: str, bucket: str, prefix: str = ""):
+    """This process's obstore store for ``bucket`` (rooted at ``prefix``), made once per environment."""
+    prefix_vars = _VARIABLES[kind]
+    key = (kind, bucket, prefix, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(prefix_vars))))
+    st = _STORES.get(key)
+    if st is None:
+        with _LOCK:  # the first requests of a group come together: one of them makes the client
+            st = _STORES.get(key)
+            if st is None:
+                if len(_STORES) > 64:
+                    _STORES.clear()
+                st = _STORES[key] = _new_store(kind, bucket, prefix)
+    return st
+
+
+def _new_store(kind: str, bucket: str, prefix: str):
+    from obstore.store import AzureStore, S3Store
+
+    cfg = _s3_config(bucket) if kind == "s3" else _azure_config()
+    options = {"timeout": _TIMEOUT, **cfg.pop("client_options", {})}
+    try:
+        return (S3Store if kind == "s3" else AzureStore)(bucket, prefix=prefix or None, client_options=options,
+                                                        retry_config=_RETRY, **cfg)
+    except Exception as exc:  # noqa: BLE001 - obstore's builders raise several types for one bad setting
+        raise ConfigError(f"cannot set up a client for `{kind}://{bucket}`: {_message(exc)}",
+                          hint=f"check the {_VARIABLES[kind]}* variables") from None
 
 
 def _s3_config(bucket: str) -> dict:
+    """S3Store settings from boto3's chain."""
     import boto3
     from obstore.auth.boto3 import Boto3CredentialProvider
 
@@ -84,7 +113,7 @@ def _s3_config(bucket: str) -> dict:
     region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
     client = session.client("s3", region_name=region)
     endpoint = client.meta.endpoint_url
-    cfg = {"credential_provider": Boto3CredentialProvider(session)}
+    cfg = {"credential_provider": Boto3CredentialProvider(session, ttl=_CREDENTIALS_TTL)}
     if _host(endpoint).endswith("amazonaws.com"):
         cfg["config"] = {"region": _bucket_region(client, bucket) or region}
     else:  # an S3-compatible server: its endpoint as given, path-style
@@ -98,65 +127,63 @@ def _host(url: str) -> str:
 
 
 def _bucket_region(client, bucket: str) -> str | None:
-    """The region AWS keeps ``bucket`` in (its ``x-amz-bucket-region`` answer, also to a refusal)."""
-    from botocore.exceptions import ClientError
+    """The region AWS keeps ``bucket`` in (its ``x-amz-bucket-region`` answer, also to a refusal);
+    None where AWS cannot be asked."""
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         meta = client.head_bucket(Bucket=bucket)["ResponseMetadata"]
     except ClientError as exc:
         meta = exc.response.get("ResponseMetadata", {})
+    except BotoCoreError:  # unreachable: the session's region, and the requests say what is wrong
+        return None
     return meta.get("HTTPHeaders", {}).get("x-amz-bucket-region")
 
 
 def _connection_string(text: str) -> dict:
-    """Azure's ``Key=value;...`` connection string as a dict (keys as written; values keep their '=')."""
-    return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
+    """Azure's ``Key=value;...`` connection string as a dict, keys lower-cased (Azure's SDK reads them
+    in any case); values keep their ``=``."""
+    return {k.strip().lower(): v.strip() for k, v in (p.split("=", 1) for p in text.split(";") if "=" in p)}
 
 
-def _azure_config(container: str) -> dict:
+def _azure_config() -> dict:
+    """AzureStore settings from the connection string or the account variables."""
     env = os.environ
     if env.get("AZURE_STORAGE_CONNECTION_STRING"):
-        parts = _connection_string(env["AZURE_STORAGE_CONNECTION_STRING"])
-        if parts.get("UseDevelopmentStorage", "").lower() == "true":
-            return {"config": {"use_emulator": True}, "client_options": {"allow_http": True}}
-        config = {"account_name": parts.get("AccountName")}
-        config.update({"account_key": parts["AccountKey"]} if "AccountKey" in parts else
-                      {"sas_key": parts.get("SharedAccessSignature", "").lstrip("?")})
-        endpoint = parts.get("BlobEndpoint")
-        if not config["account_name"] and endpoint:  # a SAS connection string may name only the endpoint
-            config["account_name"] = _host(endpoint).split(".", 1)[0]
-    elif env.get("AZURE_STORAGE_ACCOUNT_NAME"):
-        config = {"account_name": env["AZURE_STORAGE_ACCOUNT_NAME"]}
-        endpoint = None
-        if env.get("AZURE_STORAGE_ACCOUNT_KEY"):
-            config["account_key"] = env["AZURE_STORAGE_ACCOUNT_KEY"]
-        elif env.get("AZURE_STORAGE_SAS_TOKEN"):
-            config["sas_key"] = env["AZURE_STORAGE_SAS_TOKEN"].lstrip("?")
-        else:
-            from obstore.auth.azure import AzureCredentialProvider
-
-            return {"config": config, "credential_provider": AzureCredentialProvider()}
-    else:
+        return _from_connection_string(_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"]))
+    account = env.get("AZURE_STORAGE_ACCOUNT_NAME")
+    if not account:
         raise PermissionError("no Azure credentials found (neither a connection string nor an account name)")
-    cfg = {"config": config}
-    if endpoint:
-        cfg["config"]["endpoint"] = endpoint.rstrip("/")
-        cfg["client_options"] = {"allow_http": endpoint.startswith("http://")}
-    return cfg
+    if env.get("AZURE_STORAGE_ACCOUNT_KEY"):
+        return {"config": {"account_name": account, "account_key": env["AZURE_STORAGE_ACCOUNT_KEY"],
+                           "credential_type": "access_key"}}
+    if env.get("AZURE_STORAGE_SAS_TOKEN"):
+        return {"config": {"account_name": account, "sas_key": env["AZURE_STORAGE_SAS_TOKEN"].lstrip("?"),
+                           "credential_type": "sas_token"}}
+    from obstore.auth.azure import AzureCredentialProvider
+
+    return {"config": {"account_name": account}, "credential_provider": AzureCredentialProvider()}
 
 
-def _store(kind: str, bucket: str, prefix: str = ""):
-    from obstore.store import AzureStore, S3Store
-
-    cfg = _bucket_config(kind, bucket)
-    key = (kind, bucket, prefix, id(cfg))
-    st = _STORES.get(key)
-    if st is None:
-        if len(_STORES) > 64:
-            _STORES.clear()
-        cls = S3Store if kind == "s3" else AzureStore
-        st = _STORES[key] = cls(bucket, prefix=prefix or None, **cfg)
-    return st
+def _from_connection_string(parts: dict) -> dict:
+    if parts.get("usedevelopmentstorage", "").lower() == "true":
+        return {"config": {"use_emulator": True}, "client_options": {"allow_http": True}}
+    endpoint = parts.get("blobendpoint", "").rstrip("/")
+    account = parts.get("accountname") or (_host(endpoint).split(".", 1)[0] if endpoint else "")
+    if not account:
+        raise ConfigError("AZURE_STORAGE_CONNECTION_STRING names neither AccountName nor BlobEndpoint",
+                          hint="copy the connection string from the storage account's Access keys page")
+    if not endpoint:
+        endpoint = (f"{parts.get('defaultendpointsprotocol', 'https')}://{account}.blob."
+                    f"{parts.get('endpointsuffix', 'core.windows.net')}")
+    config = {"account_name": account, "endpoint": endpoint}
+    if parts.get("accountkey"):
+        config.update(account_key=parts["accountkey"], credential_type="access_key")
+    elif parts.get("sharedaccesssignature"):
+        config.update(sas_key=parts["sharedaccesssignature"].lstrip("?"), credential_type="sas_token")
+    else:  # a connection string without a credential reads a public container
+        config["skip_signature"] = True
+    return {"config": config, "client_options": {"allow_http": endpoint.startswith("http://")}}
 
 
 def _message(exc: Exception) -> str:
@@ -164,8 +191,9 @@ def _message(exc: Exception) -> str:
     never a URL's query (a SAS)."""
     text = str(exc)
     found = re.search(r"<Message>(.*?)</Message>", text, re.S)
-    line = found.group(1).strip().splitlines()[0] if found else text.splitlines()[0] if text else type(exc).__name__
-    return re.sub(r"\?\S*", "", line)
+    said = (found.group(1).strip() if found else "") or text.strip()
+    line = said.splitlines()[0] if said else type(exc).__name__
+    return re.sub(r"(https?://[^\s?]*)\?\S*", r"\1", line)
 
 
 def _os_error(exc: Exception, url: str) -> OSError:
@@ -175,56 +203,64 @@ def _os_error(exc: Exception, url: str) -> OSError:
     if isinstance(exc, NotFoundError | FileNotFoundError):
         return FileNotFoundError(f"{url}: {_message(exc)}")
     if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
-        return PermissionError(_message(exc))
+        return PermissionError(f"{_message(exc)} ({url})")
     return OSError(f"{url}: {_message(exc)}")
 
 
-def get(protocol: str, path: str) -> bytes:
-    """The whole object ``bucket/key``, in one request."""
+def get(kind: str, url: str) -> bytes:
+    """The whole object at ``url``, in one request."""
     import obstore
     from obstore.exceptions import BaseError
 
-    bucket, key = _split(path)
+    bucket, key = _split(url)
     try:
-        return bytes(obstore.get(_store(_KIND[protocol], bucket), key).bytes())
+        return bytes(obstore.get(_store(kind, bucket), key).bytes())
     except (BaseError, FileNotFoundError) as exc:  # obstore raises Python's own for a missing object
-        raise _os_error(exc, f"{protocol}://{path}") from exc
+        # not chained: the server's whole answer (a signed request's headers) stays out of tracebacks
+        raise _os_error(exc, url) from None
 
 
-def put(protocol: str, path: str, data) -> None:
-    """Write ``data`` to ``bucket/key`` whole, in one request."""
+def put(kind: str, url: str, data) -> None:
+    """Write ``data`` to ``url`` whole, in one request."""
     import obstore
     from obstore.exceptions import BaseError
 
-    bucket, key = _split(path)
+    bucket, key = _split(url)
     try:
-        obstore.put(_store(_KIND[protocol], bucket), key, memoryview(data), use_multipart=False)
+        obstore.put(_store(kind, bucket), key, memoryview(data), use_multipart=False)
     except (BaseError, FileNotFoundError) as exc:
-        raise _os_error(exc, f"{protocol}://{path}") from exc
+        raise _os_error(exc, url) from None
 
 
-def get_many(protocol: str, paths: list[str]) -> list[bytes]:
+def _pool() -> ThreadPoolExecutor:
+    """This process's threads for concurrent requests (made once: a pool a call costs more than its
+    requests)."""
+    with _LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(_CONCURRENCY, thread_name_prefix="rs-objects"))
+        return _POOL[0]
+
+
+def get_many(kind: str, urls: list[str]) -> list[bytes]:
     """Whole objects, in the order given, :data:`_CONCURRENCY` requests at a time."""
-    if len(paths) < 2:
-        return [get(protocol, p) for p in paths]
-    with ThreadPoolExecutor(min(_CONCURRENCY, len(paths)), thread_name_prefix="rs-get") as pool:
-        return list(pool.map(lambda p: get(protocol, p), paths))
+    if len(urls) < 2:
+        return [get(kind, u) for u in urls]
+    return list(_pool().map(lambda u: get(kind, u), urls))
 
 
-def put_many(protocol: str, items: Iterable[tuple[str, bytes]]) -> None:
-    """:func:`put` of each ``(path, data)``, :data:`_CONCURRENCY` requests at a time."""
+def put_many(kind: str, items: Iterable[tuple[str, bytes]]) -> None:
+    """:func:`put` of each ``(url, data)``, :data:`_CONCURRENCY` requests at a time."""
     items = list(items)
     if len(items) < 2:
-        for p, data in items:
-            put(protocol, p, data)
+        for url, data in items:
+            put(kind, url, data)
         return
-    with ThreadPoolExecutor(min(_CONCURRENCY, len(items)), thread_name_prefix="rs-put") as pool:
-        list(pool.map(lambda item: put(protocol, *item), items))
+    list(_pool().map(lambda item: put(kind, *item), items))
 
 
-def zarr_store(protocol: str, path: str, *, read_only: bool):
-    """A Zarr store over the prefix ``bucket/key`` (zarr's own obstore adapter)."""
+def zarr_store(kind: str, url: str, *, read_only: bool):
+    """A Zarr store over the prefix at ``url`` (zarr's own obstore adapter)."""
     from zarr.storage import ObjectStore
 
-    bucket, key = _split(path.rstrip("/"))
-    return ObjectStore(_store(_KIND[protocol], bucket, key), read_only=read_only)
+    bucket, key = _split(url.rstrip("/"))
+    return ObjectStore(_store(kind, bucket, key), read_only=read_only)

@@ -10,6 +10,10 @@ mid-task with a ``KeyboardInterrupt`` traceback of its own while the main
 process, interrupted too, closes the cluster anyway: workers first, then the
 scheduler. So worker processes ignore SIGINT and leave the shutdown to the
 main process.
+
+A worker may reach Azure through adlfs without the package's own paths
+(Zarr arrays in a task graph): it closes those clients at exit as the main
+process does (:func:`~remote_samsing._files.close_azure_clients_at_exit`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ __all__ = ["dask_setup"]
 
 
 def dask_setup(worker) -> None:
-    """Ignore SIGINT in a worker process (a nanny's child) of a local cluster.
+    """Ignore SIGINT in a worker process (a nanny's child) of a local cluster, and close its Azure
+    clients at exit.
 
     A worker running as a thread of the main process (``processes=False``)
     keeps the process's handler: there Ctrl-C is the main process's to
@@ -32,3 +37,6 @@ def dask_setup(worker) -> None:
     if multiprocessing.parent_process() is None or threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ._files import close_azure_clients_at_exit
+
+    close_azure_clients_at_exit()

@@ -35,7 +35,7 @@ import xarray as xr
 
 from ._files import (REMOTE_SCHEMES, check_url, gcs_emulator, gdal_path, is_remote, is_url, list_names, location,
                      replace_path, store_path, store_variables, temporary_name, open_zarr_array,
-                     open_zarr_cached)
+                     open_zarr_cached, url_to_fs)
 from ._progress import compute_tracked
 from ._validate import check_int, check_number
 from .exceptions import (
@@ -991,11 +991,9 @@ def _write_mosaic_store(ds: xr.Dataset, target: str, *, progress: bool) -> None:
 
 def _to_zarr_url(ds: xr.Dataset, url: str, *, overwrite: bool, progress: bool) -> str:
     """:func:`to_zarr` onto an object store: in place (a store has no rename), marked complete last."""
-    import fsspec
-
     from .exceptions import OutputExistsError
 
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = url_to_fs(url)
     if fs.exists(root):
         if not overwrite:
             raise OutputExistsError(f"`{url}` already exists", hint="pass overwrite=True / --overwrite")

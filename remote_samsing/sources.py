@@ -255,10 +255,10 @@ def _keeps(name: str) -> bool:
 
 def _fs(url: str):
     """fsspec's filesystem for ``url`` and the path inside it, with a named error for a missing extra."""
-    import fsspec
+    from ._files import url_to_fs
 
     try:
-        return fsspec.core.url_to_fs(url)
+        return url_to_fs(url)
     except ImportError as exc:
         raise InputError(f"cannot list `{url}`: {exc}",
                          hint="install the store's extra: pip install \"remote-samsing[gcs]\" or \"[azure]\"") from None

@@ -182,17 +182,17 @@ def test_an_s3_compatible_server_is_reached_at_its_endpoint_with_boto3s_credenti
     aws.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     aws.setenv("AWS_REGION", "eu-central-1")
     aws.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    cfg = _objects._bucket_config("s3", "b")
+    cfg = _objects._s3_config("b")
     assert cfg["config"] == {"region": "eu-central-1", "endpoint": "http://127.0.0.1:9"}
     assert cfg["client_options"] == {"allow_http": True}
     assert cfg["credential_provider"]()["secret_access_key"] == "secret"
     aws.setenv("AWS_ENDPOINT_URL_S3", "https://objects.example.org")  # S3's own endpoint wins
-    cfg = _objects._bucket_config("s3", "b")
+    cfg = _objects._s3_config("b")
     assert cfg["config"]["endpoint"] == "https://objects.example.org" and not cfg["client_options"]["allow_http"]
     aws.delenv("AWS_ACCESS_KEY_ID")
     aws.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(PermissionError, match="no AWS credentials"):
-        _objects.get("s3", "b/k")
+        _objects.get("s3", "s3://b/k")
 
 
 def test_on_aws_a_bucket_is_reached_in_its_own_region(aws):
@@ -213,18 +213,24 @@ def test_on_aws_a_bucket_is_reached_in_its_own_region(aws):
 
 
 def test_obstore_errors_become_the_oserrors_s3fs_raises_with_the_servers_own_words():
-    from obstore.exceptions import GenericError, NotFoundError, PermissionDeniedError
+    from obstore.exceptions import GenericError, PermissionDeniedError
 
     from remote_samsing._objects import _os_error
 
-    xml = ("Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket"
-           "</Code><Message>The specified bucket does not exist</Message></Error>\n\nDebug source: ...")
-    err = _os_error(NotFoundError(xml), "s3://b/k")
+    xml = ("Object at location k not found: Error performing GET http://h/b/k - Server returned non-2xx status "
+           "code: 404 Not Found: <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified "
+           "bucket does not exist</Message></Error>\n\nDebug source: ...")
+    err = _os_error(FileNotFoundError(xml), "s3://b/k")  # what obstore raises for a missing object
     assert type(err) is FileNotFoundError and str(err) == "s3://b/k: The specified bucket does not exist"
     err = _os_error(PermissionDeniedError("403 Forbidden: <Error><Message>Access Denied</Message></Error>"), "s3://b/k")
-    assert type(err) is PermissionError and str(err) == "Access Denied"
-    err = _os_error(GenericError("Error performing PUT http://127.0.0.1:9/b/k: error sending request\nmore"), "s3://b/k")
-    assert type(err) is OSError and str(err) == "s3://b/k: Error performing PUT http://127.0.0.1:9/b/k: error sending request"
+    assert type(err) is PermissionError and str(err) == "Access Denied (s3://b/k)"
+    # a "?" of a key is percent-encoded in the request's URL, and stays as given in the object's
+    err = _os_error(GenericError("Error performing PUT http://127.0.0.1:9/b/c*%3F.pkl: error sending request\nmore"),
+                    "s3://b/c*?.pkl")
+    assert type(err) is OSError
+    assert str(err) == "s3://b/c*?.pkl: Error performing PUT http://127.0.0.1:9/b/c*%3F.pkl: error sending request"
+    err = _os_error(GenericError("500: <Error><Message></Message></Error>"), "s3://b/k")  # said nothing
+    assert str(err) == "s3://b/k: 500: <Error><Message></Message></Error>"
 
 
 @pytest.fixture
@@ -238,23 +244,29 @@ def azure(monkeypatch):
 @pytest.mark.parametrize(("env", "config"), [
     ({"AZURE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=http;AccountName=acc;AccountKey=a2V5==;"
                                          "BlobEndpoint=http://127.0.0.1:10000/acc/;"},
-     {"account_name": "acc", "account_key": "a2V5==", "endpoint": "http://127.0.0.1:10000/acc"}),
+     {"account_name": "acc", "account_key": "a2V5==", "credential_type": "access_key",
+      "endpoint": "http://127.0.0.1:10000/acc"}),
     ({"AZURE_STORAGE_CONNECTION_STRING": "BlobEndpoint=https://acc.blob.core.windows.net/;"
                                          "SharedAccessSignature=sv=2024&sp=rl&sig=c2ln%3D"},
-     {"account_name": "acc", "sas_key": "sv=2024&sp=rl&sig=c2ln%3D", "endpoint": "https://acc.blob.core.windows.net"}),
-    ({"AZURE_STORAGE_CONNECTION_STRING": "AccountName=acc;AccountKey=a2V5;EndpointSuffix=core.windows.net"},
-     {"account_name": "acc", "account_key": "a2V5"}),
+     {"account_name": "acc", "sas_key": "sv=2024&sp=rl&sig=c2ln%3D", "credential_type": "sas_token",
+      "endpoint": "https://acc.blob.core.windows.net"}),
+    ({"AZURE_STORAGE_CONNECTION_STRING": "defaultendpointsprotocol=https;accountname=acc;accountkey=a2V5;"
+                                         "endpointsuffix=core.chinacloudapi.cn"},
+     {"account_name": "acc", "account_key": "a2V5", "credential_type": "access_key",
+      "endpoint": "https://acc.blob.core.chinacloudapi.cn"}),
+    ({"AZURE_STORAGE_CONNECTION_STRING": "AccountName=acc;BlobEndpoint=https://acc.blob.core.windows.net"},
+     {"account_name": "acc", "skip_signature": True, "endpoint": "https://acc.blob.core.windows.net"}),
     ({"AZURE_STORAGE_ACCOUNT_NAME": "acc", "AZURE_STORAGE_ACCOUNT_KEY": "a2V5"},
-     {"account_name": "acc", "account_key": "a2V5"}),
+     {"account_name": "acc", "account_key": "a2V5", "credential_type": "access_key"}),
     ({"AZURE_STORAGE_ACCOUNT_NAME": "acc", "AZURE_STORAGE_SAS_TOKEN": "?sv=2024&sig=c2ln"},
-     {"account_name": "acc", "sas_key": "sv=2024&sig=c2ln"}),
+     {"account_name": "acc", "sas_key": "sv=2024&sig=c2ln", "credential_type": "sas_token"}),
 ])
 def test_azure_is_reached_with_what_the_connection_string_or_the_account_variables_give(azure, env, config):
     from remote_samsing import _objects
 
     for k, v in env.items():
         azure.setenv(k, v)
-    cfg = _objects._bucket_config("az", "container")
+    cfg = _objects._azure_config()
     assert cfg["config"] == config
     assert cfg.get("client_options", {}).get("allow_http", False) == config.get("endpoint", "").startswith("http:")
 
@@ -262,14 +274,44 @@ def test_azure_is_reached_with_what_the_connection_string_or_the_account_variabl
 def test_azure_without_a_key_uses_azure_identity_and_without_an_account_says_so(azure):
     from obstore.auth.azure import AzureCredentialProvider
 
+    from remote_samsing.exceptions import ConfigError
+
     from remote_samsing import _objects
 
     with pytest.raises(PermissionError, match="no Azure credentials"):
-        _objects.get("az", "container/k")
+        _objects.get("az", "az://container/k")
+    azure.setenv("AZURE_STORAGE_CONNECTION_STRING", "DefaultEndpointsProtocol=https;AccountKey=a2V5")
+    with pytest.raises(ConfigError, match="names neither AccountName nor BlobEndpoint"):
+        _objects.get("az", "az://container/k")
+    azure.delenv("AZURE_STORAGE_CONNECTION_STRING")
     azure.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acc")
-    cfg = _objects._bucket_config("az", "container")
+    cfg = _objects._azure_config()
     assert cfg["config"] == {"account_name": "acc"}
     assert isinstance(cfg["credential_provider"], AzureCredentialProvider)
+
+
+def test_the_sas_given_is_the_credential_used_whatever_else_the_environment_holds(azure, monkeypatch):
+    """A pod's workload identity and an account key in the environment (read by obstore itself) do not
+    displace the connection string's SAS: the request goes to the blob, not to a token endpoint."""
+    import socket
+
+    from remote_samsing import _objects
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        port = srv.getsockname()[1]  # closed once the block ends: nothing answers there
+    monkeypatch.setattr(_objects, "_RETRY", {"max_retries": 0})
+    azure.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                 f"BlobEndpoint=http://127.0.0.1:{port}/acc;SharedAccessSignature=sv=2024&sig=c2VjcmV0")
+    azure.setenv("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000000")
+    azure.setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000000")
+    azure.setenv("AZURE_FEDERATED_TOKEN_FILE", __file__)
+    azure.setenv("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")
+    with pytest.raises(OSError) as err:
+        _objects.get("az", "az://container/k")
+    # obstore writes a SAS request's URL as REDACTED; a token request would be its own error
+    assert "Error performing GET REDACTED" in str(err.value) and "token" not in str(err.value).lower()
+    assert "c2VjcmV0" not in str(err.value)
 
 
 def test_an_error_names_no_query_string_a_sas_could_be_in():
@@ -279,3 +321,14 @@ def test_an_error_names_no_query_string_a_sas_could_be_in():
 
     err = _os_error(GenericError("Error performing PUT http://h/acc/c/k?sv=2024&sig=c2VjcmV0 in 3ms\nmore"), "az://c/k")
     assert str(err) == "az://c/k: Error performing PUT http://h/acc/c/k in 3ms" and "c2VjcmV0" not in str(err)
+
+
+def test_a_url_that_names_its_account_stays_on_fsspec_whole():
+    """``abfs://container@account...`` carries its account in the URL, which fsspec reads and obstore
+    would not: every request for it then goes through adlfs, so no two clients reach two accounts."""
+    pytest.importorskip("adlfs")
+    from remote_samsing._files import _fast, location
+
+    assert not _fast(location("abfs://c@acc.dfs.core.windows.net/run/x.json"))
+    assert _fast(location("abfs://c/run/x.json")) and _fast(location("s3://b/run/x.json"))
+    assert not _fast(location("gs://b/run/x.json"))
