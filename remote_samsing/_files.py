@@ -123,7 +123,7 @@ def close_azure_clients_at_exit() -> None:
     import zarr  # noqa: F401 - Zarr registers its exit hook when imported; this one must come after it
 
     # weakref registers its own exit hook, which runs every finalizer left, with the first finalizer made
-    # in the process; made here first, that hook runs after this one, which has run adlfs's before
+    # in the process: one made here, before this hook, makes that hook run after this one
     weakref.finalize(close_azure_clients_at_exit, lambda: None)
     atexit.register(_close_azure_clients)
     _AZURE_AT_EXIT.append(True)
@@ -142,7 +142,7 @@ def _close_azure_clients() -> None:
     import sys
     import weakref
 
-    if "adlfs" not in sys.modules:  # no Azure filesystem was made here
+    if "adlfs" not in sys.modules:  # no Azure filesystem exists in this process
         return
     from adlfs import AzureBlobFileSystem
 

@@ -7,18 +7,20 @@ builds, signs and parses it in Python), obstore's Rust client about a tenth
 of that, and on a few cores that CPU is the run's. So whole objects
 (:func:`~._files.write_bytes`, :func:`~._files.read_many`, ...) and the Zarr
 arrays the blocks read and write go through obstore; listings, deletions and
-the upload of files written locally (the COG, the vectors) stay on fsspec.
-GCS stays on gcsfs, which costs about 0.5 ms a request.
+the upload of files written locally (the COG, the vectors), a few requests a
+run, go through fsspec. GCS goes through gcsfs, which costs about 0.5 ms a
+request (``python -m benchmarks.bench_store_requests``).
 
 Each client is configured from what its fsspec library reads, so a user sets
 nothing new:
 
-* S3, from boto3's own chain (environment, shared files and profiles, SSO,
-  container and instance roles): obstore's ``Boto3CredentialProvider`` gives
-  the credentials, the same session the endpoint (``AWS_ENDPOINT_URL``,
-  ``AWS_ENDPOINT_URL_S3`` or a profile's) and the region (``AWS_REGION``
-  where boto3 has none); on AWS itself the bucket's own region, which s3fs
-  follows by redirects.
+* S3, from one boto3 session, which reads the chain s3fs reads (environment,
+  shared files and profiles, SSO, container and instance roles): the
+  credentials through obstore's ``Boto3CredentialProvider``, the endpoint
+  (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3`` or a profile's) and the
+  region (``AWS_REGION`` where boto3 has none). On AWS itself the bucket's
+  own region is asked once: obstore, unlike botocore, follows no redirect
+  to it.
 * Azure, from ``AZURE_STORAGE_CONNECTION_STRING`` (key or SAS, its endpoint),
   else from ``AZURE_STORAGE_ACCOUNT_NAME`` with ``AZURE_STORAGE_ACCOUNT_KEY``,
   ``AZURE_STORAGE_SAS_TOKEN`` or, with neither, azure-identity's
@@ -207,29 +209,35 @@ def _os_error(exc: Exception, url: str) -> OSError:
     return OSError(f"{url}: {_message(exc)}")
 
 
-def get(kind: str, url: str) -> bytes:
-    """The whole object at ``url``, in one request."""
+def _get(store, url: str) -> bytes:
     import obstore
     from obstore.exceptions import BaseError
 
-    bucket, key = _split(url)
     try:
-        return bytes(obstore.get(_store(kind, bucket), key).bytes())
+        return bytes(obstore.get(store, _split(url)[1]).bytes())
     except (BaseError, FileNotFoundError) as exc:  # obstore raises Python's own for a missing object
         # not chained: the server's whole answer (a signed request's headers) stays out of tracebacks
         raise _os_error(exc, url) from None
 
 
-def put(kind: str, url: str, data) -> None:
-    """Write ``data`` to ``url`` whole, in one request."""
+def _put(store, url: str, data) -> None:
     import obstore
     from obstore.exceptions import BaseError
 
-    bucket, key = _split(url)
     try:
-        obstore.put(_store(kind, bucket), key, memoryview(data), use_multipart=False)
+        obstore.put(store, _split(url)[1], memoryview(data), use_multipart=False)
     except (BaseError, FileNotFoundError) as exc:
         raise _os_error(exc, url) from None
+
+
+def get(kind: str, url: str) -> bytes:
+    """The whole object at ``url``, in one request."""
+    return _get(_store(kind, _split(url)[0]), url)
+
+
+def put(kind: str, url: str, data) -> None:
+    """Write ``data`` to ``url`` whole, in one request."""
+    _put(_store(kind, _split(url)[0]), url, data)
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -241,21 +249,28 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL[0]
 
 
+def _stores(kind: str, urls: list[str]) -> dict:
+    """The store of each bucket ``urls`` name, looked up once for the group rather than per request."""
+    return {bucket: _store(kind, bucket) for bucket in {_split(u)[0] for u in urls}}
+
+
 def get_many(kind: str, urls: list[str]) -> list[bytes]:
     """Whole objects, in the order given, :data:`_CONCURRENCY` requests at a time."""
+    stores = _stores(kind, urls)
     if len(urls) < 2:
-        return [get(kind, u) for u in urls]
-    return list(_pool().map(lambda u: get(kind, u), urls))
+        return [_get(stores[_split(u)[0]], u) for u in urls]
+    return list(_pool().map(lambda u: _get(stores[_split(u)[0]], u), urls))
 
 
 def put_many(kind: str, items: Iterable[tuple[str, bytes]]) -> None:
     """:func:`put` of each ``(url, data)``, :data:`_CONCURRENCY` requests at a time."""
     items = list(items)
+    stores = _stores(kind, [url for url, _ in items])
     if len(items) < 2:
         for url, data in items:
-            put(kind, url, data)
+            _put(stores[_split(url)[0]], url, data)
         return
-    list(_pool().map(lambda item: put(kind, *item), items))
+    list(_pool().map(lambda item: _put(stores[_split(item[0])[0]], *item), items))
 
 
 def zarr_store(kind: str, url: str, *, read_only: bool):
