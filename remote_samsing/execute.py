@@ -27,6 +27,15 @@ __all__ = ["compute", "errors_as_values", "on_every_worker", "run_in_phases", "r
 
 #: follow-ups (``run_in_waves(then=...)``) per task while items still wait to run
 _FOLLOW_UPS_PER_TASK = 8
+#: the most items one task takes (``batch="auto"`` or ``"adaptive"``)
+_MAX_ITEMS_PER_TASK = 32
+#: seconds of work a task of ``batch="adaptive"`` aims at: the scheduler and the client spend
+#: milliseconds on every task (about 1.7 ms on two cores, bench_scheduler), a few percent of 100 ms
+#: ("use larger tasks", https://distributed.dask.org/en/stable/efficiency.html)
+_TASK_SECONDS = 0.1
+#: tasks each thread still gets from the items left, under ``batch="adaptive"``: the last tasks stay
+#: short, so the threads end together
+_TASKS_LEFT_PER_THREAD = 4
 
 
 # ---------------------------------------------------------------------------
@@ -164,15 +173,23 @@ def _barrier(*previous) -> _TaskError | None:
     return _first_error(previous)
 
 
-def _check_batch(batch) -> None:
-    if batch != "auto":
+def _check_batch(batch, words: tuple = ("auto",)) -> None:
+    if batch not in words:
         check_int("batch", batch, minimum=1)
 
 
 def _batch_size(batch, n: int, threads: int) -> int:
+    """Items per task of a fixed ``batch`` (an ``"adaptive"`` run starts with 1)."""
     if batch == "auto":
-        return max(1, min(32, -(-n // (2 * threads))))
-    return int(batch)
+        return max(1, min(_MAX_ITEMS_PER_TASK, -(-n // (2 * threads))))
+    return 1 if batch == "adaptive" else int(batch)
+
+
+def _timed_each(func, group) -> tuple[float, list]:
+    """One task of :func:`run_in_waves`: ``func`` on each item of ``group``, and the seconds that took."""
+    t0 = time.perf_counter()
+    values = [func(item) for item in group]
+    return time.perf_counter() - t0, values
 
 
 def _default_width(threads: int) -> int:
@@ -223,12 +240,16 @@ def run_in_waves(
         Tasks in flight; default 8 per worker thread, at least 64 (no worker idles while the client submits).
     progress : bool
         Draw a text progress bar on stderr.
-    batch : int or "auto"
+    batch : int, "auto" or "adaptive"
         Items per task. Light items (a few ms each) cost less than their
         task does the scheduler and the client, which do not scale with
         workers; ``"auto"`` makes about 2 tasks per worker thread, at most
-        32 items each. Heavy items (segmentation) keep 1, so the load stays
-        balanced and a lost worker costs one item.
+        32 items each. ``"adaptive"`` starts with 1 and, from the items'
+        time measured on the workers, puts about 0.1 s of work in a task,
+        never so many that the items left give a thread fewer than 4 tasks:
+        heavy items (segmentation) stay 1 per task, so the load stays
+        balanced and a lost worker costs one item, and light ones stop
+        paying a task each.
     then : (follow_func, ready), optional
         Follow-up work for the workers idling behind the last items.
         ``ready(item)`` (called here, once per finished item) returns the
@@ -247,48 +268,39 @@ def run_in_waves(
     Exception
         The first task's error, after the tasks still in flight are cancelled.
     """
-    _check_batch(batch)
+    _check_batch(batch, ("auto", "adaptive"))
     items = list(items)
-    n = len(items)
-    if n == 0:
+    if not items:
         return []
     # one look at the workers (a scheduler round trip) serves both choices
     if threads is None:
-        threads = _total_threads(client) if batch == "auto" or not width or then is not None else 1
+        threads = _total_threads(client) if batch != 1 or not width or then is not None else 1
     threads = max(1, int(threads))
     width = int(width) if width else _default_width(threads)
-    size = _batch_size(batch, n, threads)
-    common = dict(name=name, resources=resources, width=width, then=then, threads=threads, results=results)
-    if size == 1:
-        return _WaveRun(client, func, items, progress=progress, **common).run()
-    groups = _groups(items, size)
-    # the progress bar still counts items
-    nested = _WaveRun(client, functools.partial(_apply_each, func), groups, progress=progress,
-                      weights=[len(g) for g in groups], grouped=True, **common).run()
-    return [r for group in nested for r in group] if results else [None] * n
+    return _WaveRun(client, func, items, name=name, resources=resources, width=width, progress=progress, then=then,
+                    threads=threads, results=results, batch=batch).run()
 
 
 class _WaveRun:
-    """One :func:`run_in_waves` call, one item per task.
-
-    ``weights``: what each item adds to the progress bar; ``grouped``: each
-    item is a group of the caller's items (``then``'s ``ready`` sees those).
-    """
+    """One :func:`run_in_waves` call: tasks of one or more consecutive items each."""
 
     def __init__(self, client, func, items: list, *, name, resources, width: int, progress, then,
-                 threads: int, results: bool, weights=None, grouped: bool = False):
+                 threads: int, results: bool, batch):
         self.client, self.func, self.items = client, func, items
         self.name, self.resources, self.width = name, resources, width
-        self.threads, self.results, self.weights, self.grouped = threads, results, weights, grouped
+        self.threads, self.results = threads, results
+        self.size = _batch_size(batch, len(items), threads)
+        self.adaptive = batch == "adaptive"
+        self.per_item: list[float] = []  # seconds per item of each task finished (adaptive)
         self.follow_func, self.ready = then if then is not None else (None, None)
         self.token = uuid.uuid4().hex[:12]
-        self.bar = Progress(name, sum(weights) if weights else len(items), enabled=progress)
+        self.bar = Progress(name, len(items), enabled=progress)
         self.out: list = [None] * len(items)
-        self.position: dict = {}  # an item's task key → the item's position
+        self.span: dict = {}  # a task's key → the positions of its items (a range)
         self.live: dict = {}  # every submitted future not handled yet, by key
         self.next = 0  # the first item not submitted yet
-        self.in_flight = 0  # items' tasks, not follow-ups: they decide the refill
-        self.done = 0
+        self.in_flight = 0  # the items' tasks, not follow-ups: they decide the refill
+        self.done = 0  # items
         self.follows = 0
         self.backlog: list = []  # follow-ups made ready, not submitted yet
 
@@ -303,8 +315,7 @@ class _WaveRun:
         pending = as_completed(self._submit(self.width))
         self.bar.update(0)
         try:
-            # finished futures come in batches, the wanted results of each
-            # gathered in one round trip; the others are only checked for errors
+            # finished futures come in batches, the values of each gathered in one round trip
             for finished in pending.batches():
                 newly = self._handle(finished)
                 self.bar.update(self.done)
@@ -322,16 +333,30 @@ class _WaveRun:
             raise
         return self.out
 
+    def _task_size(self) -> int:
+        """Items for the next task: fixed, or (adaptive) about :data:`_TASK_SECONDS` of the items'
+        measured time, while the items left still give every thread :data:`_TASKS_LEFT_PER_THREAD` tasks."""
+        if not self.adaptive or not self.per_item:
+            return self.size
+        # the median: a worker's first item also pays its imports
+        seconds = sorted(self.per_item)[len(self.per_item) // 2]
+        wanted = int(_TASK_SECONDS // seconds) if seconds > 0 else _MAX_ITEMS_PER_TASK
+        left = (len(self.items) - self.next) // (_TASKS_LEFT_PER_THREAD * self.threads)
+        return max(1, min(wanted, left, _MAX_ITEMS_PER_TASK))
+
     def _submit(self, count: int) -> list:
-        batch = list(range(self.next, min(len(self.items), self.next + count)))
-        self.next += len(batch)
-        if not batch:
+        spans = []
+        while len(spans) < count and self.next < len(self.items):
+            spans.append(range(self.next, min(len(self.items), self.next + self._task_size())))
+            self.next = spans[-1].stop
+        if not spans:
             return []
-        futs = self.client.map(_DiskFullAsValue(self.func), [self.items[i] for i in batch],
-                               key=[f"rs-{self.name}-{self.token}-{i}" for i in batch], pure=False,
+        futs = self.client.map(_DiskFullAsValue(functools.partial(_timed_each, self.func)),
+                               [[self.items[i] for i in span] for span in spans],
+                               key=[f"rs-{self.name}-{self.token}-{span.start}" for span in spans], pure=False,
                                resources=self.resources)
-        for f, i in zip(futs, batch):
-            self.position[f.key] = i
+        for f, span in zip(futs, spans):
+            self.span[f.key] = span
             self.live[f.key] = f
         self.in_flight += len(futs)
         return futs
@@ -345,17 +370,24 @@ class _WaveRun:
         for fut in finished:
             if fut.key not in values and fut.status != "finished":
                 fut.result()  # raises the task's error
-            if isinstance(values.get(fut.key), _TaskError):
-                raise values[fut.key].error
-            i = self.position.pop(fut.key, None)
+            value = values.get(fut.key)
+            if isinstance(value, _TaskError):
+                raise value.error
+            span = self.span.pop(fut.key, None)
             fut.release()
             del self.live[fut.key]
-            if i is None:  # a follow-up: its result is not wanted
+            if span is None:  # a follow-up: its result is not wanted
                 continue
-            self.out[i] = values.get(fut.key) if self.results else None
-            self.done += self.weights[i] if self.weights else 1
+            seconds, got = value
+            error = _first_error(got)
+            if error is not None:
+                raise error.error
+            self.per_item.append(seconds / len(span))
+            if self.results:
+                self.out[span.start : span.stop] = got
+            self.done += len(span)
             self.in_flight -= 1
-            newly.extend(self.items[i] if self.grouped else (self.items[i],))
+            newly.extend(self.items[i] for i in span)
         return newly
 
     def _submit_follow_ups(self) -> list:

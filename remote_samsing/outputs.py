@@ -331,8 +331,11 @@ def _base_from_store(store: str, *, dtype: np.dtype, max_label: int, crs, transf
         # to be finished by the next chunk row; GDAL holds them in its block cache meanwhile. A cache
         # smaller than two rows of tiles would write them out half empty and rewrite them later.
         cache_mb = max(_GDAL_CACHE_MB, -(-2 * width * blocksize * dtype.itemsize // 2**20) + 16)
+        # on a store, requests in flight hide its latency; on a local disk one thread reading ahead keeps
+        # GDAL busy, and more only contend for Zarr's event loop and the GIL
+        ahead = _CHUNKS_AHEAD if is_remote(store) else 1
         with (rasterio.Env(GDAL_CACHEMAX=cache_mb), quiet_georeferencing(), rasterio.open(base, "w", **profile) as dst,
-              contextlib.closing(_chunks_ahead(z, dtype, max_label=max_label)) as chunks):
+              contextlib.closing(_chunks_ahead(z, dtype, max_label=max_label, ahead=ahead)) as chunks):
             for (y0, y1, x0, x1), chunk in chunks:
                 dst.write(chunk, 1, window=Window(x0, y0, x1 - x0, y1 - y0))
 
@@ -344,9 +347,9 @@ def _base_from_store(store: str, *, dtype: np.dtype, max_label: int, crs, transf
 _CHUNKS_AHEAD = 8
 
 
-def _chunks_ahead(z, dtype: np.dtype, *, max_label: int):
+def _chunks_ahead(z, dtype: np.dtype, *, max_label: int, ahead: int = _CHUNKS_AHEAD):
     """Yield ``((y0, y1, x0, x1), chunk as dtype)`` of every chunk of the 2-D Zarr array ``z``, row by row,
-    while up to :data:`_CHUNKS_AHEAD` later chunks are being read. A label above ``max_label`` that
+    while up to ``ahead`` later chunks are being read. A label above ``max_label`` that
     ``dtype`` cannot hold is an error, never a label wrapped round."""
     import collections
     import itertools
@@ -367,8 +370,8 @@ def _chunks_ahead(z, dtype: np.dtype, *, max_label: int):
                              f"store is above max_label {max_label}", hint="pass the store's largest label")
         return chunk.astype(dtype, copy=False)
 
-    with ThreadPoolExecutor(_CHUNKS_AHEAD, thread_name_prefix="rs-cog-read") as pool:
-        pending = collections.deque((w, pool.submit(read, w)) for w in itertools.islice(windows, _CHUNKS_AHEAD))
+    with ThreadPoolExecutor(ahead, thread_name_prefix="rs-cog-read") as pool:
+        pending = collections.deque((w, pool.submit(read, w)) for w in itertools.islice(windows, ahead))
         while pending:
             w, future = pending.popleft()
             nxt = next(windows, None)

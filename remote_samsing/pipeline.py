@@ -979,8 +979,10 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> list | None:
     task = functools.partial(read_segment_and_stage, reader=reader, limits=limits, **kwargs)
     task = errors_as_values(task, (BlockFailedError,))  # reported once, by the client
     try:
+        # adaptive: a SAM2 block keeps a task of its own; blocks of milliseconds (a light baseline, a
+        # no-op) share tasks, whose scheduler cost would otherwise exceed their work
         return run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res,
-                            progress=cfg.progress, then=_face_follow_ups(job), threads=threads)
+                            batch="adaptive", progress=cfg.progress, then=_face_follow_ups(job), threads=threads)
     finally:
         if reader.keeps_chunks:  # the chunks each worker kept for the blocks' reads
             on_every_worker(client, release_kept_chunks)

@@ -83,6 +83,55 @@ def test_run_in_waves_batches_light_items_into_fewer_tasks(client, capsys):
         run_in_waves(client, _slow_double, items, name="test-batch", batch=0)
 
 
+def _task_starts(ts, name: str) -> list[int]:
+    """The position of each task's first item, of a run_in_waves call, from its tasks' keys
+    (``rs-<name>-<token>-<first item's position>``)."""
+    return sorted(int(str(t["key"]).rsplit("-", 1)[1]) for t in ts.data if str(t["key"]).startswith(f"rs-{name}-"))
+
+
+def test_adaptive_batches_follow_the_items_measured_time(client, monkeypatch):
+    """``batch="adaptive"``: items whose measured time is far below a task's target share tasks after
+    the first wave, up to 32 each, fewer as the items run out, one each at the end; items as long as
+    the target keep one task each. Order, results and the progress bar are the items'."""
+    from distributed import get_task_stream
+
+    import remote_samsing.execute as execute
+
+    items = list(range(300))
+    monkeypatch.setattr(execute, "_TASK_SECONDS", 1e6)  # every item light
+    with get_task_stream(client) as ts:
+        assert run_in_waves(client, _inc, items, name="test-light", batch="adaptive", width=16) == [i + 1 for i in items]
+    starts = _task_starts(ts, "test-light")
+    sizes = [b - a for a, b in zip(starts, starts[1:] + [len(items)])]
+    assert starts[:16] == list(range(16))  # the first wave: one item each, nothing measured yet
+    assert max(sizes) == 32 and len(sizes) < len(items) // 4
+    # the items left always give each of the 2 threads 4 tasks: the last tasks are single items
+    assert sizes[-8:] == [1] * 8
+    assert all(size <= max(1, (len(items) - start) // 8) for start, size in zip(starts[16:], sizes[16:]))
+    monkeypatch.setattr(execute, "_TASK_SECONDS", 0.0)  # every item heavy
+    with get_task_stream(client) as ts:
+        assert run_in_waves(client, _inc, items[:40], name="test-heavy", batch="adaptive", width=16) == items[1:41]
+    assert _task_starts(ts, "test-heavy") == list(range(40))
+
+
+def _returns_13_as_error(x):
+    if x == 13:
+        raise KeyError("block 13 cannot be read")
+    return x
+
+
+@pytest.mark.parametrize("batch", [1, 5, "adaptive"])
+def test_an_error_returned_as_a_value_is_raised_for_its_item(client, batch):
+    """errors_as_values: an item's expected error, returned inside its task's values, is raised on the
+    client whether the item had a task of its own or shared one."""
+    from remote_samsing.execute import errors_as_values
+
+    func = errors_as_values(_returns_13_as_error, (KeyError,))
+    with pytest.raises(KeyError, match="block 13 cannot be read"):
+        run_in_waves(client, func, list(range(40)), name="test-as-value", batch=batch, width=4)
+    assert run_in_waves(client, func, list(range(13)), name="test-as-value", batch=batch) == list(range(13))
+
+
 def _item_time(x):
     """An item's task: item 7 is a straggler; returns (value, when it ended)."""
     import time
@@ -278,6 +327,9 @@ def test_batch_must_be_a_positive_integer_or_auto(client):
             run_in_waves(client, _inc, [1], name="test-bad-batch", batch=bad)
         with pytest.raises(ConfigError, match="batch"):
             run_in_phases(client, [("p", _inc, [1])], batch=bad)
+    # chained phases are submitted at once: nothing measured before their tasks are made
+    with pytest.raises(ConfigError, match="batch"):
+        run_in_phases(client, [("p", _inc, [1])], batch="adaptive")
 
 
 def test_a_failing_follow_up_leaves_nothing_on_the_scheduler(client, tmp_path):

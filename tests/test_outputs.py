@@ -78,13 +78,27 @@ def test_overview_factors_as_gdal_cog_driver_picks_them(tmp_path, shape, blocksi
         assert dst.overviews(1) == expected
 
 
-def test_cog_from_a_label_store_equals_its_labels(tmp_path, monkeypatch):
-    """The COG made from labels.zarr (read a few chunks ahead, more chunks than are read ahead, chunks
-    that cut the COG's tiles) has the smallest dtype and equals the labels, with CRS and transform,
-    and leaves nothing but itself beside the store."""
-    import remote_samsing.outputs as outputs
+@pytest.mark.parametrize("ahead", [1, 3])
+def test_label_store_chunks_come_in_order_whatever_is_read_ahead(tmp_path, ahead):
+    """The COG's first pass gets every chunk once, row by row, in the COG's dtype, whether one chunk
+    (a local store) or several (an object store) are read ahead, with more chunks than that."""
+    import zarr
 
-    monkeypatch.setattr(outputs, "_CHUNKS_AHEAD", 3)
+    from remote_samsing.outputs import _chunks_ahead
+
+    lab = np.random.default_rng(5).integers(0, 200, size=(130, 70)).astype(np.uint32)
+    z = zarr.create_array(tmp_path / "l.zarr", shape=lab.shape, chunks=(50, 30), dtype=lab.dtype)
+    z[:] = lab
+    got = list(_chunks_ahead(z, np.dtype(np.uint8), max_label=199, ahead=ahead))
+    assert [w for w, _ in got] == [(y, min(y + 50, 130), x, min(x + 30, 70)) for y in (0, 50, 100) for x in (0, 30, 60)]
+    for (y0, y1, x0, x1), chunk in got:
+        assert chunk.dtype == np.uint8
+        np.testing.assert_array_equal(chunk, lab[y0:y1, x0:x1])
+
+
+def test_cog_from_a_label_store_equals_its_labels(tmp_path):
+    """The COG made from labels.zarr (chunks that cut the COG's tiles) has the smallest dtype and
+    equals the labels, with CRS and transform, and leaves nothing but itself beside the store."""
     rng = np.random.default_rng(4)
     lab = rng.integers(0, 300, size=(300, 250)).astype(np.uint32)
     t = Affine(2.0, 0, 1000.0, 0, -2.0, 9000.0)
