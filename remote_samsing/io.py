@@ -442,13 +442,18 @@ def _read_raw_windows(reader: "WindowReader", windows) -> list[np.ndarray]:
 
 def _valid_block(block, *, band_idx, alpha_pos, nodata) -> np.ndarray:
     """(band, y, x) raw block → (y, x) bool: finite, not nodata in every RGB band, alpha > 0."""
-    rgb_raw = block[band_idx]
+    # band by band, on views: no copy of the RGB bands, no reduction across them
+    bands = [block[i] for i in band_idx]
     valid = np.ones(block.shape[1:], dtype=bool)
     if np.issubdtype(block.dtype, np.floating):
-        valid &= np.all(np.isfinite(rgb_raw), axis=0)
+        for band in bands:
+            valid &= np.isfinite(band)
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
         # a pixel is nodata when all its (RGB) bands carry the nodata value
-        valid &= ~np.all(rgb_raw == nodata, axis=0)
+        data = bands[0] != nodata
+        for band in bands[1:]:
+            data |= band != nodata
+        valid &= data
     if alpha_pos is not None:
         valid &= block[alpha_pos] > 0
     return valid

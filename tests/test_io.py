@@ -342,6 +342,31 @@ def test_rgba_block_interleaves_bands_and_zeroes_invalid_pixels(passthrough):
     np.testing.assert_array_equal(out, expected)
 
 
+def test_validity_needs_nodata_in_every_rgb_band_finite_values_and_alpha():
+    """A pixel is invalid where every RGB band holds nodata (not some of them), where a band is not
+    finite, or where alpha is 0; bands outside the RGB ones do not count; a NaN nodata marks nothing."""
+    from remote_samsing.io import _valid_block
+
+    block = np.full((5, 2, 4), 3.0, np.float32)  # bands: R, G, B, alpha, an extra band
+    block[4] = 9  # the extra band holds nodata everywhere: ignored
+    block[:3, 0, 0] = 9  # nodata in every RGB band
+    block[:2, 0, 1] = 9  # in two of three: valid
+    block[1, 0, 2] = np.nan
+    block[2, 1, 0] = np.inf
+    block[3, 1, 1] = 0  # transparent
+    expected = np.array([[False, True, False, True], [False, False, True, True]])
+    got = _valid_block(block, band_idx=np.array([0, 1, 2]), alpha_pos=3, nodata=9)
+    np.testing.assert_array_equal(got, expected)
+    expected[0, 0] = True  # a NaN nodata: only the non-finite values and alpha count
+    np.testing.assert_array_equal(_valid_block(block, band_idx=np.array([0, 1, 2]), alpha_pos=3,
+                                               nodata=float("nan")), expected)
+    ints = np.zeros((3, 1, 3), np.uint8)
+    ints[0, 0, 1] = ints[2, 0, 2] = 1
+    np.testing.assert_array_equal(_valid_block(ints, band_idx=(0, 1, 2), alpha_pos=None, nodata=0),
+                                  [[False, True, True]])
+    assert _valid_block(ints, band_idx=(0, 1, 2), alpha_pos=None, nodata=None).all()
+
+
 def _store_reader(url: str, run: str | None, bands=(1, 2, 3)):
     """A WindowReader of a Zarr mosaic at ``url`` for ``run`` (raw values passed through)."""
     from remote_samsing.io import WindowReader
