@@ -10,6 +10,7 @@ starts a cluster: :mod:`remote_samsing.cluster` makes the client, and
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
 import uuid
@@ -27,8 +28,13 @@ __all__ = ["compute", "errors_as_values", "on_every_worker", "run_in_phases", "r
 
 #: follow-ups (``run_in_waves(then=...)``) per task while items still wait to run
 _FOLLOW_UPS_PER_TASK = 8
-#: the most items one task takes (``batch="auto"`` or ``"adaptive"``)
+#: the most items one task takes under ``batch="auto"``
 _MAX_ITEMS_PER_TASK = 32
+#: the most items one task takes under ``batch="adaptive"``: items that looked light (staged by an
+#: earlier run, outside the mosaic's footprint) can be followed by heavy ones, which then share a task
+_MAX_ADAPTIVE_ITEMS = 8
+#: finished tasks, per worker thread, whose items' time sizes the next tasks under ``batch="adaptive"``
+_RECENT_TASKS_PER_THREAD = 2
 #: seconds of work a task of ``batch="adaptive"`` aims at: the scheduler and the client spend
 #: milliseconds on every task (about 1.7 ms on two cores, bench_scheduler), a few percent of 100 ms
 #: ("use larger tasks", https://distributed.dask.org/en/stable/efficiency.html)
@@ -85,7 +91,7 @@ def _first_error(values) -> _TaskError | None:
 
 def errors_as_values(func: Callable, errors: tuple) -> Callable:
     """``func`` for :func:`run_in_waves`, with the exceptions ``errors`` returned instead of raised;
-    ``run_in_waves`` raises them on the client as the task's error.
+    ``run_in_waves`` raises them on the client as the item's error.
 
     A worker logs every exception a task raises as a crash, with its
     traceback; a failure the caller reports itself (a block whose window
@@ -175,7 +181,7 @@ def _barrier(*previous) -> _TaskError | None:
 
 def _check_batch(batch, words: tuple = ("auto",)) -> None:
     if batch not in words:
-        check_int("batch", batch, minimum=1)
+        check_int("batch", batch, minimum=1, hint="items per task: an integer, or " + " or ".join(map(repr, words)))
 
 
 def _batch_size(batch, n: int, threads: int) -> int:
@@ -183,6 +189,22 @@ def _batch_size(batch, n: int, threads: int) -> int:
     if batch == "auto":
         return max(1, min(_MAX_ITEMS_PER_TASK, -(-n // (2 * threads))))
     return 1 if batch == "adaptive" else int(batch)
+
+
+def _adaptive_size(recent: Sequence[float], largest: int) -> int:
+    """Items per task under ``batch="adaptive"``, before the tail's limit: about :data:`_TASK_SECONDS`
+    of items at the slowest seconds per item of the ``recent`` finished tasks, at most twice the items
+    of the ``largest`` task finished so far and at most :data:`_MAX_ADAPTIVE_ITEMS`.
+
+    The slowest, not a typical, time: one heavy item among light ones (the first block after a
+    stretch an earlier run staged) shrinks the next tasks at once, and light ones grow them back
+    only by doubling.
+    """
+    if not recent:
+        return 1
+    slowest = max(recent)
+    wanted = int(_TASK_SECONDS // slowest) if slowest > 0 else _MAX_ADAPTIVE_ITEMS
+    return max(1, min(wanted, 2 * largest, _MAX_ADAPTIVE_ITEMS))
 
 
 def _timed_each(func, group) -> tuple[float, list]:
@@ -245,9 +267,10 @@ def run_in_waves(
         task does the scheduler and the client, which do not scale with
         workers; ``"auto"`` makes about 2 tasks per worker thread, at most
         32 items each. ``"adaptive"`` starts with 1 and, from the items'
-        time measured on the workers, puts about 0.1 s of work in a task,
-        never so many that the items left give a thread fewer than 4 tasks:
-        heavy items (segmentation) stay 1 per task, so the load stays
+        time measured on the workers, puts about :data:`_TASK_SECONDS` of
+        work in a task (:func:`_adaptive_size`), never so many that the
+        items left give a thread fewer than :data:`_TASKS_LEFT_PER_THREAD`
+        tasks: heavy items (segmentation) stay 1 per task, so the load stays
         balanced and a lost worker costs one item, and light ones stop
         paying a task each.
     then : (follow_func, ready), optional
@@ -261,7 +284,7 @@ def run_in_waves(
     threads : int, optional
         The cluster's worker threads, if known (else asked of the scheduler); a stale count costs only speed.
     results : bool
-        False: results are not fetched (the list holds None); errors are still raised.
+        False: results are not kept (the list holds None); errors are still raised.
 
     Raises
     ------
@@ -274,7 +297,7 @@ def run_in_waves(
         return []
     # one look at the workers (a scheduler round trip) serves both choices
     if threads is None:
-        threads = _total_threads(client) if batch != 1 or not width or then is not None else 1
+        threads = _total_threads(client) if batch in ("auto", "adaptive") or not width or then is not None else 1
     threads = max(1, int(threads))
     width = int(width) if width else _default_width(threads)
     return _WaveRun(client, func, items, name=name, resources=resources, width=width, progress=progress, then=then,
@@ -291,7 +314,9 @@ class _WaveRun:
         self.threads, self.results = threads, results
         self.size = _batch_size(batch, len(items), threads)
         self.adaptive = batch == "adaptive"
-        self.per_item: list[float] = []  # seconds per item of each task finished (adaptive)
+        # seconds per item of the latest finished tasks, and the most items a finished task had
+        self.recent: collections.deque = collections.deque(maxlen=_RECENT_TASKS_PER_THREAD * threads)
+        self.largest = 0
         self.follow_func, self.ready = then if then is not None else (None, None)
         self.token = uuid.uuid4().hex[:12]
         self.bar = Progress(name, len(items), enabled=progress)
@@ -333,21 +358,13 @@ class _WaveRun:
             raise
         return self.out
 
-    def _task_size(self) -> int:
-        """Items for the next task: fixed, or (adaptive) about :data:`_TASK_SECONDS` of the items'
-        measured time, while the items left still give every thread :data:`_TASKS_LEFT_PER_THREAD` tasks."""
-        if not self.adaptive or not self.per_item:
-            return self.size
-        # the median: a worker's first item also pays its imports
-        seconds = sorted(self.per_item)[len(self.per_item) // 2]
-        wanted = int(_TASK_SECONDS // seconds) if seconds > 0 else _MAX_ITEMS_PER_TASK
-        left = (len(self.items) - self.next) // (_TASKS_LEFT_PER_THREAD * self.threads)
-        return max(1, min(wanted, left, _MAX_ITEMS_PER_TASK))
-
     def _submit(self, count: int) -> list:
+        size = _adaptive_size(self.recent, self.largest) if self.adaptive else self.size
         spans = []
         while len(spans) < count and self.next < len(self.items):
-            spans.append(range(self.next, min(len(self.items), self.next + self._task_size())))
+            if self.adaptive:  # the items left still give every thread a few tasks: the threads end together
+                size = max(1, min(size, (len(self.items) - self.next) // (_TASKS_LEFT_PER_THREAD * self.threads)))
+            spans.append(range(self.next, min(len(self.items), self.next + size)))
             self.next = spans[-1].stop
         if not spans:
             return []
@@ -382,7 +399,8 @@ class _WaveRun:
             error = _first_error(got)
             if error is not None:
                 raise error.error
-            self.per_item.append(seconds / len(span))
+            self.recent.append(seconds / len(span))
+            self.largest = max(self.largest, len(span))
             if self.results:
                 self.out[span.start : span.stop] = got
             self.done += len(span)
@@ -477,6 +495,10 @@ def run_in_phases(
     Exception
         The first task's error, after every task of the run is cancelled.
     """
+    if batch == "adaptive":
+        raise ConfigError("`batch='adaptive'` is for run_in_waves, not run_in_phases",
+                          hint="chained phases are submitted before any of their tasks is measured: pass an "
+                               "integer or 'auto'")
     _check_batch(batch)
     steps = _parse_phases(phases)
     if workers is None:

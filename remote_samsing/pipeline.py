@@ -954,8 +954,8 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> list | None:
     staged it (None where an earlier run did), or None for ``map_overlap``'s tasks.
 
     A mosaic file is read by the block tasks themselves, each its own padded
-    window (:class:`~remote_samsing.io.WindowReader`): one task per block and
-    no neighbour strips passed between workers, where ``map_overlap`` builds
+    window (:class:`~remote_samsing.io.WindowReader`): tasks of one or more
+    blocks and no neighbour strips passed between workers, where ``map_overlap`` builds
     the same windows as ~12 tasks per block, and on two cores the
     scheduler's ~1.7 ms per task (bench_scheduler) is most of a light run. Mosaics that exist
     only in memory go through ``map_overlap``.

@@ -462,13 +462,16 @@ _HEADER_REQUESTS = 16
 def describe_sources(locations: Sequence[str], *, threads: int | None = None) -> list[Source]:
     """Each location's header, read concurrently (headers on a store are one request each).
 
-    ``threads`` defaults to :data:`_HEADER_REQUESTS` where a location is a URL, else to the cores: a
-    local header reads in about a millisecond, and more threads only contend for the GIL.
+    ``threads`` defaults to :data:`_HEADER_REQUESTS` where a location is a URL, else to the cores this
+    process may use: a local header reads in about a millisecond, and more threads only contend for
+    the GIL.
     """
+    from dask.system import CPU_COUNT  # honours cgroup quotas and affinity
+
     from .io import quiet_georeferencing
 
     if threads is None:
-        threads = _HEADER_REQUESTS if any(is_url(loc) for loc in locations) else (os.cpu_count() or 1)
+        threads = _HEADER_REQUESTS if any(is_url(loc) for loc in locations) else int(CPU_COUNT)
     with quiet_georeferencing(), ThreadPoolExecutor(max_workers=max(1, min(threads, len(locations)))) as pool:
         return list(pool.map(_describe, locations))
 

@@ -7,9 +7,10 @@ How a block is staged
    stretched once for the whole mosaic, plus a validity channel.
 2. Each block gets its padded window: :func:`map_padded_blocks`
    (``dask.array.map_overlap(depth=padding, boundary="none", trim=False)``)
-   for mosaics in memory, or :func:`read_segment_and_stage`, one task per
-   block reading its own window through ``io.WindowReader``, for a mosaic
-   file (one task per block instead of ``map_overlap``'s ~12; same array).
+   for mosaics in memory, or :func:`read_segment_and_stage`, each block
+   reading its own window through ``io.WindowReader``, for a mosaic file (in
+   tasks of one or more blocks instead of ``map_overlap``'s ~12 a block;
+   same array).
 3. :func:`process_block` calls the segmenter on it (skipping blocks whose
    core is all invalid) and returns the block's *local* labels for its whole
    padded window, placed in a fixed-size slot (``plan.slot_shape``). Keeping
@@ -320,7 +321,7 @@ def segment_and_stage(rgba, *, plan, block_info=None, **kwargs):
 
 
 def read_segment_and_stage(index, *, reader, limits, plan, **kwargs) -> dict | None:
-    """Task: read one padded window from the mosaic file, segment and stage it (one task per block).
+    """Read one padded window from the mosaic file, segment and stage it (a task runs it for one or more blocks).
     Returns the statistics its marker holds, or None if an earlier run staged it (see :func:`stage_block`):
     the run learns them without reading the marker back."""
     window = plan.padded_window(index).as_tuple()

@@ -89,10 +89,26 @@ def _task_starts(ts, name: str) -> list[int]:
     return sorted(int(str(t["key"]).rsplit("-", 1)[1]) for t in ts.data if str(t["key"]).startswith(f"rs-{name}-"))
 
 
+def test_adaptive_task_size_follows_the_slowest_recent_items_and_grows_by_doubling():
+    """``batch="adaptive"``'s size: about ``_TASK_SECONDS`` of items at the slowest recent item,
+    at most twice the largest task finished and at most ``_MAX_ADAPTIVE_ITEMS``; one item before
+    anything is measured and when items are as long as the target."""
+    from remote_samsing.execute import _MAX_ADAPTIVE_ITEMS, _TASK_SECONDS, _adaptive_size
+
+    assert _MAX_ADAPTIVE_ITEMS == 8 and _TASK_SECONDS == 0.1
+    assert _adaptive_size([], 0) == 1
+    assert _adaptive_size([0.001] * 4, 1) == 2  # light, but only single items finished yet
+    assert _adaptive_size([0.001] * 4, 4) == 8 and _adaptive_size([0.001] * 4, 100) == 8
+    assert _adaptive_size([0.03, 0.02], 8) == 3  # 0.1 s of the slower
+    assert _adaptive_size([0.001, 0.5, 0.001], 8) == 1  # one heavy item among light ones
+    assert _adaptive_size([0.2], 8) == 1
+    assert _adaptive_size([0.0], 2) == 4  # no measurable time: the doubling still holds
+
+
 def test_adaptive_batches_follow_the_items_measured_time(client, monkeypatch):
-    """``batch="adaptive"``: items whose measured time is far below a task's target share tasks after
-    the first wave, up to 32 each, fewer as the items run out, one each at the end; items as long as
-    the target keep one task each. Order, results and the progress bar are the items'."""
+    """``batch="adaptive"`` on the cluster: light items share tasks after the first wave, growing
+    by doubling up to ``_MAX_ADAPTIVE_ITEMS``, fewer as the items run out, one each at the end;
+    items as long as the target keep one task each. Order and results are the items'."""
     from distributed import get_task_stream
 
     import remote_samsing.execute as execute
@@ -100,11 +116,14 @@ def test_adaptive_batches_follow_the_items_measured_time(client, monkeypatch):
     items = list(range(300))
     monkeypatch.setattr(execute, "_TASK_SECONDS", 1e6)  # every item light
     with get_task_stream(client) as ts:
-        assert run_in_waves(client, _inc, items, name="test-light", batch="adaptive", width=16) == [i + 1 for i in items]
+        got = run_in_waves(client, _inc, items, name="test-light", batch="adaptive", width=16)
+    assert got == [i + 1 for i in items]
     starts = _task_starts(ts, "test-light")
     sizes = [b - a for a, b in zip(starts, starts[1:] + [len(items)])]
     assert starts[:16] == list(range(16))  # the first wave: one item each, nothing measured yet
-    assert max(sizes) == 32 and len(sizes) < len(items) // 4
+    assert max(sizes) == execute._MAX_ADAPTIVE_ITEMS and len(sizes) < len(items) // 3
+    # a task never takes more than twice what a task submitted before it took
+    assert all(size <= 2 * max(sizes[:i]) for i, size in enumerate(sizes) if i)
     # the items left always give each of the 2 threads 4 tasks: the last tasks are single items
     assert sizes[-8:] == [1] * 8
     assert all(size <= max(1, (len(items) - start) // 8) for start, size in zip(starts[16:], sizes[16:]))
@@ -328,7 +347,7 @@ def test_batch_must_be_a_positive_integer_or_auto(client):
         with pytest.raises(ConfigError, match="batch"):
             run_in_phases(client, [("p", _inc, [1])], batch=bad)
     # chained phases are submitted at once: nothing measured before their tasks are made
-    with pytest.raises(ConfigError, match="batch"):
+    with pytest.raises(ConfigError, match="run_in_waves, not run_in_phases"):
         run_in_phases(client, [("p", _inc, [1])], batch="adaptive")
 
 
