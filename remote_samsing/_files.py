@@ -230,10 +230,11 @@ def _kind(p) -> str:
     return _STORE_KIND[_protocol(p)]
 
 
-#: What Zarr opens an S3 array with where s3fs serves it (an array created, or opened as a dataset):
-#: s3fs asks an object's size first (one more request) to split a large object into concurrent
-#: ranges unless ``max_concurrency`` is 1. Zarr chunks are small, so nothing is lost; it also makes
-#: multipart uploads serial, which only objects over 100 MB use.
+#: What a whole-object read passes to an S3 filesystem where s3fs serves it (``cat_file``), and what
+#: Zarr opens an S3 array with there (an array created, or opened as a dataset): s3fs asks an object's
+#: size first (one more request) to split a large object into concurrent ranges unless
+#: ``max_concurrency`` is 1. Objects read whole and Zarr chunks are small, so nothing is lost; it
+#: also makes multipart uploads serial, which only objects over 100 MB use.
 _WHOLE_READS = {"s3": {"max_concurrency": 1}, "s3a": {"max_concurrency": 1}}
 
 
@@ -415,7 +416,9 @@ def read_bytes(path) -> bytes:
     p = location(path)
     if not is_remote(p):
         return p.read_bytes()
-    return _objects.get(_kind(p), _url(p)) if _fast(p) else p.fs.cat_file(p.path)
+    if _fast(p):
+        return _objects.get(_kind(p), _url(p))
+    return p.fs.cat_file(p.path, **_WHOLE_READS.get(_protocol(p), {}))
 
 
 def read_many(paths, *, decode: Callable[[bytes], Any] | None = None) -> list:
@@ -429,7 +432,8 @@ def read_many(paths, *, decode: Callable[[bytes], Any] | None = None) -> list:
             raw = _objects.get_many(_kind(group[0]), [_url(p) for p in group])
         elif is_remote(group[0]):
             # cat_ranges, not cat: cat would expand "*", "?" and "[" in a key as a glob pattern
-            raw = group[0].fs.cat_ranges([p.path for p in group], None, None, on_error="raise")
+            raw = group[0].fs.cat_ranges([p.path for p in group], None, None, on_error="raise",
+                                         **_WHOLE_READS.get(_protocol(group[0]), {}))
         else:
             raw = [p.read_bytes() for p in group]
         out += map(decode, raw) if decode is not None else raw

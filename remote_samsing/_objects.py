@@ -2,21 +2,22 @@
 
 A run on a store moves a dozen small objects a block (its staging chunk,
 marker, summary, spill files, label chunk, the mosaic's chunks). s3fs and
-adlfs spend 2-3.5 ms of CPU on each request (botocore or the Azure SDK
-builds, signs and parses it in Python), obstore's Rust client about a tenth
-of that, and on a few cores that CPU is the run's. So whole objects
+adlfs spend 2.7-4.3 ms of CPU on each request (botocore or the Azure SDK
+builds, signs and parses it in Python), obstore's Rust client 0.4 ms, and on
+a few cores that CPU is the run's. So whole objects
 (:func:`~._files.write_bytes`, :func:`~._files.read_many`, ...) and the Zarr
 arrays the blocks read and write go through obstore; listings, deletions and
 the upload of files written locally (the COG, the vectors), a few requests a
 run, go through fsspec. GCS goes through gcsfs, which costs about 0.5 ms a
 request (``python -m benchmarks.bench_store_requests``).
 
-Each client is configured from what its fsspec library reads, so a user sets
-nothing new:
+Each client is configured from the variables and files its fsspec library
+reads, so one set of settings serves both:
 
-* S3, from one boto3 session, which reads the chain s3fs reads (environment,
-  shared files and profiles, SSO, container and instance roles): the
-  credentials through obstore's ``Boto3CredentialProvider``, the endpoint
+* S3, from one boto3 session, whose credential chain is botocore's, as
+  s3fs's is (environment, shared files and profiles, SSO, container and
+  instance roles): the credentials through obstore's
+  ``Boto3CredentialProvider``, the endpoint
   (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3`` or a profile's) and the
   region (``AWS_REGION`` where boto3 has none). On AWS itself the bucket's
   own region is asked once: obstore, unlike botocore, follows no redirect

@@ -463,8 +463,7 @@ def describe_sources(locations: Sequence[str], *, threads: int | None = None) ->
     """Each location's header, read concurrently (headers on a store are one request each).
 
     ``threads`` defaults to :data:`_HEADER_REQUESTS` where a location is a URL, else to the cores this
-    process may use: a local header reads in about a millisecond, and more threads only contend for
-    the GIL.
+    process may use: a local header is quick to read, and more threads only contend for the GIL.
     """
     from dask.system import CPU_COUNT  # honours cgroup quotas and affinity
 
