@@ -75,6 +75,7 @@ __all__ = [
     "detect_gpus",
     "make_client",
     "malloc_trim",
+    "on_this_machine",
     "plan_cluster",
     "resolve_plan",
     "trim_memory_plugin",
@@ -754,6 +755,15 @@ def dashboard_link(client) -> str | None:
     except Exception:  # noqa: BLE001 - closed client, or a scheduler refusing run_on_scheduler
         return None
     return client.dashboard_link if serves else None
+
+
+def on_this_machine(client) -> bool:
+    """Whether every worker of ``client`` runs on this machine and sees its disk: the client's
+    cluster is a ``LocalCluster`` (dask-cuda's ``LocalCUDACluster`` is one), started in this
+    process. A client connected to a scheduler's address may reach workers anywhere: False."""
+    from distributed import LocalCluster
+
+    return isinstance(getattr(client, "cluster", None), LocalCluster)
 
 
 # ---------------------------------------------------------------------------

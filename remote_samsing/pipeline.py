@@ -17,7 +17,9 @@ Output directory layout (``run``)::
                            block (the resume state)
       staging/blocks/      one JSON of statistics per finished block, written
                            after its chunk (its existence marks the block done)
-      staging/merge/       the merge's spill folder (removed when it ends)
+      staging/merge/       the merge's spill folder (removed when it ends; in a
+                           local temporary folder instead when OUTDIR is on a
+                           store and the cluster runs on this machine)
       staging/attributes/  per-label segmenter attributes of each block
       merge_faces.json     per-face merge statistics and seam visibility
       labels.zarr          final labels (y, x) with CRS
@@ -27,6 +29,7 @@ Output directory layout (``run``)::
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as _dt
 import functools
@@ -54,7 +57,7 @@ import xarray as xr
 from ._files import is_remote, list_names, location, remove_tree, store_variables, write_bytes, write_json_atomic
 from ._outdir import absolute, check_room, check_shared, disk_full_error, estimate_bytes, find_disk_full
 from ._progress import counted, in_notebook
-from .cluster import ClusterConfig, make_client, malloc_trim, trim_memory_plugin
+from .cluster import ClusterConfig, make_client, malloc_trim, on_this_machine, trim_memory_plugin
 from .config import RunConfig
 from .exceptions import (
     BackendUnavailableError,
@@ -578,10 +581,12 @@ class _Job:
     run_id: str = ""
     record: dict = field(default_factory=dict)
     space: dict = field(default_factory=dict)  # the bytes it writes (_outdir.estimate_bytes); local OUTDIR only
+    spill: Path | None = None  # the merge's spill folder, chosen once the cluster is known (_spill_folder)
 
     @property
     def staging(self) -> Path:
         return self.outdir / "staging"
+
 
     def write_record(self) -> None:
         write_json_atomic(self.outdir / "run.json", self.record)
@@ -632,7 +637,8 @@ def run(
         with _client_for(cfg, client, needs_gpu=bool(segment_resources(job.seg)), log=job.log) as c:
             if not is_remote(job.outdir):  # before anything is written there
                 check_shared(job.outdir, c)
-            steps = _run_steps(job, c)
+            with _spill_folder(job, c):
+                steps = _run_steps(job, c)
         # -- 6. finish the record; "complete" is the last thing written
         steps["timings"]["total_s"] = time.perf_counter() - t_start
         return _finish_record(job, **steps)
@@ -655,11 +661,45 @@ def _run_steps(job: _Job, c) -> dict:
     blocks, t_segment = _segment_step(job, c, reader, res=res, threads=threads_of(workers))
     # -- 4. merge from the staged blocks only, phase by phase
     written, merge_stats, max_label, t_merge = _merge_step(job, c, workers)
-    # -- 5. COG and vectors, from the written labels (no recomputation)
-    vectors_path, t_outputs = _outputs_step(job, c, written, max_label)
+    # -- 5. COG and vectors, from the written labels (no recomputation), while the merge's spill
+    # folder goes
+    with _removed_behind(job.spill):
+        vectors_path, t_outputs = _outputs_step(job, c, written, max_label)
     timings = {"segment_s": t_segment, "merge_and_zarr_s": t_merge, "outputs_s": t_outputs}
     return dict(blocks=blocks, merge_stats=merge_stats, n_labels=max_label, vectors_path=vectors_path,
                 timings=timings)
+
+
+@contextlib.contextmanager
+def _spill_folder(job: _Job, client):
+    """Set ``job.spill``, the merge's spill folder, for the run on ``client``.
+
+    It is ``staging/merge`` in OUTDIR, which every worker sees, unless OUTDIR is on a store and every
+    worker runs on this machine: then a local temporary folder (under Dask's ``temporary-directory``)
+    holds the spill, since its thousands of small files are scratch, rebuilt from the staged blocks if
+    the run is cut short, and on a store each costs a request to write, one to read and one to delete.
+    The temporary folder goes when the run ends, however it ends.
+    """
+    if not is_remote(job.outdir) or not on_this_machine(client):
+        job.spill = job.staging / "merge"
+        yield
+        return
+    remove_tree(job.staging / "merge")  # what an earlier run spilled on the store: never read again
+    scratch = dask.config.get("temporary-directory")
+    with tempfile.TemporaryDirectory(prefix="remote-samsing-merge-", dir=scratch) as d:
+        job.spill = Path(d) / "merge"
+        yield
+
+
+@contextlib.contextmanager
+def _removed_behind(folder):
+    """Remove ``folder`` on a thread of its own while the ``with`` block runs, and wait for it at the
+    end: on a store, deleting the thousands of objects of a merge's spill folder takes seconds of
+    requests that need not hold the next step back. A failed removal is raised after the block."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="remote-samsing-remove") as pool:
+        removed = pool.submit(remove_tree, folder)
+        yield
+        removed.result()
 
 
 def _outdir_location(outdir):
@@ -785,7 +825,7 @@ def _forget_changed_blocks(job: _Job) -> None:
         return
     for index in job.redo:
         unstage(job.staging, index)
-    remove_tree(job.staging / "merge")
+    remove_tree(job.spill)
     counts = Counter(c["change"] for c in job.changes)
     job.log(f"sources changed since the last run ({', '.join(f'{n} {k}' for k, n in counts.items())}): "
             f"segmenting again the {len(job.redo)} block(s) they touch")
@@ -880,7 +920,7 @@ def _start_record(job: _Job) -> None:
     job.outdir.mkdir(parents=True, exist_ok=True)
     create_store(job.staging, job.plan)
     # the merge's spill folder: block summaries are written there as blocks are staged
-    prepare_workdir(job.staging / "merge", plan=job.plan, config=job.mcfg)
+    prepare_workdir(job.spill, plan=job.plan, config=job.mcfg)
     job.run_id = uuid.uuid4().hex
     crs = job.arr.rio.crs
     job.record = {
@@ -962,7 +1002,7 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> list | None:
     """
     plan, cfg = job.plan, job.cfg
     # each block's merge summary is written by the task that staged it, from the labels in memory
-    summarize = functools.partial(stage_summary, plan=plan, config=job.mcfg, workdir=job.staging / "merge",
+    summarize = functools.partial(stage_summary, plan=plan, config=job.mcfg, workdir=job.spill,
                                   token=job.run_id)
     kwargs = dict(plan=plan, segmenter=job.seg, retries=cfg.retries, staging=str(job.staging), run_id=job.run_id,
                   summarize=summarize, skip_failed=cfg.skip_failed_blocks)
@@ -1014,8 +1054,8 @@ def _forget_if_stretch_changed(job: _Job, limits: np.ndarray) -> None:
         job.redo = list(job.plan.block_ids())
         for index in job.redo:
             unstage(job.staging, index)
-        remove_tree(job.staging / "merge")
-        prepare_workdir(job.staging / "merge", plan=job.plan, config=job.mcfg)
+        remove_tree(job.spill)
+        prepare_workdir(job.spill, plan=job.plan, config=job.mcfg)
         job.record["blocks_redone"] = [list(b) for b in job.redo]
     job.write_record()
 
@@ -1028,7 +1068,7 @@ def _face_follow_ups(job: _Job):
     ready = face_schedule(job.plan, job.mcfg)
     if ready is None:
         return None
-    workdir = str(job.staging / "merge")
+    workdir = str(job.spill)
     return functools.partial(stage_faces, plan=job.plan, config=job.mcfg, workdir=workdir, token=job.run_id), ready
 
 
@@ -1058,9 +1098,9 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     # per-face statistics grow with the mosaic: the solve task writes them
     # to their own file; only their totals come back and go to run.json
     merge_stats = merge_stored(job.staging / "labels.zarr", plan=plan, config=job.mcfg,
-                               workdir=job.staging / "merge", sink=sink, map_phases=in_phases,
+                               workdir=job.spill, sink=sink, map_phases=in_phases,
                                faces_path=outdir / "merge_faces.json", prepare_sink=create_store_task,
-                               token=job.run_id)
+                               token=job.run_id, keep_workdir=True)  # removed behind the outputs
     sink.commit()
     written = open_run_labels(outdir / "labels.zarr")  # complete, though run.json is not yet
     max_label = int(merge_stats["totals"]["labels_after"])  # labels are 1..N

@@ -487,6 +487,20 @@ def test_connect_to_existing_scheduler_and_gpu_worker_check():
 
 
 @pytest.mark.timeout(60)
+def test_only_a_client_of_a_local_cluster_runs_its_workers_on_this_machine():
+    from distributed import Client, LocalCluster
+
+    from remote_samsing.cluster import on_this_machine
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None, threads_per_worker=1) as lc:
+        with Client(lc) as own:
+            assert on_this_machine(own)
+        # the same workers, reached by the scheduler's address: nothing says where they run
+        with make_client(ClusterConfig(scheduler=lc.scheduler_address), needs_gpu=False) as by_address:
+            assert not on_this_machine(by_address)
+
+
+@pytest.mark.timeout(60)
 def test_connecting_says_in_one_line_how_many_workers_and_gpus_it_found():
     from distributed import LocalCluster
 

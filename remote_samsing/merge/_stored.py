@@ -510,6 +510,7 @@ def merge_stored(
     map_phases=None,
     prepare_sink=None,
     token: str | None = None,
+    keep_workdir: bool = False,
 ) -> dict:
     """Merge staged block labels across seams and hand each merged block to ``sink``, out of core.
 
@@ -531,7 +532,7 @@ def merge_stored(
     config : MergeConfig
     workdir : path
         The spill folder (see :func:`prepare_workdir`); removed when the
-        merge finished.
+        merge finished, unless ``keep_workdir``.
     sink : callable
         ``sink(labels, window)`` receives each block's merged (core) labels,
         uint32 1..N, and its :class:`~remote_samsing.tiling.Window`; called
@@ -557,6 +558,9 @@ def merge_stored(
         Names the run (unique to it): each process holds the spill files it
         wrote or read (up to 64 MB) for its later tasks, which then read
         them without a request. Without it every read goes to the folder.
+    keep_workdir : bool
+        Leave the spill folder to the caller, who removes it behind its next
+        step (on a store, removing thousands of spill objects takes seconds).
 
     Returns
     -------
@@ -608,7 +612,8 @@ def merge_stored(
     done = [d for d in out["relabel"] if isinstance(d, _Sunk)]
     if len(done) != plan.n_blocks:  # never let a partial product look complete
         raise RemoteSamsingError(f"the merge relabelled {len(done)} of {plan.n_blocks} blocks")
-    remove_tree(root)
+    if not keep_workdir:
+        remove_tree(root)
     solve = out["solve"][0] if "solve" in out else None
     split = out["split"][0] if "split" in out else None
     stats = merge_statistics(solve, out["final"], out["ids"][0], cfg=config, faces_path=faces_file, split=split)

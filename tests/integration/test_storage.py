@@ -341,6 +341,47 @@ def test_crash_and_resume_with_the_staging_on_the_store(tmp_path, any_store):
         np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
+@pytest.mark.timeout(300)
+def test_the_merge_spills_on_local_disk_only_when_every_worker_runs_on_this_machine(tmp_path, data_dir, s3):
+    """OUTDIR on S3: with the client of a ``LocalCluster`` the merge's spill folder is a local temporary
+    folder (under Dask's ``temporary-directory``), with a client connected by address it is
+    ``staging/merge`` on the store; seen while the merge starts, both hold the staged summaries. Either
+    way the products are the same and nothing of the spill is left, locally or on the store."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    import remote_samsing as rs
+    from remote_samsing.config import RunConfig
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cfg = RunConfig(segmenter="felzenszwalb", tile_size=128, padding=16, vectors=False, progress=False)
+    seen = {}
+
+    def spilled(name):
+        def log(line):
+            if line.startswith("merging"):  # every block staged, its summary spilled
+                local = [p for p in scratch.glob("remote-samsing-merge-*/**/*") if p.is_file()]
+                seen[name] = (len(local), s3.count(f"{BUCKET}/{name}/staging/merge/"))
+        return log
+
+    with dask.config.set({"temporary-directory": str(scratch)}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as c:
+            rs.run(data_dir / "kampala_crop_3857.tif", s3.url(f"{BUCKET}/local-spill"), config=cfg, client=c,
+                   log=spilled("local-spill"))
+        with Client(cluster.scheduler_address) as c:
+            rs.run(data_dir / "kampala_crop_3857.tif", s3.url(f"{BUCKET}/store-spill"), config=cfg, client=c,
+                   log=spilled("store-spill"))
+    n_blocks = json.loads(s3.get(f"{BUCKET}/local-spill/run.json"))["tiling"]["n_blocks"]
+    assert seen["local-spill"][0] >= n_blocks and seen["local-spill"][1] == 0
+    assert seen["store-spill"][0] == 0 and seen["store-spill"][1] >= n_blocks
+    assert not list(scratch.glob("remote-samsing-merge-*")) and not s3.keys(f"{BUCKET}/local-spill/staging/merge/")
+    assert not s3.keys(f"{BUCKET}/store-spill/staging/merge/")
+    np.testing.assert_array_equal(rs.open_labels(s3.url(f"{BUCKET}/local-spill/labels.zarr")).values,
+                                  rs.open_labels(s3.url(f"{BUCKET}/store-spill/labels.zarr")).values)
+
+
 @pytest.fixture
 def storeonly_cluster(tmp_path, aws_env):
     """``dask scheduler`` + two ``dask worker`` processes, each started in its own empty directory
