@@ -29,7 +29,7 @@ from pathlib import Path
 from .exceptions import DiskFullError, OutputAccessError, OutputNotSharedError
 
 __all__ = ["absolute", "check_shared", "check_room", "describe_estimate", "disk_full_error", "estimate_bytes",
-           "find_disk_full", "format_size", "probe_answer"]
+           "find_disk_full", "format_size", "free_bytes", "probe_answer", "spill_bytes"]
 
 #: Name prefix of the probes :func:`check_shared` writes in OUTDIR (and removes).
 PROBE_PREFIX = ".remote-samsing-probe-"
@@ -158,6 +158,20 @@ def estimate_bytes(plan, *, vectors: bool) -> dict[str, int]:
     out["total"] = sum(out.values())
     out["least"] = sum(rasters.values()) // _BEST_RATIO
     return out
+
+
+def spill_bytes(plan) -> int:
+    """Room a merge's spill folder is given on local disk: the run's staged labels, uncompressed.
+
+    The spill holds per-block tables and seam strips derived from those labels, and stays below
+    their uncompressed size (``tests/test_merge.py`` measures it).
+    """
+    return plan.n_blocks * int(plan.slot_shape[0]) * int(plan.slot_shape[1]) * 4
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the filesystem of ``folder`` (or of its nearest existing parent)."""
+    return shutil.disk_usage(_existing(Path(folder))).free
 
 
 def describe_estimate(estimate: dict[str, int]) -> str:

@@ -759,11 +759,33 @@ def dashboard_link(client) -> str | None:
 
 def on_this_machine(client) -> bool:
     """Whether every worker of ``client`` runs on this machine and sees its disk: the client's
-    cluster is a ``LocalCluster`` (dask-cuda's ``LocalCUDACluster`` is one), started in this
-    process. A client connected to a scheduler's address may reach workers anywhere: False."""
+    cluster is a ``LocalCluster`` (dask-cuda's ``LocalCUDACluster`` is one), started in this process,
+    and every worker the scheduler knows is in this process or behind a loopback address (a
+    ``LocalCluster`` listening on the network may have workers from elsewhere join it). A client
+    connected to a scheduler's address may reach workers anywhere: False."""
     from distributed import LocalCluster
 
-    return isinstance(getattr(client, "cluster", None), LocalCluster)
+    from .execute import scheduler_workers
+
+    if not isinstance(getattr(client, "cluster", None), LocalCluster):
+        return False
+    return all(_is_local_address(address) for address in scheduler_workers(client))
+
+
+def _is_local_address(address: str) -> bool:
+    """``address`` (a Dask comm address) is in this process or on a loopback interface."""
+    import ipaddress
+
+    from distributed.comm import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme == "inproc":
+        return True
+    host = parse_host_port(location)[0]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return host == "localhost"
 
 
 # ---------------------------------------------------------------------------

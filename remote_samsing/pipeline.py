@@ -17,9 +17,9 @@ Output directory layout (``run``)::
                            block (the resume state)
       staging/blocks/      one JSON of statistics per finished block, written
                            after its chunk (its existence marks the block done)
-      staging/merge/       the merge's spill folder (removed when it ends; in a
-                           local temporary folder instead when OUTDIR is on a
-                           store and the cluster runs on this machine)
+      staging/merge/       the merge's spill folder, removed behind the outputs
+                           (in a local temporary folder instead when OUTDIR is
+                           on a store and the cluster runs on this machine)
       staging/attributes/  per-label segmenter attributes of each block
       merge_faces.json     per-face merge statistics and seam visibility
       labels.zarr          final labels (y, x) with CRS
@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -55,7 +56,8 @@ import numpy as np
 import xarray as xr
 
 from ._files import is_remote, list_names, location, remove_tree, store_variables, write_bytes, write_json_atomic
-from ._outdir import absolute, check_room, check_shared, disk_full_error, estimate_bytes, find_disk_full
+from ._outdir import (absolute, check_room, check_shared, disk_full_error, estimate_bytes, find_disk_full,
+                      format_size, free_bytes, spill_bytes)
 from ._progress import counted, in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, on_this_machine, trim_memory_plugin
 from .config import RunConfig
@@ -587,7 +589,6 @@ class _Job:
     def staging(self) -> Path:
         return self.outdir / "staging"
 
-
     def write_record(self) -> None:
         write_json_atomic(self.outdir / "run.json", self.record)
 
@@ -663,7 +664,7 @@ def _run_steps(job: _Job, c) -> dict:
     written, merge_stats, max_label, t_merge = _merge_step(job, c, workers)
     # -- 5. COG and vectors, from the written labels (no recomputation), while the merge's spill
     # folder goes
-    with _removed_behind(job.spill):
+    with _removed_behind(job.spill, job.log):
         vectors_path, t_outputs = _outputs_step(job, c, written, max_label)
     timings = {"segment_s": t_segment, "merge_and_zarr_s": t_merge, "outputs_s": t_outputs}
     return dict(blocks=blocks, merge_stats=merge_stats, n_labels=max_label, vectors_path=vectors_path,
@@ -674,32 +675,54 @@ def _run_steps(job: _Job, c) -> dict:
 def _spill_folder(job: _Job, client):
     """Set ``job.spill``, the merge's spill folder, for the run on ``client``.
 
-    It is ``staging/merge`` in OUTDIR, which every worker sees, unless OUTDIR is on a store and every
-    worker runs on this machine: then a local temporary folder (under Dask's ``temporary-directory``)
-    holds the spill, since its thousands of small files are scratch, rebuilt from the staged blocks if
-    the run is cut short, and on a store each costs a request to write, one to read and one to delete.
-    The temporary folder goes when the run ends, however it ends.
+    It is ``staging/merge`` in OUTDIR, which every worker sees, unless OUTDIR is on a store, every
+    worker runs on this machine and its temporary folder (Dask's ``temporary-directory``) has room
+    for the spill (``_outdir.spill_bytes``): then the spill goes there, since its thousands of small
+    files are scratch, rebuilt from the staged blocks if the run is cut short, and on a store each
+    costs a request to write, one to read and one to delete. The local folder is named after OUTDIR,
+    so a run killed before removing it leaves it to the next run into the same OUTDIR, which starts
+    by removing it; any other end of the run removes it.
     """
-    if not is_remote(job.outdir) or not on_this_machine(client):
+    scratch = Path(dask.config.get("temporary-directory") or tempfile.gettempdir()).absolute()
+    if not is_remote(job.outdir) or not on_this_machine(client) or not _room_for_spill(job, scratch):
         job.spill = job.staging / "merge"
         yield
         return
+    name = hashlib.sha256(str(job.outdir).encode()).hexdigest()[:16]
+    job.spill = scratch / f"remote-samsing-merge-{name}"
+    remove_tree(job.spill)  # a killed run's
     remove_tree(job.staging / "merge")  # what an earlier run spilled on the store: never read again
-    scratch = dask.config.get("temporary-directory")
-    with tempfile.TemporaryDirectory(prefix="remote-samsing-merge-", dir=scratch) as d:
-        job.spill = Path(d) / "merge"
+    try:
         yield
+    finally:
+        # tasks cancelled by a failure may still be writing there: what they leave is not an error
+        shutil.rmtree(job.spill, ignore_errors=True)
+
+
+def _room_for_spill(job: _Job, scratch: Path) -> bool:
+    """Whether ``scratch`` has room for the merge's spill; if not, the run says so once."""
+    need, free = spill_bytes(job.plan), free_bytes(scratch)
+    if free >= need:
+        return True
+    job.log(f"the merge spills on the store: the temporary folder `{scratch}` has {format_size(free)} free, "
+            f"less than the {format_size(need)} its files may take (Dask's `temporary-directory` sets another)")
+    return False
 
 
 @contextlib.contextmanager
-def _removed_behind(folder):
+def _removed_behind(folder, log: Callable[[str], None]):
     """Remove ``folder`` on a thread of its own while the ``with`` block runs, and wait for it at the
     end: on a store, deleting the thousands of objects of a merge's spill folder takes seconds of
-    requests that need not hold the next step back. A failed removal is raised after the block."""
+    requests that need not hold the next step back. The folder holds scratch only: a removal that
+    fails is said, and the run finishes."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="remote-samsing-remove") as pool:
         removed = pool.submit(remove_tree, folder)
         yield
-        removed.result()
+        try:
+            removed.result()
+        except Exception as exc:  # noqa: BLE001 - a store's errors come in many types; the products are whole
+            log(f"warning: the merge's scratch folder `{folder}` was not removed ({error_chain(exc)}); "
+                "nothing reads it again: delete it")
 
 
 def _outdir_location(outdir):

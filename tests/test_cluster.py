@@ -500,6 +500,18 @@ def test_only_a_client_of_a_local_cluster_runs_its_workers_on_this_machine():
             assert not on_this_machine(by_address)
 
 
+@pytest.mark.parametrize(("address", "local"), [
+    ("inproc://192.0.2.2/9278/4", True), ("tcp://127.0.0.1:40001", True), ("tcp://[::1]:40001", True),
+    ("tcp://localhost:40001", True), ("tcp://10.0.0.5:40001", False), ("tls://node7:8786", False),
+    ("ucx://10.1.1.1:13337", False)])
+def test_a_worker_is_on_this_machine_in_this_process_or_behind_loopback(address, local):
+    """A ``LocalCluster`` listening on the network may have workers from elsewhere: only workers in
+    this process or on a loopback address count as sharing this machine's disk."""
+    from remote_samsing.cluster import _is_local_address
+
+    assert _is_local_address(address) is local
+
+
 @pytest.mark.timeout(60)
 def test_connecting_says_in_one_line_how_many_workers_and_gpus_it_found():
     from distributed import LocalCluster

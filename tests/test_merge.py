@@ -636,6 +636,31 @@ def test_what_the_sink_returns_for_each_block_comes_back_by_block(tmp_path):
     assert "sunk" not in plain
 
 
+@pytest.mark.parametrize(("scene", "tile", "padding"), [("kampala_crop_3857.tif", 128, 16),
+                                                         ("landsat_rgb.tif", 256, 32)])
+def test_the_spill_folder_holds_less_than_the_room_a_local_spill_is_given(tmp_path, data_dir, scene, tile, padding):
+    """``keep_workdir`` leaves the spill folder to the caller. On the Felzenszwalb labels of a real
+    scene (windows that disagree, so the recut's files are there too) it holds less than
+    ``_outdir.spill_bytes``, the room a run's local spill folder must have."""
+    import rasterio
+
+    from remote_samsing._outdir import spill_bytes
+    from remote_samsing.merge import merge_stored
+    from remote_samsing.segmenters.classical import FelzenszwalbSegmenter
+
+    with rasterio.open(data_dir / scene) as src:
+        image = np.moveaxis(src.read(), 0, -1)
+    plan = TilingPlan(shape=image.shape[:2], tile_size=tile, padding=padding)
+    seg = FelzenszwalbSegmenter()
+    path = write_store(stage_from_function(image, plan, lambda w: seg.segment(w, block_info={})), plan,
+                       tmp_path / "staged.zarr")
+    stats = merge_stored(path, plan=plan, config=MergeConfig(), workdir=tmp_path / "spill",
+                         sink=_CollectSink(plan.shape), keep_workdir=True)
+    assert stats["totals"]["recut_blocks"] > 0
+    held = sum(p.stat().st_size for p in (tmp_path / "spill").rglob("*") if p.is_file())
+    assert 0 < held < spill_bytes(plan)
+
+
 @pytest.mark.parametrize("strategy", ["overlap", "best_match", "mutual_best", "min_contact", "none"])
 @pytest.mark.parametrize("shape,tile,padding,seed", [((90, 70), 25, 5, 3), ((61, 130), 30, 7, 8), ((40, 40), 64, 8, 1)])
 def test_out_of_core_merge_equals_the_graph(tmp_path, strategy, shape, tile, padding, seed):

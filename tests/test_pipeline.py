@@ -437,3 +437,22 @@ def test_the_checkpoint_counts_by_content_not_by_where_it_was_found(tmp_path):
     same = [_fingerprint(_fingerprint_payload(c, identity, plan, "abc")) for c in (given, found)]
     assert same[0] == same[1]
     assert _fingerprint(_fingerprint_payload(found, identity, plan, "other")) != same[0]
+
+
+def test_a_spill_folder_that_cannot_be_removed_is_said_and_the_run_goes_on(tmp_path, monkeypatch):
+    """The spill folder is removed behind the outputs: a removal that fails is a warning naming the
+    folder (the products are whole), and an error of the outputs themselves still propagates."""
+    import remote_samsing.pipeline as pipeline
+
+    def refuse(folder):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(pipeline, "remove_tree", refuse)
+    said = []
+    with pipeline._removed_behind(tmp_path / "spill", said.append):
+        pass
+    assert len(said) == 1 and said[0].startswith(f"warning: the merge's scratch folder `{tmp_path / 'spill'}`")
+    assert "Permission denied" in said[0]
+    with pytest.raises(ValueError, match="the outputs failed"):
+        with pipeline._removed_behind(tmp_path / "spill", said.append):
+            raise ValueError("the outputs failed")

@@ -303,16 +303,20 @@ def test_outputs_on_a_store_equal_a_local_run_and_nothing_stays_on_local_disk(tm
 
 
 @pytest.mark.timeout(600)
-def test_crash_and_resume_with_the_staging_on_the_store(tmp_path, any_store):
+def test_crash_and_resume_with_the_staging_on_the_store(tmp_path, any_store, monkeypatch):
     """The CLI and its workers SIGKILLed once half the blocks are staged on the store; the same
     command again segments only the missing blocks (run.json and the segmenter's call log agree) and
-    the products equal a local undisturbed run's bit for bit."""
+    the products equal a local undisturbed run's bit for bit. The killed run's local spill folder is
+    left in the temporary folder; the resumed run removes it with its own."""
     import test_distributed as td
 
     import remote_samsing as rs
     from remote_samsing.testing import count_calls
 
     store = any_store
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
     image = td._write_image(tmp_path / "blobs.tif")
     rc, out = td._run(td._segment_cmd(image, tmp_path / "local", "--n-workers", "2"), tmp_path / "local.log")
     assert rc == 0, out
@@ -325,6 +329,7 @@ def test_crash_and_resume_with_the_staging_on_the_store(tmp_path, any_store):
     finally:
         td._kill_tree(crashed)
     assert _run_json(store, f"{BUCKET}/crash")["complete"] is False
+    assert len(list(tmp.glob("remote-samsing-merge-*"))) == 1
     staged, calls_before = store.count(f"{BUCKET}/crash/staging/blocks/"), count_calls(calls)
     assert half <= staged < td.N_BLOCKS and calls_before >= staged
 
@@ -334,6 +339,7 @@ def test_crash_and_resume_with_the_staging_on_the_store(tmp_path, any_store):
     assert rec["complete"] is True and rec["resumed"] is True
     assert rec["blocks_segmented_this_run"] == td.N_BLOCKS - staged
     assert count_calls(calls) - calls_before == td.N_BLOCKS - staged
+    assert not list(tmp.glob("remote-samsing-merge-*"))
     np.testing.assert_array_equal(rs.open_labels(store.url(f"{BUCKET}/crash/labels.zarr")).values,
                                   rs.open_labels(tmp_path / "local" / "labels.zarr").values)
     store.download(f"{BUCKET}/crash", tmp_path / "got")
@@ -342,44 +348,52 @@ def test_crash_and_resume_with_the_staging_on_the_store(tmp_path, any_store):
 
 
 @pytest.mark.timeout(300)
-def test_the_merge_spills_on_local_disk_only_when_every_worker_runs_on_this_machine(tmp_path, data_dir, s3):
+def test_the_merge_spills_on_local_disk_only_when_every_worker_runs_on_this_machine(tmp_path, data_dir, s3,
+                                                                                     monkeypatch):
     """OUTDIR on S3: with the client of a ``LocalCluster`` the merge's spill folder is a local temporary
-    folder (under Dask's ``temporary-directory``), with a client connected by address it is
-    ``staging/merge`` on the store; seen while the merge starts, both hold the staged summaries. Either
-    way the products are the same and nothing of the spill is left, locally or on the store."""
+    folder (under Dask's ``temporary-directory``); with a client connected by address, or without room
+    in the temporary folder (said in one line), it is ``staging/merge`` on the store. Seen as the merge
+    starts, each holds the staged summaries; the products are the same and nothing of the spill is
+    left, locally or on the store."""
     import dask
     from distributed import Client, LocalCluster
 
     import remote_samsing as rs
+    import remote_samsing.pipeline
     from remote_samsing.config import RunConfig
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     cfg = RunConfig(segmenter="felzenszwalb", tile_size=128, padding=16, vectors=False, progress=False)
-    seen = {}
+    seen, said = {}, []
 
-    def spilled(name):
+    def run(name, client):
         def log(line):
+            said.append(line)
             if line.startswith("merging"):  # every block staged, its summary spilled
                 local = [p for p in scratch.glob("remote-samsing-merge-*/**/*") if p.is_file()]
                 seen[name] = (len(local), s3.count(f"{BUCKET}/{name}/staging/merge/"))
-        return log
+        rs.run(data_dir / "kampala_crop_3857.tif", s3.url(f"{BUCKET}/{name}"), config=cfg, client=client, log=log)
 
     with dask.config.set({"temporary-directory": str(scratch)}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         with Client(cluster) as c:
-            rs.run(data_dir / "kampala_crop_3857.tif", s3.url(f"{BUCKET}/local-spill"), config=cfg, client=c,
-                   log=spilled("local-spill"))
+            run("local-spill", c)
+            assert not any("spills on the store" in line for line in said)
+            monkeypatch.setattr(remote_samsing.pipeline, "free_bytes", lambda folder: 1000)
+            run("no-room", c)
+            assert sum(f"`{scratch}` has 0.98 kiB free" in line for line in said) == 1, said
         with Client(cluster.scheduler_address) as c:
-            rs.run(data_dir / "kampala_crop_3857.tif", s3.url(f"{BUCKET}/store-spill"), config=cfg, client=c,
-                   log=spilled("store-spill"))
+            run("by-address", c)
     n_blocks = json.loads(s3.get(f"{BUCKET}/local-spill/run.json"))["tiling"]["n_blocks"]
     assert seen["local-spill"][0] >= n_blocks and seen["local-spill"][1] == 0
-    assert seen["store-spill"][0] == 0 and seen["store-spill"][1] >= n_blocks
-    assert not list(scratch.glob("remote-samsing-merge-*")) and not s3.keys(f"{BUCKET}/local-spill/staging/merge/")
-    assert not s3.keys(f"{BUCKET}/store-spill/staging/merge/")
-    np.testing.assert_array_equal(rs.open_labels(s3.url(f"{BUCKET}/local-spill/labels.zarr")).values,
-                                  rs.open_labels(s3.url(f"{BUCKET}/store-spill/labels.zarr")).values)
+    assert seen["no-room"][0] == 0 and seen["no-room"][1] >= n_blocks
+    assert seen["by-address"][0] == 0 and seen["by-address"][1] >= n_blocks
+    assert not list(scratch.glob("remote-samsing-merge-*"))
+    expected = rs.open_labels(s3.url(f"{BUCKET}/local-spill/labels.zarr")).values
+    for name in ("local-spill", "no-room", "by-address"):
+        assert not s3.keys(f"{BUCKET}/{name}/staging/merge/")
+        np.testing.assert_array_equal(rs.open_labels(s3.url(f"{BUCKET}/{name}/labels.zarr")).values, expected)
 
 
 @pytest.fixture
