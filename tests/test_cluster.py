@@ -642,3 +642,30 @@ def test_malloc_trim_runs_in_a_thread_while_the_block_runs_and_stops_after():
         time.sleep(0.05)  # a few trims
     assert trimmers() == []
     malloc_trim()  # a no-op where libc has no malloc_trim, never an error
+
+
+@pytest.mark.parametrize(("status", "kept"), [("running", True), ("paused", True), ("closing", False),
+                                              ("closed", False)])
+def test_a_worker_closing_drops_its_failed_heartbeat_record_and_only_that(status, kept):
+    """A worker of a local cluster logs a failed heartbeat while it runs, not while the cluster closes
+    it (distributed logs that race as an error with a traceback); its other records pass."""
+    import logging
+
+    from distributed.core import Status
+
+    from remote_samsing._worker_setup import _HeartbeatAtClose
+
+    class Worker:  # what the filter reads of a worker (a weak reference to it is kept)
+        pass
+
+    worker = Worker()
+    worker.status = Status(status)
+    quiet = _HeartbeatAtClose(worker)
+
+    def record(msg):
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, msg, None, None)
+
+    assert quiet.filter(record("Failed to communicate with scheduler during heartbeat.")) is kept
+    assert quiet.filter(record("Compute Failed")) is True
+    del worker
+    assert quiet.filter(record("Failed to communicate with scheduler during heartbeat.")) is False
