@@ -44,7 +44,7 @@ from datetime import timedelta
 
 from .exceptions import ConfigError
 
-__all__ = ["handles", "get", "get_many", "put", "put_many", "zarr_store"]
+__all__ = ["handles", "get", "get_many", "one_line", "put", "put_many", "zarr_store"]
 
 #: The kinds of store (``_files._STORE_KIND``) served here, and the variables each is configured from.
 _VARIABLES = {"s3": "AWS_", "az": "AZURE_"}
@@ -197,6 +197,24 @@ def _message(exc: Exception) -> str:
     said = (found.group(1).strip() if found else "") or text.strip()
     line = said.splitlines()[0] if said else type(exc).__name__
     return re.sub(r"(https?://[^\s?]*)\?\S*", r"\1", line)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's text in one line; for obstore's report of a refused request (the request, the
+    server's whole XML answer, then a debug dump: about 30 lines, inside Zarr's ``ObjectStore`` too)
+    its lead (what failed, on which path), the HTTP status and what the server said.
+
+    >>> one_line(OSError("failed for path a/b: Error performing GET REDACTED in 3ms - Server returned "
+    ...                  "non-2xx status code: 403 Forbidden: <?xml?>\\n<Error><Message>Not allowed.\\n"
+    ...                  "RequestId:1</Message></Error>\\n\\nDebug source:\\n..."))
+    'failed for path a/b (403 Forbidden): Not allowed.'
+    """
+    text = str(exc)
+    first = text.splitlines()[0] if text else ""
+    refused = re.match(r"(.*?): Error performing .*? status code: (\d{3}[^:]*): ", first)
+    if refused is None or "<Message>" not in text:
+        return first
+    return f"{refused.group(1)} ({refused.group(2).strip()}): {_message(exc)}"
 
 
 def _os_error(exc: Exception, url: str) -> OSError:

@@ -842,11 +842,13 @@ def window_reader(arr: xr.DataArray, *, run: str | None = None) -> WindowReader 
 
 def error_chain(exc: BaseException) -> str:
     """``Type: first line`` of an exception and of what caused it (rasterio's "Read failed" names GDAL's
-    reason only in its cause)."""
+    reason only in its cause; a store's refusal is said in one line, :func:`remote_samsing._objects.one_line`)."""
+    from ._objects import one_line
+
     parts, seen = [], set()
     while exc is not None and id(exc) not in seen and len(parts) < 3:
         seen.add(id(exc))
-        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        text = one_line(exc)[:200]
         parts.append(f"{type(exc).__name__}: {text}")
         exc = exc.__cause__ or exc.__context__
     return " <- ".join(parts)

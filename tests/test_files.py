@@ -233,6 +233,27 @@ def test_obstore_errors_become_the_oserrors_s3fs_raises_with_the_servers_own_wor
     assert str(err) == "s3://b/k: 500: <Error><Message></Message></Error>"
 
 
+def test_a_stores_refusal_inside_zarr_is_reported_in_one_line_with_the_servers_reason():
+    """obstore's report of a refused request (what Zarr's ``ObjectStore`` raises as it is: Azurite's
+    answer to a SAS that may not read, 28 lines) becomes one line: what failed, the status, and the
+    server's reason; any other error keeps its first line."""
+    from obstore.exceptions import PermissionDeniedError
+
+    from remote_samsing.io import error_chain
+
+    report = ("The operation lacked the necessary privileges to complete for path a.zarr/zarr.json: Error performing "
+              "GET REDACTED in 4.41ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\" "
+              "encoding=\"UTF-8\" standalone=\"yes\"?>\n<Error>\n  <Code>AuthorizationPermissionMismatch</Code>\n"
+              "  <Message>This request is not authorized to perform this operation using this permission.\n"
+              "RequestId:80420806\nTime:2026-12-07T21:36:17.478Z</Message>\n</Error>\n\nDebug source:\n"
+              "PermissionDenied {\n    path: \"a.zarr/zarr.json\",\n}")
+    assert error_chain(PermissionDeniedError(report)) == (
+        "PermissionDeniedError: The operation lacked the necessary privileges to complete for path "
+        "a.zarr/zarr.json (403 Forbidden): This request is not authorized to perform this operation using this "
+        "permission.")
+    assert error_chain(OSError("no such file\nsecond line")) == "OSError: no such file"
+
+
 @pytest.fixture
 def azure(monkeypatch):
     """An environment holding only the Azure variables a test sets."""
