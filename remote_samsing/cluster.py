@@ -757,19 +757,22 @@ def dashboard_link(client) -> str | None:
     return client.dashboard_link if serves else None
 
 
-def on_this_machine(client) -> bool:
+def on_this_machine(client, workers: dict | None = None) -> bool:
     """Whether every worker of ``client`` runs on this machine and sees its disk: the client's
     cluster is a ``LocalCluster`` (dask-cuda's ``LocalCUDACluster`` is one), started in this process,
-    and every worker the scheduler knows is in this process or behind a loopback address (a
-    ``LocalCluster`` listening on the network may have workers from elsewhere join it). A client
-    connected to a scheduler's address may reach workers anywhere: False."""
+    and every worker the scheduler knows (``workers``, by address, as
+    :func:`~remote_samsing.execute.scheduler_workers` gives them; asked if not given) is in this
+    process or behind a loopback address (a ``LocalCluster`` listening on the network may have
+    workers from elsewhere join it). A client connected to a scheduler's address may reach workers
+    anywhere: False."""
     from distributed import LocalCluster
 
     from .execute import scheduler_workers
 
     if not isinstance(getattr(client, "cluster", None), LocalCluster):
         return False
-    return all(_is_local_address(address) for address in scheduler_workers(client))
+    return all(_is_local_address(address) for address in (workers if workers is not None
+                                                           else scheduler_workers(client)))
 
 
 def _is_local_address(address: str) -> bool:

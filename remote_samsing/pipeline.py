@@ -638,15 +638,18 @@ def run(
         with _client_for(cfg, client, needs_gpu=bool(segment_resources(job.seg)), log=job.log) as c:
             if not is_remote(job.outdir):  # before anything is written there
                 check_shared(job.outdir, c)
-            with _spill_folder(job, c):
-                steps = _run_steps(job, c)
+            # the workers, asked once (a scheduler round trip): where they run decides where the merge
+            # spills, their threads size the waves of every stage, and the merge's phases spread over them
+            workers = scheduler_workers(c)
+            with _spill_folder(job, c, workers):
+                steps = _run_steps(job, c, workers)
         # -- 6. finish the record; "complete" is the last thing written
         steps["timings"]["total_s"] = time.perf_counter() - t_start
         return _finish_record(job, **steps)
 
 
-def _run_steps(job: _Job, c) -> dict:
-    """Steps 2 to 5 on client ``c``; returns what :func:`_finish_record` takes."""
+def _run_steps(job: _Job, c, workers: dict) -> dict:
+    """Steps 2 to 5 on client ``c`` and its ``workers``; returns what :func:`_finish_record` takes."""
     # -- 2. the run record, "complete": false until the very end; blocks of changed sources unstaged
     _forget_changed_blocks(job)
     _start_record(job)
@@ -656,9 +659,6 @@ def _run_steps(job: _Job, c) -> dict:
     # -- 3. segment and stage every block not staged yet
     res = _check_resources(c, segment_resources(job.seg), device=job.cfg.device)
     _register_trim(c)
-    # the workers, asked once (a scheduler round trip): their threads size
-    # the waves of every stage, and the merge's chained phases spread over them
-    workers = scheduler_workers(c)
     blocks, t_segment = _segment_step(job, c, reader, res=res, threads=threads_of(workers))
     # -- 4. merge from the staged blocks only, phase by phase
     written, merge_stats, max_label, t_merge = _merge_step(job, c, workers)
@@ -672,8 +672,8 @@ def _run_steps(job: _Job, c) -> dict:
 
 
 @contextlib.contextmanager
-def _spill_folder(job: _Job, client):
-    """Set ``job.spill``, the merge's spill folder, for the run on ``client``.
+def _spill_folder(job: _Job, client, workers: dict):
+    """Set ``job.spill``, the merge's spill folder, for the run on ``client`` and its ``workers``.
 
     It is ``staging/merge`` in OUTDIR, which every worker sees, unless OUTDIR is on a store, every
     worker runs on this machine and its temporary folder (Dask's ``temporary-directory``) has room
@@ -684,7 +684,7 @@ def _spill_folder(job: _Job, client):
     by removing it; any other end of the run removes it.
     """
     scratch = Path(dask.config.get("temporary-directory") or tempfile.gettempdir()).absolute()
-    if not is_remote(job.outdir) or not on_this_machine(client) or not _room_for_spill(job, scratch):
+    if not is_remote(job.outdir) or not on_this_machine(client, workers) or not _room_for_spill(job, scratch):
         job.spill = job.staging / "merge"
         yield
         return
