@@ -14,18 +14,20 @@ request (``python -m benchmarks.bench_store_requests``).
 Each client is configured from the variables and files its fsspec library
 reads, so one set of settings serves both:
 
-* S3, from one boto3 session and its credential chain (environment, shared
-  files and profiles, SSO, container and instance roles): the credentials
+* S3, from one boto3 session, so that every way a user gives AWS
+  credentials (environment, shared files and profiles, SSO, container and
+  instance roles) reaches obstore as it reaches s3fs: the credentials
   through obstore's ``Boto3CredentialProvider``, the endpoint
   (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3`` or a profile's) and the
   region (``AWS_REGION`` where boto3 has none). On AWS itself the bucket's
-  own region is asked once: obstore follows no redirect to it.
+  own region is asked once, since obstore follows no redirect to it.
 * Azure, from ``AZURE_STORAGE_CONNECTION_STRING`` (key or SAS, its endpoint),
   else from ``AZURE_STORAGE_ACCOUNT_NAME`` with ``AZURE_STORAGE_ACCOUNT_KEY``,
   ``AZURE_STORAGE_SAS_TOKEN`` or, with neither, azure-identity's
   ``DefaultAzureCredential`` (managed identity, workload identity, the CLI).
-  The credential found is the one used (``credential_type``): obstore's own
-  order would prefer, say, a pod's workload identity to the SAS the variables name.
+  The credential found is the one used (``credential_type``), so that a SAS
+  or key the variables name wins over, say, a pod's workload identity,
+  which obstore's own order would try first.
 
 Each process builds a client once per bucket (container) and environment.
 A store holds its credentials: it is never put into a task graph.
