@@ -7,6 +7,8 @@
   random token, the task reads it back and answers with a probe of its
   own, and the client looks for that answer. A worker on a machine with its
   own disk at that path finds no probe, and writes nothing.
+* **Writable.** :func:`check_local_writable` makes and removes a probe
+  file there before any cluster starts.
 * **Room.** :func:`estimate_bytes` says what a run writes (staging,
   labels.zarr, labels.tif, vectors); :func:`check_room` refuses, before any
   cluster starts, a filesystem with less free space than the run needs at
@@ -22,13 +24,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from .exceptions import DiskFullError, OutputAccessError, OutputNotSharedError
 
-__all__ = ["absolute", "check_shared", "check_room", "describe_estimate", "disk_full_error", "estimate_bytes",
+__all__ = ["absolute", "check_local_writable", "check_shared", "check_room", "describe_estimate", "disk_full_error", "estimate_bytes",
            "find_disk_full", "format_size", "free_bytes", "probe_answer", "spill_bytes"]
 
 #: Name prefix of the probes :func:`check_shared` writes in OUTDIR (and removes).
@@ -208,6 +211,34 @@ def check_room(outdir: Path, estimate: dict[str, int]) -> None:
         f"{describe_estimate(estimate)}",
         hint="free space there, or choose an OUTDIR on a larger filesystem or an object store (s3://..., gs://..., "
              "az://...)")
+
+
+def check_local_writable(outdir: Path) -> None:
+    """Raise when a local ``outdir`` cannot be made or written (a read-only filesystem, an immutable
+    folder, no permission, a file on its path): said here in one line, before any cluster starts, where
+    the first write of the run would otherwise fail. A probe file is made and removed in ``outdir``, or
+    in its nearest existing parent when it does not exist yet: nothing stays behind.
+
+    Raises
+    ------
+    OutputAccessError
+    """
+    place = _existing(outdir)
+    if not place.is_dir():
+        raise OutputAccessError(f"OUTDIR `{outdir}` cannot be made: `{place}` is a file",
+                                hint="choose an output folder whose parents are folders")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=place)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            return  # room is check_room's to say, with the numbers
+        what = "OUTDIR" if place == Path(os.path.abspath(outdir)) else f"`{place}`, where OUTDIR would be made,"
+        raise OutputAccessError(f"cannot write to OUTDIR `{outdir}`: {what} refuses a new file "
+                                f"({exc.strerror or exc})",
+                                hint="choose a folder this user may write to (check its permissions, and that its "
+                                     "filesystem is not mounted read-only)") from None
 
 
 def find_disk_full(exc: BaseException) -> OSError | None:

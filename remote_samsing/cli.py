@@ -7,8 +7,11 @@ hint (exit status 2), any other failure as one line too (exit status 1);
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -109,13 +112,35 @@ def _quiet_dask() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, what ``scancel``, Kubernetes and ``timeout`` send: raised where the command is, as Ctrl-C
+    is, so that the cluster is closed and the outputs stay resumable in the same way."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`_Terminated` while the command runs (only the main thread sets handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
         debug = ctx.find_root().params.get("debug", False)
         try:
-            with warnings.catch_warnings():  # restores how warnings print when the command returns
+            with warnings.catch_warnings(), _sigterm_as_interrupt():  # restores how warnings print when the command returns
                 # the tool's own warnings: shown (once each), as one line
                 warnings.simplefilter("default", RemoteSamsingWarning)
                 warnings.showwarning = _show_warning
@@ -128,6 +153,9 @@ def _handle_errors(fn):
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
             sys.exit(2)
+        except _Terminated:
+            click.echo("terminated (SIGTERM); rerun the same command to resume", err=True)
+            sys.exit(128 + signal.SIGTERM)
         except KeyboardInterrupt:
             click.echo("interrupted; rerun the same command to resume", err=True)
             sys.exit(130)

@@ -56,8 +56,8 @@ import numpy as np
 import xarray as xr
 
 from ._files import is_remote, list_names, location, remove_tree, store_variables, write_bytes, write_json_atomic
-from ._outdir import (absolute, check_room, check_shared, disk_full_error, estimate_bytes, find_disk_full,
-                      format_size, free_bytes, spill_bytes)
+from ._outdir import (absolute, check_local_writable, check_room, check_shared, disk_full_error, estimate_bytes,
+                      find_disk_full, format_size, free_bytes, spill_bytes)
 from ._progress import counted, in_notebook
 from .cluster import ClusterConfig, make_client, malloc_trim, on_this_machine, trim_memory_plugin
 from .config import RunConfig
@@ -785,6 +785,7 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     if is_remote(outdir):
         _check_writable(outdir)
     else:  # before --overwrite removes anything: what OUTDIR holds counts as room
+        check_local_writable(outdir)
         space = estimate_bytes(plan, vectors=cfg.vectors)
         check_room(outdir, space)
     prev = _prepare_outdir(outdir, payload, cfg.overwrite)

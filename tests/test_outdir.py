@@ -99,6 +99,53 @@ def test_a_clearly_short_filesystem_is_refused_before_any_cluster(tmp_path, scen
     assert not out.exists()
 
 
+def _no_cluster(monkeypatch):
+    import remote_samsing.pipeline as pipeline
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(pipeline, "make_client", no_cluster)
+
+
+def test_an_outdir_under_a_file_is_refused_before_any_cluster(tmp_path, scene, monkeypatch):
+    _no_cluster(monkeypatch)
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"x")
+    r = CliRunner().invoke(cli, ["segment", str(scene), str(afile / "sub"), *SEGMENT])
+    assert r.exit_code == 2, r.output
+    assert _one_error(r) == f"error: OUTDIR `{afile / 'sub'}` cannot be made: `{afile}` is a file"
+    assert afile.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["existing", "to-be-made"])
+def test_an_outdir_that_refuses_files_is_refused_before_any_cluster(tmp_path, scene, monkeypatch, exists):
+    import tempfile
+
+    _no_cluster(monkeypatch)
+    out = tmp_path / "out"
+    if exists:
+        out.mkdir()
+
+    def read_only(*args, **kwargs):  # what a read-only mount or an immutable folder answers (root included)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    r = CliRunner().invoke(cli, ["segment", str(scene), str(out), *SEGMENT])
+    assert r.exit_code == 2, r.output
+    error = _one_error(r)
+    assert error.startswith(f"error: cannot write to OUTDIR `{out}`: ") and "(Read-only file system)" in error
+    assert ("where OUTDIR would be made" in error) is not exists
+    assert "permissions" in r.stderr.splitlines()[-1]
+    assert out.exists() is exists and (not exists or not any(out.iterdir()))
+
+
+def test_the_writable_check_leaves_nothing_behind(tmp_path):
+    _outdir.check_local_writable(tmp_path / "new" / "out")
+    _outdir.check_local_writable(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_room_counts_what_outdir_already_holds(tmp_path, monkeypatch):
     plan = TilingPlan(shape=(256, 256), tile_size=64, padding=8)
     need = _outdir.estimate_bytes(plan, vectors=True)

@@ -1,7 +1,7 @@
 """What ``segment`` says on the terminal: one line per fact, none of Dask's own log records.
 
-A successful run, a run whose dashboard port another job holds, Ctrl-C and the
-rerun that resumes, a run that is up to date, and a run of one block; each
+A successful run, a run whose dashboard port another job holds, Ctrl-C or SIGTERM
+and the rerun that resumes, a run that is up to date, and a run of one block; each
 through the CLI in a subprocess with the embedded cluster of worker processes.
 """
 
@@ -79,12 +79,8 @@ def test_a_successful_run_says_nothing_of_dask_and_names_the_dashboard_port_it_t
     assert (again.stdout + again.stderr).count("up to date") == 1, again.stdout + again.stderr
 
 
-@pytest.mark.timeout(300)
-def test_ctrl_c_is_one_line_and_the_rerun_says_how_many_blocks_are_staged(tmp_path, data_dir):
-    out, calls = tmp_path / "out", tmp_path / "calls"
-    cmd = _segment_cmd(data_dir / "neon_osbs.tif", out, "--segmenter-param", f"log_dir={calls}")
-    hold = 4  # segmenter calls after the 4th wait: the run is interrupted with 4 blocks staged
-    # Ctrl-C on a terminal: SIGINT to the whole foreground process group, worker processes included.
+def _stopped_after(cmd: list[str], out: Path, hold: int, stop) -> subprocess.Popen:
+    """Run ``cmd`` until ``hold`` blocks are staged, then ``stop(pid)``; the finished process."""
     # The child gets SIGINT's default action back, whatever the test runner's (a background job ignores it).
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                            env={**os.environ, HOLD_AFTER: str(hold)},
@@ -94,15 +90,30 @@ def test_ctrl_c_is_one_line_and_the_rerun_says_how_many_blocks_are_staged(tmp_pa
         while _staged(out) < hold and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _staged(out) == hold and run.poll() is None
-        os.killpg(run.pid, signal.SIGINT)
-        _, stderr = run.communicate(timeout=60)
+        stop(run.pid)
+        run.stderr_text = run.communicate(timeout=60)[1]
     finally:
         if run.poll() is None:  # pragma: no cover - only when the test already failed
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
-    assert run.returncode == 130, stderr
-    assert _dask_noise(stderr) == [], stderr
-    assert stderr.splitlines()[-1] == "interrupted; rerun the same command to resume"
+    return run
+
+
+# Ctrl-C on a terminal: SIGINT to the whole foreground process group, worker processes included;
+# SIGTERM from `timeout`, Kubernetes or a batch system: to the command's process
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("stop, status, said", [
+    (lambda pid: os.killpg(pid, signal.SIGINT), 130, "interrupted; rerun the same command to resume"),
+    (lambda pid: os.kill(pid, signal.SIGTERM), 143, "terminated (SIGTERM); rerun the same command to resume"),
+], ids=["ctrl-c", "sigterm"])
+def test_a_stop_is_one_line_and_the_rerun_says_how_many_blocks_are_staged(tmp_path, data_dir, stop, status, said):
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    cmd = _segment_cmd(data_dir / "neon_osbs.tif", out, "--segmenter-param", f"log_dir={calls}")
+    hold = 4  # segmenter calls after the 4th wait: the run is stopped with 4 blocks staged
+    run = _stopped_after(cmd, out, hold, stop)
+    assert run.returncode == status, run.stderr_text
+    assert _dask_noise(run.stderr_text) == [], run.stderr_text
+    assert run.stderr_text.splitlines()[-1] == said
 
     r = _run(cmd)
     assert r.returncode == 0, r.stderr
