@@ -181,11 +181,8 @@ def _open_input(image, *, bands, nodata, tile_size, mosaic_options=None):
     return arr, None
 
 
-def _merge_config(merge: str, merge_params: dict | None):
-    try:
-        return MergeConfig(strategy=merge, **dict(merge_params or {}))
-    except TypeError as exc:
-        raise ConfigError(f"bad merge parameters {merge_params!r}: {exc}") from None
+def _merge_config(merge: str, merge_params: dict | None, *, stored: bool = False):
+    return MergeConfig.from_params(strategy=merge, params=merge_params, stored=stored)
 
 
 def _wrap_labels(data: da.Array, like: xr.DataArray) -> xr.DataArray:
@@ -492,6 +489,9 @@ def _differences(prev: dict, payload: dict) -> list[str]:
 #: run.json exists, and ``--overwrite`` may remove it.
 _RUN_ENTRIES = frozenset({"run.json", "staging", "labels.zarr", "labels.tif", "merge_faces.json", "segments.parquet",
                           TILE_INDEX})
+#: Where the solve writes the per-face statistics: they take the final name once the seam visibility is
+#: in them, so that an interrupted run leaves no merge_faces.json of a merge that did not finish.
+_FACES_PARTIAL = "merge_faces.json.partial"
 
 
 def _foreign_entries(names: set) -> list[str]:
@@ -773,7 +773,7 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
         warnings.warn(f"input `{name}` has no CRS: labels.tif and the polygons are in pixel coordinates "
                       "(x = column, y = row) with no CRS", NoCRSWarning, stacklevel=3)
     seg = resolve_segmenter(cfg.segmenter, _segmenter_params(cfg))
-    mcfg = _merge_config(cfg.merge, cfg.merge_params)
+    mcfg = _merge_config(cfg.merge, cfg.merge_params, stored=True)
     plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=cfg.tile_size, padding=cfg.padding)
     # the file the segmenter found (parameter, environment or models directory), not only a given one
     ckpt = getattr(seg, "checkpoint", None)
@@ -851,8 +851,10 @@ def _forget_changed_blocks(job: _Job) -> None:
         unstage(job.staging, index)
     remove_tree(job.spill)
     counts = Counter(c["change"] for c in job.changes)
-    job.log(f"sources changed since the last run ({', '.join(f'{n} {k}' for k, n in counts.items())}): "
-            f"segmenting again the {len(job.redo)} block(s) they touch")
+    said = f"sources changed since the last run ({', '.join(f'{n} {k}' for k, n in counts.items())})"
+    # a file repaired after a read error touches no block staged from it: its failed blocks are retried
+    job.log(f"{said}: segmenting again the {counted(len(job.redo), 'blocks')} they touch" if job.redo
+            else f"{said}: no staged block was read from them")
 
 
 def _put_tile_index(job: _Job) -> None:
@@ -1074,7 +1076,8 @@ def _forget_if_stretch_changed(job: _Job, limits: np.ndarray) -> None:
     before = (job.prev or {}).get("stretch_limits")
     job.record["stretch_limits"] = np.asarray(limits).tolist()
     if before is not None and not passes_through(job.arr) and not np.array_equal(np.asarray(before), limits):
-        job.log("the sources changed the mosaic's stretch: segmenting every block again")
+        job.log("the sources changed the mosaic's stretch, which every block's RGB depends on: segmenting "
+                "every block again")
         job.redo = list(job.plan.block_ids())
         for index in job.redo:
             unstage(job.staging, index)
@@ -1123,7 +1126,7 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     # to their own file; only their totals come back and go to run.json
     merge_stats = merge_stored(job.staging / "labels.zarr", plan=plan, config=job.mcfg,
                                workdir=job.spill, sink=sink, map_phases=in_phases,
-                               faces_path=outdir / "merge_faces.json", prepare_sink=create_store_task,
+                               faces_path=outdir / _FACES_PARTIAL, prepare_sink=create_store_task,
                                token=job.run_id, keep_workdir=True)  # removed behind the outputs
     sink.commit()
     written = open_run_labels(outdir / "labels.zarr")  # complete, though run.json is not yet
@@ -1153,15 +1156,16 @@ def _record_seam_visibility(outdir: Path, plan: TilingPlan, parts: dict) -> floa
     from .metrics import seam_visibility_from_parts
 
     vis = seam_visibility_from_parts(plan, parts)
-    faces_path = outdir / "merge_faces.json"
-    if faces_path.exists():
+    partial = outdir / _FACES_PARTIAL
+    if partial.exists():
         per_face = {(tuple(r["blocks"][0]), tuple(r["blocks"][1]), r["kind"]): r for r in vis.to_records()}
-        faces = json.loads(read_bytes(faces_path))
+        faces = json.loads(read_bytes(partial))
         for face in faces:
             record = per_face.get((tuple(face["blocks"][0]), tuple(face["blocks"][1]), face["kind"]))
             if record is not None:  # the corner faces have no seam line
                 face.update(seam_visibility=record["seam_visibility"], seam_offset=record["seam_offset"])
-        write_json_atomic(faces_path, faces, indent=None)
+        write_json_atomic(outdir / "merge_faces.json", faces, indent=None)
+        partial.unlink()
     return None if np.isnan(vis.mean) else vis.mean
 
 

@@ -300,12 +300,22 @@ def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
     assert not (tmp_path / "out" / "staging" / "merge").exists()  # the spill folder is removed
 
 
-def test_run_records_seam_visibility_in_run_json_and_per_face(tmp_path, data_dir, client):
+def test_run_records_seam_visibility_in_run_json_and_per_face(tmp_path, data_dir, client, monkeypatch):
     """Seam-visibility diagnostics: run.json's total and each edge face's value in merge_faces.json
-    equal seam_visibility on the labels read back."""
+    equal seam_visibility on the labels read back. Until they are in it, the file has a partial name: a
+    run stopped before leaves no merge_faces.json that looks complete."""
+    import remote_samsing.pipeline as pipeline
     from remote_samsing.metrics import seam_visibility
 
     out = tmp_path / "out"
+    record = pipeline._record_seam_visibility
+    names_before = []
+
+    def recording(outdir, *args, **kwargs):
+        names_before.append(sorted(p.name for p in outdir.glob("merge_faces*")))
+        return record(outdir, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_record_seam_visibility", recording)
     cfg = RunConfig(segmenter="felzenszwalb", segmenter_params={"scale": 50}, tile_size=96, padding=12,
                     merge="overlap", vectors=False, progress=False)
     rec = run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client)
@@ -322,6 +332,8 @@ def test_run_records_seam_visibility_in_run_json_and_per_face(tmp_path, data_dir
         np.testing.assert_allclose(face["seam_visibility"], value, rtol=1e-6)
         assert face["seam_offset"] == offset and "candidates" in face  # the merge's statistics stay
     assert all("seam_visibility" not in f for f in faces if f["kind"] not in ("x", "y"))  # corners
+    assert names_before == [["merge_faces.json.partial"]]
+    assert sorted(p.name for p in out.glob("merge_faces*")) == ["merge_faces.json"]
 
 
 def test_run_with_the_seam_recut_shows_the_tile_grid_less(tmp_path, data_dir, client):

@@ -427,8 +427,11 @@ def test_changed_sources_redo_only_their_blocks(tmp_path, tiles, client):
     # edit one tile's pixels: only the blocks its footprint touches are redone
     with rasterio.open(tiles[0], "r+") as dst:
         dst.write(255 - dst.read())
-    edited = rs.run(folder, out, config=cfg, client=client)
+    said = []
+    edited = rs.run(folder, out, config=cfg, client=client, log=said.append)
     expect = _blocks_touching((0, 200, 0, 133), plan)
+    assert (f"sources changed since the last run (1 edited): segmenting again the {len(expect)} blocks they "
+            "touch") in said
     assert edited["sources_changed"] == [{"location": str(tiles[0]), "change": "edited"}]
     assert {tuple(b) for b in edited["blocks_redone"]} == expect
     assert edited["blocks_segmented_this_run"] == len(expect) < 16

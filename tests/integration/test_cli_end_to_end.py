@@ -329,6 +329,7 @@ def test_a_damaged_input_names_the_window_then_skips_it_then_resumes_once_repair
     rec = json.loads((out / "run.json").read_text())
     assert rec["blocks_segmented_this_run"] == len(failing)
     assert rec["partial"] is False and rec["failed_blocks"] == []
+    assert "sources changed since the last run (1 edited): no staged block was read from them" in r.stderr
     clean = tmp_path / "clean"
     assert _run(*([args[0], good, clean] + args[3:])).returncode == 0
     with rasterio.open(out / "labels.tif") as a, rasterio.open(clean / "labels.tif") as b:
