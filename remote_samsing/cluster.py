@@ -73,6 +73,7 @@ __all__ = [
     "dashboard_link",
     "dask_log_level",
     "detect_gpus",
+    "gpu_slots",
     "make_client",
     "malloc_trim",
     "on_this_machine",
@@ -705,7 +706,8 @@ def _connect(config: ClusterConfig):
         ) from None
 
 
-def _gpu_slots(worker: dict) -> int:
+def gpu_slots(worker: dict) -> int:
+    """The GPUs a worker (as :func:`scheduler_workers` gives it) offers through its ``GPU`` resource."""
     return int(float((worker.get("resources") or {}).get("GPU", 0)))
 
 
@@ -714,7 +716,7 @@ def _describe_workers(address: str, workers: dict) -> str:
     if not workers:
         return f"scheduler {address}: no workers connected yet; blocks wait for workers to join"
     threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
-    gpus = sum(_gpu_slots(w) for w in workers.values())
+    gpus = sum(gpu_slots(w) for w in workers.values())
     return (f"scheduler {address}: {counted(len(workers), 'workers')} ({counted(threads, 'threads')}), "
             f"{counted(gpus, 'GPUs') if gpus else 'no GPU'}")
 
@@ -726,7 +728,7 @@ def _check_gpu_workers(workers: dict, address: str, log: Callable[[str], None]) 
             "started with --resources GPU=1"
         )
         return
-    if not any(_gpu_slots(w) >= 1 for w in workers.values()):
+    if not any(gpu_slots(w) >= 1 for w in workers.values()):
         raise BackendUnavailableError(
             f"the segmenter needs GPU workers, but none of the {len(workers)} worker(s) at {address} "
             "offers the resource GPU (its blocks would wait forever)",

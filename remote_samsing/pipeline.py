@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -59,7 +60,7 @@ from ._files import is_remote, list_names, location, remove_tree, store_variable
 from ._outdir import (absolute, check_local_writable, check_room, check_shared, disk_full_error, estimate_bytes,
                       find_disk_full, format_size, free_bytes, spill_bytes)
 from ._progress import counted, in_notebook
-from .cluster import ClusterConfig, make_client, malloc_trim, on_this_machine, trim_memory_plugin
+from .cluster import ClusterConfig, gpu_slots, make_client, malloc_trim, on_this_machine, trim_memory_plugin
 from .config import RunConfig
 from .exceptions import (
     BackendUnavailableError,
@@ -652,7 +653,7 @@ def _run_steps(job: _Job, c, workers: dict) -> dict:
     """Steps 2 to 5 on client ``c`` and its ``workers``; returns what :func:`_finish_record` takes."""
     # -- 2. the run record, "complete": false until the very end; blocks of changed sources unstaged
     _forget_changed_blocks(job)
-    _start_record(job)
+    _start_record(job, workers)
     _put_tile_index(job)
     # block tasks read their windows from the file itself when there is one
     reader = window_reader(job.arr, run=job.run_id) if job.mosaic is not None else None
@@ -941,8 +942,11 @@ def _products_present(job: _Job) -> bool:
     return all((job.outdir / n).exists() for n in names)
 
 
-def _start_record(job: _Job) -> None:
-    """Step 2: the staging store, the merge's spill folder, and run.json with ``"complete": false``."""
+def _start_record(job: _Job, workers: dict) -> None:
+    """Step 2: the staging store, the merge's spill folder, and run.json with ``"complete": false``.
+
+    Besides the parameters as given, run.json holds the merge's settings as resolved (every default
+    included) and the cluster the run had, which the results depend on as much."""
     job.outdir.mkdir(parents=True, exist_ok=True)
     create_store(job.staging, job.plan)
     # the merge's spill folder: block summaries are written there as blocks are staged
@@ -962,6 +966,9 @@ def _start_record(job: _Job) -> None:
         "crs": str(crs) if crs is not None else None,
         "parameters": job.cfg.to_dict(),
         "segmenter_config": _segmenter_description(job.seg),
+        "merge_config": dataclasses.asdict(job.mcfg),
+        "cluster": {"workers": len(workers), "threads": threads_of(workers),
+                    "gpus": sum(gpu_slots(w) for w in workers.values())},
         "checkpoint": str(job.seg.checkpoint) if getattr(job.seg, "checkpoint", None) else None,
         "checkpoint_source": getattr(job.seg, "checkpoint_source", None),
         "checkpoint_sha256": job.ckpt_hash,
@@ -1275,8 +1282,6 @@ def _register_trim(client) -> None:
 
 
 def _segmenter_description(seg) -> dict:
-    import dataclasses
-
     d: dict[str, Any] = {"class": f"{type(seg).__module__}.{type(seg).__qualname__}"}
     if dataclasses.is_dataclass(seg):
         try:

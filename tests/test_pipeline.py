@@ -1,6 +1,7 @@
 """The spine: blocks equal direct segmenter calls; lazy graphs; georeferenced outputs."""
 
 import importlib.util
+import dataclasses
 import json
 import platform
 
@@ -174,6 +175,12 @@ def test_run_writes_outputs_and_resume_and_fingerprint(tmp_path, data_dir, clien
     assert saved["complete"] is True
     assert saved["parameters"]["tile_size"] == 128
     assert saved["versions"]["dask"] and len(saved["blocks"]) == 4
+    # the merge's settings as resolved, every default included, and the cluster the run had
+    from remote_samsing.merge import MergeConfig
+
+    assert saved["merge_config"] == json.loads(json.dumps(dataclasses.asdict(MergeConfig(strategy="none"))))
+    workers = client.scheduler_info()["workers"].values()
+    assert saved["cluster"] == {"workers": len(workers), "threads": sum(w["nthreads"] for w in workers), "gpus": 0}
     # COG: tiled, overviews? (256 px is too small for overviews), CRS/transform/nodata
     with rasterio.open(out / "labels.tif") as dst, rasterio.open(data_dir / "kampala_crop_3857.tif") as src:
         assert dst.crs == src.crs and dst.transform.almost_equals(src.transform)
