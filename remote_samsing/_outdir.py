@@ -142,21 +142,24 @@ def _make_folder(outdir: Path) -> Path | None:
 # room on OUTDIR's filesystem
 # ---------------------------------------------------------------------------
 def estimate_bytes(plan, *, vectors: bool) -> dict[str, int]:
-    """What a run of ``plan`` writes, typically, by product, with ``total`` and ``least``.
+    """What a run of ``plan`` writes at its peak, typically, by product, with ``total`` and ``least``.
 
     Rasters are uint32 labels compressed about ``_TYPICAL_RATIO`` times;
-    ``least`` is what the run writes at the least: its rasters compressed
-    better than labels were ever seen to compress, and no vectors.
+    the merge's working files (``merge``, :func:`spill_bytes`, gone once the
+    run ends) sit beside them while the labels are merged. ``least`` is what
+    the run writes at the least: its rasters compressed better than labels
+    were ever seen to compress, no working files and no vectors.
 
     >>> from remote_samsing.tiling import TilingPlan
     >>> est = estimate_bytes(TilingPlan(shape=(2000, 2000), tile_size=1000, padding=50), vectors=True)
-    >>> est["labels_zarr"], est["vectors"]
-    (1600000, 2000000)
+    >>> est["labels_zarr"], est["merge"], est["vectors"]
+    (1600000, 19360000, 2000000)
     """
     pixels = int(plan.shape[0]) * int(plan.shape[1])
     staged = plan.n_blocks * int(plan.slot_shape[0]) * int(plan.slot_shape[1]) * 4
     rasters = {"staging": staged, "labels_zarr": 4 * pixels, "labels_tif": 4 * pixels}
     out = {name: n // _TYPICAL_RATIO for name, n in rasters.items()}
+    out["merge"] = spill_bytes(plan)
     out["vectors"] = int(_VECTOR_BYTES_PER_PIXEL * pixels) if vectors else 0
     out["total"] = sum(out.values())
     out["least"] = sum(rasters.values()) // _BEST_RATIO
@@ -178,15 +181,17 @@ def free_bytes(folder: Path) -> int:
 
 
 def describe_estimate(estimate: dict[str, int]) -> str:
-    """:func:`estimate_bytes`'s answer in words: ``about <total> (<each product>) and at least <least>``.
+    """:func:`estimate_bytes`'s answer in words: ``about <total> at the peak (<each part>); at least <least>``.
 
-    >>> describe_estimate({"staging": 2**20, "labels_zarr": 2**19, "labels_tif": 2**19, "vectors": 0,
-    ...                    "total": 2**21, "least": 2**18})
-    'about 2.00 MiB (staging 1.00 MiB, labels.zarr 512.00 kiB, labels.tif 512.00 kiB) and at least 256.00 kiB'
+    >>> describe_estimate({"staging": 2**20, "merge": 2**21, "labels_zarr": 2**19, "labels_tif": 2**19,
+    ...                    "vectors": 0, "total": 2**22, "least": 2**18})
+    'about 4.00 MiB at the peak (staging 1.00 MiB, merge working files 2.00 MiB, labels.zarr 512.00 kiB, labels.tif 512.00 kiB); at least 256.00 kiB, with labels that compress very well'
     """
-    parts = ", ".join(f"{name.replace('_', '.')} {format_size(estimate[name])}"
-                      for name in ("staging", "labels_zarr", "labels_tif", "vectors") if estimate[name])
-    return f"about {format_size(estimate['total'])} ({parts}) and at least {format_size(estimate['least'])}"
+    names = {"merge": "merge working files"}
+    parts = ", ".join(f"{names.get(name, name.replace('_', '.'))} {format_size(estimate[name])}"
+                      for name in ("staging", "merge", "labels_zarr", "labels_tif", "vectors") if estimate.get(name))
+    return (f"about {format_size(estimate['total'])} at the peak ({parts}); at least "
+            f"{format_size(estimate['least'])}, with labels that compress very well")
 
 
 def check_room(outdir: Path, estimate: dict[str, int]) -> None:
@@ -259,7 +264,7 @@ def disk_full_error(exc: OSError, outdir: Path, *, need: int | None = None) -> D
     free = shutil.disk_usage(place).free
     what = os.strerror(exc.errno).lower()
     writing = f", writing `{path}`" if exc.filename else ""
-    more = f" (this run needs about {format_size(need)} in all)" if need else ""
+    more = f" (this run needs about {format_size(need)} at its peak)" if need else ""
     return DiskFullError(
         f"{what} on {describe_device(place)}: {format_size(free)} free{writing}",
         hint=f"free space there{more} and rerun the same command: it resumes where it stopped; or choose an "

@@ -173,8 +173,9 @@ def test_inspect_prints_what_a_run_would_see(tiles, data_dir):
     assert facts["bounds"].startswith("404211.9, 3285102.9, 404251.9, 3285142.9")
     # the disk-space check's own estimate, in its own words
     est = estimate_bytes(TilingPlan(shape=(400, 400), tile_size=128, padding=16), vectors=True)
-    assert facts["output"].startswith(f"about {format_size(est['total'])} (staging {format_size(est['staging'])}, ")
-    assert facts["output"].endswith(f" and at least {format_size(est['least'])}")
+    assert facts["output"].startswith(f"about {format_size(est['total'])} at the peak (staging "
+                                      f"{format_size(est['staging'])}, merge working files {format_size(est['merge'])}, ")
+    assert facts["output"].endswith(f"; at least {format_size(est['least'])}, with labels that compress very well")
 
 
 def test_ingest_refuses_an_out_that_is_no_zarr_store_and_keeps_it(tmp_path, tiles):

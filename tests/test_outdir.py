@@ -59,7 +59,7 @@ def test_estimate_grows_with_the_mosaic_and_drops_vectors_when_off():
     small = _outdir.estimate_bytes(TilingPlan(shape=(500, 500), tile_size=250, padding=25), vectors=True)
     large = _outdir.estimate_bytes(TilingPlan(shape=(5000, 5000), tile_size=250, padding=25), vectors=True)
     assert large["total"] > 90 * small["total"]
-    assert small["total"] == sum(small[k] for k in ("staging", "labels_zarr", "labels_tif", "vectors"))
+    assert small["total"] == sum(small[k] for k in ("staging", "merge", "labels_zarr", "labels_tif", "vectors"))
     assert 0 < small["least"] < small["total"]
     plan = TilingPlan(shape=(500, 500), tile_size=250, padding=25)
     assert _outdir.estimate_bytes(plan, vectors=False)["vectors"] == 0
