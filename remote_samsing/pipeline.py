@@ -120,7 +120,7 @@ from .staging import (
     unstage,
 )
 from .segmenters import segment_resources
-from .sources import DEFAULT_RESAMPLING, TILE_INDEX, resolve_mosaic, write_tile_index
+from .sources import DEFAULT_RESAMPLING, RASTER_SUFFIXES, TILE_INDEX, resolve_mosaic, write_tile_index
 from .tiling import TilingPlan, validate_tiling
 from .vectorize import NoCRSWarning
 
@@ -881,10 +881,13 @@ def _check_outdir_is_folder(outdir) -> None:
         is_file = outdir.is_file()  # on a store: an object at OUTDIR's own key (one request)
     except Exception:  # noqa: BLE001 - a store this installation cannot reach: _check_writable says why
         is_file = False
+    usage = "the last argument is the output folder: `remote-samsing segment INPUT [INPUT ...] OUTDIR`"
     if is_file:
-        raise OutputExistsError(f"OUTDIR `{outdir}` is an existing file, not a folder",
-                                hint="the last argument is the output folder: `remote-samsing segment INPUT "
-                                     "[INPUT ...] OUTDIR`")
+        raise OutputExistsError(f"OUTDIR `{outdir}` is an existing file, not a folder", hint=usage)
+    # a raster's name as OUTDIR: the output folder forgotten (the last input taken for it, perhaps mistyped)
+    if str(outdir).lower().rstrip("/").endswith(RASTER_SUFFIXES) and not outdir.exists():
+        raise ConfigError(f"OUTDIR `{outdir}` is named as a raster, not as a folder",
+                          hint=f"{usage}; to write into a folder of that name, create it first")
 
 
 def _check_inputs_outside(mosaic, outdir) -> None:

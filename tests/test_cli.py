@@ -84,6 +84,16 @@ def test_bad_inputs_are_one_line_with_a_hint_and_write_nothing(tmp_path, tiles):
     r = runner.invoke(cli, ["segment", str(tiles[0]), str(tiles[1]), "--segmenter", "felzenszwalb", "--overwrite"])
     _one_error(r, "is an existing file, not a folder")
     assert tiles[1].read_bytes() == before
+    # OUTDIR forgotten and the last tile's name mistyped: a raster's name is no output folder
+    typo = tiles[1].with_name("t_0_9.tif")
+    r = runner.invoke(cli, ["segment", str(tiles[0]), str(typo), "--segmenter", "felzenszwalb"])
+    _one_error(r, f"OUTDIR `{typo}` is named as a raster, not as a folder")
+    assert not typo.exists()
+    made = tmp_path / "run.tif"  # a folder of that name, made on purpose, is one
+    made.mkdir()
+    r = runner.invoke(cli, ["segment", str(tiles[0]), str(made), "--segmenter", "threshold", "--tile-size", "64", "--padding", "8",
+                            "--no-progress", "--no-vectors"])
+    assert r.exit_code == 0, r.output
 
 
 def _write_like(path, tile, **changes):
