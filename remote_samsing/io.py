@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -203,13 +204,14 @@ def open_mosaic(
 def open_resolved(mosaic, *, bands=None, nodata=None, chunks=1024, index=None) -> xr.DataArray:
     """Open a :class:`~remote_samsing.sources.Mosaic`: its one file as it is, or its sources through the
     tile index at ``index`` (default: the per-user cache's copy)."""
-    from .sources import cached_index
+    from .sources import cached_index, naming_inputs
 
     if mosaic.direct is not None:
         arr = _open_path(mosaic.direct, nodata=nodata, chunks=chunks, bands=bands)
     else:
-        arr = _open_path(os.fspath(index) if index is not None else str(cached_index(mosaic)), nodata=nodata,
-                         chunks=chunks, bands=bands)
+        index = os.fspath(index) if index is not None else str(cached_index(mosaic))
+        with naming_inputs(mosaic, index):  # the index is a file of ours: errors name the user's inputs
+            arr = _open_path(index, nodata=nodata, chunks=chunks, bands=bands)
         arr.attrs["tile_index"] = True  # ours: it holds each source's footprint in pixels
     return arr
 
@@ -228,7 +230,7 @@ def _open_path(path: str, *, nodata, chunks, bands) -> xr.DataArray:
             arr, alpha_band = _open_gdal_mosaic(p, cy, cx)
         return _finish_mosaic(arr, p, bands=bands, nodata=nodata, alpha_band=alpha_band)
     p = Path(os.fspath(path))
-    if not p.exists():
+    if not p.exists() and not str(p).lower().startswith("gti:"):  # GDAL's prefix for a tile index
         raise InputNotFoundError(f"input `{p}` does not exist", hint="check the path")
     if _is_zarr(p):
         arr, nodata, alpha_band = _open_zarr_mosaic(p, nodata, cy, cx)
@@ -255,6 +257,7 @@ def _finish_mosaic(arr, p, *, bands, nodata, alpha_band) -> xr.DataArray:
         if alpha_band is not None and alpha_band in bands:
             alpha_band = bands.index(alpha_band) + 1
     if nodata is not None:
+        _check_nodata(nodata, dtype, p)
         arr = arr.rio.write_nodata(nodata, encoded=False)
     arr.attrs["alpha_band"] = alpha_band
     arr.attrs["source"] = str(p)
@@ -492,6 +495,17 @@ def _rgba_params(arr: xr.DataArray) -> dict:
         "nodata": arr.rio.nodata,
         "passthrough": passes_through(arr),
     }
+
+
+def _check_nodata(nodata: float, dtype: np.dtype, name) -> None:
+    """A nodata value given for ``name``'s pixels is one they can hold, else a :class:`ConfigError`."""
+    if np.issubdtype(dtype, np.floating):
+        return  # any float, NaN and infinities included
+    info = np.iinfo(dtype)
+    if not (math.isfinite(nodata) and float(nodata).is_integer() and info.min <= nodata <= info.max):
+        raise ConfigError(f"nodata {nodata:g} is no value of `{name}`'s {dtype.name} pixels ({info.min} to "
+                          f"{info.max})", hint="give a whole number in that range, or leave --nodata out to use the "
+                                               "file's own")
 
 
 def passes_through(arr: xr.DataArray) -> bool:

@@ -120,6 +120,17 @@ def test_uint16_stretch_is_global_not_per_tile(write_geotiff):
     np.testing.assert_array_equal(rgba, single)
 
 
+@pytest.mark.parametrize("nodata", [300, -1, float("nan"), 7.5])
+def test_a_nodata_the_pixels_cannot_hold_is_a_config_error(write_geotiff, nodata):
+    from remote_samsing.exceptions import ConfigError
+
+    p = write_geotiff(np.zeros((3, 4, 4), np.uint8))
+    with pytest.raises(ConfigError, match=r"is no value of .*'s uint8 pixels \(0 to 255\)"):
+        open_mosaic(p, nodata=nodata)
+    assert open_mosaic(write_geotiff(np.zeros((3, 4, 4), np.float32), name="f.tif"), nodata=nodata).rio.nodata \
+        is not None  # float pixels hold any of them
+
+
 def test_nodata_nan_and_alpha_make_validity(write_geotiff):
     data = np.full((3, 6, 6), 100, np.uint8)
     data[:, 0, :] = 0
