@@ -70,6 +70,7 @@ from .exceptions import (
     OutputAccessError,
     OutputExistsError,
     RemoteSamsingError,
+    RemoteSamsingWarning,
     WindowReadError,
 )
 from .execute import (
@@ -646,7 +647,18 @@ def run(
                 steps = _run_steps(job, c, workers)
         # -- 6. finish the record; "complete" is the last thing written
         steps["timings"]["total_s"] = time.perf_counter() - t_start
+        _warn_if_nothing_found(job, steps["blocks"], steps["n_labels"])
         return _finish_record(job, **steps)
+
+
+def _warn_if_nothing_found(job: _Job, blocks, n_labels: int) -> None:
+    """Warn of a run that found no segment where it read pixels: labels.tif all 0 looks like a finished run,
+    and is most often a segmenter with the wrong weights or thresholds."""
+    read = sum(1 for s in blocks if s and not s.get("skipped") and not s.get("failed"))
+    if n_labels == 0 and read:
+        warnings.warn(f"the segmenter found no segment in any of the {counted(read, 'blocks')} it read: every "
+                      f"label is 0 (segmenter {job.cfg.segmenter}; check its checkpoint and parameters, e.g. "
+                      "SAM2's pred_iou_thresh and stability_score_thresh)", RemoteSamsingWarning, stacklevel=3)
 
 
 def _run_steps(job: _Job, c, workers: dict) -> dict:

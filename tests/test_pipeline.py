@@ -307,6 +307,16 @@ def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
     assert not (tmp_path / "out" / "staging" / "merge").exists()  # the spill folder is removed
 
 
+def test_a_run_that_finds_no_segment_says_so(tmp_path, data_dir, client):
+    from remote_samsing.exceptions import RemoteSamsingWarning
+
+    cfg = RunConfig(segmenter="noop", tile_size=128, padding=16, vectors=False, progress=False)
+    with pytest.warns(RemoteSamsingWarning, match=r"found no segment in any of the 4 blocks it read: every label "
+                                                  r"is 0 \(segmenter noop;"):
+        rec = run(data_dir / "kampala_crop_3857.tif", tmp_path / "out", config=cfg, client=client)
+    assert rec["complete"] and rec["n_segments"] == 0
+
+
 def test_run_records_seam_visibility_in_run_json_and_per_face(tmp_path, data_dir, client, monkeypatch):
     """Seam-visibility diagnostics: run.json's total and each edge face's value in merge_faces.json
     equal seam_visibility on the labels read back. Until they are in it, the file has a partial name: a
