@@ -333,12 +333,15 @@ def _inspect_lines(facts: dict) -> list[str]:
 @click.argument("out")
 @click.option("--simplify", type=float, help="Simplification tolerance in metres (shared edges stay shared).")
 @click.option("--layer", default="segments", show_default=True, help="Layer name for GeoPackage output.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_handle_errors
-def vectorize_cmd(labels, out, simplify, layer):
-    """Polygonize a LABELS raster (labels.zarr or .tif) to OUT (.parquet or .gpkg)."""
+def vectorize_cmd(labels, out, simplify, layer, overwrite):
+    """Polygonize a LABELS raster (labels.zarr or .tif) to OUT, its format told by its suffix: .parquet
+    (GeoParquet), .gpkg, .geojson or .fgb."""
     from .vectorize import vectorize_labels
 
-    path = vectorize_labels(labels, out, simplify_tolerance=simplify, layer=layer, progress=True)
+    path = vectorize_labels(labels, out, simplify_tolerance=simplify, layer=layer, overwrite=overwrite,
+                            progress=True)
     click.echo(f"wrote {path}")
 
 
@@ -387,7 +390,9 @@ def fetch_model_cmd(name, dest):
 def info_cmd(checkpoint, model_cfg):
     """Print versions, GPUs seen, and the SAM2 checkpoint `segment` would use, checked on the CPU.
 
-    Exits with status 2 when that checkpoint is missing, unreadable or not of its model config.
+    Exits with status 2 when that checkpoint is missing, unreadable or not of its model config; when
+    there is none (no --checkpoint, no $REMOTE_SAMSING_CHECKPOINT, no .pt file in the models directory)
+    it says so and exits 0, since the classical segmenters need none.
     """
     from .pipeline import library_versions
     from .segmenters.sam2 import models_dir

@@ -65,8 +65,15 @@ import numpy as np
 from ._arrays import unique
 from ._files import location, write_atomic
 from ._progress import compute_tracked
-from ._validate import check_int, check_number
-from .exceptions import ConfigError, CRSMismatchError, InputError, InputNotFoundError, RemoteSamsingWarning
+from ._validate import check_bool, check_int, check_number
+from .exceptions import (
+    ConfigError,
+    CRSMismatchError,
+    InputError,
+    InputNotFoundError,
+    OutputExistsError,
+    RemoteSamsingWarning,
+)
 
 __all__ = [
     "NoCRSWarning",
@@ -726,16 +733,26 @@ def vectorize_labels(
     node: bool = False,
     chunks: int | None = None,
     layer: str = "segments",
+    overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
     """Command-line entry: polygonise ``labels_path`` and write ``out_path``.
 
     ``attributes`` may here also be a path to a CSV or Parquet table with a
     ``label`` column (e.g. per-label SAM2 ``pass``/``pred_iou``/``stability``).
+    An existing ``out_path`` is refused unless ``overwrite``, before any work.
     Other parameters are those of :func:`to_polygons`. Returns ``out_path``.
     """
     import pandas as pd
 
+    check_bool("overwrite", overwrite)
+    out = location(out_path)
+    # checked here, before the labels are read; the hints speak the command line's words
+    if driver is None and out.suffix.lower() not in VECTOR_DRIVERS:
+        raise ConfigError(f"cannot infer a vector format from `{out.name}`",
+                          hint=f"end OUT in one of {', '.join(sorted(VECTOR_DRIVERS))}")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"`{out}` already exists", hint="pass --overwrite")
     if isinstance(attributes, (str, os.PathLike)):
         p = Path(attributes)
         if not p.exists():

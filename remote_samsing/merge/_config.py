@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .._validate import check_bool, check_choice, check_int, check_number
@@ -66,7 +67,10 @@ class MergeConfig:
         border with (or 0); with ``remove_small`` off every part becomes a
         label of its own.
     diagnostics : bool
-        Also build the seam-diagnostics raster (``MergeResult.diagnostics``).
+        Also build the seam-diagnostics raster (``MergeResult.diagnostics``):
+        a lazy result only, ``build_graph(...).diagnostics`` in Python; a run
+        that writes OUTDIR (``segment``, ``run``) writes no such raster and
+        refuses the key.
     seam_recut : bool or None
         ``"overlap"`` and ``"iou"``: where two windows disagree, cut each
         seam along the views' own segment boundaries before merging, so the
@@ -93,6 +97,7 @@ class MergeConfig:
         check_int("merge_enclosed_max_area", self.merge_enclosed_max_area, minimum=0)
         check_int("min_mask_area", self.min_mask_area, minimum=0)
         check_int("jitter", self.jitter, minimum=0)
+        check_number("min_iou", self.min_iou)  # the type first: the hint below is about the range only
         check_number("min_iou", self.min_iou, minimum=0.5, maximum=1, open_max=True,
                      hint="below 0.5 one fragment could link several partners on one face")
         for name in ("absorb_enclosed", "remove_small", "split_parts", "diagnostics"):
@@ -102,6 +107,51 @@ class MergeConfig:
         if self.seam_recut and self.strategy not in OVERLAP_STRATEGIES:
             raise ConfigError(f"seam_recut needs an overlap strategy ({', '.join(OVERLAP_STRATEGIES)}), "
                               f"got {self.strategy!r}", hint="drop seam_recut or choose merge overlap")
+
+    @classmethod
+    def from_params(cls, *, strategy: str = "overlap", params: Mapping[str, Any] | None = None,
+                    stored: bool = False) -> MergeConfig:
+        """The config of a run's ``merge`` strategy and its ``merge_params`` (user input).
+
+        Parameters
+        ----------
+        strategy : str
+            The run's ``merge`` key (``--merge``).
+        params : mapping, optional
+            The run's ``merge_params`` (``--merge-param KEY=VALUE``).
+        stored : bool
+            The run writes OUTDIR, which holds no diagnostics raster: ``diagnostics`` is refused.
+
+        Raises
+        ------
+        ConfigError
+            A key that is no parameter (the hint lists the valid ones), or a value of the wrong type or
+            range (naming the key).
+
+        Examples
+        --------
+        >>> MergeConfig.from_params(strategy="iou", params={"min_iou": 0.6}).min_iou
+        0.6
+        """
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"`merge_params` must be a mapping of parameter names to values, got "
+                              f"{type(params).__name__} {params!r}")
+        valid = [f.name for f in fields(cls) if f.name != "strategy" and not (stored and f.name == "diagnostics")]
+        if "strategy" in params:
+            raise ConfigError("`strategy` is not a merge parameter: it is the run's `merge` key",
+                              hint="choose it with --merge (the `merge` key in YAML and Python)")
+        if stored and "diagnostics" in params:
+            raise ConfigError("merge parameter `diagnostics` has no effect on a run that writes OUTDIR: it "
+                              "writes no diagnostics raster",
+                              hint="drop it; the raster is lazy only: remote_samsing.pipeline.build_graph(..., "
+                                   "merge_params={'diagnostics': True}).diagnostics")
+        unknown = sorted(str(k) for k in params if k not in valid)
+        if unknown:
+            raise ConfigError(f"unknown merge parameter(s): {', '.join(unknown)}",
+                              hint=f"valid merge parameters: {', '.join(valid)}")
+        return cls(strategy=strategy, **params)
 
     @property
     def recuts(self) -> bool:

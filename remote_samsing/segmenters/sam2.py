@@ -61,7 +61,7 @@ from .._files import write_atomic
 from .._validate import check_bool, check_int, check_number
 from ._base import DEVICES, GPU_RESOURCES
 from ..exceptions import BackendUnavailableError, CheckpointError, ConfigError, InputError
-from .._progress import report_pass
+from .._progress import counted, report_pass
 from ..multipass import MultipassConfig, MultipassResult, run_multipass
 
 __all__ = [
@@ -372,13 +372,15 @@ def _load_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[: end + 1] if end > 0 else text}"
 
 
-def _read_checkpoint(checkpoint: Path) -> Mapping:
-    """The state dict in ``checkpoint``; every way it can be unusable is one CheckpointError naming it."""
+def _read_checkpoint(checkpoint: Path, *, source: str | None = None) -> Mapping:
+    """The state dict in ``checkpoint``; every way it can be unusable is one CheckpointError naming it (and
+    ``source``, how it was found)."""
     import torch
 
     problem = _checkpoint_problem(checkpoint)
     if problem is not None:
-        raise CheckpointError(f"checkpoint `{checkpoint}` {problem}", hint=_CHECKPOINT_HINT)
+        raise CheckpointError(f"checkpoint `{checkpoint}`{_origin(source)} {problem}",
+                              hint=_origin_hint(_CHECKPOINT_HINT, source))
     with open(checkpoint, "rb") as fh:
         is_zip = fh.read(4) == _ZIP_MAGIC
     try:
@@ -386,26 +388,56 @@ def _read_checkpoint(checkpoint: Path) -> Mapping:
         obj = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:  # noqa: BLE001 - torch.load on damaged bytes raises any type (KeyError, IndexError, ...)
         raise CheckpointError(
-            f"checkpoint `{checkpoint}` cannot be read by torch.load: {_load_failure(exc)}",
-            hint=_CHECKPOINT_HINT,
+            f"checkpoint `{checkpoint}`{_origin(source)} cannot be read by torch.load: {_load_failure(exc)}",
+            hint=_origin_hint(_CHECKPOINT_HINT, source),
         ) from None
     sd = obj.get("model", obj) if isinstance(obj, Mapping) else None
     if not isinstance(sd, Mapping) or not sd or not all(hasattr(v, "shape") for v in sd.values()):
         raise CheckpointError(
-            f"checkpoint `{checkpoint}` holds no SAM2 state dict (expected {{'model': state_dict}}, "
+            f"checkpoint `{checkpoint}`{_origin(source)} holds no SAM2 state dict (expected {{'model': state_dict}}, "
             f"found {type(obj).__name__})",
-            hint=_CHECKPOINT_HINT,
+            hint=_origin_hint(_CHECKPOINT_HINT, source),
         )
     return sd
 
 
-def _load_state_dict(model, checkpoint: Path, cfg: str) -> None:
-    """Load ``checkpoint`` into ``model`` strictly; a mismatch is a CheckpointError."""
-    sd = _read_checkpoint(checkpoint)
+def _origin(how: str | None) -> str:
+    """`` (from ...)`` after a checkpoint's name when it was found rather than given; "" when given."""
+    return f" (from {how})" if how and how != "parameter" else ""
+
+
+def _origin_hint(hint: str, how: str | None) -> str:
+    """``hint``, plus where a checkpoint picked from the models directory came from: the user named no file."""
+    if how != "models directory":
+        return hint
+    which = f"${MODELS_ENV}" if os.environ.get(MODELS_ENV, "").strip() else "the per-user one"
+    return (f"{hint}; no checkpoint was given, so the first .pt file in the models directory {models_dir()} "
+            f"({which}) was taken: replace or remove it there, or pass --checkpoint")
+
+
+#: Below this share of the config's tensor names a file is no SAM2 checkpoint at all: any SAM2 or SAM2.1
+#: checkpoint holds at least half the names of any other size's config.
+_MIN_SHARED_NAMES = 0.1
+
+
+def _load_state_dict(model, checkpoint: Path, cfg: str, *, source: str | None = None) -> None:
+    """Load ``checkpoint`` into ``model`` strictly; a mismatch is a CheckpointError (``source``: how the
+    file was found, see :func:`find_checkpoint`)."""
+    sd = _read_checkpoint(checkpoint, source=source)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    shared = len(own) - len(missing)
+    if shared < _MIN_SHARED_NAMES * len(own):
+        # another model's weights: its config is no help
+        held = "none" if shared == 0 else f"only {shared}"
+        other = f" and {counted(len(unexpected), 'other tensors')} (e.g. {unexpected[0]})" if unexpected else ""
+        raise CheckpointError(
+            f"checkpoint `{checkpoint}`{_origin(source)} is not a SAM2 checkpoint: it does not match the model "
+            f"config `{cfg}`, holding {held} of its {len(own)} tensors{other}",
+            hint=_origin_hint(_CHECKPOINT_HINT, source),
+        )
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -418,8 +450,10 @@ def _load_state_dict(model, checkpoint: Path, cfg: str) -> None:
                 f"{len(shapes)} tensors of another shape (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})"
             )
         raise CheckpointError(
-            f"checkpoint `{checkpoint}` does not match the model config `{cfg}`: " + "; ".join(parts),
-            hint="pass the --model-cfg of this checkpoint (tiny/small/base_plus/large; SAM2 vs SAM2.1)",
+            f"checkpoint `{checkpoint}`{_origin(source)} does not match the model config `{cfg}`: "
+            + "; ".join(parts),
+            hint=_origin_hint("pass the --model-cfg of this checkpoint (tiny/small/base_plus/large; SAM2 vs SAM2.1)",
+                              source),
         )
     model.load_state_dict(sd, strict=True)
 
@@ -432,7 +466,7 @@ def _refuse_unusable(path: Path, *, how: str) -> None:
     hint = _CHECKPOINT_HINT
     if problem == "does not exist":
         hint = "fix the path, or download one with `remote-samsing fetch-model sam2.1_hiera_large`"
-    raise CheckpointError(f"checkpoint `{path}` (from {how}) {problem}", hint=hint)
+    raise CheckpointError(f"checkpoint `{path}` (from {how}) {problem}", hint=_origin_hint(hint, how))
 
 
 def check_checkpoint(checkpoint: str | os.PathLike | None = None, *, model_cfg: str | None = None) -> dict[str, Any]:
@@ -462,7 +496,7 @@ def check_checkpoint(checkpoint: str | os.PathLike | None = None, *, model_cfg: 
     _refuse_unusable(path, how=how)
     cfg = resolve_model_cfg(model_cfg, path)
     _require_sam2()
-    model = _build(cfg, checkpoint=path, image_size=None, device="cpu", seed=0)
+    model = _build(cfg, checkpoint=path, image_size=None, device="cpu", seed=0, source=how)
     sd = model.state_dict()
     return {
         "checkpoint": path, "source": how, "model_cfg": cfg, "inferred": model_cfg is None, "tensors": len(sd),
@@ -479,8 +513,10 @@ def _quiet_torch_deprecations():
         yield
 
 
-def _build(cfg: str, *, checkpoint: Path | None, image_size: int | None, device: str, seed: int):
-    """Build a SAM2 model on ``device`` (random init is seeded; weights from ``checkpoint``)."""
+def _build(cfg: str, *, checkpoint: Path | None, image_size: int | None, device: str, seed: int,
+           source: str | None = None):
+    """Build a SAM2 model on ``device`` (random init is seeded; weights from ``checkpoint``, found as
+    ``source`` says)."""
     import torch
     from sam2.build_sam import build_sam2
 
@@ -489,7 +525,7 @@ def _build(cfg: str, *, checkpoint: Path | None, image_size: int | None, device:
         torch.manual_seed(seed)
         model = build_sam2(cfg, ckpt_path=None, device="cpu", hydra_overrides_extra=overrides)
     if checkpoint is not None:
-        _load_state_dict(model, checkpoint, cfg)
+        _load_state_dict(model, checkpoint, cfg, source=source)
     return model.to(device).eval()
 
 
@@ -682,7 +718,8 @@ class SAM2Segmenter:
                     hint="use --device auto or cpu, or install a CUDA build of torch on a GPU machine",
                 )
         if checkpoint is not None and verify_checkpoint:
-            _build(self.model_cfg, checkpoint=checkpoint, image_size=None, device="cpu", seed=seed)
+            _build(self.model_cfg, checkpoint=checkpoint, image_size=None, device="cpu", seed=seed,
+                   source=self.checkpoint_source)
         self._local = threading.local()
 
     # -- pickling: only parameters travel -------------------------------------------
@@ -758,7 +795,7 @@ class SAM2Segmenter:
                         torch.backends.cudnn.allow_tf32 = True
                 model = _build(
                     self.model_cfg, checkpoint=self.checkpoint, image_size=self.image_size,
-                    device=device, seed=self.seed,
+                    device=device, seed=self.seed, source=getattr(self, "checkpoint_source", None),
                 )
                 _MODELS[mkey] = model
             gen = _SAM2MaskGenerator(
