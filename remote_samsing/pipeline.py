@@ -1003,9 +1003,11 @@ def _segment_step(job: _Job, client, reader, *, res, threads) -> tuple[list, flo
     """Step 3: stage every block not staged yet; returns every block's statistics and the seconds."""
     plan = job.plan
     t0 = time.perf_counter()
-    job.log(_segmenting_line(job))
+    staged = _staged_count(job)
+    job.log(_segmenting_line(job, staged))
     try:
-        known = _stage_all(job, client, reader, res=res, threads=threads)
+        # nothing left to segment: the stage only passes the staged blocks on, and no progress is shown
+        known = _stage_all(job, client, reader, res=res, threads=threads, progress=staged < plan.n_blocks)
     except BlockFailedError as exc:
         job.record["error"] = {"type": type(exc).__name__, "message": Exception.__str__(exc),
                                "block": list(exc.block) if getattr(exc, "block", None) else None,
@@ -1022,14 +1024,18 @@ def _segment_step(job: _Job, client, reader, *, res, threads) -> tuple[list, flo
     return blocks, seconds
 
 
-def _segmenting_line(job: _Job) -> str:
+def _staged_count(job: _Job) -> int:
+    """The blocks an earlier run staged already (a block failed under ``skip_failed_blocks`` is not)."""
+    if job.prev is None:  # a fresh OUTDIR has no marker to read
+        return 0
+    return sum(1 for s in collect_block_stats(job.staging, job.plan) if s is not None and not s.get("failed"))
+
+
+def _segmenting_line(job: _Job, staged: int) -> str:
     """What the segment step has to do, said before it starts: on a resumed run, how many blocks an
-    earlier run staged already (a block that failed under ``skip_failed_blocks`` is tried again)."""
+    earlier run staged already."""
     plan, cfg = job.plan, job.cfg
     what = f"of {cfg.tile_size} px (padding {cfg.padding})"
-    staged = 0
-    if job.prev is not None:  # a fresh OUTDIR has no marker to read
-        staged = sum(1 for s in collect_block_stats(job.staging, plan) if s is not None and not s.get("failed"))
     if not staged:
         return f"segmenting {counted(plan.n_blocks, 'blocks')} {what}"
     todo = plan.n_blocks - staged
@@ -1037,7 +1043,7 @@ def _segmenting_line(job: _Job) -> str:
             + (f"segmenting {todo} {what}" if todo else "nothing left to segment"))
 
 
-def _stage_all(job: _Job, client, reader, *, res, threads=None) -> list | None:
+def _stage_all(job: _Job, client, reader, *, res, threads=None, progress: bool = True) -> list | None:
     """Segment and stage every block not staged yet; returns each block's statistics where its task
     staged it (None where an earlier run did), or None for ``map_overlap``'s tasks.
 
@@ -1058,19 +1064,20 @@ def _stage_all(job: _Job, client, reader, *, res, threads=None) -> list | None:
         rgba = prepare_rgb(job.arr, chunks=plan.chunks, percentiles=cfg.percentiles)
         done = map_padded_blocks(segment_and_stage, rgba, chunks=(1, 1), dtype=np.int64, resources=res,
                                  token="remote-samsing-segment-stage", **kwargs)
-        compute(done, client, progress=cfg.progress, optimize_graph=False, label="segment-stage")
+        compute(done, client, progress=cfg.progress and progress, optimize_graph=False, label="segment-stage")
         return None
     # through a partial: `client.map` keeps keywords such as `retries` for itself;
     # in bounded waves, so the scheduler never holds a task per block
     limits = _stretch_limits(job, client)
-    _forget_if_stretch_changed(job, limits)
+    progress = _forget_if_stretch_changed(job, limits) or progress
     task = functools.partial(read_segment_and_stage, reader=reader, limits=limits, **kwargs)
     task = errors_as_values(task, (BlockFailedError,))  # reported once, by the client
     try:
         # adaptive: a SAM2 block keeps a task of its own; blocks of milliseconds (a light baseline, a
         # no-op) share tasks, whose scheduler cost would otherwise exceed their work
         return run_in_waves(client, task, list(plan.block_ids()), name="segment-stage", resources=res,
-                            batch="adaptive", progress=cfg.progress, then=_face_follow_ups(job), threads=threads)
+                            batch="adaptive", progress=cfg.progress and progress, then=_face_follow_ups(job),
+                            threads=threads)
     finally:
         if reader.keeps_chunks:  # the chunks each worker kept for the blocks' reads
             on_every_worker(client, release_kept_chunks)
@@ -1092,9 +1099,9 @@ def _stretch_limits(job: _Job, client) -> np.ndarray:
              "and rerun the same command; for 8-bit RGB input no stretch (and no sampling) is needed")
 
 
-def _forget_if_stretch_changed(job: _Job, limits: np.ndarray) -> None:
+def _forget_if_stretch_changed(job: _Job, limits: np.ndarray) -> bool:
     """Record the stretch; when sources changed it (a non-8-bit mosaic's percentiles), every block is
-    segmented again, since each block's RGB depends on it."""
+    segmented again, since each block's RGB depends on it: returns whether so."""
     before = (job.prev or {}).get("stretch_limits")
     job.record["stretch_limits"] = np.asarray(limits).tolist()
     if before is not None and not passes_through(job.arr) and not np.array_equal(np.asarray(before), limits):
@@ -1106,7 +1113,10 @@ def _forget_if_stretch_changed(job: _Job, limits: np.ndarray) -> None:
         remove_tree(job.spill)
         prepare_workdir(job.spill, plan=job.plan, config=job.mcfg)
         job.record["blocks_redone"] = [list(b) for b in job.redo]
+        job.write_record()
+        return True
     job.write_record()
+    return False
 
 
 def _face_follow_ups(job: _Job):

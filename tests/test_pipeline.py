@@ -307,6 +307,24 @@ def test_run_computes_each_merge_task_once(tmp_path, data_dir, client):
     assert not (tmp_path / "out" / "staging" / "merge").exists()  # the spill folder is removed
 
 
+def test_a_resumed_run_with_every_block_staged_shows_no_segmenting_progress(tmp_path, data_dir, client, capsys):
+    out = tmp_path / "out"
+    cfg = RunConfig(segmenter="felzenszwalb", segmenter_params={"scale": 50}, tile_size=128, padding=16,
+                    merge="none", vectors=False, progress=True)
+    run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client)
+    assert "segment-stage" in capsys.readouterr().err  # the first run shows it
+    # stopped after staging every block: run.json incomplete, no COG yet
+    rec = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**rec, "complete": False}))
+    (out / "labels.tif").unlink()
+    said = []
+    again = run(data_dir / "kampala_crop_3857.tif", out, config=cfg, client=client, log=said.append)
+    assert again["complete"] and again["blocks_segmented_this_run"] == 0
+    assert "4/4 blocks staged; nothing left to segment" in said
+    shown = capsys.readouterr().err
+    assert "segment-stage" not in shown and "merge" in shown  # the stages with work to do still show it
+
+
 def test_a_run_that_finds_no_segment_says_so(tmp_path, data_dir, client):
     from remote_samsing.exceptions import RemoteSamsingWarning
 
