@@ -1078,6 +1078,8 @@ def make_client(
     if plan.kind == "connect":
         from .execute import scheduler_workers
 
+        # said first: a scheduler still starting (a batch script's) is waited for, silently otherwise
+        emit(f"connecting to the Dask scheduler at {plan.address} (waiting up to {config.connect_timeout:g} s)")
         client = _connect(config)
         try:
             workers = scheduler_workers(client)
