@@ -515,7 +515,19 @@ def _check_overwritable(outdir: Path) -> None:
                                 hint="choose a new directory, or empty this one yourself")
 
 
-def _prepare_outdir(outdir: Path, payload: dict, overwrite: bool) -> dict | None:
+def _sources_said(prev: dict, identity: dict) -> list[str]:
+    """The sources added, removed or edited since ``prev``, as a refusal names them: what grew the grid."""
+    changes = _changed_sources(prev, identity)
+    said = []
+    for kind in ("added", "removed", "edited"):
+        names = [c["location"] for c in changes if c["change"] == kind]
+        if names:
+            said.append(f"sources {kind}: " + ", ".join(f"`{n}`" for n in names[:3])
+                        + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
+    return said
+
+
+def _prepare_outdir(outdir: Path, payload: dict, overwrite: bool, *, identity: dict) -> dict | None:
     """Decide fresh / resume / nothing to do / refuse. Returns the previous run.json when there is one
     for this job (complete or not)."""
     if not outdir.exists():
@@ -532,6 +544,7 @@ def _prepare_outdir(outdir: Path, payload: dict, overwrite: bool) -> dict | None
             prev = {}
         if prev.get("fingerprint") != _fingerprint(payload):
             diff = _differences(prev, payload) or ["run.json cannot be compared (damaged or from another version)"]
+            diff += _sources_said(prev, identity)
             raise FingerprintMismatchError(
                 f"`{outdir}` holds a run with a different configuration or input: " + "; ".join(diff),
                 hint="use another output directory, or --overwrite to start fresh",
@@ -801,7 +814,7 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
         check_local_writable(outdir)
         space = estimate_bytes(plan, vectors=cfg.vectors)
         check_room(outdir, space)
-    prev = _prepare_outdir(outdir, payload, cfg.overwrite)
+    prev = _prepare_outdir(outdir, payload, cfg.overwrite, identity=identity)
     changes = _changed_sources(prev, identity)
     return _Job(cfg=cfg, image=image, arr=arr, seg=seg, mcfg=mcfg, plan=plan, outdir=outdir, log=log,
                 identity=identity, ckpt_hash=ckpt_hash, fingerprint=fingerprint, prev=prev, mosaic=mosaic,

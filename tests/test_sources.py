@@ -499,8 +499,10 @@ def test_a_grown_mosaic_is_refused(tmp_path, tiles, client):
     rs.run(tiles[0].parent, out, config=RunConfig(**SEG, progress=False), client=client)
     for t in tiles[3:]:
         shutil.move(aside / t.name, t)
-    with pytest.raises(rs.exceptions.FingerprintMismatchError, match=r"input size: \[200, 400\] -> \[400, 400\]"):
+    with pytest.raises(rs.exceptions.FingerprintMismatchError, match=r"input size: \[200, 400\] -> \[400, 400\]") as err:
         rs.run(tiles[0].parent, out, config=RunConfig(**SEG, progress=False), client=client)
+    # the sources that grew it, named
+    assert Exception.__str__(err.value).endswith("; sources added: " + ", ".join(f"`{t}`" for t in tiles[3:]))
 
 
 def _assert_same_products(a, b, record):
