@@ -323,7 +323,8 @@ def _inspect_lines(facts: dict) -> list[str]:
         f"{'size':12s} {g['size'][1]} x {g['size'][0]} px (width x height), {g['size'][0] * g['size'][1] / 1e6:.3g} Mpx",
         f"{'bands':12s} {g['bands']} of {g['dtype']}, nodata {g['nodata']}",
         f"{'blocks':12s} {b['count']} ({b['grid'][0]} x {b['grid'][1]}) at tile size {b['tile_size']}, padding "
-        f"{b['padding']}",
+        f"{b['padding']}" + (f"; {b['reading_nothing']} of them touch no source (nodata, never segmented)"
+                             if b["reading_nothing"] else ""),
         f"{'output':12s} {describe_estimate(size)}",
     ]
 

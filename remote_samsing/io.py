@@ -848,7 +848,8 @@ def window_reader(arr: xr.DataArray, *, run: str | None = None) -> WindowReader 
     crs = arr.rio.crs
     transform = tuple(arr.rio.transform())[:6] if crs is not None else None
     return WindowReader(
-        path=src if is_url(src) else str(p.resolve()), kind=kind, bands=tuple(int(b) for b in arr.attrs["source_bands"]),
+        path=src if is_url(src) or src.lower().startswith("gti:") else str(p.resolve()), kind=kind,
+        bands=tuple(int(b) for b in arr.attrs["source_bands"]),
         transform=transform, crs=crs.to_string() if crs is not None else None,
         tile_index=bool(arr.attrs.get("tile_index")), run=run, **params
     )

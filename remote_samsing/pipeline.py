@@ -368,7 +368,9 @@ def inspect_mosaic(
     dict
         ``sources`` (count), ``crs`` and ``resolutions`` of the sources,
         the target ``grid`` (CRS, resolution, bounds, size in pixels, bands,
-        dtype, nodata, resampling), ``blocks`` at ``tile_size``/``padding``,
+        dtype, nodata, resampling), ``blocks`` at ``tile_size``/``padding``
+        (with ``reading_nothing``: those whose padded window touches no
+        source, which a run finds all nodata and never segments),
         and ``output_bytes``: what a run writes, by product, with ``total``
         and ``least``, as the run's own disk-space check estimates it
         (:func:`remote_samsing._outdir.estimate_bytes`; ``vectors`` as the
@@ -390,9 +392,16 @@ def inspect_mosaic(
                  "bands": int(arr.sizes["band"]), "dtype": str(arr.dtype), "nodata": arr.rio.nodata,
                  "resampling": resampling},
         "blocks": {"count": plan.n_blocks, "grid": tuple(plan.grid_shape), "tile_size": tile_size,
-                   "padding": padding},
+                   "padding": padding, "reading_nothing": plan.n_blocks - _blocks_reading(plan, mosaic)},
         "output_bytes": estimate_bytes(plan, vectors=vectors),
     }
+
+
+def _blocks_reading(plan: TilingPlan, mosaic) -> int:
+    """How many blocks' padded windows touch a source's footprint (all of them for one raster)."""
+    if not mosaic.windows:
+        return plan.n_blocks
+    return len({b for w in mosaic.windows for b in plan.blocks_touching(tuple(w))})
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,10 @@ warping is done here.
   the resolution with the largest share among the sources in that CRS, with
   its pixel edges aligned to the first source on it, so sources that already
   share a grid keep it pixel for pixel. It covers the union of the footprints;
-  what no source covers is nodata.
+  what no source covers is nodata. A grid without pixels or too large to read
+  (a ``resolution`` in the wrong units) is refused; sources that cover less
+  than 1 % of it (far apart, or one in a wrong CRS), and a source that covers
+  less than one pixel of it, are warned of.
 * **Overlaps.** Where footprints overlap, the source listed last wins, as in a
   VRT (the index's sort field is the source's position).
 * **Resampling** (only where a source is not on the target grid):
@@ -24,10 +27,17 @@ warping is done here.
 * **Nodata.** Each source's own nodata and alpha are transparent. The mosaic's
   nodata is the value most sources declare; when none declares one and the
   footprints leave gaps, it is 0.
+* **Tile indexes GDAL cannot open.** rasterio's GDAL has no FlatGeobuf or
+  Parquet driver, so a GTI index in FlatGeobuf (``.gti.fgb``) or GeoParquet
+  (``.gti.parquet``, ``GTI:x.parquet``) is read with pyogrio or pyarrow
+  instead and counts as the list of its rasters, in the order GTI draws them
+  (ascending ``SORT_FIELD`` of its layer metadata, else feature order): the
+  grid is then chosen as for any list, not taken from the index.
 """
 
 from __future__ import annotations
 
+import copy
 import glob as _glob
 import hashlib
 import json
@@ -38,10 +48,12 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ._files import check_url, gdal_path, is_url, join_location
+from ._files import check_url, gdal_path, is_url, join_location, store_variables
+from ._progress import counted
 from .exceptions import (ConfigError, InputError, InputNotFoundError, RemoteSamsingError, RemoteSamsingWarning,
                          UnsupportedDtypeError)
 
@@ -55,6 +67,7 @@ __all__ = [
     "target_grid",
     "write_tile_index",
     "cached_index",
+    "naming_inputs",
     "TILE_INDEX",
     "WINDOW_FIELDS",
     "index_source_stamps",
@@ -74,7 +87,14 @@ _SIDECARS = (".aux.xml", ".wld", ".pgw", ".pngw", ".jgw", ".jpgw")
 _INDEX_LAYER = "sources"
 _GTI_SUFFIX = ".gti.gpkg"
 #: Names GDAL's GTI driver recognises as a tile index.
-_GTI_SUFFIXES = (_GTI_SUFFIX, ".gti.fgb", ".gti")
+_GTI_SUFFIXES = (_GTI_SUFFIX, ".gti.fgb", ".gti.parquet", ".gti")
+#: A tile index's vector format by suffix: the GDAL driver that reads it (for rasterio's GDAL to have).
+_INDEX_DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".parquet": "Parquet"}
+#: How deep ``@FILE`` lists may name other lists (deeper: a list that names itself).
+_LIST_DEPTH = 8
+#: The most pixels a target grid may have a side (GDAL's raster size is a C int) and in all.
+_MAX_GRID_SIDE = 2**31 - 1
+_MAX_GRID_PIXELS = 2**40
 #: The fields of a tile index's features holding each source's footprint in pixels of the grid.
 WINDOW_FIELDS = ("row_start", "row_stop", "col_start", "col_stop")
 #: Each local source's size and modification time as the run's header read finds them (-1 for a store's
@@ -199,12 +219,33 @@ class Mosaic:
     def crss(self) -> list[str]:
         return sorted({_short_crs(s.crs) or "none" for s in self.sources})
 
+    @property
+    def label(self) -> str:
+        """The mosaic as messages name it: its sources and the inputs that name them."""
+        names = ", ".join(f"`{i}`" for i in self.inputs[:2])
+        more = f" and {len(self.inputs) - 2} more" if len(self.inputs) > 2 else ""
+        return f"the mosaic of {counted(len(self.sources), 'sources')} ({names}{more})"
+
     def token(self) -> str:
         """A digest of everything the tile index holds: the file name of a cached index."""
         text = json.dumps({"grid": self.grid.identity(), "colorinterp": self.grid.colorinterp,
                            "sources": [[s.identity(), w] for s, w in zip(self.sources, self.windows)]},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@contextmanager
+def naming_inputs(mosaic: Mosaic, index: str):
+    """Errors raised in the block name ``mosaic`` by the user's inputs, not by ``index``, the tile index
+    file written for it: that file is no name the user knows."""
+    try:
+        yield
+    except RemoteSamsingError as exc:
+        if index not in str(exc.args[0]):
+            raise
+        renamed = copy.copy(exc)
+        renamed.args = (str(exc.args[0]).replace(f"`{index}`", mosaic.label).replace(index, mosaic.label),)
+        raise renamed from None
 
 
 def _short_crs(crs: str | None) -> str | None:
@@ -283,11 +324,24 @@ def _match_glob(pattern: str) -> list[str]:
 
 
 def _read_text(location: str) -> str:
-    if is_url(location):
-        fs, path = _fs(location)
-        with fs.open(path, "rb") as f:
-            return f.read().decode("utf-8")
-    return Path(location).read_text(encoding="utf-8")
+    """The text of a list or STAC file (a byte order mark dropped, as editors on Windows write one), or an
+    error naming it."""
+    try:
+        if is_url(location):
+            fs, path = _fs(location)
+            with fs.open(path, "rb") as f:
+                return f.read().decode("utf-8-sig")
+        return Path(location).read_text(encoding="utf-8-sig")
+    except RemoteSamsingError:
+        raise
+    except FileNotFoundError:  # what fsspec raises for an HTTP 404 too
+        raise InputNotFoundError(f"`{location}` does not exist" + (" or cannot be reached" if is_url(location) else ""),
+                                 hint="check the URL" if is_url(location) else "check the path") from None
+    except Exception as exc:  # noqa: BLE001 - files, stores and HTTP raise many types
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputNotFoundError(f"cannot read `{location}`: {cause}", hint=(
+            f"check the URL and what reaches its store: {store_variables(location)}" if is_url(location)
+            else "is it a UTF-8 text file?")) from None
 
 
 def _is_folder(location: str) -> bool:
@@ -313,12 +367,16 @@ def _is_pattern(item: str) -> bool:
     return is_url(item) or not os.path.exists(os.path.expanduser(item))
 
 
-def _from_list(list_file: str, *, recursive: bool, asset: str | None) -> list[str]:
-    """The inputs named in an ``@FILE`` list, one per line (blank lines and ``#`` comments skipped).
+def _from_list(list_file: str, *, recursive: bool, asset: str | None, depth: int = 0) -> list[str]:
+    """The inputs named in an ``@FILE`` list, one per line (blank lines and ``#`` comments skipped); an
+    ``@FILE`` line is a list in turn.
 
     Local entries are checked here, so a missing one is named with its line number; an entry on a
     store is checked when its header is read (one request, not two).
     """
+    if not is_url(list_file) and os.path.isdir(list_file):
+        raise InputError(f"`{list_file}` is a folder, not a list file",
+                         hint=f"pass the folder itself, without the `@`: {list_file}")
     if not is_url(list_file) and not os.path.isfile(list_file):
         raise InputNotFoundError(f"list file `{list_file}` does not exist", hint="`@FILE` names a text file with "
                                  "one path or URL per line")
@@ -326,6 +384,9 @@ def _from_list(list_file: str, *, recursive: bool, asset: str | None) -> list[st
     for number, line in enumerate(_read_text(list_file).splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
+            continue
+        if text.startswith("@"):
+            out += _nested_list(list_file, number, text, recursive=recursive, asset=asset, depth=depth)
             continue
         entry = join_location(list_file, text)
         if not is_url(entry) and not _is_pattern(entry) and not os.path.exists(entry):
@@ -337,6 +398,15 @@ def _from_list(list_file: str, *, recursive: bool, asset: str | None) -> list[st
     return out
 
 
+def _nested_list(list_file: str, number: int, text: str, *, recursive: bool, asset: str | None,
+                 depth: int) -> list[str]:
+    """The inputs of the list that line ``number`` of ``list_file`` names (``@other.txt``)."""
+    if depth + 1 >= _LIST_DEPTH:
+        raise InputError(f"`{list_file}` line {number}: `{text}` nests lists more than {_LIST_DEPTH} deep",
+                         hint="does a list name itself? name the rasters, or fewer levels of lists")
+    return _from_list(join_location(list_file, text[1:]), recursive=recursive, asset=asset, depth=depth + 1)
+
+
 def _expand_one(item: str, *, recursive: bool, asset: str | None, nested: bool = False,
                 literal: bool = False) -> list[str]:
     """One INPUT as the locations of its rasters (or its one Zarr mosaic); ``literal``: a name a
@@ -345,7 +415,10 @@ def _expand_one(item: str, *, recursive: bool, asset: str | None, nested: bool =
         return _from_list(check_url(item[1:]) if is_url(item[1:]) else os.path.abspath(os.path.expanduser(item[1:])),
                           recursive=recursive, asset=asset)
     if item.lower().startswith("gti:"):  # GDAL's own prefix for a tile index
-        return [item]
+        index = _gti_name(item)
+        if not _is_url_or_vsi(index[4:]) and not os.path.exists(index[4:]):
+            raise InputNotFoundError(f"tile index `{item[4:]}` does not exist", hint="check the path after `GTI:`")
+        return [index]
     if is_url(item):
         check_url(item)
     if not literal and _is_pattern(item):
@@ -361,13 +434,14 @@ def _expand_one(item: str, *, recursive: bool, asset: str | None, nested: bool =
     if _is_stac_name(location):
         from .stac import asset_hrefs
 
-        return asset_hrefs(location, _read_text(location), asset=asset)
+        return _check_named(asset_hrefs(location, _read_text(location), asset=asset), by=location)
     if _is_folder(location):
         found = _list_folder(location, recursive=recursive)
         if not found:
+            deeper = not recursive and _has_subfolders(location)
             raise InputNotFoundError(
                 f"folder `{item}` holds no raster ({', '.join(RASTER_SUFFIXES)})",
-                hint="pass --recursive to look in its subfolders" if not recursive else "check the folder")
+                hint="pass --recursive to look in its subfolders" if deeper else "check the folder")
         return found
     if not is_url(location) and not os.path.exists(location):
         raise InputNotFoundError(f"input `{item}` does not exist", hint="check the path")
@@ -376,6 +450,37 @@ def _expand_one(item: str, *, recursive: bool, asset: str | None, nested: bool =
 
 def _is_stac_name(location: str) -> bool:
     return location.lower().rstrip("/").endswith((".json", ".geojson"))
+
+
+def _has_subfolders(folder: str) -> bool:
+    """Whether ``folder`` (local, or a prefix on a store) holds a folder, which ``--recursive`` would read."""
+    if not is_url(folder):
+        return any(entry.is_dir() for entry in os.scandir(folder))
+    try:
+        fs, root = _fs(folder)
+        return any(info.get("type") == "directory" for info in fs.ls(root, detail=True))
+    except Exception:  # noqa: BLE001 - a store that cannot be asked: --recursive may still help
+        return True
+
+
+def _is_url_or_vsi(location: str) -> bool:
+    return is_url(location) or location.startswith("/vsi")
+
+
+def _gti_name(item: str) -> str:
+    """``GTI:path`` with ``path`` absolute: GDAL opens a relative one from the working directory, which a
+    worker does not share."""
+    path = item[4:]
+    return "GTI:" + (path if _is_url_or_vsi(path) else os.path.abspath(os.path.expanduser(path)))
+
+
+def _check_named(locations: list[str], *, by: str) -> list[str]:
+    """``locations``, each local one checked to exist, else an error naming ``by``, the file that names it."""
+    for location in locations:
+        if not _is_url_or_vsi(location) and not os.path.exists(location):
+            raise InputNotFoundError(f"`{location}`, named by `{by}`, does not exist",
+                                     hint="a relative path is relative to the folder of the file that names it")
+    return locations
 
 
 def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None, exclude=None) -> list[str]:
@@ -397,6 +502,8 @@ def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None, 
     if not items:
         raise InputNotFoundError("no input given", hint="name a raster, a folder, a glob, an @list or a STAC file")
     found = [loc for item in items for loc in _expand_one(os.fspath(item), recursive=recursive, asset=asset)]
+    found = [r for loc in found for r in (_index_rasters(loc) if _is_tile_index(loc) and not _gdal_reads_index(loc)
+                                          else [loc])]
     if exclude is not None:  # a run's own OUTDIR inside an input folder: its products are no sources
         inside = os.path.join(os.path.abspath(os.fspath(exclude)), "")
         found = [loc for loc in found if is_url(loc) or not loc.startswith(inside)]
@@ -409,6 +516,7 @@ def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None, 
 # ---------------------------------------------------------------------------
 def _stamp(location: str) -> dict:
     """Size and modification time of a file, or size and ETag (or generation) of a store object."""
+    location = _vsi_to_url(_without_gti(location))
     if not is_url(location):
         st = os.stat(location)
         return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
@@ -530,11 +638,13 @@ def check_resolution(resolution) -> tuple[float, float] | None:
 def _check_crs(crs) -> str | None:
     if crs is None:
         return None
+    import rasterio
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
     try:
-        return CRS.from_user_input(crs).to_wkt()
+        with rasterio.Env():  # PROJ's complaint reaches the error below, not stderr as well
+            return CRS.from_user_input(crs).to_wkt()
     except CRSError as exc:
         raise ConfigError(f"`crs` {crs!r} is not a CRS GDAL knows: {exc}", hint="e.g. EPSG:32633") from None
 
@@ -573,10 +683,74 @@ def target_grid(sources: Sequence[Source], *, crs=None, resolution=None, resampl
     top = ay - math.floor((ay - max(b[3] for b in boxes)) / res[1] + 1e-6) * res[1]
     bottom = ay - math.ceil((ay - min(b[1] for b in boxes)) / res[1] - 1e-6) * res[1]
     shape = (round((top - bottom) / res[1]), round((right - left) / res[0]))
+    _check_size(shape, res, tcrs, asked=resolution is not None)
     grid = Grid(crs=tcrs, transform=(res[0], 0.0, left, 0.0, -res[1], top), shape=shape, count=sources[0].count,
                 dtype=sources[0].dtype, nodata=None, resampling=check_resampling(resampling),
                 colorinterp=sources[0].colorinterp)
+    _check_coverage(grid, sources)
+    _warn_subpixel(sources, boxes, res)
     return _with_nodata(grid, sources, nodata)
+
+
+def _check_size(shape: tuple, res: tuple, crs: str, *, asked: bool) -> None:
+    """A grid with pixels, no side past GDAL's C int and at most :data:`_MAX_GRID_PIXELS`, else a one-line error
+    (a resolution in the wrong units, such as degrees for a grid in metres)."""
+    height, width = shape
+    if min(shape) >= 1 and max(shape) <= _MAX_GRID_SIDE and height * width <= _MAX_GRID_PIXELS:
+        return
+    why = "it has no pixel" if min(shape) < 1 else (f"more than {_MAX_GRID_SIDE} px a side or {_MAX_GRID_PIXELS:.2g} "
+                                                    "px in all")
+    raise ConfigError(f"the target grid would be {width} x {height} px at resolution {res[0]:g} x {res[1]:g}: {why}",
+                      hint=f"--resolution is in the units of the grid's CRS ({_short_crs(crs)}); leave it out to "
+                           "keep the sources' own" if asked else "are the sources far apart? segment them separately, "
+                                                                 "or check their CRSs")
+
+
+def _covered(grid: Grid, sources: Sequence[Source]) -> float:
+    """The pixels of ``grid`` that the sources' footprints cover."""
+    import shapely
+
+    boxes = [shapely.box(x0, y0, x1, y1) for y0, y1, x0, x1 in (grid.window_of(s) for s in sources)]
+    return shapely.union_all(boxes).area
+
+
+def _check_coverage(grid: Grid, sources: Sequence[Source]) -> None:
+    """Warn of sources that cover less than 1 % of their grid, naming the two farthest apart: most of such
+    a grid is nodata, often because a source has a wrong CRS. Only a warning: a corridor of tiles along a
+    river or a road is sparse by nature, and blocks reading no source are never segmented."""
+    share = _covered(grid, sources) / (grid.shape[0] * grid.shape[1])
+    if share >= 0.01:
+        return
+    a, b = _farthest_apart([grid.window_of(s) for s in sources])
+    warnings.warn(f"the sources cover {100 * share:.2g} % of the {grid.shape[1]} x {grid.shape[0]} px target grid: "
+                  f"`{sources[a].location}` and `{sources[b].location}` lie far apart (segment them separately, or "
+                  "check their CRSs: a source with a wrong CRS lands far from the others)", RemoteSamsingWarning,
+                  stacklevel=4)
+
+
+def _farthest_apart(windows) -> tuple[int, int]:
+    """Two windows whose centres lie farthest apart, among those at the extremes along x, y and the two
+    diagonals (where the farthest pair lies: enough to name it, without comparing every pair)."""
+    import numpy as np
+
+    centres = np.array([((y0 + y1) / 2, (x0 + x1) / 2) for y0, y1, x0, x1 in windows])
+    y, x = centres[:, 0], centres[:, 1]
+    ends = sorted({int(i) for d in (y, x, y + x, y - x) for i in (d.argmin(), d.argmax())})
+    pairs = [(i, j) for i in ends for j in ends if i < j] or [(0, 0)]
+    return max(pairs, key=lambda p: float(np.hypot(*(centres[p[0]] - centres[p[1]]))))
+
+
+def _warn_subpixel(sources: Sequence[Source], boxes, res: tuple) -> None:
+    """Warn of the sources smaller than one pixel of the grid (a fine tile among coarse scenes): resampling
+    leaves at most a pixel of each."""
+    small = [(s, (b[2] - b[0]) / res[0], (b[3] - b[1]) / res[1]) for s, b in zip(sources, boxes)]
+    small = [(s, w, h) for s, w, h in small if w < 1 or h < 1]
+    if small:
+        s, w, h = small[0]
+        more = f" (and {counted(len(small) - 1, 'other sources')})" if len(small) > 1 else ""
+        warnings.warn(f"`{s.location}`{more} covers {w:.2g} x {h:.2g} px of the target grid at resolution "
+                      f"{res[0]:g}: segment it on its own, or pass a finer --resolution", RemoteSamsingWarning,
+                      stacklevel=3)
 
 
 def _with_nodata(grid: Grid, sources: Sequence[Source], nodata: float | None) -> Grid:
@@ -592,10 +766,7 @@ def _with_nodata(grid: Grid, sources: Sequence[Source], nodata: float | None) ->
 
 
 def _has_gaps(grid: Grid, sources: Sequence[Source]) -> bool:
-    import shapely
-
-    boxes = [shapely.box(x0, y0, x1, y1) for y0, y1, x0, x1 in (grid.window_of(s) for s in sources)]
-    return shapely.union_all(boxes).area < grid.shape[0] * grid.shape[1] - 0.5
+    return _covered(grid, sources) < grid.shape[0] * grid.shape[1] - 0.5
 
 
 # ---------------------------------------------------------------------------
@@ -609,6 +780,10 @@ def _reads_others(location: str) -> bool:
     return location.lower().endswith(".vrt") or _is_tile_index(location)
 
 
+def _without_gti(location: str) -> str:
+    return location[4:] if location.lower().startswith("gti:") else location
+
+
 def _referenced(location: str, depth: int = 0) -> list[str]:
     """The rasters a VRT or a GTI tile index reads, and theirs in turn (a VRT of VRTs), as URLs or
     absolute paths."""
@@ -620,6 +795,7 @@ def _referenced(location: str, depth: int = 0) -> list[str]:
         cause = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"cannot list the rasters `{location}` reads: {cause}",
                          hint="is it a valid GDAL VRT or GTI tile index? try `gdalinfo` on it") from None
+    _check_named(found, by=location)
     if depth < 8:
         found = [inner for f in found for inner in [f, *(_referenced(f, depth + 1) if _reads_others(f) else [])]]
     return found
@@ -638,23 +814,88 @@ def _vrt_locations(location: str) -> list[str]:
             if (os.path.normpath(f) if not f.startswith("/vsi") else f) != own]
 
 
+def _index_file(location: str) -> tuple[str, str | None]:
+    """The vector file of a GTI tile index (itself, or the one its XML form names) and the location
+    field the XML form names."""
+    path = _without_gti(location)
+    if not path.lower().endswith(".gti"):
+        return path, None
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(_read_text(path))  # <GDALTileIndexDataset><IndexDataset>...</IndexDataset>
+    return root.findtext("IndexDataset") or "", root.findtext("LocationField")  # relative to the working folder
+
+
 def _index_locations(location: str) -> list[str]:
     """The ``location`` field of a GTI tile index (a vector file, or the XML form naming one), each made
-    absolute as the GTI driver does."""
+    absolute as the GTI driver does, in the order it draws them: by its sort field, else as listed."""
+    path, field_name = _index_file(location)
+    meta = _index_metadata(path)
+    field_name = field_name or meta.get("LOCATION_FIELD", "location")
+    order = meta.get("SORT_FIELD")
+    table = _index_table(path, [field_name, order] if order else [field_name])
+    if order:
+        table = table.sort_values(order, ascending=meta.get("SORT_FIELD_ASC", "YES").upper() != "NO", kind="stable")
+    return [_vsi_to_url(v) if v.startswith("/vsi") else join_location(path, v) for v in map(str, table[field_name])]
+
+
+def _index_metadata(path: str) -> dict:
+    """The layer metadata of a tile index's vector file: from pyogrio, or for GeoParquet from the
+    ``gdal:metadata`` GDAL writes into its schema (pyogrio's ADBC driver does not show it)."""
+    if not path.lower().endswith(".parquet"):
+        import pyogrio
+
+        return pyogrio.read_info(path).get("layer_metadata") or {}
+    import pyarrow.parquet as pq
+
+    meta = (pq.read_schema(path).metadata or {}).get(b"gdal:metadata")
+    return json.loads(meta).get("", {}) if meta else {}
+
+
+def _index_table(path: str, columns: list[str]):
+    """``columns`` of a tile index's vector file as a DataFrame: pyarrow reads GeoParquet without any
+    GDAL driver, pyogrio the other formats."""
+    if path.lower().endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path, columns=columns).to_pandas()
     import pyogrio
 
-    path = location[4:] if location.lower().startswith("gti:") else location
-    field_name = None
-    if path.lower().endswith(".gti"):  # <GDALTileIndexDataset><IndexDataset>...</IndexDataset>
-        import xml.etree.ElementTree as ET
+    return pyogrio.read_dataframe(path, columns=columns, read_geometry=False)
 
-        root = ET.fromstring(_read_text(path))
-        field_name = root.findtext("LocationField")
-        path = root.findtext("IndexDataset") or ""  # as GDAL opens it: relative to the working directory
-    meta = pyogrio.read_info(path).get("layer_metadata") or {}
-    field_name = field_name or meta.get("LOCATION_FIELD", "location")
-    table = pyogrio.read_dataframe(path, columns=[field_name], read_geometry=False)
-    return [_vsi_to_url(v) if v.startswith("/vsi") else join_location(path, v) for v in map(str, table[field_name])]
+
+def _gdal_reads_index(location: str) -> bool:
+    """Whether rasterio's GDAL has the driver of the tile index's vector format (its wheels carry
+    neither FlatGeobuf nor Parquet)."""
+    try:
+        path, _ = _index_file(location)
+    except Exception:  # noqa: BLE001 - a damaged XML form: GDAL opens it and says why
+        return True
+    driver = next((d for suffix, d in _INDEX_DRIVERS.items() if path.lower().endswith(suffix)), None)
+    return driver is None or driver in _raster_drivers()
+
+
+def _raster_drivers() -> frozenset:
+    import rasterio
+
+    with rasterio.Env() as env:
+        return frozenset(env.drivers())
+
+
+def _index_rasters(location: str) -> list[str]:
+    """The rasters of a tile index rasterio's GDAL cannot open, as a list of sources in drawing order."""
+    try:
+        found = _index_locations(location)
+    except RemoteSamsingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyogrio, pyarrow and the XML parser raise many types
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"cannot read the tile index `{location}`: {cause}",
+                         hint="a tile index works as GeoPackage (.gti.gpkg), FlatGeobuf (.gti.fgb) or GeoParquet "
+                              "(.gti.parquet), or in the XML form (.gti) naming one") from None
+    if not found:
+        raise InputNotFoundError(f"the tile index `{location}` lists no raster", hint="check its location field")
+    return _check_named(found, by=location)
 
 
 def _vsi_to_url(name: str) -> str:
@@ -713,7 +954,7 @@ def _named(item: str) -> str:
     if item.startswith("@"):
         return "@" + _named(item[1:])
     if item.lower().startswith("gti:"):
-        return item
+        return _gti_name(item)
     return item if is_url(item) else os.path.abspath(os.path.expanduser(item))
 
 
@@ -728,6 +969,8 @@ def _direct_mosaic(inputs: tuple, location: str, *, resampling: str, nodata) -> 
     grid = Grid(crs=own.crs, transform=own.transform, shape=own.shape, count=own.count, dtype=own.dtype,
                 nodata=own.nodata if nodata is None else nodata, resampling=resampling, colorinterp=own.colorinterp)
     sources = _contained(own) if _reads_others(location) else [own]
+    if _is_tile_index(location):
+        _check_index_rasters(own, sources)
     return Mosaic(inputs=inputs, sources=tuple(sources), grid=grid, direct=location,
                   windows=tuple(grid.window_of(s) for s in sources))
 
@@ -742,6 +985,20 @@ def _contained(container: Source) -> list[Source]:
     via = [{"location": container.location, **container.stamp}]
     via += [{"location": f, **_stamp(f)} for f in found if _reads_others(f)]
     return [replace(s, stamp={**s.stamp, "via": via}) for s in rasters]
+
+
+def _check_index_rasters(index: Source, rasters: Sequence[Source]) -> None:
+    """Each raster a GTI index reads has the index's bands and dtype, or a one-line error naming the first
+    odd one: GTI itself finds out only when a block reads it. A VRT is not checked so, as it may stack
+    single-band files into bands of its own."""
+    described = {s.location: s for s in rasters}
+    for location in dict.fromkeys(_index_locations(index.location)):
+        s = described.get(location) or _describe(location)  # a VRT it reads: the VRT's own header
+        if s.count != index.count or s.dtype != index.dtype:
+            raise InputError(
+                f"`{s.location}`, read by the tile index `{_without_gti(index.location)}`, has {s.count} band(s) of "
+                f"{s.dtype}, but the index has {index.count} of {index.dtype}",
+                hint="the rasters of one tile index need the same bands and dtype: leave it out or convert it")
 
 
 def write_tile_index(mosaic: Mosaic, path: str | os.PathLike) -> Path:

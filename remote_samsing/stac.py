@@ -64,6 +64,14 @@ def _choose(item, asset: str | None, location: str) -> str:
                      hint=f"pick one with --asset NAME; its assets: {listing}")
 
 
+def _is_plain_geojson(data, kind) -> bool:
+    """A GeoJSON Feature or FeatureCollection of features that are no STAC Items (buildings, fields)."""
+    if kind == "Feature":
+        return "stac_version" not in data
+    features = data.get("features") if kind == "FeatureCollection" else None
+    return bool(features) and not any(isinstance(f, dict) and "stac_version" in f for f in features)
+
+
 def asset_hrefs(location: str, text: str, *, asset: str | None = None) -> list[str]:
     """The href of the chosen asset of each item in the STAC JSON ``text`` read from ``location``,
     made absolute against ``location``.
@@ -81,6 +89,9 @@ def asset_hrefs(location: str, text: str, *, asset: str | None = None) -> list[s
     except ValueError as exc:
         raise InputError(f"`{location}` is not JSON: {exc}", hint="pass a STAC Item or ItemCollection") from None
     kind = data.get("type") if isinstance(data, dict) else None
+    if _is_plain_geojson(data, kind):
+        raise InputError(f"`{location}` is not a STAC Item or ItemCollection but plain GeoJSON (no `stac_version`)",
+                         hint="pass the rasters to segment, or the STAC items that list them")
     try:
         if kind == "FeatureCollection":
             items = list(pystac.ItemCollection.from_dict(data, preserve_dict=False))
@@ -88,7 +99,7 @@ def asset_hrefs(location: str, text: str, *, asset: str | None = None) -> list[s
             items = [pystac.Item.from_dict(data, preserve_dict=False)]
         else:
             items = None
-    except (KeyError, TypeError, ValueError, pystac.STACError) as exc:
+    except (KeyError, TypeError, ValueError, pystac.STACError, pystac.STACTypeError) as exc:
         raise InputError(f"`{location}` is not a valid STAC Item or ItemCollection: {exc!r}") from None
     if items is None:
         raise InputError(f"`{location}` is neither a STAC Item nor an ItemCollection (type {kind!r})",

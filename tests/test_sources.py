@@ -403,6 +403,15 @@ def test_inspect_reports_what_a_run_would_see(tiles):
     assert bare == rs._outdir.estimate_bytes(plan, vectors=False) and bare["vectors"] == 0
 
 
+
+def test_inspect_counts_the_blocks_that_read_no_source(tmp_path):
+    a = _constant(tmp_path / "a.tif", 10, 0, 20)
+    b = _constant(tmp_path / "b.tif", 20, 200, 20)  # a 20 x 220 px grid, 180 px of it between them
+    facts = rs.inspect_mosaic([a, b], tile_size=32, padding=4)
+    # cores start every 32 px; padded, only the first ([0, 36)) and the last ([188, 220)) meet a source
+    assert facts["blocks"]["count"] == 7 and facts["blocks"]["reading_nothing"] == 5
+    assert rs.inspect_mosaic(a, tile_size=8, padding=2)["blocks"]["reading_nothing"] == 0
+
 # ---------------------------------------------------------------------------
 # reruns when sources change
 # ---------------------------------------------------------------------------
