@@ -1,11 +1,16 @@
 """The command line's error contract: one line and an exit status, the traceback behind --debug."""
 
+import re
+from pathlib import Path
+
 import click
 import pytest
 from click.testing import CliRunner
 
 import remote_samsing.vectorize as vec
 from remote_samsing.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ARGS = ["vectorize", "labels.tif", "out.gpkg"]
 
@@ -288,3 +293,29 @@ def test_info_checks_a_good_checkpoint_and_prints_its_config(tmp_path, monkeypat
     assert r.exit_code == 2 and "does not match the model config `configs/sam2/sam2_hiera_t.yaml`" in r.output
     r = CliRunner().invoke(cli, ["info", "--checkpoint", str(renamed), "--model-cfg", "tiny"])
     assert r.exit_code == 0 and "configs/sam2.1/sam2.1_hiera_t.yaml (given)" in r.output, r.output
+
+
+# ---------------------------------------------------------------------------
+# help texts and the README say what the commands do
+# ---------------------------------------------------------------------------
+def _help(name: str) -> str:
+    r = CliRunner().invoke(cli, [name, "--help"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    return " ".join(r.output.split())
+
+
+def test_vectorize_help_names_every_format_and_overwrite():
+    text = _help("vectorize")
+    assert all(s in text for s in (".parquet", ".gpkg", ".geojson", ".fgb", "--overwrite"))
+
+
+def test_info_help_and_behaviour_agree_when_there_is_no_checkpoint():
+    assert "exits 0" in _help("info")
+    r = CliRunner().invoke(cli, ["info"])  # conftest: an empty models directory, no variable
+    assert r.exit_code == 0 and re.search(r"^checkpoint\s+none: no SAM2 checkpoint", r.output, re.M), r.output
+
+
+def test_the_readme_cpu_preview_pins_the_device():
+    readme = (ROOT / "README.md").read_text()
+    preview = re.search(r"remote-samsing segment scene\.tif out/ [^\n]*\\\n[^\n]*", readme).group(0)
+    assert "--device cpu" in preview and "image_size=256" in preview

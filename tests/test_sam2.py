@@ -344,3 +344,58 @@ def test_the_preview_settings_are_named_where_they_are_faster():
     assert SAM2Segmenter(random_weights=True, model_cfg="tiny", image_size=512,
                          points_per_side=16)._preview_flags() == "--segmenter-param image_size=256"
     assert SAM2Segmenter(random_weights=True, model_cfg="tiny", image_size=256, points_per_side=8)._preview_flags() == ""
+
+
+# ---------------------------------------------------------------------------
+# a file that is no SAM2 checkpoint, and one the models directory gave
+# ---------------------------------------------------------------------------
+def _foreign_checkpoint(path: Path) -> Path:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sam2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {"foo": torch.zeros(1)}}, path)
+    return path
+
+
+def test_a_file_without_sam2_tensors_is_not_a_sam2_checkpoint(tmp_path):
+    from remote_samsing.segmenters.sam2 import check_checkpoint
+
+    ckpt = _foreign_checkpoint(tmp_path / "sam2.1_hiera_small.pt")
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoint(ckpt)
+    text = Exception.__str__(err.value)
+    assert f"checkpoint `{ckpt}` is not a SAM2 checkpoint" in text
+    assert "holding none of its 519 tensors and 1 other tensor (e.g. foo)" in text
+    assert "--model-cfg" not in err.value.hint and "fetch-model" in err.value.hint
+
+
+def test_a_checkpoint_the_models_directory_gave_says_so(tmp_path, monkeypatch):
+    from remote_samsing.segmenters.sam2 import SAM2Segmenter
+
+    models = tmp_path / "models"
+    ckpt = _foreign_checkpoint(models / "sam2.1_hiera_small.pt")
+    monkeypatch.setenv("REMOTE_SAMSING_MODELS", str(models))
+    with pytest.raises(CheckpointError) as err:
+        SAM2Segmenter(device="cpu")
+    assert f"checkpoint `{ckpt}` (from models directory) is not a SAM2 checkpoint" in str(err.value)
+    assert f"models directory {models} ($REMOTE_SAMSING_MODELS)" in err.value.hint
+    # a file given by the user: no word about the models directory
+    with pytest.raises(CheckpointError) as err:
+        SAM2Segmenter(checkpoint=ckpt, device="cpu")
+    assert "(from " not in str(err.value) and "models directory" not in err.value.hint
+
+
+def test_a_mismatch_from_the_models_directory_says_so(tmp_path, monkeypatch):
+    """A real SAM2 checkpoint of another config keeps the --model-cfg hint, and names the directory."""
+    pytest.importorskip("sam2")
+    from remote_samsing.segmenters.sam2 import check_checkpoint, write_random_checkpoint
+
+    models = tmp_path / "models"
+    models.mkdir()
+    write_random_checkpoint(models / "sam2_hiera_tiny.pt", model_cfg="tiny")  # SAM2.1 weights, SAM2 name
+    monkeypatch.setenv("REMOTE_SAMSING_MODELS", str(models))
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoint()
+    assert "(from models directory) does not match the model config" in str(err.value)
+    assert "is not a SAM2 checkpoint" not in str(err.value)
+    assert "--model-cfg" in err.value.hint and str(models) in err.value.hint

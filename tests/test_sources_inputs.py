@@ -1,4 +1,4 @@
-"""The forms of INPUT a user trial found wanting: GTI indexes (odd rasters, the ``GTI:`` prefix, FlatGeobuf
+"""Sources, the forms of INPUT at their edges: GTI indexes (odd rasters, the ``GTI:`` prefix, FlatGeobuf
 and GeoParquet), plain GeoJSON and unreachable STAC URLs, ``@list`` files, grids that cannot be read, and
 missing rasters named by an index or a STAC item."""
 

@@ -10,7 +10,10 @@ from affine import Affine
 
 import rioxarray  # noqa: F401  (registers .rio)
 
-from remote_samsing.exceptions import ConfigError
+from click.testing import CliRunner
+
+from remote_samsing.cli import cli
+from remote_samsing.exceptions import ConfigError, OutputExistsError
 from remote_samsing.vectorize import NoCRSWarning, to_polygons, vectorize_labels
 
 # 0.5 m pixels in UTM 33N; pixel area 0.25 m².
@@ -336,3 +339,60 @@ def test_segments_parquet_opens_with_the_environments_pyogrio(tmp_path):
     assert info["features"] == 2 and info["geometry_type"] == "Polygon"
     assert info["crs"] == "EPSG:32633"
     assert {"label", "area_m2", "n_pixels"} <= set(info["fields"])
+
+
+# ---------------------------------------------------------------------------
+# OUT's format and an existing OUT, in the command line's words
+# ---------------------------------------------------------------------------
+def _cli_error_and_hint(r) -> tuple[str, str]:
+    """The CLI's two lines of an error, after its exit status 2 is checked."""
+    assert r.exit_code == 2, r.output
+    lines = r.output.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), r.output
+    return lines[0], lines[1]
+
+
+@pytest.fixture
+def label_tif(tmp_path):
+    import rioxarray  # noqa: F401
+    import xarray as xr
+    from rasterio.transform import from_origin
+
+    lab = np.zeros((16, 16), np.uint16)
+    lab[2:8, 2:8] = 1
+    lab[9:14, 3:12] = 2
+    arr = xr.DataArray(lab, dims=("y", "x")).rio.write_crs("EPSG:32633").rio.write_transform(
+        from_origin(500000, 5000000, 0.5, 0.5))
+    path = tmp_path / "labels.tif"
+    arr.rio.to_raster(path)
+    return path
+
+
+def test_vectorize_refuses_an_existing_out_unless_overwrite(tmp_path, label_tif):
+    from remote_samsing.vectorize import vectorize_labels
+
+    out = tmp_path / "v.gpkg"
+    out.write_bytes(b"keep me")
+    with pytest.raises(OutputExistsError, match="already exists") as err:
+        vectorize_labels(label_tif, out)
+    assert err.value.hint == "pass --overwrite" and out.read_bytes() == b"keep me"
+    assert vectorize_labels(label_tif, out, overwrite=True) == out and out.read_bytes() != b"keep me"
+
+
+def test_the_vectorize_command_refuses_an_existing_out_and_takes_overwrite(tmp_path, label_tif):
+    out = tmp_path / "v.fgb"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["vectorize", str(label_tif), str(out)]).exit_code == 0
+    before = out.read_bytes()
+    error, hint = _cli_error_and_hint(runner.invoke(cli, ["vectorize", str(label_tif), str(out)]))
+    assert error == f"error: `{out}` already exists" and hint == "hint: pass --overwrite"
+    assert out.read_bytes() == before
+    r = runner.invoke(cli, ["vectorize", str(label_tif), str(out), "--overwrite"])
+    assert r.exit_code == 0 and r.output.splitlines()[-1] == f"wrote {out}", r.output
+
+
+def test_the_vectorize_command_names_the_suffixes_not_a_python_keyword(tmp_path, label_tif):
+    error, hint = _cli_error_and_hint(CliRunner().invoke(cli, ["vectorize", str(label_tif), str(tmp_path / "v.shpx")]))
+    assert "cannot infer a vector format from `v.shpx`" in error
+    assert "driver=" not in hint and all(s in hint for s in (".parquet", ".gpkg", ".geojson", ".fgb"))
+    assert not (tmp_path / "v.shpx").exists()
