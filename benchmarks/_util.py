@@ -110,3 +110,17 @@ def machine() -> dict:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
     }
+
+
+@contextmanager
+def no_segment_expected():
+    """A run whose labels are all 0 by design (the no-op segmenter, SAM2 with random weights) warns that it
+    found nothing: the benchmark expects that, and does not say it."""
+    import warnings
+
+    from remote_samsing.exceptions import RemoteSamsingWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="the (segmenter found no segment|merge removed every segment)",
+                                category=RemoteSamsingWarning)
+        yield

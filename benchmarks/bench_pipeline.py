@@ -63,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._util import PeakRSS, machine, result_path, timer
+from benchmarks._util import PeakRSS, machine, no_segment_expected, result_path, timer
 
 
 #: the synthetic mosaic's georeferencing: 0.5 m pixels in UTM 33N
@@ -97,18 +97,6 @@ def _synthetic_zarr(path: Path, side: int, tile: int) -> Path:
     from remote_samsing.io import to_zarr
 
     return to_zarr(arr, path, tile_size=tile)
-
-
-@contextlib.contextmanager
-def _no_segment_expected():
-    """The no-op segmenter finds nothing, by design: the run's warning that it found no segment is not said."""
-    import warnings
-
-    from remote_samsing.exceptions import RemoteSamsingWarning
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="the segmenter found no segment", category=RemoteSamsingWarning)
-        yield
 
 
 def _release_memory(client) -> None:
@@ -353,7 +341,7 @@ def _rows_in_one_process(sizes, *, tile: int, n_workers: int, own_writer: bool =
                 cfg = RunConfig(segmenter="noop", tile_size=tile, padding=50, merge="overlap", vectors=False,
                                 progress=False)
                 with PeakRSS() as rss, timer() as t, (_ServerCost() if store else contextlib.nullcontext()) as srv, \
-                        _no_segment_expected():
+                        no_segment_expected():
                     run_job(z, out, config=cfg, client=c)
                 mpx = side * side / 1e6
                 rec = json.loads((out / "run.json").read_text())
@@ -475,7 +463,7 @@ def _case(kind: str, path: Path, *, tile: int, n_workers: int) -> dict:
         out = Path(d) / "out"
         cpu = _tree_cpu_s()
         with PeakRSS() as rss, timer() as t:
-            with _no_segment_expected():
+            with no_segment_expected():
                 rec = _plain_dask(path, out, tile, c) if kind == "dask" else run_job(path, out, config=cfg, client=c)
         # CPU seconds move less than wall seconds when other processes share the cores
         cpu = _tree_cpu_s() - cpu

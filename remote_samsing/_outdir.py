@@ -185,9 +185,9 @@ def describe_estimate(estimate: dict[str, int]) -> str:
 
     >>> describe_estimate({"staging": 2**20, "merge": 2**21, "labels_zarr": 2**19, "labels_tif": 2**19,
     ...                    "vectors": 0, "total": 2**22, "least": 2**18})
-    'about 4.00 MiB at the peak (staging 1.00 MiB, merge working files 2.00 MiB, labels.zarr 512.00 kiB, labels.tif 512.00 kiB); at least 256.00 kiB, with labels that compress very well'
+    'about 4.00 MiB at the peak (staging 1.00 MiB, merge working files up to 2.00 MiB, labels.zarr 512.00 kiB, labels.tif 512.00 kiB); at least 256.00 kiB, with labels that compress very well'
     """
-    names = {"merge": "merge working files"}
+    names = {"merge": "merge working files up to"}
     parts = ", ".join(f"{names.get(name, name.replace('_', '.'))} {format_size(estimate[name])}"
                       for name in ("staging", "merge", "labels_zarr", "labels_tif", "vectors") if estimate.get(name))
     return (f"about {format_size(estimate['total'])} at the peak ({parts}); at least "
@@ -299,7 +299,9 @@ def _mounts() -> Iterator[tuple[str, str, str]]:
 def _existing(path: Path) -> Path:
     """``path`` or its nearest existing parent (a fresh OUTDIR does not exist yet)."""
     path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
+    # os.path.exists, not Path.exists: a folder this user may not search is passed, not raised, so that
+    # the probe in the folder above it says what is wrong
+    while not os.path.exists(path) and path != path.parent:
         path = path.parent
     return path
 

@@ -87,3 +87,14 @@ def check_type(name: str, value: Any, types: tuple, *, optional: bool = False) -
         raise ConfigError(
             f"`{name}` must be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}"
         )
+
+
+def check_nodata(nodata: float, dtype: np.dtype, name) -> None:
+    """A nodata value given for ``name``'s pixels is one they can hold, else a :class:`ConfigError`."""
+    if np.issubdtype(dtype, np.floating):
+        return  # any float, NaN and infinities included
+    info = np.iinfo(dtype)
+    if not (np.isfinite(nodata) and float(nodata).is_integer() and info.min <= nodata <= info.max):
+        raise ConfigError(f"nodata {nodata:g} is no value of `{name}`'s {dtype.name} pixels ({info.min} to "
+                          f"{info.max})", hint="give a whole number in that range, or leave --nodata out to use the "
+                                               "file's own")

@@ -2,7 +2,8 @@
 
 Every error derived from RemoteSamsingError is printed as one line plus a
 hint (exit status 2), any other failure as one line too (exit status 1);
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. Ctrl-C (exit status 130) and
+SIGTERM (143) stop a command in one line too.
 """
 
 from __future__ import annotations
@@ -323,7 +324,7 @@ def _inspect_lines(facts: dict) -> list[str]:
         f"{'size':12s} {g['size'][1]} x {g['size'][0]} px (width x height), {g['size'][0] * g['size'][1] / 1e6:.3g} Mpx",
         f"{'bands':12s} {g['bands']} of {g['dtype']}, nodata {g['nodata']}",
         f"{'blocks':12s} {b['count']} ({b['grid'][0]} x {b['grid'][1]}) at tile size {b['tile_size']}, padding "
-        f"{b['padding']}" + (f"; {b['reading_nothing']} of them touch no source (nodata, never segmented)"
+        f"{b['padding']}" + (f"; {b['reading_nothing']} of them touch no source (they read only nodata)"
                              if b["reading_nothing"] else ""),
         f"{'output':12s} {describe_estimate(size)}",
     ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import shutil
 import sys
@@ -38,7 +37,7 @@ from ._files import (REMOTE_SCHEMES, check_url, gcs_emulator, gdal_path, is_remo
                      replace_path, store_path, store_variables, temporary_name, open_zarr_array,
                      open_zarr_cached, url_to_fs)
 from ._progress import compute_tracked
-from ._validate import check_int, check_number
+from ._validate import check_int, check_nodata, check_number
 from .exceptions import (
     BandSelectionError,
     ConfigError,
@@ -257,7 +256,7 @@ def _finish_mosaic(arr, p, *, bands, nodata, alpha_band) -> xr.DataArray:
         if alpha_band is not None and alpha_band in bands:
             alpha_band = bands.index(alpha_band) + 1
     if nodata is not None:
-        _check_nodata(nodata, dtype, p)
+        check_nodata(nodata, dtype, p)
         arr = arr.rio.write_nodata(nodata, encoded=False)
     arr.attrs["alpha_band"] = alpha_band
     arr.attrs["source"] = str(p)
@@ -495,17 +494,6 @@ def _rgba_params(arr: xr.DataArray) -> dict:
         "nodata": arr.rio.nodata,
         "passthrough": passes_through(arr),
     }
-
-
-def _check_nodata(nodata: float, dtype: np.dtype, name) -> None:
-    """A nodata value given for ``name``'s pixels is one they can hold, else a :class:`ConfigError`."""
-    if np.issubdtype(dtype, np.floating):
-        return  # any float, NaN and infinities included
-    info = np.iinfo(dtype)
-    if not (math.isfinite(nodata) and float(nodata).is_integer() and info.min <= nodata <= info.max):
-        raise ConfigError(f"nodata {nodata:g} is no value of `{name}`'s {dtype.name} pixels ({info.min} to "
-                          f"{info.max})", hint="give a whole number in that range, or leave --nodata out to use the "
-                                               "file's own")
 
 
 def passes_through(arr: xr.DataArray) -> bool:

@@ -60,6 +60,7 @@ from ._files import is_remote, list_names, location, remove_tree, store_variable
 from ._outdir import (absolute, check_local_writable, check_room, check_shared, disk_full_error, estimate_bytes,
                       find_disk_full, format_size, free_bytes, spill_bytes)
 from ._progress import counted, in_notebook
+from ._validate import check_nodata
 from .cluster import ClusterConfig, gpu_slots, make_client, malloc_trim, on_this_machine, trim_memory_plugin
 from .config import RunConfig
 from .exceptions import (
@@ -177,6 +178,7 @@ def _open_input(image, *, bands, nodata, tile_size, mosaic_options=None):
     if nodata is not None:
         import rioxarray  # noqa: F401
 
+        check_nodata(nodata, np.dtype(arr.dtype), "the array")
         arr = arr.rio.write_nodata(nodata, encoded=False)
     arr.attrs.setdefault("alpha_band", None)
     arr.attrs.setdefault("source_bands", list(range(1, arr.sizes["band"] + 1)))
@@ -370,7 +372,7 @@ def inspect_mosaic(
         the target ``grid`` (CRS, resolution, bounds, size in pixels, bands,
         dtype, nodata, resampling), ``blocks`` at ``tile_size``/``padding``
         (with ``reading_nothing``: those whose padded window touches no
-        source, which a run finds all nodata and never segments),
+        source, so reads only nodata),
         and ``output_bytes``: what a run writes, by product, with ``total``
         and ``least``, as the run's own disk-space check estimates it
         (:func:`remote_samsing._outdir.estimate_bytes`; ``vectors`` as the
@@ -498,11 +500,11 @@ def _differences(prev: dict, payload: dict) -> list[str]:
 
 #: What a run writes at OUTDIR's top level: a folder holding only these is a run's, even before its
 #: run.json exists, and ``--overwrite`` may remove it.
-_RUN_ENTRIES = frozenset({"run.json", "staging", "labels.zarr", "labels.tif", "merge_faces.json", "segments.parquet",
-                          TILE_INDEX})
 #: Where the solve writes the per-face statistics: they take the final name once the seam visibility is
 #: in them, so that an interrupted run leaves no merge_faces.json of a merge that did not finish.
 _FACES_PARTIAL = "merge_faces.json.partial"
+_RUN_ENTRIES = frozenset({"run.json", "staging", "labels.zarr", "labels.tif", "merge_faces.json", _FACES_PARTIAL,
+                          "segments.parquet", TILE_INDEX})
 
 
 def _foreign_entries(names: set) -> list[str]:
@@ -654,6 +656,8 @@ def run(
     t_start = time.perf_counter()
     # -- 1. validate everything cheap, before any cluster or model starts
     _check_outdir_is_folder(location(outdir))
+    _merge_config(cfg.merge, cfg.merge_params, stored=True)  # before any header read or model load
+    _check_outdir_writable(_outdir_location(outdir))
     job = _open_job(image, _outdir_location(outdir), cfg, log if log is not None else _default_log())
     if _up_to_date(job):  # the same job, finished: nothing to do (Make/Snakemake-style reruns)
         # no line here: the caller says it once, from the record (the CLI: "up to date: ...")
@@ -674,13 +678,22 @@ def run(
 
 
 def _warn_if_nothing_found(job: _Job, blocks, n_labels: int) -> None:
-    """Warn of a run that found no segment where it read pixels: labels.tif all 0 looks like a finished run,
-    and is most often a segmenter with the wrong weights or thresholds."""
-    read = sum(1 for s in blocks if s and not s.get("skipped") and not s.get("failed"))
-    if n_labels == 0 and read:
-        warnings.warn(f"the segmenter found no segment in any of the {counted(read, 'blocks')} it read: every "
-                      f"label is 0 (segmenter {job.cfg.segmenter}; check its checkpoint and parameters, e.g. "
-                      "SAM2's pred_iou_thresh and stability_score_thresh)", RemoteSamsingWarning, stacklevel=3)
+    """Warn of a run whose labels are all 0 where it read pixels: labels.tif all 0 looks like a finished run.
+    Either the segmenter found nothing (most often wrong weights or thresholds), or the merge removed all
+    it found (every segment smaller than ``min_mask_area``)."""
+    read = [s for s in blocks if s and not s.get("skipped") and not s.get("failed")]
+    if n_labels or not read:
+        return
+    found = sum(int(s.get("n_labels", 0)) for s in read)
+    if found:
+        said = (f"the merge removed every segment the segmenter found ({found} in {counted(len(read), 'blocks')}): "
+                f"all were smaller than min_mask_area ({job.mcfg.min_mask_area} px; lower it, or pass --merge-param "
+                "remove_small=false)")
+    else:
+        said = (f"the segmenter found no segment in any of the {counted(len(read), 'blocks')} it read: every label "
+                f"is 0 (segmenter {job.cfg.segmenter}; check its checkpoint and parameters, e.g. SAM2's "
+                "pred_iou_thresh and stability_score_thresh)")
+    warnings.warn(said, RemoteSamsingWarning, stacklevel=3)
 
 
 def _run_steps(job: _Job, c, workers: dict) -> dict:
@@ -817,10 +830,7 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
     payload = _fingerprint_payload(cfg, identity, plan, ckpt_hash)
     fingerprint = _fingerprint(payload)
     space = {}
-    if is_remote(outdir):
-        _check_writable(outdir)
-    else:  # before --overwrite removes anything: what OUTDIR holds counts as room
-        check_local_writable(outdir)
+    if not is_remote(outdir):  # before --overwrite removes anything: what OUTDIR holds counts as room
         space = estimate_bytes(plan, vectors=cfg.vectors)
         check_room(outdir, space)
     prev = _prepare_outdir(outdir, payload, cfg.overwrite, identity=identity)
@@ -913,13 +923,14 @@ def _check_outdir_is_folder(outdir) -> None:
     never written to or removed."""
     try:
         is_file = outdir.is_file()  # on a store: an object at OUTDIR's own key (one request)
+        exists = is_file or outdir.exists()
     except Exception:  # noqa: BLE001 - a store this installation cannot reach: _check_writable says why
-        is_file = False
+        is_file = exists = False
     usage = "the last argument is the output folder: `remote-samsing segment INPUT [INPUT ...] OUTDIR`"
     if is_file:
         raise OutputExistsError(f"OUTDIR `{outdir}` is an existing file, not a folder", hint=usage)
     # a raster's name as OUTDIR: the output folder forgotten (the last input taken for it, perhaps mistyped)
-    if str(outdir).lower().rstrip("/").endswith(RASTER_SUFFIXES) and not outdir.exists():
+    if str(outdir).lower().rstrip("/").endswith(RASTER_SUFFIXES) and not exists:
         raise ConfigError(f"OUTDIR `{outdir}` is named as a raster, not as a folder",
                           hint=f"{usage}; to write into a folder of that name, create it first")
 
@@ -934,6 +945,14 @@ def _check_inputs_outside(mosaic, outdir) -> None:
         if "://" not in path and os.path.join(os.path.abspath(path), "").startswith(inside):
             raise ConfigError(f"input `{path}` lies in OUTDIR `{outdir}`",
                               hint="write the run's outputs to a folder that holds none of its inputs")
+
+
+def _check_outdir_writable(outdir) -> None:
+    """OUTDIR can be written, said before any input is read or model loaded (a probe made and removed)."""
+    if is_remote(outdir):
+        _check_writable(outdir)
+    else:
+        check_local_writable(outdir)
 
 
 def _check_writable(outdir) -> None:
@@ -982,8 +1001,8 @@ def _products_present(job: _Job) -> bool:
 def _start_record(job: _Job, workers: dict) -> None:
     """Step 2: the staging store, the merge's spill folder, and run.json with ``"complete": false``.
 
-    Besides the parameters as given, run.json holds the merge's settings as resolved (every default
-    included) and the cluster the run had, which the results depend on as much."""
+    Besides the parameters as given, run.json holds the merge's settings with every default filled in
+    and the cluster the run had, which the results depend on as much."""
     job.outdir.mkdir(parents=True, exist_ok=True)
     create_store(job.staging, job.plan)
     # the merge's spill folder: block summaries are written there as blocks are staged
@@ -1167,6 +1186,8 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     plan, outdir = job.plan, job.outdir
     t0 = time.perf_counter()
     job.log("merging seams and writing labels.zarr")
+    # an earlier merge's faces go first: a merge stopped now leaves none that looks like this one's
+    (outdir / "merge_faces.json").unlink(missing_ok=True)
     template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), job.arr)
     # the store is created by a task beside the merge's global steps; each final block also gives its
     # seams' line counts, measured while it is in memory; they come back with the relabel's results

@@ -455,7 +455,8 @@ def _is_stac_name(location: str) -> bool:
 def _has_subfolders(folder: str) -> bool:
     """Whether ``folder`` (local, or a prefix on a store) holds a folder, which ``--recursive`` would read."""
     if not is_url(folder):
-        return any(entry.is_dir() for entry in os.scandir(folder))
+        with os.scandir(folder) as entries:
+            return any(entry.is_dir() for entry in entries)
     try:
         fs, root = _fs(folder)
         return any(info.get("type") == "directory" for info in fs.ls(root, detail=True))
@@ -725,7 +726,7 @@ def _check_coverage(grid: Grid, sources: Sequence[Source]) -> None:
     warnings.warn(f"the sources cover {100 * share:.2g} % of the {grid.shape[1]} x {grid.shape[0]} px target grid: "
                   f"`{sources[a].location}` and `{sources[b].location}` lie far apart (segment them separately, or "
                   "check their CRSs: a source with a wrong CRS lands far from the others)", RemoteSamsingWarning,
-                  stacklevel=4)
+                  stacklevel=3)
 
 
 def _farthest_apart(windows) -> tuple[int, int]:
@@ -848,8 +849,21 @@ def _index_metadata(path: str) -> dict:
         return pyogrio.read_info(path).get("layer_metadata") or {}
     import pyarrow.parquet as pq
 
-    meta = (pq.read_schema(path).metadata or {}).get(b"gdal:metadata")
+    with _opened(path) as f:
+        meta = (pq.read_schema(f).metadata or {}).get(b"gdal:metadata")
     return json.loads(meta).get("", {}) if meta else {}
+
+
+@contextmanager
+def _opened(path: str):
+    """``path`` as pyarrow reads it: a local path, or a file object from fsspec for a URL, so that a store
+    is reached as everywhere else (its standard variables), not through pyarrow's own clients."""
+    if not is_url(path):
+        yield path
+        return
+    fs, inner = _fs(path)
+    with fs.open(inner, "rb") as f:
+        yield f
 
 
 def _index_table(path: str, columns: list[str]):
@@ -858,7 +872,8 @@ def _index_table(path: str, columns: list[str]):
     if path.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        return pq.read_table(path, columns=columns).to_pandas()
+        with _opened(path) as f:
+            return pq.read_table(f, columns=columns).to_pandas()
     import pyogrio
 
     return pyogrio.read_dataframe(path, columns=columns, read_geometry=False)

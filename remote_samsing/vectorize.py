@@ -443,15 +443,15 @@ def _attribute_frame(attributes):
     return df
 
 
-def _driver_for(out: Path, driver: str | None) -> str:
+def _driver_for(out: Path, driver: str | None, *, hint: str = "or pass driver=") -> str:
+    """The vector driver ``driver`` names, else the one ``out``'s suffix tells; ``hint`` ends the error's
+    hint (the command line has no ``driver=``)."""
     if driver is not None:
         return driver
     d = VECTOR_DRIVERS.get(out.suffix.lower())
     if d is None:
-        raise ConfigError(
-            f"cannot infer a vector format from `{out.name}`",
-            hint=f"use one of {', '.join(sorted(VECTOR_DRIVERS))} or pass driver=",
-        )
+        raise ConfigError(f"cannot infer a vector format from `{out.name}`",
+                          hint=f"end it in one of {', '.join(sorted(VECTOR_DRIVERS))}" + (f" {hint}" if hint else ""))
     return d
 
 
@@ -747,10 +747,7 @@ def vectorize_labels(
 
     check_bool("overwrite", overwrite)
     out = location(out_path)
-    # checked here, before the labels are read; the hints speak the command line's words
-    if driver is None and out.suffix.lower() not in VECTOR_DRIVERS:
-        raise ConfigError(f"cannot infer a vector format from `{out.name}`",
-                          hint=f"end OUT in one of {', '.join(sorted(VECTOR_DRIVERS))}")
+    _driver_for(out, driver, hint="")  # before the labels are read; the command line has no driver=
     if out.exists() and not overwrite:
         raise OutputExistsError(f"`{out}` already exists", hint="pass --overwrite")
     if isinstance(attributes, (str, os.PathLike)):

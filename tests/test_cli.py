@@ -189,7 +189,7 @@ def test_inspect_prints_what_a_run_would_see(tiles, data_dir):
     # the disk-space check's own estimate, in its own words
     est = estimate_bytes(TilingPlan(shape=(400, 400), tile_size=128, padding=16), vectors=True)
     assert facts["output"].startswith(f"about {format_size(est['total'])} at the peak (staging "
-                                      f"{format_size(est['staging'])}, merge working files {format_size(est['merge'])}, ")
+                                      f"{format_size(est['staging'])}, merge working files up to {format_size(est['merge'])}, ")
     assert facts["output"].endswith(f"; at least {format_size(est['least'])}, with labels that compress very well")
 
 

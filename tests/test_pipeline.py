@@ -335,6 +335,18 @@ def test_a_run_that_finds_no_segment_says_so(tmp_path, data_dir, client):
     assert rec["complete"] and rec["n_segments"] == 0
 
 
+def test_a_run_whose_merge_removes_every_segment_says_so(tmp_path, write_geotiff, client):
+    from remote_samsing.exceptions import RemoteSamsingWarning
+
+    grey = blob_image((128, 128), n=30, max_size=6, seed=5)  # blobs of at most 6 px a side: < 100 px each
+    scene = write_geotiff(np.stack([grey] * 3))
+    cfg = RunConfig(segmenter="threshold", tile_size=64, padding=8, vectors=False, progress=False)
+    with pytest.warns(RemoteSamsingWarning, match=r"the merge removed every segment the segmenter found \(\d+ in 4 "
+                                                  r"blocks\): all were smaller than min_mask_area \(100 px;"):
+        rec = run(scene, tmp_path / "out", config=cfg, client=client)
+    assert rec["n_segments"] == 0 and sum(b["n_labels"] for b in rec["blocks"]) > 0
+
+
 def test_run_records_seam_visibility_in_run_json_and_per_face(tmp_path, data_dir, client, monkeypatch):
     """Seam-visibility diagnostics: run.json's total and each edge face's value in merge_faces.json
     equal seam_visibility on the labels read back. Until they are in it, the file has a partial name: a

@@ -100,12 +100,13 @@ def _stopped_after(cmd: list[str], out: Path, hold: int, stop) -> subprocess.Pop
 
 
 # Ctrl-C on a terminal: SIGINT to the whole foreground process group, worker processes included;
-# SIGTERM from `timeout`, Kubernetes or a batch system: to the command's process
+# SIGTERM from Kubernetes: to the command's process; from `timeout` or `scancel`: to its whole group
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("stop, status, said", [
     (lambda pid: os.killpg(pid, signal.SIGINT), 130, "interrupted; rerun the same command to resume"),
     (lambda pid: os.kill(pid, signal.SIGTERM), 143, "terminated (SIGTERM); rerun the same command to resume"),
-], ids=["ctrl-c", "sigterm"])
+    (lambda pid: os.killpg(pid, signal.SIGTERM), 143, "terminated (SIGTERM); rerun the same command to resume"),
+], ids=["ctrl-c", "sigterm", "sigterm-to-the-group"])
 def test_a_stop_is_one_line_and_the_rerun_says_how_many_blocks_are_staged(tmp_path, data_dir, stop, status, said):
     out, calls = tmp_path / "out", tmp_path / "calls"
     cmd = _segment_cmd(data_dir / "neon_osbs.tif", out, "--segmenter-param", f"log_dir={calls}")
