@@ -657,8 +657,9 @@ def run(
     # -- 1. validate everything cheap, before any cluster or model starts
     _check_outdir_is_folder(location(outdir))
     _merge_config(cfg.merge, cfg.merge_params, stored=True)  # before any header read or model load
-    _check_outdir_writable(_outdir_location(outdir))
-    job = _open_job(image, _outdir_location(outdir), cfg, log if log is not None else _default_log())
+    outdir = _outdir_location(outdir)
+    _check_outdir_writable(outdir)
+    job = _open_job(image, outdir, cfg, log if log is not None else _default_log())
     if _up_to_date(job):  # the same job, finished: nothing to do (Make/Snakemake-style reruns)
         # no line here: the caller says it once, from the record (the CLI: "up to date: ...")
         return {**job.prev, "blocks_segmented_this_run": 0, "up_to_date": True}
