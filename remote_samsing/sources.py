@@ -311,8 +311,19 @@ def _list_folder(folder: str, *, recursive: bool) -> list[str]:
         fs, root = _fs(folder)
         names = fs.find(root) if recursive else fs.ls(root, detail=False)
         return sorted(u for u in (fs.unstrip_protocol(n) for n in names) if _keeps(u))
-    pattern = os.path.join(folder, "**", "*") if recursive else os.path.join(folder, "*")
-    return sorted(p for p in _glob.glob(pattern, recursive=recursive) if os.path.isfile(p) and _keeps(p))
+    if not recursive:
+        return sorted(p for p in _glob.glob(os.path.join(folder, "*")) if os.path.isfile(p) and _keeps(p))
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        # as a glob: no hidden names; and no run's OUTDIR, whose labels.tif and tile index are products
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _is_run_folder(os.path.join(root, d))]
+        found += [p for p in (os.path.join(root, f) for f in files if not f.startswith(".")) if _keeps(p)]
+    return sorted(found)
+
+
+def _is_run_folder(folder: str) -> bool:
+    """A folder a run wrote (its run.json and staging), whose rasters are that run's products."""
+    return os.path.isfile(os.path.join(folder, "run.json")) and os.path.isdir(os.path.join(folder, "staging"))
 
 
 def _match_glob(pattern: str) -> list[str]:

@@ -140,6 +140,13 @@ def test_a_folder_lists_rasters_only_and_descends_when_recursive(tmp_path, tiles
     shutil.move(tiles[-1], sub / tiles[-1].name)
     assert len(resolve_mosaic(folder).sources) == len(tiles) - 1
     _assert_same_mosaic(open_mosaic(folder, recursive=True), scene)
+    # another run's OUTDIR in it: its labels.tif is a product, never a source (also for inspect)
+    run_dir = folder / "earlier-run"
+    (run_dir / "staging").mkdir(parents=True)
+    (run_dir / "run.json").write_text("{}")
+    shutil.copy(tiles[0], run_dir / "labels.tif")
+    assert len(resolve_mosaic(folder, recursive=True).sources) == len(tiles)
+    assert rs.inspect_mosaic(folder, recursive=True, tile_size=128, padding=16)["sources"] == len(tiles)
 
 
 def test_a_file_name_with_glob_characters_is_read_as_that_file(tmp_path, tiles, scene):
