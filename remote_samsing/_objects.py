@@ -14,10 +14,10 @@ request (``python -m benchmarks.bench_store_requests``).
 Each client is configured from the variables and files its fsspec library
 reads, so one set of settings serves both:
 
-* S3, from one boto3 session, so that every way a user gives AWS
-  credentials (environment, shared files and profiles, SSO, container and
-  instance roles) reaches obstore as it reaches s3fs: the credentials
-  through obstore's ``Boto3CredentialProvider``, the endpoint
+* S3: a boto3 session finds the credentials (environment, shared files
+  and profiles, SSO, container and instance roles), which obstore takes
+  through its ``Boto3CredentialProvider``, so that any credentials s3fs
+  reaches, obstore reaches too; the same session gives the endpoint
   (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3`` or a profile's) and the
   region (``AWS_REGION`` where boto3 has none). On AWS itself the bucket's
   own region is asked once, since obstore follows no redirect to it.

@@ -656,10 +656,10 @@ def run(
     t_start = time.perf_counter()
     # -- 1. validate everything cheap, before any cluster or model starts
     _check_outdir_is_folder(location(outdir))
-    _merge_config(cfg.merge, cfg.merge_params, stored=True)  # before any header read or model load
+    mcfg = _merge_config(cfg.merge, cfg.merge_params, stored=True)  # before any header read or model load
     outdir = _outdir_location(outdir)
     _check_outdir_writable(outdir)
-    job = _open_job(image, outdir, cfg, log if log is not None else _default_log())
+    job = _open_job(image, outdir, cfg, log if log is not None else _default_log(), mcfg=mcfg)
     if _up_to_date(job):  # the same job, finished: nothing to do (Make/Snakemake-style reruns)
         # no line here: the caller says it once, from the record (the CLI: "up to date: ...")
         return {**job.prev, "blocks_segmented_this_run": 0, "up_to_date": True}
@@ -810,7 +810,7 @@ def _record_error(job: _Job, error: Exception) -> None:
         job.write_record()
 
 
-def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
+def _open_job(image, outdir: Path, cfg: RunConfig, log, *, mcfg) -> _Job:
     """Step 1: open and check the input and every parameter; decide fresh / resume / refuse."""
     options = {k: getattr(cfg, k) for k in _MOSAIC_OPTIONS}
     arr, mosaic = _open_input(image, bands=cfg.bands, nodata=cfg.nodata, tile_size=cfg.tile_size,
@@ -822,7 +822,6 @@ def _open_job(image, outdir: Path, cfg: RunConfig, log) -> _Job:
         warnings.warn(f"input `{name}` has no CRS: labels.tif and the polygons are in pixel coordinates "
                       "(x = column, y = row) with no CRS", NoCRSWarning, stacklevel=3)
     seg = resolve_segmenter(cfg.segmenter, _segmenter_params(cfg))
-    mcfg = _merge_config(cfg.merge, cfg.merge_params, stored=True)
     plan = TilingPlan(shape=tuple(arr.shape[1:]), tile_size=cfg.tile_size, padding=cfg.padding)
     # the file the segmenter found (parameter, environment or models directory), not only a given one
     ckpt = getattr(seg, "checkpoint", None)
@@ -1187,7 +1186,7 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
     plan, outdir = job.plan, job.outdir
     t0 = time.perf_counter()
     job.log("merging seams and writing labels.zarr")
-    # an earlier merge's faces go first: a merge stopped now leaves none that looks like this one's
+    # an earlier merge's faces go first: a merge stopped from here on leaves none that looks like this one's
     (outdir / "merge_faces.json").unlink(missing_ok=True)
     template = _wrap_labels(da.zeros(plan.shape, dtype=np.uint32, chunks=plan.chunks), job.arr)
     # the store is created by a task beside the merge's global steps; each final block also gives its

@@ -699,9 +699,10 @@ def target_grid(sources: Sequence[Source], *, crs=None, resolution=None, resampl
     grid = Grid(crs=tcrs, transform=(res[0], 0.0, left, 0.0, -res[1], top), shape=shape, count=sources[0].count,
                 dtype=sources[0].dtype, nodata=None, resampling=check_resampling(resampling),
                 colorinterp=sources[0].colorinterp)
-    _check_coverage(grid, sources)
+    covered = _covered(grid, sources)  # the coverage warning and the gap rule of the nodata both read it
+    _check_coverage(grid, sources, covered)
     _warn_subpixel(sources, boxes, res)
-    return _with_nodata(grid, sources, nodata)
+    return _with_nodata(grid, sources, nodata, covered=covered)
 
 
 def _check_size(shape: tuple, res: tuple, crs: str, *, asked: bool) -> None:
@@ -726,11 +727,11 @@ def _covered(grid: Grid, sources: Sequence[Source]) -> float:
     return shapely.union_all(boxes).area
 
 
-def _check_coverage(grid: Grid, sources: Sequence[Source]) -> None:
+def _check_coverage(grid: Grid, sources: Sequence[Source], covered: float) -> None:
     """Warn of sources that cover less than 1 % of their grid, naming the two farthest apart: most of such
     a grid is nodata, often because a source has a wrong CRS. Only a warning: a corridor of tiles along a
     river or a road is sparse by nature, and blocks reading no source are never segmented."""
-    share = _covered(grid, sources) / (grid.shape[0] * grid.shape[1])
+    share = covered / (grid.shape[0] * grid.shape[1])
     if share >= 0.01:
         return
     a, b = _farthest_apart([grid.window_of(s) for s in sources])
@@ -765,20 +766,17 @@ def _warn_subpixel(sources: Sequence[Source], boxes, res: tuple) -> None:
                       stacklevel=3)
 
 
-def _with_nodata(grid: Grid, sources: Sequence[Source], nodata: float | None) -> Grid:
+def _with_nodata(grid: Grid, sources: Sequence[Source], nodata: float | None, *, covered: float) -> Grid:
     """The grid with its nodata: the value given, else the one most sources declare, else 0 where the
-    footprints leave gaps (nothing else marks a gap), else none."""
+    footprints (``covered`` pixels of the grid) leave gaps (nothing else marks a gap), else none."""
     if nodata is None:
         declared = [s.nodata for s in sources if s.nodata is not None]
         if declared:
             nodata = Counter(declared).most_common(1)[0][0]
-        elif _has_gaps(grid, sources) or any(not _same_crs(s.crs, grid.crs) for s in sources):
+        elif covered < grid.shape[0] * grid.shape[1] - 0.5 or any(not _same_crs(s.crs, grid.crs) for s in sources):
             nodata = 0.0  # a warped footprint's edges leave gaps too
     return replace(grid, nodata=nodata)
 
-
-def _has_gaps(grid: Grid, sources: Sequence[Source]) -> bool:
-    return _covered(grid, sources) < grid.shape[0] * grid.shape[1] - 0.5
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,12 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture
+def scene(data_dir) -> Path:
+    """The scene the mosaic tests cut into tiles (a module may define its own)."""
+    return data_dir / "neon_osbs.tif"
+
+
 @pytest.fixture(autouse=True)
 def _no_user_checkpoint(tmp_path_factory, monkeypatch):
     """SAM2 finds no checkpoint of the machine's user: an empty models directory, no environment

@@ -70,13 +70,6 @@ def test_build_graph_turns_merge_params_into_the_config_or_one_error():
     assert graph.diagnostics is not None
 
 
-@pytest.fixture
-def scene(tmp_path, data_dir):
-    from remote_samsing.testing import cut_tiles
-
-    return cut_tiles(data_dir / "neon_osbs.tif", tmp_path / "tiles", rows=1, cols=2)[0]
-
-
 @pytest.mark.parametrize("param, says, hint_has", [
     ("bogus=1", "unknown merge parameter(s): bogus", "min_iou"),
     ("min_iou=abc", "`min_iou` must be a number, got 'abc'", None),

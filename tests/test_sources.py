@@ -20,11 +20,6 @@ SEG = dict(segmenter="felzenszwalb", tile_size=128, padding=16, segmenter_params
 
 
 @pytest.fixture
-def scene(data_dir):
-    return data_dir / "neon_osbs.tif"
-
-
-@pytest.fixture
 def tiles(tmp_path, scene):
     """The scene cut into 2 rows of 3 GeoTIFFs (rows of 200 px, columns of 133-134)."""
     return cut_tiles(scene, tmp_path / "tiles", rows=2, cols=3)

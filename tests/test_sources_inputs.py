@@ -23,11 +23,6 @@ from remote_samsing.testing import cut_tiles
 
 
 @pytest.fixture
-def scene(data_dir):
-    return data_dir / "neon_osbs.tif"
-
-
-@pytest.fixture
 def tiles(tmp_path, scene):
     """The scene cut into 2 rows of 2 GeoTIFFs."""
     return cut_tiles(scene, tmp_path / "tiles", rows=2, cols=2)
