@@ -378,7 +378,15 @@ def _is_pattern(item: str) -> bool:
     return is_url(item) or not os.path.exists(os.path.expanduser(item))
 
 
-def _from_list(list_file: str, *, recursive: bool, asset: str | None, depth: int = 0) -> list[str]:
+@dataclass
+class _Asset:
+    """The STAC asset asked for (None: the default choice), and whether any input was a STAC document."""
+
+    name: str | None
+    read_stac: bool = False
+
+
+def _from_list(list_file: str, *, recursive: bool, asset: _Asset, depth: int = 0) -> list[str]:
     """The inputs named in an ``@FILE`` list, one per line (blank lines and ``#`` comments skipped); an
     ``@FILE`` line is a list in turn.
 
@@ -409,7 +417,7 @@ def _from_list(list_file: str, *, recursive: bool, asset: str | None, depth: int
     return out
 
 
-def _nested_list(list_file: str, number: int, text: str, *, recursive: bool, asset: str | None,
+def _nested_list(list_file: str, number: int, text: str, *, recursive: bool, asset: _Asset,
                  depth: int) -> list[str]:
     """The inputs of the list that line ``number`` of ``list_file`` names (``@other.txt``)."""
     if depth + 1 >= _LIST_DEPTH:
@@ -418,7 +426,7 @@ def _nested_list(list_file: str, number: int, text: str, *, recursive: bool, ass
     return _from_list(join_location(list_file, text[1:]), recursive=recursive, asset=asset, depth=depth + 1)
 
 
-def _expand_one(item: str, *, recursive: bool, asset: str | None, nested: bool = False,
+def _expand_one(item: str, *, recursive: bool, asset: _Asset, nested: bool = False,
                 literal: bool = False) -> list[str]:
     """One INPUT as the locations of its rasters (or its one Zarr mosaic); ``literal``: a name a
     listing returned, never a pattern."""
@@ -445,7 +453,8 @@ def _expand_one(item: str, *, recursive: bool, asset: str | None, nested: bool =
     if _is_stac_name(location):
         from .stac import asset_hrefs
 
-        return _check_named(asset_hrefs(location, _read_text(location), asset=asset), by=location)
+        asset.read_stac = True
+        return _check_named(asset_hrefs(location, _read_text(location), asset=asset.name), by=location)
     if _is_folder(location):
         found = _list_folder(location, recursive=recursive)
         if not found:
@@ -513,7 +522,11 @@ def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None, 
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
         raise InputNotFoundError("no input given", hint="name a raster, a folder, a glob, an @list or a STAC file")
-    found = [loc for item in items for loc in _expand_one(os.fspath(item), recursive=recursive, asset=asset)]
+    picked = _Asset(asset)
+    found = [loc for item in items for loc in _expand_one(os.fspath(item), recursive=recursive, asset=picked)]
+    if asset is not None and not picked.read_stac:  # an --asset that picks nothing: said, never ignored
+        raise ConfigError(f"--asset {asset} picks an asset of STAC Items, but no input is a STAC Item or "
+                          "ItemCollection", hint="drop --asset, or name the STAC JSON file")
     found = [r for loc in found for r in (_index_rasters(loc) if _is_tile_index(loc) and not _gdal_reads_index(loc)
                                           else [loc])]
     if exclude is not None:  # a run's own OUTDIR inside an input folder: its products are no sources

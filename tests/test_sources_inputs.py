@@ -290,6 +290,19 @@ def test_a_missing_raster_names_the_stac_item_or_index_naming_it(tmp_path, tiles
             resolve_mosaic(given)
 
 
+def test_an_asset_with_no_stac_input_is_one_error_not_ignored(tmp_path, tiles):
+    """``--asset`` picks from STAC documents only: with none among the inputs (also in a list) it is refused,
+    before any header is read, so a user who meant a STAC file learns it was not one."""
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(t) for t in tiles))
+    for given in ([str(t) for t in tiles], f"@{listing}", str(tiles[0].parent)):
+        with pytest.raises(ConfigError, match="--asset visual picks an asset of STAC Items, but no input is a STAC"):
+            resolve_mosaic(given, asset="visual")
+    result = CliRunner().invoke(cli, ["inspect", str(tiles[0]), "--asset", "visual"])
+    _one_error(result, "no input is a STAC Item or ItemCollection")
+    assert "drop --asset" in result.output
+
+
 def test_an_unknown_crs_is_one_error_and_no_proj_line(data_dir):
     import subprocess
     import sys
