@@ -449,6 +449,7 @@ def run_in_phases(
     progress: bool = False,
     batch: int | str = "auto",
     workers: Mapping[str, Any] | None = None,
+    label: str | None = None,
 ) -> tuple[list[list], dict[str, float]]:
     """Phases in order, each ``[func(item) for item in items]`` on the cluster.
 
@@ -479,6 +480,10 @@ def run_in_phases(
         asked of the scheduler. A waiting phase's tasks are spread over them,
         since the scheduler would otherwise run every task depending on one
         result on the worker holding it. A stale list costs speed, never a result.
+    label : str, optional
+        Chained phases show one progress bar of this name over all their
+        steps (they run at once, so a bar each would only list them);
+        default, a bar per phase, as phases run in waves always show.
 
     Returns
     -------
@@ -509,7 +514,7 @@ def run_in_phases(
     sizes = [_batch_size(batch, len(st.items), threads) if st.items else 1 for st in steps]
     if max((-(-len(st.items) // size) for st, size in zip(steps, sizes)), default=0) > width:
         return _phases_in_waves(client, steps, width=width, progress=progress, batch=batch, threads=threads)
-    return _chained_phases(client, steps, sizes, slots=slots, progress=progress)
+    return _chained_phases(client, steps, sizes, slots=slots, progress=progress, label=label)
 
 
 def _parse_phases(phases: Sequence[tuple]) -> list[_Phase]:
@@ -540,11 +545,12 @@ def _phases_in_waves(client, steps: list[_Phase], *, width, progress, batch, thr
     return out, seconds
 
 
-def _chained_phases(client, steps: list[_Phase], sizes: list[int], *, slots, progress) -> tuple[list, dict]:
+def _chained_phases(client, steps: list[_Phase], sizes: list[int], *, slots, progress, label=None
+                    ) -> tuple[list, dict]:
     """Every phase submitted at once, each task depending on the tasks it waits for."""
     t0 = time.perf_counter()
     submitted = _submit_chained(client, steps, sizes, slots)
-    ended, values = _await_chained(client, steps, submitted, progress)
+    ended, values = _await_chained(client, steps, submitted, progress, label)
     out: list[list] = [[] for _ in steps]
     for k, futs, _ in submitted:
         out[k] = [r for f in futs for r in values[f.key]]
@@ -554,6 +560,14 @@ def _chained_phases(client, steps: list[_Phase], sizes: list[int], *, slots, pro
         ended.setdefault(step.name, start)  # a skipped phase ends when what it waited for did
         seconds[step.name] = ended[step.name] - start
     return out, seconds
+
+
+def _chained_bars(steps: list[_Phase], submitted: list, progress: bool, label: str | None) -> dict:
+    """The progress bar of each submitted phase: its own, or with ``label`` one for all (over all steps)."""
+    if label is None:
+        return {k: Progress(steps[k].name, sum(lens), enabled=progress) for k, _, lens in submitted}
+    one = Progress(label, sum(sum(lens) for _, _, lens in submitted), enabled=progress, unit="steps")
+    return {k: one for k, _, _ in submitted}
 
 
 def _submit_chained(client, steps: list[_Phase], sizes: list[int], slots: list[str]) -> list:
@@ -585,11 +599,12 @@ def _submit_chained(client, steps: list[_Phase], sizes: list[int], slots: list[s
     return submitted
 
 
-def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool) -> tuple[dict, dict]:
+def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool, label: str | None = None
+                   ) -> tuple[dict, dict]:
     """Results by task key, and when each phase's last task ended (as the client saw it)."""
     from distributed import as_completed
 
-    bars = {k: Progress(steps[k].name, sum(lens), enabled=progress) for k, _, lens in submitted}
+    bars = _chained_bars(steps, submitted, progress, label)
     left = {k: len(futs) for k, futs, _ in submitted}
     done = {k: 0 for k in left}
     phase_of = {f.key: (k, n) for k, futs, lens in submitted for f, n in zip(futs, lens)}
@@ -605,7 +620,7 @@ def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool)
             values[fut.key] = value
             k, n = phase_of[fut.key]
             done[k] += n
-            bars[k].update(done[k])
+            bars[k].update(sum(done.values()) if label else done[k])
             left[k] -= 1
             if not left[k]:
                 ended[steps[k].name] = time.perf_counter()

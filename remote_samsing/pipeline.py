@@ -1196,7 +1196,8 @@ def _merge_step(job: _Job, client, workers) -> tuple[xr.DataArray, dict, int, fl
                                                also=functools.partial(_seam_parts, plan.padding))
     # the merge's per-block phases are light: several blocks per task; small
     # enough, its phases follow each other on the scheduler (run_in_phases)
-    in_phases = functools.partial(run_in_phases, client, progress=job.cfg.progress, batch="auto", workers=workers)
+    in_phases = functools.partial(run_in_phases, client, progress=job.cfg.progress, batch="auto", workers=workers,
+                                  label="merge")
     # per-face statistics grow with the mosaic: the solve task writes them
     # to their own file; only their totals come back and go to run.json
     merge_stats = merge_stored(job.staging / "labels.zarr", plan=plan, config=job.mcfg,

@@ -5,6 +5,7 @@ Every test runs on the session's real two-worker cluster (``client`` in conftest
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,20 @@ def test_run_in_phases_chains_phases_on_the_scheduler(client, tmp_path):
     assert not (broken / "y-0").exists()
     with pytest.raises(ConfigError, match="'z'.*not phases before it"):
         run_in_phases(client, [phase("a", [0]), phase("b", [0], ("z",))])
+
+
+def test_chained_phases_show_one_bar_with_a_label(client, capsys):
+    """Chained phases run at once: with ``label`` they show one bar over all their steps (a log's start and
+    final line), without it one per phase."""
+    phases = [("p1", _inc, [1, 2, 3]), ("p2", _inc, [4, 5]), ("p3", _inc, [])]
+    results, _ = run_in_phases(client, phases, batch=1, progress=True, label="merge")
+    assert results == [[2, 3, 4], [5, 6], []]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "merge: started, 5 steps" and re.fullmatch(r"merge: 5/5 steps done in \d+\.\d s", lines[1])
+    assert len(lines) == 2
+    run_in_phases(client, phases, batch=1, progress=True)
+    shown = capsys.readouterr().err
+    assert "p1: 3/3 blocks done" in shown and "p2: 2/2 blocks done" in shown and "merge" not in shown
 
 
 def _inc(x):

@@ -238,7 +238,7 @@ def test_progress_in_a_log_file_is_a_start_and_a_final_line_per_stage(tmp_path, 
             stages.setdefault(name, []).append("start")
         elif " done in " in rest:
             stages.setdefault(name, []).append("end")
-    assert {"segment-stage", "merge-relabel", "polygonize", "dissolve"} <= set(stages)
+    assert {"segment-stage", "merge", "polygonize", "dissolve"} <= set(stages)
     assert all(events == ["start", "end"] for events in stages.values()), stages
 
 
