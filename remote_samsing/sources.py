@@ -703,10 +703,10 @@ def target_grid(sources: Sequence[Source], *, crs=None, resolution=None, resampl
     anchor = next((s for s in on_crs if _resolution_of(s) == res), None)
     ax, ay = (anchor.transform[2], anchor.transform[5]) if anchor else (min(b[0] for b in boxes),
                                                                         max(b[3] for b in boxes))
-    left = ax + math.floor((min(b[0] for b in boxes) - ax) / res[0] + 1e-6) * res[0]
-    right = ax + math.ceil((max(b[2] for b in boxes) - ax) / res[0] - 1e-6) * res[0]
-    top = ay - math.floor((ay - max(b[3] for b in boxes)) / res[1] + 1e-6) * res[1]
-    bottom = ay - math.ceil((ay - min(b[1] for b in boxes)) / res[1] - 1e-6) * res[1]
+    left = _on_edges(min(b[0] for b in boxes), ax, res[0], math.floor)
+    right = _on_edges(max(b[2] for b in boxes), ax, res[0], math.ceil)
+    top = _on_edges(max(b[3] for b in boxes), ay, -res[1], math.floor)
+    bottom = _on_edges(min(b[1] for b in boxes), ay, -res[1], math.ceil)
     shape = (round((top - bottom) / res[1]), round((right - left) / res[0]))
     _check_size(shape, res, tcrs, asked=resolution is not None)
     grid = Grid(crs=tcrs, transform=(res[0], 0.0, left, 0.0, -res[1], top), shape=shape, count=sources[0].count,
@@ -716,6 +716,15 @@ def target_grid(sources: Sequence[Source], *, crs=None, resolution=None, resampl
     _check_coverage(grid, sources, covered)
     _warn_subpixel(sources, boxes, res)
     return _with_nodata(grid, sources, nodata, covered=covered)
+
+
+def _on_edges(edge: float, anchor: float, step: float, outward) -> float:
+    """``edge`` on the pixel edges ``anchor + k * step``: kept as it is where it already lies on one (to
+    1e-6 px), else moved ``outward`` (``math.floor`` or ``math.ceil`` of ``k``). Kept exactly, not
+    recomputed from the anchor: a grid whose anchor changes (its first source removed) keeps the same
+    edges, bit for bit, so a rerun sees the same grid."""
+    k = (edge - anchor) / step
+    return edge if abs(k - round(k)) < 1e-6 else anchor + outward(k) * step
 
 
 def _check_size(shape: tuple, res: tuple, crs: str, *, asked: bool) -> None:
