@@ -619,7 +619,7 @@ class WindowReader:
 
             t = Affine(*self.transform)
             (ax, ay), (bx, by) = t * (x0, y0), t * (x1, y1)
-            text += (f" (x {min(ax, bx):.6g} to {max(ax, bx):.6g}, y {min(ay, by):.6g} to {max(ay, by):.6g}"
+            text += (f" (x {min(ax, bx):.10g} to {max(ax, bx):.10g}, y {min(ay, by):.10g} to {max(ay, by):.10g}"
                      + (f" in {self.crs})" if self.crs else ")"))
         return text
 
@@ -632,7 +632,7 @@ class WindowReader:
             cause = error_chain(exc)
         # raised outside the handler: no chained library exception to pickle back to the client
         err = WindowReadError(
-            f"cannot read `{self.path}` at {self.where(window)}"
+            f"cannot read {self._what_failed(window, cause)} at {self.where(window)}"
             + (f" (block {tuple(block)})" if block is not None else "") + f": {cause}",
             hint="the file may be truncated or damaged (an interrupted download?): check it (e.g. `gdalinfo "
                  "-checksum`), repair or fetch it again and rerun the same command to resume; or pass "
@@ -640,6 +640,26 @@ class WindowReader:
         )
         err.block, err.window = (tuple(block) if block is not None else None), tuple(window)
         raise err
+
+    def _what_failed(self, window: tuple[int, int, int, int], cause: str) -> str:
+        """The file a failed read of ``window`` names: for a tile index, the source GDAL's message names (else
+        the sources the window reads), since what is damaged is a source, not the index."""
+        if not self.tile_index:
+            return f"`{self.path}`"
+        try:
+            names = [name for name, _ in self._touched(window)]
+        except Exception:  # noqa: BLE001 - the index itself unreadable: it is what the message names
+            return f"`{self.path}`"
+        named = [n for n in names if os.path.basename(n) in cause] or names
+        shown = ", ".join(f"`{n}`" for n in named[:3]) + (f" (and {len(named) - 3} more)" if len(named) > 3 else "")
+        return shown if len(named) == 1 else f"one of {shown}"
+
+    def _touched(self, window: tuple[int, int, int, int]) -> list[tuple[str, tuple | None]]:
+        """The tile index's sources whose footprints ``window`` touches, with their header stamps (or None)."""
+        y0, y1, x0, x1 = (int(v) for v in window)
+        names, spans, stamps = _index_sources(self.path)
+        touched = (spans[:, 0] < y1) & (y0 < spans[:, 1]) & (spans[:, 2] < x1) & (x0 < spans[:, 3])
+        return [(str(names[i]), None if stamps is None else tuple(stamps[i])) for i in np.flatnonzero(touched)]
 
     def read(self, window: tuple[int, int, int, int]) -> np.ndarray:
         """Raw (band, y, x) values of ``window = (y0, y1, x0, x1)``."""
@@ -653,10 +673,8 @@ class WindowReader:
         from rasterio.windows import Window as RioWindow
 
         if self.tile_index:
-            names, spans, stamps = _index_sources(self.path)
-            touched = (spans[:, 0] < y1) & (y0 < spans[:, 1]) & (spans[:, 2] < x1) & (x0 < spans[:, 3])
-            for i in np.flatnonzero(touched):
-                _check_source(names[i], None if stamps is None else tuple(stamps[i]))
+            for name, stamp in self._touched(window):
+                _check_source(name, stamp)
         src = _gdal_dataset(self.path)
         return src.read(indexes=list(self.bands), window=RioWindow(x0, y0, x1 - x0, y1 - y0))
 

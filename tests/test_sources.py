@@ -587,6 +587,19 @@ def test_a_source_damaged_after_the_header_read_is_named(tmp_path, tiles):
         reader.checked_read((300, 400, 300, 400), np.zeros((3, 2)))
 
 
+def test_a_tile_damaged_past_its_header_is_named_not_the_index(tmp_path, tiles):
+    """A tile truncated past its header fails inside the GTI driver's read: the error names that tile by its
+    full path (the file to check or fetch again), not the tile index the window is read through."""
+    arr = open_mosaic(tiles[0].parent)
+    reader = rs.io.window_reader(arr)
+    data = tiles[-1].read_bytes()
+    tiles[-1].write_bytes(data[: len(data) // 2])
+    with pytest.raises(rs.exceptions.WindowReadError) as err:
+        reader.checked_read((300, 400, 300, 400), np.zeros((3, 2)), block=(2, 2))
+    assert str(err.value).startswith(f"cannot read `{tiles[-1]}` at rows 300:400, columns 300:400 (x ")
+    assert "(block (2, 2))" in str(err.value) and ".gti." not in str(err.value)
+
+
 def test_an_edited_tile_of_a_vrt_redoes_its_blocks(tmp_path, tiles, scene, client):
     vrt = _vrt(tmp_path / "m.vrt", tiles, scene)
     cfg = RunConfig(**SEG, progress=False, vectors=False)
