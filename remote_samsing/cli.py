@@ -289,7 +289,7 @@ def ingest_cmd(inputs, out, tile_size, bands, nodata, overwrite, recursive, asse
     arr = open_mosaic(list(inputs), bands=_int_list(bands, "bands"), nodata=nodata, chunks=tile_size,
                       **_mosaic_kwargs(recursive, asset, crs, resolution, resampling))
     to_zarr(arr, out, tile_size=tile_size, overwrite=overwrite, progress=True)
-    click.echo(f"wrote {out} ({arr.sizes['band']} band(s), {arr.sizes['y']}x{arr.sizes['x']})")
+    click.echo(f"wrote {out} ({arr.sizes['band']} band(s), {arr.sizes['x']} x {arr.sizes['y']} px)")
 
 
 @cli.command("inspect")
@@ -323,9 +323,9 @@ def _inspect_lines(facts: dict) -> list[str]:
         f"{'bounds':12s} {bounds} (left, bottom, right, top)",
         f"{'size':12s} {g['size'][1]} x {g['size'][0]} px (width x height), {g['size'][0] * g['size'][1] / 1e6:.3g} Mpx",
         f"{'bands':12s} {g['bands']} of {g['dtype']}, nodata {g['nodata']}",
-        f"{'blocks':12s} {b['count']} ({b['grid'][0]} x {b['grid'][1]}) at tile size {b['tile_size']}, padding "
-        f"{b['padding']}" + (f"; {b['reading_nothing']} of them touch no source (they read only nodata)"
-                             if b["reading_nothing"] else ""),
+        f"{'blocks':12s} {b['count']} ({b['grid'][1]} x {b['grid'][0]}, as the size) at tile size {b['tile_size']}, "
+        f"padding {b['padding']}" + (f"; {idle} of them {'reads' if idle == 1 else 'read'} no source (only nodata)"
+                                     if (idle := b["reading_nothing"]) else ""),
         f"{'output':12s} {describe_estimate(size)}",
     ]
 

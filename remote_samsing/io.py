@@ -939,8 +939,9 @@ def to_zarr(
 
     Parameters
     ----------
-    mosaic : DataArray or path
-        (band, y, x) mosaic, or a path for :func:`open_mosaic`.
+    mosaic : DataArray, or what :func:`open_mosaic` takes
+        (band, y, x) mosaic, or its input: a path or URL, a folder, a glob, an
+        ``@list``, or a list of them (read as :func:`open_mosaic` reads them).
     store : path or URL
         Output ``*.zarr`` directory, or a URL on an object store
         (``s3://bucket/mosaic.zarr``, through fsspec). A store has no atomic
@@ -957,7 +958,7 @@ def to_zarr(
     if is_url(os.fspath(store)):
         check_url(os.fspath(store))
         configure_remote_reads()
-    if isinstance(mosaic, (str, os.PathLike)):
+    if not isinstance(mosaic, xr.DataArray):
         mosaic = open_mosaic(mosaic, chunks=tile_size)
     arr = mosaic.chunk({"band": -1, "y": tile_size, "x": tile_size})
     # scale/offset/_FillValue attributes would make xarray decode to float on read

@@ -180,7 +180,7 @@ def test_inspect_prints_what_a_run_would_see(tiles, data_dir):
     facts = dict(line.split(None, 1) for line in r.output.replace("target grid", "target_grid").splitlines())
     assert facts["sources"] == "6" and facts["crs"] == "EPSG:32617" and facts["resolutions"] == "0.1 x 0.1"
     assert facts["size"].startswith("400 x 400 px") and facts["bands"] == "3 of uint8, nodata 255"
-    assert facts["blocks"] == "16 (4 x 4) at tile size 128, padding 16"  # every block reads a source
+    assert facts["blocks"] == "16 (4 x 4, as the size) at tile size 128, padding 16"  # every block reads a source
     assert facts["target_grid"] == "EPSG:32617, 0.1 x 0.1 per pixel, resampling bilinear"
     with rasterio.open(data_dir / "neon_osbs.tif") as src:  # the tiles' union is the scene
         left, bottom, right, top = src.bounds

@@ -41,6 +41,18 @@ def test_zarr_roundtrip_keeps_crs_transform_nodata(tmp_path, data_dir, name, eps
     assert zarr.open_array(str(z / "mosaic"), mode="r").chunks == (3, 100, 100)
 
 
+def test_to_zarr_takes_a_list_of_tiles_as_open_mosaic_does(tmp_path, data_dir):
+    """Python's ingest takes the forms the CLI's does: a list of tiles is one mosaic, equal to the file."""
+    from remote_samsing.testing import cut_tiles
+
+    tiles = cut_tiles(data_dir / "neon_osbs.tif", tmp_path / "tiles", rows=2, cols=2)
+    z = to_zarr([str(t) for t in tiles], tmp_path / "m.zarr", tile_size=128)
+    whole = open_mosaic(data_dir / "neon_osbs.tif")
+    back = open_mosaic(z)
+    assert back.rio.transform() == whole.rio.transform() and back.rio.crs == whole.rio.crs
+    np.testing.assert_array_equal(back.values, whole.values)
+
+
 def test_to_zarr_refuses_existing(tmp_path, data_dir):
     src = open_mosaic(data_dir / "neon_osbs.tif")
     to_zarr(src, tmp_path / "m.zarr", tile_size=128)
