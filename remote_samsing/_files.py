@@ -253,6 +253,21 @@ def _zarr_store(store, *, read_only: bool):
     return store_path(p)
 
 
+def consolidate_metadata(store: str) -> None:
+    """Consolidate a product store's metadata: ``xarray.open_zarr`` then opens it at once, without its
+    fallback warning. Zarr notes that consolidated metadata is not in the v3 specification yet; our own
+    readers do not need it."""
+    import warnings
+
+    import zarr
+    from zarr.errors import ZarrUserWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
+                                category=ZarrUserWarning)
+        zarr.consolidate_metadata(store)
+
+
 def open_zarr_array(store, *, mode: str, path: str | None = None):
     """The Zarr v3 array at ``store`` (a local path or a URL; ``path`` inside it), opened without
     probing for v2 metadata (requests on a store). On S3 and Azure its store holds the credentials:

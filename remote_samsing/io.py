@@ -33,8 +33,8 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
-from ._files import (REMOTE_SCHEMES, check_url, gcs_emulator, gdal_path, is_remote, is_url, list_names, location,
-                     replace_path, store_path, store_variables, temporary_name, open_zarr_array,
+from ._files import (REMOTE_SCHEMES, check_url, consolidate_metadata, gcs_emulator, gdal_path, is_remote, is_url,
+                     list_names, location, replace_path, store_path, store_variables, temporary_name, open_zarr_array,
                      open_zarr_cached, url_to_fs)
 from ._progress import compute_tracked
 from ._validate import check_int, check_nodata, check_number
@@ -1010,12 +1010,13 @@ _COMPLETE_ATTR = "remote_samsing_complete"
 
 
 def _write_mosaic_store(ds: xr.Dataset, target: str, *, progress: bool) -> None:
-    """Write ``ds`` into the Zarr store ``target``, then mark it complete."""
+    """Write ``ds`` into the Zarr store ``target``, then mark it complete and consolidate its metadata."""
     import zarr
 
     job = ds.to_zarr(target, zarr_format=3, mode="w", consolidated=False, compute=False)
     compute_tracked([job], label="zarr", enabled=progress)
     zarr.open_group(target, mode="r+", zarr_format=3).attrs[_COMPLETE_ATTR] = True
+    consolidate_metadata(target)  # after the mark, which it then holds: xr.open_zarr(OUT) opens it as it is
 
 
 def _to_zarr_url(ds: xr.Dataset, url: str, *, overwrite: bool, progress: bool) -> str:

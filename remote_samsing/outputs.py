@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._files import (gdal_path, is_remote, list_names, location, open_zarr_array, open_zarr_kept, remove_tree,
-                     replace_path, store_path, write_atomic, write_bytes)
+from ._files import (consolidate_metadata, gdal_path, is_remote, list_names, location, open_zarr_array, open_zarr_kept,
+                     remove_tree, replace_path, store_path, write_atomic, write_bytes)
 from .io import configure_remote_reads, quiet_georeferencing
 
 __all__ = ["to_cog", "plan_label_store", "LabelSink", "smallest_uint_dtype", "overview_factors"]
@@ -125,25 +125,10 @@ class LabelSink:
         """Move the store into place (call once every block was written); on a store it is in place."""
         out = location(self.out)
         _created_marker(self.store).unlink(missing_ok=True)
-        _consolidate(self.store)
+        consolidate_metadata(self.store)
         if is_remote(out):  # written in place
             return out
         return replace_path(self.store, out)
-
-
-def _consolidate(store: str) -> None:
-    """Consolidate the store's metadata: ``xarray.open_zarr`` then opens it at once, without its
-    fallback warning. Zarr notes that consolidated metadata is not in the v3 specification yet; our own
-    readers do not need it."""
-    import warnings
-
-    import zarr
-    from zarr.errors import ZarrUserWarning
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
-                                category=ZarrUserWarning)
-        zarr.consolidate_metadata(store)
 
 
 def plan_label_store(labels: xr.DataArray, path: str | os.PathLike, *, token: str | None = None,
