@@ -305,11 +305,25 @@ def _fs(url: str):
                          hint="install the store's extra: pip install \"remote-samsing[gcs]\" or \"[azure]\"") from None
 
 
+def _listed(url: str, listing):
+    """``listing(fs, path)`` on the store of ``url``; a store that cannot be listed (unreachable, no
+    credentials, no permission) is one error naming the URL and what reaches the store."""
+    fs, path = _fs(url)
+    try:
+        return fs, listing(fs, path)
+    except FileNotFoundError:
+        return fs, []  # nothing there: the caller says what matched nothing
+    except Exception as exc:  # noqa: BLE001 - fsspec's stores raise many types for one cause
+        from .io import error_chain
+
+        raise InputNotFoundError(f"cannot list `{url}`: {error_chain(exc)}",
+                                 hint=f"check the URL and what reaches its store: {store_variables(url)}") from None
+
+
 def _list_folder(folder: str, *, recursive: bool) -> list[str]:
     """The rasters of ``folder`` (local or on a store), sorted by name."""
     if is_url(folder):
-        fs, root = _fs(folder)
-        names = fs.find(root) if recursive else fs.ls(root, detail=False)
+        fs, names = _listed(folder, lambda fs, root: fs.find(root) if recursive else fs.ls(root, detail=False))
         return sorted(u for u in (fs.unstrip_protocol(n) for n in names) if _keeps(u))
     if not recursive:
         return sorted(p for p in _glob.glob(os.path.join(folder, "*")) if os.path.isfile(p) and _keeps(p))
@@ -328,8 +342,8 @@ def _is_run_folder(folder: str) -> bool:
 
 def _match_glob(pattern: str) -> list[str]:
     if is_url(pattern):
-        fs, path = _fs(pattern)
-        return sorted(fs.unstrip_protocol(p) for p in fs.glob(path))
+        fs, found = _listed(pattern, lambda fs, path: fs.glob(path))
+        return sorted(fs.unstrip_protocol(p) for p in found)
     return sorted(os.path.abspath(p) for p in _glob.glob(os.path.expanduser(pattern), recursive=True)
                   if os.path.isfile(p))
 

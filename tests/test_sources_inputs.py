@@ -303,6 +303,25 @@ def test_an_asset_with_no_stac_input_is_one_error_not_ignored(tmp_path, tiles):
     assert "drop --asset" in result.output
 
 
+def test_a_store_that_cannot_be_listed_is_one_error_for_globs_and_folders(monkeypatch):
+    """A glob or a folder on a store that refuses the listing (no permission, no credentials, unreachable)
+    is an InputNotFoundError naming the URL and what reaches the store, as a single URL is."""
+    import remote_samsing.sources as sources
+
+    class Refusing:
+        def glob(self, path, **kwargs):
+            raise PermissionError("Access Denied")
+
+        ls = find = glob
+
+    monkeypatch.setattr(sources, "_fs", lambda url: (Refusing(), url.split("://", 1)[1]))
+    for given in ("s3://bucket/tiles/*.tif", "s3://bucket/tiles/"):
+        with pytest.raises(InputNotFoundError, match=rf"cannot list `{re.escape(given)}`: PermissionError: Access "
+                                                     "Denied") as err:
+            resolve_mosaic(given)
+        assert "AWS_ACCESS_KEY_ID" in err.value.hint
+
+
 def test_an_unknown_crs_is_one_error_and_no_proj_line(data_dir):
     import subprocess
     import sys
