@@ -118,21 +118,39 @@ class _Terminated(KeyboardInterrupt):
     is, so that the cluster is closed and the outputs stay resumable in the same way."""
 
 
+def _stopping() -> None:
+    """A signal stops the command: what the cluster logs while it is torn down mid-task (tasks cancelled,
+    comms closed; tracebacks of Dask and Tornado among them) is not the user's to read, and the process
+    ends right after saying in one line that it stopped, so logging stays off."""
+    import logging
+
+    logging.disable(logging.CRITICAL)
+
+
 def _raise_terminated(signum, frame):
+    _stopping()
     raise _Terminated()
 
 
+def _raise_interrupted(signum, frame):
+    _stopping()
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM raises :class:`_Terminated` while the command runs (only the main thread sets handlers)."""
+def _signals_as_interrupts():
+    """SIGTERM raises :class:`_Terminated` and SIGINT (Ctrl-C) ``KeyboardInterrupt`` while the command runs,
+    each silencing the cluster's teardown first (only the main thread sets handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {sig: signal.signal(sig, handler)
+                for sig, handler in ((signal.SIGTERM, _raise_terminated), (signal.SIGINT, _raise_interrupted))}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _handle_errors(fn):
@@ -141,7 +159,7 @@ def _handle_errors(fn):
         ctx = click.get_current_context()
         debug = ctx.find_root().params.get("debug", False)
         try:
-            with warnings.catch_warnings(), _sigterm_as_interrupt():  # restores how warnings print when the command returns
+            with warnings.catch_warnings(), _signals_as_interrupts():  # restores how warnings print when the command returns
                 # the tool's own warnings: shown (once each), as one line
                 warnings.simplefilter("default", RemoteSamsingWarning)
                 warnings.showwarning = _show_warning

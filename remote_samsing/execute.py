@@ -549,8 +549,8 @@ def _chained_phases(client, steps: list[_Phase], sizes: list[int], *, slots, pro
                     ) -> tuple[list, dict]:
     """Every phase submitted at once, each task depending on the tasks it waits for."""
     t0 = time.perf_counter()
-    submitted = _submit_chained(client, steps, sizes, slots)
-    ended, values = _await_chained(client, steps, submitted, progress, label)
+    submitted, barriers = _submit_chained(client, steps, sizes, slots)
+    ended, values = _await_chained(client, steps, submitted, progress, label, barriers=barriers)
     out: list[list] = [[] for _ in steps]
     for k, futs, _ in submitted:
         out[k] = [r for f in futs for r in values[f.key]]
@@ -570,11 +570,13 @@ def _chained_bars(steps: list[_Phase], submitted: list, progress: bool, label: s
     return {k: one for k, _, _ in submitted}
 
 
-def _submit_chained(client, steps: list[_Phase], sizes: list[int], slots: list[str]) -> list:
-    """Submit every phase's tasks; returns (phase number, futures, items per task) per non-empty phase."""
+def _submit_chained(client, steps: list[_Phase], sizes: list[int], slots: list[str]) -> tuple[list, list]:
+    """Submit every phase's tasks; returns (phase number, futures, items per task) per non-empty phase, and
+    the barrier tasks' futures (held, so that a cancel finds every task still wanted: the scheduler's
+    forced cancel of a task whose dependent no client wants fails on an assertion)."""
     token = uuid.uuid4().hex[:12]
     waits_on: dict[str, list] = {}  # phase → the futures a phase waiting for it waits on
-    submitted = []
+    submitted, barriers = [], []
     for k, (step, size) in enumerate(zip(steps, sizes)):
         previous = list({f.key: f for a in step.after for f in waits_on[a]}.values())
         if not step.items:
@@ -587,6 +589,7 @@ def _submit_chained(client, steps: list[_Phase], sizes: list[int], slots: list[s
             # for few, where the extra step would cost more than it saves
             previous = [client.submit(_DiskFullAsValue(_barrier), *previous, key=f"rs-{step.name}-{token}-barrier",
                                       pure=False)]
+            barriers += previous
         # a waiting task's preferred worker, not a requirement (allow_other_workers):
         # otherwise the holder of what it waits for would take every one
         pin = bool(previous and slots)
@@ -596,11 +599,11 @@ def _submit_chained(client, steps: list[_Phase], sizes: list[int], slots: list[s
                 for j, g in enumerate(groups)]
         submitted.append((k, futs, [len(g) for g in groups]))
         waits_on[step.name] = futs
-    return submitted
+    return submitted, barriers
 
 
-def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool, label: str | None = None
-                   ) -> tuple[dict, dict]:
+def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool, label: str | None = None, *,
+                   barriers: list = ()) -> tuple[dict, dict]:
     """Results by task key, and when each phase's last task ended (as the client saw it)."""
     from distributed import as_completed
 
@@ -625,6 +628,6 @@ def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool,
             if not left[k]:
                 ended[steps[k].name] = time.perf_counter()
     except BaseException:
-        client.cancel(every, force=True)
+        client.cancel(every + list(barriers), force=True)
         raise
     return ended, values

@@ -338,6 +338,37 @@ def test_chained_phases_show_one_bar_with_a_label(client, capsys):
     assert "p1: 3/3 blocks done" in shown and "p2: 2/2 blocks done" in shown and "merge" not in shown
 
 
+def _fails_on_three(x):
+    """Fails on 3, after a moment, as the others take: the phases after are still waiting when it fails."""
+    import time
+
+    time.sleep(0.2)
+    if x == 3:
+        raise ValueError("boom")
+    return x
+
+
+def test_a_failed_chain_is_cancelled_without_a_scheduler_error(client):
+    """A phase fails while later phases wait through barrier tasks: every task is cancelled, barriers
+    included (held by the client), so the scheduler's forced cancel never meets a task no client wants,
+    which it logs as an AssertionError traceback."""
+    import logging
+
+    seen = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = seen.append
+    logger = logging.getLogger("distributed")
+    logger.addHandler(handler)
+    try:
+        phases = [("a", _fails_on_three, list(range(8))), ("b", _inc, list(range(8))), ("c", _inc, list(range(8)))]
+        with pytest.raises(ValueError, match="boom"):
+            run_in_phases(client, phases, batch=1)
+        client.run_on_scheduler(lambda: None)  # the scheduler has handled the cancel
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in seen if "who_wants" in (r.exc_text or "") or r.exc_info], [r.getMessage() for r in seen]
+
+
 def _inc(x):
     return x + 1
 
