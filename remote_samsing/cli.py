@@ -330,7 +330,9 @@ def inspect_cmd(inputs, tile_size, padding, bands, nodata, recursive, asset, crs
 
 def _inspect_lines(facts: dict) -> list[str]:
     g, b, size = facts["grid"], facts["blocks"], facts["output_bytes"]
-    res = ", ".join(f"{x:g} x {y:g}" for x, y in facts["resolutions"]) or "-"
+    # where the sources' CRSs differ, each resolution is in the units of its own CRS: said with it
+    pairs = facts["resolutions_by_crs"] if len(facts["crs"]) > 1 else [(None, r) for r in facts["resolutions"]]
+    res = ", ".join(f"{x:g} x {y:g}" + (f" ({crs})" if crs else "") for crs, (x, y) in pairs) or "-"
     bounds = ", ".join(f"{v:.10g}" for v in g["bounds"]) if g["bounds"] else "- (no CRS)"
     return [
         f"{'sources':12s} {facts['sources']}",

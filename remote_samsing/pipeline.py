@@ -368,7 +368,8 @@ def inspect_mosaic(
     Returns
     -------
     dict
-        ``sources`` (count), ``crs`` and ``resolutions`` of the sources,
+        ``sources`` (count), ``crs`` and ``resolutions`` of the sources (and
+        ``resolutions_by_crs``, (CRS, resolution) pairs, where the CRSs differ),
         the target ``grid`` (CRS, resolution, bounds, size in pixels, bands,
         dtype, nodata, resampling), ``blocks`` at ``tile_size``/``padding``
         (with ``reading_nothing``: those whose padded window touches no
@@ -388,7 +389,9 @@ def inspect_mosaic(
     return {
         "sources": len(mosaic.sources) or 1,
         "crs": mosaic.crss or [str(arr.rio.crs)],
-        "resolutions": sorted({(abs(s.transform[0]), abs(s.transform[4])) for s in mosaic.sources}),
+        # a Zarr mosaic is its own one source, on the grid
+        "resolutions": sorted({res for _, res in mosaic.resolutions_by_crs}) or [(abs(t.a), abs(t.e))],
+        "resolutions_by_crs": mosaic.resolutions_by_crs,
         "grid": {"crs": arr.rio.crs.to_string() if arr.rio.crs else None, "resolution": (abs(t.a), abs(t.e)),
                  "bounds": tuple(arr.rio.bounds()) if arr.rio.crs else None, "size": tuple(plan.shape),
                  "bands": int(arr.sizes["band"]), "dtype": str(arr.dtype), "nodata": arr.rio.nodata,

@@ -220,6 +220,11 @@ class Mosaic:
         return sorted({_short_crs(s.crs) or "none" for s in self.sources})
 
     @property
+    def resolutions_by_crs(self) -> list[tuple[str, tuple[float, float]]]:
+        """The sources' (CRS, (x, y) resolution) pairs, each once."""
+        return sorted({(_short_crs(s.crs) or "none", _resolution_of(s)) for s in self.sources})
+
+    @property
     def label(self) -> str:
         """The mosaic as messages name it: its sources and the inputs that name them."""
         names = ", ".join(f"`{i}`" for i in self.inputs[:2])

@@ -191,6 +191,13 @@ def test_inspect_prints_what_a_run_would_see(tiles, data_dir):
     assert facts["output"].startswith(f"about {format_size(est['total'])} at the peak (staging "
                                       f"{format_size(est['staging'])}, merge working files up to {format_size(est['merge'])}, ")
     assert facts["output"].endswith(f"; at least {format_size(est['least'])}, with labels that compress very well")
+    # a Zarr mosaic is its own source: its resolution is the grid's
+    from remote_samsing.io import to_zarr
+
+    to_zarr(tiles[0].parent, tiles[0].parent.parent / "m.zarr", tile_size=128)
+    r = CliRunner().invoke(cli, ["inspect", str(tiles[0].parent.parent / "m.zarr")])
+    assert r.exit_code == 0, r.output
+    assert "resolutions  0.1 x 0.1" in r.output.splitlines()
 
 
 def test_ingest_refuses_an_out_that_is_no_zarr_store_and_keeps_it(tmp_path, tiles):

@@ -197,6 +197,17 @@ def test_mixed_crs_is_warped_onto_the_largest_share(tmp_path, tiles, scene):
     region = (slice(None), slice(210, 390), slice(143, 257))
     assert np.abs(got[region].astype(int) - pixels[region]).mean() < 12
     assert resolve_mosaic(tiles[0].parent).grid.crs is not None
+    # inspect says each resolution with its CRS, whose units it is in
+    from click.testing import CliRunner
+
+    from remote_samsing.cli import cli
+
+    with rasterio.open(warped) as src:
+        wx, wy = abs(src.transform.a), abs(src.transform.e)
+    r = CliRunner().invoke(cli, ["inspect", *[str(t) for t in tiles if t.exists()], str(warped)])
+    lines = dict(line.split(None, 1) for line in r.output.splitlines() if not line.startswith("target grid"))
+    assert lines["crs"] == "EPSG:32617, EPSG:3857"
+    assert lines["resolutions"] == f"0.1 x 0.1 (EPSG:32617), {wx:g} x {wy:g} (EPSG:3857)"
 
 
 def test_crs_and_resolution_overrides(tiles, scene):
