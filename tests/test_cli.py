@@ -226,6 +226,11 @@ def test_an_unknown_segmenter_param_lists_the_valid_ones(tmp_path, tiles):
     _one_error(r, "unknown parameter(s) for segmenter `felzenszwalb`: scal")
     assert r.output.splitlines()[1] == "hint: valid parameters: min_size, scale, sigma"
     assert not out.exists()
+    # SAM2's files given to another segmenter: a forgotten --segmenter sam2, said so
+    r = CliRunner().invoke(cli, ["segment", str(tiles[0]), str(out), "--segmenter", "slic",
+                                 "--checkpoint", str(tmp_path / "m.pt")])
+    _one_error(r, "`checkpoint` (--checkpoint) is for segmenter sam2, not `slic`")
+    assert r.output.splitlines()[1] == "hint: drop it, or pass --segmenter sam2" and not out.exists()
 
 
 def test_checkpoint_is_a_yaml_key_as_it_is_a_flag(tmp_path, tiles):
