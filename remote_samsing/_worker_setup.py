@@ -18,6 +18,12 @@ the end of a run or an interrupted one (reported by other projects too, e.g.
 https://github.com/NVIDIA-NeMo/Curator/issues/9). A filter drops that record
 while the worker is closing; a heartbeat failing while it runs is still logged.
 
+rasterio's ``shapes()`` at times warns of an in-memory raster without a
+geotransform when threads of one worker trace blocks at once (the vectors of
+a run), though each block passes its exact transform; a filter set around
+each call would not be thread-safe, so each worker process filters that one
+warning for good.
+
 A worker may reach Azure through adlfs without the package's own paths
 (Zarr arrays in a task graph): it closes those clients at exit as the main
 process does (:func:`~remote_samsing._files.close_azure_clients_at_exit`).
@@ -29,6 +35,7 @@ import logging
 import multiprocessing
 import signal
 import threading
+import warnings
 import weakref
 
 __all__ = ["dask_setup"]
@@ -39,7 +46,8 @@ _HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat"
 
 def dask_setup(worker) -> None:
     """Ignore SIGINT in a worker process (a nanny's child) of a local cluster, drop its failed
-    heartbeats while it closes, and close its Azure clients at exit.
+    heartbeats while it closes, filter rasterio's spurious georeferencing warning of ``shapes()``, and
+    close its Azure clients at exit.
 
     A worker running as a thread of the main process (``processes=False``)
     keeps the process's handler: there Ctrl-C is the main process's to
@@ -50,6 +58,7 @@ def dask_setup(worker) -> None:
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("distributed.worker").addFilter(_HeartbeatAtClose(worker))
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio.features")
     from ._files import close_azure_clients_at_exit
 
     close_azure_clients_at_exit()

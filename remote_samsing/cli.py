@@ -120,8 +120,9 @@ class _Terminated(KeyboardInterrupt):
 
 def _stopping() -> None:
     """A signal stops the command: what the cluster logs while it is torn down mid-task (tasks cancelled,
-    comms closed; tracebacks of Dask and Tornado among them) is not the user's to read, and the process
-    ends right after saying in one line that it stopped, so logging stays off."""
+    comms closed; tracebacks of Dask and Tornado among them) is not the user's to read. Logging stays off
+    for the rest of the process, which the CLI ends right after saying in one line that it stopped (some
+    of that noise comes as late as the interpreter's exit)."""
     import logging
 
     logging.disable(logging.CRITICAL)
@@ -140,12 +141,17 @@ def _raise_interrupted(signum, frame):
 @contextlib.contextmanager
 def _signals_as_interrupts():
     """SIGTERM raises :class:`_Terminated` and SIGINT (Ctrl-C) ``KeyboardInterrupt`` while the command runs,
-    each silencing the cluster's teardown first (only the main thread sets handlers)."""
+    each silencing the cluster's teardown first (only the main thread sets handlers, and only where the
+    signal has its default one)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, handler)
-                for sig, handler in ((signal.SIGTERM, _raise_terminated), (signal.SIGINT, _raise_interrupted))}
+    # only over the defaults: a SIGINT ignored (a background job of a script) stays ignored, and a
+    # handler set outside Python (getsignal gives None) could not be put back
+    ours = {signal.SIGTERM: (signal.SIG_DFL, _raise_terminated),
+            signal.SIGINT: (signal.default_int_handler, _raise_interrupted)}
+    previous = {sig: signal.signal(sig, handler) for sig, (default, handler) in ours.items()
+                if signal.getsignal(sig) is default}
     try:
         yield
     finally:
@@ -343,7 +349,7 @@ def _inspect_lines(facts: dict) -> list[str]:
         f"{'bounds':12s} {bounds} (left, bottom, right, top)",
         f"{'size':12s} {g['size'][1]} x {g['size'][0]} px (width x height), {g['size'][0] * g['size'][1] / 1e6:.3g} Mpx",
         f"{'bands':12s} {g['bands']} of {g['dtype']}, nodata {g['nodata']}",
-        f"{'blocks':12s} {b['count']} ({b['grid'][1]} x {b['grid'][0]}, as the size) at tile size {b['tile_size']}, "
+        f"{'blocks':12s} {b['count']} ({b['grid'][1]} x {b['grid'][0]} blocks, width x height) at tile size {b['tile_size']}, "
         f"padding {b['padding']}" + (f"; {idle} of them {'reads' if idle == 1 else 'read'} no source (only nodata)"
                                      if (idle := b["reading_nothing"]) else ""),
         f"{'output':12s} {describe_estimate(size)}",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._validate import check_bool, check_choice, check_int, check_type
-from .segmenters import DEVICES
+from .segmenters import DEVICES, SAM2_FILE_PARAMS
 from .exceptions import ConfigError
 from .io import check_percentiles
 from .merge import STRATEGIES
@@ -25,7 +25,7 @@ from .tiling import validate_tiling
 __all__ = ["RunConfig", "load_yaml_config", "SEGMENTER_PARAM_KEYS"]
 
 #: Keys of a configuration mapping (and CLI flags) that set the segmenter parameter of the same name.
-SEGMENTER_PARAM_KEYS = ("checkpoint", "model_cfg")
+SEGMENTER_PARAM_KEYS = SAM2_FILE_PARAMS
 
 
 @dataclass(frozen=True, kw_only=True)

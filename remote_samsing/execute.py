@@ -623,7 +623,7 @@ def _await_chained(client, steps: list[_Phase], submitted: list, progress: bool,
             values[fut.key] = value
             k, n = phase_of[fut.key]
             done[k] += n
-            bars[k].update(sum(done.values()) if label else done[k])
+            bars[k].update(sum(done.values()) if label is not None else done[k])
             left[k] -= 1
             if not left[k]:
                 ended[steps[k].name] = time.perf_counter()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -649,10 +650,15 @@ class WindowReader:
         try:
             names = [name for name, _ in self._touched(window)]
         except Exception:  # noqa: BLE001 - the index itself unreadable: it is what the message names
+            names = []
+        named = [n for n in names if re.search(rf"(?<![\w.-]){re.escape(os.path.basename(n))}", cause)]
+        if len(named) == 1:
+            return f"`{named[0]}`"
+        if not names:
             return f"`{self.path}`"
-        named = [n for n in names if os.path.basename(n) in cause] or names
+        named = named or names
         shown = ", ".join(f"`{n}`" for n in named[:3]) + (f" (and {len(named) - 3} more)" if len(named) > 3 else "")
-        return shown if len(named) == 1 else f"one of {shown}"
+        return f"one of {shown} (read through `{self.path}`)"
 
     def _touched(self, window: tuple[int, int, int, int]) -> list[tuple[str, tuple | None]]:
         """The tile index's sources whose footprints ``window`` touches, with their header stamps (or None)."""

@@ -310,14 +310,17 @@ def _fs(url: str):
                          hint="install the store's extra: pip install \"remote-samsing[gcs]\" or \"[azure]\"") from None
 
 
-def _listed(url: str, listing):
+def _listed(url: str, listing, *, folder: bool = False):
     """``listing(fs, path)`` on the store of ``url``; a store that cannot be listed (unreachable, no
-    credentials, no permission) is one error naming the URL and what reaches the store."""
+    credentials, no permission) is one error naming the URL and what reaches the store, and so is a
+    ``folder`` that is not there (a pattern that finds nothing lists nothing: its caller says so)."""
     fs, path = _fs(url)
     try:
         return fs, listing(fs, path)
     except FileNotFoundError:
-        return fs, []  # nothing there: the caller says what matched nothing
+        if folder:
+            raise InputNotFoundError(f"folder `{url}` does not exist", hint="check the URL") from None
+        return fs, []
     except Exception as exc:  # noqa: BLE001 - fsspec's stores raise many types for one cause
         from .io import error_chain
 
@@ -328,7 +331,8 @@ def _listed(url: str, listing):
 def _list_folder(folder: str, *, recursive: bool) -> list[str]:
     """The rasters of ``folder`` (local or on a store), sorted by name."""
     if is_url(folder):
-        fs, names = _listed(folder, lambda fs, root: fs.find(root) if recursive else fs.ls(root, detail=False))
+        fs, names = _listed(folder, lambda fs, root: fs.find(root) if recursive else fs.ls(root, detail=False),
+                            folder=True)
         return sorted(u for u in (fs.unstrip_protocol(n) for n in names) if _keeps(u))
     if not recursive:
         return sorted(p for p in _glob.glob(os.path.join(folder, "*")) if os.path.isfile(p) and _keeps(p))
@@ -537,6 +541,13 @@ def expand_inputs(inputs, *, recursive: bool = False, asset: str | None = None, 
         The STAC asset to read (default: see :func:`remote_samsing.stac.asset_hrefs`).
     exclude : path, optional
         A local folder whose files are left out of folder and glob listings (a run's OUTDIR).
+
+    Raises
+    ------
+    InputNotFoundError
+        An input, or what it names, is not there or cannot be listed.
+    ConfigError
+        ``asset`` is given but no input is a STAC Item or ItemCollection.
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:

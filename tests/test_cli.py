@@ -180,7 +180,7 @@ def test_inspect_prints_what_a_run_would_see(tiles, data_dir):
     facts = dict(line.split(None, 1) for line in r.output.replace("target grid", "target_grid").splitlines())
     assert facts["sources"] == "6" and facts["crs"] == "EPSG:32617" and facts["resolutions"] == "0.1 x 0.1"
     assert facts["size"].startswith("400 x 400 px") and facts["bands"] == "3 of uint8, nodata 255"
-    assert facts["blocks"] == "16 (4 x 4, as the size) at tile size 128, padding 16"  # every block reads a source
+    assert facts["blocks"] == "16 (4 x 4 blocks, width x height) at tile size 128, padding 16"  # every block reads a source
     assert facts["target_grid"] == "EPSG:32617, 0.1 x 0.1 per pixel, resampling bilinear"
     with rasterio.open(data_dir / "neon_osbs.tif") as src:  # the tiles' union is the scene
         left, bottom, right, top = src.bounds
@@ -331,3 +331,28 @@ def test_the_readme_cpu_preview_pins_the_device():
     readme = (ROOT / "README.md").read_text()
     preview = re.search(r"remote-samsing segment scene\.tif out/ [^\n]*\\\n[^\n]*", readme).group(0)
     assert "--device cpu" in preview and "image_size=256" in preview
+
+
+def test_a_command_takes_over_only_the_default_signal_handlers():
+    """While a command runs, SIGTERM and Ctrl-C stop it in one line, but a SIGINT the caller ignores (a
+    background job of a script) stays ignored; each handler is put back afterwards."""
+    import signal
+
+    from remote_samsing.cli import _signals_as_interrupts
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with _signals_as_interrupts():
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with _signals_as_interrupts():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])

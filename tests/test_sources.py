@@ -605,9 +605,9 @@ def test_a_tile_damaged_past_its_header_is_named_not_the_index(tmp_path, tiles):
     reader = rs.io.window_reader(arr)
     data = tiles[-1].read_bytes()
     tiles[-1].write_bytes(data[: len(data) // 2])
-    with pytest.raises(rs.exceptions.WindowReadError) as err:
-        reader.checked_read((300, 400, 300, 400), np.zeros((3, 2)), block=(2, 2))
-    assert str(err.value).startswith(f"cannot read `{tiles[-1]}` at rows 300:400, columns 300:400 (x ")
+    with pytest.raises(rs.exceptions.WindowReadError) as err:  # over tiles[-2] and tiles[-1]
+        reader.checked_read((300, 400, 200, 400), np.zeros((3, 2)), block=(2, 2))
+    assert str(err.value).startswith(f"cannot read `{tiles[-1]}` at rows 300:400, columns 200:400 (x ")
     assert "(block (2, 2))" in str(err.value) and ".gti." not in str(err.value)
 
 

@@ -321,6 +321,18 @@ def test_a_store_that_cannot_be_listed_is_one_error_for_globs_and_folders(monkey
             resolve_mosaic(given)
         assert "AWS_ACCESS_KEY_ID" in err.value.hint
 
+    class Empty:  # a prefix that holds nothing: a folder not there, a pattern that matches nothing
+        def glob(self, path, **kwargs):
+            raise FileNotFoundError(path)
+
+        ls = find = glob
+
+    monkeypatch.setattr(sources, "_fs", lambda url: (Empty(), url.split("://", 1)[1]))
+    with pytest.raises(InputNotFoundError, match=r"folder `s3://bucket/typo/` does not exist"):
+        resolve_mosaic("s3://bucket/typo/")
+    with pytest.raises(InputNotFoundError, match=r"the pattern `s3://bucket/tiles/\*.tif` matches no raster"):
+        resolve_mosaic("s3://bucket/tiles/*.tif")
+
 
 def test_an_unknown_crs_is_one_error_and_no_proj_line(data_dir):
     import subprocess

@@ -3,6 +3,7 @@
 from ._base import (
     DEVICES,
     GPU_RESOURCES,
+    SAM2_FILE_PARAMS,
     Segmenter,
     available_segmenters,
     get_segmenter,
@@ -14,6 +15,7 @@ from ._base import (
 __all__ = [
     "DEVICES",
     "GPU_RESOURCES",
+    "SAM2_FILE_PARAMS",
     "Segmenter",
     "available_segmenters",
     "get_segmenter",

@@ -138,8 +138,9 @@ def get_segmenter(name: str, **params: Any) -> Segmenter:
         raise ConfigError(f"bad parameters for segmenter `{name}`: {exc}") from None
 
 
-#: SAM2's parameters that name its files: given to another segmenter, most likely a forgotten --segmenter sam2.
-_SAM2_FILES = ("checkpoint", "model_cfg")
+#: SAM2's parameters that name its files (flags and configuration keys of their own): given to another
+#: segmenter, most likely a forgotten --segmenter sam2.
+SAM2_FILE_PARAMS = ("checkpoint", "model_cfg")
 
 
 def _check_keywords(name: str, factory: Callable[..., Segmenter], params: dict) -> None:
@@ -155,7 +156,7 @@ def _check_keywords(name: str, factory: Callable[..., Segmenter], params: dict) 
         return
     valid = sorted(n for n, p in signature.parameters.items() if p.kind in kinds)
     unknown = sorted(set(params) - set(valid))
-    sam2_only = [k for k in unknown if k in _SAM2_FILES]
+    sam2_only = [k for k in unknown if k in SAM2_FILE_PARAMS]
     if sam2_only and sam2_only == unknown:  # --checkpoint/--model-cfg with another segmenter
         said = " and ".join(f"`{k}` (--{k.replace('_', '-')})" for k in sam2_only)
         raise ConfigError(f"{said} {'is' if len(sam2_only) == 1 else 'are'} for segmenter sam2, not `{name}`",
