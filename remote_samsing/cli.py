@@ -349,8 +349,8 @@ def _inspect_lines(facts: dict) -> list[str]:
         f"{'bounds':12s} {bounds} (left, bottom, right, top)",
         f"{'size':12s} {g['size'][1]} x {g['size'][0]} px (width x height), {g['size'][0] * g['size'][1] / 1e6:.3g} Mpx",
         f"{'bands':12s} {g['bands']} of {g['dtype']}, nodata {g['nodata']}",
-        f"{'blocks':12s} {b['count']} ({b['grid'][1]} x {b['grid'][0]} blocks, width x height) at tile size {b['tile_size']}, "
-        f"padding {b['padding']}" + (f"; {idle} of them {'reads' if idle == 1 else 'read'} no source (only nodata)"
+        f"{'blocks':12s} {b['count']} ({b['grid'][1]} x {b['grid'][0]} blocks, width x height) at tile size "
+        f"{b['tile_size']}, padding {b['padding']}" + (f"; {idle} of them {'reads' if idle == 1 else 'read'} no source (only nodata)"
                                      if (idle := b["reading_nothing"]) else ""),
         f"{'output':12s} {describe_estimate(size)}",
     ]
