@@ -47,3 +47,19 @@ def to_label_zarr(labels: xr.DataArray, path: str | os.PathLike) -> Path:
         for x0, x1 in zip(xs[:-1], xs[1:]):
             sink(values[y0:y1, x0:x1], Window(int(y0), int(y1), int(x0), int(x1)))
     return sink.commit()
+
+
+def _tasks_to_run(dask_scheduler=None) -> int:
+    return sum(ts.state in ("waiting", "queued", "processing", "no-worker") for ts in dask_scheduler.tasks.values())
+
+
+def wait_until_idle(client, *, timeout: float = 60.0) -> None:
+    """Wait until the scheduler has no task to run: tasks of an earlier test's run that failed may still be
+    running (a cancel cannot stop a task already on a worker), and a test that records the task stream must
+    not count them. Polls a condition; fails if it never holds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while client.run_on_scheduler(_tasks_to_run) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not client.run_on_scheduler(_tasks_to_run), "the scheduler still runs tasks of an earlier test"

@@ -6,10 +6,10 @@ Every test runs on the session's real two-worker cluster (``client`` in conftest
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
+from _helpers import wait_until_idle
 
 from remote_samsing.exceptions import ConfigError
 from remote_samsing.execute import compute, run_in_phases, run_in_waves, threads_of
@@ -349,10 +349,6 @@ def _fails_on_three(x):
     return x
 
 
-def _run_tasks_left(dask_scheduler=None) -> int:
-    return sum(str(key).startswith("rs-") for key in dask_scheduler.tasks)
-
-
 def test_a_failed_chain_is_cancelled_without_a_scheduler_error(client):
     """A phase fails while later phases wait through barrier tasks: every task is cancelled, barriers
     included (held by the client), so the scheduler's forced cancel never meets a task no client wants,
@@ -368,10 +364,7 @@ def test_a_failed_chain_is_cancelled_without_a_scheduler_error(client):
         phases = [("a", _fails_on_three, list(range(8))), ("b", _inc, list(range(8))), ("c", _inc, list(range(8)))]
         with pytest.raises(ValueError, match="boom"):
             run_in_phases(client, phases, batch=1)
-        deadline = time.monotonic() + 30  # until the scheduler has handled the cancel: none of the run's tasks left
-        while client.run_on_scheduler(_run_tasks_left) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not client.run_on_scheduler(_run_tasks_left)
+        wait_until_idle(client)  # the scheduler has handled the cancel: none of the run's tasks left
     finally:
         logger.removeHandler(handler)
     assert not [r for r in seen if "who_wants" in (r.exc_text or "") or r.exc_info], [r.getMessage() for r in seen]
