@@ -328,6 +328,18 @@ def _listed(url: str, listing, *, folder: bool = False):
                                  hint=f"check the URL and what reaches its store: {store_variables(url)}") from None
 
 
+def _missing_bucket(url: str) -> str | None:
+    """The bucket (container) of ``url`` when the store says it does not exist, else None (also when the
+    store cannot be asked: the caller's own message stands)."""
+    scheme, rest = url.split("://", 1)
+    bucket = f"{scheme}://{rest.split('/', 1)[0]}"
+    try:
+        fs, path = _fs(bucket)
+        return None if fs.exists(path) else bucket
+    except Exception:  # noqa: BLE001 - fsspec's stores raise many types for one cause
+        return None
+
+
 def _list_folder(folder: str, *, recursive: bool) -> list[str]:
     """The rasters of ``folder`` (local or on a store), sorted by name."""
     if is_url(folder):
@@ -466,8 +478,11 @@ def _expand_one(item: str, *, recursive: bool, asset: _Asset, nested: bool = Fal
     if not literal and _is_pattern(item):
         found = [p for p in _match_glob(item) if _keeps(p) or _is_stac_name(p)]
         if not found:
-            raise InputNotFoundError(f"the pattern `{item}` matches no raster",
-                                     hint="check the pattern; quote it so that the shell passes it on unexpanded")
+            bucket = _missing_bucket(item) if is_url(item) else None
+            raise InputNotFoundError(f"the pattern `{item}` matches no raster"
+                                     + (f": bucket `{bucket}` does not exist" if bucket else ""),
+                                     hint="check the URL" if bucket else
+                                     "check the pattern; quote it so that the shell passes it on unexpanded")
         return [loc for p in found for loc in _expand_one(p, recursive=recursive, asset=asset, nested=True,
                                                           literal=True)]
     location = item if is_url(item) else os.path.abspath(os.path.expanduser(item))

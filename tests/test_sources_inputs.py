@@ -330,8 +330,12 @@ def test_a_store_that_cannot_be_listed_is_one_error_for_globs_and_folders(monkey
     monkeypatch.setattr(sources, "_fs", lambda url: (Empty(), url.split("://", 1)[1]))
     with pytest.raises(InputNotFoundError, match=r"folder `s3://bucket/typo/` does not exist"):
         resolve_mosaic("s3://bucket/typo/")
-    with pytest.raises(InputNotFoundError, match=r"the pattern `s3://bucket/tiles/\*.tif` matches no raster"):
+    with pytest.raises(InputNotFoundError, match=r"the pattern `s3://bucket/tiles/\*.tif` matches no raster \(hint"):
         resolve_mosaic("s3://bucket/tiles/*.tif")
+    Empty.exists = lambda self, path: False  # and the bucket is not there either: said so
+    with pytest.raises(InputNotFoundError, match=r"the pattern `s3://nobucket/t/\*.tif` matches no raster: bucket "
+                                                 r"`s3://nobucket` does not exist"):
+        resolve_mosaic("s3://nobucket/t/*.tif")
 
 
 def test_an_unknown_crs_is_one_error_and_no_proj_line(data_dir):
