@@ -14,12 +14,12 @@ request (``python -m benchmarks.bench_store_requests``).
 Each client is configured from the variables and files its fsspec library
 reads, so one set of settings serves both:
 
-* S3: a boto3 session finds the credentials (environment, shared files
-  and profiles, SSO, container and instance roles), which obstore takes
-  through its ``Boto3CredentialProvider``, so that any credentials s3fs
-  reaches, obstore reaches too; the same session gives the endpoint
-  (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3`` or a profile's) and the
-  region (``AWS_REGION`` where boto3 has none). On AWS itself the bucket's
+* S3: obstore takes its credentials from a boto3 session (its
+  ``Boto3CredentialProvider``) because that session looks where s3fs looks
+  (environment, shared files and profiles, SSO, container and instance
+  roles): credentials that reach s3fs reach obstore. The session also
+  gives the endpoint (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3`` or a
+  profile's) and the region (``AWS_REGION`` where boto3 has none). On AWS itself the bucket's
   own region is asked once, since obstore follows no redirect to it.
 * Azure, from ``AZURE_STORAGE_CONNECTION_STRING`` (key or SAS, its endpoint),
   else from ``AZURE_STORAGE_ACCOUNT_NAME`` with ``AZURE_STORAGE_ACCOUNT_KEY``,

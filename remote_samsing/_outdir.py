@@ -31,8 +31,8 @@ from pathlib import Path
 
 from .exceptions import DiskFullError, OutputAccessError, OutputNotSharedError
 
-__all__ = ["absolute", "check_local_writable", "check_shared", "check_room", "describe_estimate", "disk_full_error", "estimate_bytes",
-           "find_disk_full", "format_size", "free_bytes", "probe_answer", "spill_bytes"]
+__all__ = ["absolute", "check_local_writable", "check_shared", "check_room", "describe_estimate", "disk_full_error",
+           "estimate_bytes", "find_disk_full", "format_size", "free_bytes", "probe_answer", "spill_bytes"]
 
 #: Name prefix of the probes :func:`check_shared` writes in OUTDIR (and removes).
 PROBE_PREFIX = ".remote-samsing-probe-"

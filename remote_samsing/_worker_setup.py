@@ -18,11 +18,9 @@ the end of a run or an interrupted one (reported by other projects too, e.g.
 https://github.com/NVIDIA-NeMo/Curator/issues/9). A filter drops that record
 while the worker is closing; a heartbeat failing while it runs is still logged.
 
-rasterio's ``shapes()`` at times warns of an in-memory raster without a
-geotransform when threads of one worker trace blocks at once (the vectors of
-a run), though each block passes its exact transform; a filter set around
-each call would not be thread-safe, so each worker process filters that one
-warning for good.
+Threads of one worker tracing blocks at once (the vectors of a run) make
+rasterio warn of a geotransform they have: each worker process filters that
+warning for good (:func:`~remote_samsing.io.ignore_shapes_georeferencing`).
 
 A worker may reach Azure through adlfs without the package's own paths
 (Zarr arrays in a task graph): it closes those clients at exit as the main
@@ -35,7 +33,6 @@ import logging
 import multiprocessing
 import signal
 import threading
-import warnings
 import weakref
 
 __all__ = ["dask_setup"]
@@ -58,8 +55,10 @@ def dask_setup(worker) -> None:
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("distributed.worker").addFilter(_HeartbeatAtClose(worker))
-    warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio.features")
     from ._files import close_azure_clients_at_exit
+    from .io import ignore_shapes_georeferencing
+
+    ignore_shapes_georeferencing()
 
     close_azure_clients_at_exit()
 

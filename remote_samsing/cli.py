@@ -165,7 +165,8 @@ def _handle_errors(fn):
         ctx = click.get_current_context()
         debug = ctx.find_root().params.get("debug", False)
         try:
-            with warnings.catch_warnings(), _signals_as_interrupts():  # restores how warnings print when the command returns
+            # catch_warnings restores how warnings print when the command returns
+            with warnings.catch_warnings(), _signals_as_interrupts():
                 # the tool's own warnings: shown (once each), as one line
                 warnings.simplefilter("default", RemoteSamsingWarning)
                 warnings.showwarning = _show_warning
@@ -334,6 +335,11 @@ def inspect_cmd(inputs, tile_size, padding, bands, nodata, recursive, asset, crs
         click.echo(line)
 
 
+def _reading_nothing(n: int) -> str:
+    """The end of inspect's blocks line: how many blocks read no source, if any."""
+    return f"; {n} of them {'reads' if n == 1 else 'read'} no source (only nodata)" if n else ""
+
+
 def _inspect_lines(facts: dict) -> list[str]:
     g, b, size = facts["grid"], facts["blocks"], facts["output_bytes"]
     # where the sources' CRSs differ, each resolution is in the units of its own CRS: said with it
@@ -350,8 +356,7 @@ def _inspect_lines(facts: dict) -> list[str]:
         f"{'size':12s} {g['size'][1]} x {g['size'][0]} px (width x height), {g['size'][0] * g['size'][1] / 1e6:.3g} Mpx",
         f"{'bands':12s} {g['bands']} of {g['dtype']}, nodata {g['nodata']}",
         f"{'blocks':12s} {b['count']} ({b['grid'][1]} x {b['grid'][0]} blocks, width x height) at tile size "
-        f"{b['tile_size']}, padding {b['padding']}" + (f"; {idle} of them {'reads' if idle == 1 else 'read'} no source (only nodata)"
-                                     if (idle := b["reading_nothing"]) else ""),
+        f"{b['tile_size']}, padding {b['padding']}" + _reading_nothing(b["reading_nothing"]),
         f"{'output':12s} {describe_estimate(size)}",
     ]
 

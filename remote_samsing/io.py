@@ -63,6 +63,7 @@ __all__ = [
     "window_reader",
     "read_valid_mask",
     "quiet_georeferencing",
+    "ignore_shapes_georeferencing",
     "is_url",
     "configure_remote_reads",
     "error_chain",
@@ -81,6 +82,14 @@ SUPPORTED_DTYPES = (
 
 _MOSAIC_VAR = "mosaic"
 
+
+
+def ignore_shapes_georeferencing() -> None:
+    """Filter, from here on, the warning rasterio's ``shapes()`` at times gives of an in-memory raster
+    without a geotransform when threads trace blocks at once, though every block passes its exact
+    transform. A filter set around each call would not be thread-safe (warning filters are process-wide),
+    so callers set this one around all the threads, or for a whole worker process."""
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio.features")
 
 
 @contextlib.contextmanager

@@ -369,6 +369,11 @@ def _match_glob(pattern: str) -> list[str]:
                   if os.path.isfile(p))
 
 
+def _said(exc: BaseException) -> str:
+    """An error's whole text on one line (a library's multi-line message kept whole), else its type."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _read_text(location: str) -> str:
     """The text of a list or STAC file (a byte order mark dropped, as editors on Windows write one), or an
     error naming it."""
@@ -384,7 +389,7 @@ def _read_text(location: str) -> str:
         raise InputNotFoundError(f"`{location}` does not exist" + (" or cannot be reached" if is_url(location) else ""),
                                  hint="check the URL" if is_url(location) else "check the path") from None
     except Exception as exc:  # noqa: BLE001 - files, stores and HTTP raise many types
-        cause = " ".join(str(exc).split()) or type(exc).__name__
+        cause = _said(exc)
         raise InputNotFoundError(f"cannot read `{location}`: {cause}", hint=(
             f"check the URL and what reaches its store: {store_variables(location)}" if is_url(location)
             else "is it a UTF-8 text file?")) from None
@@ -869,7 +874,7 @@ def _referenced(location: str, depth: int = 0) -> list[str]:
     except RemoteSamsingError:
         raise
     except Exception as exc:  # noqa: BLE001 - the XML parser, OGR and GDAL raise many types
-        cause = " ".join(str(exc).split()) or type(exc).__name__
+        cause = _said(exc)
         raise InputError(f"cannot list the rasters `{location}` reads: {cause}",
                          hint="is it a valid GDAL VRT or GTI tile index? try `gdalinfo` on it") from None
     _check_named(found, by=location)
@@ -980,7 +985,7 @@ def _index_rasters(location: str) -> list[str]:
     except RemoteSamsingError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyogrio, pyarrow and the XML parser raise many types
-        cause = " ".join(str(exc).split()) or type(exc).__name__
+        cause = _said(exc)
         raise InputError(f"cannot read the tile index `{location}`: {cause}",
                          hint="a tile index works as GeoPackage (.gti.gpkg), FlatGeobuf (.gti.fgb) or GeoParquet "
                               "(.gti.parquet), or in the XML form (.gti) naming one") from None

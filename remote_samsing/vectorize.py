@@ -642,13 +642,10 @@ def _polygonize_blocks(data, halos, connectivity: int, progress: bool):
         for ix in range(blocks.shape[1]):
             vh = halos[iy, ix] if halos is not None else None
             tasks.append(poly(blocks[iy, ix], vh, int(y_off[iy]), int(x_off[ix]), height, width, connectivity))
-    with warnings.catch_warnings():
-        # rasterio's shapes() at times warns of an in-memory raster without a geotransform when threads
-        # trace blocks at once, though every block passes its exact transform; a filter set inside the
-        # threads would not be thread-safe, so the one filter is set here, around them all
-        from rasterio.errors import NotGeoreferencedWarning
+    with warnings.catch_warnings():  # around all the threads that trace blocks
+        from .io import ignore_shapes_georeferencing
 
-        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
+        ignore_shapes_georeferencing()
         results = compute_tracked(tasks, label="polygonize", enabled=progress)
     if not results:  # pragma: no cover - dask arrays always have a block
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0, bool), np.zeros(0, bool)
